@@ -1,0 +1,316 @@
+"""The ReAct event vocabulary: the 14 loop events, `CustomEvent`, `EventOrigin`, and the
+two things an agent yields (`ResponseYield`, `EventYield`).
+
+Every value here is a pydantic model with a lossless JSON round trip: the same bytes
+travel from a worker to a Redis stream to a reader and decode to an equal object.
+Field names follow SimpleLLMFunc (`SimpleLLMFunc/hooks/events.py`) so user code that
+reads `event.tool_name` or `event.accumulated_content` keeps working. Where theirs holds
+a Python object that cannot cross a process (`error: Exception`), ours holds its text.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+WIRE_VERSION = 1
+
+Message = dict[str, Any]
+MessageList = list[Message]
+
+
+class ReActEventType(enum.StrEnum):
+    REACT_START = "react_start"
+    REACT_ITERATION_START = "react_iteration_start"
+    LLM_CALL_START = "llm_call_start"
+    LLM_CHUNK_ARRIVE = "llm_chunk_arrive"
+    LLM_CALL_END = "llm_call_end"
+    LLM_CALL_ERROR = "llm_call_error"
+    TOOL_CALLS_BATCH_START = "tool_calls_batch_start"
+    TOOL_CALL_START = "tool_call_start"
+    TOOL_CALL_ARGUMENTS_DELTA = "tool_call_arguments_delta"
+    TOOL_CALL_END = "tool_call_end"
+    TOOL_CALL_ERROR = "tool_call_error"
+    TOOL_CALLS_BATCH_END = "tool_calls_batch_end"
+    REACT_ITERATION_END = "react_iteration_end"
+    REACT_END = "react_end"
+    CUSTOM_EVENT = "custom_event"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Model(BaseModel):
+    # Redis contents are untrusted input: unknown fields are ignored, not trusted.
+    model_config = ConfigDict(extra="ignore", frozen=False, arbitrary_types_allowed=False)
+
+
+class ReActEvent(_Model):
+    """Fields every event carries."""
+
+    event_type: ReActEventType
+    timestamp: datetime = Field(default_factory=_now)
+    trace_id: str = ""
+    func_name: str = ""
+    iteration: int = 0
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class ReactStartEvent(ReActEvent):
+    event_type: Literal[ReActEventType.REACT_START] = ReActEventType.REACT_START
+    user_task_prompt: str = ""
+    initial_messages: MessageList = Field(default_factory=list)
+    available_tools: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ReactIterationStartEvent(ReActEvent):
+    event_type: Literal[ReActEventType.REACT_ITERATION_START] = ReActEventType.REACT_ITERATION_START
+    current_messages: MessageList = Field(default_factory=list)
+
+
+class LLMCallStartEvent(ReActEvent):
+    event_type: Literal[ReActEventType.LLM_CALL_START] = ReActEventType.LLM_CALL_START
+    messages: MessageList = Field(default_factory=list)
+    tools: list[dict[str, Any]] = Field(default_factory=list)
+    llm_kwargs: dict[str, Any] = Field(default_factory=dict)
+    stream: bool = False
+
+
+class LLMChunkArriveEvent(ReActEvent):
+    event_type: Literal[ReActEventType.LLM_CHUNK_ARRIVE] = ReActEventType.LLM_CHUNK_ARRIVE
+    chunk: dict[str, Any] = Field(default_factory=dict)
+    accumulated_content: str = ""
+    chunk_index: int = 0
+
+
+class LLMCallEndEvent(ReActEvent):
+    event_type: Literal[ReActEventType.LLM_CALL_END] = ReActEventType.LLM_CALL_END
+    response: dict[str, Any] = Field(default_factory=dict)
+    messages: MessageList = Field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = Field(default_factory=list)
+    execution_time: float = 0.0
+    usage: dict[str, Any] | None = None
+    content: str = ""
+
+
+class LLMCallErrorEvent(ReActEvent):
+    event_type: Literal[ReActEventType.LLM_CALL_ERROR] = ReActEventType.LLM_CALL_ERROR
+    error: str = ""
+    error_message: str = ""
+    error_type: str = ""
+    messages: MessageList = Field(default_factory=list)
+    llm_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolCallsBatchStartEvent(ReActEvent):
+    event_type: Literal[ReActEventType.TOOL_CALLS_BATCH_START] = (
+        ReActEventType.TOOL_CALLS_BATCH_START
+    )
+    tool_calls: list[dict[str, Any]] = Field(default_factory=list)
+    batch_size: int = 0
+
+
+class ToolCallStartEvent(ReActEvent):
+    event_type: Literal[ReActEventType.TOOL_CALL_START] = ReActEventType.TOOL_CALL_START
+    tool_name: str = ""
+    tool_call_id: str = ""
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    tool_call: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolCallArgumentsDeltaEvent(ReActEvent):
+    event_type: Literal[ReActEventType.TOOL_CALL_ARGUMENTS_DELTA] = (
+        ReActEventType.TOOL_CALL_ARGUMENTS_DELTA
+    )
+    tool_name: str = ""
+    tool_call_id: str = ""
+    argname: str = ""
+    argcontent_delta: str = ""
+    # The raw JSON text delta as the model streamed it (argname/argcontent_delta are a
+    # best-effort per-argument view of the same bytes).
+    delta: str = ""
+
+
+class ToolCallEndEvent(ReActEvent):
+    event_type: Literal[ReActEventType.TOOL_CALL_END] = ReActEventType.TOOL_CALL_END
+    tool_name: str = ""
+    tool_call_id: str = ""
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    result: Any = None
+    execution_time: float = 0.0
+    success: bool = True
+
+
+class ToolCallErrorEvent(ReActEvent):
+    event_type: Literal[ReActEventType.TOOL_CALL_ERROR] = ReActEventType.TOOL_CALL_ERROR
+    tool_name: str = ""
+    tool_call_id: str = ""
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    error: str = ""
+    error_message: str = ""
+    error_type: str = ""
+    execution_time: float = 0.0
+
+
+class ToolCallResult(_Model):
+    tool_name: str
+    tool_call_id: str
+    result: Any = None
+    execution_time: float = 0.0
+    success: bool = True
+    error: str | None = None
+
+
+class ToolCallsBatchEndEvent(ReActEvent):
+    event_type: Literal[ReActEventType.TOOL_CALLS_BATCH_END] = ReActEventType.TOOL_CALLS_BATCH_END
+    tool_results: list[ToolCallResult] = Field(default_factory=list)
+    batch_size: int = 0
+    total_execution_time: float = 0.0
+    success_count: int = 0
+    error_count: int = 0
+
+
+class ReactIterationEndEvent(ReActEvent):
+    event_type: Literal[ReActEventType.REACT_ITERATION_END] = ReActEventType.REACT_ITERATION_END
+    messages: MessageList = Field(default_factory=list)
+    iteration_time: float = 0.0
+    tool_calls_count: int = 0
+
+
+class ReactEndEvent(ReActEvent):
+    event_type: Literal[ReActEventType.REACT_END] = ReActEventType.REACT_END
+    final_response: str = ""
+    final_messages: MessageList = Field(default_factory=list)
+    total_iterations: int = 0
+    total_execution_time: float = 0.0
+    total_tool_calls: int = 0
+    total_llm_calls: int = 0
+    total_token_usage: dict[str, Any] | None = None
+
+
+class CustomEvent(ReActEvent):
+    event_type: Literal[ReActEventType.CUSTOM_EVENT] = ReActEventType.CUSTOM_EVENT
+    event_name: str = ""
+    data: Any = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+
+
+AnyEvent = Annotated[
+    ReactStartEvent
+    | ReactIterationStartEvent
+    | LLMCallStartEvent
+    | LLMChunkArriveEvent
+    | LLMCallEndEvent
+    | LLMCallErrorEvent
+    | ToolCallsBatchStartEvent
+    | ToolCallStartEvent
+    | ToolCallArgumentsDeltaEvent
+    | ToolCallEndEvent
+    | ToolCallErrorEvent
+    | ToolCallsBatchEndEvent
+    | ReactIterationEndEvent
+    | ReactEndEvent
+    | CustomEvent,
+    Field(discriminator="event_type"),
+]
+
+EVENT_CLASSES: tuple[type[ReActEvent], ...] = (
+    ReactStartEvent,
+    ReactIterationStartEvent,
+    LLMCallStartEvent,
+    LLMChunkArriveEvent,
+    LLMCallEndEvent,
+    LLMCallErrorEvent,
+    ToolCallsBatchStartEvent,
+    ToolCallStartEvent,
+    ToolCallArgumentsDeltaEvent,
+    ToolCallEndEvent,
+    ToolCallErrorEvent,
+    ToolCallsBatchEndEvent,
+    ReactIterationEndEvent,
+    ReactEndEvent,
+    CustomEvent,
+)
+
+
+class EventOrigin(_Model):
+    """Where an event came from in the call tree: route lanes and collectors by it."""
+
+    session_id: str
+    agent_call_id: str
+    event_seq: int
+    parent_agent_call_id: str | None = None
+    fork_id: str | None = None
+    fork_depth: int = 0
+    fork_seq: int | None = None
+    selfref_instance_id: str | None = None
+    source_memory_key: str | None = None
+    memory_key: str | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class ResponseYield(_Model):
+    """The agent's answer: the response (text, or the provider's raw JSON) and the history."""
+
+    response: Any = None
+    messages: MessageList = Field(default_factory=list)
+    type: Literal["response"] = "response"
+    # Present when the response came from a run (distributed path): which call produced it.
+    origin: EventOrigin | None = None
+    # The Redis stream entry id this output was read from (readers resume after it).
+    # Not part of the wire payload: the stream assigns it.
+    stream_id: str | None = Field(default=None, exclude=True)
+
+
+class EventYield(_Model):
+    """One lifecycle event and its origin.
+
+    Attribute reads that EventYield does not define fall through to the event, so code
+    written against `events_only` yielding bare events (`evt.event_type`) also works.
+    """
+
+    event: AnyEvent
+    origin: EventOrigin
+    type: Literal["event"] = "event"
+    # The Redis stream entry id this output was read from (readers resume after it).
+    stream_id: str | None = Field(default=None, exclude=True)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            return super().__getattr__(name)  # type: ignore[misc]
+        return getattr(self.event, name)
+
+
+ReactOutput = Annotated[ResponseYield | EventYield, Field(discriminator="type")]
+
+_OUTPUT_ADAPTER: TypeAdapter[ResponseYield | EventYield] = TypeAdapter(ReactOutput)
+_EVENT_ADAPTER: TypeAdapter[ReActEvent] = TypeAdapter(AnyEvent)
+
+
+def output_to_json(output: ResponseYield | EventYield) -> bytes:
+    """Encode one agent output for the wire."""
+    return output.model_dump_json().encode()
+
+
+def output_from_json(data: bytes | str | Mapping[str, Any]) -> ResponseYield | EventYield:
+    """Decode (and validate) one agent output from the wire.
+
+    Raises pydantic.ValidationError on anything that is not a valid output.
+    """
+    if isinstance(data, Mapping):
+        return _OUTPUT_ADAPTER.validate_python(data)
+    return _OUTPUT_ADAPTER.validate_json(data)
+
+
+def event_from_dict(data: Mapping[str, Any]) -> ReActEvent:
+    return _EVENT_ADAPTER.validate_python(data)

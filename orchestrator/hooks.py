@@ -1,0 +1,181 @@
+"""Event types, filters and the abort signal, at the import path SimpleLLMFunc users know.
+
+`from SimpleLLMFunc.hooks import X` becomes `from orchestrator.hooks import X`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from functools import wraps
+from typing import Any, TypeGuard, TypeVar
+
+import structlog
+
+from orchestrator.events import (
+    CustomEvent,
+    EventOrigin,
+    EventYield,
+    LLMCallEndEvent,
+    LLMCallErrorEvent,
+    LLMCallStartEvent,
+    LLMChunkArriveEvent,
+    ReactEndEvent,
+    ReActEvent,
+    ReActEventType,
+    ReactIterationEndEvent,
+    ReactIterationStartEvent,
+    ReactOutput,
+    ReactStartEvent,
+    ResponseYield,
+    ToolCallArgumentsDeltaEvent,
+    ToolCallEndEvent,
+    ToolCallErrorEvent,
+    ToolCallResult,
+    ToolCallsBatchEndEvent,
+    ToolCallsBatchStartEvent,
+    ToolCallStartEvent,
+)
+from orchestrator.signals import ABORT_SIGNAL_PARAM, AbortSignal
+
+__all__ = [
+    "ABORT_SIGNAL_PARAM",
+    "AbortSignal",
+    "CustomEvent",
+    "EventOrigin",
+    "EventYield",
+    "LLMCallEndEvent",
+    "LLMCallErrorEvent",
+    "LLMCallStartEvent",
+    "LLMChunkArriveEvent",
+    "ReActEvent",
+    "ReActEventType",
+    "ReactEndEvent",
+    "ReactIterationEndEvent",
+    "ReactIterationStartEvent",
+    "ReactOutput",
+    "ReactStartEvent",
+    "ResponseYield",
+    "ToolCallArgumentsDeltaEvent",
+    "ToolCallEndEvent",
+    "ToolCallErrorEvent",
+    "ToolCallResult",
+    "ToolCallStartEvent",
+    "ToolCallsBatchEndEvent",
+    "ToolCallsBatchStartEvent",
+    "events_only",
+    "filter_events",
+    "is_event_yield",
+    "is_response_yield",
+    "responses_only",
+    "with_event_observer",
+]
+
+_log = structlog.get_logger(__name__)
+
+Output = ResponseYield | EventYield
+EventSelector = type[ReActEvent] | ReActEventType | str
+T = TypeVar("T")
+
+
+def is_response_yield(output: object) -> TypeGuard[ResponseYield]:
+    return isinstance(output, ResponseYield)
+
+
+def is_event_yield(output: object) -> TypeGuard[EventYield]:
+    return isinstance(output, EventYield)
+
+
+async def responses_only(stream: AsyncIterator[Output]) -> AsyncIterator[ResponseYield]:
+    """Keep the responses, drop the events."""
+    async for output in stream:
+        if isinstance(output, ResponseYield):
+            yield output
+
+
+async def events_only(stream: AsyncIterator[Output]) -> AsyncIterator[EventYield]:
+    """Keep the events (as `EventYield`, so `.event` and `.origin` are both at hand)."""
+    async for output in stream:
+        if isinstance(output, EventYield):
+            yield output
+
+
+def _matcher(selectors: Iterable[EventSelector]) -> Callable[[ReActEvent], bool]:
+    classes: list[type[ReActEvent]] = []
+    kinds: set[str] = set()
+    for sel in selectors:
+        if isinstance(sel, type):
+            classes.append(sel)
+        else:
+            kinds.add(ReActEventType(sel).value)
+    class_tuple = tuple(classes)
+
+    def matches(event: ReActEvent) -> bool:
+        return isinstance(event, class_tuple) or event.event_type.value in kinds
+
+    return matches
+
+
+async def filter_events(
+    stream: AsyncIterator[Output],
+    event_types: EventSelector | Iterable[EventSelector],
+    *more: EventSelector,
+) -> AsyncIterator[EventYield]:
+    """Keep only events of the given classes or `ReActEventType`s.
+
+    Accepts one selector, several positional ones, or any iterable of them:
+    `filter_events(gen, LLMChunkArriveEvent)`, `filter_events(gen, {ReActEventType.REACT_END})`.
+    """
+    if isinstance(event_types, type | ReActEventType | str):
+        selectors: list[EventSelector] = [event_types]
+    else:
+        selectors = list(event_types)
+    matches = _matcher([*selectors, *more])
+    async for output in stream:
+        if isinstance(output, EventYield) and matches(output.event):
+            yield output
+
+
+Observer = Callable[..., Any]
+
+
+def _call_observer(observer: Observer, output: EventYield) -> Any:
+    try:
+        params = inspect.signature(observer).parameters
+    except (TypeError, ValueError):
+        return observer(output.event)
+    positional = [
+        p
+        for p in params.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    if len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in positional):
+        return observer(output.event, output.origin)
+    return observer(output.event)
+
+
+def with_event_observer(
+    observer: Observer,
+) -> Callable[[Callable[..., AsyncIterator[Any]]], Callable[..., AsyncIterator[Any]]]:
+    """Call `observer` for every event an agent yields, without changing what it yields.
+
+    The observer may be sync or async and take `(event)` or `(event, origin)`. An observer
+    that raises is logged and does not break the agent.
+    """
+
+    def decorate(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+        @wraps(fn)
+        async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            async for output in fn(*args, **kwargs):
+                if isinstance(output, EventYield):
+                    try:
+                        result = _call_observer(observer, output)
+                        if isinstance(result, Awaitable):
+                            await result
+                    except Exception:
+                        _log.exception("event observer failed", event=output.event.event_type)
+                yield output
+
+        return wrapper
+
+    return decorate

@@ -1,0 +1,1 @@
+"""Fixtures for the scripted model (filled in with orchestrator.mock_llm)."""

@@ -1,0 +1,1 @@
+"""Fixtures for real Redis and fakeredis (filled in with the Redis adapters)."""
