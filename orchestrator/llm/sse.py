@@ -1,0 +1,125 @@
+"""Server-sent events, parsed leniently enough for every OpenAI-compatible server we know.
+
+The parser follows the SSE spec where servers agree and tolerates where they do not:
+`data:` with or without the space, `: keep-alive` comments, `event:` lines, CRLF or bare
+CR line endings, data split over several lines, and an event left pending at EOF because
+the server never sent the closing blank line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+DONE = "[DONE]"
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """One dispatched event: its `event:` name (None if unnamed) and its joined `data:`."""
+
+    data: str
+    event: str | None = None
+
+
+class _EventBuilder:
+    def __init__(self) -> None:
+        self.data: list[str] = []
+        self.event: str | None = None
+
+    def feed(self, line: str) -> None:
+        if line.startswith(":"):
+            return  # comment / keep-alive ping
+        field, sep, value = line.partition(":")
+        if not sep:
+            field, value = line, ""
+        elif value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            self.data.append(value)
+        elif field == "event":
+            self.event = value
+        # `id:` and `retry:` mean nothing for a one-shot completion stream.
+
+    def dispatch(self) -> SSEEvent | None:
+        event = SSEEvent("\n".join(self.data), self.event) if self.data else None
+        self.data, self.event = [], None
+        return event
+
+
+def split_lines(text: str) -> list[str]:
+    """Split raw SSE text on LF, CRLF or CR, the three line endings the spec allows."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+async def iter_sse_events(lines: AsyncIterable[str]) -> AsyncIterator[SSEEvent]:
+    """Turn a stream of text lines (as `httpx.Response.aiter_lines()` gives) into events.
+
+    Lines may still carry a trailing CR; events with no `data:` are dropped.
+    """
+    builder = _EventBuilder()
+    async for raw in lines:
+        for line in split_lines(_strip_terminator(raw)):
+            if line:
+                builder.feed(line)
+                continue
+            event = builder.dispatch()
+            if event is not None:
+                yield event
+    event = builder.dispatch()
+    if event is not None:
+        yield event
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedData:
+    """What one event's data holds: chunk objects, whether `[DONE]` was seen, and whether
+    some of it was not JSON (a malformed chunk the caller skips and counts)."""
+
+    objects: list[dict[str, Any]]
+    done: bool = False
+    malformed: bool = False
+
+
+def _strip_terminator(line: str) -> str:
+    for ending in ("\r\n", "\n", "\r"):
+        if line.endswith(ending):
+            return line[: -len(ending)]
+    return line
+
+
+def decode_data(data: str) -> DecodedData:
+    """Read one event's data as OpenAI stream chunks.
+
+    Multi-line data is first read as one JSON document (the spec's reading); if that fails,
+    each line is read on its own, for servers that put one chunk per line with no blank
+    line in between.
+    """
+    if data.strip() == DONE:
+        return DecodedData([], done=True)
+    whole = _loads_object(data)
+    if whole is not None:
+        return DecodedData([whole])
+    if "\n" not in data:
+        return DecodedData([], malformed=True)
+    objects: list[dict[str, Any]] = []
+    done = malformed = False
+    for line in filter(str.strip, data.split("\n")):
+        piece = _loads_object(line)
+        if line.strip() == DONE:
+            done = True
+        elif piece is None:
+            malformed = True
+        else:
+            objects.append(piece)
+    return DecodedData(objects, done=done, malformed=malformed)
+
+
+def _loads_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
