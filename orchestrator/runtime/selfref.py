@@ -1,0 +1,679 @@
+"""SelfReference: an agent's durable memory, and the tools the model uses to manage it.
+
+    self_reference = SelfReference()              # memory in this process
+    @llm_chat(llm_interface=llm, self_reference=self_reference, self_reference_key="agent")
+
+Per memory key SelfReference keeps what SimpleLLMFunc keeps: the message list, durable
+experiences (`exp_N`, deduplicated) and the last compaction summary. The records live in
+a `MemoryStore` (a dict here, Redis on workers), so every method is async.
+
+A turn works through a `SelfRefContext` (`SelfReference.bind(key)`):
+
+    ctx.resolve_history(history)         history given: it replaces memory; None: reuse memory
+    ctx.system_addendum()                experiences (and a summary the transcript lacks),
+                                         to append to the system prompt
+    ctx.save_messages(messages)          after each step
+    ctx.apply_pending_compaction(msgs)   after each tool batch and at the end of the turn
+    ctx.tools()                          selfref_context_* and selfref_guide for the model
+
+Compaction follows SimpleLLMFunc: `compact(...)` only queues a structured summary; the
+commit replaces the working transcript with the system prompt plus one assistant message
+carrying the summary (`<context_compaction_summary>` ... ), and adds the `remember` items
+as experiences. Experiences reach the model in an `<experience>` block in the system
+prompt, rendered as SimpleLLMFunc renders it. Unlike SimpleLLMFunc, experiences and the
+summary are stored as records of their own, not parsed back out of the system prompt.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import structlog
+
+from orchestrator.errors import AgentError, ToolError
+from orchestrator.events import Message, MessageList
+from orchestrator.ports import Experience, MemorySnapshot, MemoryStore
+from orchestrator.runtime.memory import InMemoryMemoryStore
+from orchestrator.runtime.tools import Tool
+
+__all__ = [
+    "FORKS_UNAVAILABLE",
+    "ContextTools",
+    "ForkPrimitives",
+    "SelfRefContext",
+    "SelfRefRuntime",
+    "SelfRefToolProvider",
+    "SelfReference",
+    "ToolRuntime",
+    "UnavailableForks",
+    "apply_system_addendum",
+    "make_tool_runtime",
+    "parse_compaction_summary",
+    "render_compaction_summary",
+    "render_experience_block",
+    "strip_injected_blocks",
+]
+
+_log = structlog.get_logger(__name__)
+
+FORKS_UNAVAILABLE = (
+    "forks run on workers: selfref fork.spawn / fork.gather_all are not available in this release"
+)
+
+_EXPERIENCE_START = "<experience>"
+_EXPERIENCE_END = "</experience>"
+_SUMMARY_START = "<context_compaction_summary>"
+_SUMMARY_END = "</context_compaction_summary>"
+_INJECTED_BLOCKS = ((_EXPERIENCE_START, _EXPERIENCE_END), (_SUMMARY_START, _SUMMARY_END))
+# Summary sections in SimpleLLMFunc's order, with the titles it renders.
+_SUMMARY_SECTIONS = (
+    ("goal", "Goal"),
+    ("instruction", "Instruction"),
+    ("discoveries", "Discoveries"),
+    ("completed", "Completed"),
+    ("current_status", "Current Status"),
+    ("likely_next_work", "Likely next work"),
+    ("relevant_files_directories", "Relevant files/directories"),
+)
+_SUMMARY_TEXT_FIELDS = ("goal", "instruction", "current_status")
+_SUMMARY_LIST_FIELDS = (
+    "discoveries",
+    "completed",
+    "likely_next_work",
+    "relevant_files_directories",
+)
+# Provider-specific fields that must not be replayed from memory.
+_TRANSIENT_MESSAGE_FIELDS = ("reasoning_details",)
+
+_OVERVIEW = (
+    "selfref = your agent context plus your forked child agents. Use it for context "
+    "compaction, durable experience cleanup, and parallel sub-agent decomposition."
+)
+_CONTEXT_PRACTICES = (
+    "Call selfref_context_inspect before context surgery: it returns a read-only snapshot "
+    "of your messages plus your experiences and the current structured summary.",
+    "Use selfref_context_remember for short durable lessons that should survive future "
+    "turns; they appear in the <experience> block of your system prompt with their ids.",
+    "Use selfref_context_forget with an exact id to remove a wrong or stale experience.",
+    "Call selfref_context_compact only after finishing a milestone. Fill every section; keep "
+    "the summary concise but sufficient to continue the work without the transcript.",
+    "Compaction is queued: it commits after the current tool batch (or at the end of the "
+    "turn). The working transcript is then replaced by your system prompt plus one "
+    "assistant message carrying the summary.",
+)
+
+
+# -- rendering what the model sees ------------------------------------------------------
+
+
+def render_experience_block(experiences: Iterable[Experience]) -> str:
+    """The `<experience>` block of the system prompt ('' when there are none)."""
+    lines = [f"- [{e.id}] {_normalize_text(e.text)}" for e in experiences]
+    if not lines:
+        return ""
+    return "\n".join([_EXPERIENCE_START, *lines, _EXPERIENCE_END])
+
+
+def render_compaction_summary(summary: Mapping[str, Any]) -> str:
+    """The assistant message text carrying a structured compaction summary."""
+    normalized = _normalize_summary(summary)
+    lines = [_SUMMARY_START]
+    for field, title in _SUMMARY_SECTIONS:
+        lines.append(f"## {title}")
+        value = normalized[field]
+        if field in _SUMMARY_LIST_FIELDS:
+            lines.extend(f"- {item}" for item in value)
+        else:
+            lines.append(value)
+        lines.append("")
+    lines[-1] = _SUMMARY_END
+    return "\n".join(lines)
+
+
+def parse_compaction_summary(content: Any) -> dict[str, Any] | None:
+    """The summary carried by a message content, or None if it carries none."""
+    if not isinstance(content, str):
+        return None
+    text = content.strip()
+    if not (text.startswith(_SUMMARY_START) and text.endswith(_SUMMARY_END)):
+        return None
+    body = text[len(_SUMMARY_START) : -len(_SUMMARY_END)]
+    titles = {title: field for field, title in _SUMMARY_SECTIONS}
+    sections: dict[str, list[str]] = {}
+    current: str | None = None
+    for raw in body.splitlines():
+        line = raw.strip()
+        if line.startswith("## "):
+            current = titles.get(line[3:].strip())
+            if current is not None:
+                sections[current] = []
+        elif line and current is not None:
+            sections[current].append(line)
+    parsed: dict[str, Any] = {}
+    for field, lines in sections.items():
+        if field in _SUMMARY_LIST_FIELDS:
+            parsed[field] = [ln[2:].strip() for ln in lines if ln.startswith("- ")]
+        else:
+            parsed[field] = "\n".join(lines)
+    try:
+        return _normalize_summary(parsed)
+    except ToolError:
+        return None
+
+
+def strip_injected_blocks(text: str) -> str:
+    """A system prompt without the `<experience>` and summary blocks SelfReference adds."""
+    cleaned = text
+    for start_tag, end_tag in _INJECTED_BLOCKS:
+        while (start := cleaned.find(start_tag)) >= 0:
+            end = cleaned.find(end_tag, start)
+            tail = "" if end < 0 else cleaned[end + len(end_tag) :]
+            cleaned = cleaned[:start].rstrip() + ("\n\n" + tail.lstrip() if tail.strip() else "")
+    return cleaned.strip()
+
+
+def apply_system_addendum(messages: Sequence[Message], addendum: str) -> MessageList:
+    """A copy of `messages` whose last system message ends with `addendum`.
+
+    Idempotent: blocks added earlier are replaced, not repeated. With no system message
+    and a non-empty addendum, one is inserted at the front.
+    """
+    result = copy.deepcopy(list(messages))
+    for message in reversed(result):
+        if message.get("role") == "system" and isinstance(message.get("content"), str):
+            message["content"] = _join(strip_injected_blocks(message["content"]), addendum)
+            return result
+    if addendum:
+        result.insert(0, {"role": "system", "content": addendum})
+    return result
+
+
+def _join(base: str, addendum: str) -> str:
+    return "\n\n".join(part for part in (base.strip(), addendum.strip()) if part)
+
+
+def _normalize_text(text: Any, what: str = "experience text") -> str:
+    if not isinstance(text, str) or not text.split():
+        raise ToolError(f"{what} must be a non-empty string")
+    return " ".join(text.split())
+
+
+def _normalize_summary(payload: Mapping[str, Any]) -> dict[str, Any]:
+    normalized: dict[str, Any] = {}
+    for field in _SUMMARY_TEXT_FIELDS:
+        value = payload.get(field)
+        if not isinstance(value, str) or not value.strip():
+            raise ToolError(f"compact: {field} must be a non-empty string")
+        normalized[field] = value.strip()
+    for field in _SUMMARY_LIST_FIELDS:
+        items = payload.get(field)
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ToolError(f"compact: {field} must be a list of strings")
+        normalized[field] = [i.strip() for i in items if i.strip()]
+    return normalized
+
+
+def _clean_messages(messages: Iterable[Message]) -> MessageList:
+    """Deep copies fit for memory: no transient fields, no injected system blocks."""
+    cleaned: MessageList = []
+    for message in messages:
+        copied = copy.deepcopy(dict(message))
+        for field in _TRANSIENT_MESSAGE_FIELDS:
+            copied.pop(field, None)
+        if copied.get("role") == "system" and isinstance(copied.get("content"), str):
+            copied["content"] = strip_injected_blocks(copied["content"])
+        cleaned.append(copied)
+    return cleaned
+
+
+def _transcript_summary(messages: Iterable[Message]) -> dict[str, Any] | None:
+    for message in messages:
+        if message.get("role") == "assistant":
+            summary = parse_compaction_summary(message.get("content"))
+            if summary is not None:
+                return summary
+    return None
+
+
+def _normalize_key(key: Any) -> str:
+    if not isinstance(key, str) or not key.strip():
+        raise ToolError("memory key must be a non-empty string")
+    return key.strip()
+
+
+# -- forks (a later release) ----------------------------------------------------------
+
+
+@runtime_checkable
+class ForkPrimitives(Protocol):
+    """`runtime.selfref.fork`: spawn child agents and gather their results."""
+
+    async def spawn(self, message: str, **kwargs: Any) -> dict[str, Any]: ...
+
+    async def gather_all(
+        self, fork_ids: Any = None, include_history: bool = False
+    ) -> dict[str, dict[str, Any]]: ...
+
+
+class UnavailableForks:
+    """Forks are not implemented yet: every call raises AgentError saying so."""
+
+    async def spawn(self, message: str, **kwargs: Any) -> dict[str, Any]:
+        raise AgentError(FORKS_UNAVAILABLE)
+
+    async def gather_all(
+        self, fork_ids: Any = None, include_history: bool = False
+    ) -> dict[str, dict[str, Any]]:
+        raise AgentError(FORKS_UNAVAILABLE)
+
+
+# -- tools for the model --------------------------------------------------------------
+
+
+@runtime_checkable
+class SelfRefToolProvider(Protocol):
+    """Contributes model-facing tools (and guide lines) to every bound context."""
+
+    def tools(self, context: SelfRefContext) -> list[Tool]: ...
+
+    def guide_lines(self) -> list[str]: ...
+
+
+class ContextTools:
+    """`selfref_context_inspect/remember/forget/compact` and `selfref_guide`."""
+
+    def guide_lines(self) -> list[str]:
+        return list(_CONTEXT_PRACTICES)
+
+    def tools(self, context: SelfRefContext) -> list[Tool]:
+        return [
+            _inspect_tool(context),
+            _remember_tool(context),
+            _forget_tool(context),
+            _compact_tool(context),
+            _guide_tool(context),
+        ]
+
+
+def _inspect_tool(context: SelfRefContext) -> Tool:
+    async def selfref_context_inspect(key: str | None = None) -> dict[str, Any]:
+        """Inspect your self-reference context as a read-only snapshot.
+
+        Returns active_key, experiences (id and text), summary (or null), messages and
+        has_pending_compaction. Read summary and experiences first.
+
+        Args:
+            key: Memory key to inspect; omit it for your own active context.
+        """
+        return await context.inspect(key)
+
+    return Tool(func=selfref_context_inspect)
+
+
+def _remember_tool(context: SelfRefContext) -> Tool:
+    async def selfref_context_remember(text: str) -> dict[str, Any]:
+        """Persist one durable experience into the <experience> block of your system prompt.
+
+        Returns the experience's id and text; keep the id to forget it later. An identical
+        experience is not stored twice.
+
+        Args:
+            text: A short durable lesson or rule that should survive future turns.
+        """
+        return await context.remember(text)
+
+    return Tool(func=selfref_context_remember)
+
+
+def _forget_tool(context: SelfRefContext) -> Tool:
+    async def selfref_context_forget(experience_id: str) -> dict[str, Any]:
+        """Forget one durable experience by its id.
+
+        Returns {experience_id, removed}; removed is false when no experience has that id
+        (inspect the context to find the exact id).
+
+        Args:
+            experience_id: An id such as exp_3, from selfref_context_inspect or remember.
+        """
+        return await context.forget(experience_id)
+
+    return Tool(func=selfref_context_forget)
+
+
+def _compact_tool(context: SelfRefContext) -> Tool:
+    async def selfref_context_compact(
+        goal: str,
+        instruction: str,
+        discoveries: list[str],
+        completed: list[str],
+        current_status: str,
+        likely_next_work: list[str],
+        relevant_files_directories: list[str],
+        remember: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Queue a milestone compaction of your context.
+
+        After the current tool batch the working transcript is replaced by your system
+        prompt plus one assistant message carrying this structured summary.
+
+        Args:
+            goal: Summary Goal section.
+            instruction: Summary Instruction section.
+            discoveries: Summary Discoveries bullets.
+            completed: Summary Completed bullets.
+            current_status: Summary Current Status section.
+            likely_next_work: Summary Likely next work bullets.
+            relevant_files_directories: Summary Relevant files/directories bullets.
+            remember: Durable experiences to add when the compaction commits.
+        """
+        return await context.compact(
+            goal,
+            instruction,
+            discoveries,
+            completed,
+            current_status,
+            likely_next_work,
+            relevant_files_directories,
+            remember=remember,
+        )
+
+    return Tool(func=selfref_context_compact)
+
+
+def _guide_tool(context: SelfRefContext) -> Tool:
+    async def selfref_guide() -> str:
+        """Read the overview and best practices of your self-reference tools."""
+        return context.guide()
+
+    return Tool(func=selfref_guide)
+
+
+# -- SelfReference and the per-turn context --------------------------------------------
+
+
+class SelfReference:
+    """Durable agent memory shared by the agents it is passed to.
+
+    `store` defaults to a fresh in-process `InMemoryMemoryStore`; a worker binds each
+    turn to its Redis-backed store instead (`bind(key, store=...)`).
+    """
+
+    def __init__(
+        self,
+        store: MemoryStore | None = None,
+        *,
+        tool_providers: Sequence[SelfRefToolProvider] | None = None,
+    ) -> None:
+        self.store: MemoryStore = store if store is not None else InMemoryMemoryStore()
+        self.instance_id: str = uuid.uuid4().hex
+        self._providers: list[SelfRefToolProvider] = (
+            list(tool_providers) if tool_providers is not None else [ContextTools()]
+        )
+
+    @property
+    def tool_providers(self) -> list[SelfRefToolProvider]:
+        return list(self._providers)
+
+    def add_tool_provider(self, provider: SelfRefToolProvider) -> None:
+        """Add tools (for example fork tools) to every context bound from now on."""
+        self._providers.append(provider)
+
+    def bind(
+        self,
+        key: str,
+        store: MemoryStore | None = None,
+        *,
+        fork: ForkPrimitives | None = None,
+    ) -> SelfRefContext:
+        """The handle one turn uses for memory `key` (store: override this instance's)."""
+        if not isinstance(key, str) or not key.strip():
+            raise AgentError("self_reference_key must be a non-empty string")
+        return SelfRefContext(
+            key=key.strip(),
+            store=store if store is not None else self.store,
+            instance_id=self.instance_id,
+            providers=self._providers,
+            fork=fork if fork is not None else UnavailableForks(),
+        )
+
+    def __repr__(self) -> str:
+        return f"SelfReference(instance_id={self.instance_id!r})"
+
+
+class SelfRefContext:
+    """One turn's view of SelfReference memory, bound to its active key.
+
+    Methods that take `key=None` act on the active key; pass another key to read or
+    change another memory record.
+    """
+
+    def __init__(
+        self,
+        *,
+        key: str,
+        store: MemoryStore,
+        instance_id: str,
+        providers: Sequence[SelfRefToolProvider],
+        fork: ForkPrimitives,
+    ) -> None:
+        self.active_key = key
+        self.store = store
+        self.instance_id = instance_id
+        self.fork = fork
+        self._providers = list(providers)
+
+    def _key(self, key: str | None) -> str:
+        return self.active_key if key is None else _normalize_key(key)
+
+    # -- the primitives (runtime.selfref.context.*) --------------------------------
+
+    async def inspect(self, key: str | None = None) -> dict[str, Any]:
+        """`{active_key, experiences, summary, messages, has_pending_compaction}` (copies)."""
+        resolved = self._key(key)
+        snapshot = await self.store.load(resolved)
+        return {
+            "active_key": resolved,
+            "experiences": [e.model_dump() for e in snapshot.experiences],
+            "summary": copy.deepcopy(snapshot.summary),
+            "messages": _clean_messages(snapshot.messages),
+            "has_pending_compaction": snapshot.pending_compaction is not None,
+        }
+
+    async def remember(self, text: str, key: str | None = None) -> dict[str, Any]:
+        """Add a durable experience; returns `{id, text}` (the existing one if identical)."""
+        experience = await self.store.add_experience(self._key(key), _normalize_text(text))
+        return experience.model_dump()
+
+    async def forget(self, experience_id: str, key: str | None = None) -> dict[str, Any]:
+        """Remove an experience by id; returns `{experience_id, removed}`."""
+        exp_id = _normalize_text(experience_id, "experience_id")
+        removed = await self.store.remove_experience(self._key(key), exp_id)
+        return {"experience_id": exp_id, "removed": removed}
+
+    async def compact(
+        self,
+        goal: str,
+        instruction: str,
+        discoveries: list[str],
+        completed: list[str],
+        current_status: str,
+        likely_next_work: list[str],
+        relevant_files_directories: list[str],
+        remember: list[str] | None = None,
+        key: str | None = None,
+    ) -> dict[str, Any]:
+        """Queue a compaction; it commits at `apply_pending_compaction`.
+
+        Returns `{status: "queued", active_key, summary, assistant_message, remember}`.
+        """
+        resolved = self._key(key)
+        summary = _normalize_summary(
+            {
+                "goal": goal,
+                "instruction": instruction,
+                "discoveries": discoveries,
+                "completed": completed,
+                "current_status": current_status,
+                "likely_next_work": likely_next_work,
+                "relevant_files_directories": relevant_files_directories,
+            }
+        )
+        if remember is not None and not isinstance(remember, list):
+            raise ToolError("compact: remember must be a list of strings")
+        to_remember = [
+            _normalize_text(t) for t in remember or [] if isinstance(t, str) and t.strip()
+        ]
+        rendered = render_compaction_summary(summary)
+        pending = {"summary": summary, "remember": to_remember, "rendered_summary": rendered}
+        await self.store.set_pending_compaction(resolved, pending)
+        return {
+            "status": "queued",
+            "active_key": resolved,
+            "summary": copy.deepcopy(summary),
+            "assistant_message": rendered,
+            "remember": list(to_remember),
+        }
+
+    def guide(self) -> str:
+        """Overview and best practices of the selfref tools, for the model."""
+        lines = [line for provider in self._providers for line in provider.guide_lines()]
+        if isinstance(self.fork, UnavailableForks):
+            lines.append(
+                "Forks (spawning child agents) are not available in this release; do the "
+                "work yourself, step by step."
+            )
+        practices = "\n".join(f"- {line}" for line in lines)
+        return f"{_OVERVIEW}\n\nBest practices:\n{practices}"
+
+    def tools(self) -> list[Tool]:
+        """The model-facing tools of every provider (context tools first)."""
+        return [t for provider in self._providers for t in provider.tools(self)]
+
+    # -- what the loop calls -----------------------------------------------------------
+
+    async def load_messages(self) -> MessageList:
+        """The stored message list of the active key (a copy)."""
+        return (await self.store.load(self.active_key)).messages
+
+    async def save_messages(self, messages: Sequence[Message]) -> None:
+        """Store the active key's messages (injected system blocks are stripped)."""
+        await self.store.save_messages(self.active_key, _clean_messages(messages))
+
+    async def replace_history(self, history: Sequence[Message]) -> None:
+        """Make `history` the active key's memory; the summary follows the transcript."""
+        cleaned = _clean_messages(history)
+        await self.store.save_messages(self.active_key, cleaned)
+        await self.store.set_summary(self.active_key, _transcript_summary(cleaned))
+
+    async def resolve_history(self, history: Sequence[Message] | None) -> MessageList:
+        """The history a turn starts from.
+
+        A list replaces the stored memory for the key (SimpleLLMFunc semantics); None
+        reuses what is stored. Experiences are durable either way.
+        """
+        if history is None:
+            return await self.load_messages()
+        await self.replace_history(history)
+        return _clean_messages(history)
+
+    async def system_addendum(self, messages: Sequence[Message] | None = None) -> str:
+        """Text to append to the system prompt: the `<experience>` block, plus the summary
+        when the transcript (`messages`, default: the stored one) does not carry it.
+
+        Empty when nothing is stored. `apply_system_addendum` applies it idempotently.
+        """
+        snapshot = await self.store.load(self.active_key)
+        transcript = snapshot.messages if messages is None else messages
+        return self._addendum(snapshot, transcript)
+
+    async def apply_pending_compaction(self, messages: Sequence[Message]) -> MessageList | None:
+        """Commit a queued compaction for the active key and return the new transcript.
+
+        The new transcript is the system message(s) of `messages` (the last one carrying
+        the refreshed addendum) plus one assistant message with the rendered summary.
+        It is stored as the key's messages. Returns None when nothing is queued.
+        """
+        key = self.active_key
+        snapshot = await self.store.load(key)
+        pending = snapshot.pending_compaction
+        if pending is None:
+            return None
+        try:
+            summary = _normalize_summary(pending.get("summary") or {})
+        except ToolError as exc:
+            _log.warning("selfref.compaction_dropped", key=key, reason=str(exc))
+            await self.store.set_pending_compaction(key, None)
+            return None
+        for text in pending.get("remember") or []:
+            if isinstance(text, str) and text.strip():
+                await self.store.add_experience(key, _normalize_text(text))
+        await self.store.set_summary(key, summary)
+        systems = [m for m in _clean_messages(messages) if m.get("role") == "system"]
+        compacted = [*systems, {"role": "assistant", "content": render_compaction_summary(summary)}]
+        await self.store.save_messages(key, compacted)
+        # Cleared last: a commit cut short is safely redone (experiences deduplicate).
+        await self.store.set_pending_compaction(key, None)
+        refreshed = await self.store.load(key)
+        return apply_system_addendum(compacted, self._addendum(refreshed, compacted))
+
+    def _addendum(self, snapshot: MemorySnapshot, transcript: Sequence[Message]) -> str:
+        parts = [render_experience_block(snapshot.experiences)]
+        if snapshot.summary is not None and _transcript_summary(transcript) is None:
+            try:
+                parts.append(render_compaction_summary(snapshot.summary))
+            except ToolError:
+                _log.warning("selfref.summary_unreadable", key=snapshot.key)
+        return "\n\n".join(part for part in parts if part)
+
+    def __repr__(self) -> str:
+        return f"SelfRefContext(active_key={self.active_key!r})"
+
+
+# -- what a tool receives as `runtime` -------------------------------------------------
+
+
+class SelfRefRuntime:
+    """`runtime.selfref`: `.context` (memory primitives), `.fork`, `.guide()`."""
+
+    def __init__(self, context: SelfRefContext) -> None:
+        self.context = context
+
+    @property
+    def fork(self) -> ForkPrimitives:
+        return self.context.fork
+
+    @property
+    def instance_id(self) -> str:
+        return self.context.instance_id
+
+    def guide(self) -> str:
+        return self.context.guide()
+
+
+class ToolRuntime:
+    """The `runtime` parameter of a tool: the agent's runtime primitives."""
+
+    def __init__(self, selfref: SelfRefContext | None = None) -> None:
+        self._selfref = SelfRefRuntime(selfref) if selfref is not None else None
+
+    @property
+    def has_selfref(self) -> bool:
+        return self._selfref is not None
+
+    @property
+    def selfref(self) -> SelfRefRuntime:
+        """The SelfReference primitives; AgentError if the agent has no SelfReference."""
+        if self._selfref is None:
+            raise AgentError(
+                "runtime.selfref is not available: this agent has no SelfReference "
+                "(pass self_reference=SelfReference() to llm_chat)"
+            )
+        return self._selfref
+
+
+def make_tool_runtime(ctx: SelfRefContext | None) -> ToolRuntime:
+    """The `runtime` object for tools of a turn (ctx None: the agent has no SelfReference)."""
+    return ToolRuntime(ctx)

@@ -1,0 +1,494 @@
+"""Tools the model can call: `@tool`, `Tool`, and the helpers the ReAct loop uses.
+
+    @tool(name="get_weather", description="Get weather for a city")
+    async def get_weather(city: str, days: int = 1) -> dict[str, str]:
+        '''Args:
+            city: The city name.
+            days: How many days to forecast.
+        '''
+
+`@tool` turns a sync or async function into a `Tool`. The JSON schema comes from the type
+hints (through pydantic) and the docstring's Google-style `Args:` section; parameters
+with defaults are optional. Two parameter names are reserved and never appear in the
+schema: `event_emitter` (the per-call emitter; `await event_emitter.emit(name, data)`
+becomes a `CustomEvent`) and `runtime` (a `ToolRuntime`: `runtime.selfref.context`, ...).
+They are passed only to functions that declare them.
+
+Calling a Tool object calls the function unchanged, as SimpleLLMFunc's decorated
+functions do; the loop goes through `Tool.invoke`, which validates the model's arguments
+first and runs sync functions in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, get_type_hints, overload
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic_core import ErrorDetails, PydanticSerializationError, to_jsonable_python
+
+from orchestrator.errors import ToolError
+
+__all__ = [
+    "SPECIAL_PARAMETERS",
+    "Tool",
+    "format_tool_result",
+    "parse_arguments",
+    "tool",
+    "toolkit_by_name",
+]
+
+# Injected by the runtime, never described to the model.
+SPECIAL_PARAMETERS = frozenset({"event_emitter", "runtime"})
+
+# What OpenAI-compatible APIs accept as a function name.
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ARGS_HEADER = re.compile(r"^(\s*)(Args|Arguments|Parameters)\s*:\s*$")
+_ARG_LINE = re.compile(r"^([A-Za-z_*][A-Za-z0-9_]*)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
+# Schema keywords whose values are data, not sub-schemas: never rewrite inside them.
+_DATA_KEYWORDS = frozenset({"default", "enum", "const", "examples", "example"})
+
+
+class _NoOpEmitter:
+    """Stands in for the emitter when a tool is invoked outside an event-streaming turn."""
+
+    async def emit(self, event_name: str, data: Any = None) -> None:
+        return None
+
+
+class Tool:
+    """A function the model can call.
+
+    Build one with `@tool`, with `Tool(name=..., description=..., func=...)`, or by
+    subclassing and defining `async def run(self, ...)` (its signature is the schema).
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        description: str | None = None,
+        func: Callable[..., Any] | None = None,
+        *,
+        best_practices: Sequence[str] | None = None,
+    ) -> None:
+        if func is None:
+            if type(self).run is Tool.run:
+                raise ToolError("a Tool needs a function, or a subclass that defines run()")
+            func = self.run
+            name = name or type(self).__name__
+        self.func: Callable[..., Any] = func
+        self.name: str = name or str(getattr(func, "__name__", ""))
+        if not _TOOL_NAME.fullmatch(self.name):
+            raise ToolError(
+                f"tool name {self.name!r} is not usable: use 1-64 letters, digits, '_' or '-'"
+            )
+        docstring = inspect.getdoc(func) or ""
+        self.description: str = description or _docstring_summary(docstring)
+        self.best_practices: list[str] = [p.strip() for p in best_practices or () if p.strip()]
+        self._signature = inspect.signature(func)
+        self._is_async = _is_async_callable(func)
+        self._injected = SPECIAL_PARAMETERS & set(self._signature.parameters)
+        self._accepts_extra = any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in self._signature.parameters.values()
+        )
+        self._model, self._field_names = _arguments_model(
+            self.name, func, self._signature, _docstring_args(docstring), self._accepts_extra
+        )
+        self._parameters = _parameters_schema(self.name, self._model)
+        self.__doc__ = getattr(func, "__doc__", None)
+        self.__wrapped__ = func
+
+    # -- what the model sees ---------------------------------------------------------
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The JSON schema of the arguments object (a copy)."""
+        return copy.deepcopy(self._parameters)
+
+    def definition(self) -> dict[str, Any]:
+        """The OpenAI function-tool definition sent with each LLM call."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
+    def to_openai_tool(self) -> dict[str, Any]:
+        """SimpleLLMFunc's name for `definition()`."""
+        return self.definition()
+
+    @property
+    def tool_spec(self) -> dict[str, Any]:
+        """Name, description and best practices, for prompt injection."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "best_practices": list(self.best_practices),
+        }
+
+    # -- running -----------------------------------------------------------------------
+
+    async def invoke(
+        self,
+        arguments: Mapping[str, Any],
+        *,
+        event_emitter: Any = None,
+        runtime: Any = None,
+    ) -> Any:
+        """Validate the model's arguments and run the function.
+
+        Raises ToolError when the arguments do not fit the schema (the message lists the
+        problems, for the model to fix). Exceptions raised by the function itself
+        propagate unchanged.
+        """
+        if not isinstance(arguments, Mapping):
+            raise ToolError(f"{self.name}: arguments must be a JSON object")
+        values = self._validate(arguments)
+        args, kwargs = self._call_arguments(values, event_emitter, runtime)
+        if self._is_async:
+            return await self.func(*args, **kwargs)
+        result = await asyncio.to_thread(self.func, *args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the function directly (no validation); subclasses may override this."""
+        result = self.func(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.func(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Tool(name={self.name!r})"
+
+    def _validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        supplied = {k: v for k, v in arguments.items() if k not in self._injected}
+        try:
+            parsed = self._model.model_validate(supplied)
+        except ValidationError as exc:
+            problems = "; ".join(_describe_error(err) for err in exc.errors())
+            raise ToolError(f"{self.name}: {problems}") from None
+        # Only what the model sent: the function's own defaults apply to the rest.
+        values = {
+            name: getattr(parsed, field)
+            for field, name in self._field_names.items()
+            if field in parsed.model_fields_set
+        }
+        values.update(parsed.model_extra or {})
+        return values
+
+    def _call_arguments(
+        self, values: dict[str, Any], event_emitter: Any, runtime: Any
+    ) -> tuple[list[Any], dict[str, Any]]:
+        if "event_emitter" in self._injected:
+            values["event_emitter"] = event_emitter if event_emitter is not None else _NoOpEmitter()
+        if "runtime" in self._injected:
+            values["runtime"] = runtime if runtime is not None else _detached_runtime()
+        args: list[Any] = []
+        for param in self._signature.parameters.values():
+            if param.kind is inspect.Parameter.POSITIONAL_ONLY and param.name in values:
+                args.append(values.pop(param.name))
+        return args, values
+
+
+def _detached_runtime() -> Any:
+    # Imported here: selfref builds its tools with this module.
+    from orchestrator.runtime.selfref import make_tool_runtime
+
+    return make_tool_runtime(None)
+
+
+@overload
+def tool(name: Callable[..., Any], /) -> Tool: ...
+
+
+@overload
+def tool(
+    name: str | None = None,
+    description: str | None = None,
+    *,
+    best_practices: Sequence[str] | None = None,
+) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
+def tool(
+    name: str | Callable[..., Any] | None = None,
+    description: str | None = None,
+    *,
+    best_practices: Sequence[str] | None = None,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Turn a sync or async function into a `Tool` (`@tool` or `@tool(name=..., ...)`).
+
+    The name defaults to the function's name, the description to its docstring summary.
+    """
+    if callable(name):
+        return Tool(func=name)
+
+    def decorate(func: Callable[..., Any]) -> Tool:
+        return Tool(name=name, description=description, func=func, best_practices=best_practices)
+
+    return decorate
+
+
+# -- helpers the loop uses ----------------------------------------------------------------
+
+
+def parse_arguments(raw: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The arguments object of one tool call, from the model's JSON text.
+
+    Empty or missing arguments are `{}`. Anything that is not a JSON object raises a
+    ToolError whose message the model can act on.
+    """
+    if raw is None:
+        return {}
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    if not isinstance(raw, str):
+        raise ToolError(f"arguments must be a JSON object, got {type(raw).__name__}")
+    if not raw.strip():
+        return {}
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ToolError(
+            f"arguments are not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}); "
+            'send one JSON object, for example {"name": "value"}'
+        ) from None
+    if not isinstance(parsed, dict):
+        raise ToolError(
+            f"arguments must be a JSON object, got {_json_type(parsed)}; "
+            "send one JSON object with a key per parameter"
+        )
+    return parsed
+
+
+def format_tool_result(result: Any) -> str:
+    """The text the model sees for a tool's return value.
+
+    Strings go as they are; models, dicts, lists and other values are JSON-encoded
+    (non-ASCII kept); values JSON cannot represent fall back to `str()`.
+    """
+    if isinstance(result, str):
+        return result
+    try:
+        return json.dumps(to_jsonable_python(result), ensure_ascii=False)
+    except (PydanticSerializationError, TypeError, ValueError):
+        return str(result)
+
+
+def toolkit_by_name(tools: Iterable[Tool]) -> dict[str, Tool]:
+    """Index a toolkit by tool name; two tools with one name is an error."""
+    by_name: dict[str, Tool] = {}
+    for item in tools:
+        if not isinstance(item, Tool):
+            raise ToolError(f"{item!r} is not a tool: decorate the function with @tool")
+        if item.name in by_name:
+            raise ToolError(f"two tools are named {item.name!r}: tool names must be unique")
+        by_name[item.name] = item
+    return by_name
+
+
+# -- docstrings -------------------------------------------------------------------------
+
+
+def _docstring_summary(docstring: str) -> str:
+    """The docstring's first paragraph on one line (stopping at a section header)."""
+    lines: list[str] = []
+    for line in docstring.strip().splitlines():
+        if not line.strip() or _ARGS_HEADER.match(line):
+            break
+        lines.append(line.strip())
+    return " ".join(lines)
+
+
+def _docstring_args(docstring: str) -> dict[str, str]:
+    """Parameter descriptions from a Google-style `Args:` section."""
+    lines = docstring.splitlines()
+    for index, line in enumerate(lines):
+        header = _ARGS_HEADER.match(line)
+        if header:
+            return _parse_args_block(lines[index + 1 :], len(header.group(1)))
+    return {}
+
+
+def _parse_args_block(lines: list[str], header_indent: int) -> dict[str, str]:
+    descriptions: dict[str, str] = {}
+    entry_indent: int | None = None
+    current: str | None = None
+    for line in lines:
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        if indent <= header_indent:
+            break
+        if entry_indent is None:
+            entry_indent = indent
+        match = _ARG_LINE.match(line.strip())
+        if indent == entry_indent and match:
+            current = match.group(1).lstrip("*")
+            descriptions[current] = match.group(2).strip()
+        elif current is not None:
+            descriptions[current] = f"{descriptions[current]} {line.strip()}".strip()
+    return descriptions
+
+
+# -- schema and validation ----------------------------------------------------------------
+
+
+def _is_async_callable(func: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(func):
+        return True
+    # A callable object whose __call__ is async.
+    return inspect.iscoroutinefunction(type(func).__call__)
+
+
+def _resolve_hints(func: Callable[..., Any], signature: inspect.Signature) -> dict[str, Any]:
+    try:
+        return get_type_hints(func, include_extras=True)
+    except (NameError, TypeError, AttributeError, SyntaxError):
+        # A hint that cannot be resolved (a name local to a function) is one parameter's
+        # problem, not the whole tool's: resolve what we can, the rest accept anything.
+        hints: dict[str, Any] = {}
+        namespace = getattr(func, "__globals__", {})
+        for name, param in signature.parameters.items():
+            annotation = param.annotation
+            if isinstance(annotation, str):
+                try:
+                    annotation = eval(annotation, namespace)
+                except (NameError, TypeError, AttributeError, SyntaxError):
+                    annotation = Any
+            hints[name] = annotation
+        return hints
+
+
+def _arguments_model(
+    tool_name: str,
+    func: Callable[..., Any],
+    signature: inspect.Signature,
+    descriptions: dict[str, str],
+    accepts_extra: bool,
+) -> tuple[type[BaseModel], dict[str, str]]:
+    """A pydantic model of the model-facing parameters, and field name -> parameter name.
+
+    Fields get neutral names with the parameter name as alias, so parameters called
+    `json`, `schema` or `_private` cannot collide with BaseModel's own attributes.
+    """
+    hints = _resolve_hints(func, signature)
+    fields: dict[str, Any] = {}
+    names: dict[str, str] = {}
+    for index, (name, param) in enumerate(signature.parameters.items()):
+        if name in SPECIAL_PARAMETERS or name == "self":
+            continue
+        if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            continue
+        annotation = hints.get(name, Any)
+        if annotation is inspect.Parameter.empty:
+            annotation = Any
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        field = f"arg_{index}"
+        fields[field] = (
+            annotation,
+            Field(default, alias=name, description=descriptions.get(name)),
+        )
+        names[field] = name
+    config = ConfigDict(extra="allow" if accepts_extra else "forbid", arbitrary_types_allowed=True)
+    try:
+        model = create_model(f"{tool_name}_arguments", __config__=config, **fields)
+    except Exception as exc:
+        raise ToolError(f"{tool_name}: cannot build an argument model: {exc}") from exc
+    return model, names
+
+
+def _parameters_schema(tool_name: str, model: type[BaseModel]) -> dict[str, Any]:
+    try:
+        raw = model.model_json_schema(by_alias=True)
+    except Exception as exc:
+        raise ToolError(
+            f"{tool_name}: a parameter type has no JSON schema ({exc}); "
+            "use JSON-friendly types or pydantic models"
+        ) from exc
+    definitions = raw.pop("$defs", {})
+    cleaner = _SchemaCleaner(definitions)
+    schema: dict[str, Any] = cleaner.clean(raw, frozenset())
+    if cleaner.kept_refs:
+        schema["$defs"] = {k: cleaner.clean(v, frozenset({k})) for k, v in definitions.items()}
+    schema.setdefault("properties", {})
+    schema["type"] = "object"
+    return schema
+
+
+class _SchemaCleaner:
+    """Drops pydantic's titles and inlines `$ref`s (recursive models keep theirs)."""
+
+    def __init__(self, definitions: dict[str, Any]) -> None:
+        self.definitions = definitions
+        self.kept_refs = False
+
+    def clean(self, node: Any, expanding: frozenset[str]) -> Any:
+        if isinstance(node, list):
+            return [self.clean(item, expanding) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return self._inline(node, ref.removeprefix("#/$defs/"), expanding)
+        cleaned: dict[str, Any] = {}
+        for key, value in node.items():
+            if key == "title" and isinstance(value, str):
+                continue
+            if key == "properties" and isinstance(value, dict):
+                cleaned[key] = {name: self.clean(sub, expanding) for name, sub in value.items()}
+            elif key in _DATA_KEYWORDS:
+                cleaned[key] = value
+            else:
+                cleaned[key] = self.clean(value, expanding)
+        return cleaned
+
+    def _inline(self, node: dict[str, Any], name: str, expanding: frozenset[str]) -> Any:
+        if name in expanding or name not in self.definitions:
+            self.kept_refs = True
+            return dict(node)
+        target = self.clean(self.definitions[name], expanding | {name})
+        siblings = {k: v for k, v in node.items() if k != "$ref"}
+        return {**target, **self.clean(siblings, expanding)}
+
+
+def _describe_error(error: ErrorDetails) -> str:
+    loc = error.get("loc", ())
+    where = ".".join(str(part) for part in loc) or "arguments"
+    kind = error.get("type", "")
+    if kind == "missing":
+        return f"argument {where!r} is required"
+    if kind == "extra_forbidden":
+        return f"unexpected argument {where!r}"
+    got = _short_repr(error.get("input"))
+    return f"argument {where!r}: {error.get('msg', 'invalid value')} (got {got})"
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "null" if value is None else type(value).__name__

@@ -1,0 +1,22 @@
+"""InMemoryMemoryStore against the shared MemoryStore contract."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.runtime.memory import InMemoryMemoryStore
+from tests.contracts.memory_store_contract import MemoryStoreContract
+
+
+class TestInMemoryMemoryStore(MemoryStoreContract):
+    @pytest.fixture
+    def store(self) -> InMemoryMemoryStore:
+        return InMemoryMemoryStore()
+
+
+async def test_separate_stores_share_nothing() -> None:
+    """Two store objects are independent (no module-level state)."""
+    first, second = InMemoryMemoryStore(), InMemoryMemoryStore()
+    await first.add_experience("k", "only in first")
+    assert (await second.load("k")).experiences == []
+    assert (await second.add_experience("k", "x")).id == "exp_1"
