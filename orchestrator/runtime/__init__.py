@@ -1,0 +1,30 @@
+"""The ReAct runtime: `llm_chat`, the resumable loop, tools and SelfReference.
+
+llm_chat / AgentSpec / agent_spec    the decorator and what a worker needs to run it
+run_turn / TurnState / OriginContext the loop as a resumable state machine
+tool / Tool                          functions the model can call
+SelfReference                        durable agent memory and its tools
+"""
+
+from orchestrator.runtime.chat import AgentSpec, agent_spec, llm_chat
+from orchestrator.runtime.emitter import ToolEventEmitter
+from orchestrator.runtime.loop import run_turn
+from orchestrator.runtime.selfref import SelfRefContext, SelfReference
+from orchestrator.runtime.state import OriginContext, ToolOutcome, TurnError, TurnState
+from orchestrator.runtime.tools import Tool, tool
+
+__all__ = [
+    "AgentSpec",
+    "OriginContext",
+    "SelfRefContext",
+    "SelfReference",
+    "Tool",
+    "ToolEventEmitter",
+    "ToolOutcome",
+    "TurnError",
+    "TurnState",
+    "agent_spec",
+    "llm_chat",
+    "run_turn",
+    "tool",
+]

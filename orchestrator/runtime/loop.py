@@ -1,0 +1,768 @@
+"""The ReAct loop as a resumable state machine: `run_turn(spec, state, ...)`.
+
+One turn alternates LLM calls and tool batches until the model answers without tools
+(or `max_tool_calls` batches have run, then one last call without tools ends it). The
+loop starts from whatever phase `state` is in, so the same code runs a fresh turn and a
+turn resumed from a checkpoint on another worker. After every completed step (an LLM
+call, a single tool result, a folded batch) it hands the state to the `Checkpointer`.
+
+It yields `EventYield`s (every one with a gap-free `origin.event_seq`) and ends with
+exactly one `ResponseYield` carrying the final text and the whole turn's messages. The
+loop talks only to small interfaces (LLMInterface, Checkpointer, MemoryStore,
+AbortSignal), never to Redis or HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import structlog
+
+from orchestrator.errors import ToolError
+from orchestrator.events import (
+    CustomEvent,
+    EventOrigin,
+    EventYield,
+    LLMCallEndEvent,
+    LLMCallErrorEvent,
+    LLMCallStartEvent,
+    LLMChunkArriveEvent,
+    ReactEndEvent,
+    ReActEvent,
+    ReactIterationEndEvent,
+    ReactIterationStartEvent,
+    ReactStartEvent,
+    ResponseYield,
+    ToolCallArgumentsDeltaEvent,
+    ToolCallEndEvent,
+    ToolCallErrorEvent,
+    ToolCallResult,
+    ToolCallsBatchEndEvent,
+    ToolCallsBatchStartEvent,
+    ToolCallStartEvent,
+)
+from orchestrator.ports import Checkpointer, MemoryStore
+from orchestrator.runtime.emitter import ToolEventEmitter
+from orchestrator.runtime.state import OriginContext, ToolOutcome, TurnError, TurnState
+from orchestrator.runtime.tools import Tool, format_tool_result, parse_arguments
+from orchestrator.signals import AbortSignal
+
+if TYPE_CHECKING:
+    from orchestrator.runtime.chat import AgentSpec
+    from orchestrator.runtime.selfref import SelfRefContext
+
+__all__ = ["Output", "run_turn"]
+
+Output = ResponseYield | EventYield
+T = TypeVar("T")
+
+_log = structlog.get_logger(__name__)
+_END = object()
+
+
+async def run_turn(
+    spec: AgentSpec,
+    state: TurnState,
+    *,
+    abort: AbortSignal | None = None,
+    checkpointer: Checkpointer | None = None,
+    memory: MemoryStore | None = None,
+    origin: OriginContext | None = None,
+) -> AsyncIterator[Output]:
+    """Run (or resume) one agent turn, yielding its events and then its response.
+
+    `state` is advanced in place. `memory` overrides the spec's SelfReference store.
+    A failing LLM call yields `LLMCallErrorEvent` and `ReactEndEvent`, then raises the
+    `LLMError`. An abort ends the turn early with a history that is valid to send again.
+    """
+    turn = _Turn(spec, state, abort, checkpointer, memory, origin or OriginContext())
+    async for output in turn.run():
+        yield output
+
+
+class _Turn:
+    def __init__(
+        self,
+        spec: AgentSpec,
+        state: TurnState,
+        abort: AbortSignal | None,
+        checkpointer: Checkpointer | None,
+        memory: MemoryStore | None,
+        origin: OriginContext,
+    ) -> None:
+        self.spec = spec
+        self.state = state
+        self.abort = abort
+        self.checkpointer = checkpointer
+        self.origin = origin
+        self.selfref: SelfRefContext | None = spec.bind_memory(state.memory_key, memory)
+        self.tools: dict[str, Tool] = spec.tool_map()
+        if self.selfref is not None:
+            self.tools.update({t.name: t for t in self.selfref.tools()})
+        self.definitions = [t.definition() for t in self.tools.values()]
+        self.runtime = spec.tool_runtime(self.selfref)
+        self._clock = time.monotonic()
+        self._time_base = state.execution_time
+        self._iteration_clock = time.monotonic()
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _event(
+        self, event: ReActEvent, *, tool_name: str | None = None, tool_call_id: str | None = None
+    ) -> EventYield:
+        """Stamp an event with the turn's ids and the next sequence number."""
+        st = self.state
+        event.trace_id = st.trace_id
+        event.func_name = st.func_name
+        seq = st.next_event_seq
+        st.next_event_seq += 1
+        origin = EventOrigin(
+            session_id=st.session_id,
+            agent_call_id=st.agent_call_id,
+            event_seq=seq,
+            tool_name=tool_name,
+            tool_call_id=tool_call_id,
+            **self.origin.model_dump(),
+        )
+        return EventYield(event=event, origin=origin)
+
+    async def _save(self) -> None:
+        self.state.execution_time = self._time_base + (time.monotonic() - self._clock)
+        if self.checkpointer is not None:
+            await self.checkpointer.save(self.state)
+
+    def _aborted(self) -> bool:
+        return self.state.aborted or (self.abort is not None and self.abort.is_aborted)
+
+    async def _race(self, awaitable: Awaitable[T]) -> tuple[bool, T | None]:
+        """Await `awaitable` unless the abort signal fires first: (finished, result)."""
+        if self.abort is None:
+            return True, await awaitable
+        task = asyncio.ensure_future(awaitable)
+        if not self.abort.is_aborted:
+            waiter = asyncio.ensure_future(self.abort.wait())
+            try:
+                await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                task.cancel()
+                raise
+            finally:
+                waiter.cancel()
+        if task.done():
+            return True, task.result()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return False, None
+
+    # -- the state machine ---------------------------------------------------------------
+
+    async def run(self) -> AsyncIterator[Output]:
+        st = self.state
+        if not st.started:
+            st.started = True
+            yield self._event(
+                ReactStartEvent(
+                    iteration=0,
+                    user_task_prompt=st.user_task_prompt,
+                    initial_messages=copy.deepcopy(st.messages),
+                    available_tools=copy.deepcopy(self.definitions),
+                )
+            )
+            await self._save()
+        while st.phase != "done":
+            if self._aborted():
+                async for output in self._finish_aborted():
+                    yield output
+                break
+            step = self._llm_step() if st.phase == "llm" else self._tool_step()
+            async for output in step:
+                yield output
+        if st.error is not None:
+            raise _resumed_error(st.error)
+        yield ResponseYield(response=st.final_response, messages=copy.deepcopy(st.messages))
+
+    def _tools_exhausted(self) -> bool:
+        limit = self.spec.max_tool_calls
+        return limit is not None and self.state.tool_batches_done >= max(limit, 1)
+
+    async def _llm_step(self) -> AsyncIterator[Output]:
+        st = self.state
+        final_call = self._tools_exhausted()
+        st.iteration = 0 if st.tool_batches_done == 0 else st.tool_batches_done + 1
+        wrapped = st.tool_batches_done > 0 and not final_call
+        if wrapped:
+            self._iteration_clock = time.monotonic()
+            yield self._event(
+                ReactIterationStartEvent(
+                    iteration=st.iteration, current_messages=copy.deepcopy(st.messages)
+                )
+            )
+        tools = None if final_call or not self.definitions else self.definitions
+        sent = copy.deepcopy(st.messages)
+        call = LLMCallResult()
+        yield self._event(
+            LLMCallStartEvent(
+                iteration=st.iteration,
+                messages=sent,
+                tools=copy.deepcopy(tools or []),
+                llm_kwargs=dict(self.spec.llm_kwargs),
+                stream=self.spec.stream,
+            )
+        )
+        st.llm_calls += 1
+        started = time.monotonic()
+        try:
+            if self.spec.stream:
+                async for output in self._stream(call, sent, tools):
+                    yield output
+            else:
+                await self._complete(call, sent, tools)
+        except Exception as exc:
+            async for output in self._fail(exc, sent):
+                yield output
+            raise
+        if final_call:
+            call.tool_calls_by_index.clear()
+        tool_calls = self._commit_llm_result(call)
+        yield self._event(
+            LLMCallEndEvent(
+                iteration=st.iteration,
+                response=call.response,
+                messages=sent,
+                tool_calls=copy.deepcopy(tool_calls),
+                execution_time=time.monotonic() - started,
+                usage=call.usage,
+                content=call.content,
+                extra={"aborted": True} if call.aborted else {},
+            )
+        )
+        await self._save()
+        if st.phase == "done" and not st.aborted:
+            async for output in self._finish(wrapped):
+                yield output
+
+    async def _stream(
+        self, call: LLMCallResult, sent: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> AsyncIterator[Output]:
+        llm = self.spec.llm_interface
+        stream = llm.chat_stream(sent, tools=tools, **self.spec.llm_kwargs)
+        iterator = aiter(stream)
+        try:
+            while True:
+                done, chunk = await self._race(_next_or_end(iterator))
+                if not done:
+                    call.aborted = True
+                    break
+                if chunk is _END or not isinstance(chunk, dict):
+                    break
+                deltas = call.add_chunk(chunk)
+                yield self._event(
+                    LLMChunkArriveEvent(
+                        iteration=self.state.iteration,
+                        chunk=chunk,
+                        accumulated_content=call.content,
+                        chunk_index=call.chunk_count - 1,
+                    )
+                )
+                for index, text in deltas:
+                    yield self._argument_delta_event(call, index, text)
+        finally:
+            closer = getattr(stream, "aclose", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
+
+    def _argument_delta_event(self, call: LLMCallResult, index: int, text: str) -> EventYield:
+        part = call.tool_calls_by_index[index]
+        argname, argdelta = argument_delta(part)
+        return self._event(
+            ToolCallArgumentsDeltaEvent(
+                iteration=self.state.iteration,
+                tool_name=part.name,
+                tool_call_id=part.id,
+                argname=argname,
+                argcontent_delta=argdelta,
+                delta=text,
+            ),
+            tool_name=part.name or None,
+            tool_call_id=part.id or None,
+        )
+
+    async def _complete(
+        self, call: LLMCallResult, sent: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+    ) -> None:
+        llm = self.spec.llm_interface
+        done, response = await self._race(llm.chat(sent, tools=tools, **self.spec.llm_kwargs))
+        if not done or response is None:
+            call.aborted = True
+            return
+        call.add_completion(response)
+
+    def _commit_llm_result(self, call: LLMCallResult) -> list[dict[str, Any]]:
+        """Append the assistant message, decide the next phase; returns the tool calls."""
+        st = self.state
+        st.add_usage(call.usage)
+        st.final_response = call.content
+        tool_calls = [] if call.aborted else call.tool_calls(st.agent_call_id, st.llm_calls)
+        message = call.assistant_message(tool_calls)
+        if message is not None:
+            st.messages.append(message)
+        if call.aborted:
+            st.aborted = True
+            st.abort_reason = st.abort_reason or self._abort_reason()
+            return tool_calls
+        if tool_calls:
+            st.phase = "tools"
+            st.pending_tool_calls = copy.deepcopy(tool_calls)
+            st.tool_results = {}
+            st.batch_started = False
+            st.batch_execution_time = 0.0
+        else:
+            st.phase = "done"
+        return tool_calls
+
+    def _abort_reason(self) -> str:
+        return self.abort.reason if self.abort is not None else ""
+
+    async def _fail(self, exc: Exception, sent: list[dict[str, Any]]) -> AsyncIterator[Output]:
+        st = self.state
+        _log.warning("llm call failed", func_name=st.func_name, error=str(exc))
+        st.error = TurnError(type=type(exc).__name__, message=str(exc))
+        st.phase = "done"
+        yield self._event(
+            LLMCallErrorEvent(
+                iteration=st.iteration,
+                error=str(exc),
+                error_message=str(exc),
+                error_type=type(exc).__name__,
+                messages=sent,
+                llm_kwargs=dict(self.spec.llm_kwargs),
+            )
+        )
+        yield self._react_end({"error": str(exc), "error_type": type(exc).__name__})
+        await self._save()
+
+    # -- tools -------------------------------------------------------------------------
+
+    async def _tool_step(self) -> AsyncIterator[Output]:
+        st = self.state
+        st.iteration = st.tool_batches_done + 1
+        if not st.batch_started:
+            st.batch_started = True
+            st.tool_calls += len(st.pending_tool_calls)
+            yield self._event(
+                ToolCallsBatchStartEvent(
+                    iteration=st.iteration,
+                    tool_calls=copy.deepcopy(st.pending_tool_calls),
+                    batch_size=len(st.pending_tool_calls),
+                )
+            )
+        todo = [c for c in st.pending_tool_calls if _call_id(c) not in st.tool_results]
+        if todo:
+            async for output in self._run_batch(todo):
+                yield output
+        if self._aborted():
+            return
+        async for output in self._fold_batch(wrap_iteration=st.iteration >= 2):
+            yield output
+
+    async def _run_batch(self, todo: list[dict[str, Any]]) -> AsyncIterator[Output]:
+        queue: asyncio.Queue[CustomEvent | ToolOutcome] = asyncio.Queue()
+        for call in todo:
+            yield self._tool_event(call, ToolCallStartEvent, tool_call=copy.deepcopy(call))
+        started = time.monotonic()
+        tasks = [asyncio.create_task(self._execute(call, queue)) for call in todo]
+        try:
+            while not all(_call_id(c) in self.state.tool_results for c in todo):
+                done, item = await self._race(queue.get())
+                if not done or item is None:
+                    break
+                async for output in self._handle_item(item):
+                    yield output
+            if self._aborted():
+                async for output in self._cancel_tasks(tasks, queue):
+                    yield output
+        finally:
+            for task in tasks:
+                task.cancel()
+            self.state.batch_execution_time += time.monotonic() - started
+
+    async def _cancel_tasks(
+        self, tasks: list[asyncio.Task[None]], queue: asyncio.Queue[CustomEvent | ToolOutcome]
+    ) -> AsyncIterator[Output]:
+        """Stop in-flight tools, keeping whatever finished (or emitted) before they stopped."""
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        while not queue.empty():
+            async for output in self._handle_item(queue.get_nowait()):
+                yield output
+
+    async def _handle_item(self, item: CustomEvent | ToolOutcome) -> AsyncIterator[Output]:
+        if isinstance(item, CustomEvent):
+            yield self._event(item, tool_name=item.tool_name, tool_call_id=item.tool_call_id)
+            return
+        async for output in self._record(item):
+            yield output
+
+    async def _record(self, outcome: ToolOutcome) -> AsyncIterator[Output]:
+        """Keep one tool result, report it, and checkpoint so it never runs again."""
+        st = self.state
+        st.tool_results[outcome.tool_call_id] = outcome
+        call = next(c for c in st.pending_tool_calls if _call_id(c) == outcome.tool_call_id)
+        if outcome.success:
+            yield self._tool_event(
+                call,
+                ToolCallEndEvent,
+                result=outcome.result,
+                execution_time=outcome.execution_time,
+                success=True,
+            )
+        else:
+            yield self._tool_event(
+                call,
+                ToolCallErrorEvent,
+                error=outcome.error or "",
+                error_message=outcome.error or "",
+                error_type=outcome.error_type or "",
+                execution_time=outcome.execution_time,
+            )
+        await self._save()
+
+    def _tool_event(
+        self,
+        call: dict[str, Any],
+        kind: type[ToolCallStartEvent | ToolCallEndEvent | ToolCallErrorEvent],
+        **fields: Any,
+    ) -> EventYield:
+        name, call_id = _call_name(call), _call_id(call)
+        event = kind(
+            iteration=self.state.iteration,
+            tool_name=name,
+            tool_call_id=call_id,
+            arguments=_arguments_or_empty(call),
+            **fields,
+        )
+        return self._event(event, tool_name=name, tool_call_id=call_id)
+
+    async def _execute(
+        self, call: dict[str, Any], queue: asyncio.Queue[CustomEvent | ToolOutcome]
+    ) -> None:
+        """Run one tool call; its result (or error) goes on the queue, never raises."""
+        name, call_id = _call_name(call), _call_id(call)
+        emitter = ToolEventEmitter(
+            queue.put_nowait,
+            tool_name=name,
+            tool_call_id=call_id,
+            trace_id=self.state.trace_id,
+            func_name=self.state.func_name,
+            iteration=self.state.iteration,
+        )
+        started = time.monotonic()
+        try:
+            tool = self.tools.get(name)
+            if tool is None:
+                known = ", ".join(sorted(self.tools)) or "none"
+                raise ToolError(f"unknown tool {name!r} (available tools: {known})")
+            arguments = parse_arguments(call.get("function", {}).get("arguments"))
+            result = await tool.invoke(arguments, event_emitter=emitter, runtime=self.runtime)
+            content = format_tool_result(result)
+            outcome = ToolOutcome(
+                tool_call_id=call_id, tool_name=name, content=content, result=_as_json(content)
+            )
+        except Exception as exc:
+            _log.info("tool call failed", tool=name, error=str(exc), error_type=type(exc).__name__)
+            outcome = _error_outcome(call_id, name, exc)
+        outcome.execution_time = time.monotonic() - started
+        queue.put_nowait(outcome)
+
+    async def _fold_batch(self, *, wrap_iteration: bool) -> AsyncIterator[Output]:
+        """Append the batch's tool messages in the model's order and move to the next call."""
+        st = self.state
+        outcomes = [st.tool_results[_call_id(c)] for c in st.pending_tool_calls]
+        for outcome in outcomes:
+            st.messages.append(
+                {"role": "tool", "tool_call_id": outcome.tool_call_id, "content": outcome.content}
+            )
+        batch_size, batch_time = len(outcomes), st.batch_execution_time
+        st.tool_batches_done += 1
+        st.phase = "llm"
+        st.pending_tool_calls, st.tool_results, st.batch_started = [], {}, False
+        await self._apply_compaction()
+        successes = sum(1 for o in outcomes if o.success)
+        yield self._event(
+            ToolCallsBatchEndEvent(
+                iteration=st.iteration,
+                tool_results=[_result_summary(o) for o in outcomes],
+                batch_size=batch_size,
+                total_execution_time=batch_time,
+                success_count=successes,
+                error_count=batch_size - successes,
+            )
+        )
+        if wrap_iteration:
+            yield self._iteration_end(batch_size)
+        await self._save()
+
+    def _iteration_end(self, tool_calls_count: int) -> EventYield:
+        return self._event(
+            ReactIterationEndEvent(
+                iteration=self.state.iteration,
+                messages=copy.deepcopy(self.state.messages),
+                iteration_time=time.monotonic() - self._iteration_clock,
+                tool_calls_count=tool_calls_count,
+            )
+        )
+
+    # -- endings -----------------------------------------------------------------------
+
+    async def _apply_compaction(self) -> None:
+        if self.selfref is None:
+            return
+        compacted = await self.selfref.apply_pending_compaction(self.state.messages)
+        if compacted is not None:
+            self.state.messages = list(compacted)
+
+    async def _finish(self, wrapped: bool) -> AsyncIterator[Output]:
+        if wrapped:
+            yield self._iteration_end(0)
+        await self._apply_compaction()
+        if self.selfref is not None:
+            await self.selfref.save_messages(self.state.messages)
+        yield self._react_end({})
+        await self._save()
+
+    async def _finish_aborted(self) -> AsyncIterator[Output]:
+        st = self.state
+        st.aborted = True
+        st.abort_reason = st.abort_reason or self._abort_reason()
+        if st.phase == "tools":
+            async for output in self._close_batch():
+                yield output
+        if self.selfref is not None:
+            await self.selfref.save_messages(st.messages)
+        st.phase = "done"
+        yield self._react_end({"aborted": True, "abort_reason": st.abort_reason})
+        await self._save()
+
+    async def _close_batch(self) -> AsyncIterator[Output]:
+        """Give every unanswered tool call a 'cancelled' result so the history stays valid."""
+        st = self.state
+        reason = st.abort_reason or "aborted"
+        for call in st.pending_tool_calls:
+            if _call_id(call) in st.tool_results:
+                continue
+            outcome = ToolOutcome(
+                tool_call_id=_call_id(call),
+                tool_name=_call_name(call),
+                content=json.dumps(
+                    {"error": f"Tool call cancelled: the turn was aborted ({reason})."}
+                ),
+                success=False,
+                error=f"Tool call cancelled: {reason}",
+                error_type="CancelledError",
+            )
+            async for output in self._record(outcome):
+                yield output
+        async for output in self._fold_batch(wrap_iteration=False):
+            yield output
+
+    def _react_end(self, extra: dict[str, Any]) -> EventYield:
+        st = self.state
+        st.execution_time = self._time_base + (time.monotonic() - self._clock)
+        return self._event(
+            ReactEndEvent(
+                iteration=st.iteration,
+                final_response=st.final_response,
+                final_messages=copy.deepcopy(st.messages),
+                total_iterations=st.iteration,
+                total_execution_time=st.execution_time,
+                total_tool_calls=st.tool_calls,
+                total_llm_calls=st.llm_calls,
+                total_token_usage=dict(st.token_usage) if st.token_usage else None,
+                extra=extra,
+            )
+        )
+
+
+class _ToolCallPart:
+    """One tool call as it streams in (by index)."""
+
+    __slots__ = ("arguments", "emitted", "id", "name")
+
+    def __init__(self) -> None:
+        self.id = ""
+        self.name = ""
+        self.arguments = ""
+        self.emitted: dict[str, str] = {}
+
+
+class LLMCallResult:
+    """What one LLM call produced: text, tool calls, usage, the last raw response."""
+
+    def __init__(self) -> None:
+        self.content = ""
+        self.tool_calls_by_index: dict[int, _ToolCallPart] = {}
+        self.usage: dict[str, Any] | None = None
+        self.response: dict[str, Any] = {}
+        self.chunk_count = 0
+        self.aborted = False
+
+    def add_chunk(self, chunk: dict[str, Any]) -> list[tuple[int, str]]:
+        """Fold one chat.completion.chunk in; returns the (index, text) argument deltas."""
+        self.chunk_count += 1
+        self.response = chunk
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        deltas: list[tuple[int, str]] = []
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            text = delta.get("content")
+            if isinstance(text, str):
+                self.content += text
+            for piece in delta.get("tool_calls") or []:
+                deltas.extend(self._add_tool_piece(piece))
+        return deltas
+
+    def _add_tool_piece(self, piece: dict[str, Any]) -> list[tuple[int, str]]:
+        index = piece.get("index", 0)
+        index = index if isinstance(index, int) else 0
+        part = self.tool_calls_by_index.setdefault(index, _ToolCallPart())
+        if piece.get("id"):
+            part.id = str(piece["id"])
+        function = piece.get("function") or {}
+        if function.get("name"):
+            part.name = str(function["name"])
+        text = function.get("arguments")
+        if isinstance(text, str) and text:
+            part.arguments += text
+            return [(index, text)]
+        return []
+
+    def add_completion(self, response: dict[str, Any]) -> None:
+        """Take a whole chat.completion."""
+        self.response = response
+        if isinstance(response.get("usage"), dict):
+            self.usage = response["usage"]
+        choices = response.get("choices") or [{}]
+        message = choices[0].get("message") or {}
+        self.content = message.get("content") or ""
+        for index, call in enumerate(message.get("tool_calls") or []):
+            part = self.tool_calls_by_index.setdefault(index, _ToolCallPart())
+            function = call.get("function") or {}
+            part.id = str(call.get("id") or "")
+            part.name = str(function.get("name") or "")
+            arguments = function.get("arguments")
+            part.arguments = arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+    def tool_calls(self, agent_call_id: str = "", call_number: int = 0) -> list[dict[str, Any]]:
+        """The calls in OpenAI shape, in the model's order (ids made up if missing)."""
+        calls = []
+        for index in sorted(self.tool_calls_by_index):
+            part = self.tool_calls_by_index[index]
+            call_id = part.id or f"call_{agent_call_id}_{call_number}_{index}"
+            calls.append(
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": part.name, "arguments": part.arguments},
+                }
+            )
+        return calls
+
+    def assistant_message(self, tool_calls: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The assistant message to append (None when the model said nothing at all)."""
+        if tool_calls:
+            return {"role": "assistant", "content": self.content or None, "tool_calls": tool_calls}
+        if self.content:
+            return {"role": "assistant", "content": self.content}
+        return None
+
+
+def argument_delta(part: _ToolCallPart) -> tuple[str, str]:
+    """Best-effort per-argument view of streamed JSON: (argument name, new text)."""
+    parsed = _parse_partial_object(part.arguments)
+    for name, value in parsed.items():
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        before = part.emitted.get(name, "")
+        if text == before or (before and before.startswith(text)):
+            continue
+        part.emitted[name] = text
+        return name, text[len(before) :] if text.startswith(before) else text
+    return "", ""
+
+
+def _parse_partial_object(text: str) -> dict[str, Any]:
+    for suffix in ("", '"}', "}", '""}', "]}", '"]}'):
+        try:
+            value = json.loads(text + suffix)
+        except ValueError:
+            continue
+        return value if isinstance(value, dict) else {}
+    return {}
+
+
+async def _next_or_end(iterator: AsyncIterator[T]) -> T | object:
+    try:
+        return await anext(iterator)
+    except StopAsyncIteration:
+        return _END
+
+
+def _call_id(call: dict[str, Any]) -> str:
+    return str(call.get("id", ""))
+
+
+def _call_name(call: dict[str, Any]) -> str:
+    return str(call.get("function", {}).get("name", ""))
+
+
+def _arguments_or_empty(call: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return parse_arguments(call.get("function", {}).get("arguments"))
+    except ToolError:
+        return {}
+
+
+def _as_json(content: str) -> Any:
+    """What a tool result looks like in events: its JSON value, or the text itself."""
+    try:
+        value = json.loads(content)
+    except ValueError:
+        return content
+    return value if isinstance(value, dict | list | str) else content
+
+
+def _error_outcome(call_id: str, name: str, exc: Exception) -> ToolOutcome:
+    error_type = type(exc).__name__
+    return ToolOutcome(
+        tool_call_id=call_id,
+        tool_name=name,
+        content=json.dumps({"error": f"{error_type}: {exc}"}, ensure_ascii=False),
+        success=False,
+        error=str(exc),
+        error_type=error_type,
+    )
+
+
+def _result_summary(outcome: ToolOutcome) -> ToolCallResult:
+    return ToolCallResult(
+        tool_name=outcome.tool_name,
+        tool_call_id=outcome.tool_call_id,
+        result=outcome.result if outcome.success else outcome.content,
+        execution_time=outcome.execution_time,
+        success=outcome.success,
+        error=outcome.error,
+    )
+
+
+def _resumed_error(error: TurnError) -> Exception:
+    from orchestrator.errors import LLMError
+
+    return LLMError(f"{error.type}: {error.message}")
