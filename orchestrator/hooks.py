@@ -36,7 +36,7 @@ from orchestrator.events import (
     ToolCallsBatchStartEvent,
     ToolCallStartEvent,
 )
-from orchestrator.signals import ABORT_SIGNAL_PARAM, AbortSignal
+from orchestrator.signals import ABORT_SIGNAL_PARAM, EVENT_OBSERVER_PARAM, AbortSignal
 
 __all__ = [
     "ABORT_SIGNAL_PARAM",
@@ -157,23 +157,36 @@ def _call_observer(observer: Observer, output: EventYield) -> Any:
 def with_event_observer(
     observer: Observer,
 ) -> Callable[[Callable[..., AsyncIterator[Any]]], Callable[..., AsyncIterator[Any]]]:
-    """Call `observer` for every event an agent yields, without changing what it yields.
+    """Call `observer` for every event an agent produces, without changing what it yields.
 
     The observer may be sync or async and take `(event)` or `(event, origin)`. An observer
-    that raises is logged and does not break the agent.
+    that raises is logged and does not break the agent. On an `llm_chat` agent without
+    `enable_event` (which yields `(chunk, history)` tuples) the observer still sees every
+    event: it is handed to the turn itself.
     """
 
+    async def notify(output: EventYield) -> None:
+        try:
+            result = _call_observer(observer, output)
+            if isinstance(result, Awaitable):
+                await result
+        except Exception:
+            _log.exception("event observer failed", event=output.event.event_type)
+
     def decorate(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+        spec = getattr(fn, "__orchestrator_agent__", None)
+        tuple_mode = spec is not None and not getattr(spec, "enable_event", True)
+
         @wraps(fn)
         async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            if tuple_mode:
+                kwargs[EVENT_OBSERVER_PARAM] = notify
+                async for item in fn(*args, **kwargs):
+                    yield item
+                return
             async for output in fn(*args, **kwargs):
                 if isinstance(output, EventYield):
-                    try:
-                        result = _call_observer(observer, output)
-                        if isinstance(result, Awaitable):
-                            await result
-                    except Exception:
-                        _log.exception("event observer failed", event=output.event.event_type)
+                    await notify(output)
                 yield output
 
         return wrapper

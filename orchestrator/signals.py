@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 
 ABORT_SIGNAL_PARAM = "_abort_signal"
+# Call-time kwarg of an llm_chat agent: a callable receiving every EventYield of the turn,
+# whatever the agent yields (so an observer also works on agents without enable_event).
+EVENT_OBSERVER_PARAM = "_event_observer"
 
 
 class AbortSignal:

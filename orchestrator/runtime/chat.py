@@ -52,15 +52,12 @@ from orchestrator.runtime.selfref import (
 )
 from orchestrator.runtime.state import OriginContext, TurnState
 from orchestrator.runtime.tools import Tool, toolkit_by_name
-from orchestrator.signals import ABORT_SIGNAL_PARAM, AbortSignal
+from orchestrator.signals import ABORT_SIGNAL_PARAM, EVENT_OBSERVER_PARAM, AbortSignal
 
 __all__ = ["EVENT_OBSERVER_PARAM", "TEMPLATE_PARAMS", "AgentSpec", "agent_spec", "llm_chat"]
 
 TEMPLATE_PARAMS = "_template_params"
 AGENT_ATTRIBUTE = "__orchestrator_agent__"
-# Call-time kwarg: a callable receiving every EventYield of the turn, whatever the agent
-# yields (so an observer also works on agents without enable_event).
-EVENT_OBSERVER_PARAM = "_event_observer"
 ReturnMode = Literal["text", "raw"]
 
 _log = structlog.get_logger(__name__)

@@ -217,16 +217,18 @@ async def test_seed_event_observer_decorator(llm: OpenAICompatible) -> None:
         if isinstance(event, LLMCallEndEvent):
             usages.append(event.usage)
 
-    # Seed 001 omits enable_event=True; SimpleLLMFunc's own docstring for
-    # with_event_observer uses it (without it, theirs never calls the observer).
+    # Exactly as seed 001 writes it: no enable_event=True (SimpleLLMFunc's observer never
+    # fires then; ours hands the observer to the turn, so it sees every event).
     @with_event_observer(log_events)
-    @llm_chat(llm_interface=llm, toolkit=[get_weather], enable_event=True)
+    @llm_chat(llm_interface=llm, toolkit=[get_weather])
     async def agent(message: str, history: list[dict[str, Any]] | None = None) -> None:
         """My agent."""
         pass
 
     outputs = [o async for o in agent("weather in Paris?", [])]
-    assert is_response_yield(outputs[-1]), "observer does not change what the agent yields"
+    chunk, history = outputs[-1]
+    assert chunk == "", "observer does not change what the agent yields"
+    assert history[-1]["role"] == "assistant"
     assert [kind for kind, _ in seen][:2] == ["react_start", "llm_call_start"]
     assert seen[-1][0] == "react_end"
     assert len({session for _, session in seen}) == 1
