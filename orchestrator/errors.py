@@ -10,10 +10,12 @@ OrchestratorError
 ├── AgentError                  agent definition or invocation problems
 ├── AbortedError                the turn was aborted (reason attached)
 ├── StoreError                  a storage backend (Redis) failed; chained to the cause
+│   ├── StoreUnavailable        the backend could not be reached (dropped connection, timeout)
 │   └── PayloadError            data read from a store is not valid (untrusted input)
 └── RunError                    a distributed run ended badly (run id attached)
     ├── RunNotFound
-    └── UnknownAgent
+    ├── UnknownAgent
+    └── StaleAttempt            a write fenced off: a later attempt of the run owns it now
 """
 
 from __future__ import annotations
@@ -76,6 +78,13 @@ class StoreError(OrchestratorError):
     """A storage backend failed; the backend's exception is chained as __cause__."""
 
 
+class StoreUnavailable(StoreError):
+    """The backend could not be reached (connection refused or dropped, timeout).
+
+    Worth retrying: nothing is wrong with the data, only with the path to it.
+    """
+
+
 class PayloadError(StoreError):
     """Data read from a store does not decode to what it should (it is untrusted input)."""
 
@@ -94,3 +103,23 @@ class RunNotFound(RunError):
 
 class UnknownAgent(RunError):
     """The agent address does not name an agent this worker knows."""
+
+
+class StaleAttempt(RunError):
+    """A write was refused because a later attempt of the same run has taken over.
+
+    Raised to a zombie attempt (its worker was presumed dead and the run was retried) so
+    that it cannot overwrite the newer attempt's state.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: str | None = None,
+        attempt: int | None = None,
+        current_attempt: int | None = None,
+    ) -> None:
+        super().__init__(message, run_id=run_id)
+        self.attempt = attempt
+        self.current_attempt = current_attempt

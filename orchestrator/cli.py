@@ -1,0 +1,185 @@
+"""`orchestrator` command line: thin — parse, build settings, call the library."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+
+import structlog
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.settings import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, object] = {}
+    if getattr(args, "redis", None):
+        overrides["redis_url"] = args.redis
+    if getattr(args, "prefix", None):
+        overrides["key_prefix"] = args.prefix
+    if getattr(args, "concurrency", None):
+        overrides["concurrency"] = args.concurrency
+    return Settings.from_env(overrides=overrides)
+
+
+def _add_redis(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis", help="Redis URL (default: $ORCHESTRATOR_REDIS_URL or local)")
+    parser.add_argument("--prefix", help="key prefix (default: orc)")
+
+
+def _cmd_mock_llm(args: argparse.Namespace) -> int:
+    from orchestrator.mock_llm import serve
+
+    serve(args.host, args.port, args.script)
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.check:
+        from orchestrator.health import check_workers
+
+        return asyncio.run(check_workers(settings))
+    if not args.agents:
+        print("orchestrator worker: give at least one --agents MODULE", file=sys.stderr)
+        return 2
+    from workers.worker import serve
+
+    asyncio.run(serve(settings, args.agents))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from orchestrator.demo import run_demo
+
+    return run_demo(args)
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from orchestrator.commands import submit
+
+    return asyncio.run(submit(_settings(args), args))
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    from orchestrator.commands import tail
+
+    return asyncio.run(tail(_settings(args), args))
+
+
+def _cmd_abort(args: argparse.Namespace) -> int:
+    from orchestrator.commands import abort
+
+    return asyncio.run(abort(_settings(args), args))
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from orchestrator.commands import runs
+
+    return asyncio.run(runs(_settings(args), args))
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from orchestrator.bench import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="run the demo (embedded Redis + scripted model by default)")
+    _add_redis(p)
+    p.add_argument(
+        "--external-workers",
+        action="store_true",
+        help="do not start workers here: use `orchestrator worker` processes",
+    )
+    p.add_argument("--workers", type=int, default=1, help="in-process workers to start")
+    p.add_argument("--llm-url", help="an OpenAI-compatible base URL instead of the scripted model")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("worker", help="run an arq worker serving agents")
+    _add_redis(p)
+    p.add_argument(
+        "--agents",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="module whose llm_chat agents this worker serves (repeatable)",
+    )
+    p.add_argument("--concurrency", type=int, help="turns run at once (default 10)")
+    p.add_argument("--check", action="store_true", help="report live workers and exit")
+    p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("mock-llm", help="serve the scripted OpenAI-compatible model")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--script", help="script JSON (default: the demo script)")
+    p.set_defaults(func=_cmd_mock_llm)
+
+    p = sub.add_parser("submit", help="submit an agent turn")
+    _add_redis(p)
+    p.add_argument("agent", help="module:function")
+    p.add_argument("message")
+    p.add_argument("--session", help="session id (default: a new one)")
+    p.add_argument("--history", help="JSON file with the history (list of messages)")
+    p.add_argument("--follow", action="store_true", help="render the run live until it ends")
+    p.add_argument("--json", action="store_true", help="print one JSON object per line")
+    p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser("tail", help="follow a run's or session's events")
+    _add_redis(p)
+    p.add_argument("id", help="run id or session id")
+    p.add_argument("--from", dest="from_id", help="resume after this stream id")
+    p.add_argument("--json", action="store_true", help="print one JSON object per line")
+    p.add_argument("--no-follow", action="store_true", help="print what is there and exit")
+    p.set_defaults(func=_cmd_tail)
+
+    p = sub.add_parser("abort", help="abort a run (or a whole session)")
+    _add_redis(p)
+    p.add_argument("id", help="run id or session id")
+    p.add_argument("--reason", default="user_abort")
+    p.set_defaults(func=_cmd_abort)
+
+    p = sub.add_parser("runs", help="list runs")
+    _add_redis(p)
+    p.add_argument("--status")
+    p.add_argument("--agent")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_runs)
+
+    p = sub.add_parser("bench", help="run the benchmarks and print figures beside baselines")
+    _add_redis(p)
+    p.add_argument("--quick", action="store_true", help="fewer samples")
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(20),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except OrchestratorError as exc:
+        print(f"orchestrator: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def dump_json(obj: object) -> str:
+    return json.dumps(obj, ensure_ascii=False, default=str)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

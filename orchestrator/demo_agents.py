@@ -1,0 +1,89 @@
+"""The demo's agents: a weather/calculator assistant on the scripted model.
+
+This module is user code as far as the orchestrator is concerned: a worker started with
+`--agents orchestrator.demo_agents` serves `orchestrator.demo_agents:weather_chat`. Like
+any agents module it builds its LLM interface at import, from its own configuration: here
+the environment variable ORCHESTRATOR_DEMO_LLM_URL, which `orchestrator demo` sets to the
+scripted model it starts (or point it at any OpenAI-compatible endpoint, with
+ORCHESTRATOR_DEMO_LLM_MODEL and ORCHESTRATOR_DEMO_LLM_KEY).
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import operator
+import os
+from collections.abc import Callable
+from typing import Any
+
+from orchestrator import OpenAICompatible, llm_chat, tool
+
+_CONDITIONS = {
+    "paris": ("light rain", 14),
+    "tokyo": ("clear skies", 21),
+    "london": ("overcast", 11),
+    "new york": ("sunny", 18),
+}
+
+
+@tool(name="get_weather", description="Get the current weather for a city")
+async def get_weather(city: str, event_emitter: Any = None) -> dict[str, Any]:
+    """Look up the weather.
+
+    Args:
+        city: The city name, e.g. "Paris".
+    """
+    if event_emitter is not None:
+        await event_emitter.emit("lookup", {"city": city, "source": "demo weather table"})
+    await asyncio.sleep(0.3)  # a slow upstream API
+    condition, temp = _CONDITIONS.get(city.lower(), ("unknown", 15))
+    return {"city": city, "condition": condition, "temperature_c": temp}
+
+
+_OPS: dict[type[ast.AST], Callable[..., float]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: operator.pow,
+    ast.USub: operator.neg,
+}
+
+
+def _evaluate(node: ast.AST) -> float:
+    if isinstance(node, ast.Expression):
+        return _evaluate(node.body)
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+        return node.value
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        return float(_OPS[type(node.op)](_evaluate(node.left), _evaluate(node.right)))
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
+        return float(_OPS[type(node.op)](_evaluate(node.operand)))
+    raise ValueError("only numbers and + - * / ** are allowed")
+
+
+@tool(name="calculate", description="Evaluate an arithmetic expression")
+def calculate(expression: str) -> str:
+    """Safe arithmetic.
+
+    Args:
+        expression: For example "17 * 23".
+    """
+    value = _evaluate(ast.parse(expression, mode="eval"))
+    return str(int(value)) if value == int(value) else str(value)
+
+
+llm = OpenAICompatible(
+    api_keys=os.environ.get("ORCHESTRATOR_DEMO_LLM_KEY", "scripted-no-key-needed"),
+    model_name=os.environ.get("ORCHESTRATOR_DEMO_LLM_MODEL", "scripted"),
+    base_url=os.environ.get("ORCHESTRATOR_DEMO_LLM_URL", "http://127.0.0.1:8765/v1"),
+    retry_delay=0.2,
+)
+
+
+@llm_chat(llm_interface=llm, toolkit=[get_weather, calculate], stream=True)
+async def weather_chat(message: str, history: list[dict[str, Any]] | None = None) -> None:
+    """You are a helpful weather and arithmetic assistant. Use the tools when asked about
+    the weather or to calculate, and answer concisely."""
+    pass  # the body never runs: the docstring is the prompt

@@ -1,0 +1,133 @@
+"""A Redis for machines that have none: the demo's default.
+
+Prefers a real `redis-server` binary found on PATH (started on a free port, nothing saved
+to disk); otherwise falls back to fakeredis's in-process TCP server. Either way it is a
+throwaway server that lives as long as the command, and it says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from types import TracebackType
+
+from orchestrator.errors import ConfigError
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_for_port(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+class EmbeddedRedis:
+    """`with EmbeddedRedis() as redis: redis.url` — a temporary Redis for this process."""
+
+    def __init__(self, *, prefer_binary: bool = True) -> None:
+        self._prefer_binary = prefer_binary
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._fake: object | None = None
+        self._thread: threading.Thread | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.port = 0
+        self.kind = ""
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def label(self) -> str:
+        return f"EMBEDDED Redis ({self.kind}) at {self.url} — temporary, gone when this exits"
+
+    def start(self) -> EmbeddedRedis:
+        binary = shutil.which("redis-server") if self._prefer_binary else None
+        if binary:
+            self._start_binary(binary)
+        else:
+            self._start_fake()
+        return self
+
+    def _start_binary(self, binary: str) -> None:
+        self.port = free_port()
+        self._tmp = tempfile.TemporaryDirectory(prefix="orchestrator-redis-")
+        self._proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._tmp.name,
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if not _wait_for_port(self.port, 10.0):
+            self.stop()
+            raise ConfigError(f"embedded redis-server ({binary}) did not start")
+        self.kind = f"redis-server from {binary}"
+
+    def _start_fake(self) -> None:
+        try:
+            from fakeredis import TcpFakeServer
+        except ImportError as exc:  # pragma: no cover - fakeredis is a dependency
+            raise ConfigError("no redis-server on PATH and fakeredis is not installed") from exc
+        self.port = free_port()
+        server = TcpFakeServer(("127.0.0.1", self.port), server_type="redis")
+        server.daemon_threads = True
+        self._fake = server
+        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
+        self._thread.start()
+        if not _wait_for_port(self.port, 5.0):
+            raise ConfigError("embedded fake Redis did not start")
+        self.kind = "in-process fakeredis server"
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+            self._proc = None
+        if self._fake is not None:
+            self._fake.shutdown()  # type: ignore[attr-defined]
+            self._fake.server_close()  # type: ignore[attr-defined]
+            self._fake = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

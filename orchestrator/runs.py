@@ -1,0 +1,183 @@
+"""Distributed runs as values: the job payload, the run record, and what a stream reader gets.
+
+    RunRequest    the JSON payload of one arq job (strict: a malformed payload is refused)
+    RunRecord     everything known about one run (status, timings, result or error)
+    RunStatus     queued -> running -> completed | error | aborted
+    StatusEntry   the status marker a worker writes into the session stream
+    StreamEntry   one decoded entry of a session stream (event, response or status)
+
+No redis here: the adapters in `orchestrator.store` persist these.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from orchestrator.errors import PayloadError
+from orchestrator.events import EventYield, MessageList, ResponseYield
+
+__all__ = [
+    "RunRecord",
+    "RunRequest",
+    "RunStatus",
+    "StatusEntry",
+    "StreamEntry",
+]
+
+# "package.module:function" (or "module:Class.method"): where a worker finds the agent.
+AGENT_ADDRESS_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
+# Ids end up inside Redis key names and hash tags.
+ID_PATTERN = r"^[^{}\s]{1,200}$"
+
+
+class RunStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    ERROR = "error"
+    ABORTED = "aborted"
+
+    @property
+    def terminal(self) -> bool:
+        """True once the run has ended (completed, error or aborted)."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.ERROR, RunStatus.ABORTED})
+
+
+class RunRequest(BaseModel):
+    """One agent turn to run on a worker: the arq job payload, as JSON.
+
+    Strict on purpose: unknown fields, a wrong version or a malformed agent address are
+    refused with a `PayloadError` by `from_json` rather than guessed at.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = 1
+    run_id: str = Field(pattern=ID_PATTERN)
+    session_id: str = Field(pattern=ID_PATTERN)
+    agent: str = Field(pattern=AGENT_ADDRESS_PATTERN)
+    message: str | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    history: MessageList | None = None
+    attempt: int = Field(default=1, ge=1)
+    submitted_at: float = Field(default_factory=time.time)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> RunRequest:
+        """Decode a job payload; raises `PayloadError` naming what is wrong."""
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as exc:
+            raise PayloadError(f"invalid run request: {_summarise(exc)}") from exc
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunRequest:
+        """Like `from_json`, for a payload that was already parsed."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise PayloadError(f"invalid run request: {_summarise(exc)}") from exc
+
+
+class RunRecord(BaseModel):
+    """Everything known about one run. Times are Unix epoch seconds."""
+
+    # Records are read back from Redis: unknown fields (a newer writer) are ignored.
+    model_config = ConfigDict(extra="ignore")
+
+    v: int = 1
+    run_id: str
+    session_id: str
+    agent: str
+    status: RunStatus = RunStatus.QUEUED
+    attempt: int = 1
+    max_attempts: int = 1
+    submitted_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker_id: str | None = None
+    response: str | None = None
+    messages: MessageList | None = None
+    usage: dict[str, Any] | None = None
+    error: str | None = None
+    error_type: str | None = None
+    abort_reason: str | None = None
+    tenant: str | None = None
+    # The job payload (RunRequest as JSON), kept so a reaper can re-enqueue the run.
+    request: dict[str, Any] | None = None
+
+    @property
+    def queue_ms(self) -> float | None:
+        """Milliseconds from submission to start (None until started)."""
+        if self.started_at is None:
+            return None
+        return max(0.0, (self.started_at - self.submitted_at) * 1000.0)
+
+    @property
+    def run_ms(self) -> float | None:
+        """Milliseconds from start to finish (None until both are known)."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return max(0.0, (self.finished_at - self.started_at) * 1000.0)
+
+    @property
+    def timings(self) -> dict[str, float | None]:
+        """`queue_ms` and `run_ms` together, for dashboards and benchmarks."""
+        return {"queue_ms": self.queue_ms, "run_ms": self.run_ms}
+
+
+class StatusEntry(BaseModel):
+    """A run's status change, written into the session stream (kind "status")."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    run_id: str
+    status: RunStatus
+    error: str | None = None
+    error_type: str | None = None
+    abort_reason: str | None = None
+    at: float = Field(default_factory=time.time)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+StreamKind = Literal["event", "response", "status"]
+
+
+class StreamEntry(BaseModel):
+    """One decoded entry of a session stream.
+
+    `id` is the stream entry id (resume after it). Exactly one of `output` (kinds "event"
+    and "response") and `status` (kind "status") is set.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    run_id: str
+    kind: StreamKind
+    output: ResponseYield | EventYield | None = None
+    status: StatusEntry | None = None
+
+
+def _summarise(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "payload"
+        parts.append(f"{where}: {error['msg']}")
+    more = exc.error_count() - len(parts)
+    if more > 0:
+        parts.append(f"... and {more} more")
+    return "; ".join(parts)

@@ -1,0 +1,59 @@
+"""One settings object, built at the edges (CLI, worker, API factory) and passed down.
+
+The library never reads the environment itself; `Settings.from_env()` is for entry points.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pydantic import BaseModel, Field
+
+ENV_PREFIX = "ORCHESTRATOR_"
+
+
+class Settings(BaseModel):
+    """Everything a client, worker or API process needs to agree on."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Every Redis key starts with this, so several deployments (or tests) share a server.
+    key_prefix: str = "orc"
+
+    # Event streams: trimmed with MAXLEN ~ while a run is live, expired once it ends.
+    stream_maxlen: int = Field(default=100_000, ge=100)
+    stream_retention_s: int = Field(default=86_400, ge=1)
+    # Run records (status, result) are kept this long after the run ends.
+    run_retention_s: int = Field(default=7 * 86_400, ge=1)
+
+    # Workers
+    concurrency: int = Field(default=10, ge=1)
+    # A running turn renews its lease every lease_ttl_s / 3; a turn whose lease lapses is
+    # resumed elsewhere. Recovery time after a SIGKILL is about lease_ttl_s + reap_interval_s.
+    lease_ttl_s: float = Field(default=6.0, gt=0)
+    reap_interval_s: float = Field(default=1.0, gt=0)
+    # A turn that keeps killing its workers ends with an error after this many attempts.
+    max_attempts: int = Field(default=3, ge=1)
+    abort_poll_s: float = Field(default=0.05, gt=0, le=0.05)
+    # Fallback poll of the queue; normally workers are woken by a publish when work arrives.
+    poll_delay_s: float = Field(default=0.5, gt=0)
+    heartbeat_s: float = Field(default=2.0, gt=0)
+    # On SIGTERM running turns get this long to finish before they are handed back.
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # arq's own job timeout: far above any turn; crash recovery does not depend on it.
+    job_timeout_s: int = Field(default=24 * 3600, ge=1)
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, object] | None = None
+    ) -> Settings:
+        """Build settings from ORCHESTRATOR_* variables (e.g. ORCHESTRATOR_REDIS_URL);
+        `overrides` (e.g. from command-line flags) win over the environment."""
+        source = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for name in cls.model_fields:
+            raw = source.get(ENV_PREFIX + name.upper())
+            if raw is not None:
+                values[name] = raw
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls.model_validate(values)

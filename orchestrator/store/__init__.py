@@ -1,0 +1,32 @@
+"""Redis adapters: the only package (besides the worker) that imports redis.
+
+connection    connect(), translate_errors(), optimistic transactions
+streams       EventPublisher (batched, exactly-once) and StreamReader (resumable tail)
+abort         AbortFlags (the per-session key) and AbortWatcher (key -> AbortSignal)
+memory        RedisMemoryStore (orchestrator.ports.MemoryStore)
+checkpoints   CheckpointStore (fenced by run attempt)
+runs          RunStore, LeaseTable, WorkerRegistry
+"""
+
+from orchestrator.store.abort import AbortFlags, AbortWatcher
+from orchestrator.store.checkpoints import CheckpointStore
+from orchestrator.store.connection import connect, translate_errors
+from orchestrator.store.memory import RedisMemoryStore
+from orchestrator.store.runs import LeaseTable, RunStore, WorkerRegistry
+from orchestrator.store.streams import EventPublisher, PublisherStats, StreamPage, StreamReader
+
+__all__ = [
+    "AbortFlags",
+    "AbortWatcher",
+    "CheckpointStore",
+    "EventPublisher",
+    "LeaseTable",
+    "PublisherStats",
+    "RedisMemoryStore",
+    "RunStore",
+    "StreamPage",
+    "StreamReader",
+    "WorkerRegistry",
+    "connect",
+    "translate_errors",
+]

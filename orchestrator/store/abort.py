@@ -1,0 +1,176 @@
+"""Distributed abort: a per-session Redis key, and a watcher that turns it into `AbortSignal`s.
+
+`AbortFlags` sets, reads and clears the key. `AbortWatcher` runs one polling task per
+process for all the turns that process is running: every `interval_s` it reads the abort
+keys of every watched session with a single MGET, and aborts the signals of the sessions
+whose key has appeared. With nothing watched there is no task and no Redis traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import structlog
+
+from orchestrator.errors import PayloadError, StoreError
+from orchestrator.keys import Keys
+from orchestrator.signals import AbortSignal
+from orchestrator.store._codec import dump_json, text
+from orchestrator.store.connection import Redis, translate_errors
+
+__all__ = ["AbortFlags", "AbortWatcher", "decode_reason"]
+
+log = structlog.get_logger(__name__)
+
+
+def decode_reason(raw: Any) -> str:
+    """The reason stored in an abort key's value.
+
+    The value is JSON `{"reason": ..., "at": ...}`; anything else (someone ran
+    `SET ... "stop"` by hand) still means "abort", with the raw text as the reason.
+    """
+    try:
+        value = text(raw)
+    except PayloadError:
+        return ""
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return value
+    reason = parsed.get("reason") if isinstance(parsed, dict) else None
+    if isinstance(reason, str):
+        return reason
+    log.warning("abort.unexpected_value", value=value[:200])
+    return value
+
+
+class AbortFlags:
+    """Request, read and clear a session's abort flag."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+
+    async def request(self, session_id: str, reason: str, ttl_s: int = 86_400) -> bool:
+        """Ask every turn of the session to stop. The first reason wins.
+
+        Returns True if this call set the flag, False if it was already set (still a
+        success: the session is being aborted either way).
+        """
+        value = dump_json({"reason": reason, "at": time.time()})
+        async with translate_errors("abort request"):
+            created = await self._redis.set(self._keys.abort(session_id), value, nx=True, ex=ttl_s)
+        return bool(created)
+
+    async def get(self, session_id: str) -> str | None:
+        """The abort reason ("" is a valid reason), or None when no abort was requested."""
+        async with translate_errors("abort read"):
+            raw = await self._redis.get(self._keys.abort(session_id))
+        return None if raw is None else decode_reason(raw)
+
+    async def clear(self, session_id: str) -> None:
+        """Remove the flag (e.g. before a new turn of the same session starts)."""
+        async with translate_errors("abort clear"):
+            await self._redis.delete(self._keys.abort(session_id))
+
+
+class AbortWatcher:
+    """Fires registered `AbortSignal`s when their session's abort key appears.
+
+    `watch()` / `unwatch()` are cheap and synchronous; call `start()` once (in the
+    process's event loop) and `stop()` at shutdown. A signal is fired at most once and is
+    then dropped from the watch list. Redis errors are logged and the poll retried.
+    """
+
+    def __init__(self, redis: Redis, keys: Keys, *, interval_s: float = 0.05) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._interval_s = interval_s
+        self._watched: dict[str, list[AbortSignal]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._running = False
+        self.polls = 0  # MGETs issued (for tests and benchmarks)
+
+    def watch(self, session_id: str, signal: AbortSignal) -> None:
+        """Abort `signal` when the session's abort key appears."""
+        self._keys.abort(session_id)  # reject a bad session id now, not in the poll loop
+        signals = self._watched.setdefault(session_id, [])
+        if not any(s is signal for s in signals):
+            signals.append(signal)
+        self._ensure_task()
+
+    def unwatch(self, session_id: str, signal: AbortSignal) -> None:
+        """Stop watching for `signal` (no error if it is not watched)."""
+        signals = self._watched.get(session_id)
+        if signals is None:
+            return
+        signals[:] = [s for s in signals if s is not signal]
+        if not signals:
+            del self._watched[session_id]
+
+    @property
+    def watched_sessions(self) -> list[str]:
+        return list(self._watched)
+
+    async def start(self) -> None:
+        """Begin polling (a task runs only while something is watched)."""
+        self._running = True
+        self._ensure_task()
+
+    async def stop(self) -> None:
+        """Stop polling; watched signals stay registered but are no longer fired."""
+        self._running = False
+        task, self._task = self._task, None
+        if task is None or task.done():
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+
+    async def poll_once(self) -> int:
+        """Check every watched session now; returns how many signals were fired."""
+        sessions = list(self._watched)
+        if not sessions:
+            return 0
+        async with translate_errors("abort poll"):
+            values = await self._redis.mget([self._keys.abort(s) for s in sessions])
+        self.polls += 1
+        fired = 0
+        for session_id, raw in zip(sessions, values, strict=True):
+            if raw is not None:
+                fired += self._fire(session_id, decode_reason(raw))
+        return fired
+
+    def _fire(self, session_id: str, reason: str) -> int:
+        signals = self._watched.pop(session_id, [])
+        for signal in signals:
+            signal.abort(reason)
+        if signals:
+            log.info("abort.fired", session_id=session_id, reason=reason, signals=len(signals))
+        return len(signals)
+
+    def _ensure_task(self) -> None:
+        if self._running and self._watched and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(
+                self._poll_loop(), name="abort-watcher"
+            )
+
+    async def _poll_loop(self) -> None:
+        failures = 0
+        while self._running and self._watched:
+            try:
+                await self.poll_once()
+                failures = 0
+            except StoreError as exc:
+                failures += 1
+                log.warning("abort.poll_failed", attempt=failures, error=str(exc))
+                await asyncio.sleep(min(1.0, self._interval_s * 2**failures))
+                continue
+            await asyncio.sleep(self._interval_s)

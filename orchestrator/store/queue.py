@@ -1,0 +1,67 @@
+"""The arq queue, seen from the submitting side: enqueue a run attempt and wake workers."""
+
+from __future__ import annotations
+
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+
+from orchestrator.keys import Keys
+from orchestrator.runs import RunRequest
+from orchestrator.store.connection import translate_errors
+
+RUN_TURN = "run_turn"
+
+
+def job_id(run_id: str, attempt: int) -> str:
+    """Deterministic arq job id: one job per attempt, so a retry never collides with the
+    result key arq keeps for an earlier attempt."""
+    return f"{run_id}:{attempt}"
+
+
+class JobQueue:
+    def __init__(self, arq: ArqRedis, keys: Keys) -> None:
+        self._arq = arq
+        self._keys = keys
+
+    async def enqueue(self, request: RunRequest) -> str:
+        """Queue one attempt of a run and wake idle workers. Returns the arq job id."""
+        jid = job_id(request.run_id, request.attempt)
+        async with translate_errors("enqueue run"):
+            await self._arq.enqueue_job(
+                RUN_TURN,
+                request.model_dump(mode="json"),
+                _job_id=jid,
+                _queue_name=self._keys.queue(),
+            )
+            await self._arq.publish(self._keys.wake(), jid)
+        return jid
+
+    async def discard(self, run_id: str, attempt: int) -> None:
+        """Drop an attempt's arq job (its worker died): arq would otherwise rerun it when
+        its in-progress key expires, long after we resumed the run elsewhere."""
+        jid = job_id(run_id, attempt)
+        async with translate_errors("discard job"):
+            pipe = self._arq.pipeline(transaction=True)
+            pipe.zrem(self._keys.queue(), jid)
+            pipe.delete(job_key_prefix + jid, in_progress_key_prefix + jid, retry_key_prefix + jid)
+            await pipe.execute()
+
+    async def depth(self) -> int:
+        async with translate_errors("queue depth"):
+            return int(await self._arq.zcard(self._keys.queue()))
+
+
+async def connect_queue(url: str, keys: Keys) -> ArqRedis:
+    """A Redis client that can also enqueue arq jobs (JSON-serialized, never pickled)."""
+    from arq.connections import RedisSettings, create_pool
+
+    from orchestrator.store import jsonserial
+
+    async with translate_errors("connect"):
+        pool: ArqRedis = await create_pool(
+            RedisSettings.from_dsn(url),
+            job_serializer=jsonserial.dumps,
+            job_deserializer=jsonserial.loads,
+            default_queue_name=keys.queue(),
+        )
+    return pool

@@ -1,0 +1,420 @@
+"""Run records, run leases and worker heartbeats in Redis.
+
+RunStore        RunRecord JSON per run, plus a time index and one index per status,
+                changed together in one MULTI/EXEC (conditional `transition`s included)
+LeaseTable      "attempt N of run R is alive on worker W until T": renewed by the worker,
+                reaped by whoever sees it expire (exactly one reaper wins), fenced so a
+                replaced attempt learns it has been replaced
+WorkerRegistry  worker heartbeats with their info, for dashboards and reapers
+"""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from orchestrator.errors import PayloadError, RunNotFound
+from orchestrator.keys import Keys
+from orchestrator.runs import RunRecord, RunStatus
+from orchestrator.store._codec import dump_json, load_json, parse_int, resolve, text
+from orchestrator.store.connection import Pipeline, Redis, begin, optimistic, translate_errors
+
+__all__ = ["LeaseTable", "RunStore", "WorkerRegistry"]
+
+log = structlog.get_logger(__name__)
+
+_FIXED_FIELDS = frozenset({"v", "run_id"})
+
+
+def _now_ms() -> float:
+    return time.time() * 1000.0
+
+
+def _decode_record(run_id: str, raw: Any) -> RunRecord:
+    try:
+        return RunRecord.model_validate_json(raw)
+    except ValidationError as exc:
+        raise PayloadError(f"run record {run_id!r} is corrupt") from exc
+
+
+class RunStore:
+    """Run records: create, read, update, conditional transitions, listing, expiry."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+
+    # -- single records ---------------------------------------------------------------
+
+    async def create(self, record: RunRecord) -> bool:
+        """Store a new run record. Returns False (and changes nothing) if the id exists."""
+        key = self._keys.run(record.run_id)
+
+        async def create(pipe: Pipeline) -> bool:
+            if await pipe.exists(key):
+                return False
+            begin(pipe)
+            self._queue_write(pipe, None, record)
+            return True
+
+        return await optimistic(self._redis, [key], create, what="run create")
+
+    async def get(self, run_id: str) -> RunRecord:
+        """The run's record; `RunNotFound` if there is none, `PayloadError` if corrupt."""
+        async with translate_errors("run get"):
+            raw = await self._redis.get(self._keys.run(run_id))
+        if raw is None:
+            raise RunNotFound(f"no run {run_id!r}", run_id=run_id)
+        return _decode_record(run_id, raw)
+
+    async def update(self, run_id: str, **fields: Any) -> RunRecord:
+        """Change some fields (atomic read-modify-write, retried on conflict)."""
+        _check_fields(fields)
+        key = self._keys.run(run_id)
+
+        async def update(pipe: Pipeline) -> RunRecord:
+            current = await self._read(pipe, run_id)
+            updated = _apply(current, fields)
+            begin(pipe)
+            self._queue_write(pipe, current, updated)
+            return updated
+
+        return await optimistic(self._redis, [key], update, what="run update")
+
+    async def transition(
+        self,
+        run_id: str,
+        *,
+        from_status: Iterable[RunStatus] | RunStatus,
+        to: RunStatus,
+        **fields: Any,
+    ) -> RunRecord | None:
+        """Move the run to `to` (and set `fields`) only if its status is in `from_status`.
+
+        Atomic: of two concurrent transitions out of the same status, exactly one wins.
+        Returns the new record, or None (nothing changed) if the status did not match.
+        """
+        _check_fields(fields)
+        allowed = {from_status} if isinstance(from_status, RunStatus) else set(from_status)
+        key = self._keys.run(run_id)
+
+        async def transition(pipe: Pipeline) -> RunRecord | None:
+            current = await self._read(pipe, run_id)
+            if current.status not in allowed:
+                return None
+            updated = _apply(current, {**fields, "status": to})
+            begin(pipe)
+            self._queue_write(pipe, current, updated)
+            return updated
+
+        return await optimistic(self._redis, [key], transition, what="run transition")
+
+    async def expire(self, run_id: str, ttl_s: float) -> bool:
+        """Let the record expire after `ttl_s`; it leaves the indexes once gone.
+
+        Returns False if there is no such record.
+        """
+        ttl_ms = max(1, int(ttl_s * 1000))
+        async with (
+            translate_errors("run expire"),
+            self._redis.pipeline(transaction=True) as pipe,
+        ):
+            pipe.pexpire(self._keys.run(run_id), ttl_ms)
+            pipe.zadd(self._keys.runs_expiring(), {run_id: _now_ms() + ttl_ms})
+            existed, _ = await pipe.execute()
+        return bool(existed)
+
+    # -- listing ------------------------------------------------------------------------
+
+    async def list(
+        self,
+        *,
+        status: RunStatus | None = None,
+        agent: str | None = None,
+        tenant: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> builtins.list[RunRecord]:
+        """Runs, newest first, optionally only one status / agent / tenant.
+
+        Missing and corrupt records are skipped (a corrupt one with a warning).
+        """
+        await self._prune_expired()
+        index = self._keys.runs_by_status(status) if status else self._keys.runs_index()
+        found: builtins.list[RunRecord] = []
+        to_skip, start, page = offset, 0, max(100, offset + limit)
+        while len(found) < limit:
+            async with translate_errors("run list"):
+                ids = await self._redis.zrevrange(index, start, start + page - 1)
+            if not ids:
+                break
+            start += len(ids)
+            for record in await self._load_many([text(i) for i in ids]):
+                if not _matches(record, status, agent, tenant):
+                    continue
+                if to_skip:
+                    to_skip -= 1
+                    continue
+                found.append(record)
+                if len(found) >= limit:
+                    break
+        return found
+
+    async def counts_by_status(self) -> dict[str, int]:
+        """How many runs are in each status (every status present, zeros included)."""
+        await self._prune_expired()
+        async with (
+            translate_errors("run counts"),
+            self._redis.pipeline(transaction=False) as pipe,
+        ):
+            for status in RunStatus:
+                pipe.zcard(self._keys.runs_by_status(status))
+            counts = await pipe.execute()
+        return {status.value: int(n) for status, n in zip(RunStatus, counts, strict=True)}
+
+    # -- internals --------------------------------------------------------------------
+
+    async def _read(self, pipe: Pipeline, run_id: str) -> RunRecord:
+        raw = await pipe.get(self._keys.run(run_id))
+        if raw is None:
+            raise RunNotFound(f"no run {run_id!r}", run_id=run_id)
+        return _decode_record(run_id, raw)
+
+    def _queue_write(self, pipe: Pipeline, old: RunRecord | None, new: RunRecord) -> None:
+        score = new.submitted_at * 1000.0
+        pipe.set(self._keys.run(new.run_id), new.model_dump_json(), keepttl=True)
+        pipe.zadd(self._keys.runs_index(), {new.run_id: score})
+        if old is not None and old.status != new.status:
+            pipe.zrem(self._keys.runs_by_status(old.status), new.run_id)
+        pipe.zadd(self._keys.runs_by_status(new.status), {new.run_id: score})
+
+    async def _load_many(self, run_ids: builtins.list[str]) -> builtins.list[RunRecord]:
+        async with translate_errors("run list"):
+            raws = await self._redis.mget([self._keys.run(r) for r in run_ids])
+        records = []
+        for run_id, raw in zip(run_ids, raws, strict=True):
+            if raw is None:
+                continue  # expired or deleted since it was indexed
+            try:
+                records.append(_decode_record(run_id, raw))
+            except PayloadError as exc:
+                log.warning("runs.corrupt_record", run_id=run_id, error=str(exc))
+        return records
+
+    async def _prune_expired(self) -> None:
+        """Drop index entries of records whose TTL has run out."""
+        expiring = self._keys.runs_expiring()
+        async with translate_errors("run index prune"):
+            due = await self._redis.zrangebyscore(expiring, "-inf", _now_ms())
+            if not due:
+                return
+            ids = [text(i) for i in due]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for run_id in ids:
+                    pipe.exists(self._keys.run(run_id))
+                exists = await pipe.execute()
+            gone = [run_id for run_id, n in zip(ids, exists, strict=True) if not n]
+            if not gone:
+                return
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._keys.runs_index(), *gone)
+                for status in RunStatus:
+                    pipe.zrem(self._keys.runs_by_status(status), *gone)
+                pipe.zrem(expiring, *gone)
+                await pipe.execute()
+
+
+def _check_fields(fields: dict[str, Any]) -> None:
+    unknown = set(fields) - set(RunRecord.model_fields)
+    if unknown:
+        raise ValueError(f"unknown RunRecord fields: {sorted(unknown)}")
+    fixed = set(fields) & _FIXED_FIELDS
+    if fixed:
+        raise ValueError(f"RunRecord fields cannot be changed: {sorted(fixed)}")
+
+
+def _apply(record: RunRecord, fields: dict[str, Any]) -> RunRecord:
+    # Validate the result as a whole, so a bad value fails here rather than on read.
+    return RunRecord.model_validate({**record.model_dump(), **fields})
+
+
+def _matches(
+    record: RunRecord, status: RunStatus | None, agent: str | None, tenant: str | None
+) -> bool:
+    return (
+        (status is None or record.status == status)
+        and (agent is None or record.agent == agent)
+        and (tenant is None or record.tenant == tenant)
+    )
+
+
+_ATTEMPT = "attempt"
+_WORKER = "worker"
+_FENCE = "fence"
+_STATE = "state"
+
+
+def _opt_int(raw: Any, what: str) -> int | None:
+    return None if raw is None else parse_int(raw, what)
+
+
+class LeaseTable:
+    """Liveness leases of running attempts, with fencing.
+
+    A worker `renew`s its attempt's lease every few seconds. When a lease's deadline
+    passes, a reaper `claim_expired`s it (exactly one of several succeeds) and retries the
+    run; the claim raises the run's fence, so the old attempt's next `renew` returns
+    False and it knows to stop.
+    """
+
+    def __init__(self, redis: Redis, keys: Keys, *, fence_ttl_s: int = 86_400) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._fence_ttl_s = fence_ttl_s
+
+    async def renew(self, run_id: str, *, attempt: int, worker_id: str, ttl_s: float) -> bool:
+        """Hold (or take) the lease until now + `ttl_s`.
+
+        Returns False, changing nothing, if a later attempt owns the lease or the lease
+        was claimed or released after this attempt: this attempt must stop.
+        """
+        owner = self._keys.lease(run_id)
+        deadline = _now_ms() + ttl_s * 1000.0
+
+        async def renew(pipe: Pipeline) -> bool:
+            held_raw, fence_raw = await resolve(pipe.hmget(owner, [_ATTEMPT, _FENCE]))
+            held = _opt_int(held_raw, "lease attempt")
+            fence = _opt_int(fence_raw, "lease fence")
+            if (fence is not None and attempt < fence) or (held is not None and held > attempt):
+                return False
+            begin(pipe)
+            pipe.hset(owner, mapping={_ATTEMPT: str(attempt), _WORKER: worker_id, _STATE: "held"})
+            pipe.persist(owner)
+            pipe.zadd(self._keys.leases(), {run_id: deadline})
+            return True
+
+        return await optimistic(self._redis, [owner], renew, what="lease renew")
+
+    async def release(self, run_id: str, attempt: int) -> bool:
+        """Give the lease up at the end of the attempt. False if `attempt` did not hold it."""
+        owner = self._keys.lease(run_id)
+
+        async def release(pipe: Pipeline) -> bool:
+            held = _opt_int(await resolve(pipe.hget(owner, _ATTEMPT)), "lease attempt")
+            if held != attempt:
+                return False
+            begin(pipe)
+            self._queue_end(pipe, run_id, fence=attempt + 1, state="released")
+            return True
+
+        return await optimistic(self._redis, [owner], release, what="lease release")
+
+    async def expired(self, now_ms: float | None = None) -> builtins.list[str]:
+        """Run ids whose lease deadline has passed."""
+        now = _now_ms() if now_ms is None else now_ms
+        async with translate_errors("lease scan"):
+            ids = await self._redis.zrangebyscore(self._keys.leases(), "-inf", now)
+        return [text(i) for i in ids]
+
+    async def claim_expired(self, run_id: str, now_ms: float | None = None) -> int | None:
+        """Remove an expired lease; only one caller wins.
+
+        Returns the attempt that held it (0 if its owner record is missing or corrupt),
+        or None if the lease is not (or no longer) expired.
+        """
+        owner = self._keys.lease(run_id)
+
+        async def claim(pipe: Pipeline) -> int | None:
+            deadline = await pipe.zscore(self._keys.leases(), run_id)
+            now = _now_ms() if now_ms is None else now_ms
+            if deadline is None or float(deadline) > now:
+                return None
+            try:
+                held = _opt_int(await resolve(pipe.hget(owner, _ATTEMPT)), "lease attempt") or 0
+            except PayloadError as exc:
+                log.warning("lease.corrupt_owner", run_id=run_id, error=str(exc))
+                held = 0
+            begin(pipe)
+            self._queue_end(pipe, run_id, fence=held + 1, state="claimed")
+            return held
+
+        return await optimistic(self._redis, [owner], claim, what="lease claim")
+
+    async def owner(self, run_id: str) -> dict[str, Any] | None:
+        """The lease's owner record (attempt, worker, fence, state), for inspection."""
+        async with translate_errors("lease owner read"):
+            raw = await resolve(self._redis.hgetall(self._keys.lease(run_id)))
+        if not raw:
+            return None
+        return {text(k): text(v) for k, v in raw.items()}
+
+    def _queue_end(self, pipe: Pipeline, run_id: str, *, fence: int, state: str) -> None:
+        owner = self._keys.lease(run_id)
+        pipe.zrem(self._keys.leases(), run_id)
+        pipe.hset(owner, mapping={_FENCE: str(fence), _STATE: state})
+        pipe.expire(owner, self._fence_ttl_s)
+
+
+class WorkerRegistry:
+    """Worker heartbeats: `beat` every few seconds, `list` the live ones."""
+
+    # Entries of workers dead this long are deleted when the registry is listed.
+    forget_after_s: float = 3600.0
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+
+    async def beat(self, worker_id: str, info: dict[str, Any], ttl_s: float) -> None:
+        """Record that the worker is alive for the next `ttl_s` seconds, with its info."""
+        now = time.time()
+        value = dump_json(
+            {"worker_id": worker_id, "info": info, "at": now, "expires_at": now + ttl_s}
+        )
+        async with translate_errors("worker heartbeat"):
+            await resolve(self._redis.hset(self._keys.workers(), worker_id, value))
+
+    async def list(self) -> builtins.list[dict[str, Any]]:
+        """Live workers, most recent heartbeat first: their info plus `worker_id`,
+        `last_beat` and `expires_at` (epoch seconds)."""
+        async with translate_errors("worker list"):
+            raw = await resolve(self._redis.hgetall(self._keys.workers()))
+        now = time.time()
+        live: builtins.list[dict[str, Any]] = []
+        dead: builtins.list[str] = []
+        for field, value in raw.items():
+            beat = _decode_beat(field, value)
+            if beat is None:
+                continue
+            if beat["expires_at"] > now:
+                live.append(beat)
+            elif beat["expires_at"] < now - self.forget_after_s:
+                dead.append(beat["worker_id"])
+        if dead:
+            async with translate_errors("worker prune"):
+                await resolve(self._redis.hdel(self._keys.workers(), *dead))
+        live.sort(key=lambda b: b["last_beat"], reverse=True)
+        return live
+
+    async def remove(self, worker_id: str) -> None:
+        """Forget a worker (at clean shutdown)."""
+        async with translate_errors("worker remove"):
+            await resolve(self._redis.hdel(self._keys.workers(), worker_id))
+
+
+def _decode_beat(field: Any, value: Any) -> dict[str, Any] | None:
+    try:
+        worker_id = text(field)
+        data = load_json(value, f"heartbeat of {worker_id!r}")
+        info, at, expires = data["info"], float(data["at"]), float(data["expires_at"])
+        if not isinstance(info, dict):
+            raise PayloadError(f"heartbeat of {worker_id!r} has non-object info")
+    except (PayloadError, KeyError, TypeError, ValueError) as exc:
+        log.warning("workers.bad_heartbeat", field=repr(field), error=str(exc))
+        return None
+    return {**info, "worker_id": worker_id, "last_beat": at, "expires_at": expires}

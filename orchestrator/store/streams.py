@@ -1,0 +1,477 @@
+"""Session event streams: `EventPublisher` (worker side) and `StreamReader` (client side).
+
+One Redis stream per session holds every output of every run in it, in order. An entry
+has four fields: `v` ("1"), `kind` ("event", "response" or "status"), `run` (run id)
+and `data` (the output's JSON, or a `StatusEntry`'s JSON).
+
+Publishing never waits for Redis: `publish()` appends to a buffer and a background task
+sends whatever has accumulated in one MULTI/EXEC. While a send is in flight new outputs
+pile up for the next one, so an idle publisher adds no latency and a busy one batches
+by itself. Each batch also records its number under the publisher's id in the same
+transaction, so a batch retried after a dropped connection is never written twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import structlog
+from pydantic import ValidationError
+from redis import exceptions as redis_errors
+
+from orchestrator.errors import PayloadError, StoreError, StoreUnavailable
+from orchestrator.events import EventYield, ResponseYield, output_from_json, output_to_json
+from orchestrator.keys import Keys
+from orchestrator.runs import StatusEntry, StreamEntry
+from orchestrator.store._codec import parse_int, resolve, text
+from orchestrator.store.connection import Redis, to_store_error, translate_errors
+
+__all__ = [
+    "WIRE_VERSION",
+    "EventPublisher",
+    "PublisherStats",
+    "StreamPage",
+    "StreamReader",
+    "decode_entry",
+]
+
+log = structlog.get_logger(__name__)
+
+WIRE_VERSION = "1"
+_KINDS = frozenset({"event", "response", "status"})
+_REDIS_FAILURES: tuple[type[BaseException], ...] = (redis_errors.RedisError, OSError)
+
+
+@dataclass
+class PublisherStats:
+    """Counters for benchmarks and debugging."""
+
+    published: int = 0  # entries accepted by publish() / publish_status()
+    delivered: int = 0  # entries confirmed written to Redis
+    batches: int = 0  # transactions that delivered a batch
+    largest_batch: int = 0
+    retries: int = 0  # sends repeated after a failure
+    failures: int = 0  # deliveries given up (the batch is kept for the next flush)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    kind: Literal["event", "response", "status"]
+    data: bytes
+    call_seq: tuple[str, int] | None = None
+
+
+@dataclass
+class _Waiter:
+    target: int
+    future: asyncio.Future[None] = field(repr=False)
+
+
+class EventPublisher:
+    """Publishes one run's outputs to its session stream, batched, in order, exactly once.
+
+    `publish()` and `publish_status()` return at once; `await flush()` returns once
+    everything published before it is in Redis. A send that fails with a connection
+    error is retried after `retry_delays_s`; when those run out the batch is kept, the
+    error is raised from `flush()`, and the next `publish()` or `flush()` tries again.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        session_id: str,
+        run_id: str,
+        maxlen: int = 100_000,
+        ttl_after_end_s: int = 86_400,
+        idle_ttl_s: int | None = 7 * 86_400,
+        retry_delays_s: Sequence[float] = (0.05, 0.1, 0.2, 0.4, 0.8),
+    ) -> None:
+        self._redis = redis
+        self.session_id = session_id
+        self.run_id = run_id
+        self._stream = keys.events(session_id)
+        self._seqs = keys.seqs(session_id)
+        self._publishers = keys.publishers(session_id)
+        self._maxlen = maxlen
+        self._ttl_after_end_s = ttl_after_end_s
+        self._idle_ttl_s = idle_ttl_s
+        self._retry_delays = tuple(retry_delays_s)
+        self.publisher_id = uuid.uuid4().hex
+        self.stats = PublisherStats()
+        self.last_error: StoreError | None = None
+        self._pending: list[_Pending] = []
+        # A batch whose delivery is not confirmed yet; retried before anything newer.
+        self._unconfirmed: list[_Pending] | None = None
+        self._check_marker = False
+        self._batch_no = 0
+        self._accepted = 0
+        self._delivered = 0
+        self._waiters: list[_Waiter] = []
+        self._local_seqs: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- publishing -----------------------------------------------------------------
+
+    def publish(self, output: ResponseYield | EventYield) -> None:
+        """Queue one output for the stream. Never blocks; call inside a running loop."""
+        kind: Literal["event", "response"] = (
+            "event" if isinstance(output, EventYield) else "response"
+        )
+        origin = output.origin
+        call_seq = None if origin is None else (origin.agent_call_id, origin.event_seq)
+        self._enqueue(_Pending(kind, output_to_json(output), call_seq))
+
+    def publish_status(self, status: StatusEntry) -> None:
+        """Queue a run status marker for the stream. Never blocks."""
+        self._enqueue(_Pending("status", status.to_json()))
+
+    async def flush(self) -> None:
+        """Return once everything published before this call is in Redis.
+
+        Raises `StoreError` (`StoreUnavailable` for connection trouble) if delivery failed
+        after the retries; nothing is dropped, so calling `flush()` again retries.
+        """
+        if self._delivered >= self._accepted:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(_Waiter(self._accepted, future))
+        self._ensure_flusher()
+        await future
+
+    async def close(self, expire: bool) -> None:
+        """Flush, stop the background task, and (if `expire`) let the session keys expire.
+
+        With `expire=True` the stream and its bookkeeping hashes get `ttl_after_end_s`.
+        Publishing after `close()` raises `StoreError`.
+        """
+        self._closed = True
+        try:
+            await self.flush()
+        finally:
+            await self._stop_task()
+        if expire:
+            await self._expire_keys()
+
+    async def _expire_keys(self) -> None:
+        async with (
+            translate_errors("expire session stream"),
+            self._redis.pipeline(transaction=False) as pipe,
+        ):
+            for key in (self._stream, self._seqs, self._publishers):
+                pipe.expire(key, self._ttl_after_end_s)
+            await pipe.execute()
+
+    async def last_seq(self, agent_call_id: str) -> int | None:
+        """The highest event_seq published for `agent_call_id` (by anyone), or None."""
+        async with translate_errors("read last event_seq"):
+            raw = await resolve(self._redis.hget(self._seqs, agent_call_id))
+        remote = None if raw is None else parse_int(raw, f"event_seq of {agent_call_id!r}")
+        local = self._local_seqs.get(agent_call_id)
+        candidates = [s for s in (remote, local) if s is not None]
+        return max(candidates) if candidates else None
+
+    @property
+    def pending(self) -> int:
+        """Entries published but not yet confirmed in Redis."""
+        return self._accepted - self._delivered
+
+    # -- internals --------------------------------------------------------------------
+
+    def _enqueue(self, entry: _Pending) -> None:
+        if self._closed:
+            raise StoreError(f"publisher of run {self.run_id!r} is closed")
+        self._pending.append(entry)
+        self._accepted += 1
+        self.stats.published += 1
+        if entry.call_seq is not None:
+            call, seq = entry.call_seq
+            if seq > self._local_seqs.get(call, seq - 1):
+                self._local_seqs[call] = seq
+        self._ensure_flusher()
+
+    def _ensure_flusher(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._flush_loop(), name=f"event-publisher:{self.run_id}"
+            )
+
+    async def _stop_task(self) -> None:
+        task, self._task = self._task, None
+        if task is None or task.done():
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+
+    async def _flush_loop(self) -> None:
+        while self._unconfirmed is not None or self._pending:
+            if self._unconfirmed is None:
+                self._unconfirmed, self._pending = self._pending, []
+                self._batch_no += 1
+                self._check_marker = False
+            batch = self._unconfirmed
+            try:
+                await self._deliver(batch)
+            except StoreError as exc:
+                self._give_up(exc)
+                return
+            self._unconfirmed = None
+            self._delivered += len(batch)
+            self.stats.delivered += len(batch)
+            self.stats.batches += 1
+            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+            self._wake_waiters()
+
+    async def _deliver(self, batch: list[_Pending]) -> None:
+        last: BaseException | None = None
+        for attempt, delay in enumerate((0.0, *self._retry_delays)):
+            if attempt:
+                self.stats.retries += 1
+                await asyncio.sleep(delay)
+            try:
+                # After an ambiguous failure the transaction may have run: its marker says.
+                if self._check_marker and await self._already_delivered():
+                    return
+                self._check_marker = True
+                await self._send(batch)
+                return
+            except redis_errors.ResponseError as exc:
+                # Redis refused a command: retrying the same batch will not help, and a
+                # partly applied EXEC must not be mistaken for a delivered batch.
+                self._batch_no += 1
+                self._check_marker = False
+                raise to_store_error(exc, "event publish") from exc
+            except _REDIS_FAILURES as exc:
+                last = exc
+                log.info("stream.publish_retry", run_id=self.run_id, attempt=attempt, error=exc)
+        assert last is not None
+        raise to_store_error(last, "event publish") from last
+
+    async def _already_delivered(self) -> bool:
+        raw = await resolve(self._redis.hget(self._publishers, self.publisher_id))
+        return raw is not None and parse_int(raw, "publisher batch marker") >= self._batch_no
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        seqs: dict[str, int] = {}
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for entry in batch:
+                fields: dict[Any, Any] = {
+                    "v": WIRE_VERSION,
+                    "kind": entry.kind,
+                    "run": self.run_id,
+                    "data": entry.data,
+                }
+                pipe.xadd(self._stream, fields, maxlen=self._maxlen, approximate=True)
+                if entry.call_seq is not None:
+                    call, seq = entry.call_seq
+                    seqs[call] = max(seq, seqs.get(call, seq))
+            if seqs:
+                pipe.hset(self._seqs, mapping={c: str(s) for c, s in seqs.items()})
+            pipe.hset(self._publishers, self.publisher_id, str(self._batch_no))
+            if self._idle_ttl_s is not None:
+                for key in (self._stream, self._seqs, self._publishers):
+                    pipe.expire(key, self._idle_ttl_s)
+            await pipe.execute()
+
+    def _give_up(self, exc: StoreError) -> None:
+        self.last_error = exc
+        self.stats.failures += 1
+        log.error("stream.publish_failed", run_id=self.run_id, pending=self.pending, error=str(exc))
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.future.done():
+                waiter.future.set_exception(exc)
+
+    def _wake_waiters(self) -> None:
+        still: list[_Waiter] = []
+        for waiter in self._waiters:
+            if waiter.target <= self._delivered:
+                if not waiter.future.done():
+                    waiter.future.set_result(None)
+            else:
+                still.append(waiter)
+        self._waiters = still
+
+
+@dataclass(frozen=True)
+class StreamPage:
+    """One read's decoded entries and the id of the last raw entry it consumed.
+
+    `last_id` also covers malformed entries that were skipped, so resuming after it never
+    re-reads them; it is None when nothing was read (keep your cursor).
+    """
+
+    entries: list[StreamEntry]
+    last_id: str | None
+
+
+class StreamReader:
+    """Reads session streams: pages with `read`, or a resumable live feed with `tail`.
+
+    Entries are validated as they are decoded; one that does not decode (bad JSON,
+    unknown kind or version, a failing model) is skipped with a warning.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        reconnect_attempts: int = 10,
+        reconnect_backoff_s: float = 0.05,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._reconnect_attempts = reconnect_attempts
+        self._reconnect_backoff_s = reconnect_backoff_s
+
+    async def read(
+        self,
+        session_id: str,
+        *,
+        after: str | None = None,
+        count: int = 500,
+        block_ms: int | None = None,
+    ) -> list[StreamEntry]:
+        """Up to `count` entries after `after` (None: from the start; "$": only new ones).
+
+        With `block_ms`, waits up to that long for an entry when there is none yet.
+        """
+        page = await self.read_page(session_id, after=after, count=count, block_ms=block_ms)
+        return page.entries
+
+    async def read_page(
+        self,
+        session_id: str,
+        *,
+        after: str | None = None,
+        count: int = 500,
+        block_ms: int | None = None,
+    ) -> StreamPage:
+        """Like `read`, and also says which raw entry to resume after."""
+        stream = self._keys.events(session_id)
+        raw = await self._xread(stream, "0-0" if after is None else after, count, block_ms)
+        return self._decode_page(stream, raw)
+
+    async def tail(
+        self,
+        session_id: str,
+        *,
+        after: str | None = None,
+        run_id: str | None = None,
+        follow: bool = True,
+        block_ms: int = 5000,
+        count: int = 500,
+        stop_at_terminal: bool = False,
+    ) -> AsyncGenerator[StreamEntry, None]:
+        """Yield the session's entries after `after` (None: from the start; "$": only new).
+
+        `run_id` keeps only that run's entries. With `follow=False` it stops once the
+        stream is exhausted; otherwise it waits for more (each wait up to `block_ms`).
+        `stop_at_terminal` stops after a terminal status entry (of `run_id`, if given).
+        A dropped connection is retried, resuming after the last entry consumed.
+        """
+        stream = self._keys.events(session_id)
+        cursor = "0-0" if after is None else after
+        failures = 0
+        while True:
+            try:
+                if cursor == "$":
+                    cursor = await self._last_id(stream)
+                raw = await self._xread(stream, cursor, count, block_ms if follow else None)
+            except StoreUnavailable as exc:
+                failures += 1
+                if failures > self._reconnect_attempts:
+                    raise
+                await self._backoff(stream, failures, exc)
+                continue
+            failures = 0
+            if not raw:
+                if follow:
+                    continue
+                return
+            for entry_id, fields in raw:
+                cursor = entry_id
+                entry = _decode_or_skip(stream, entry_id, fields)
+                if entry is None or (run_id is not None and entry.run_id != run_id):
+                    continue
+                yield entry
+                if stop_at_terminal and _is_terminal(entry):
+                    return
+
+    async def _backoff(self, stream: str, failures: int, exc: StoreError) -> None:
+        delay = min(1.0, self._reconnect_backoff_s * 2 ** (failures - 1))
+        log.warning("stream.reconnect", stream=stream, attempt=failures, error=str(exc))
+        await asyncio.sleep(delay)
+
+    async def _last_id(self, stream: str) -> str:
+        async with translate_errors("read stream end"):
+            last = await self._redis.xrevrange(stream, count=1)
+        return text(last[0][0]) if last else "0-0"
+
+    async def _xread(
+        self, stream: str, after: str, count: int, block_ms: int | None
+    ) -> list[tuple[str, Mapping[Any, Any]]]:
+        async with translate_errors("stream read"):
+            reply = await self._redis.xread({stream: after}, count=count, block=block_ms)
+        return [(text(entry_id), fields) for entry_id, fields in _entries_of(reply)]
+
+    @staticmethod
+    def _decode_page(stream: str, raw: list[tuple[str, Mapping[Any, Any]]]) -> StreamPage:
+        entries = [e for i, f in raw if (e := _decode_or_skip(stream, i, f)) is not None]
+        return StreamPage(entries=entries, last_id=raw[-1][0] if raw else None)
+
+
+def decode_entry(entry_id: str, fields: Mapping[Any, Any]) -> StreamEntry:
+    """Decode and validate one raw stream entry; `PayloadError` says what is wrong."""
+    try:
+        named = {text(k): v for k, v in fields.items()}
+        version, kind, run_id = text(named["v"]), text(named["kind"]), text(named["run"])
+        data = named["data"]
+    except KeyError as exc:
+        raise PayloadError(f"stream entry {entry_id} lacks field {exc.args[0]!r}") from exc
+    if version != WIRE_VERSION:
+        raise PayloadError(f"stream entry {entry_id} has unsupported version {version!r}")
+    if kind not in _KINDS:
+        raise PayloadError(f"stream entry {entry_id} has unknown kind {kind!r}")
+    try:
+        if kind == "status":
+            status = StatusEntry.model_validate_json(data)
+            return StreamEntry(id=entry_id, run_id=run_id, kind="status", status=status)
+        output = output_from_json(data)
+    except ValidationError as exc:
+        raise PayloadError(f"stream entry {entry_id} has invalid {kind} data") from exc
+    if output.type != kind:
+        raise PayloadError(f"stream entry {entry_id} is kind {kind!r} but holds {output.type!r}")
+    output.stream_id = entry_id
+    return StreamEntry(id=entry_id, run_id=run_id, kind=output.type, output=output)
+
+
+def _decode_or_skip(stream: str, entry_id: str, fields: Mapping[Any, Any]) -> StreamEntry | None:
+    try:
+        return decode_entry(entry_id, fields)
+    except PayloadError as exc:
+        log.warning("stream.malformed_entry", stream=stream, entry_id=entry_id, error=str(exc))
+        return None
+
+
+def _entries_of(reply: Any) -> Iterable[tuple[Any, Mapping[Any, Any]]]:
+    """The (id, fields) pairs of a RESP2 XREAD reply ([[stream, [(id, fields), ...]], ...])."""
+    if not reply:
+        return []
+    return [(entry_id, fields or {}) for _name, entries in reply for entry_id, fields in entries]
+
+
+def _is_terminal(entry: StreamEntry) -> bool:
+    return entry.status is not None and entry.status.status.terminal

@@ -1,0 +1,144 @@
+"""Fixtures for the HTTP API tests (tests/*/test_api_*.py, tests/e2e/).
+
+    SCRIPT          the scripted model's rules: weather questions call a tool, "slowly"
+                    streams a long answer (time to watch it and abort it), else a greeting
+    scripted_llm    one scripted model for the whole session (agents modules fix their
+                    LLM URL at import, so the URL must not change between tests)
+    api_settings    Settings on the real Redis with this test's key prefix (keys deleted after)
+    make_api        factory: make_api(api_keys=..., **create_app kwargs) -> httpx.AsyncClient
+                    talking to the app in-process (ASGITransport); closed at teardown
+    worker          an in-process worker serving tests.e2e.agents on api_settings
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from orchestrator.api import create_app
+from orchestrator.keys import Keys
+from orchestrator.mock_llm.testing import MockLLMThread
+from orchestrator.settings import Settings
+from orchestrator.store.connection import Redis
+
+AGENTS_MODULE = "tests.e2e.agents"
+AGENT = f"{AGENTS_MODULE}:weather_chat"
+LLM_URL_ENV = "ORCHESTRATOR_API_TEST_LLM_URL"
+
+SLOW_TEXT = " ".join(f"word{i}" for i in range(400))
+SCRIPT: dict[str, Any] = {
+    "model": "scripted-api-tests",
+    "latency": {"first_token_ms": 10, "token_ms": 2},
+    "rules": [
+        {
+            "name": "weather-answer",
+            "match": {"last_role": "tool"},
+            "reply": {"content": "Paris and Tokyo are both sunny today."},
+        },
+        {
+            "name": "slow-answer",
+            "match": {"last_role": "user", "last_user_contains": "slowly"},
+            "reply": {"content": SLOW_TEXT},
+            "latency": {"first_token_ms": 50, "token_ms": 40},
+        },
+        {
+            "name": "weather-call",
+            "match": {"last_role": "user", "last_user_contains": "weather"},
+            "reply": {
+                "content": "Let me check both cities.",
+                "tool_calls": [
+                    {"name": "get_weather", "arguments": {"city": "Paris"}},
+                    {"name": "get_weather", "arguments": {"city": "Tokyo"}},
+                ],
+            },
+        },
+    ],
+    "fallback": {"content": "Hello from the scripted model."},
+}
+
+ApiFactory = Callable[..., httpx.AsyncClient]
+
+
+@pytest.fixture(scope="session")
+def scripted_llm() -> Iterator[MockLLMThread]:
+    server = MockLLMThread(SCRIPT).start()
+    previous = os.environ.get(LLM_URL_ENV)
+    os.environ[LLM_URL_ENV] = server.base_url
+    try:
+        yield server
+    finally:
+        server.stop()
+        if previous is None:
+            os.environ.pop(LLM_URL_ENV, None)
+        else:
+            os.environ[LLM_URL_ENV] = previous
+
+
+@pytest.fixture
+def api_settings(redis_url: str, keys: Keys, redis: Redis) -> Settings:
+    # `redis` deletes this test's keys at teardown.
+    return Settings(redis_url=redis_url, key_prefix=keys.prefix)
+
+
+@pytest.fixture
+async def make_api(api_settings: Settings) -> AsyncIterator[ApiFactory]:
+    apps: list[Any] = []
+    clients: list[httpx.AsyncClient] = []
+
+    def make(settings: Settings | None = None, **kwargs: Any) -> httpx.AsyncClient:
+        app = create_app(settings or api_settings, **kwargs)
+        apps.append(app)
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://api", timeout=10
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()
+    for app in apps:
+        await app.state.api.client.close()
+
+
+@pytest.fixture
+async def worker(api_settings: Settings, scripted_llm: MockLLMThread) -> AsyncIterator[Any]:
+    from workers.worker import create_worker
+
+    instance = await create_worker(api_settings, [AGENTS_MODULE], handle_signals=False)
+    task = asyncio.create_task(instance.async_run())
+    try:
+        yield instance
+    finally:
+        await instance.close()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def parse_sse(text: str) -> list[dict[str, Any]]:
+    """The messages of an SSE body: {"id", "event", "data"} (comments dropped)."""
+    import json
+
+    messages = []
+    for block in text.split("\n\n"):
+        fields: dict[str, Any] = {}
+        for line in block.splitlines():
+            if not line or line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
+        if "data" in fields:
+            fields["data"] = json.loads(fields["data"])
+            messages.append(fields)
+    return messages

@@ -1,0 +1,129 @@
+"""AbortFlags and AbortWatcher on fakeredis."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import fakeredis
+import pytest
+
+from orchestrator.keys import Keys
+from orchestrator.signals import AbortSignal
+from orchestrator.store.abort import AbortFlags, AbortWatcher
+
+pytestmark = pytest.mark.timeout(10)
+
+
+async def test_no_abort_until_requested(fake_redis: Any, keys: Keys) -> None:
+    assert await AbortFlags(fake_redis, keys).get("s1") is None
+
+
+async def test_the_first_reason_wins(fake_redis: Any, keys: Keys) -> None:
+    flags = AbortFlags(fake_redis, keys)
+    assert await flags.request("s1", "user pressed stop") is True
+    assert await flags.request("s1", "second thoughts") is False
+    assert await flags.get("s1") == "user pressed stop"
+
+
+async def test_an_empty_reason_is_still_an_abort(fake_redis: Any, keys: Keys) -> None:
+    flags = AbortFlags(fake_redis, keys)
+    await flags.request("s1", "")
+    assert await flags.get("s1") == ""
+
+
+async def test_clear_removes_the_flag(fake_redis: Any, keys: Keys) -> None:
+    flags = AbortFlags(fake_redis, keys)
+    await flags.request("s1", "stop")
+    await flags.clear("s1")
+    assert await flags.get("s1") is None
+
+
+async def test_the_flag_expires(fake_redis: Any, keys: Keys) -> None:
+    await AbortFlags(fake_redis, keys).request("s1", "stop", ttl_s=30)
+    assert 0 < await fake_redis.ttl(keys.abort("s1")) <= 30
+
+
+async def test_a_hand_written_flag_aborts_with_its_text_as_reason(
+    fake_redis: Any, keys: Keys
+) -> None:
+    await fake_redis.set(keys.abort("s1"), "operator said so")
+    assert await AbortFlags(fake_redis, keys).get("s1") == "operator said so"
+    await fake_redis.set(keys.abort("s2"), "[1, 2]")
+    assert await AbortFlags(fake_redis, keys).get("s2") == "[1, 2]"
+
+
+async def test_watcher_fires_every_signal_of_the_aborted_session(
+    fake_redis: Any, keys: Keys
+) -> None:
+    watcher = AbortWatcher(fake_redis, keys, interval_s=0.01)
+    first, second, other = AbortSignal(), AbortSignal(), AbortSignal()
+    watcher.watch("s1", first)
+    watcher.watch("s1", second)
+    watcher.watch("s2", other)
+    await watcher.start()
+    await AbortFlags(fake_redis, keys).request("s1", "stop now")
+    await asyncio.wait_for(asyncio.gather(first.wait(), second.wait()), timeout=1)
+    assert first.reason == second.reason == "stop now"
+    assert not other.is_aborted
+    assert watcher.watched_sessions == ["s2"]
+    await watcher.stop()
+
+
+async def test_unwatched_signals_are_not_fired(fake_redis: Any, keys: Keys) -> None:
+    watcher = AbortWatcher(fake_redis, keys, interval_s=0.01)
+    signal = AbortSignal()
+    watcher.watch("s1", signal)
+    watcher.unwatch("s1", signal)
+    watcher.unwatch("s1", signal)  # twice is fine
+    await AbortFlags(fake_redis, keys).request("s1", "stop")
+    assert await watcher.poll_once() == 0
+    assert not signal.is_aborted
+
+
+async def test_an_idle_watcher_makes_no_redis_calls(fake_redis: Any, keys: Keys) -> None:
+    watcher = AbortWatcher(fake_redis, keys, interval_s=0.01)
+    await watcher.start()
+    await asyncio.sleep(0.05)
+    assert watcher.polls == 0
+    signal = AbortSignal()
+    watcher.watch("s1", signal)
+    await asyncio.sleep(0.05)
+    assert watcher.polls >= 2
+    watcher.unwatch("s1", signal)
+    await asyncio.sleep(0.03)
+    polls = watcher.polls
+    await asyncio.sleep(0.05)
+    assert watcher.polls == polls
+    await watcher.stop()
+
+
+async def test_one_mget_covers_every_watched_session(fake_redis: Any, keys: Keys) -> None:
+    watcher = AbortWatcher(fake_redis, keys)
+    for i in range(20):
+        watcher.watch(f"s{i}", AbortSignal())
+    await watcher.poll_once()
+    assert watcher.polls == 1
+
+
+async def test_a_redis_outage_in_the_poll_loop_is_retried() -> None:
+    server = fakeredis.FakeServer()
+    redis = fakeredis.FakeAsyncRedis(server=server)
+    keys = Keys("t")
+    await AbortFlags(redis, keys).request("s1", "stop")
+    server.connected = False
+    watcher = AbortWatcher(redis, keys, interval_s=0.01)
+    signal = AbortSignal()
+    watcher.watch("s1", signal)
+    await watcher.start()
+    await asyncio.sleep(0.05)
+    assert not signal.is_aborted
+    server.connected = True
+    await asyncio.wait_for(signal.wait(), timeout=2)
+    await watcher.stop()
+    await redis.aclose()
+
+
+async def test_a_bad_session_id_is_refused_at_watch(fake_redis: Any, keys: Keys) -> None:
+    with pytest.raises(ValueError, match="session_id"):
+        AbortWatcher(fake_redis, keys).watch("a{b}", AbortSignal())

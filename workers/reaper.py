@@ -1,0 +1,116 @@
+"""Crash recovery: resume turns whose worker stopped renewing their lease.
+
+arq reruns a job from a dead worker only when its in-progress key expires (the job
+timeout + 10 s, never refreshed). Here every running turn holds a lease it renews every
+lease_ttl/3; every worker sweeps the lease table every reap_interval, and exactly one of
+them claims each lapsed lease and re-queues the run as its next attempt, which resumes
+from the last checkpoint. After max_attempts the run ends with an error instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+from redis.asyncio import Redis
+
+from orchestrator.errors import OrchestratorError, RunNotFound
+from orchestrator.keys import Keys
+from orchestrator.runs import RunRequest, RunStatus, StatusEntry
+from orchestrator.settings import Settings
+from orchestrator.store.queue import JobQueue
+from orchestrator.store.runs import LeaseTable, RunStore
+from orchestrator.store.streams import EventPublisher
+
+_log = structlog.get_logger(__name__)
+
+
+class Reaper:
+    def __init__(self, redis: Redis, keys: Keys, settings: Settings, queue: JobQueue) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._settings = settings
+        self._queue = queue
+        self._runs = RunStore(redis, keys)
+        self._leases = LeaseTable(redis, keys)
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.reap_once()
+            except OrchestratorError as exc:
+                _log.warning("reaper pass failed", error=str(exc))
+            await asyncio.sleep(self._settings.reap_interval_s)
+
+    async def reap_once(self) -> list[str]:
+        """One sweep; returns the run ids it resumed or failed."""
+        handled = []
+        for run_id in await self._leases.expired():
+            attempt = await self._leases.claim_expired(run_id)
+            if attempt is None:
+                continue  # another worker's reaper won this one
+            if await self._recover(run_id, attempt):
+                handled.append(run_id)
+        return handled
+
+    async def _recover(self, run_id: str, attempt: int) -> bool:
+        try:
+            record = await self._runs.get(run_id)
+        except RunNotFound:
+            return False
+        if record.status.terminal or record.attempt != attempt:
+            return False
+        await self._queue.discard(run_id, attempt)
+        if attempt >= record.max_attempts:
+            await self._give_up(record.run_id, record.session_id, attempt)
+            return True
+        if record.request is None:
+            _log.error("cannot resume: run has no stored request", run_id=run_id)
+            return False
+        updated = await self._runs.transition(
+            run_id,
+            from_status={RunStatus.RUNNING, RunStatus.QUEUED},
+            to=RunStatus.QUEUED,
+            attempt=attempt + 1,
+        )
+        if updated is None:
+            return False
+        request = RunRequest.model_validate(record.request).model_copy(
+            update={"attempt": attempt + 1}
+        )
+        await self._queue.enqueue(request)
+        _log.warning("worker lost; run resumed", run_id=run_id, next_attempt=attempt + 1)
+        return True
+
+    async def _give_up(self, run_id: str, session_id: str, attempt: int) -> None:
+        error = f"the run's worker was lost {attempt} time(s); giving up after max_attempts"
+        updated = await self._runs.transition(
+            run_id,
+            from_status={RunStatus.RUNNING, RunStatus.QUEUED},
+            to=RunStatus.ERROR,
+            finished_at=time.time(),
+            error=error,
+            error_type="WorkerLost",
+        )
+        if updated is None:
+            return
+        publisher = EventPublisher(
+            self._redis,
+            self._keys,
+            session_id=session_id,
+            run_id=run_id,
+            maxlen=self._settings.stream_maxlen,
+            ttl_after_end_s=self._settings.stream_retention_s,
+        )
+        publisher.publish_status(
+            StatusEntry(
+                run_id=run_id,
+                status=RunStatus.ERROR,
+                error=error,
+                error_type="WorkerLost",
+                at=time.time(),
+            )
+        )
+        await publisher.close(expire=True)
+        _log.error("run failed: worker lost too often", run_id=run_id, attempts=attempt)

@@ -1,0 +1,366 @@
+"""Run one attempt of an agent turn on this worker.
+
+The job function hands the raw payload here. We validate it, take the run's lease, load
+its checkpoint (a resumed attempt) or build a fresh turn, drive the ReAct loop, publish
+every output to the session's stream, and record how it ended. The loop itself knows
+nothing of Redis: it sees an AbortSignal (set by the AbortWatcher), a Checkpointer and a
+MemoryStore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from orchestrator.errors import LLMError, OrchestratorError, RunNotFound, StaleAttempt
+from orchestrator.events import EventYield, ReactEndEvent, ResponseYield
+from orchestrator.keys import Keys
+from orchestrator.runs import RunRecord, RunRequest, RunStatus, StatusEntry
+from orchestrator.runtime.loop import run_turn
+from orchestrator.runtime.state import OriginContext, TurnState
+from orchestrator.settings import Settings
+from orchestrator.signals import AbortSignal
+from orchestrator.store.abort import AbortFlags, AbortWatcher
+from orchestrator.store.checkpoints import CheckpointStore
+from orchestrator.store.memory import RedisMemoryStore
+from orchestrator.store.runs import LeaseTable, RunStore
+from orchestrator.store.streams import EventPublisher
+from workers.registry import AgentRegistry
+
+_log = structlog.get_logger(__name__)
+
+
+class RunCheckpointer:
+    """Checkpointer port on Redis: events first, then the state that follows them."""
+
+    def __init__(
+        self,
+        publisher: EventPublisher,
+        checkpoints: CheckpointStore,
+        *,
+        session_id: str,
+        agent_call_id: str,
+        attempt: int,
+    ) -> None:
+        self._publisher = publisher
+        self._checkpoints = checkpoints
+        self._session_id = session_id
+        self._agent_call_id = agent_call_id
+        self._attempt = attempt
+
+    async def save(self, state: Any) -> None:
+        # A checkpoint must never point past events that are not yet in the stream, or a
+        # resumed attempt would skip them: snapshot, flush, then save.
+        snapshot = state.model_dump_json().encode()
+        await self._publisher.flush()
+        await self._checkpoints.save(
+            self._session_id, self._agent_call_id, attempt=self._attempt, state=snapshot
+        )
+
+
+@dataclass
+class Outcome:
+    status: RunStatus
+    response: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    usage: dict[str, Any] | None = None
+    error: str | None = None
+    error_type: str | None = None
+    abort_reason: str | None = None
+
+    def result(self, run_id: str) -> dict[str, Any]:
+        return {"run_id": run_id, "status": self.status.value, "error": self.error}
+
+
+class _LeaseLost(Exception):
+    """Another attempt owns this run now; stop without recording anything."""
+
+
+class TurnExecutor:
+    """Everything a worker needs to run turns; one per worker process."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        settings: Settings,
+        registry: AgentRegistry,
+        watcher: AbortWatcher,
+        worker_id: str,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._settings = settings
+        self._registry = registry
+        self._watcher = watcher
+        self._worker_id = worker_id
+        self._runs = RunStore(redis, keys)
+        self._leases = LeaseTable(redis, keys)
+        self._flags = AbortFlags(redis, keys)
+        self._checkpoints = CheckpointStore(redis, keys)
+        self._memory = RedisMemoryStore(redis, keys)
+
+    async def execute(self, payload: Any) -> dict[str, Any]:
+        try:
+            request = RunRequest.model_validate(payload)
+        except ValidationError as exc:
+            return await self._reject(payload, exc)
+        try:
+            record = await self._runs.get(request.run_id)
+        except RunNotFound:
+            _log.warning("job for an unknown run", run_id=request.run_id)
+            return {"run_id": request.run_id, "status": "rejected", "error": "unknown run"}
+        if record.attempt != request.attempt or record.status.terminal:
+            _log.info("stale attempt skipped", run_id=request.run_id, attempt=request.attempt)
+            return {"run_id": request.run_id, "status": "superseded", "error": None}
+        return await self._run(request)
+
+    async def _reject(self, payload: Any, exc: ValidationError) -> dict[str, Any]:
+        """A malformed payload: record the error on its run if it names one, keep serving."""
+        message = f"malformed job payload: {exc.error_count()} validation error(s)"
+        _log.warning("rejected job payload", errors=exc.errors(include_url=False)[:5])
+        run_id = payload.get("run_id") if isinstance(payload, dict) else None
+        if isinstance(run_id, str):
+            with contextlib.suppress(OrchestratorError):
+                record = await self._runs.get(run_id)
+                await self._finish(
+                    record, Outcome(RunStatus.ERROR, error=message, error_type="PayloadError")
+                )
+        return {"run_id": run_id, "status": "rejected", "error": message}
+
+    async def _run(self, request: RunRequest) -> dict[str, Any]:
+        reason = await self._flags.get(request.session_id)
+        if reason is not None:
+            record = await self._runs.get(request.run_id)
+            outcome = Outcome(RunStatus.ABORTED, abort_reason=reason)
+            await self._finish(record, outcome)
+            return outcome.result(request.run_id)
+        started = await self._runs.transition(
+            request.run_id,
+            from_status={RunStatus.QUEUED, RunStatus.RUNNING},
+            to=RunStatus.RUNNING,
+            started_at=time.time(),
+            worker_id=self._worker_id,
+        )
+        if started is None:
+            return {"run_id": request.run_id, "status": "superseded", "error": None}
+        await self._leases.renew(
+            request.run_id,
+            attempt=request.attempt,
+            worker_id=self._worker_id,
+            ttl_s=self._settings.lease_ttl_s,
+        )
+        try:
+            outcome = await self._run_leased(request)
+        except _LeaseLost:
+            _log.warning("lease lost; another attempt owns the run", run_id=request.run_id)
+            return {"run_id": request.run_id, "status": "superseded", "error": "lease lost"}
+        except asyncio.CancelledError:
+            # Shutdown past the grace period: hand the run back at once (the next reaper
+            # pass on any worker resumes it from its checkpoint).
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    self._leases.renew(
+                        request.run_id,
+                        attempt=request.attempt,
+                        worker_id=self._worker_id,
+                        ttl_s=0.001,
+                    )
+                )
+            raise
+        await self._finish(started, outcome)
+        await self._leases.release(request.run_id, request.attempt)
+        return outcome.result(request.run_id)
+
+    async def _run_leased(self, request: RunRequest) -> Outcome:
+        turn = asyncio.create_task(self._drive(request))
+        renewer = asyncio.create_task(self._renew_lease(request, turn))
+        try:
+            return await turn
+        except asyncio.CancelledError:
+            if renewer.done() and renewer.result() is False:
+                raise _LeaseLost from None
+            raise
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _renew_lease(self, request: RunRequest, turn: asyncio.Task[Outcome]) -> bool:
+        interval = self._settings.lease_ttl_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                owned = await self._leases.renew(
+                    request.run_id,
+                    attempt=request.attempt,
+                    worker_id=self._worker_id,
+                    ttl_s=self._settings.lease_ttl_s,
+                )
+            except OrchestratorError as exc:
+                _log.warning("lease renewal failed; retrying", error=str(exc))
+                continue
+            if not owned:
+                turn.cancel()
+                return False
+
+    async def _drive(self, request: RunRequest) -> Outcome:
+        publisher = EventPublisher(
+            self._redis,
+            self._keys,
+            session_id=request.session_id,
+            run_id=request.run_id,
+            maxlen=self._settings.stream_maxlen,
+            ttl_after_end_s=self._settings.stream_retention_s,
+        )
+        try:
+            return await self._drive_with(request, publisher)
+        finally:
+            await publisher.flush()
+
+    async def _drive_with(self, request: RunRequest, publisher: EventPublisher) -> Outcome:
+        try:
+            spec = self._registry.resolve(request.agent)
+            state = await self._initial_state(request, spec, publisher)
+        except OrchestratorError as exc:
+            return Outcome(RunStatus.ERROR, error=str(exc), error_type=type(exc).__name__)
+        signal = AbortSignal()
+        self._watcher.watch(request.session_id, signal)
+        checkpointer = RunCheckpointer(
+            publisher,
+            self._checkpoints,
+            session_id=request.session_id,
+            agent_call_id=request.run_id,
+            attempt=request.attempt,
+        )
+        end: ReactEndEvent | None = None
+        final: ResponseYield | None = None
+        try:
+            async for output in run_turn(
+                spec,
+                state,
+                abort=signal,
+                checkpointer=checkpointer,
+                memory=self._memory,
+                origin=OriginContext(),
+            ):
+                publisher.publish(output)
+                if isinstance(output, ResponseYield):
+                    final = output
+                elif isinstance(output, EventYield) and isinstance(output.event, ReactEndEvent):
+                    end = output.event
+        except StaleAttempt as exc:
+            raise _LeaseLost from exc
+        except LLMError as exc:
+            return _outcome_from(end, final, RunStatus.ERROR, exc)
+        except OrchestratorError as exc:
+            return _outcome_from(end, final, RunStatus.ERROR, exc)
+        except Exception as exc:
+            _log.exception("agent turn crashed", run_id=request.run_id)
+            return _outcome_from(end, final, RunStatus.ERROR, exc)
+        finally:
+            self._watcher.unwatch(request.session_id, signal)
+        aborted = bool(end and end.extra.get("aborted"))
+        status = RunStatus.ABORTED if aborted else RunStatus.COMPLETED
+        outcome = _outcome_from(end, final, status, None)
+        if aborted and end is not None:
+            outcome.abort_reason = str(end.extra.get("abort_reason") or signal.reason)
+        return outcome
+
+    async def _initial_state(
+        self, request: RunRequest, spec: Any, publisher: EventPublisher
+    ) -> TurnState:
+        saved = await self._checkpoints.load(request.session_id, request.run_id)
+        if saved is not None:
+            state = TurnState.model_validate_json(saved)
+            # Events after the checkpoint may have reached the stream before the last
+            # worker died; continue numbering after the last one that did.
+            last = await publisher.last_seq(request.run_id)
+            if last is not None and last + 1 > state.next_event_seq:
+                state.next_event_seq = last + 1
+            _log.info(
+                "resuming turn from checkpoint",
+                run_id=request.run_id,
+                attempt=request.attempt,
+                phase=state.phase,
+            )
+            return state
+        args: tuple[Any, ...] = ()
+        kwargs: dict[str, Any] = dict(request.args)
+        if request.message is not None:
+            args = (request.message,)
+        if request.history is not None:
+            kwargs["history"] = request.history
+        template_params = request.options.get("template_params")
+        if template_params:
+            kwargs["_template_params"] = template_params
+        fresh: TurnState = await spec.initial_state(
+            args,
+            kwargs,
+            session_id=request.session_id,
+            agent_call_id=request.run_id,
+            memory=self._memory,
+        )
+        return fresh
+
+    async def _finish(self, record: RunRecord, outcome: Outcome) -> None:
+        publisher = EventPublisher(
+            self._redis,
+            self._keys,
+            session_id=record.session_id,
+            run_id=record.run_id,
+            maxlen=self._settings.stream_maxlen,
+            ttl_after_end_s=self._settings.stream_retention_s,
+        )
+        updated = await self._runs.transition(
+            record.run_id,
+            from_status={RunStatus.QUEUED, RunStatus.RUNNING},
+            to=outcome.status,
+            finished_at=time.time(),
+            response=outcome.response,
+            messages=outcome.messages,
+            usage=outcome.usage,
+            error=outcome.error,
+            error_type=outcome.error_type,
+            abort_reason=outcome.abort_reason,
+        )
+        if updated is None:
+            return  # already ended (e.g. aborted while queued): nothing to add
+        publisher.publish_status(
+            StatusEntry(
+                run_id=record.run_id,
+                status=outcome.status,
+                error=outcome.error,
+                error_type=outcome.error_type,
+                abort_reason=outcome.abort_reason,
+                at=time.time(),
+            )
+        )
+        await publisher.close(expire=True)
+        await self._runs.expire(record.run_id, self._settings.run_retention_s)
+        await self._checkpoints.delete(record.session_id, record.run_id)
+
+
+def _outcome_from(
+    end: ReactEndEvent | None,
+    final: ResponseYield | None,
+    status: RunStatus,
+    exc: BaseException | None,
+) -> Outcome:
+    response = final.response if final is not None else (end.final_response if end else None)
+    messages = final.messages if final is not None else (end.final_messages if end else None)
+    return Outcome(
+        status=status,
+        response=response if isinstance(response, str) or response is None else str(response),
+        messages=messages,
+        usage=end.total_token_usage if end else None,
+        error=str(exc) if exc is not None else None,
+        error_type=type(exc).__name__ if exc is not None else None,
+    )

@@ -1,0 +1,152 @@
+"""Build and run a worker process: arq + wake-ups + abort watcher + reaper + heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from arq.connections import ArqRedis
+from arq.worker import func
+
+from orchestrator.keys import Keys
+from orchestrator.settings import Settings
+from orchestrator.store import jsonserial as serialization
+from orchestrator.store.abort import AbortWatcher
+from orchestrator.store.queue import RUN_TURN, JobQueue, connect_queue
+from orchestrator.store.runs import WorkerRegistry
+from workers.arq_worker import WakeableWorker
+from workers.jobs import EXECUTOR, run_turn
+from workers.reaper import Reaper
+from workers.registry import AgentRegistry
+from workers.turns import TurnExecutor
+
+_log = structlog.get_logger(__name__)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class WorkerServices:
+    """The long-lived parts of one worker process, started and stopped with it."""
+
+    def __init__(
+        self, pool: ArqRedis, settings: Settings, registry: AgentRegistry, worker_id: str
+    ) -> None:
+        self.keys = Keys(settings.key_prefix)
+        self.settings = settings
+        self.registry = registry
+        self.worker_id = worker_id
+        self.watcher = AbortWatcher(pool, self.keys, interval_s=settings.abort_poll_s)
+        self.queue = JobQueue(pool, self.keys)
+        self.executor = TurnExecutor(pool, self.keys, settings, registry, self.watcher, worker_id)
+        self.reaper = Reaper(pool, self.keys, settings, self.queue)
+        self.heartbeats = WorkerRegistry(pool, self.keys)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = time.time()
+
+    async def start(self, ctx: dict[str, Any]) -> None:
+        ctx[EXECUTOR] = self.executor
+        await self.watcher.start()
+        self._tasks = [
+            asyncio.create_task(self.reaper.run_forever()),
+            asyncio.create_task(self._beat_forever(ctx)),
+        ]
+        _log.info(
+            "worker started",
+            worker_id=self.worker_id,
+            agents=self.registry.addresses,
+            queue=self.keys.queue(),
+        )
+
+    async def stop(self, ctx: dict[str, Any]) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.watcher.stop()
+        with contextlib.suppress(Exception):
+            await self.heartbeats.remove(self.worker_id)
+
+    async def _beat_forever(self, ctx: dict[str, Any]) -> None:
+        worker: WakeableWorker | None = ctx.get("worker")
+        while True:
+            info = {
+                "worker_id": self.worker_id,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "agents": self.registry.addresses,
+                "running": len(worker.tasks) if worker is not None else 0,
+                "concurrency": self.settings.concurrency,
+                "started_at": self._started,
+            }
+            try:
+                await self.heartbeats.beat(
+                    self.worker_id, info, ttl_s=self.settings.heartbeat_s * 5
+                )
+            except Exception as exc:
+                _log.warning("heartbeat failed", error=str(exc))
+            await asyncio.sleep(self.settings.heartbeat_s)
+
+
+async def create_worker(
+    settings: Settings,
+    agent_modules: Sequence[str],
+    *,
+    handle_signals: bool = True,
+    burst: bool = False,
+) -> WakeableWorker:
+    """A ready-to-run worker; `await worker.async_run()` (or `serve()`) starts it."""
+    registry = AgentRegistry(agent_modules)
+    pool = await connect_queue(settings.redis_url, Keys(settings.key_prefix))
+    services = WorkerServices(pool, settings, registry, new_worker_id())
+    ctx: dict[str, Any] = {}
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        await services.start(ctx)
+
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        await services.stop(ctx)
+
+    worker = WakeableWorker(
+        functions=[func(run_turn, name=RUN_TURN, max_tries=1, timeout=settings.job_timeout_s)],
+        queue_name=services.keys.queue(),
+        redis_pool=pool,
+        max_jobs=settings.concurrency,
+        poll_delay=settings.poll_delay_s,
+        job_timeout=settings.job_timeout_s,
+        keep_result=3600,
+        # Our reaper resumes runs; arq must not also rerun a cancelled job.
+        retry_jobs=False,
+        max_tries=1,
+        handle_signals=handle_signals,
+        job_completion_wait=int(settings.shutdown_grace_s),
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+        job_serializer=serialization.dumps,
+        job_deserializer=serialization.loads,
+        ctx=ctx,
+        burst=burst,
+        wake_channel=services.keys.wake(),
+    )
+    ctx["worker"] = worker
+    return worker
+
+
+async def serve(settings: Settings, agent_modules: Sequence[str]) -> None:
+    """Run a worker until SIGINT/SIGTERM (running turns get shutdown_grace_s to finish)."""
+    worker = await create_worker(settings, agent_modules)
+    try:
+        await worker.async_run()
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await worker.close()
