@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=1, help="in-process workers to start")
     p.add_argument("--llm-url", help="an OpenAI-compatible base URL instead of the scripted model")
+    p.add_argument(
+        "--embedded",
+        choices=["auto", "fake"],
+        default="auto",
+        help="embedded Redis: a redis-server binary if found (auto) or fakeredis",
+    )
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("worker", help="run an arq worker serving agents")

@@ -57,7 +57,7 @@ def _redis(args: argparse.Namespace, console: Console) -> Iterator[str]:
         return
     from orchestrator.embedded import EmbeddedRedis
 
-    with EmbeddedRedis() as server:
+    with EmbeddedRedis(prefer_binary=args.embedded != "fake") as server:
         console.print(f"[bold yellow]redis: {server.label}[/]")
         yield server.url
 
