@@ -52,6 +52,15 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_api(args: argparse.Namespace) -> int:
+    from orchestrator.api import parse_api_key
+    from orchestrator.api.serve import serve
+
+    keys = dict(parse_api_key(spec) for spec in args.api_key) or None
+    serve(_settings(args), args.host, args.port, keys)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from orchestrator.demo import run_demo
 
@@ -102,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="in-process workers to start")
     p.add_argument("--llm-url", help="an OpenAI-compatible base URL instead of the scripted model")
     p.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=8000,
+        help="serve the live dashboard here while the demo runs (0: off)",
+    )
+    p.add_argument(
+        "--keep-open", action="store_true", help="keep the dashboard up after the demo ends"
+    )
+    p.add_argument(
         "--embedded",
         choices=["auto", "fake"],
         default="auto",
@@ -121,6 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, help="turns run at once (default 10)")
     p.add_argument("--check", action="store_true", help="report live workers and exit")
     p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("api", help="serve the HTTP API and the live dashboard")
+    _add_redis(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY:TENANT",
+        help="accept this bearer key for this tenant (repeatable; none = open)",
+    )
+    p.set_defaults(func=_cmd_api)
 
     p = sub.add_parser("mock-llm", help="serve the scripted OpenAI-compatible model")
     p.add_argument("--host", default="127.0.0.1")

@@ -76,9 +76,19 @@ async def _run(settings: Settings, args: argparse.Namespace, console: Console) -
         console.print(f"[bold]workers:[/] {len(workers)} in this process (arq, woken on submit)")
     else:
         console.print(f"[bold]workers:[/] external (`orchestrator worker --agents {DEMO_AGENTS}`)")
+    dashboard = await _start_dashboard(settings, args, console)
     try:
-        return await _conversation(settings, console)
+        code = await _conversation(settings, console)
+        if dashboard is not None and args.keep_open:
+            console.print("[bold]dashboard stays open:[/] Ctrl-C to quit")
+            await asyncio.Event().wait()
+        return code
     finally:
+        if dashboard is not None:
+            server, task = dashboard
+            server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, 5)
         for worker in workers:
             await worker.drain(timeout=10)
             await worker.close()
@@ -86,6 +96,29 @@ async def _run(settings: Settings, args: argparse.Namespace, console: Console) -
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def _start_dashboard(settings: Settings, args: argparse.Namespace, console: Console) -> Any:
+    """Serve the API + dashboard in this process while the demo runs."""
+    if not args.dashboard_port:
+        return None
+    import uvicorn
+
+    from orchestrator.api import create_app
+    from orchestrator.embedded import port_is_free
+
+    if not port_is_free(args.dashboard_port):
+        console.print(f"[dim]dashboard: port {args.dashboard_port} is busy; not served[/]")
+        return None
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=args.dashboard_port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve())
+    console.print(
+        f"[bold]dashboard:[/] http://127.0.0.1:{args.dashboard_port}/ (live while the demo runs)"
+    )
+    return server, task
 
 
 async def _conversation(settings: Settings, console: Console) -> int:

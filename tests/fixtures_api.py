@@ -1,13 +1,14 @@
 """Fixtures for the HTTP API tests (tests/*/test_api_*.py, tests/e2e/).
 
-    SCRIPT          the scripted model's rules: weather questions call a tool, "slowly"
-                    streams a long answer (time to watch it and abort it), else a greeting
-    scripted_llm    one scripted model for the whole session (agents modules fix their
-                    LLM URL at import, so the URL must not change between tests)
-    api_settings    Settings on the real Redis with this test's key prefix (keys deleted after)
-    make_api        factory: make_api(api_keys=..., **create_app kwargs) -> httpx.AsyncClient
-                    talking to the app in-process (ASGITransport); closed at teardown
-    worker          an in-process worker serving tests.e2e.agents on api_settings
+SCRIPT          the scripted model's rules: weather questions call a tool; "answer
+                slowly" (or weather + "slowly") streams a long answer, time enough to
+                watch it and abort it; anything else gets a greeting
+scripted_llm    one scripted model for the whole session (agents modules fix their
+                LLM URL at import, so the URL must not change between tests)
+api_settings    Settings on the real Redis with this test's key prefix (keys deleted after)
+make_api        factory: make_api(api_keys=..., **create_app kwargs) -> httpx.AsyncClient
+                talking to the app in-process (ASGITransport); closed at teardown
+worker          an in-process worker serving tests.e2e.agents on api_settings
 """
 
 from __future__ import annotations
@@ -37,13 +38,19 @@ SCRIPT: dict[str, Any] = {
     "latency": {"first_token_ms": 10, "token_ms": 2},
     "rules": [
         {
+            "name": "slow-weather-answer",
+            "match": {"last_role": "tool", "last_user_contains": "slowly"},
+            "reply": {"content": SLOW_TEXT},
+            "latency": {"first_token_ms": 50, "token_ms": 40},
+        },
+        {
             "name": "weather-answer",
             "match": {"last_role": "tool"},
             "reply": {"content": "Paris and Tokyo are both sunny today."},
         },
         {
             "name": "slow-answer",
-            "match": {"last_role": "user", "last_user_contains": "slowly"},
+            "match": {"last_role": "user", "last_user_contains": "answer slowly"},
             "reply": {"content": SLOW_TEXT},
             "latency": {"first_token_ms": 50, "token_ms": 40},
         },

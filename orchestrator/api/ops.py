@@ -1,0 +1,58 @@
+"""/healthz, /readyz and /metrics: for probes and scrapers (no API key needed; they
+show aggregate figures only, never run ids or contents)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from orchestrator.api.deps import StateDep
+from orchestrator.api.metrics import CONTENT_TYPE, MetricsSnapshot, render
+from orchestrator.api.problems import problem_response
+from orchestrator.errors import StoreError
+
+__all__ = ["OPEN_WARNING", "router"]
+
+OPEN_WARNING = (
+    "this API was started without API keys: anyone who can reach it can submit, read and "
+    "abort every run"
+)
+# Latency and token figures cover this many of the most recent runs.
+METRICS_WINDOW = 200
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz(state: StateDep) -> dict[str, Any]:
+    """The process is up (Redis is not consulted: see /readyz)."""
+    body: dict[str, Any] = {"status": "ok", "auth": "open" if state.keys.open else "api_keys"}
+    if state.keys.open:
+        body["warning"] = OPEN_WARNING
+    return body
+
+
+@router.get("/readyz", responses={503: {"description": "Redis is not reachable"}})
+async def readyz(state: StateDep) -> JSONResponse:
+    """Ready when Redis answers."""
+    try:
+        depth = await state.client.queue.depth()
+    except StoreError as exc:
+        return problem_response(503, "store_unavailable", f"Redis is not reachable: {exc}")
+    return JSONResponse({"status": "ready", "redis": "ok", "queue_depth": depth})
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(state: StateDep) -> PlainTextResponse:
+    """Prometheus text format: queue depth, runs by status, dispatch latency, tokens."""
+    client = state.client
+    snapshot = MetricsSnapshot.from_runs(
+        await client.runs.list(limit=METRICS_WINDOW),
+        queue_depth=await client.queue.depth(),
+        runs_by_status=await client.runs.counts_by_status(),
+        live_workers=len(await client.workers.list()),
+        open_api=state.keys.open,
+    )
+    return PlainTextResponse(render(snapshot), media_type=CONTENT_TYPE)
