@@ -16,10 +16,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from orchestrator.errors import LLMError, OrchestratorError, RunNotFound, StaleAttempt
+from orchestrator.errors import (
+    LLMError,
+    OrchestratorError,
+    PayloadError,
+    RunNotFound,
+    StaleAttempt,
+)
 from orchestrator.events import EventYield, ReactEndEvent, ResponseYield
 from orchestrator.keys import Keys
 from orchestrator.runs import RunRecord, RunRequest, RunStatus, StatusEntry
@@ -109,8 +114,8 @@ class TurnExecutor:
 
     async def execute(self, payload: Any) -> dict[str, Any]:
         try:
-            request = RunRequest.model_validate(payload)
-        except ValidationError as exc:
+            request = RunRequest.from_dict(payload)
+        except PayloadError as exc:
             return await self._reject(payload, exc)
         try:
             record = await self._runs.get(request.run_id)
@@ -122,10 +127,11 @@ class TurnExecutor:
             return {"run_id": request.run_id, "status": "superseded", "error": None}
         return await self._run(request)
 
-    async def _reject(self, payload: Any, exc: ValidationError) -> dict[str, Any]:
+    async def _reject(self, payload: Any, exc: PayloadError) -> dict[str, Any]:
         """A malformed payload: record the error on its run if it names one, keep serving."""
-        message = f"malformed job payload: {exc.error_count()} validation error(s)"
-        _log.warning("rejected job payload", errors=exc.errors(include_url=False)[:5])
+        # Name what is wrong (field and reason), so the run's error says why it was refused.
+        message = f"malformed job payload: {exc}"
+        _log.warning("rejected job payload", error=message)
         run_id = payload.get("run_id") if isinstance(payload, dict) else None
         if isinstance(run_id, str):
             with contextlib.suppress(OrchestratorError):

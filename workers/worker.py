@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
 import time
@@ -128,7 +129,8 @@ async def create_worker(
         retry_jobs=False,
         max_tries=1,
         handle_signals=handle_signals,
-        job_completion_wait=int(settings.shutdown_grace_s),
+        # arq wants whole seconds; round up so a grace of 0.5 s is not silently none.
+        job_completion_wait=math.ceil(settings.shutdown_grace_s),
         on_startup=on_startup,
         on_shutdown=on_shutdown,
         job_serializer=serialization.dumps,

@@ -363,6 +363,8 @@ class _Turn:
                     batch_size=len(st.pending_tool_calls),
                 )
             )
+            # Checkpoint now so a resumed attempt does not announce the batch twice.
+            await self._save()
         todo = [c for c in st.pending_tool_calls if _call_id(c) not in st.tool_results]
         if todo:
             async for output in self._run_batch(todo):
