@@ -1,0 +1,1018 @@
+"""`orchestrator bench`: issue 3's figures, each beside a baseline measured in the same run.
+
+    1. enqueue-to-start latency    ours: an idle `orchestrator worker` (woken by pub/sub)
+                                   baseline: a stock arq Worker, default settings (0.5 s poll)
+    2. per-turn overhead           ours: submit -> result() through a worker
+                                   baseline: the same llm_chat agent run in-process
+    3. event delivery worker->reader
+                                   ours: event.timestamp (set on the worker) -> run.stream()
+                                   baseline: raw XADD (another process) -> blocked XREAD
+    4. events/s from one worker    ours: EventPublisher (encode + batched MULTI/EXEC)
+                                   baseline: raw pipelined XADD of the same JSON payloads
+    5. abort latency               run.abort() -> the run's ReactEnd / terminal status seen
+                                   by a reader (arq has no equivalent: no baseline)
+
+Every worker (ours and arq's) and the scripted model run as subprocesses so the measuring
+process shares no event loop with them. Local intervals use time.perf_counter; intervals
+across processes use time.time (one machine, one clock). Redis: `--redis`, else
+$ORCHESTRATOR_REDIS_URL, else the real Redis at 127.0.0.1:6379 if it answers, else an
+embedded one. All keys live under a unique prefix and are deleted at the end (SCAN + DEL,
+plus the arq job keys of the jobs the bench created; never FLUSH*).
+
+`python -m orchestrator.bench ROLE ...` runs the bench's helper processes (no-op worker,
+stock arq worker, raw XADD writer); it is not meant to be called by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from arq.worker import func
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.events import (
+    EventOrigin,
+    EventYield,
+    LLMChunkArriveEvent,
+    ReactEndEvent,
+    ReactStartEvent,
+    output_to_json,
+)
+from orchestrator.keys import Keys
+from orchestrator.runs import RunRequest, RunStatus
+from orchestrator.settings import Settings
+
+if TYPE_CHECKING:
+    from arq.cron import CronJob
+    from arq.typing import StartupShutdown, WorkerCoroutine
+    from arq.worker import Function
+
+__all__ = [
+    "Plan",
+    "Row",
+    "Summary",
+    "bench_script",
+    "format_ratio",
+    "format_value",
+    "main",
+    "percentile",
+    "run_bench",
+    "split_batches",
+]
+
+AGENT_MODULE = "orchestrator.bench_agents"
+AGENT = f"{AGENT_MODULE}:bench_chat"
+LLM_URL_ENV = "ORCHESTRATOR_BENCH_LLM_URL"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+ARQ_NOOP = "bench_arq_noop"
+# Sequential jobs wait a random gap first; it spans one arq poll period (0.5 s), so the
+# baseline's poll phase at enqueue time is uniformly random.
+GAP_S = (0.0, 0.5)
+START_TIMEOUT_S = 15.0
+FIRST_START_TIMEOUT_S = 45.0
+TURN_TIMEOUT_S = 60.0
+_STARTS_CTX = "bench_starts_key"
+_ARQ_KEY_PREFIXES = ("arq:job:", "arq:result:", "arq:in-progress:", "arq:retry:")
+
+
+class BenchError(Exception):
+    """The bench could not measure something (a process died, a run failed)."""
+
+
+# -- plan ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many samples of what; `Plan.full()` or `Plan.quick()`."""
+
+    dispatch_n: int
+    warmup: int
+    delivery_runs: int
+    stream_words: int
+    token_ms: int
+    throughput_n: int
+    throughput_reps: int
+    abort_n: int
+    long_words: int
+    long_token_ms: int
+
+    @classmethod
+    def full(cls) -> Plan:
+        return cls(50, 3, 3, 300, 3, 20_000, 3, 10, 6000, 5)
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(15, 2, 1, 300, 3, 5_000, 2, 4, 6000, 5)
+
+
+def bench_script(plan: Plan) -> dict[str, Any]:
+    """The scripted model's answers: `bench-stream` (many fast chunks), `bench-long`
+    (a stream far longer than any abort waits), anything else one word at zero latency."""
+
+    def words(n: int) -> str:
+        return " ".join(f"w{i % 1000}" for i in range(n))
+
+    return {
+        "model": "scripted",
+        "latency": {"first_token_ms": 0, "token_ms": 0},
+        "rules": [
+            {
+                "name": "stream",
+                "match": {"last_user_contains": "bench-stream"},
+                "reply": {"content": words(plan.stream_words)},
+                "latency": {"first_token_ms": 0, "token_ms": plan.token_ms},
+            },
+            {
+                "name": "long",
+                "match": {"last_user_contains": "bench-long"},
+                "reply": {"content": words(plan.long_words)},
+                "latency": {"first_token_ms": 0, "token_ms": plan.long_token_ms},
+            },
+        ],
+        "fallback": {"content": "ok"},
+    }
+
+
+# -- statistics and figures ------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100), interpolating linearly between closest ranks
+    (numpy's default method)."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be within 0..100, not {q}")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+@dataclass(frozen=True)
+class Summary:
+    n: int
+    mean: float
+    p50: float
+    p99: float
+    maximum: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Summary:
+        if not values:
+            raise ValueError("summary of no values")
+        return cls(
+            n=len(values),
+            mean=sum(values) / len(values),
+            p50=percentile(values, 50),
+            p99=percentile(values, 99),
+            maximum=max(values),
+        )
+
+
+@dataclass(frozen=True)
+class Row:
+    """One printed figure. Latencies are in ms, throughput in events/s."""
+
+    group: str
+    key: str
+    metric: str
+    ours: float
+    baseline: float | None
+    unit: str
+    n: int | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.baseline is None or self.baseline == 0:
+            return None
+        return self.ours / self.baseline
+
+    def as_json(self) -> dict[str, Any]:
+        ratio = self.ratio
+        return {
+            "ours": round(self.ours, 3),
+            "baseline": None if self.baseline is None else round(self.baseline, 3),
+            "ratio": None if ratio is None else round(ratio, 4),
+            "unit": self.unit,
+            "n": self.n,
+        }
+
+
+def format_value(value: float | None, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    if unit == "ev/s":
+        return f"{value:,.0f} ev/s"
+    if abs(value) >= 100:
+        return f"{value:.0f} {unit}"
+    if abs(value) >= 10:
+        return f"{value:.1f} {unit}"
+    return f"{value:.2f} {unit}"
+
+
+def format_ratio(ratio: float | None) -> str:
+    if ratio is None:
+        return "n/a"
+    return f"{ratio:.3f}x" if ratio < 0.1 else f"{ratio:.2f}x"
+
+
+def split_batches(items: Sequence[bytes], batches: int) -> list[Sequence[bytes]]:
+    """`items` cut into `batches` consecutive, near-equal slices (none empty)."""
+    batches = max(1, min(batches, len(items)))
+    size, extra = divmod(len(items), batches)
+    out: list[Sequence[bytes]] = []
+    start = 0
+    for i in range(batches):
+        end = start + size + (1 if i < extra else 0)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+def _latency_rows(
+    group: str, key: str, label: str, ours: Sequence[float], base: Sequence[float] | None
+) -> list[Row]:
+    """p50 and p99 rows for latencies given in seconds."""
+    o = Summary.of(ours)
+    b = Summary.of(base) if base else None
+    return [
+        Row(group, f"{key}.p50", f"{label} p50", _ms(o.p50), _ms(b.p50) if b else None, "ms", o.n),
+        Row(group, f"{key}.p99", f"{label} p99", _ms(o.p99), _ms(b.p99) if b else None, "ms", o.n),
+    ]
+
+
+LEGEND = (
+    "ratio = ours / baseline (latency: lower is better; events/s: higher is better).",
+    "[b]1 enqueue→start[/]: time.time() just before the enqueue call in this process → "
+    "time.time() at the first line of the job on the worker process. Ours: JobQueue.enqueue"
+    " (arq enqueue + wake publish) to an idle `orchestrator worker` whose job function is a "
+    "no-op; baseline: ArqRedis.enqueue_job to a stock arq Worker (default settings, "
+    "poll_delay 0.5 s) running a no-op. Jobs are sequential after a random 0-500 ms gap. "
+    "`submit→run started` is a real agent turn: RunRecord.started_at - submitted_at "
+    "(client.submit writes the record, then enqueues); `submit→ReactStart` is the turn's "
+    "first event timestamp - submitted_at. Their baseline is the same arq no-op figure.",
+    "[b]2 per-turn[/]: one llm_chat turn, one streamed LLM call, no tools, scripted model at "
+    "zero latency (its own process). Ours: client.submit → run.result() through a worker "
+    "process; baseline: the same agent called in this process. Overhead = ours - baseline.",
+    "[b]3 delivery[/]: reader's time.time() when run.stream() yields an event - the event's "
+    "timestamp (set on the worker); a turn streaming one chunk per word every few ms. "
+    "Baseline: another process XADDs a timestamped payload of the same size at the same "
+    "pacing, one XADD each; this process reads with blocked XREAD.",
+    "[b]4 events/s[/]: LLMChunkArriveEvent EventYields through one EventPublisher, then "
+    "flush(); ours includes encoding each event to JSON. `burst`: publish all, then flush "
+    "(one batch). `streamed`: yield to the event loop after every publish (batches form "
+    "while a send is in flight, as in a turn). Baseline: raw XADDs of the pre-encoded "
+    "payloads in pipelines of the same batch sizes. Median of the repetitions.",
+    "[b]5 abort[/]: a long streamed turn; at a random moment after its first chunk reached "
+    "the reader, run.abort() → the reader sees ReactEnd(aborted) / the terminal status entry. "
+    "Workers poll the abort key every 50 ms (Settings.abort_poll_s). arq has no comparable "
+    "mechanism (Job.abort is opt-in, polled and unreliable), so no baseline.",
+)
+
+
+def render(console: Console, rows: Sequence[Row], title: str) -> None:
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    table.add_column("ours", justify="right")
+    table.add_column("baseline", justify="right")
+    table.add_column("ratio", justify="right")
+    table.add_column("n", justify="right")
+    group = None
+    for row in rows:
+        if group is not None and row.group != group:
+            table.add_section()
+        group = row.group
+        table.add_row(
+            row.metric,
+            format_value(row.ours, row.unit),
+            format_value(row.baseline, row.unit),
+            format_ratio(row.ratio),
+            "" if row.n is None else str(row.n),
+        )
+    console.print(table)
+    for line in LEGEND:
+        console.print(line, highlight=False)
+
+
+# -- helper processes --------------------------------------------------------------------
+
+
+class Child:
+    """A subprocess of the bench, its output kept in a log file."""
+
+    def __init__(self, name: str, argv: list[str], logdir: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.log_path = logdir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def check(self) -> None:
+        code = self.proc.poll()
+        if code is not None:
+            raise BenchError(f"{self.name} exited with {code}:\n{self.tail()}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        return True
+    return False
+
+
+def _redis_answers(host: str = "127.0.0.1", port: int = 6379) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def choose_redis(url: str | None) -> Iterator[tuple[str, str]]:
+    """(url, label): the given URL, else the local Redis, else an embedded one."""
+    url = url or os.environ.get("ORCHESTRATOR_REDIS_URL")
+    if url:
+        yield url, f"{url} (given)"
+        return
+    if _redis_answers():
+        yield DEFAULT_REDIS_URL, f"real Redis at {DEFAULT_REDIS_URL}"
+        return
+    from orchestrator.embedded import EmbeddedRedis
+
+    with EmbeddedRedis() as server:
+        yield server.url, server.label
+
+
+# -- job functions run by the helper workers ------------------------------------------------
+
+
+async def _noop_turn(ctx: dict[str, Any], payload: Any) -> None:
+    """Replaces run_turn on the bench's `orchestrator worker`: records when it started."""
+    start = time.time()
+    run_id = payload.get("run_id") if isinstance(payload, dict) else None
+    await ctx["redis"].rpush(ctx[_STARTS_CTX], json.dumps({"id": run_id, "start": start}))
+
+
+async def _arq_noop(ctx: dict[str, Any], key: str, job: str) -> None:
+    """The stock arq worker's job: records when it started."""
+    start = time.time()
+    await ctx["redis"].rpush(key, json.dumps({"id": job, "start": start}))
+
+
+class ArqBaselineSettings:
+    """A stock arq WorkerSettings: arq's defaults except the function list (and, given on
+    the command line, the Redis URL and a queue name under the bench's prefix)."""
+
+    functions: Sequence[WorkerCoroutine | Function] = [func(_arq_noop, name=ARQ_NOOP)]
+    cron_jobs: Sequence[CronJob] | None = None
+    on_startup: StartupShutdown | None = None
+    on_shutdown: StartupShutdown | None = None
+
+
+async def _serve_noop_worker(url: str, prefix: str, starts: str) -> None:
+    from orchestrator.store.queue import RUN_TURN
+    from workers.worker import create_worker
+
+    settings = Settings(redis_url=url, key_prefix=prefix)
+    worker = await create_worker(settings, [AGENT_MODULE])
+    # The real worker (wake-ups, heartbeat, abort watcher, reaper): only the job is a no-op.
+    worker.functions[RUN_TURN] = func(_noop_turn, name=RUN_TURN, max_tries=1)
+    worker.ctx[_STARTS_CTX] = starts
+    try:
+        await worker.async_run()
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await worker.close()
+
+
+def _serve_arq_worker(url: str, queue: str) -> None:
+    from arq.connections import RedisSettings
+    from arq.worker import run_worker
+
+    run_worker(ArqBaselineSettings, redis_settings=RedisSettings.from_dsn(url), queue_name=queue)
+
+
+def _write_raw(url: str, stream: str, count: int, interval_ms: float, pad: int) -> None:
+    """XADD `count` timestamped payloads one at a time, `interval_ms` apart, then an end."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    filler = "x" * pad
+    try:
+        for i in range(count):
+            payload = json.dumps({"i": i, "ts": time.time(), "pad": filler})
+            client.xadd(stream, {"data": payload})
+            time.sleep(interval_ms / 1000)
+        client.xadd(stream, {"end": "1"})
+    finally:
+        client.close()
+
+
+# -- measurements -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TurnSample:
+    total_s: float  # submit -> result() returned (perf_counter, this process)
+    started_s: float  # record.started_at - submitted_at (time.time, across processes)
+    react_start_s: float  # ReactStart event timestamp - submitted_at
+
+
+@dataclass
+class _AbortWatch:
+    streaming: asyncio.Event = field(default_factory=asyncio.Event)
+    end_at: float | None = None
+    status_at: float | None = None
+    status: RunStatus | None = None
+
+    async def follow(self, entries: AsyncIterator[Any]) -> None:
+        async for entry in entries:
+            now = time.perf_counter()
+            output = entry.output
+            if isinstance(output, EventYield):
+                event = output.event
+                if isinstance(event, LLMChunkArriveEvent):
+                    self.streaming.set()
+                elif isinstance(event, ReactEndEvent) and event.extra.get("aborted"):
+                    self.end_at = now
+            if entry.status is not None:
+                self.status_at = now
+                self.status = entry.status.status
+
+
+def _chunk_outputs(n: int) -> list[EventYield]:
+    """Realistic streamed-chunk events (an OpenAI chunk, ~200 chars accumulated so far)."""
+    call = uuid.uuid4().hex
+    accumulated = ("The weather in Paris is light rain and 14 degrees. " * 4)[:200]
+    return [
+        EventYield(
+            event=LLMChunkArriveEvent(
+                chunk={
+                    "id": "chatcmpl-bench",
+                    "object": "chat.completion.chunk",
+                    "model": "scripted",
+                    "choices": [
+                        {"index": 0, "delta": {"content": f" w{i}"}, "finish_reason": None}
+                    ],
+                },
+                accumulated_content=accumulated,
+                chunk_index=i,
+                func_name="bench_chat",
+                trace_id=call,
+                iteration=1,
+            ),
+            origin=EventOrigin(session_id=call, agent_call_id=call, event_seq=i),
+        )
+        for i in range(n)
+    ]
+
+
+class Bench:
+    """Starts the helper processes, measures, cleans up. One instance per run."""
+
+    def __init__(self, url: str, prefix: str, plan: Plan, console: Console, logdir: Path):
+        self.url = url
+        self.prefix = prefix
+        self.plan = plan
+        self.console = console
+        self.logdir = logdir
+        self.token = uuid.uuid4().hex[:12]
+        self.keys = Keys(prefix)
+        self.noop_keys = Keys(f"{prefix}:noop")
+        self.arq_queue = f"{prefix}:arq-queue"
+        self.starts_ours = f"{prefix}:bench:starts-ours"
+        self.starts_arq = f"{prefix}:bench:starts-arq"
+        self.job_ids: set[str] = set()
+        self.children: list[Child] = []
+        self.rng = random.Random()
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.llm_url = ""
+        self._conns: dict[str, Any] = {}
+
+    # -- processes ----------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str]) -> Child:
+        child = Child(name, [sys.executable, *argv], self.logdir, self.env)
+        self.children.append(child)
+        return child
+
+    def start_children(self) -> None:
+        port = _free_port()
+        script = self.logdir / "script.json"
+        script.write_text(json.dumps(bench_script(self.plan)))
+        self.llm_url = f"http://127.0.0.1:{port}/v1"
+        self.env[LLM_URL_ENV] = self.llm_url
+        cli = ["-m", "orchestrator.cli"]
+        here = ["-m", "orchestrator.bench"]
+        redis = ["--redis", self.url]
+        self._spawn("mock-llm", [*cli, "mock-llm", "--port", str(port), "--script", str(script)])
+        self._spawn(
+            "worker", [*cli, "worker", *redis, "--prefix", self.prefix, "--agents", AGENT_MODULE]
+        )
+        prefix = ["--prefix", self.noop_keys.prefix, "--starts", self.starts_ours]
+        self._spawn("noop-worker", [*here, "noop-worker", *redis, *prefix])
+        self._spawn("arq-worker", [*here, "arq-worker", *redis, "--queue", self.arq_queue])
+        deadline = time.monotonic() + 30
+        while not _port_open(port):
+            self.children[0].check()
+            if time.monotonic() > deadline:
+                raise BenchError("the scripted model did not start")
+            time.sleep(0.05)
+
+    def stop_children(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+
+    def check_children(self) -> None:
+        for child in self.children:
+            child.check()
+
+    # -- connections ----------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        from arq.connections import RedisSettings, create_pool
+
+        from orchestrator.client import connect
+        from orchestrator.store.connection import connect as connect_raw
+        from orchestrator.store.queue import JobQueue, connect_queue
+
+        settings = Settings(redis_url=self.url, key_prefix=self.prefix)
+        noop_pool = await connect_queue(self.url, self.noop_keys)
+        self._conns = {
+            "client": await connect(self.url, settings=settings),
+            "noop_pool": noop_pool,
+            "noop_queue": JobQueue(noop_pool, self.noop_keys),
+            "arq": await create_pool(RedisSettings.from_dsn(self.url)),
+            "raw": connect_raw(self.url),
+        }
+
+    async def disconnect(self) -> None:
+        for name in ("client", "noop_pool", "arq", "raw"):
+            conn = self._conns.pop(name, None)
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.aclose()
+
+    @property
+    def client(self) -> Any:
+        return self._conns["client"]
+
+    @property
+    def raw(self) -> Any:
+        return self._conns["raw"]
+
+    def _local_agent(self) -> Callable[..., AsyncIterator[Any]]:
+        os.environ[LLM_URL_ENV] = self.llm_url
+        module = importlib.import_module(AGENT_MODULE)
+        if module.llm.base_url != self.llm_url:
+            module = importlib.reload(module)
+        agent: Callable[..., AsyncIterator[Any]] = module.bench_chat
+        return agent
+
+    # -- primitives -------------------------------------------------------------------------
+
+    async def _gap(self) -> None:
+        await asyncio.sleep(self.rng.uniform(*GAP_S))
+
+    async def _wait_start(self, key: str, expect: str, timeout: float = START_TIMEOUT_S) -> float:
+        reply = await self.raw.blpop([key], timeout=timeout)
+        if reply is None:
+            self.check_children()
+            raise BenchError(f"job {expect} did not start within {timeout:.0f} s")
+        record = json.loads(reply[1])
+        if record.get("id") != expect:
+            raise BenchError(f"expected the start of {expect}, got {record!r}")
+        return float(record["start"])
+
+    async def _noop_ours(self, tag: str, timeout: float = START_TIMEOUT_S) -> float:
+        from orchestrator.store.queue import job_id
+
+        run_id = f"{self.token}-noop-{tag}"
+        request = RunRequest(run_id=run_id, session_id=run_id, agent=AGENT)
+        self.job_ids.add(job_id(run_id, 1))
+        sent = time.time()
+        await self._conns["noop_queue"].enqueue(request)
+        return await self._wait_start(self.starts_ours, run_id, timeout) - sent
+
+    async def _noop_arq(self, tag: str, timeout: float = START_TIMEOUT_S) -> float:
+        jid = f"{self.token}-arq-{tag}"
+        self.job_ids.add(jid)
+        sent = time.time()
+        await self._conns["arq"].enqueue_job(
+            ARQ_NOOP, self.starts_arq, jid, _job_id=jid, _queue_name=self.arq_queue
+        )
+        return await self._wait_start(self.starts_arq, jid, timeout) - sent
+
+    async def _submit(self, message: str) -> Any:
+        run = await self.client.submit(AGENT, message)
+        self.job_ids.add(f"{run.run_id}:1")
+        return run
+
+    async def _turn_distributed(self) -> TurnSample:
+        t0 = time.perf_counter()
+        run = await self._submit("bench-turn")
+        result = await run.result(timeout=TURN_TIMEOUT_S)
+        total = time.perf_counter() - t0
+        if not result.ok:
+            self.check_children()
+            raise BenchError(f"turn {run.run_id} ended {result.status.value}: {result.error}")
+        record = await run.status()
+        submitted = record.submitted_at
+        started = record.started_at if record.started_at is not None else math.nan
+        react_start = await self._react_start_ts(run.session_id)
+        return TurnSample(total, started - submitted, react_start - submitted)
+
+    async def _react_start_ts(self, session_id: str) -> float:
+        for entry in await self.client.reader.read(session_id, count=50):
+            output = entry.output
+            if isinstance(output, EventYield) and isinstance(output.event, ReactStartEvent):
+                return output.event.timestamp.timestamp()
+        raise BenchError(f"no ReactStart event in session {session_id}")
+
+    async def _turn_local(self, agent: Callable[..., AsyncIterator[Any]]) -> float:
+        t0 = time.perf_counter()
+        async for _ in agent("bench-turn"):
+            pass
+        return time.perf_counter() - t0
+
+    # -- 1 + 2: dispatch latency and per-turn overhead ---------------------------------
+
+    async def warm_up(self) -> None:
+        agent = self._local_agent()
+        for i in range(self.plan.warmup):
+            await self._noop_ours(f"warm{i}", FIRST_START_TIMEOUT_S)
+            await self._noop_arq(f"warm{i}", FIRST_START_TIMEOUT_S)
+            await self._turn_distributed()
+            await self._turn_local(agent)
+
+    async def measure_dispatch_and_turns(self) -> list[Row]:
+        agent = self._local_agent()
+        ours: list[float] = []
+        arq: list[float] = []
+        turns: list[TurnSample] = []
+        local: list[float] = []
+        # Interleaved, so drifting machine noise hits ours and the baselines alike.
+        for i in range(self.plan.dispatch_n):
+            await self._gap()
+            ours.append(await self._noop_ours(str(i)))
+            await self._gap()
+            arq.append(await self._noop_arq(str(i)))
+            await self._gap()
+            turns.append(await self._turn_distributed())
+            local.append(await self._turn_local(agent))
+        return _dispatch_rows(ours, arq, turns) + _turn_rows(turns, local)
+
+    # -- 3: event delivery ----------------------------------------------------------------
+
+    async def measure_delivery(self) -> list[Row]:
+        ours: list[float] = []
+        for _ in range(self.plan.delivery_runs):
+            await self._gap()
+            run = await self._submit("bench-stream")
+            before = len(ours)
+            async for output in run.stream():
+                if isinstance(output, EventYield):
+                    ours.append(time.time() - output.event.timestamp.timestamp())
+            status = (await run.status()).status
+            if status is not RunStatus.COMPLETED or len(ours) - before < self.plan.stream_words:
+                raise BenchError(
+                    f"streaming turn {run.run_id} ended {status.value} after "
+                    f"{len(ours) - before} events (expected > {self.plan.stream_words})"
+                )
+        base = await self._raw_delivery(len(ours))
+        label = "delivery worker→reader"
+        return _latency_rows("3 delivery", "delivery", label, ours, base)
+
+    async def _raw_delivery(self, count: int) -> list[float]:
+        stream = f"{self.prefix}:raw-delivery"
+        sample = output_to_json(_chunk_outputs(1)[0])
+        pad = max(0, len(sample) - 40)
+        reader = asyncio.create_task(self._read_raw(stream))
+        await asyncio.sleep(0.05)  # the reader is blocked in XREAD before anything is sent
+        writer = self._spawn(
+            "xadd-writer",
+            [
+                *("-m", "orchestrator.bench", "xadd-writer", "--redis", self.url),
+                *("--stream", stream, "--count", str(count)),
+                *("--interval-ms", str(self.plan.token_ms), "--pad", str(pad)),
+            ],
+        )
+        try:
+            return await asyncio.wait_for(reader, TURN_TIMEOUT_S)
+        finally:
+            reader.cancel()
+            await asyncio.to_thread(writer.stop)
+            await self.raw.delete(stream)
+
+    async def _read_raw(self, stream: str) -> list[float]:
+        latencies: list[float] = []
+        last = "0-0"
+        while True:
+            reply = await self.raw.xread({stream: last}, count=500, block=10_000)
+            if not reply:
+                raise BenchError("the raw XADD writer sent nothing for 10 s")
+            for entry_id, fields in reply[0][1]:
+                last = entry_id
+                if b"end" in fields:
+                    return latencies
+                data = json.loads(fields[b"data"])
+                latencies.append(time.time() - data["ts"])
+
+    # -- 4: publisher throughput ------------------------------------------------------
+
+    async def measure_throughput(self) -> list[Row]:
+        outputs = _chunk_outputs(self.plan.throughput_n)
+        payloads = [output_to_json(o) for o in outputs]
+        rates: dict[str, list[float]] = {k: [] for k in ("burst", "burst0", "stream", "stream0")}
+        streamed_batches: list[float] = []
+        for _ in range(self.plan.throughput_reps):
+            rate, batches = await self._publish(outputs, streamed=False)
+            rates["burst"].append(rate)
+            rates["burst0"].append(await self._raw_xadd(payloads, batches))
+            rate, batches = await self._publish(outputs, streamed=True)
+            rates["stream"].append(rate)
+            rates["stream0"].append(await self._raw_xadd(payloads, batches))
+            streamed_batches.append(batches)
+        n = self.plan.throughput_n
+        per_batch = n / percentile(streamed_batches, 50)
+        med = {k: percentile(v, 50) for k, v in rates.items()}
+        labels = ("events/s, burst (1 batch)", f"events/s, streamed (~{per_batch:.0f}/batch)")
+        keys = ("events_per_s.burst", "events_per_s.streamed")
+        values = ((med["burst"], med["burst0"]), (med["stream"], med["stream0"]))
+        return [
+            Row("4 events/s", key, label, ours, base, "ev/s", n)
+            for key, label, (ours, base) in zip(keys, labels, values, strict=True)
+        ]
+
+    async def _publish(self, outputs: Sequence[EventYield], *, streamed: bool) -> tuple[float, int]:
+        from orchestrator.store.streams import EventPublisher
+
+        session = uuid.uuid4().hex
+        publisher = EventPublisher(self.raw, self.keys, session_id=session, run_id=session)
+        t0 = time.perf_counter()
+        for output in outputs:
+            publisher.publish(output)
+            if streamed:
+                await asyncio.sleep(0)
+        await publisher.flush()
+        elapsed = time.perf_counter() - t0
+        await publisher.close(expire=False)
+        batches = publisher.stats.batches
+        if publisher.stats.delivered != len(outputs):
+            raise BenchError(f"publisher delivered {publisher.stats.delivered}/{len(outputs)}")
+        await self.raw.delete(
+            self.keys.events(session), self.keys.seqs(session), self.keys.publishers(session)
+        )
+        return len(outputs) / elapsed, batches
+
+    async def _raw_xadd(self, payloads: Sequence[bytes], batches: int) -> float:
+        stream = f"{self.prefix}:raw-xadd"
+        run_id = uuid.uuid4().hex
+        t0 = time.perf_counter()
+        for batch in split_batches(payloads, batches):
+            pipe = self.raw.pipeline(transaction=False)
+            for data in batch:
+                pipe.xadd(stream, {"v": "1", "kind": "event", "run": run_id, "data": data})
+            await pipe.execute()
+        elapsed = time.perf_counter() - t0
+        await self.raw.delete(stream)
+        return len(payloads) / elapsed
+
+    # -- 5: abort latency -------------------------------------------------------------
+
+    async def measure_abort(self) -> list[Row]:
+        ends: list[float] = []
+        statuses: list[float] = []
+        for _ in range(self.plan.abort_n):
+            end, status = await self._abort_once()
+            ends.append(end)
+            statuses.append(status)
+        return _latency_rows(
+            "5 abort", "abort.react_end", "abort→ReactEnd seen", ends, None
+        ) + _latency_rows("5 abort", "abort.status", "abort→status seen", statuses, None)
+
+    async def _abort_once(self) -> tuple[float, float]:
+        await self._gap()
+        run = await self._submit("bench-long")
+        watch = _AbortWatch()
+        reader = asyncio.create_task(watch.follow(run.entries()))
+        try:
+            await asyncio.wait_for(watch.streaming.wait(), TURN_TIMEOUT_S)
+            await asyncio.sleep(self.rng.uniform(0.05, 0.5))
+            t0 = time.perf_counter()
+            await run.abort("bench")
+            await asyncio.wait_for(asyncio.shield(reader), TURN_TIMEOUT_S)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        if watch.status is not RunStatus.ABORTED or watch.end_at is None:
+            raise BenchError(f"run {run.run_id} was not aborted mid-stream ({watch.status})")
+        assert watch.status_at is not None
+        return watch.end_at - t0, watch.status_at - t0
+
+    # -- all --------------------------------------------------------------------------
+
+    async def run(self) -> list[Row]:
+        await self.connect()
+        try:
+            steps: list[tuple[str, Callable[[], Any]]] = [
+                ("warming up (first jobs also wait for the workers to start)", self.warm_up),
+                ("1+2 dispatch latency and per-turn overhead", self.measure_dispatch_and_turns),
+                ("3 event delivery", self.measure_delivery),
+                ("4 publisher throughput", self.measure_throughput),
+                ("5 abort latency", self.measure_abort),
+            ]
+            rows: list[Row] = []
+            for title, step in steps:
+                t0 = time.perf_counter()
+                self.console.print(f"[dim]… {title}[/]", highlight=False)
+                rows.extend(await step() or [])
+                self.console.print(
+                    f"[dim]  done in {time.perf_counter() - t0:.1f} s[/]", highlight=False
+                )
+            return rows
+        finally:
+            await self.disconnect()
+
+    async def cleanup(self) -> int:
+        """Delete every key under the prefix and the arq keys of the bench's jobs."""
+        from orchestrator.store.connection import connect as connect_raw
+
+        client = connect_raw(self.url)
+        deleted = 0
+        try:
+            names: list[Any] = [p + jid for jid in sorted(self.job_ids) for p in _ARQ_KEY_PREFIXES]
+            async for name in client.scan_iter(match=self.keys.pattern(), count=1000):
+                names.append(name)
+            for start in range(0, len(names), 500):
+                deleted += int(await client.delete(*names[start : start + 500]))
+        finally:
+            await client.aclose()
+        return deleted
+
+
+def _dispatch_rows(ours: list[float], arq: list[float], turns: list[TurnSample]) -> list[Row]:
+    group = "1 dispatch"
+    return (
+        _latency_rows(group, "dispatch.noop", "enqueue→start, no-op job", ours, arq)
+        + _latency_rows(
+            group,
+            "dispatch.turn",
+            "submit→run started, turn",
+            [t.started_s for t in turns],
+            arq,
+        )
+        + _latency_rows(
+            group,
+            "dispatch.react_start",
+            "submit→ReactStart, turn",
+            [t.react_start_s for t in turns],
+            arq,
+        )
+    )
+
+
+def _turn_rows(turns: list[TurnSample], local: list[float]) -> list[Row]:
+    dist = Summary.of([_ms(t.total_s) for t in turns])
+    here = Summary.of([_ms(x) for x in local])
+    figures = (
+        ("turn.mean", "turn time, mean", dist.mean, here.mean),
+        ("turn.p50", "turn time, p50", dist.p50, here.p50),
+        ("turn.overhead_mean", "overhead per turn, mean", dist.mean - here.mean, None),
+        ("turn.overhead_p50", "overhead per turn, p50", dist.p50 - here.p50, None),
+    )
+    return [Row("2 per-turn", k, m, o, b, "ms", dist.n) for k, m, o, b in figures]
+
+
+# -- entry points ----------------------------------------------------------------------------
+
+
+def _unique_prefix(base: str | None) -> str:
+    return f"{base or 'bench'}-{uuid.uuid4().hex[:10]}"
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """`orchestrator bench`: measure, print the table and one JSON line. 0 on success."""
+    import logging
+
+    logging.getLogger("arq").setLevel(logging.WARNING)
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=110)
+    quick = bool(getattr(args, "quick", False))
+    plan = Plan.quick() if quick else Plan.full()
+    prefix = _unique_prefix(getattr(args, "prefix", None))
+    started = time.perf_counter()
+    with (
+        choose_redis(getattr(args, "redis", None)) as (url, label),
+        tempfile.TemporaryDirectory(prefix="orchestrator-bench-") as tmp,
+    ):
+        console.print(f"[bold]redis:[/] {label}; key prefix {prefix!r}")
+        console.print(
+            f"[bold]machine:[/] {os.cpu_count()} cores; {'quick' if quick else 'full'} run"
+        )
+        bench = Bench(url, prefix, plan, console, Path(tmp))
+        try:
+            bench.start_children()
+            rows = asyncio.run(bench.run())
+        except BenchError as exc:
+            console.print(f"[red]bench failed:[/] {exc}")
+            return 1
+        finally:
+            bench.stop_children()
+            deleted = asyncio.run(bench.cleanup())
+            console.print(f"[dim]cleanup: deleted {deleted} keys under {prefix!r} and arq's[/]")
+    elapsed = time.perf_counter() - started
+    render(console, rows, f"orchestrator bench ({'quick' if quick else 'full'}, {elapsed:.0f} s)")
+    summary = {
+        "bench": "orchestrator",
+        "quick": quick,
+        "redis": label,
+        "elapsed_s": round(elapsed, 1),
+        "figures": {row.key: row.as_json() for row in rows},
+    }
+    print(json.dumps(summary, ensure_ascii=False), flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The bench's helper processes: `python -m orchestrator.bench ROLE ...`."""
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.bench")
+    sub = parser.add_subparsers(dest="role", required=True)
+    p = sub.add_parser("noop-worker")
+    p.add_argument("--redis", required=True)
+    p.add_argument("--prefix", required=True)
+    p.add_argument("--starts", required=True)
+    p = sub.add_parser("arq-worker")
+    p.add_argument("--redis", required=True)
+    p.add_argument("--queue", required=True)
+    p = sub.add_parser("xadd-writer")
+    p.add_argument("--redis", required=True)
+    p.add_argument("--stream", required=True)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--interval-ms", type=float, required=True)
+    p.add_argument("--pad", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.role == "noop-worker":
+        asyncio.run(_serve_noop_worker(args.redis, args.prefix, args.starts))
+    elif args.role == "arq-worker":
+        _serve_arq_worker(args.redis, args.queue)
+    else:
+        _write_raw(args.redis, args.stream, args.count, args.interval_ms, args.pad)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
