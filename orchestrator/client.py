@@ -268,10 +268,13 @@ class Client:
         *,
         status: RunStatus | None = None,
         agent: str | None = None,
+        tenant: str | None = None,
         offset: int = 0,
         limit: int = 50,
     ) -> list[RunRecord]:
-        return await self.runs.list(status=status, agent=agent, offset=offset, limit=limit)
+        return await self.runs.list(
+            status=status, agent=agent, tenant=tenant, offset=offset, limit=limit
+        )
 
     async def close(self) -> None:
         await self.redis.aclose()
