@@ -26,12 +26,13 @@ from orchestrator.events import (
     ResponseYield,
 )
 from orchestrator.keys import Keys
-from orchestrator.runs import RunRecord, RunRequest, RunStatus, StatusEntry, StreamEntry
+from orchestrator.runs import RunRecord, RunRequest, RunStatus, StreamEntry
 from orchestrator.settings import Settings
 from orchestrator.store.abort import AbortFlags
+from orchestrator.store.lifecycle import end_run
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import RunStore, WorkerRegistry
-from orchestrator.store.streams import EventPublisher, StreamReader
+from orchestrator.store.streams import StreamReader
 
 Output = ResponseYield | EventYield
 
@@ -237,31 +238,16 @@ class Client:
         if run_id is None:
             return
         # A run still in the queue ends right here, so nobody waits for a worker.
-        record = await self.runs.transition(
-            run_id,
+        await end_run(
+            self.redis,
+            self.keys,
+            self.settings,
+            run_id=run_id,
+            session_id=session_id,
+            status=RunStatus.ABORTED,
             from_status={RunStatus.QUEUED},
-            to=RunStatus.ABORTED,
-            finished_at=time.time(),
             abort_reason=reason,
         )
-        if record is not None:
-            publisher = EventPublisher(
-                self.redis,
-                self.keys,
-                session_id=session_id,
-                run_id=run_id,
-                maxlen=self.settings.stream_maxlen,
-                ttl_after_end_s=self.settings.stream_retention_s,
-            )
-            publisher.publish_status(
-                StatusEntry(
-                    run_id=run_id,
-                    status=RunStatus.ABORTED,
-                    abort_reason=reason,
-                    at=time.time(),
-                )
-            )
-            await publisher.close(expire=True)
 
     async def list_runs(
         self,

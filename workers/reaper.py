@@ -10,18 +10,17 @@ from the last checkpoint. After max_attempts the run ends with an error instead.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import structlog
 from redis.asyncio import Redis
 
 from orchestrator.errors import OrchestratorError, RunNotFound
 from orchestrator.keys import Keys
-from orchestrator.runs import RunRequest, RunStatus, StatusEntry
+from orchestrator.runs import RunRequest, RunStatus
 from orchestrator.settings import Settings
+from orchestrator.store.lifecycle import end_run
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import LeaseTable, RunStore
-from orchestrator.store.streams import EventPublisher
 
 _log = structlog.get_logger(__name__)
 
@@ -85,32 +84,15 @@ class Reaper:
 
     async def _give_up(self, run_id: str, session_id: str, attempt: int) -> None:
         error = f"the run's worker was lost {attempt} time(s); giving up after max_attempts"
-        updated = await self._runs.transition(
-            run_id,
-            from_status={RunStatus.RUNNING, RunStatus.QUEUED},
-            to=RunStatus.ERROR,
-            finished_at=time.time(),
+        ended = await end_run(
+            self._redis,
+            self._keys,
+            self._settings,
+            run_id=run_id,
+            session_id=session_id,
+            status=RunStatus.ERROR,
             error=error,
             error_type="WorkerLost",
         )
-        if updated is None:
-            return
-        publisher = EventPublisher(
-            self._redis,
-            self._keys,
-            session_id=session_id,
-            run_id=run_id,
-            maxlen=self._settings.stream_maxlen,
-            ttl_after_end_s=self._settings.stream_retention_s,
-        )
-        publisher.publish_status(
-            StatusEntry(
-                run_id=run_id,
-                status=RunStatus.ERROR,
-                error=error,
-                error_type="WorkerLost",
-                at=time.time(),
-            )
-        )
-        await publisher.close(expire=True)
-        _log.error("run failed: worker lost too often", run_id=run_id, attempts=attempt)
+        if ended is not None:
+            _log.error("run failed: worker lost too often", run_id=run_id, attempts=attempt)

@@ -27,13 +27,14 @@ from orchestrator.errors import (
 )
 from orchestrator.events import EventYield, ReactEndEvent, ResponseYield
 from orchestrator.keys import Keys
-from orchestrator.runs import RunRecord, RunRequest, RunStatus, StatusEntry
+from orchestrator.runs import RunRecord, RunRequest, RunStatus
 from orchestrator.runtime.loop import run_turn
 from orchestrator.runtime.state import OriginContext, TurnState
 from orchestrator.settings import Settings
 from orchestrator.signals import AbortSignal
 from orchestrator.store.abort import AbortFlags, AbortWatcher
 from orchestrator.store.checkpoints import CheckpointStore
+from orchestrator.store.lifecycle import end_run
 from orchestrator.store.memory import RedisMemoryStore
 from orchestrator.store.runs import LeaseTable, RunStore
 from orchestrator.store.streams import EventPublisher
@@ -317,19 +318,13 @@ class TurnExecutor:
         return fresh
 
     async def _finish(self, record: RunRecord, outcome: Outcome) -> None:
-        publisher = EventPublisher(
+        ended = await end_run(
             self._redis,
             self._keys,
-            session_id=record.session_id,
+            self._settings,
             run_id=record.run_id,
-            maxlen=self._settings.stream_maxlen,
-            ttl_after_end_s=self._settings.stream_retention_s,
-        )
-        updated = await self._runs.transition(
-            record.run_id,
-            from_status={RunStatus.QUEUED, RunStatus.RUNNING},
-            to=outcome.status,
-            finished_at=time.time(),
+            session_id=record.session_id,
+            status=outcome.status,
             response=outcome.response,
             messages=outcome.messages,
             usage=outcome.usage,
@@ -337,21 +332,8 @@ class TurnExecutor:
             error_type=outcome.error_type,
             abort_reason=outcome.abort_reason,
         )
-        if updated is None:
-            return  # already ended (e.g. aborted while queued): nothing to add
-        publisher.publish_status(
-            StatusEntry(
-                run_id=record.run_id,
-                status=outcome.status,
-                error=outcome.error,
-                error_type=outcome.error_type,
-                abort_reason=outcome.abort_reason,
-                at=time.time(),
-            )
-        )
-        await publisher.close(expire=True)
-        await self._runs.expire(record.run_id, self._settings.run_retention_s)
-        await self._checkpoints.delete(record.session_id, record.run_id)
+        if ended is not None:  # None: it had already ended (e.g. aborted while queued)
+            await self._checkpoints.delete(record.session_id, record.run_id)
 
 
 def _outcome_from(
