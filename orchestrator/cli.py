@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Sequence
 
@@ -212,10 +211,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return code
-
-
-def dump_json(obj: object) -> str:
-    return json.dumps(obj, ensure_ascii=False, default=str)
 
 
 if __name__ == "__main__":

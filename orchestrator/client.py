@@ -11,6 +11,7 @@ async for output in client.tail(run.session_id): ...
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +25,7 @@ from orchestrator.events import (
     LLMChunkArriveEvent,
     MessageList,
     ResponseYield,
+    chunk_text,
 )
 from orchestrator.keys import Keys
 from orchestrator.runs import RunRecord, RunRequest, RunStatus, StreamEntry
@@ -108,7 +110,7 @@ class Run:
             if isinstance(output, EventYield):
                 event = output.event
                 if isinstance(event, LLMChunkArriveEvent) and output.origin.fork_id is None:
-                    delta = _chunk_text(event.chunk)
+                    delta = chunk_text(event.chunk)
                     if delta:
                         yield delta, history
             elif output.origin is None or output.origin.fork_id is None:
@@ -120,16 +122,13 @@ class Run:
 
     async def result(self, timeout: float | None = None) -> RunResult:
         """Wait for the run to end (pushed through the stream, not polled) and return it."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         record = await self.status()
         if not record.status.terminal:
-            async for entry in self._client.reader.tail(
-                self.session_id, after=None, run_id=self.run_id
-            ):
-                if entry.kind == "status" and entry.status and entry.status.status.terminal:
-                    break
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"run {self.run_id} still running after {timeout}s")
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wait_for_end()
+            except TimeoutError:
+                raise TimeoutError(f"run {self.run_id} still running after {timeout}s") from None
             record = await self.status()
         return RunResult(
             run_id=record.run_id,
@@ -146,14 +145,11 @@ class Run:
     async def abort(self, reason: str = "") -> None:
         await self._client.abort(self.session_id, reason, run_id=self.run_id)
 
-
-def _chunk_text(chunk: dict[str, Any]) -> str:
-    choices = chunk.get("choices") or []
-    if not choices:
-        return ""
-    delta = choices[0].get("delta") or {}
-    content = delta.get("content")
-    return content if isinstance(content, str) else ""
+    async def _wait_for_end(self) -> None:
+        # From the stream's start: the status entry may have landed before we looked.
+        async for entry in self._client.reader.tail(self.session_id, run_id=self.run_id):
+            if entry.kind == "status" and entry.status and entry.status.status.terminal:
+                return
 
 
 class Client:

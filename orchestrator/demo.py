@@ -20,6 +20,7 @@ from typing import Any
 from rich.console import Console
 from rich.panel import Panel
 
+from orchestrator.aio import cancel_and_wait
 from orchestrator.render import EventRenderer, format_usage
 from orchestrator.settings import Settings
 
@@ -93,9 +94,7 @@ async def _run(settings: Settings, args: argparse.Namespace, console: Console) -
             await worker.drain(timeout=10)
             await worker.close()
         for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
 
 async def _start_dashboard(settings: Settings, args: argparse.Namespace, console: Console) -> Any:

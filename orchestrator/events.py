@@ -297,6 +297,15 @@ _OUTPUT_ADAPTER: TypeAdapter[ResponseYield | EventYield] = TypeAdapter(ReactOutp
 _EVENT_ADAPTER: TypeAdapter[ReActEvent] = TypeAdapter(AnyEvent)
 
 
+def chunk_text(chunk: Mapping[str, Any]) -> str:
+    """The text delta of one chat.completion.chunk ("" for usage-only or tool chunks)."""
+    choices = chunk.get("choices") or []
+    if not choices:
+        return ""
+    content = (choices[0].get("delta") or {}).get("content")
+    return content if isinstance(content, str) else ""
+
+
 def output_to_json(output: ResponseYield | EventYield) -> bytes:
     """Encode one agent output for the wire."""
     return output.model_dump_json().encode()

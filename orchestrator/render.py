@@ -25,20 +25,13 @@ from orchestrator.events import (
     ToolCallEndEvent,
     ToolCallErrorEvent,
     ToolCallStartEvent,
+    chunk_text,
 )
 
 
 def _short(value: Any, limit: int = 120) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _chunk_text(chunk: dict[str, Any]) -> str:
-    choices = chunk.get("choices") or []
-    if not choices:
-        return ""
-    content = (choices[0].get("delta") or {}).get("content")
-    return content if isinstance(content, str) else ""
 
 
 def format_usage(usage: dict[str, Any] | None) -> str:
@@ -73,7 +66,7 @@ class EventRenderer:
         pad = self._indent(output)
         who = f"[magenta]{output.origin.fork_id}[/] " if output.origin.fork_id else ""
         if isinstance(event, LLMChunkArriveEvent):
-            text = _chunk_text(event.chunk)
+            text = chunk_text(event.chunk)
             if text:
                 if not self._mid_line:
                     self.console.print(f"{pad}{who}[bold green]assistant:[/] ", end="")

@@ -17,6 +17,8 @@ import structlog
 from arq.worker import Worker
 from redis.asyncio import Redis
 
+from orchestrator.aio import cancel_and_wait
+
 _log = structlog.get_logger(__name__)
 
 
@@ -45,10 +47,7 @@ class WakeableWorker(Worker):
         self._wake.set()
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        await cancel_and_wait(self._listener)
         await super().close()
 
     async def main(self) -> None:
@@ -67,9 +66,7 @@ class WakeableWorker(Worker):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
         finally:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            await cancel_and_wait(self._listener)
 
     async def _burst_done(self) -> bool:
         if 0 <= self.max_burst_jobs <= self._jobs_started():

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
+from orchestrator.aio import cancel_and_wait
 from orchestrator.errors import (
     LLMError,
     OrchestratorError,
@@ -196,9 +197,7 @@ class TurnExecutor:
                 raise _LeaseLost from None
             raise
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            await cancel_and_wait(renewer)
 
     async def _renew_lease(self, request: RunRequest, turn: asyncio.Task[Outcome]) -> bool:
         interval = self._settings.lease_ttl_s / 3

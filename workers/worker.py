@@ -16,6 +16,7 @@ import structlog
 from arq.connections import ArqRedis
 from arq.worker import func
 
+from orchestrator.aio import cancel_and_wait
 from orchestrator.keys import Keys
 from orchestrator.settings import Settings
 from orchestrator.store import jsonserial as serialization
@@ -69,10 +70,7 @@ class WorkerServices:
 
     async def stop(self, ctx: dict[str, Any]) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         await self.watcher.stop()
         with contextlib.suppress(Exception):
             await self.heartbeats.remove(self.worker_id)

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from orchestrator.aio import cancel_and_wait
 from orchestrator.errors import PayloadError, StoreError
 from orchestrator.keys import Keys
 from orchestrator.signals import AbortSignal
@@ -124,15 +125,7 @@ class AbortWatcher:
         """Stop polling; watched signals stay registered but are no longer fired."""
         self._running = False
         task, self._task = self._task, None
-        if task is None or task.done():
-            return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
+        await cancel_and_wait(task)
 
     async def poll_once(self) -> int:
         """Check every watched session now; returns how many signals were fired."""

@@ -23,6 +23,7 @@ import structlog
 from pydantic import ValidationError
 from redis import exceptions as redis_errors
 
+from orchestrator.aio import cancel_and_wait
 from orchestrator.errors import PayloadError, StoreError, StoreUnavailable
 from orchestrator.events import EventYield, ResponseYield, output_from_json, output_to_json
 from orchestrator.keys import Keys
@@ -204,15 +205,7 @@ class EventPublisher:
 
     async def _stop_task(self) -> None:
         task, self._task = self._task, None
-        if task is None or task.done():
-            return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
+        await cancel_and_wait(task)
 
     async def _flush_loop(self) -> None:
         while self._unconfirmed is not None or self._pending:

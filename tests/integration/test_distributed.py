@@ -449,6 +449,15 @@ async def test_an_abort_mid_tool_cancels_the_tool_and_leaves_a_valid_history(
     assert count_runs(tool_log, "slow_tool") == 1
 
 
+async def test_waiting_for_a_result_gives_up_after_the_timeout(client: Client) -> None:
+    run = await client.submit(ASSISTANT, "What is the weather in Paris?")  # no worker runs
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=run.run_id):
+        await run.result(timeout=0.5)
+    assert time.monotonic() - started < 5
+    assert (await run.status()).status is RunStatus.QUEUED
+
+
 async def test_an_aborted_queued_run_never_starts(
     client: Client, workers: WorkerPool, llm: MockLLMThread
 ) -> None:
