@@ -2,7 +2,8 @@
 
     RunRequest    the JSON payload of one arq job (strict: a malformed payload is refused)
     RunRecord     everything known about one run (status, timings, result or error)
-    RunStatus     queued -> running -> completed | error | aborted
+    RunStatus     queued -> running (<-> waiting) -> completed | error | aborted
+    ForkInfo      where a fork run sits in its tree (parent, depth, memory keys, ...)
     StatusEntry   the status marker a worker writes into the session stream
     StreamEntry   one decoded entry of a session stream (event, response or status)
 
@@ -21,6 +22,7 @@ from orchestrator.errors import PayloadError
 from orchestrator.events import EventYield, MessageList, ResponseYield
 
 __all__ = [
+    "ForkInfo",
     "RunRecord",
     "RunRequest",
     "RunStatus",
@@ -37,6 +39,8 @@ ID_PATTERN = r"^[^{}\s]{1,200}$"
 class RunStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    # Suspended in `gather_all` until its forks end; holds no worker slot meanwhile.
+    WAITING = "waiting"
     COMPLETED = "completed"
     ERROR = "error"
     ABORTED = "aborted"
@@ -48,6 +52,26 @@ class RunStatus(enum.StrEnum):
 
 
 _TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.ERROR, RunStatus.ABORTED})
+
+
+class ForkInfo(BaseModel):
+    """Where a fork run sits in its tree: the fields its events' `EventOrigin` carries,
+    plus what its worker needs to find its parent."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fork_id: str = Field(pattern=r"^fork_[0-9]+$")
+    root_run_id: str = Field(pattern=ID_PATTERN)
+    parent_run_id: str = Field(pattern=ID_PATTERN)
+    parent_fork_id: str | None = None
+    depth: int = Field(ge=1)
+    # This fork's place among its parent's forks (1, 2, ...).
+    fork_seq: int = Field(ge=1)
+    source_memory_key: str | None = None
+    memory_key: str | None = None
+    # The parent's tool call that spawned this fork.
+    tool_name: str | None = None
+    tool_call_id: str | None = None
 
 
 class RunRequest(BaseModel):
@@ -67,8 +91,15 @@ class RunRequest(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict)
     history: MessageList | None = None
     attempt: int = Field(default=1, ge=1)
+    # Bumped each time a run suspended in gather_all is resumed (a fresh job per segment).
+    segment: int = Field(default=0, ge=0)
     submitted_at: float = Field(default_factory=time.time)
     options: dict[str, Any] = Field(default_factory=dict)
+    fork: ForkInfo | None = None
+
+    @property
+    def root_run_id(self) -> str:
+        return self.fork.root_run_id if self.fork is not None else self.run_id
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
@@ -103,6 +134,7 @@ class RunRecord(BaseModel):
     status: RunStatus = RunStatus.QUEUED
     attempt: int = 1
     max_attempts: int = 1
+    segment: int = 0
     submitted_at: float = Field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
@@ -116,6 +148,14 @@ class RunRecord(BaseModel):
     tenant: str | None = None
     # The job payload (RunRequest as JSON), kept so a reaper can re-enqueue the run.
     request: dict[str, Any] | None = None
+    # Forks: where this run sits in its tree (None for a root run) ...
+    fork: ForkInfo | None = None
+    # ... and, while WAITING, the fork run ids whose end resumes it.
+    waiting_for: list[str] = Field(default_factory=list)
+
+    @property
+    def root_run_id(self) -> str:
+        return self.fork.root_run_id if self.fork is not None else self.run_id
 
     @property
     def queue_ms(self) -> float | None:
@@ -168,6 +208,8 @@ class StreamEntry(BaseModel):
     id: str
     run_id: str
     kind: StreamKind
+    # The root run of the fork tree the entry belongs to (run_id itself for a root run).
+    root_run_id: str = ""
     output: ResponseYield | EventYield | None = None
     status: StatusEntry | None = None
 

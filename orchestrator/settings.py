@@ -40,6 +40,13 @@ class Settings(BaseModel):
     heartbeat_s: float = Field(default=2.0, gt=0)
     # On SIGTERM running turns get this long to finish before they are handed back.
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # Forks: how deep a fork tree may grow (the root is depth 0) and how many forks one
+    # agent call may spawn. Exceeding either is a clear tool error for the model.
+    max_fork_depth: int = Field(default=3, ge=0)
+    max_forks_per_agent: int = Field(default=64, ge=1)
+    # Safety net for a fork whose worker died between ending and waking its parent:
+    # every worker re-checks waiting runs this often (the normal wake-up is a push).
+    waiting_sweep_s: float = Field(default=5.0, gt=0)
     # arq's own job timeout: far above any turn; crash recovery does not depend on it.
     job_timeout_s: int = Field(default=24 * 3600, ge=1)
 

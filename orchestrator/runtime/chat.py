@@ -44,6 +44,7 @@ from orchestrator.ports import LLMInterface, MemoryStore
 from orchestrator.runtime import prompt
 from orchestrator.runtime.loop import Output, run_turn
 from orchestrator.runtime.selfref import (
+    ForkPrimitives,
     SelfRefContext,
     SelfReference,
     ToolRuntime,
@@ -96,12 +97,15 @@ class AgentSpec:
         return dict(self._tools)
 
     def bind_memory(
-        self, memory_key: str | None, memory: MemoryStore | None = None
+        self,
+        memory_key: str | None,
+        memory: MemoryStore | None = None,
+        fork: ForkPrimitives | None = None,
     ) -> SelfRefContext | None:
         """The SelfReference context for a turn (None without SelfReference)."""
         if self.self_reference is None or memory_key is None:
             return None
-        return self.self_reference.bind(memory_key, store=memory)
+        return self.self_reference.bind(memory_key, store=memory, fork=fork)
 
     def tool_runtime(self, context: SelfRefContext | None) -> ToolRuntime:
         """What tools that declare a `runtime` parameter receive."""

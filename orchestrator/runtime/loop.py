@@ -49,6 +49,7 @@ from orchestrator.events import (
 )
 from orchestrator.ports import Checkpointer, MemoryStore
 from orchestrator.runtime.emitter import ToolEventEmitter
+from orchestrator.runtime.forks import ForkBackend, SuspendTurn, TurnForks, current_tool_call
 from orchestrator.runtime.state import OriginContext, ToolOutcome, TurnError, TurnState
 from orchestrator.runtime.tools import Tool, format_tool_result, parse_arguments
 from orchestrator.signals import AbortSignal
@@ -74,14 +75,20 @@ async def run_turn(
     checkpointer: Checkpointer | None = None,
     memory: MemoryStore | None = None,
     origin: OriginContext | None = None,
+    forks: ForkBackend | None = None,
 ) -> AsyncIterator[Output]:
     """Run (or resume) one agent turn, yielding its events and then its response.
 
     `state` is advanced in place. `memory` overrides the spec's SelfReference store.
     A failing LLM call yields `LLMCallErrorEvent` and `ReactEndEvent`, then raises the
     `LLMError`. An abort ends the turn early with a history that is valid to send again.
+
+    With `forks` (and a SelfReference) the turn can fork. A gather that must wait for
+    running forks suspends the turn: the loop checkpoints and returns without a
+    `ResponseYield`, leaving `state.waiting_for` set; run it again on the same state once
+    those forks have ended.
     """
-    turn = _Turn(spec, state, abort, checkpointer, memory, origin or OriginContext())
+    turn = _Turn(spec, state, abort, checkpointer, memory, origin or OriginContext(), forks)
     async for output in turn.run():
         yield output
 
@@ -95,13 +102,22 @@ class _Turn:
         checkpointer: Checkpointer | None,
         memory: MemoryStore | None,
         origin: OriginContext,
+        forks: ForkBackend | None = None,
     ) -> None:
         self.spec = spec
         self.state = state
         self.abort = abort
         self.checkpointer = checkpointer
         self.origin = origin
-        self.selfref: SelfRefContext | None = spec.bind_memory(state.memory_key, memory)
+        fork = None
+        if forks is not None and state.memory_key is not None:
+            fork = TurnForks(
+                forks,
+                agent_call_id=state.agent_call_id,
+                memory_key=state.memory_key,
+                messages=lambda: self.state.messages,
+            )
+        self.selfref: SelfRefContext | None = spec.bind_memory(state.memory_key, memory, fork)
         self.tools: dict[str, Tool] = spec.tool_map()
         if self.selfref is not None:
             self.tools.update({t.name: t for t in self.selfref.tools()})
@@ -122,13 +138,13 @@ class _Turn:
         event.func_name = st.func_name
         seq = st.next_event_seq
         st.next_event_seq += 1
+        fields = self.origin.model_dump()
+        # A fork's events carry the tool call that spawned it (its own tool calls are
+        # named in the events themselves); a root's tool events carry their own call.
+        if fields.get("tool_call_id") is None:
+            fields["tool_name"], fields["tool_call_id"] = tool_name, tool_call_id
         origin = EventOrigin(
-            session_id=st.session_id,
-            agent_call_id=st.agent_call_id,
-            event_seq=seq,
-            tool_name=tool_name,
-            tool_call_id=tool_call_id,
-            **self.origin.model_dump(),
+            session_id=st.session_id, agent_call_id=st.agent_call_id, event_seq=seq, **fields
         )
         return EventYield(event=event, origin=origin)
 
@@ -183,6 +199,8 @@ class _Turn:
             step = self._llm_step() if st.phase == "llm" else self._tool_step()
             async for output in step:
                 yield output
+            if st.waiting_for:
+                return  # suspended in a gather; resumed by running the turn again
         if st.error is not None:
             raise _resumed_error(st.error)
         yield ResponseYield(response=st.final_response, messages=copy.deepcopy(st.messages))
@@ -321,6 +339,7 @@ class _Turn:
             st.phase = "tools"
             st.pending_tool_calls = copy.deepcopy(tool_calls)
             st.tool_results = {}
+            st.tool_calls_started = []
             st.batch_started = False
             st.batch_execution_time = 0.0
         else:
@@ -353,6 +372,7 @@ class _Turn:
     async def _tool_step(self) -> AsyncIterator[Output]:
         st = self.state
         st.iteration = st.tool_batches_done + 1
+        st.waiting_for = []
         if not st.batch_started:
             st.batch_started = True
             st.tool_calls += len(st.pending_tool_calls)
@@ -371,22 +391,58 @@ class _Turn:
                 yield output
         if self._aborted():
             return
+        if st.waiting_for:
+            await self._save()
+            return
         async for output in self._fold_batch(wrap_iteration=st.iteration >= 2):
             yield output
 
     async def _run_batch(self, todo: list[dict[str, Any]]) -> AsyncIterator[Output]:
-        queue: asyncio.Queue[CustomEvent | ToolOutcome] = asyncio.Queue()
+        """Run the batch's unanswered calls concurrently (barrier tools after the rest).
+
+        A call that suspends (a gather waiting for forks) gets no result: it runs again
+        when the turn is resumed. The others finish first, so none is lost.
+        """
+        st = self.state
+        queue: asyncio.Queue[_Item] = asyncio.Queue()
         for call in todo:
-            yield self._tool_event(call, ToolCallStartEvent, tool_call=copy.deepcopy(call))
+            if _call_id(call) not in st.tool_calls_started:
+                st.tool_calls_started.append(_call_id(call))
+                yield self._tool_event(call, ToolCallStartEvent, tool_call=copy.deepcopy(call))
+        later = [c for c in todo if self._is_barrier(c)]
+        first = [c for c in todo if not self._is_barrier(c)] or later
+        if first is later:
+            later = []
+        suspended: dict[str, list[str]] = {}
         started = time.monotonic()
-        tasks = [asyncio.create_task(self._execute(call, queue)) for call in todo]
+        tasks = [asyncio.create_task(self._execute(call, queue)) for call in first]
+
+        def settled(calls: list[dict[str, Any]]) -> bool:
+            return all(_call_id(c) in st.tool_results or _call_id(c) in suspended for c in calls)
+
         try:
-            while not all(_call_id(c) in self.state.tool_results for c in todo):
+            while not settled(todo):
+                if later and settled(first):
+                    tasks += [asyncio.create_task(self._execute(c, queue)) for c in later]
+                    first, later = first + later, []
                 done, item = await self._race(queue.get())
                 if not done or item is None:
                     break
+                if isinstance(item, _Suspended):
+                    suspended[item.tool_call_id] = item.waiting_for
+                    continue
                 async for output in self._handle_item(item):
                     yield output
+            if suspended and not self._aborted():
+                waiting = sorted({f for forks in suspended.values() for f in forks})
+                st.waiting_for = waiting
+                yield self._event(
+                    CustomEvent(
+                        iteration=st.iteration,
+                        event_name="fork_gather_waiting",
+                        data={"waiting_for": waiting, "tool_call_ids": sorted(suspended)},
+                    )
+                )
             if self._aborted():
                 async for output in self._cancel_tasks(tasks, queue):
                     yield output
@@ -395,15 +451,22 @@ class _Turn:
                 task.cancel()
             self.state.batch_execution_time += time.monotonic() - started
 
+    def _is_barrier(self, call: dict[str, Any]) -> bool:
+        tool = self.tools.get(_call_name(call))
+        return tool is not None and tool.barrier
+
     async def _cancel_tasks(
-        self, tasks: list[asyncio.Task[None]], queue: asyncio.Queue[CustomEvent | ToolOutcome]
+        self, tasks: list[asyncio.Task[None]], queue: asyncio.Queue[_Item]
     ) -> AsyncIterator[Output]:
         """Stop in-flight tools, keeping whatever finished (or emitted) before they stopped."""
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         while not queue.empty():
-            async for output in self._handle_item(queue.get_nowait()):
+            item = queue.get_nowait()
+            if isinstance(item, _Suspended):
+                continue
+            async for output in self._handle_item(item):
                 yield output
 
     async def _handle_item(self, item: CustomEvent | ToolOutcome) -> AsyncIterator[Output]:
@@ -453,11 +516,10 @@ class _Turn:
         )
         return self._event(event, tool_name=name, tool_call_id=call_id)
 
-    async def _execute(
-        self, call: dict[str, Any], queue: asyncio.Queue[CustomEvent | ToolOutcome]
-    ) -> None:
+    async def _execute(self, call: dict[str, Any], queue: asyncio.Queue[_Item]) -> None:
         """Run one tool call; its result (or error) goes on the queue, never raises."""
         name, call_id = _call_name(call), _call_id(call)
+        current_tool_call.set((name, call_id))  # this task's own context
         emitter = ToolEventEmitter(
             queue.put_nowait,
             tool_name=name,
@@ -478,6 +540,9 @@ class _Turn:
             outcome = ToolOutcome(
                 tool_call_id=call_id, tool_name=name, content=content, result=_as_json(content)
             )
+        except SuspendTurn as suspend:
+            queue.put_nowait(_Suspended(call_id, suspend.waiting_for))
+            return
         except Exception as exc:
             _log.info("tool call failed", tool=name, error=str(exc), error_type=type(exc).__name__)
             outcome = _error_outcome(call_id, name, exc)
@@ -496,6 +561,7 @@ class _Turn:
         st.tool_batches_done += 1
         st.phase = "llm"
         st.pending_tool_calls, st.tool_results, st.batch_started = [], {}, False
+        st.tool_calls_started = []
         await self._apply_compaction()
         successes = sum(1 for o in outcomes if o.success)
         yield self._event(
@@ -560,7 +626,7 @@ class _Turn:
         for call in st.pending_tool_calls:
             if _call_id(call) in st.tool_results:
                 continue
-            outcome = ToolOutcome(
+            outcome = await self._aborted_outcome(call) or ToolOutcome(
                 tool_call_id=_call_id(call),
                 tool_name=_call_name(call),
                 content=json.dumps(
@@ -574,6 +640,24 @@ class _Turn:
                 yield output
         async for output in self._fold_batch(wrap_iteration=False):
             yield output
+
+    async def _aborted_outcome(self, call: dict[str, Any]) -> ToolOutcome | None:
+        """The result a tool gives for a call cut short by an abort (None: it has none)."""
+        tool = self.tools.get(_call_name(call))
+        if tool is None or tool.on_abort is None:
+            return None
+        try:
+            result = await tool.on_abort(_arguments_or_empty(call))
+        except Exception as exc:
+            _log.info("on_abort failed", tool=tool.name, error=str(exc))
+            return None
+        content = format_tool_result(result)
+        return ToolOutcome(
+            tool_call_id=_call_id(call),
+            tool_name=tool.name,
+            content=content,
+            result=_as_json(content),
+        )
 
     def _react_end(self, extra: dict[str, Any]) -> EventYield:
         st = self.state
@@ -591,6 +675,19 @@ class _Turn:
                 extra=extra,
             )
         )
+
+
+class _Suspended:
+    """A tool call that suspended the turn (a gather waiting for forks)."""
+
+    __slots__ = ("tool_call_id", "waiting_for")
+
+    def __init__(self, tool_call_id: str, waiting_for: list[str]) -> None:
+        self.tool_call_id = tool_call_id
+        self.waiting_for = waiting_for
+
+
+_Item = CustomEvent | ToolOutcome | _Suspended
 
 
 class _ToolCallPart:

@@ -36,6 +36,7 @@ import structlog
 from orchestrator.errors import AgentError, ToolError
 from orchestrator.events import Message, MessageList
 from orchestrator.ports import Experience, MemorySnapshot, MemoryStore
+from orchestrator.runtime.forks import FORK_GUIDE, TurnForks, fork_tools
 from orchestrator.runtime.memory import InMemoryMemoryStore
 from orchestrator.runtime.tools import Tool
 
@@ -60,7 +61,9 @@ __all__ = [
 _log = structlog.get_logger(__name__)
 
 FORKS_UNAVAILABLE = (
-    "forks run on workers: selfref fork.spawn / fork.gather_all are not available in this release"
+    "forks run on workers: selfref fork.spawn / fork.gather_all need a distributed run "
+    "(submit the agent with orchestrator.connect(...).submit); they are not available "
+    "in an in-process call"
 )
 
 _EXPERIENCE_START = "<experience>"
@@ -244,7 +247,7 @@ def _normalize_key(key: Any) -> str:
     return key.strip()
 
 
-# -- forks (a later release) ----------------------------------------------------------
+# -- forks (implemented in orchestrator.runtime.forks) ----------------------------------------------------------
 
 
 @runtime_checkable
@@ -259,7 +262,7 @@ class ForkPrimitives(Protocol):
 
 
 class UnavailableForks:
-    """Forks are not implemented yet: every call raises AgentError saying so."""
+    """Forks outside a worker (an in-process call): every call raises AgentError saying so."""
 
     async def spawn(self, message: str, **kwargs: Any) -> dict[str, Any]:
         raise AgentError(FORKS_UNAVAILABLE)
@@ -540,17 +543,23 @@ class SelfRefContext:
     def guide(self) -> str:
         """Overview and best practices of the selfref tools, for the model."""
         lines = [line for provider in self._providers for line in provider.guide_lines()]
-        if isinstance(self.fork, UnavailableForks):
+        if isinstance(self.fork, TurnForks):
+            lines.extend(FORK_GUIDE)
+        else:
             lines.append(
-                "Forks (spawning child agents) are not available in this release; do the "
-                "work yourself, step by step."
+                "Forks (spawning child agents) are not available here; do the work "
+                "yourself, step by step."
             )
         practices = "\n".join(f"- {line}" for line in lines)
         return f"{_OVERVIEW}\n\nBest practices:\n{practices}"
 
     def tools(self) -> list[Tool]:
-        """The model-facing tools of every provider (context tools first)."""
-        return [t for provider in self._providers for t in provider.tools(self)]
+        """The model-facing tools of every provider (context tools first), then the fork
+        tools when this turn can fork."""
+        tools = [t for provider in self._providers for t in provider.tools(self)]
+        if isinstance(self.fork, TurnForks):
+            tools.extend(fork_tools(self.fork))
+        return tools
 
     # -- what the loop calls -----------------------------------------------------------
 

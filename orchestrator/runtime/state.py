@@ -60,6 +60,9 @@ class OriginContext(_Model):
     selfref_instance_id: str | None = None
     source_memory_key: str | None = None
     memory_key: str | None = None
+    # For a fork: the parent's tool call that spawned it (None for a root call).
+    tool_name: str | None = None
+    tool_call_id: str | None = None
 
 
 class TurnState(_Model):
@@ -91,6 +94,10 @@ class TurnState(_Model):
     tool_results: dict[str, ToolOutcome] = Field(default_factory=dict)
     batch_started: bool = False
     batch_execution_time: float = 0.0
+    # Calls of the batch whose ToolCallStartEvent is out (not announced twice on resume).
+    tool_calls_started: list[str] = Field(default_factory=list)
+    # Suspended in gather_all: the forks (by id) whose end resumes the turn.
+    waiting_for: list[str] = Field(default_factory=list)
 
     llm_calls: int = 0
     tool_calls: int = 0

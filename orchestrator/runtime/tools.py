@@ -26,7 +26,7 @@ import copy
 import inspect
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -75,6 +75,8 @@ class Tool:
         func: Callable[..., Any] | None = None,
         *,
         best_practices: Sequence[str] | None = None,
+        barrier: bool = False,
+        on_abort: Callable[[dict[str, Any]], Awaitable[Any]] | None = None,
     ) -> None:
         if func is None:
             if type(self).run is Tool.run:
@@ -90,6 +92,11 @@ class Tool:
         docstring = inspect.getdoc(func) or ""
         self.description: str = description or _docstring_summary(docstring)
         self.best_practices: list[str] = [p.strip() for p in best_practices or () if p.strip()]
+        # A barrier tool runs after the other calls of its batch have finished.
+        self.barrier = barrier
+        # If the turn is aborted before this call finishes, its result is what this
+        # returns for the call's arguments (instead of a "cancelled" error).
+        self.on_abort = on_abort
         self._signature = inspect.signature(func)
         self._is_async = _is_async_callable(func)
         self._injected = SPECIAL_PARAMETERS & set(self._signature.parameters)

@@ -401,12 +401,12 @@ async def test_compact_tool_reports_bad_arguments_as_tool_errors(ctx: SelfRefCon
 
 
 async def test_guide_is_text_and_honest_about_forks(ctx: SelfRefContext) -> None:
-    """The guide gives the overview and best practices and says forks are not available."""
+    """In-process the guide gives the overview and says forks are not available here."""
     guide = toolkit_by_name(ctx.tools())["selfref_guide"]
     text = await guide.invoke({})
     assert text == ctx.guide()
     assert "selfref_context_compact" in text
-    assert "not available in this release" in text
+    assert "not available here" in text
 
 
 async def test_tool_providers_extend_the_tool_list() -> None:
@@ -448,7 +448,7 @@ async def test_runtime_exposes_context_guide_and_fork(ctx: SelfRefContext) -> No
 async def test_forks_say_they_are_not_available(ctx: SelfRefContext) -> None:
     """fork.spawn / gather_all raise an AgentError that says so plainly."""
     runtime = make_tool_runtime(ctx)
-    with pytest.raises(AgentError, match="not available in this release") as caught:
+    with pytest.raises(AgentError, match="need a distributed run") as caught:
         await runtime.selfref.fork.spawn("sub task")
     assert str(caught.value) == FORKS_UNAVAILABLE
     with pytest.raises(AgentError, match="not available"):

@@ -135,7 +135,14 @@ async def test_counts_by_status_follow_transitions(runs: RunStore) -> None:
         await runs.create(_record(f"r{i}"))
     await runs.transition("r0", from_status={RunStatus.QUEUED}, to=RunStatus.RUNNING)
     counts = await runs.counts_by_status()
-    assert counts == {"queued": 2, "running": 1, "completed": 0, "error": 0, "aborted": 0}
+    assert counts == {
+        "queued": 2,
+        "running": 1,
+        "waiting": 0,
+        "completed": 0,
+        "error": 0,
+        "aborted": 0,
+    }
 
 
 async def test_expired_runs_leave_the_indexes(runs: RunStore) -> None:
