@@ -83,13 +83,14 @@ class Run:
         return f"Run(run_id={self.run_id!r}, session_id={self.session_id!r})"
 
     async def entries(self, from_id: str | None = None) -> AsyncIterator[StreamEntry]:
-        """Every stream entry of this run (events, response, status), ending at its status."""
+        """Every stream entry of this run and its forks (events, responses, statuses),
+        ending once the run and every fork of it have ended."""
         reader = self._client.reader
-        async for entry in reader.tail(self.session_id, after=from_id, run_id=self.run_id):
+        async for entry in reader.tail(
+            self.session_id, after=from_id, run_id=self.run_id, stop_at_terminal=True
+        ):
             self.last_stream_id = entry.id
             yield entry
-            if entry.kind == "status" and entry.status is not None and entry.status.status.terminal:
-                return
 
     async def stream(self, from_id: str | None = None) -> AsyncIterator[Output]:
         """This run's outputs as they happen, from the start or after `from_id`.

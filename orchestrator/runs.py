@@ -28,6 +28,7 @@ __all__ = [
     "RunStatus",
     "StatusEntry",
     "StreamEntry",
+    "TreeProgress",
 ]
 
 # "package.module:function" (or "module:Class.method"): where a worker finds the agent.
@@ -212,6 +213,44 @@ class StreamEntry(BaseModel):
     root_run_id: str = ""
     output: ResponseYield | EventYield | None = None
     status: StatusEntry | None = None
+
+
+class TreeProgress:
+    """Follows one run's fork tree through its stream entries.
+
+    A fork announces itself (a "queued" status entry) before its parent's next event, and
+    every run ends with a terminal status entry, so a reader that has seen the root end
+    and every fork it heard of end has seen every event of the tree. `done` says so.
+    """
+
+    def __init__(self, root_run_id: str) -> None:
+        self.root_run_id = root_run_id
+        self.forks: dict[str, RunStatus | None] = {}
+        self.root_status: RunStatus | None = None
+
+    def add(self, entry: StreamEntry) -> None:
+        if entry.root_run_id != self.root_run_id and entry.run_id != self.root_run_id:
+            return
+        status = entry.status.status if entry.status is not None else None
+        if entry.run_id == self.root_run_id:
+            if status is not None:
+                self.root_status = status
+            return
+        if status is not None or entry.run_id not in self.forks:
+            self.forks[entry.run_id] = status or self.forks.get(entry.run_id)
+
+    @property
+    def root_ended(self) -> bool:
+        return self.root_status is not None and self.root_status.terminal
+
+    @property
+    def forks_ended(self) -> int:
+        return sum(1 for s in self.forks.values() if s is not None and s.terminal)
+
+    @property
+    def done(self) -> bool:
+        """The root and every fork seen so far have ended."""
+        return self.root_ended and self.forks_ended == len(self.forks)
 
 
 def _summarise(exc: ValidationError) -> str:

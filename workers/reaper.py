@@ -5,11 +5,16 @@ timeout + 10 s, never refreshed). Here every running turn holds a lease it renew
 lease_ttl/3; every worker sweeps the lease table every reap_interval, and exactly one of
 them claims each lapsed lease and re-queues the run as its next attempt, which resumes
 from the last checkpoint. After max_attempts the run ends with an error instead.
+
+It is also the safety net of fork gathers: a run suspended in a gather is normally
+resumed by its last fork as that fork ends; if that fork's worker died in between, the
+sweep of waiting runs (every waiting_sweep_s) resumes it instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import structlog
 from redis.asyncio import Redis
@@ -18,7 +23,7 @@ from orchestrator.errors import OrchestratorError, RunNotFound
 from orchestrator.keys import Keys
 from orchestrator.runs import RunRequest, RunStatus
 from orchestrator.settings import Settings
-from orchestrator.store.lifecycle import end_run
+from orchestrator.store.lifecycle import end_run, resume_if_ready
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import LeaseTable, RunStore
 
@@ -33,25 +38,50 @@ class Reaper:
         self._queue = queue
         self._runs = RunStore(redis, keys)
         self._leases = LeaseTable(redis, keys)
+        self._next_sweep = 0.0
 
     async def run_forever(self) -> None:
         while True:
             try:
                 await self.reap_once()
+                if time.monotonic() >= self._next_sweep:
+                    self._next_sweep = time.monotonic() + self._settings.waiting_sweep_s
+                    await self.sweep_waiting()
             except OrchestratorError as exc:
                 _log.warning("reaper pass failed", error=str(exc))
             await asyncio.sleep(self._settings.reap_interval_s)
+
+    async def sweep_waiting(self) -> list[str]:
+        """Resume waiting runs whose forks have all ended; returns their ids."""
+        resumed = []
+        for run_id in await self._runs.waiting():
+            if await resume_if_ready(self._runs, self._queue, run_id):
+                resumed.append(run_id)
+        return resumed
 
     async def reap_once(self) -> list[str]:
         """One sweep; returns the run ids it resumed or failed."""
         handled = []
         for run_id in await self._leases.expired():
+            if await self._parked_while_waiting(run_id):
+                continue
             attempt = await self._leases.claim_expired(run_id)
             if attempt is None:
                 continue  # another worker's reaper won this one
             if await self._recover(run_id, attempt):
                 handled.append(run_id)
         return handled
+
+    async def _parked_while_waiting(self, run_id: str) -> bool:
+        """A suspended run whose worker stopped between suspending and parking its lease:
+        park it now (claiming would fence out the attempt its forks will resume)."""
+        try:
+            record = await self._runs.get(run_id)
+        except RunNotFound:
+            return False
+        if record.status is not RunStatus.WAITING:
+            return False
+        return await self._leases.park(run_id, record.attempt)
 
     async def _recover(self, run_id: str, attempt: int) -> bool:
         try:
@@ -60,7 +90,7 @@ class Reaper:
             return False
         if record.status.terminal or record.attempt != attempt:
             return False
-        await self._queue.discard(run_id, attempt)
+        await self._queue.discard(run_id, attempt, record.segment)
         if attempt >= record.max_attempts:
             await self._give_up(record.run_id, record.session_id, attempt)
             return True
@@ -76,7 +106,7 @@ class Reaper:
         if updated is None:
             return False
         request = RunRequest.model_validate(record.request).model_copy(
-            update={"attempt": attempt + 1}
+            update={"attempt": attempt + 1, "segment": record.segment}
         )
         await self._queue.enqueue(request)
         _log.warning("worker lost; run resumed", run_id=run_id, next_attempt=attempt + 1)
@@ -93,6 +123,7 @@ class Reaper:
             status=RunStatus.ERROR,
             error=error,
             error_type="WorkerLost",
+            queue=self._queue,
         )
         if ended is not None:
             _log.error("run failed: worker lost too often", run_id=run_id, attempts=attempt)

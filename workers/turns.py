@@ -3,8 +3,13 @@
 The job function hands the raw payload here. We validate it, take the run's lease, load
 its checkpoint (a resumed attempt) or build a fresh turn, drive the ReAct loop, publish
 every output to the session's stream, and record how it ended. The loop itself knows
-nothing of Redis: it sees an AbortSignal (set by the AbortWatcher), a Checkpointer and a
-MemoryStore.
+nothing of Redis: it sees an AbortSignal (set by the AbortWatcher), a Checkpointer, a
+MemoryStore and a ForkBackend.
+
+A turn that waits in a gather for forks still running is suspended: its record goes to
+WAITING, its lease is parked and the job returns, freeing the slot. The last of those
+forks to end enqueues the run's next segment (`lifecycle.resume_if_ready`), which
+continues from the checkpoint like any resumed attempt.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from orchestrator.errors import (
     RunNotFound,
     StaleAttempt,
 )
-from orchestrator.events import EventYield, ReactEndEvent, ResponseYield
+from orchestrator.events import EventOrigin, ReactEndEvent, ResponseYield
 from orchestrator.keys import Keys
 from orchestrator.runs import RunRecord, RunRequest, RunStatus
+from orchestrator.runtime.chat import AgentSpec
 from orchestrator.runtime.loop import run_turn
 from orchestrator.runtime.state import OriginContext, TurnState
 from orchestrator.settings import Settings
@@ -37,8 +43,10 @@ from orchestrator.store.abort import AbortFlags, AbortWatcher
 from orchestrator.store.checkpoints import CheckpointStore
 from orchestrator.store.lifecycle import end_run
 from orchestrator.store.memory import RedisMemoryStore
+from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import LeaseTable, RunStore
 from orchestrator.store.streams import EventPublisher
+from workers.forks import RedisForkBackend, fork_run_id
 from workers.registry import AgentRegistry
 
 _log = structlog.get_logger(__name__)
@@ -81,6 +89,8 @@ class Outcome:
     error: str | None = None
     error_type: str | None = None
     abort_reason: str | None = None
+    # WAITING: the fork ids the suspended turn waits for.
+    waiting_for: list[str] | None = None
 
     def result(self, run_id: str) -> dict[str, Any]:
         return {"run_id": run_id, "status": self.status.value, "error": self.error}
@@ -101,6 +111,7 @@ class TurnExecutor:
         registry: AgentRegistry,
         watcher: AbortWatcher,
         worker_id: str,
+        queue: JobQueue,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -108,6 +119,7 @@ class TurnExecutor:
         self._registry = registry
         self._watcher = watcher
         self._worker_id = worker_id
+        self._queue = queue
         self._runs = RunStore(redis, keys)
         self._leases = LeaseTable(redis, keys)
         self._flags = AbortFlags(redis, keys)
@@ -124,10 +136,15 @@ class TurnExecutor:
         except RunNotFound:
             _log.warning("job for an unknown run", run_id=request.run_id)
             return {"run_id": request.run_id, "status": "rejected", "error": "unknown run"}
-        if record.attempt != request.attempt or record.status.terminal:
-            _log.info("stale attempt skipped", run_id=request.run_id, attempt=request.attempt)
+        if not _current(record, request):
+            _log.info(
+                "stale attempt skipped",
+                run_id=request.run_id,
+                attempt=request.attempt,
+                segment=request.segment,
+            )
             return {"run_id": request.run_id, "status": "superseded", "error": None}
-        return await self._run(request)
+        return await self._run(request, record)
 
     async def _reject(self, payload: Any, exc: PayloadError) -> dict[str, Any]:
         """A malformed payload: record the error on its run if it names one, keep serving."""
@@ -143,19 +160,23 @@ class TurnExecutor:
                 )
         return {"run_id": run_id, "status": "rejected", "error": message}
 
-    async def _run(self, request: RunRequest) -> dict[str, Any]:
+    async def _run(self, request: RunRequest, record: RunRecord) -> dict[str, Any]:
         reason = await self._flags.get(request.session_id)
-        if reason is not None:
-            record = await self._runs.get(request.run_id)
+        if reason is not None and record.started_at is None:
+            # Aborted before it ever started: it never starts (a started turn is driven
+            # to its aborted end instead, so its history and ReactEnd are complete).
             outcome = Outcome(RunStatus.ABORTED, abort_reason=reason)
             await self._finish(record, outcome)
             return outcome.result(request.run_id)
         started = await self._runs.transition(
             request.run_id,
-            from_status={RunStatus.QUEUED, RunStatus.RUNNING},
+            from_status={RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING},
             to=RunStatus.RUNNING,
-            started_at=time.time(),
+            check=lambda current: _current(current, request),
+            started_at=record.started_at or time.time(),
             worker_id=self._worker_id,
+            segment=request.segment,
+            waiting_for=[],
         )
         if started is None:
             return {"run_id": request.run_id, "status": "superseded", "error": None}
@@ -183,12 +204,15 @@ class TurnExecutor:
                     )
                 )
             raise
+        if outcome.status is RunStatus.WAITING:
+            await self._leases.park(request.run_id, request.attempt, self._worker_id)
+            return outcome.result(request.run_id)
         await self._finish(started, outcome)
         await self._leases.release(request.run_id, request.attempt)
         return outcome.result(request.run_id)
 
     async def _run_leased(self, request: RunRequest) -> Outcome:
-        turn = asyncio.create_task(self._drive(request))
+        turn = asyncio.create_task(self._drive_until_done_or_parked(request))
         renewer = asyncio.create_task(self._renew_lease(request, turn))
         try:
             return await turn
@@ -198,6 +222,23 @@ class TurnExecutor:
             raise
         finally:
             await cancel_and_wait(renewer)
+
+    async def _drive_until_done_or_parked(self, request: RunRequest) -> Outcome:
+        """Drive the turn; if it suspends in a gather, park the run as WAITING, unless its
+        forks have all ended meanwhile, in which case carry straight on."""
+        while True:
+            outcome = await self._drive(request)
+            if outcome.status is not RunStatus.WAITING:
+                return outcome
+            forks = [fork_run_id(request.root_run_id, f) for f in outcome.waiting_for or []]
+            if await self._runs.suspend(
+                request.run_id,
+                attempt=request.attempt,
+                segment=request.segment,
+                waiting_for=forks,
+            ):
+                _log.info("turn suspended in gather", run_id=request.run_id, forks=len(forks))
+                return outcome
 
     async def _renew_lease(self, request: RunRequest, turn: asyncio.Task[Outcome]) -> bool:
         interval = self._settings.lease_ttl_s / 3
@@ -223,6 +264,7 @@ class TurnExecutor:
             self._keys,
             session_id=request.session_id,
             run_id=request.run_id,
+            root_run_id=request.root_run_id,
             maxlen=self._settings.stream_maxlen,
             ttl_after_end_s=self._settings.stream_retention_s,
         )
@@ -235,10 +277,15 @@ class TurnExecutor:
         try:
             spec = self._registry.resolve(request.agent)
             state = await self._initial_state(request, spec, publisher)
+            record = await self._runs.get(request.run_id)
         except OrchestratorError as exc:
             return Outcome(RunStatus.ERROR, error=str(exc), error_type=type(exc).__name__)
         signal = AbortSignal()
+        reason = await self._flags.get(request.session_id)
+        if reason is not None:
+            signal.abort(reason)  # a resumed turn of an aborted session ends at once
         self._watcher.watch(request.session_id, signal)
+        forks = self._fork_backend(request, spec, record)
         checkpointer = RunCheckpointer(
             publisher,
             self._checkpoints,
@@ -248,6 +295,7 @@ class TurnExecutor:
         )
         end: ReactEndEvent | None = None
         final: ResponseYield | None = None
+        last_origin: EventOrigin | None = None
         try:
             async for output in run_turn(
                 spec,
@@ -255,13 +303,18 @@ class TurnExecutor:
                 abort=signal,
                 checkpointer=checkpointer,
                 memory=self._memory,
-                origin=OriginContext(),
+                origin=_origin(request, spec, state),
+                forks=forks,
             ):
-                publisher.publish(output)
                 if isinstance(output, ResponseYield):
+                    # Say which agent answered (readers of a fork tree need to know).
+                    output.origin = output.origin or last_origin
                     final = output
-                elif isinstance(output, EventYield) and isinstance(output.event, ReactEndEvent):
-                    end = output.event
+                else:
+                    last_origin = output.origin
+                    if isinstance(output.event, ReactEndEvent):
+                        end = output.event
+                publisher.publish(output)
         except StaleAttempt as exc:
             raise _LeaseLost from exc
         except LLMError as exc:
@@ -273,6 +326,8 @@ class TurnExecutor:
             return _outcome_from(end, final, RunStatus.ERROR, exc)
         finally:
             self._watcher.unwatch(request.session_id, signal)
+        if state.waiting_for and end is None:
+            return Outcome(RunStatus.WAITING, waiting_for=list(state.waiting_for))
         aborted = bool(end and end.extra.get("aborted"))
         status = RunStatus.ABORTED if aborted else RunStatus.COMPLETED
         outcome = _outcome_from(end, final, status, None)
@@ -280,8 +335,23 @@ class TurnExecutor:
             outcome.abort_reason = str(end.extra.get("abort_reason") or signal.reason)
         return outcome
 
+    def _fork_backend(
+        self, request: RunRequest, spec: AgentSpec, record: RunRecord
+    ) -> RedisForkBackend | None:
+        """Forks for agents with a SelfReference (they are SelfReference primitives)."""
+        if spec.self_reference is None:
+            return None
+        return RedisForkBackend(
+            self._redis,
+            self._keys,
+            self._settings,
+            self._queue,
+            request=request,
+            tenant=record.tenant,
+        )
+
     async def _initial_state(
-        self, request: RunRequest, spec: Any, publisher: EventPublisher
+        self, request: RunRequest, spec: AgentSpec, publisher: EventPublisher
     ) -> TurnState:
         saved = await self._checkpoints.load(request.session_id, request.run_id)
         if saved is not None:
@@ -298,6 +368,17 @@ class TurnExecutor:
                 phase=state.phase,
             )
             return state
+        if request.fork is not None:
+            return await spec.fork_state(
+                request.history or [],
+                request.message or "",
+                fork_id=request.fork.fork_id,
+                depth=request.fork.depth,
+                memory_key=request.fork.memory_key,
+                session_id=request.session_id,
+                agent_call_id=request.run_id,
+                memory=self._memory,
+            )
         args: tuple[Any, ...] = ()
         kwargs: dict[str, Any] = dict(request.args)
         if request.message is not None:
@@ -330,9 +411,38 @@ class TurnExecutor:
             error=outcome.error,
             error_type=outcome.error_type,
             abort_reason=outcome.abort_reason,
+            queue=self._queue,
         )
         if ended is not None:  # None: it had already ended (e.g. aborted while queued)
             await self._checkpoints.delete(record.session_id, record.run_id)
+
+
+def _current(record: RunRecord, request: RunRequest) -> bool:
+    """Is `request` the job the run is expecting now (not a stale attempt or segment)?"""
+    if record.status.terminal or record.attempt != request.attempt:
+        return False
+    if record.status is RunStatus.WAITING:
+        return request.segment == record.segment + 1
+    return request.segment == record.segment
+
+
+def _origin(request: RunRequest, spec: AgentSpec, state: TurnState) -> OriginContext:
+    """The origin fields of the run's events: where the agent sits in its fork tree."""
+    selfref_instance = request.root_run_id if spec.self_reference is not None else None
+    fork = request.fork
+    if fork is None:
+        return OriginContext(selfref_instance_id=selfref_instance, memory_key=state.memory_key)
+    return OriginContext(
+        parent_agent_call_id=fork.parent_run_id,
+        fork_id=fork.fork_id,
+        fork_depth=fork.depth,
+        fork_seq=fork.fork_seq,
+        selfref_instance_id=selfref_instance,
+        source_memory_key=fork.source_memory_key,
+        memory_key=fork.memory_key,
+        tool_name=fork.tool_name,
+        tool_call_id=fork.tool_call_id,
+    )
 
 
 def _outcome_from(

@@ -48,7 +48,9 @@ class WorkerServices:
         self.worker_id = worker_id
         self.watcher = AbortWatcher(pool, self.keys, interval_s=settings.abort_poll_s)
         self.queue = JobQueue(pool, self.keys)
-        self.executor = TurnExecutor(pool, self.keys, settings, registry, self.watcher, worker_id)
+        self.executor = TurnExecutor(
+            pool, self.keys, settings, registry, self.watcher, worker_id, self.queue
+        )
         self.reaper = Reaper(pool, self.keys, settings, self.queue)
         self.heartbeats = WorkerRegistry(pool, self.keys)
         self._tasks: list[asyncio.Task[None]] = []

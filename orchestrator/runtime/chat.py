@@ -42,6 +42,7 @@ from orchestrator.events import (
 )
 from orchestrator.ports import LLMInterface, MemoryStore
 from orchestrator.runtime import prompt
+from orchestrator.runtime.forks import fork_user_message
 from orchestrator.runtime.loop import Output, run_turn
 from orchestrator.runtime.selfref import (
     ForkPrimitives,
@@ -158,6 +159,39 @@ class AgentSpec:
             messages=messages,
             user_task_prompt=user_message,
             memory_key=self.memory_key if context is not None else None,
+        )
+
+    async def fork_state(
+        self,
+        context: MessageList,
+        task: str,
+        *,
+        fork_id: str,
+        depth: int,
+        memory_key: str | None,
+        session_id: str,
+        agent_call_id: str,
+        memory: MemoryStore | None = None,
+    ) -> TurnState:
+        """The state of a fork's turn: the parent's `context` plus the fork's task.
+
+        The fork's memory key starts as that context (its experiences are its own), and
+        its turn saves its whole transcript there; the parent's key is never written.
+        """
+        user = fork_user_message(task, fork_id=fork_id, depth=depth)
+        messages = [*context, user]
+        selfref = self.bind_memory(memory_key, memory)
+        if selfref is not None:
+            await selfref.replace_history(context)
+            messages = apply_system_addendum(messages, await selfref.system_addendum(messages))
+        return TurnState(
+            session_id=session_id,
+            agent_call_id=agent_call_id,
+            func_name=self.name,
+            trace_id=f"{self.name}_{agent_call_id}",
+            messages=messages,
+            user_task_prompt=str(user["content"]),
+            memory_key=memory_key if selfref is not None else None,
         )
 
     def _bind(self, args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:

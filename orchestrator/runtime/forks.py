@@ -61,7 +61,7 @@ FORK_GUIDE = (
 )
 
 
-class SuspendTurn(Exception):  # noqa: N818 - a control-flow signal, not an error
+class SuspendTurn(Exception):
     """Raised by `gather_all` while forks are still running: suspend the turn until they
     end. The loop catches it; tool code must let it through."""
 

@@ -407,12 +407,8 @@ class _Turn:
         queue: asyncio.Queue[_Item] = asyncio.Queue()
         for call in todo:
             if _call_id(call) not in st.tool_calls_started:
-                st.tool_calls_started.append(_call_id(call))
-                yield self._tool_event(call, ToolCallStartEvent, tool_call=copy.deepcopy(call))
-        later = [c for c in todo if self._is_barrier(c)]
-        first = [c for c in todo if not self._is_barrier(c)] or later
-        if first is later:
-            later = []
+                yield self._announce(call)
+        first, later = self._split_barriers(todo)
         suspended: dict[str, list[str]] = {}
         started = time.monotonic()
         tasks = [asyncio.create_task(self._execute(call, queue)) for call in first]
@@ -433,27 +429,49 @@ class _Turn:
                     continue
                 async for output in self._handle_item(item):
                     yield output
-            if suspended and not self._aborted():
-                waiting = sorted({f for forks in suspended.values() for f in forks})
-                st.waiting_for = waiting
-                yield self._event(
-                    CustomEvent(
-                        iteration=st.iteration,
-                        event_name="fork_gather_waiting",
-                        data={"waiting_for": waiting, "tool_call_ids": sorted(suspended)},
-                    )
-                )
-            if self._aborted():
-                async for output in self._cancel_tasks(tasks, queue):
-                    yield output
+            async for output in self._end_batch(tasks, queue, suspended):
+                yield output
         finally:
             for task in tasks:
                 task.cancel()
             self.state.batch_execution_time += time.monotonic() - started
 
-    def _is_barrier(self, call: dict[str, Any]) -> bool:
-        tool = self.tools.get(_call_name(call))
-        return tool is not None and tool.barrier
+    async def _end_batch(
+        self,
+        tasks: list[asyncio.Task[None]],
+        queue: asyncio.Queue[_Item],
+        suspended: dict[str, list[str]],
+    ) -> AsyncIterator[Output]:
+        if self._aborted():
+            async for output in self._cancel_tasks(tasks, queue):
+                yield output
+        elif suspended:
+            yield self._suspend(suspended)
+
+    def _suspend(self, suspended: dict[str, list[str]]) -> EventYield:
+        """Mark the turn as waiting for forks; the event tells readers which ones."""
+        st = self.state
+        st.waiting_for = sorted({f for forks in suspended.values() for f in forks})
+        return self._event(
+            CustomEvent(
+                iteration=st.iteration,
+                event_name="fork_gather_waiting",
+                data={"waiting_for": st.waiting_for, "tool_call_ids": sorted(suspended)},
+            )
+        )
+
+    def _announce(self, call: dict[str, Any]) -> EventYield:
+        """The call's ToolCallStartEvent (once per call, however often the batch resumes)."""
+        self.state.tool_calls_started.append(_call_id(call))
+        return self._tool_event(call, ToolCallStartEvent, tool_call=copy.deepcopy(call))
+
+    def _split_barriers(
+        self, calls: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(calls to run now, barrier calls to run once those have finished)."""
+        barrier = [c for c in calls if (t := self.tools.get(_call_name(c))) and t.barrier]
+        rest = [c for c in calls if c not in barrier]
+        return (rest, barrier) if rest else (barrier, [])
 
     async def _cancel_tasks(
         self, tasks: list[asyncio.Task[None]], queue: asyncio.Queue[_Item]

@@ -247,7 +247,7 @@ def _normalize_key(key: Any) -> str:
     return key.strip()
 
 
-# -- forks (implemented in orchestrator.runtime.forks) ----------------------------------------------------------
+# -- forks (implemented in orchestrator.runtime.forks) --------------------------
 
 
 @runtime_checkable

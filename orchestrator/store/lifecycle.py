@@ -1,4 +1,5 @@
-"""Ending a run: one place that moves a run to a terminal status and closes its stream."""
+"""Ending a run: one place that moves a run to a terminal status and closes its stream,
+and wakes the parent of a fork when its last awaited fork has ended."""
 
 from __future__ import annotations
 
@@ -6,13 +7,17 @@ import time
 from collections.abc import Collection
 from typing import Any
 
+import structlog
 from redis.asyncio import Redis
 
 from orchestrator.keys import Keys
-from orchestrator.runs import RunRecord, RunStatus, StatusEntry
+from orchestrator.runs import RunRecord, RunRequest, RunStatus, StatusEntry
 from orchestrator.settings import Settings
+from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import RunStore
 from orchestrator.store.streams import EventPublisher
+
+_log = structlog.get_logger(__name__)
 
 
 async def end_run(
@@ -24,11 +29,15 @@ async def end_run(
     session_id: str,
     status: RunStatus,
     from_status: Collection[RunStatus] = (RunStatus.QUEUED, RunStatus.RUNNING),
+    queue: JobQueue | None = None,
     **fields: Any,
 ) -> RunRecord | None:
     """Record how a run ended, append its terminal status entry to the session stream (so
     readers know it ended) and start the retention clocks. Returns None, writing nothing,
-    if the run was no longer in `from_status` (it had already ended)."""
+    if the run was no longer in `from_status` (it had already ended).
+
+    With `queue`, a fork's parent waiting for it is resumed if this was the last fork it
+    waited for (without, the waiting-run sweep of the workers does it a little later)."""
     runs = RunStore(redis, keys)
     updated = await runs.transition(
         run_id, from_status=set(from_status), to=status, finished_at=time.time(), **fields
@@ -40,6 +49,7 @@ async def end_run(
         keys,
         session_id=session_id,
         run_id=run_id,
+        root_run_id=updated.root_run_id,
         maxlen=settings.stream_maxlen,
         ttl_after_end_s=settings.stream_retention_s,
     )
@@ -55,4 +65,21 @@ async def end_run(
     )
     await publisher.close(expire=True)
     await runs.expire(run_id, settings.run_retention_s)
+    if queue is not None and updated.fork is not None:
+        await resume_if_ready(runs, queue, updated.fork.parent_run_id)
     return updated
+
+
+async def resume_if_ready(runs: RunStore, queue: JobQueue, run_id: str) -> bool:
+    """Enqueue the next segment of a run waiting in a gather if every fork it waits for
+    has ended. Safe to call any number of times, from anywhere: the segment's job id is
+    fixed, so however many callers race here the run is resumed once."""
+    record = await runs.ready_to_resume(run_id)
+    if record is None or record.request is None:
+        return False
+    request = RunRequest.model_validate(record.request).model_copy(
+        update={"attempt": record.attempt, "segment": record.segment + 1}
+    )
+    await queue.enqueue(request)
+    _log.info("run resumed after its forks", run_id=run_id, segment=request.segment)
+    return True

@@ -12,10 +12,11 @@ from orchestrator.store.connection import translate_errors
 RUN_TURN = "run_turn"
 
 
-def job_id(run_id: str, attempt: int) -> str:
-    """Deterministic arq job id: one job per attempt, so a retry never collides with the
-    result key arq keeps for an earlier attempt."""
-    return f"{run_id}:{attempt}"
+def job_id(run_id: str, attempt: int, segment: int = 0) -> str:
+    """Deterministic arq job id: one job per attempt (and per resumed segment), so a retry
+    never collides with the result key arq keeps for an earlier one, and two wake-ups of
+    the same waiting run enqueue it once (arq refuses a job id it already holds)."""
+    return f"{run_id}:{attempt}" if segment == 0 else f"{run_id}:{attempt}:{segment}"
 
 
 class JobQueue:
@@ -24,8 +25,9 @@ class JobQueue:
         self._keys = keys
 
     async def enqueue(self, request: RunRequest) -> str:
-        """Queue one attempt of a run and wake idle workers. Returns the arq job id."""
-        jid = job_id(request.run_id, request.attempt)
+        """Queue one attempt (or resumed segment) of a run and wake idle workers.
+        Returns the arq job id; enqueueing a job id arq already holds does nothing."""
+        jid = job_id(request.run_id, request.attempt, request.segment)
         async with translate_errors("enqueue run"):
             await self._arq.enqueue_job(
                 RUN_TURN,
@@ -36,10 +38,10 @@ class JobQueue:
             await self._arq.publish(self._keys.wake(), jid)
         return jid
 
-    async def discard(self, run_id: str, attempt: int) -> None:
+    async def discard(self, run_id: str, attempt: int, segment: int = 0) -> None:
         """Drop an attempt's arq job (its worker died): arq would otherwise rerun it when
         its in-progress key expires, long after we resumed the run elsewhere."""
-        jid = job_id(run_id, attempt)
+        jid = job_id(run_id, attempt, segment)
         async with translate_errors("discard job"):
             pipe = self._arq.pipeline(transaction=True)
             pipe.zrem(self._keys.queue(), jid)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
@@ -92,9 +92,11 @@ class RunStore:
         *,
         from_status: Iterable[RunStatus] | RunStatus,
         to: RunStatus,
+        check: Callable[[RunRecord], bool] | None = None,
         **fields: Any,
     ) -> RunRecord | None:
-        """Move the run to `to` (and set `fields`) only if its status is in `from_status`.
+        """Move the run to `to` (and set `fields`) only if its status is in `from_status`
+        (and `check(record)` holds, when given).
 
         Atomic: of two concurrent transitions out of the same status, exactly one wins.
         Returns the new record, or None (nothing changed) if the status did not match.
@@ -105,7 +107,7 @@ class RunStore:
 
         async def transition(pipe: Pipeline) -> RunRecord | None:
             current = await self._read(pipe, run_id)
-            if current.status not in allowed:
+            if current.status not in allowed or (check is not None and not check(current)):
                 return None
             updated = _apply(current, {**fields, "status": to})
             begin(pipe)
@@ -113,6 +115,67 @@ class RunStore:
             return updated
 
         return await optimistic(self._redis, [key], transition, what="run transition")
+
+    async def get_many(self, run_ids: Iterable[str]) -> dict[str, RunRecord]:
+        """The records that exist among `run_ids` (one MGET; corrupt ones skipped)."""
+        return {r.run_id: r for r in await self._load_many(builtins.list(run_ids))}
+
+    async def suspend(
+        self, run_id: str, *, attempt: int, segment: int, waiting_for: Iterable[str]
+    ) -> bool:
+        """Park a running run until the runs in `waiting_for` (its forks) have all ended.
+
+        Returns False, changing nothing, if they already have (carry on instead), or if
+        the run is no longer this attempt and segment. Atomic with the forks' own
+        transitions: a fork that ends meanwhile is either seen here or sees WAITING.
+        """
+        forks = builtins.list(dict.fromkeys(waiting_for))
+        key = self._keys.run(run_id)
+
+        async def suspend(pipe: Pipeline) -> bool:
+            current = await self._read(pipe, run_id)
+            if (
+                current.status is not RunStatus.RUNNING
+                or current.attempt != attempt
+                or current.segment != segment
+            ):
+                return False
+            raws = await pipe.mget([self._keys.run(f) for f in forks]) if forks else []
+            running = [f for f, raw in zip(forks, raws, strict=True) if _is_live(f, raw)]
+            if not running:
+                return False
+            begin(pipe)
+            updated = _apply(current, {"status": RunStatus.WAITING, "waiting_for": running})
+            self._queue_write(pipe, current, updated)
+            return True
+
+        watched = [key, *(self._keys.run(f) for f in forks)]
+        return await optimistic(self._redis, watched, suspend, what="run suspend")
+
+    async def ready_to_resume(self, run_id: str) -> RunRecord | None:
+        """The record of a WAITING run whose awaited forks have all ended, else None."""
+        try:
+            record = await self.get(run_id)
+        except (RunNotFound, PayloadError):
+            return None
+        if record.status is not RunStatus.WAITING:
+            return None
+        forks = await self.get_many(record.waiting_for)
+        if any(f in forks and not forks[f].status.terminal for f in record.waiting_for):
+            return None
+        missing = [f for f in record.waiting_for if f not in forks]
+        if missing:
+            # A fork record that vanished (expired) can never end: do not wait on it.
+            log.warning("runs.waiting_for_missing_fork", run_id=run_id, forks=missing)
+        return record
+
+    async def waiting(self, limit: int = 1000) -> builtins.list[str]:
+        """Ids of runs suspended in a gather (oldest first), for the safety-net sweep."""
+        async with translate_errors("run waiting list"):
+            ids = await self._redis.zrange(
+                self._keys.runs_by_status(RunStatus.WAITING), 0, limit - 1
+            )
+        return [text(i) for i in ids]
 
     async def expire(self, run_id: str, ttl_s: float) -> bool:
         """Let the record expire after `ttl_s`; it leaves the indexes once gone.
@@ -139,8 +202,10 @@ class RunStore:
         tenant: str | None = None,
         offset: int = 0,
         limit: int = 50,
+        include_forks: bool = False,
     ) -> builtins.list[RunRecord]:
-        """Runs, newest first, optionally only one status / agent / tenant.
+        """Runs, newest first, optionally only one status / agent / tenant. Fork runs are
+        left out unless `include_forks` (they belong to their root run).
 
         Missing and corrupt records are skipped (a corrupt one with a warning).
         """
@@ -156,6 +221,8 @@ class RunStore:
             start += len(ids)
             for record in await self._load_many([text(i) for i in ids]):
                 if not _matches(record, status, agent, tenant):
+                    continue
+                if record.fork is not None and not include_forks:
                     continue
                 if to_skip:
                     to_skip -= 1
@@ -227,6 +294,16 @@ class RunStore:
                     pipe.zrem(self._keys.runs_by_status(status), *gone)
                 pipe.zrem(expiring, *gone)
                 await pipe.execute()
+
+
+def _is_live(run_id: str, raw: Any) -> bool:
+    """True if the stored record is of a run that has not ended (missing: not live)."""
+    if raw is None:
+        return False
+    try:
+        return not _decode_record(run_id, raw).status.terminal
+    except PayloadError:
+        return False
 
 
 def _check_fields(fields: dict[str, Any]) -> None:
@@ -313,6 +390,28 @@ class LeaseTable:
             return True
 
         return await optimistic(self._redis, [owner], release, what="lease release")
+
+    async def park(self, run_id: str, attempt: int, worker_id: str | None = None) -> bool:
+        """Stop the lease clock while the run is suspended (nothing runs it, nothing to
+        reap), keeping the fence: the same attempt takes the lease again on resume.
+
+        With `worker_id`, only if that worker still holds it (a resumed segment that
+        already took the lease elsewhere keeps it)."""
+        owner = self._keys.lease(run_id)
+
+        async def park(pipe: Pipeline) -> bool:
+            held_raw, worker_raw = await resolve(pipe.hmget(owner, [_ATTEMPT, _WORKER]))
+            held = _opt_int(held_raw, "lease attempt")
+            if held != attempt:
+                return False
+            if worker_id is not None and (worker_raw is None or text(worker_raw) != worker_id):
+                return False
+            begin(pipe)
+            pipe.zrem(self._keys.leases(), run_id)
+            pipe.hset(owner, _STATE, "parked")
+            return True
+
+        return await optimistic(self._redis, [owner], park, what="lease park")
 
     async def expired(self, now_ms: float | None = None) -> builtins.list[str]:
         """Run ids whose lease deadline has passed."""

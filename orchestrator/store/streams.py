@@ -2,7 +2,8 @@
 
 One Redis stream per session holds every output of every run in it, in order. An entry
 has four fields: `v` ("1"), `kind` ("event", "response" or "status"), `run` (run id)
-and `data` (the output's JSON, or a `StatusEntry`'s JSON).
+and `data` (the output's JSON, or a `StatusEntry`'s JSON), plus `root` (the root run of
+the fork tree) on the entries of fork runs.
 
 Publishing never waits for Redis: `publish()` appends to a buffer and a background task
 sends whatever has accumulated in one MULTI/EXEC. While a send is in flight new outputs
@@ -27,7 +28,7 @@ from orchestrator.aio import cancel_and_wait
 from orchestrator.errors import PayloadError, StoreError, StoreUnavailable
 from orchestrator.events import EventYield, ResponseYield, output_from_json, output_to_json
 from orchestrator.keys import Keys
-from orchestrator.runs import StatusEntry, StreamEntry
+from orchestrator.runs import StatusEntry, StreamEntry, TreeProgress
 from orchestrator.store._codec import parse_int, resolve, text
 from orchestrator.store.connection import Redis, to_store_error, translate_errors
 
@@ -88,6 +89,7 @@ class EventPublisher:
         *,
         session_id: str,
         run_id: str,
+        root_run_id: str | None = None,
         maxlen: int = 100_000,
         ttl_after_end_s: int = 86_400,
         idle_ttl_s: int | None = 7 * 86_400,
@@ -96,6 +98,7 @@ class EventPublisher:
         self._redis = redis
         self.session_id = session_id
         self.run_id = run_id
+        self.root_run_id = root_run_id if root_run_id is not None else run_id
         self._stream = keys.events(session_id)
         self._seqs = keys.seqs(session_id)
         self._publishers = keys.publishers(session_id)
@@ -265,6 +268,8 @@ class EventPublisher:
                     "run": self.run_id,
                     "data": entry.data,
                 }
+                if self.root_run_id != self.run_id:
+                    fields["root"] = self.root_run_id
                 pipe.xadd(self._stream, fields, maxlen=self._maxlen, approximate=True)
                 if entry.call_seq is not None:
                     call, seq = entry.call_seq
@@ -370,14 +375,17 @@ class StreamReader:
     ) -> AsyncGenerator[StreamEntry, None]:
         """Yield the session's entries after `after` (None: from the start; "$": only new).
 
-        `run_id` keeps only that run's entries. With `follow=False` it stops once the
-        stream is exhausted; otherwise it waits for more (each wait up to `block_ms`).
-        `stop_at_terminal` stops after a terminal status entry (of `run_id`, if given).
+        `run_id` keeps only the entries of that run and of its forks. With `follow=False`
+        it stops once the stream is exhausted; otherwise it waits for more (each wait up
+        to `block_ms`).
+        `stop_at_terminal` stops once the run has ended (with `run_id`: the run and every
+        fork of it; without: at the first terminal status entry).
         A dropped connection is retried, resuming after the last entry consumed.
         """
         stream = self._keys.events(session_id)
         cursor = "0-0" if after is None else after
         failures = 0
+        tree = TreeProgress(run_id) if run_id is not None else None
         while True:
             try:
                 if cursor == "$":
@@ -397,10 +405,12 @@ class StreamReader:
             for entry_id, fields in raw:
                 cursor = entry_id
                 entry = _decode_or_skip(stream, entry_id, fields)
-                if entry is None or (run_id is not None and entry.run_id != run_id):
+                if entry is None or (run_id is not None and run_id != entry.root_run_id):
                     continue
                 yield entry
-                if stop_at_terminal and _is_terminal(entry):
+                if tree is not None:
+                    tree.add(entry)
+                if stop_at_terminal and (tree.done if tree is not None else _is_terminal(entry)):
                     return
 
     async def _backoff(self, stream: str, failures: int, exc: StoreError) -> None:
@@ -432,6 +442,7 @@ def decode_entry(entry_id: str, fields: Mapping[Any, Any]) -> StreamEntry:
         named = {text(k): v for k, v in fields.items()}
         version, kind, run_id = text(named["v"]), text(named["kind"]), text(named["run"])
         data = named["data"]
+        root = text(named["root"]) if "root" in named else run_id
     except KeyError as exc:
         raise PayloadError(f"stream entry {entry_id} lacks field {exc.args[0]!r}") from exc
     if version != WIRE_VERSION:
@@ -441,14 +452,18 @@ def decode_entry(entry_id: str, fields: Mapping[Any, Any]) -> StreamEntry:
     try:
         if kind == "status":
             status = StatusEntry.model_validate_json(data)
-            return StreamEntry(id=entry_id, run_id=run_id, kind="status", status=status)
+            return StreamEntry(
+                id=entry_id, run_id=run_id, root_run_id=root, kind="status", status=status
+            )
         output = output_from_json(data)
     except ValidationError as exc:
         raise PayloadError(f"stream entry {entry_id} has invalid {kind} data") from exc
     if output.type != kind:
         raise PayloadError(f"stream entry {entry_id} is kind {kind!r} but holds {output.type!r}")
     output.stream_id = entry_id
-    return StreamEntry(id=entry_id, run_id=run_id, kind=output.type, output=output)
+    return StreamEntry(
+        id=entry_id, run_id=run_id, root_run_id=root, kind=output.type, output=output
+    )
 
 
 def _decode_or_skip(stream: str, entry_id: str, fields: Mapping[Any, Any]) -> StreamEntry | None:
