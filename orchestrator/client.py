@@ -149,7 +149,8 @@ class Run:
     async def _wait_for_end(self) -> None:
         # From the stream's start: the status entry may have landed before we looked.
         async for entry in self._client.reader.tail(self.session_id, run_id=self.run_id):
-            if entry.kind == "status" and entry.status and entry.status.status.terminal:
+            status = entry.status
+            if entry.run_id == self.run_id and status is not None and status.status.terminal:
                 return
 
 

@@ -55,6 +55,7 @@ def fork_result(record: RunRecord, include_history: bool) -> dict[str, Any]:
     if record.status is RunStatus.ABORTED:
         error_type = error_type or "AbortedError"
         error_message = error_message or (record.abort_reason or "aborted")
+    response = record.response if status == "completed" else (record.response or None)
     return {
         "fork_id": info.fork_id if info else record.run_id,
         "parent_fork_id": info.parent_fork_id if info else None,
@@ -62,8 +63,8 @@ def fork_result(record: RunRecord, include_history: bool) -> dict[str, Any]:
         "source_memory_key": info.source_memory_key if info else None,
         "memory_key": info.memory_key if info else None,
         "status": status,
-        "response": record.response,
-        "result": record.response,
+        "response": response,
+        "result": response,
         "error_type": error_type if status != "completed" else None,
         "error_message": error_message if status != "completed" else None,
         "history_count": len(messages),

@@ -15,7 +15,7 @@ import json
 import os
 from typing import Any
 
-from orchestrator import OpenAICompatible, llm_chat, tool
+from orchestrator import OpenAICompatible, SelfReference, llm_chat, tool
 
 _TOOL_LOG = os.environ.get("TEST_TOOL_LOG", "")
 
@@ -73,3 +73,33 @@ async def assistant(message: str, history: list[dict[str, Any]] | None = None) -
 @llm_chat(llm_interface=llm, stream=True)
 async def chatter(message: str, history: list[dict[str, Any]] | None = None) -> None:
     """You are a test assistant without tools."""
+
+
+@tool(name="fan_out", description="Spawn forks from tool code and gather them")
+async def fan_out(count: int, task: str, runtime: Any) -> dict[str, Any]:
+    """Spawn `count` forks working on `task`, then gather them all (tool-code forks).
+
+    Args:
+        count: How many forks to spawn.
+        task: The task each fork gets (numbered).
+    """
+    _record("fan_out", count=count, task=task)
+    for i in range(count):
+        await runtime.selfref.fork.spawn(f"{task} {i}")
+    results = await runtime.selfref.fork.gather_all()
+    return {
+        "gathered": len(results),
+        "statuses": sorted({r["status"] for r in results.values()}),
+    }
+
+
+# Forks are SelfReference primitives: this agent can fork (and its forks can too).
+@llm_chat(
+    llm_interface=llm,
+    toolkit=[get_weather, slow_tool, fan_out],
+    self_reference=SelfReference(),
+    self_reference_key="forker",
+    stream=True,
+)
+async def forker(message: str, history: list[dict[str, Any]] | None = None) -> None:
+    """You are a test agent that splits work into forks."""

@@ -98,13 +98,15 @@ class WorkerPool:
         self._log_dir = log_dir
         self.started: list[WorkerProcess] = []
 
-    async def start(self, count: int = 1, *, timeout: float = 15.0) -> list[WorkerProcess]:
+    async def start(
+        self, count: int = 1, *, timeout: float = 15.0, concurrency: int = 4
+    ) -> list[WorkerProcess]:
         """Start `count` workers and return once every one of them heartbeats."""
-        procs = [self._spawn() for _ in range(count)]
+        procs = [self._spawn(concurrency) for _ in range(count)]
         await self.wait_registered(procs, timeout=timeout)
         return procs
 
-    def _spawn(self) -> WorkerProcess:
+    def _spawn(self, concurrency: int) -> WorkerProcess:
         index = len(self.started)
         log_path = self._log_dir / f"worker-{index}.log"
         command = [
@@ -119,7 +121,7 @@ class WorkerPool:
             "--agents",
             AGENTS_MODULE,
             "--concurrency",
-            "4",
+            str(concurrency),
         ]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
