@@ -294,14 +294,19 @@ async def test_fan_out_and_gather_across_workers(client: Client, workers: Worker
     # The three spawns of one batch run concurrently: numbering follows who came first.
     assert sorted(r["status"] for r in gathered.values()) == ["completed", "completed", "error"]
     (failed,) = [r for r in gathered.values() if r["status"] == "error"]
-    assert "400" in failed["error_message"] and failed["error_type"]
+    assert "400" in failed["error_message"]
+    assert failed["error_type"]
     assert failed["response"] is None
     ok = next(r for r in gathered.values() if r["status"] == "completed")
-    assert "fork answer for" in ok["response"] and ok["result"] == ok["response"]
-    assert ok["depth"] == 1 and ok["source_memory_key"] == "forker"
+    assert "fork answer for" in ok["response"]
+    assert ok["result"] == ok["response"]
+    assert ok["depth"] == 1
+    assert ok["source_memory_key"] == "forker"
     number = ok["fork_id"].removeprefix("fork_")
-    assert ok["memory_key"] == f"forker::fork::{number}" and ok["history_included"] is False
-    assert ok["history_count"] >= 3 and ok["history"] is None
+    assert ok["memory_key"] == f"forker::fork::{number}"
+    assert ok["history_included"] is False
+    assert ok["history_count"] >= 3
+    assert ok["history"] is None
 
     # One consumer sees the whole tree: every agent's events, each gap-free, each
     # with its origin; the root's ReactEnd is the one with fork_id None.
@@ -320,7 +325,8 @@ async def test_fan_out_and_gather_across_workers(client: Client, workers: Worker
         origin = output.origin
         assert origin.session_id == run.session_id
         if origin.fork_id is None:
-            assert origin.agent_call_id == root_call and origin.fork_depth == 0
+            assert origin.agent_call_id == root_call
+            assert origin.fork_depth == 0
             continue
         assert origin.parent_agent_call_id == root_call
         assert origin.fork_depth == 1
@@ -339,7 +345,8 @@ async def test_fan_out_and_gather_across_workers(client: Client, workers: Worker
         "memory_key",
         "status",
     }
-    assert handle["status"] == "running" and handle["parent_fork_id"] is None
+    assert handle["status"] == "running"
+    assert handle["parent_fork_id"] is None
     forks = await client.runs.list(include_forks=True)
     assert {r.fork.fork_id for r in forks if r.fork} == {"fork_1", "fork_2", "fork_3"}
     assert len({r.worker_id for r in forks}) == 2, "the work did not spread over both workers"
@@ -407,7 +414,8 @@ async def test_depth_and_fan_out_limits_are_tool_errors(
     assert len(fan_out) == 1, [e.error for e in errors]
     assert "at most 2 forks" in fan_out[0].error
     assert len(depth) == 2  # each of the two forks tried to go deeper
-    assert "root saw:" in (result.response or "") and "fork limit reached" in result.response
+    assert "root saw:" in (result.response or "")
+    assert "fork limit reached" in result.response
     assert len(gather_results(result.messages or [])) == 2
 
 
@@ -428,7 +436,9 @@ async def test_abort_reaches_every_fork_at_every_depth(
     records = await client.runs.list(include_forks=True)
     assert len(records) == 6
     assert {r.status for r in records} == {RunStatus.ABORTED}
-    started = {o.origin.agent_call_id for o in events(outputs) if isinstance(o.event, ReactStartEvent)}
+    started = {
+        o.origin.agent_call_id for o in events(outputs) if isinstance(o.event, ReactStartEvent)
+    }
     leaves = [r for r in records if r.fork and r.fork.depth == 3]
     assert len(leaves) == 3
     assert sum(1 for leaf in leaves if leaf.run_id in started) == 2, "queued leaf started"
@@ -486,7 +496,8 @@ async def test_tool_code_forks_and_memory_across_workers_and_turns(
     assert any("code-root" in str(m.get("content")) for m in root.messages)
     assert not any("forked sub-agent" in str(m.get("content")) for m in root.messages)
     for record in forks:
-        assert record.fork is not None and record.fork.memory_key is not None
+        assert record.fork is not None
+        assert record.fork.memory_key is not None
         child = await memory.load(record.fork.memory_key)
         assert any("code part" in str(m.get("content")) for m in child.messages)
         assert child.messages[-1] == {"role": "assistant", "content": "code fork done"}
