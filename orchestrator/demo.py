@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from importlib import resources
 from typing import Any
 
+import structlog
 from rich.console import Console
 from rich.panel import Panel
 
@@ -28,6 +29,8 @@ DEMO_AGENTS = "orchestrator.demo_agents"
 PROMPTS = (
     "What's the weather in Paris and Tokyo?",
     "Please calculate 17 * 23 + 4",
+    # The agent forks: one sub-agent per city, each its own job, gathered at the end.
+    "Research the weather in London, Paris and Tokyo in parallel",
 )
 
 
@@ -156,8 +159,10 @@ async def _conversation(settings: Settings, console: Console) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    # arq logs every job start/finish at INFO; the rendered events say it better here.
+    # arq and the workers log every job, fork and resume at INFO; the rendered events say
+    # it better here, so the demo shows warnings and errors only.
     logging.getLogger("arq").setLevel(logging.WARNING)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     console = Console(highlight=False)
     console.print(
         Panel.fit("orchestrator demo — distributed agent turns, live events", style="bold cyan")

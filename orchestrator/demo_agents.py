@@ -1,4 +1,5 @@
-"""The demo's agents: a weather/calculator assistant on the scripted model.
+"""The demo's agents: a weather/calculator assistant on the scripted model, which can
+fork sub-agents (it has a SelfReference) to research several cities in parallel.
 
 This module is user code as far as the orchestrator is concerned: a worker started with
 `--agents orchestrator.demo_agents` serves `orchestrator.demo_agents:weather_chat`. Like
@@ -17,7 +18,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from orchestrator import OpenAICompatible, llm_chat, tool
+from orchestrator import OpenAICompatible, SelfReference, llm_chat, tool
 
 _CONDITIONS = {
     "paris": ("light rain", 14),
@@ -82,8 +83,14 @@ llm = OpenAICompatible(
 )
 
 
-@llm_chat(llm_interface=llm, toolkit=[get_weather, calculate], stream=True)
+@llm_chat(
+    llm_interface=llm,
+    toolkit=[get_weather, calculate],
+    self_reference=SelfReference(),
+    stream=True,
+)
 async def weather_chat(message: str, history: list[dict[str, Any]] | None = None) -> None:
     """You are a helpful weather and arithmetic assistant. Use the tools when asked about
-    the weather or to calculate, and answer concisely."""
+    the weather or to calculate, and answer concisely. For several independent lookups,
+    fork one sub-agent per lookup and gather their results."""
     pass  # the body never runs: the docstring is the prompt

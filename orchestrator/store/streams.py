@@ -405,7 +405,7 @@ class StreamReader:
             for entry_id, fields in raw:
                 cursor = entry_id
                 entry = _decode_or_skip(stream, entry_id, fields)
-                if entry is None or (run_id is not None and run_id != entry.root_run_id):
+                if entry is None or (run_id is not None and not _of_run(entry, run_id)):
                     continue
                 yield entry
                 if tree is not None:
@@ -479,6 +479,11 @@ def _entries_of(reply: Any) -> Iterable[tuple[Any, Mapping[Any, Any]]]:
     if not reply:
         return []
     return [(entry_id, fields or {}) for _name, entries in reply for entry_id, fields in entries]
+
+
+def _of_run(entry: StreamEntry, run_id: str) -> bool:
+    """The entry is the run's own, or (for a root run) one of its forks'."""
+    return entry.run_id == run_id or entry.root_run_id == run_id
 
 
 def _is_terminal(entry: StreamEntry) -> bool:

@@ -25,6 +25,7 @@ def test_demo_runs_distributed_turns_on_an_embedded_redis(embedded: str) -> None
     assert "EMBEDDED Redis" in out
     if embedded == "fake":
         assert "fakeredis" in out
-    assert out.count(": completed") == 2
+    assert out.count(": completed") == 3
+    assert "All three sub-agents reported back" in out
     assert "✓ get_weather" in out
     assert "The result is 395." in out
