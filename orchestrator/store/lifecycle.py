@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
+from orchestrator.errors import PayloadError
 from orchestrator.keys import Keys
 from orchestrator.runs import RunRecord, RunRequest, RunStatus, StatusEntry
 from orchestrator.settings import Settings
@@ -77,9 +78,13 @@ async def resume_if_ready(runs: RunStore, queue: JobQueue, run_id: str) -> bool:
     record = await runs.ready_to_resume(run_id)
     if record is None or record.request is None:
         return False
-    request = RunRequest.model_validate(record.request).model_copy(
-        update={"attempt": record.attempt, "segment": record.segment + 1}
-    )
+    try:
+        request = RunRequest.from_dict(record.request).model_copy(
+            update={"attempt": record.attempt, "segment": record.segment + 1}
+        )
+    except PayloadError as exc:
+        _log.error("cannot resume a waiting run: its stored request is corrupt", error=str(exc))
+        return False
     await queue.enqueue(request)
     _log.info("run resumed after its forks", run_id=run_id, segment=request.segment)
     return True

@@ -14,6 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from arq.constants import (
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
 
 from orchestrator.client import Client, Output, Run, connect
 from orchestrator.events import (
@@ -30,6 +36,7 @@ from orchestrator.runs import RunStatus
 from orchestrator.settings import Settings
 from orchestrator.store.connection import Redis
 from orchestrator.store.memory import RedisMemoryStore
+from orchestrator.store.queue import job_id
 from tests.fixtures_llm import MockLLMFactory
 from tests.integration.test_distributed import (
     assert_gap_free,
@@ -252,6 +259,22 @@ async def workers(
     finally:
         await pool.stop_all()
         print(pool.logs())
+        await drop_arq_keys(client)
+
+
+async def drop_arq_keys(client: Client) -> None:
+    """arq keeps job and result keys outside our prefix: drop those of every run and fork
+    (each attempt and each resumed segment)."""
+    runs = await client.runs.list(include_forks=True, limit=1000)
+    names = [
+        prefix + job_id(r.run_id, attempt, segment)
+        for r in runs
+        for attempt in range(1, max(r.attempt, r.max_attempts) + 1)
+        for segment in range(r.segment + 2)
+        for prefix in (job_key_prefix, result_key_prefix, in_progress_key_prefix, retry_key_prefix)
+    ]
+    for start in range(0, len(names), 500):
+        await client.redis.delete(*names[start : start + 500])
 
 
 async def collect_tree(run: Run, timeout: float = 60.0) -> list[Output]:
@@ -406,6 +429,7 @@ async def test_depth_and_fan_out_limits_are_tool_errors(
         outputs = await collect_tree(run)
     finally:
         await pool.stop_all()
+        await drop_arq_keys(client)
     result = await run.result(timeout=5)
     assert result.status is RunStatus.COMPLETED
     errors = [o.event for o in events(outputs) if isinstance(o.event, ToolCallErrorEvent)]
