@@ -204,6 +204,28 @@ SCRIPT: dict[str, Any] = {
                 "tool_calls": [{"name": "fan_out", "arguments": {"count": 4, "task": "code part"}}],
             },
         },
+        # the root ends without gathering; its forks are still working
+        {
+            "name": "orphan-fork",
+            "match": {"last_user_contains": "task: orphan", "last_role": "user"},
+            "reply": {
+                "content": "Working after my parent ended.",
+                "tool_calls": [{"name": "slow_tool", "arguments": {"seconds": 1.5}}],
+            },
+        },
+        {
+            "name": "orphan-root",
+            "match": {"last_user_contains": "orphan-root", "last_role": "user"},
+            "reply": {
+                "content": "Two forks, no gather.",
+                "tool_calls": [spawn("orphan one"), spawn("orphan two")],
+            },
+        },
+        {
+            "name": "orphan-root-answer",
+            "match": {"last_user_contains": "orphan-root", "last_role": "tool"},
+            "reply": {"content": "I am done; my forks are not."},
+        },
         {
             "name": "any-tool-answer",
             "match": {"last_role": "tool"},
@@ -530,3 +552,18 @@ async def test_tool_code_forks_and_memory_across_workers_and_turns(
     again = await second.result(timeout=20)
     assert again.status is RunStatus.COMPLETED
     assert any("code-root" in str(m.get("content")) for m in again.messages or [])
+
+
+async def test_events_of_forks_still_running_after_the_root_ends_are_not_lost(
+    client: Client, workers: WorkerPool
+) -> None:
+    await workers.start(1)
+    run = await client.submit(FORKER, "orphan-root")
+    outputs = await collect_tree(run, timeout=30)
+    ends = react_ends(outputs)
+    assert ends[0].origin.fork_id is None, "the root should end first"
+    assert sorted(str(e.origin.fork_id) for e in ends[1:]) == ["fork_1", "fork_2"]
+    assert all("slow_tool" in str(e.event.final_messages) for e in ends[1:])
+    assert_gap_free(outputs)
+    result = await run.result(timeout=5)
+    assert result.status is RunStatus.COMPLETED
