@@ -24,6 +24,7 @@ from orchestrator.events import MessageList
 from orchestrator.keys import Keys
 from orchestrator.runs import ForkInfo, RunRecord, RunRequest, RunStatus, StatusEntry
 from orchestrator.runtime.forks import SpawnRequest
+from orchestrator.runtime.selfref import strip_injected_blocks
 from orchestrator.settings import Settings
 from orchestrator.store.connection import Redis
 from orchestrator.store.forks import Allocation, ForkTable
@@ -251,8 +252,6 @@ def _lost(fork_id: str) -> dict[str, Any]:
 
 def _without_injected_blocks(messages: MessageList) -> MessageList:
     """The context as memory keeps it: the fork's own experiences are added at its start."""
-    from orchestrator.runtime.selfref import strip_injected_blocks
-
     cleaned = []
     for message in messages:
         copied = dict(message)
