@@ -10,8 +10,9 @@ cluster slot and MULTI/EXEC over its keys is allowed):
     orc:{S}:publishers          hash: publisher id -> last delivered batch (exactly-once retries)
     orc:{S}:abort               string: JSON {reason, at}; present = abort requested
     orc:{S}:ckpt:<agent_call>   hash: fenced checkpoint of one agent call (attempt, state)
-    orc:{S}:forks               hash: the session's fork counter, and spawn key -> fork number
+    orc:{S}:forks               hash: the session's fork counter
     orc:{S}:children:<call>     list: fork ids spawned by one agent call, in spawn order
+    orc:{S}:spawns:<call>       hash: one agent call's spawn key -> fork number
 
 Runs (share the `{runs}` tag so a record and its indexes change in one MULTI/EXEC):
 
@@ -87,8 +88,13 @@ class Keys:
         return f"{self._session(session_id)}:ckpt:{call}"
 
     def forks(self, session_id: str) -> str:
-        """The session's fork numbering: a counter and spawn key -> fork number."""
+        """The session's fork counter (fork ids are numbered per session)."""
         return f"{self._session(session_id)}:forks"
+
+    def spawns(self, session_id: str, agent_call_id: str) -> str:
+        """One agent call's spawn key -> fork number (what makes spawns idempotent)."""
+        call = _tag_part(agent_call_id, "agent_call_id")
+        return f"{self._session(session_id)}:spawns:{call}"
 
     def children(self, session_id: str, agent_call_id: str) -> str:
         """The fork ids one agent call has spawned, in order."""

@@ -13,6 +13,7 @@ turn was resumed) finds the fork it started before instead of starting another.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -96,6 +97,9 @@ class RedisForkBackend:
         self._forks = ForkTable(redis, keys, ttl_s=settings.run_retention_s)
         self._runs = RunStore(redis, keys)
         self._memory = RedisMemoryStore(redis, keys)
+        # One turn's spawns allocate one at a time (a batch may spawn hundreds at once):
+        # no optimistic-transaction conflicts between siblings.
+        self._allocating = asyncio.Lock()
 
     @property
     def depth(self) -> int:
@@ -111,12 +115,13 @@ class RedisForkBackend:
                 f"may nest at most {limit} deep (setting max_fork_depth); do this work "
                 "yourself instead"
             )
-        allocation = await self._forks.allocate(
-            parent.session_id,
-            request.parent_agent_call_id,
-            request.spawn_key,
-            limit=self._settings.max_forks_per_agent,
-        )
+        async with self._allocating:
+            allocation = await self._forks.allocate(
+                parent.session_id,
+                request.parent_agent_call_id,
+                request.spawn_key,
+                limit=self._settings.max_forks_per_agent,
+            )
         if allocation is None:
             raise ToolError(
                 "fork limit reached: an agent may spawn at most "

@@ -39,32 +39,37 @@ class ForkTable:
         self, session_id: str, parent_call_id: str, spawn_key: str, *, limit: int
     ) -> Allocation | None:
         """A fork id for this spawn (the same one for the same key), or None if the parent
-        already has `limit` forks."""
-        numbers = self._keys.forks(session_id)
+        already has `limit` forks.
+
+        Only the parent's own keys are watched; the session counter is a plain HINCRBY,
+        so forks of different parents never conflict (a retried allocation may skip a
+        number, which is harmless).
+        """
+        counter = self._keys.forks(session_id)
+        spawns = self._keys.spawns(session_id, parent_call_id)
         children = self._keys.children(session_id, parent_call_id)
-        field = f"spawn:{parent_call_id}:{spawn_key}"
 
         async def allocate(pipe: Pipeline) -> Allocation | None:
-            existing = await resolve(pipe.hget(numbers, field))
+            existing = await resolve(pipe.hget(spawns, spawn_key))
             if existing is not None:
-                fork_id = f"fork_{parse_int(existing, 'fork number')}"
+                number = parse_int(existing, "fork number")
+                fork_id = f"fork_{number}"
                 siblings = [text(c) for c in await resolve(pipe.lrange(children, 0, -1))]
                 seq = siblings.index(fork_id) + 1 if fork_id in siblings else len(siblings)
-                return Allocation(fork_id, parse_int(existing, "fork number"), seq, False)
+                return Allocation(fork_id, number, seq, False)
             count = int(await resolve(pipe.llen(children)))
             if count >= limit:
                 return None
-            raw = await resolve(pipe.hget(numbers, _COUNTER))
-            number = (parse_int(raw, "fork counter") if raw is not None else 0) + 1
+            number = int(await resolve(self._redis.hincrby(counter, _COUNTER, 1)))
             fork_id = f"fork_{number}"
             begin(pipe)
-            pipe.hset(numbers, mapping={_COUNTER: str(number), field: str(number)})
+            pipe.hset(spawns, spawn_key, str(number))
             pipe.rpush(children, fork_id)
-            pipe.expire(numbers, self._ttl_s)
-            pipe.expire(children, self._ttl_s)
+            for key in (counter, spawns, children):
+                pipe.expire(key, self._ttl_s)
             return Allocation(fork_id, number, count + 1, True)
 
-        return await optimistic(self._redis, [numbers, children], allocate, what="fork allocate")
+        return await optimistic(self._redis, [spawns, children], allocate, what="fork allocate")
 
     async def children(self, session_id: str, parent_call_id: str) -> list[str]:
         """The fork ids `parent_call_id` has spawned, in spawn order."""
