@@ -2,7 +2,12 @@
 
 SCRIPT          the scripted model's rules: weather questions call a tool; "answer
                 slowly" (or weather + "slowly") streams a long answer, time enough to
-                watch it and abort it; anything else gets a greeting
+                watch it and abort it; "split the cities" makes `city_forker` spawn one
+                fork per city (FORK_CITIES) and gather them, each fork calling the slow
+                tool and then streaming a long answer (the Cairo fork also spawns a fork
+                of its own, for Giza: SUB_FORK); "check the cities" spawns forks that
+                end one after another (FORK_PACES) and completes once it has gathered
+                them; anything else gets a greeting
 scripted_llm    one scripted model for the whole session (agents modules fix their
                 LLM URL at import, so the URL must not change between tests)
 api_settings    Settings on the real Redis with this test's key prefix (keys deleted after)
@@ -30,18 +35,112 @@ from orchestrator.store.connection import Redis
 
 AGENTS_MODULE = "tests.e2e.agents"
 AGENT = f"{AGENTS_MODULE}:weather_chat"
+FORKING_AGENT = f"{AGENTS_MODULE}:city_forker"
+FORK_CITIES = ("Oslo", "Lima", "Cairo")
+SUB_FORK = ("Cairo", "Giza")  # (the fork that forks again, the city of its own fork)
+FORK_PACES = {"Oslo": 0.5, "Lima": 1.5, "Cairo": 2.5}  # seconds each fork's lookup takes
 LLM_URL_ENV = "ORCHESTRATOR_API_TEST_LLM_URL"
 
 SLOW_TEXT = " ".join(f"word{i}" for i in range(400))
+SLOW_LATENCY = {"first_token_ms": 50, "token_ms": 40}
+
+
+def _spawn(message: str) -> dict[str, Any]:
+    return {"name": "selfref_fork_spawn", "arguments": {"message": message}}
+
+
+GATHER: dict[str, Any] = {"name": "selfref_fork_gather_all", "arguments": {}}
+
+
+# A fork's last user message ends "Task: <the message its parent spawned it with>".
+FORK_RULES: list[dict[str, Any]] = [
+    {
+        "name": "fork-city-lookup-and-fork",
+        "match": {"last_role": "user", "last_user_contains": f"Task: look up {SUB_FORK[0]}"},
+        "reply": {
+            "content": f"Looking up {SUB_FORK[0]}; {SUB_FORK[1]} in a fork of my own.",
+            "tool_calls": [
+                {"name": "slow_lookup", "arguments": {"city": SUB_FORK[0]}},
+                _spawn(f"look up {SUB_FORK[1]}"),
+            ],
+        },
+    },
+    {
+        "name": "fork-city-lookup",
+        "match": {"last_role": "user", "regex": r"Task: look up (\w+)"},
+        "reply": {
+            "content": "Looking up {regex_1}.",
+            "tool_calls": [{"name": "slow_lookup", "arguments": {"city": "{regex_1}"}}],
+        },
+    },
+    {
+        "name": "fork-city-report",
+        "match": {"last_role": "tool", "last_user_contains": "Task: look up"},
+        "reply": {"content": SLOW_TEXT},
+        "latency": SLOW_LATENCY,
+    },
+    {
+        "name": "fork-root-split",
+        "match": {"last_role": "user", "last_user_contains": "split the cities"},
+        "reply": {
+            "content": "One fork per city.",
+            "tool_calls": [
+                *(_spawn(f"look up {city}") for city in FORK_CITIES),
+                GATHER,
+            ],
+        },
+    },
+    {
+        "name": "fork-root-answer",
+        "match": {"last_role": "tool", "last_user_contains": "split the cities"},
+        "reply": {"content": "Gathered: {last_tool_result}"},
+    },
+    *(
+        {
+            "name": f"fork-paced-{city}",
+            "match": {"last_role": "user", "last_user_contains": f"Task: check {city}"},
+            "reply": {
+                "content": f"Checking {city}.",
+                "tool_calls": [
+                    {"name": "slow_lookup", "arguments": {"city": city, "seconds": seconds}}
+                ],
+            },
+        }
+        for city, seconds in FORK_PACES.items()
+    ),
+    {
+        "name": "fork-paced-answer",
+        "match": {"last_role": "tool", "last_user_contains": "Task: check"},
+        "reply": {"content": "Checked: {last_tool_result}"},
+    },
+    {
+        "name": "fork-root-paced",
+        "match": {"last_role": "user", "last_user_contains": "check the cities"},
+        "reply": {
+            "content": "One fork per city, each at its own pace.",
+            "tool_calls": [
+                *(_spawn(f"check {city}") for city in FORK_PACES),
+                GATHER,
+            ],
+        },
+    },
+    {
+        "name": "fork-root-paced-answer",
+        "match": {"last_role": "tool", "last_user_contains": "check the cities"},
+        "reply": {"content": "All cities checked."},
+    },
+]
+
 SCRIPT: dict[str, Any] = {
     "model": "scripted-api-tests",
     "latency": {"first_token_ms": 10, "token_ms": 2},
     "rules": [
+        *FORK_RULES,
         {
             "name": "slow-weather-answer",
             "match": {"last_role": "tool", "last_user_contains": "slowly"},
             "reply": {"content": SLOW_TEXT},
-            "latency": {"first_token_ms": 50, "token_ms": 40},
+            "latency": SLOW_LATENCY,
         },
         {
             "name": "weather-answer",
@@ -52,7 +151,7 @@ SCRIPT: dict[str, Any] = {
             "name": "slow-answer",
             "match": {"last_role": "user", "last_user_contains": "answer slowly"},
             "reply": {"content": SLOW_TEXT},
-            "latency": {"first_token_ms": 50, "token_ms": 40},
+            "latency": SLOW_LATENCY,
         },
         {
             "name": "weather-call",

@@ -58,6 +58,7 @@ async def _record_status(record: RunRecord) -> AsyncIterator[dict[str, Any]]:
     yield {
         "id": None,
         "run_id": record.run_id,
+        "root_run_id": record.root_run_id,
         "kind": "status",
         "status": {
             "run_id": record.run_id,

@@ -42,8 +42,14 @@ RETRY_MS = 1000
 
 
 def entry_payload(entry: StreamEntry) -> dict[str, Any]:
-    """The JSON sent for one stream entry: id, run_id, kind, and output or status."""
-    body: dict[str, Any] = {"id": entry.id, "run_id": entry.run_id, "kind": entry.kind}
+    """The JSON sent for one stream entry: id, run_id, root_run_id (the fork tree's root
+    run; run_id itself for a root run), kind, and output or status."""
+    body: dict[str, Any] = {
+        "id": entry.id,
+        "run_id": entry.run_id,
+        "root_run_id": entry.root_run_id or entry.run_id,
+        "kind": entry.kind,
+    }
     if entry.output is not None:
         body["output"] = entry.output.model_dump(mode="json")
     if entry.status is not None:

@@ -149,14 +149,38 @@ function after(a, b) {
   return am > bm || (am === bm && as > bs);
 }
 
+const TERMINAL = ["completed", "error", "aborted"];
+const SPAWN_TOOL = "selfref_fork_spawn";
+const GATHER_TOOL = "selfref_fork_gather_all";
+const GATHER_WAITING = "fork_gather_waiting";
+const FORK_FIELDS = ["fork_id", "fork_depth", "fork_seq", "tool_name", "parent_agent_call_id"];
+
+function isTerminal(status) {
+  return TERMINAL.includes(status);
+}
+
+// A fork's run id is "<root run id>.fork_N": the fork id, for a fork known only by a
+// status entry so far (its events carry the fork id in their origin).
+function forkIdOf(runId) {
+  const match = /\.(fork_\d+)$/.exec(runId);
+  return match ? match[1] : null;
+}
+
+// One lane per agent of the run's fork tree: the root, and each fork nested in its parent.
+// A lane's status: queued (announced) -> running (its events) <-> waiting (suspended in a
+// gather) -> completed | error | aborted (its terminal status entry has the last word).
 class RunView {
   constructor(runId) {
     this.runId = runId;
     this.sessionId = null;
     this.lastId = null;
-    this.lanes = new Map();        // agent_call_id -> lane
+    this.lanes = new Map();        // agent_call_id (= run id) -> lane
+    this.forks = new Map();        // fork_id -> lane
+    this.spawns = new Map();       // fork_id -> {parentId, depth}, from spawn results
+    this.gathers = new Set();      // gather indicators still in progress
     this.eventCount = 0;
     this.tokens = 0;
+    this.rootEnded = false;
     this.source = null;
     this.closed = false;
     this.retryTimer = null;
@@ -198,7 +222,10 @@ class RunView {
   async refreshRecord() {
     const run = await api("/v1/runs/" + encodeURIComponent(this.runId));
     this.record = run;
-    setStatus(document.getElementById("run-status"), run.status);
+    // A poll answered before the run's terminal status entry must not undo it.
+    if (!this.rootEnded || isTerminal(run.status)) {
+      setStatus(document.getElementById("run-status"), run.status);
+    }
     document.getElementById("run-agent").textContent = run.agent;
     document.getElementById("run-session").textContent = run.session_id;
     document.getElementById("run-queued").textContent = fmtMs(run.timings.queue_ms);
@@ -206,14 +233,17 @@ class RunView {
       run_ms: run.timings.run_ms, started_at: run.started_at, finished_at: run.finished_at,
     }));
     if (run.usage && typeof run.usage.total_tokens === "number") {
-      document.getElementById("run-tokens").textContent = String(run.usage.total_tokens);
+      // The record counts the root's tokens; the stream adds its forks'.
+      document.getElementById("run-tokens").textContent =
+        String(Math.max(run.usage.total_tokens, this.tokens));
     }
-    const terminal = ["completed", "error", "aborted"].includes(run.status);
+    const terminal = isTerminal(run.status) || this.rootEnded;
     document.getElementById("abort").disabled = terminal;
     if (run.error) document.getElementById("run-error").textContent = run.error;
   }
 
-  // One EventSource on the session stream: forks publish there under their own origins.
+  // One EventSource on the session stream; entries of other runs in the session are
+  // skipped, the run's own and its forks' (same root_run_id) are shown.
   connect(fromId = this.lastId) {
     if (this.closed) return;
     const params = new URLSearchParams();
@@ -245,6 +275,7 @@ class RunView {
     if (id) this.lastId = id;
     let entry;
     try { entry = JSON.parse(message.data); } catch (_) { return; }
+    if ((entry.root_run_id || entry.run_id) !== this.runId) return;  // another turn's
     this.eventCount += 1;
     document.getElementById("run-events").textContent = String(this.eventCount);
     document.getElementById("lanes").dataset.lastId = this.lastId || "";
@@ -253,36 +284,85 @@ class RunView {
     else if (entry.kind === "status") this.onStatus(entry.status);
   }
 
-  lane(origin) {
-    const key = origin.agent_call_id;
-    let lane = this.lanes.get(key);
+  // The lane of one agent call, made on first sight (a fork's "queued" status entry or
+  // any event); where it nests is settled once its parent is known.
+  lane(runId) {
+    let lane = this.lanes.get(runId);
     if (lane) return lane;
     const node = el("div", "lane");
-    node.dataset.agentCallId = key;
-    node.dataset.depth = String(origin.fork_depth || 0);
-    if (origin.fork_id) node.dataset.forkId = origin.fork_id;
+    node.dataset.agentCallId = runId;
+    node.dataset.depth = "0";
     const head = el("div", "lane-head");
-    const title = el("span", "lane-title",
-      origin.fork_id ? "fork " + origin.fork_id : "agent " + key.slice(0, 12));
-    const meta = el("span", "lane-meta",
-      "depth " + (origin.fork_depth || 0) + (origin.tool_name ? " · via " + origin.tool_name : ""));
+    const title = el("span", "lane-title", "agent " + runId.slice(0, 12));
+    const meta = el("span", "lane-meta", runId === this.runId ? "root" : "");
     const state = el("span", "status");
-    setStatus(state, "running");
     const tokens = el("span", "lane-meta lane-tokens", "");
     head.append(title, meta, state, tokens);
     const body = el("div", "lane-body");
     const children = el("div", "children");
     node.append(head, body, children);
-    const parent = origin.parent_agent_call_id ? this.lanes.get(origin.parent_agent_call_id) : null;
-    if (parent) parent.children.appendChild(node);
-    else {
-      if (origin.fork_depth) node.style.marginLeft = (1.2 * origin.fork_depth) + "rem";
-      document.getElementById("lanes").appendChild(node);
+    lane = { id: runId, node, body, children, title, meta, state, tokensNode: tokens, tokens: 0,
+             text: null, streamed: false, tools: new Map(), gathers: new Map(),
+             fork: {}, forkId: null, described: false, parentId: null, ended: false,
+             spawned: [] };
+    this.lanes.set(runId, lane);
+    const container = document.getElementById("lanes");
+    if (runId === this.runId) {
+      container.prepend(node);
+      // Forks announced before the root's lane existed move under it.
+      for (const other of this.lanes.values()) {
+        if (other !== lane && !other.parentId) lane.children.appendChild(other.node);
+      }
+    } else {
+      // Until its parent is known, a fork sits under the root.
+      const root = this.lanes.get(this.runId);
+      (root ? root.children : container).appendChild(node);
+      const forkId = forkIdOf(runId);
+      if (forkId) this.markFork(lane, { fork_id: forkId });
     }
-    lane = { node, body, children, title, state, tokensNode: tokens, tokens: 0,
-             text: null, streamed: false, tools: new Map() };
-    this.lanes.set(key, lane);
     return lane;
+  }
+
+  // Records what is known of a fork (from its events' origin, its run id or its spawn's
+  // result) and shows it: fork id, depth, place among its parent's forks, nesting.
+  markFork(lane, info) {
+    for (const field of FORK_FIELDS) {
+      if (info[field] !== null && info[field] !== undefined) lane.fork[field] = info[field];
+    }
+    const fork = lane.fork;
+    if (fork.fork_id && lane.forkId !== fork.fork_id) {
+      lane.forkId = fork.fork_id;
+      lane.node.dataset.forkId = fork.fork_id;
+      lane.title.textContent = "fork " + fork.fork_id;
+      this.forks.set(fork.fork_id, lane);
+    }
+    const spawn = this.spawns.get(lane.forkId) || {};
+    const depth = fork.fork_depth || spawn.depth || 0;
+    lane.node.dataset.depth = String(depth);
+    lane.meta.textContent = ["depth " + (depth || "?"),
+      fork.fork_seq ? "#" + fork.fork_seq : "",
+      fork.tool_name ? "via " + fork.tool_name : ""].filter(Boolean).join(" · ");
+    this.nest(lane, fork.parent_agent_call_id || spawn.parentId);
+  }
+
+  nest(lane, parentId) {
+    if (!parentId || lane.parentId === parentId || parentId === lane.id) return;
+    const parent = this.lane(parentId);
+    lane.parentId = parentId;
+    lane.node.dataset.parentAgentCallId = parentId;
+    parent.children.appendChild(lane.node);
+  }
+
+  // Status changes only move forward: a terminal status stays, except that a status
+  // entry (authoritative) may correct one inferred from events.
+  setLaneStatus(lane, status, authoritative = false) {
+    const current = lane.state.dataset.status;
+    if (current === status) return;
+    if (isTerminal(current) && !(authoritative && isTerminal(status))) return;
+    if (status === "queued" && current) return;  // announced after it started
+    setStatus(lane.state, status);
+    lane.node.dataset.status = status;
+    if (lane.forkId) this.updateGathers();
   }
 
   add(lane, cls, text) {
@@ -293,7 +373,13 @@ class RunView {
 
   onEvent(output) {
     const event = output.event;
-    const lane = this.lane(output.origin);
+    const origin = output.origin;
+    const lane = this.lane(origin.agent_call_id);
+    if (origin.fork_id && !lane.described) {
+      lane.described = true;  // every event of an agent carries the same origin
+      this.markFork(lane, origin);
+    }
+    if (event.event_type !== "react_end") this.setLaneStatus(lane, "running");
     const handler = EVENT_HANDLERS[event.event_type];
     if (handler) handler.call(this, lane, event);
   }
@@ -308,15 +394,110 @@ class RunView {
     }
   }
 
+  // Status entries of the run itself set the run's status; a fork's set only its lane.
   onStatus(status) {
+    const lane = this.lane(status.run_id);
+    this.setLaneStatus(lane, status.status, true);
+    if (isTerminal(status.status) && !lane.ended) {
+      // Ended without a ReactEnd of its own (e.g. aborted while queued): say so.
+      const why = status.abort_reason || status.error || "";
+      this.add(lane, "end", "■ " + status.status + (why ? " · " + why : ""));
+      lane.ended = true;
+    }
     if (status.run_id !== this.runId) return;
     setStatus(document.getElementById("run-status"), status.status);
-    if (["completed", "error", "aborted"].includes(status.status)) {
+    if (isTerminal(status.status)) {
+      this.rootEnded = true;
       document.getElementById("abort").disabled = true;
-      const root = this.lanes.get(this.runId);
-      if (root && root.state.dataset.status === "running") setStatus(root.state, status.status);
       this.refreshRecord().catch(() => {});
     }
+  }
+
+  // ---- gathers: one indicator per gather call, "gathering k/n" as awaited forks end
+
+  gatherOf(lane, toolCallIds) {
+    const key = toolCallIds.join(",");
+    let gather = lane.gathers.get(key);
+    if (!gather) {
+      const node = this.add(lane, "gather", "");
+      node.dataset.toolCallIds = key;
+      const label = el("span", "gather-label", "");
+      const bar = el("progress");
+      const chips = el("span", "chips");
+      node.append(label, " ", bar, " ", chips);
+      gather = { key, node, label, bar, chips, forkIds: [], results: null, failed: null };
+      lane.gathers.set(key, gather);
+      this.gathers.add(gather);
+      lane.text = null;
+    }
+    return gather;
+  }
+
+  onGatherWaiting(lane, data) {
+    const callIds = data.tool_call_ids || [];
+    const gather = this.gatherOf(lane, callIds);
+    // A gather of all forks (no fork_ids) also covers forks that ended before it waited.
+    const named = callIds.flatMap((id) => {
+      const call = lane.tools.get(id);
+      const ids = call && call.args ? call.args.fork_ids : null;
+      return ids === null || ids === undefined ? lane.spawned : [].concat(ids);
+    });
+    gather.forkIds = [...new Set([...gather.forkIds, ...named, ...(data.waiting_for || [])])];
+    this.setLaneStatus(lane, "waiting");
+    this.renderGather(gather);
+  }
+
+  onGatherEnd(lane, event, failed) {
+    const callId = event.tool_call_id;
+    const known = [...lane.gathers.values()].find((g) => g.key.split(",").includes(callId));
+    const gather = known || this.gatherOf(lane, [callId]);
+    if (failed) gather.failed = failed;
+    else {
+      gather.results = event.result && typeof event.result === "object" ? event.result : {};
+      gather.forkIds = [...new Set([...gather.forkIds, ...Object.keys(gather.results)])];
+    }
+    this.gathers.delete(gather);
+    this.renderGather(gather);
+  }
+
+  forkStatus(forkId) {
+    const lane = this.forks.get(forkId);
+    return lane ? lane.state.dataset.status || "queued" : "queued";
+  }
+
+  updateGathers() {
+    for (const gather of this.gathers) this.renderGather(gather);
+  }
+
+  renderGather(gather) {
+    const done = gather.results !== null || gather.failed !== null;
+    const states = gather.forkIds.map((forkId) => {
+      const result = gather.results ? gather.results[forkId] : null;
+      return [forkId, result && result.status ? result.status : this.forkStatus(forkId)];
+    });
+    const ended = states.filter(([, status]) => isTerminal(status)).length;
+    const total = states.length;
+    gather.node.dataset.ended = String(ended);
+    gather.node.dataset.total = String(total);
+    gather.node.dataset.done = String(done);
+    gather.bar.max = Math.max(total, 1);
+    gather.bar.value = ended;
+    gather.label.textContent = gather.failed ? "✗ gather failed: " + gather.failed
+      : (done ? "✓ gathered " : "gathering ") + ended + "/" + total;
+    gather.chips.replaceChildren(...states.map(([forkId, status]) => {
+      const chip = el("span", "status", forkId + " " + status);
+      chip.dataset.status = status;
+      chip.dataset.forkId = forkId;
+      return chip;
+    }));
+  }
+
+  onSpawned(lane, result) {
+    if (!result || typeof result !== "object" || !result.fork_id) return;
+    lane.spawned.push(result.fork_id);
+    this.spawns.set(result.fork_id, { parentId: lane.id, depth: result.depth });
+    const child = this.forks.get(result.fork_id);
+    if (child) this.markFork(child, { fork_id: result.fork_id, fork_depth: result.depth });
   }
 
   addTokens(lane, usage) {
@@ -353,6 +534,7 @@ function toolNode(lane, event) {
   if (!node) {
     node = el("div", "item tool");
     node.dataset.toolCallId = event.tool_call_id;
+    node.dataset.toolName = event.tool_name || "";
     node.call = el("span", "call", "→ " + event.tool_name + "(…)");
     node.timing = el("span", "timing", "");
     node.result = el("div", "result", "");
@@ -372,7 +554,7 @@ function callText(event) {
 
 const EVENT_HANDLERS = {
   react_start(lane, event) {
-    if (!lane.node.dataset.forkId) lane.title.textContent = "agent " + (event.func_name || "");
+    if (!lane.forkId) lane.title.textContent = "agent " + (event.func_name || "");
   },
   llm_call_start(lane, event) {
     lane.text = null;
@@ -402,28 +584,39 @@ const EVENT_HANDLERS = {
     node.call.textContent = "→ " + event.tool_name + "(" + short(node.argText, 200) + ")";
   },
   tool_call_start(lane, event) {
-    toolNode(lane, event).call.textContent = callText(event);
+    const node = toolNode(lane, event);
+    node.args = event.arguments || {};
+    node.call.textContent = callText(event);
   },
   tool_call_end(lane, event) {
     const node = toolNode(lane, event);
     node.call.textContent = callText(event);
     node.timing.textContent = ((event.execution_time || 0) * 1000).toFixed(0) + " ms";
     node.result.textContent = "✓ " + short(event.result);
+    if (event.tool_name === SPAWN_TOOL) this.onSpawned(lane, event.result);
+    if (event.tool_name === GATHER_TOOL) this.onGatherEnd(lane, event, null);
   },
   tool_call_error(lane, event) {
     const node = toolNode(lane, event);
+    const error = event.error_message || event.error;
     node.timing.textContent = ((event.execution_time || 0) * 1000).toFixed(0) + " ms";
-    node.result.textContent = "✗ " + (event.error_message || event.error);
+    node.result.textContent = "✗ " + error;
     node.result.classList.add("error");
+    if (event.tool_name === GATHER_TOOL) this.onGatherEnd(lane, event, error || "error");
   },
   custom_event(lane, event) {
+    if (event.event_name === GATHER_WAITING) {
+      this.onGatherWaiting(lane, event.data || {});
+      return;
+    }
     this.add(lane, "custom", "• " + event.event_name + " " + short(event.data));
     lane.text = null;
   },
   react_end(lane, event) {
     const extra = event.extra || {};
     const state = extra.aborted ? "aborted" : extra.error ? "error" : "completed";
-    setStatus(lane.state, state);
+    this.setLaneStatus(lane, state);
+    lane.ended = true;
     const usage = event.total_token_usage;
     this.add(lane, "end", "■ " + state + " · " + event.total_llm_calls + " model call(s), " +
       event.total_tool_calls + " tool call(s)" +
