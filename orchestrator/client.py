@@ -31,6 +31,7 @@ from orchestrator.keys import Keys
 from orchestrator.runs import RunRecord, RunRequest, RunStatus, StreamEntry
 from orchestrator.settings import Settings
 from orchestrator.store.abort import AbortFlags
+from orchestrator.store.forks import ForkTable
 from orchestrator.store.lifecycle import end_run
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import RunStore, WorkerRegistry
@@ -246,6 +247,14 @@ class Client:
             from_status={RunStatus.QUEUED},
             abort_reason=reason,
         )
+
+    async def live_forks(self, record: RunRecord) -> int:
+        """How many forks spawned by this run have not ended yet (its direct forks; a
+        fork's own forks keep it live until they end)."""
+        fork_ids = await ForkTable(self.redis, self.keys).children(record.session_id, record.run_id)
+        run_ids = [f"{record.root_run_id}.{fork_id}" for fork_id in fork_ids]
+        forks = await self.runs.get_many(run_ids)
+        return sum(1 for fork in forks.values() if not fork.status.terminal)
 
     async def list_runs(
         self,

@@ -74,14 +74,16 @@ async def _record_status(record: RunRecord) -> AsyncIterator[dict[str, Any]]:
 class _TerminalSeen:
     """Passes entries through and notes whether the run's terminal status went by."""
 
-    def __init__(self, entries: AsyncIterator[StreamEntry]) -> None:
+    def __init__(self, run_id: str, entries: AsyncIterator[StreamEntry]) -> None:
+        self._run_id = run_id
         self._entries = entries
         self.seen = False
 
     async def __aiter__(self) -> AsyncIterator[StreamEntry]:
         async for entry in self._entries:
-            if entry.status is not None and entry.status.status.terminal:
-                self.seen = True
+            status = entry.status
+            if entry.run_id == self._run_id and status is not None and status.status.terminal:
+                self.seen = True  # the run's own end (not one of its forks')
             yield entry
 
 
@@ -93,15 +95,17 @@ async def run_events(
     last_event_id: LastEventId = None,
     from_id: FromQuery = None,
 ) -> StreamingResponse:
-    """One run's events, responses and status entries; the stream ends after its final
-    status. Reconnect with `Last-Event-ID` (or `?from=`) to resume without loss."""
+    """One run's events, responses and status entries, and those of its forks; the
+    stream ends once the run and every fork of it have ended. Reconnect with
+    `Last-Event-ID` (or `?from=`) to resume without loss."""
     after = _resume_point(last_event_id, from_id)
     record = await state.visible_run(run_id, principal)
-    ended = record.status.terminal
+    ended = record.status.terminal and not await state.client.live_forks(record)
     watched = _TerminalSeen(
+        run_id,
         state.client.reader.tail(
             record.session_id, after=after, run_id=run_id, follow=not ended, stop_at_terminal=True
-        )
+        ),
     )
 
     async def closing() -> AsyncIterator[dict[str, Any]]:

@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator.keys import Keys
 from orchestrator.store.connection import Redis
-from tests.fixtures_api import AGENT, ApiFactory, parse_sse
+from tests.fixtures_api import AGENT, FORKING_AGENT, ApiFactory, parse_sse
 
 pytestmark = pytest.mark.integration
 
@@ -137,3 +137,34 @@ async def test_a_malformed_resume_id_is_400(make_api: ApiFactory) -> None:
     answer = await api.get(f"/v1/runs/{run['run_id']}/events", headers={"Last-Event-ID": "abc"})
     assert answer.status_code == 400
     assert "stream id" in answer.json()["message"]
+
+
+async def test_a_run_stream_carries_its_forks_and_ends_after_the_last_of_them(
+    make_api: ApiFactory, worker: object
+) -> None:
+    """Opened while the run is queued, and again after it ended: both carry every fork's
+    events and end with the run's own final status once the whole tree has ended."""
+    api = make_api()
+    answer = await api.post(
+        "/v1/runs", json={"agent": FORKING_AGENT, "message": "check the cities"}
+    )
+    run = answer.json()
+    live = parse_sse((await api.get(f"/v1/runs/{run['run_id']}/events")).text)
+    replay = parse_sse((await api.get(f"/v1/runs/{run['run_id']}/events")).text)
+    for messages in (live, replay):
+        ends = [
+            m["data"]["output"]["origin"]
+            for m in messages
+            if m["event"] == "event" and m["data"]["output"]["event"]["event_type"] == "react_end"
+        ]
+        assert sorted(str(o["fork_id"]) for o in ends) == ["None", "fork_1", "fork_2", "fork_3"]
+        fork_ends = [
+            m["data"]
+            for m in messages
+            if m["event"] == "status" and m["data"]["run_id"] != run["run_id"]
+        ]
+        assert {d["status"]["status"] for d in fork_ends} >= {"queued", "completed"}
+        assert all(d["root_run_id"] == run["run_id"] for d in fork_ends)
+        assert messages[-1]["data"]["run_id"] == run["run_id"]
+        assert messages[-1]["data"]["status"]["status"] == "completed"
+    assert [m["id"] for m in live] == [m["id"] for m in replay]
