@@ -33,7 +33,7 @@ from orchestrator.errors import (
 )
 from orchestrator.events import EventOrigin, ReactEndEvent, ResponseYield
 from orchestrator.keys import Keys
-from orchestrator.runs import RunRecord, RunRequest, RunStatus
+from orchestrator.runs import RunRecord, RunRequest, RunStatus, StatusEntry
 from orchestrator.runtime.chat import AgentSpec
 from orchestrator.runtime.loop import run_turn
 from orchestrator.runtime.state import OriginContext, TurnState
@@ -238,7 +238,21 @@ class TurnExecutor:
                 waiting_for=forks,
             ):
                 _log.info("turn suspended in gather", run_id=request.run_id, forks=len(forks))
+                await self._announce(request, RunStatus.WAITING)
                 return outcome
+
+    async def _announce(self, request: RunRequest, status: RunStatus) -> None:
+        """A status entry in the session stream (readers see a run go to `waiting`)."""
+        publisher = EventPublisher(
+            self._redis,
+            self._keys,
+            session_id=request.session_id,
+            run_id=request.run_id,
+            root_run_id=request.root_run_id,
+            maxlen=self._settings.stream_maxlen,
+        )
+        publisher.publish_status(StatusEntry(run_id=request.run_id, status=status))
+        await publisher.close(expire=False)
 
     async def _renew_lease(self, request: RunRequest, turn: asyncio.Task[Outcome]) -> bool:
         interval = self._settings.lease_ttl_s / 3
