@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
+from orchestrator.keys import Keys
+from orchestrator.runs import RunRecord
+from orchestrator.store.connection import Redis
+from orchestrator.store.runs import RunStore
 from tests.fixtures_api import AGENT, ApiFactory
 
 pytestmark = pytest.mark.integration
@@ -21,12 +26,15 @@ async def test_readyz_says_ready_when_redis_answers(make_api: ApiFactory) -> Non
 
 
 async def test_metrics_report_queue_runs_latency_and_tokens(
-    make_api: ApiFactory, worker: object
+    make_api: ApiFactory, worker: object, redis: Redis, keys: Keys
 ) -> None:
     api = make_api()
     run = (await api.post("/v1/runs", json={"agent": AGENT, "message": "hi"})).json()
     await api.get(f"/v1/runs/{run['run_id']}/events")  # until it ends
-    await api.post("/v1/runs", json={"agent": "some.where:nobody_serves", "message": "x"})
+    # A queued run whose job is not due yet: the worker cannot take it from under us.
+    queued = RunRecord(run_id="queued-run", session_id="queued-session", agent="m:nobody")
+    await RunStore(redis, keys).create(queued)
+    await redis.zadd(keys.queue(), {"queued-run:1": (time.time() + 3600) * 1000})
 
     answer = await api.get("/metrics")
     assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
