@@ -12,7 +12,6 @@ from rich.table import Table
 
 from orchestrator.client import Client, connect
 from orchestrator.errors import ConfigError, RunNotFound
-from orchestrator.events import EventYield, ResponseYield
 from orchestrator.render import EventRenderer, format_usage
 from orchestrator.runs import RunStatus, StreamEntry
 from orchestrator.settings import Settings
@@ -42,14 +41,8 @@ def entry_json(entry: StreamEntry) -> str:
 def _print_entry(entry: StreamEntry, renderer: EventRenderer | None) -> None:
     if renderer is None:
         print(entry_json(entry), flush=True)
-        return
-    if isinstance(entry.output, EventYield | ResponseYield):
-        renderer.show(entry.output)
-    elif entry.status is not None:
-        status = entry.status
-        renderer.finish()
-        detail = status.error or status.abort_reason or ""
-        renderer.console.print(f"[bold]run {status.run_id}: {status.status.value}[/] {detail}")
+    else:
+        renderer.show_entry(entry)
 
 
 async def submit(settings: Settings, args: argparse.Namespace) -> int:
@@ -66,11 +59,14 @@ async def submit(settings: Settings, args: argparse.Namespace) -> int:
             print(json.dumps(ids) if args.json else f"run {run.run_id} session {run.session_id}")
             return 0
         renderer = None if args.json else EventRenderer()
-        async for entry in run.entries():
-            _print_entry(entry, renderer)
+        try:
+            async for entry in run.entries():
+                _print_entry(entry, renderer)
+        finally:
+            if renderer is not None:
+                renderer.finish()
         result = await run.result()
         if renderer is not None:
-            renderer.finish()
             renderer.console.print(f"[dim]{format_usage(result.usage)}[/]")
         return 0 if result.status is RunStatus.COMPLETED else 1
 
@@ -88,15 +84,21 @@ async def tail(settings: Settings, args: argparse.Namespace) -> int:
     async with client:
         session_id, run_id = await _resolve_session(client, args.id)
         renderer = None if args.json else EventRenderer()
-        async for entry in client.reader.tail(
-            session_id, after=args.from_id, run_id=run_id, follow=not args.no_follow
-        ):
-            _print_entry(entry, renderer)
-            ended = entry.kind == "status" and entry.status and entry.status.status.terminal
-            if run_id is not None and ended:
-                break
-        if renderer is not None:
-            renderer.finish()
+        # A run's tail ends once the run and every fork of it have ended (not at the
+        # first fork that ends); a session's tail follows until interrupted.
+        entries = client.reader.tail(
+            session_id,
+            after=args.from_id,
+            run_id=run_id,
+            follow=not args.no_follow,
+            stop_at_terminal=run_id is not None,
+        )
+        try:
+            async for entry in entries:
+                _print_entry(entry, renderer)
+        finally:
+            if renderer is not None:
+                renderer.finish()
     return 0
 
 
