@@ -189,6 +189,8 @@ class StatusEntry(BaseModel):
     error_type: str | None = None
     abort_reason: str | None = None
     at: float = Field(default_factory=time.time)
+    # Where a fork sits in its tree (on the entries that announce a fork and its waits).
+    fork: ForkInfo | None = None
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()

@@ -209,7 +209,9 @@ class RedisForkBackend:
             root_run_id=request.root_run_id,
             maxlen=self._settings.stream_maxlen,
         )
-        publisher.publish_status(StatusEntry(run_id=request.run_id, status=RunStatus.QUEUED))
+        publisher.publish_status(
+            StatusEntry(run_id=request.run_id, status=RunStatus.QUEUED, fork=request.fork)
+        )
         await publisher.close(expire=False)
 
     async def collect(

@@ -231,6 +231,9 @@ class TurnExecutor:
             if outcome.status is not RunStatus.WAITING:
                 return outcome
             forks = [fork_run_id(request.root_run_id, f) for f in outcome.waiting_for or []]
+            # Announced before suspending: once suspended, the last fork may resume the run
+            # elsewhere at once, and `waiting` must never follow the resumed run's events.
+            await self._announce(request, RunStatus.WAITING)
             if await self._runs.suspend(
                 request.run_id,
                 attempt=request.attempt,
@@ -238,7 +241,6 @@ class TurnExecutor:
                 waiting_for=forks,
             ):
                 _log.info("turn suspended in gather", run_id=request.run_id, forks=len(forks))
-                await self._announce(request, RunStatus.WAITING)
                 return outcome
 
     async def _announce(self, request: RunRequest, status: RunStatus) -> None:
@@ -251,7 +253,8 @@ class TurnExecutor:
             root_run_id=request.root_run_id,
             maxlen=self._settings.stream_maxlen,
         )
-        publisher.publish_status(StatusEntry(run_id=request.run_id, status=status))
+        entry = StatusEntry(run_id=request.run_id, status=status, fork=request.fork)
+        publisher.publish_status(entry)
         await publisher.close(expire=False)
 
     async def _renew_lease(self, request: RunRequest, turn: asyncio.Task[Outcome]) -> bool:
