@@ -101,6 +101,8 @@ SCRIPT: dict[str, Any] = {
             "name": "fan-fork",
             "match": {"last_user_contains": "task: fan part"},
             "reply": {"content": "fork answer for {last_user}"},
+            # Slow enough that one worker cannot take every fork before the other is free.
+            "latency": {"first_token_ms": 400, "token_ms": 1},
         },
         {
             "name": "fan-root",
@@ -327,8 +329,10 @@ def gather_results(messages: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def test_fan_out_and_gather_across_workers(client: Client, workers: WorkerPool) -> None:
-    """Three forks spread over two workers; one fails. The gather returns all three."""
-    await workers.start(2)
+    """Three forks spread over two one-slot workers; one fails. The gather returns all
+    three. (The root's worker is busy until the root suspends, so the other worker takes
+    the first fork, and the root's worker a later one.)"""
+    await workers.start(2, concurrency=1)
     run = await client.submit(FORKER, "fan-root")
     outputs = await collect_tree(run)
     result = await run.result(timeout=10)
