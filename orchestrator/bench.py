@@ -11,6 +11,10 @@
                                    baseline: raw pipelined XADD of the same JSON payloads
     5. abort latency               run.abort() -> the run's ReactEnd / terminal status seen
                                    by a reader (arq has no equivalent: no baseline)
+    6. fork fan-out                in `orchestrator.bench_forks`: N forks gathered by one
+                                   parent on 1 and 2 workers; baseline: N no-op arq jobs
+
+`--only core` runs 1-5, `--only forks` runs 6; the default runs both.
 
 Every worker (ours and arq's) and the scripted model run as subprocesses so the measuring
 process shares no event loop with them. Local intervals use time.perf_counter; intervals
@@ -296,7 +300,9 @@ LEGEND = (
 )
 
 
-def render(console: Console, rows: Sequence[Row], title: str) -> None:
+def render(
+    console: Console, rows: Sequence[Row], title: str, legend: Sequence[str] = LEGEND
+) -> None:
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("ours", justify="right")
@@ -316,7 +322,7 @@ def render(console: Console, rows: Sequence[Row], title: str) -> None:
             "" if row.n is None else str(row.n),
         )
     console.print(table)
-    for line in LEGEND:
+    for line in legend:
         console.print(line, highlight=False)
 
 
@@ -404,9 +410,9 @@ async def _noop_turn(ctx: dict[str, Any], payload: Any) -> None:
 
 
 async def _arq_noop(ctx: dict[str, Any], key: str, job: str) -> None:
-    """The stock arq worker's job: records when it started."""
+    """The stock arq worker's job: records when it started (and on which process)."""
     start = time.time()
-    await ctx["redis"].rpush(key, json.dumps({"id": job, "start": start}))
+    await ctx["redis"].rpush(key, json.dumps({"id": job, "start": start, "pid": os.getpid()}))
 
 
 class ArqBaselineSettings:
@@ -436,11 +442,14 @@ async def _serve_noop_worker(url: str, prefix: str, starts: str) -> None:
         await worker.close()
 
 
-def _serve_arq_worker(url: str, queue: str) -> None:
+def _serve_arq_worker(url: str, queue: str, max_jobs: int | None = None) -> None:
     from arq.connections import RedisSettings
     from arq.worker import run_worker
 
-    run_worker(ArqBaselineSettings, redis_settings=RedisSettings.from_dsn(url), queue_name=queue)
+    extra: dict[str, Any] = {} if max_jobs is None else {"max_jobs": max_jobs}
+    run_worker(
+        ArqBaselineSettings, redis_settings=RedisSettings.from_dsn(url), queue_name=queue, **extra
+    )
 
 
 def _write_raw(url: str, stream: str, count: int, interval_ms: float, pad: int) -> None:
@@ -602,7 +611,8 @@ class Bench:
             conn = self._conns.pop(name, None)
             if conn is not None:
                 with contextlib.suppress(Exception):
-                    await conn.aclose()
+                    # Client closes with close(); the redis clients with aclose().
+                    await (conn.close() if name == "client" else conn.aclose())
 
     @property
     def client(self) -> Any:
@@ -943,8 +953,49 @@ def _unique_prefix(base: str | None) -> str:
     return f"{base or 'bench'}-{uuid.uuid4().hex[:10]}"
 
 
+SECTIONS = ("core", "forks")
+
+
+def _run_core(url: str, prefix: str, quick: bool, console: Console, logdir: Path) -> list[Row]:
+    """Sections 1-5; raises BenchError if something could not be measured."""
+    bench = Bench(url, prefix, Plan.quick() if quick else Plan.full(), console, logdir)
+    try:
+        bench.start_children()
+        return asyncio.run(bench.run())
+    finally:
+        bench.stop_children()
+        deleted = asyncio.run(bench.cleanup())
+        console.print(f"[dim]cleanup: deleted {deleted} keys under {prefix!r} and arq's[/]")
+
+
+def _measure(
+    sections: Sequence[str], url: str, prefix: str, quick: bool, console: Console, logdir: Path
+) -> list[Row]:
+    from orchestrator.bench_forks import run_fork_bench
+
+    rows: list[Row] = []
+    if "core" in sections:
+        rows.extend(_run_core(url, prefix, quick, console, logdir))
+    if "forks" in sections:
+        rows.extend(run_fork_bench(url, prefix, quick, console, logdir))
+    return rows
+
+
+def _legend(sections: Sequence[str]) -> list[str]:
+    from orchestrator.bench_forks import FORK_LEGEND
+
+    lines = [LEGEND[0]]
+    if "core" in sections:
+        lines.extend(LEGEND[1:])
+    if "forks" in sections:
+        lines.extend(FORK_LEGEND)
+    return lines
+
+
 def run_bench(args: argparse.Namespace) -> int:
-    """`orchestrator bench`: measure, print the table and one JSON line. 0 on success."""
+    """`orchestrator bench`: measure, print the table and one JSON line. 0 on success.
+
+    `args.only` ("core": sections 1-5, "forks": section 6) runs one part; default both."""
     import logging
 
     logging.getLogger("arq").setLevel(logging.WARNING)
@@ -952,7 +1003,9 @@ def run_bench(args: argparse.Namespace) -> int:
     if not console.is_terminal:
         console = Console(highlight=False, width=110)
     quick = bool(getattr(args, "quick", False))
-    plan = Plan.quick() if quick else Plan.full()
+    only = getattr(args, "only", None)
+    sections = [only] if only else list(SECTIONS)
+    mode = "quick" if quick else "full"
     prefix = _unique_prefix(getattr(args, "prefix", None))
     started = time.perf_counter()
     with (
@@ -961,24 +1014,19 @@ def run_bench(args: argparse.Namespace) -> int:
     ):
         console.print(f"[bold]redis:[/] {label}; key prefix {prefix!r}")
         console.print(
-            f"[bold]machine:[/] {os.cpu_count()} cores; {'quick' if quick else 'full'} run"
+            f"[bold]machine:[/] {os.cpu_count()} cores; {mode} run; {', '.join(sections)}"
         )
-        bench = Bench(url, prefix, plan, console, Path(tmp))
         try:
-            bench.start_children()
-            rows = asyncio.run(bench.run())
+            rows = _measure(sections, url, prefix, quick, console, Path(tmp))
         except BenchError as exc:
             console.print(f"[red]bench failed:[/] {exc}")
             return 1
-        finally:
-            bench.stop_children()
-            deleted = asyncio.run(bench.cleanup())
-            console.print(f"[dim]cleanup: deleted {deleted} keys under {prefix!r} and arq's[/]")
     elapsed = time.perf_counter() - started
-    render(console, rows, f"orchestrator bench ({'quick' if quick else 'full'}, {elapsed:.0f} s)")
+    render(console, rows, f"orchestrator bench ({mode}, {elapsed:.0f} s)", _legend(sections))
     summary = {
         "bench": "orchestrator",
         "quick": quick,
+        "sections": sections,
         "redis": label,
         "elapsed_s": round(elapsed, 1),
         "figures": {row.key: row.as_json() for row in rows},
@@ -998,6 +1046,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("arq-worker")
     p.add_argument("--redis", required=True)
     p.add_argument("--queue", required=True)
+    p.add_argument("--max-jobs", type=int, help="arq's max_jobs (default: arq's)")
     p = sub.add_parser("xadd-writer")
     p.add_argument("--redis", required=True)
     p.add_argument("--stream", required=True)
@@ -1008,7 +1057,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.role == "noop-worker":
         asyncio.run(_serve_noop_worker(args.redis, args.prefix, args.starts))
     elif args.role == "arq-worker":
-        _serve_arq_worker(args.redis, args.queue)
+        _serve_arq_worker(args.redis, args.queue, args.max_jobs)
     else:
         _write_raw(args.redis, args.stream, args.count, args.interval_ms, args.pad)
     return 0

@@ -193,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run the benchmarks and print figures beside baselines")
     _add_redis(p)
     p.add_argument("--quick", action="store_true", help="fewer samples")
+    p.add_argument(
+        "--only",
+        choices=["core", "forks"],
+        help="run one part: core (dispatch, turns, events, abort) or forks (fan-out)",
+    )
     p.set_defaults(func=_cmd_bench)
     return parser
 

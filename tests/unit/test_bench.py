@@ -1,12 +1,16 @@
-"""Smoke tests of `orchestrator bench`'s helpers: statistics, formatting, the script, the
-table. The bench itself (`orchestrator bench --quick`, ~30 s) is run by hand."""
+"""Smoke tests of `orchestrator bench`'s helpers: statistics, formatting, the scripts, the
+table; and the quick fork section run for real (real Redis and worker processes, ~10 s).
+The whole bench (`orchestrator bench --quick`) is run by hand."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
+from typing import Any
 
 import pytest
+import redis
 from rich.console import Console
 
 from orchestrator.bench import (
@@ -19,9 +23,24 @@ from orchestrator.bench import (
     format_value,
     percentile,
     render,
+    run_bench,
     split_batches,
 )
+from orchestrator.bench_forks import (
+    ROOT_MESSAGE,
+    BaselineSample,
+    ForkPlan,
+    ForkSample,
+    Usage,
+    fork_rows,
+    fork_script,
+    peak_overlap,
+)
+from orchestrator.keys import Keys
+from orchestrator.mock_llm.request import parse_chat_request
 from orchestrator.mock_llm.script import parse_script
+from orchestrator.mock_llm.state import ScriptState
+from orchestrator.runtime.forks import fork_user_message
 
 
 def test_percentile_interpolates_between_ranks_like_numpy() -> None:
@@ -130,3 +149,121 @@ def test_choose_redis_uses_the_given_url_without_connecting() -> None:
     with choose_redis("redis://example.invalid:1/0") as (url, label):
         assert url == "redis://example.invalid:1/0"
         assert "given" in label
+
+
+# -- section 6: forks ------------------------------------------------------------------------
+
+
+def _rule_for(state: ScriptState, messages: list[dict[str, Any]]) -> tuple[str | None, Any]:
+    body = json.dumps({"model": "scripted", "stream": True, "messages": messages}).encode()
+    decision = state.decide(parse_chat_request(body))
+    return decision.rule_name, decision
+
+
+def test_fork_script_tells_forks_from_their_root() -> None:
+    """The root's first call fans out N, a fork (whose context holds the root's message)
+    answers after the fork latency, the root's call after the gather sums up."""
+    plan = ForkPlan.full()
+    state = ScriptState(parse_script(fork_script(plan)))
+    system = {"role": "system", "content": "You are the benchmark agent."}
+    root = {"role": "user", "content": f"{ROOT_MESSAGE} 1000"}
+
+    name, decision = _rule_for(state, [system, root])
+    assert name == "fan-out"
+    assert decision.latency.first_token_ms == 0
+    (call,) = decision.reply.tool_calls
+    assert call.name == "bench_fan_out"
+
+    fork = fork_user_message("bench-leaf 7", fork_id="fork_8", depth=1)
+    name, decision = _rule_for(state, [system, root, fork])
+    assert name == "fork-leaf"
+    assert decision.latency.first_token_ms == plan.llm_ms
+    assert not decision.reply.tool_calls
+
+    asked = {"role": "assistant", "content": "", "tool_calls": [_call("bench_fan_out")]}
+    answer = {"role": "tool", "tool_call_id": "c1", "content": '{"gathered": 1000}'}
+    name, _ = _rule_for(state, [system, root, asked, answer])
+    assert name == "fan-in"
+
+
+def _call(name: str) -> dict[str, Any]:
+    return {"id": "c1", "type": "function", "function": {"name": name, "arguments": "{}"}}
+
+
+def test_fork_plans_raise_the_fork_limit_question_and_stay_small_when_quick() -> None:
+    full, quick = ForkPlan.full(), ForkPlan.quick()
+    assert (full.forks, full.llm_ms, full.workers) == (1000, 50, (1, 2))
+    assert quick.forks == 50
+    assert full.ideal_s(1) == pytest.approx(1000 * 0.05 / full.concurrency)
+    assert full.ideal_s(2) == pytest.approx(full.ideal_s(1) / 2)
+
+
+def test_peak_overlap_counts_forks_running_at_once() -> None:
+    assert peak_overlap([]) == 0
+    assert peak_overlap([(0.0, 1.0), (0.5, 2.0), (1.5, 3.0)]) == 2
+    assert peak_overlap([(0.0, 1.0), (1.0, 2.0)]) == 1  # an end frees the slot first
+    assert peak_overlap([(0.0, None), (0.0, 1.0)]) == 1  # unfinished: left out
+
+
+def test_fork_rows_put_ours_beside_the_arq_baseline() -> None:
+    plan = ForkPlan.quick()
+    usage = Usage(workers=1.0, llm=0.1, redis=0.2, commands=10_000.0, bench=0.1)
+    ours = [ForkSample(2.0, 1.5, 1.6, 1.9, 0.1, 2, 0.5, 9, 600, usage) for _ in range(3)]
+    base = [BaselineSample(0.5, Usage(0.05, None, 0.01, 1250.0, 0.0))]
+    rows = {row.key: row for row in fork_rows(plan, 2, ours, base)}
+    assert rows["forks.w2.wall"].ours == 2.0
+    assert rows["forks.w2.wall"].ratio == pytest.approx(4.0)
+    assert rows["forks.w2.rate"].ours == pytest.approx(plan.forks / 2.0)
+    assert rows["forks.w2.rate"].ratio == pytest.approx(0.25)
+    assert rows["forks.w2.cpu_workers"].ours == pytest.approx(1000.0 / plan.forks)
+    assert rows["forks.w2.redis_commands"].baseline == pytest.approx(1250.0 / plan.forks)
+    assert rows["forks.w2.llm_busy"].ours == pytest.approx(5.0)
+    assert rows["forks.w2.ideal"].baseline is None
+    assert rows["forks.w2.peak_running"].ours == 9
+
+
+def _figure(figures: dict[str, Any], key: str) -> float:
+    value = figures[key]["ours"]
+    assert isinstance(value, float | int), key
+    return float(value)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+def test_quick_fork_section_measures_1_and_2_workers_and_cleans_up(
+    redis_url: str, keys: Keys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`orchestrator bench --quick --only forks` against the real Redis: worker, arq and
+    scripted-model processes started and stopped, sane figures, no key left behind."""
+    args = argparse.Namespace(quick=True, only="forks", redis=redis_url, prefix=keys.prefix)
+    code = run_bench(args)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["sections"] == ["forks"]
+    figures = summary["figures"]
+    plan = ForkPlan.quick()
+    for workers in plan.workers:
+        key = f"forks.w{workers}"
+        wall = figures[f"{key}.wall"]
+        assert wall["ours"] > 0
+        assert wall["baseline"] > 0
+        assert wall["ratio"] > 0
+        assert wall["n"] == plan.forks
+        rate = figures[f"{key}.rate"]
+        assert rate["ours"] * wall["ours"] == pytest.approx(plan.forks, rel=0.01)
+        assert rate["baseline"] > 0
+        started = _figure(figures, f"{key}.last_started")
+        ended = _figure(figures, f"{key}.last_ended")
+        assert 0 < started <= ended <= wall["ours"] + 0.05
+        assert _figure(figures, f"{key}.spawn") > 0
+        assert _figure(figures, f"{key}.resume") >= 0
+        assert 1 <= _figure(figures, f"{key}.peak_running") <= workers * plan.concurrency
+        assert _figure(figures, f"{key}.ideal") == pytest.approx(plan.ideal_s(workers), abs=1e-3)
+    assert "submit→root result" in out  # the table
+    assert "bench_forker" in out  # its legend
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert list(client.scan_iter(match=f"{keys.prefix}*", count=1000)) == []
+    finally:
+        client.close()

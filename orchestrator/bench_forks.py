@@ -1,0 +1,648 @@
+"""`orchestrator bench`, section 6: one parent fans out to many forks and gathers them.
+
+    ours       `bench_agents:bench_forker` submitted once; its first (scripted) LLM reply
+               calls `bench_fan_out`, a tool that spawns N forks from code, one after
+               another, and gathers them. Each fork is its own arq job making exactly one
+               scripted LLM call (`llm_ms` latency) and answering. The gather suspends the
+               parent (freeing its slot); the last fork to end resumes it.
+               Measured: client.submit -> run.result() returned, in this process.
+    baseline   N no-op jobs through stock arq workers (the same number of processes,
+               max_jobs = our concurrency, every other setting arq's default), enqueued
+               one after another from this process. Measured: time.time() before the
+               first enqueue -> time.time() recorded by the last job to run.
+
+Both run with 1, then 2 worker processes, `concurrency` slots each, interleaved rep by
+rep. The scripted model runs as its own process. CPU seconds (from /proc, and Redis'
+INFO) of the workers, the scripted model and Redis over each measurement tell where the
+time went. Keys live under `<prefix>:forks` and are deleted at the end, with the arq job
+keys of every job the section created (never FLUSH*).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from redis.exceptions import RedisError
+from rich.console import Console
+
+from orchestrator.aio import cancel_and_wait
+from orchestrator.bench import (
+    _ARQ_KEY_PREFIXES,
+    AGENT_MODULE,
+    ARQ_NOOP,
+    FIRST_START_TIMEOUT_S,
+    GAP_S,
+    LLM_URL_ENV,
+    BenchError,
+    Child,
+    Row,
+    _free_port,
+    _port_open,
+    percentile,
+)
+from orchestrator.bench_agents import FORK_TASK
+from orchestrator.keys import Keys
+from orchestrator.runs import RunRecord, RunStatus
+from orchestrator.settings import Settings
+
+__all__ = [
+    "FORK_AGENT",
+    "FORK_LEGEND",
+    "ROOT_MESSAGE",
+    "ForkPlan",
+    "fork_rows",
+    "fork_script",
+    "peak_overlap",
+    "run_fork_bench",
+]
+
+FORK_AGENT = f"{AGENT_MODULE}:bench_forker"
+ROOT_MESSAGE = "bench-fan-out"
+GROUP = "6 forks"
+
+FORK_LEGEND = (
+    "[b]6 forks[/]: one `bench_forker` run whose tool spawns N forks from code, one after "
+    "another, and gathers them; each fork is its own arq job making one scripted LLM call "
+    "(fixed latency) and answering. `submit→root result`: client.submit → run.result() "
+    "returned (perf_counter, this process). Baseline: N no-op jobs through stock arq "
+    "workers (same process count, max_jobs = our slots, arq defaults otherwise: 0.5 s "
+    "poll), enqueued one by one from this process; first enqueue → the last job's own "
+    "time.time(). forks/s = N / wall (higher is better). Median of the repetitions. "
+    "`last fork started/ended`: fork records' started_at/finished_at - the root's "
+    "submitted_at; `peak forks running`: most forks between started_at and finished_at at "
+    "one moment. `spawn loop`: root started_at → last fork's submitted_at. `resume`: "
+    "last fork ended → root finished_at (the resumed turn re-runs its tool: every spawn "
+    "finds its fork, then the gather). `ideal` is arithmetic, N x latency / total slots, "
+    "not a measurement. CPU rows: /proc CPU seconds of our worker processes (baseline: "
+    "the arq workers) and of the whole Redis server (INFO cpu; other clients included) "
+    "over the measurement, per fork (per job); `scripted model busy`: its process' CPU "
+    "time / wall time (100 % = one core saturated, it is single-threaded).",
+)
+
+
+@dataclass(frozen=True)
+class ForkPlan:
+    """The fork section's sizes: `ForkPlan.full()` or `ForkPlan.quick()`."""
+
+    forks: int
+    concurrency: int
+    llm_ms: int
+    workers: tuple[int, ...]
+    reps: int
+    warmup_forks: int
+
+    @classmethod
+    def full(cls) -> ForkPlan:
+        return cls(forks=1000, concurrency=50, llm_ms=50, workers=(1, 2), reps=3, warmup_forks=100)
+
+    @classmethod
+    def quick(cls) -> ForkPlan:
+        return cls(forks=50, concurrency=10, llm_ms=50, workers=(1, 2), reps=1, warmup_forks=10)
+
+    def ideal_s(self, workers: int) -> float:
+        """N x latency / total slots: the wall time if slots were all that mattered."""
+        return self.forks * self.llm_ms / 1000 / (workers * self.concurrency)
+
+    @property
+    def timeout_s(self) -> float:
+        return 60.0 + self.forks * 0.25
+
+
+def fork_script(plan: ForkPlan) -> dict[str, Any]:
+    """The scripted model for this section. A fork's last user message ends with
+    "Task: bench-leaf <i>"; the root's is "bench-fan-out <N>", which the root's first
+    reply turns into `bench_fan_out(count=N)`. Only the forks' calls have latency."""
+    return {
+        "model": "scripted",
+        "latency": {"first_token_ms": 0, "token_ms": 0},
+        "rules": [
+            {
+                "name": "fork-leaf",
+                "match": {"last_user_contains": f"Task: {FORK_TASK}"},
+                "reply": {"content": "done"},
+                "latency": {"first_token_ms": plan.llm_ms, "token_ms": 0},
+            },
+            {
+                "name": "fan-out",
+                "match": {"regex": rf"{ROOT_MESSAGE} (\d+)", "last_role": "user"},
+                "reply": {
+                    "content": "Fanning out.",
+                    "tool_calls": [{"name": "bench_fan_out", "arguments": '{"count": {regex_1}}'}],
+                },
+            },
+            {
+                "name": "fan-in",
+                "match": {"last_user_contains": ROOT_MESSAGE, "last_role": "tool"},
+                "reply": {"content": "gathered: {last_tool_result}"},
+            },
+        ],
+        "fallback": {"content": "ok"},
+    }
+
+
+# -- samples ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Resources used so far: CPU seconds of our (or arq's) workers, of the scripted model,
+    of Redis and of this process, and commands Redis processed. None: not measurable
+    here (no /proc, INFO hidden)."""
+
+    workers: float | None
+    llm: float | None
+    redis: float | None
+    commands: float | None
+    bench: float
+
+    def since(self, before: Usage) -> Usage:
+        def delta(now: float | None, then: float | None) -> float | None:
+            return None if now is None or then is None else max(0.0, now - then)
+
+        return Usage(
+            delta(self.workers, before.workers),
+            delta(self.llm, before.llm),
+            delta(self.redis, before.redis),
+            delta(self.commands, before.commands),
+            self.bench - before.bench,
+        )
+
+
+@dataclass(frozen=True)
+class ForkSample:
+    """One fan-out. Times in seconds; the `*_s` from records use time.time()."""
+
+    wall_s: float
+    spawn_s: float  # root started_at -> last fork submitted_at
+    started_s: float  # root submitted_at -> last fork started_at
+    ended_s: float  # root submitted_at -> last fork finished_at
+    resume_s: float  # last fork finished_at -> root finished_at
+    workers_used: int
+    on_root_worker: float  # share of the forks run by the process running the spawn loop
+    peak_running: int  # most forks running at once (from their started/finished times)
+    entries: int  # session stream entries (root + forks)
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class BaselineSample:
+    wall_s: float
+    usage: Usage
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return percentile(known, 50) if known else None
+
+
+def fork_rows(
+    plan: ForkPlan, workers: int, ours: Sequence[ForkSample], base: Sequence[BaselineSample]
+) -> list[Row]:
+    """The printed figures of one worker count (medians over the repetitions)."""
+    n = plan.forks
+    group = f"{GROUP}, {workers} worker{'s' if workers > 1 else ''}"
+    key = f"forks.w{workers}"
+    wall = percentile([s.wall_s for s in ours], 50)
+    base_wall = percentile([s.wall_s for s in base], 50)
+    rows = [
+        Row(group, f"{key}.wall", f"{n} forks: submit→root result", wall, base_wall, "s", n),
+        Row(
+            group,
+            f"{key}.rate",
+            "forks/s (baseline: no-op jobs/s)",
+            n / wall,
+            n / base_wall,
+            "/s",
+            n,
+        ),
+    ]
+    timeline = (
+        ("last_started", "submit→last fork started", [s.started_s for s in ours]),
+        ("last_ended", "submit→last fork ended", [s.ended_s for s in ours]),
+        ("spawn", "spawn loop: root started→last fork queued", [s.spawn_s for s in ours]),
+        ("resume", "resume: last fork ended→root ended", [s.resume_s for s in ours]),
+    )
+    rows += [Row(group, f"{key}.{k}", m, percentile(v, 50), None, "s", n) for k, m, v in timeline]
+    peak = percentile([float(s.peak_running) for s in ours], 50)
+    label = f"peak forks running at once (of {workers * plan.concurrency} slots)"
+    rows.append(Row(group, f"{key}.peak_running", label, peak, None, "forks", n))
+    slots = f"{n}x{plan.llm_ms} ms/({workers}x{plan.concurrency} slots)"
+    rows.append(
+        Row(
+            group, f"{key}.ideal", f"ideal {slots}: arithmetic", plan.ideal_s(workers), None, "s", n
+        )
+    )
+    return rows + _usage_rows(group, key, n, ours, base)
+
+
+def _usage_rows(
+    group: str, key: str, n: int, ours: Sequence[ForkSample], base: Sequence[BaselineSample]
+) -> list[Row]:
+    """Resources per fork (per baseline job): where the time went."""
+    rows: list[Row] = []
+    for name, part, label, unit in (
+        ("cpu_workers", "workers", "worker CPU per fork (per job)", "ms"),
+        ("cpu_redis", "redis", "Redis CPU per fork (per job)", "ms"),
+        ("redis_commands", "commands", "Redis commands per fork (per job)", "cmds"),
+    ):
+        scale = 1.0 if unit == "cmds" else 1000.0
+        mine = _median(_per(getattr(s.usage, part), n / scale) for s in ours)
+        theirs = _median(_per(getattr(s.usage, part), n / scale) for s in base)
+        if mine is not None:
+            rows.append(Row(group, f"{key}.{name}", label, mine, theirs, unit, n))
+    busy = _median(_per(s.usage.llm, s.wall_s / 100.0) for s in ours)
+    if busy is not None:
+        label = "scripted model busy (of one core)"
+        rows.append(Row(group, f"{key}.llm_busy", label, busy, None, "%", n))
+    return rows
+
+
+def _per(total: float | None, count: float) -> float | None:
+    return None if total is None else total / count
+
+
+# -- resource accounting ---------------------------------------------------------------
+
+
+def _process_cpu_s(pids: Iterable[int]) -> float | None:
+    """utime + stime of these processes (Linux /proc), or None where unavailable."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+async def _redis_usage(raw: Any) -> tuple[float | None, float | None]:
+    """(CPU seconds, commands processed) of the whole Redis server so far."""
+    try:
+        cpu = await raw.info("cpu")
+        stats = await raw.info("stats")
+        seconds = float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+        return seconds, float(stats["total_commands_processed"])
+    except (RedisError, KeyError, ValueError):  # INFO hidden or unfamiliar: rows left out
+        return None, None
+
+
+# -- the section -------------------------------------------------------------------------
+
+
+@dataclass
+class _Procs:
+    llm: Child | None = None
+    ours: list[Child] = field(default_factory=list)
+    arq: list[Child] = field(default_factory=list)
+
+    def all(self) -> list[Child]:
+        return [c for c in (self.llm, *self.ours, *self.arq) if c is not None]
+
+
+class ForkBench:
+    """Starts the section's processes, measures, cleans up. One instance per run."""
+
+    def __init__(self, url: str, prefix: str, plan: ForkPlan, console: Console, logdir: Path):
+        self.url = url
+        self.plan = plan
+        self.console = console
+        self.logdir = logdir
+        self.keys = Keys(prefix)
+        self.arq_queue = f"{prefix}:arq-queue"
+        self.arq_done = f"{prefix}:arq-done"
+        self.token = uuid.uuid4().hex[:12]
+        self.job_ids: set[str] = set()
+        self.procs = _Procs()
+        self.rng = random.Random()
+        self.env = dict(
+            os.environ,
+            PYTHONUNBUFFERED="1",
+            ORCHESTRATOR_MAX_FORKS_PER_AGENT=str(max(plan.forks, plan.warmup_forks)),
+        )
+        self._conns: dict[str, Any] = {}
+        self._batches = 0
+
+    # -- processes ----------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str]) -> Child:
+        return Child(name, [sys.executable, *argv], self.logdir, self.env)
+
+    def start_llm(self) -> None:
+        port = _free_port()
+        script = self.logdir / "fork-script.json"
+        script.write_text(json.dumps(fork_script(self.plan)))
+        self.env[LLM_URL_ENV] = f"http://127.0.0.1:{port}/v1"
+        argv = ["-m", "orchestrator.cli", "mock-llm", "--port", str(port), "--script", str(script)]
+        self.procs.llm = llm = self._spawn("fork-mock-llm", argv)
+        deadline = time.monotonic() + 30
+        while not _port_open(port):
+            llm.check()
+            if time.monotonic() > deadline:
+                raise BenchError("the scripted model did not start")
+            time.sleep(0.05)
+
+    def _add_workers(self, count: int) -> None:
+        redis = ["--redis", self.url]
+        while len(self.procs.ours) < count:
+            i = len(self.procs.ours) + 1
+            argv = [
+                *("-m", "orchestrator.cli", "worker", *redis, "--prefix", self.keys.prefix),
+                *("--agents", AGENT_MODULE, "--concurrency", str(self.plan.concurrency)),
+            ]
+            self.procs.ours.append(self._spawn(f"fork-worker-{i}", argv))
+        while len(self.procs.arq) < count:
+            i = len(self.procs.arq) + 1
+            argv = [
+                *("-m", "orchestrator.bench", "arq-worker", *redis, "--queue", self.arq_queue),
+                *("--max-jobs", str(self.plan.concurrency)),
+            ]
+            self.procs.arq.append(self._spawn(f"fork-arq-worker-{i}", argv))
+
+    def stop(self) -> None:
+        for child in reversed(self.procs.all()):
+            child.stop()
+
+    def check(self) -> None:
+        for child in self.procs.all():
+            child.check()
+
+    # -- connections ----------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        from arq.connections import RedisSettings, create_pool
+
+        from orchestrator.client import connect
+        from orchestrator.store.connection import connect as connect_raw
+
+        settings = Settings(redis_url=self.url, key_prefix=self.keys.prefix)
+        self._conns = {
+            "client": await connect(self.url, settings=settings),
+            "arq": await create_pool(RedisSettings.from_dsn(self.url)),
+            "raw": connect_raw(self.url),
+        }
+
+    async def disconnect(self) -> None:
+        conns, self._conns = self._conns, {}
+        for name, conn in conns.items():
+            with contextlib.suppress(Exception):
+                await (conn.close() if name == "client" else conn.aclose())
+
+    @property
+    def client(self) -> Any:
+        return self._conns["client"]
+
+    @property
+    def raw(self) -> Any:
+        return self._conns["raw"]
+
+    async def _usage(self, ours: bool) -> Usage:
+        workers = self.procs.ours if ours else self.procs.arq
+        llm = self.procs.llm
+        redis_cpu, commands = await _redis_usage(self.raw)
+        return Usage(
+            workers=_process_cpu_s(c.proc.pid for c in workers),
+            llm=_process_cpu_s([llm.proc.pid]) if llm is not None else None,
+            redis=redis_cpu,
+            commands=commands,
+            bench=time.process_time(),
+        )
+
+    # -- readiness ------------------------------------------------------------------------
+
+    async def _scale_to(self, workers: int) -> None:
+        """`workers` of ours and of arq's running, each seen working, and warmed up."""
+        self._add_workers(workers)
+        deadline = time.monotonic() + FIRST_START_TIMEOUT_S
+        while len(await self.client.workers.list()) < workers:
+            self.check()
+            if time.monotonic() > deadline:
+                raise BenchError(f"{workers} fork worker(s) did not register in time")
+            await asyncio.sleep(0.1)
+        await self._arq_seen(workers, deadline)
+        await self._fan_out(self.plan.warmup_forks)
+        await self._arq_batch(self.plan.warmup_forks)
+
+    async def _arq_seen(self, workers: int, deadline: float) -> None:
+        """Single jobs until each arq worker process has run one (they poll every 0.5 s)."""
+        key = f"{self.keys.prefix}:arq-warm"
+        pids: set[int] = set()
+        while len(pids) < workers:
+            self.check()
+            if time.monotonic() > deadline:
+                raise BenchError(f"only {len(pids)} of {workers} arq workers ran a job")
+            jid = self._arq_job_id("warm", len(self.job_ids))
+            await self._conns["arq"].enqueue_job(
+                ARQ_NOOP, key, jid, _job_id=jid, _queue_name=self.arq_queue
+            )
+            reply = await self.raw.blpop([key], timeout=5)
+            if reply is not None:
+                pids.add(int(json.loads(reply[1])["pid"]))
+
+    def _arq_job_id(self, kind: str, i: int) -> str:
+        jid = f"{self.token}-{kind}-{i}"
+        self.job_ids.add(jid)
+        return jid
+
+    # -- ours ---------------------------------------------------------------------------
+
+    async def _fan_out(self, count: int) -> ForkSample:
+        from workers.forks import fork_run_id
+
+        before = await self._usage(ours=True)
+        t0 = time.perf_counter()
+        run = await self.client.submit(FORK_AGENT, f"{ROOT_MESSAGE} {count}", history=[])
+        spawner = asyncio.create_task(_first_worker(run))
+        try:
+            result = await run.result(timeout=self.plan.timeout_s)
+        except TimeoutError as exc:
+            self.check()
+            raise BenchError(f"fan-out {run.run_id} did not end: {exc}") from None
+        finally:
+            await cancel_and_wait(spawner)  # long done unless the root never started
+        wall = time.perf_counter() - t0
+        usage = (await self._usage(ours=True)).since(before)
+        root = await run.status()
+        ids = [fork_run_id(run.run_id, f"fork_{i}") for i in range(1, count + 1)]
+        forks = await self.client.runs.get_many(ids)
+        self._remember_jobs([root, *forks.values()])
+        if not result.ok:
+            self.check()
+            raise BenchError(f"fan-out {run.run_id} ended {result.status.value}: {result.error}")
+        done = [f for f in forks.values() if f.status is RunStatus.COMPLETED]
+        if len(done) != count:
+            raise BenchError(f"fan-out {run.run_id}: {len(done)} of {count} forks completed")
+        entries = int(await self.raw.xlen(self.keys.events(run.session_id)))
+        spawned_on = None if spawner.cancelled() else spawner.result()
+        return _fork_sample(wall, root, done, entries, usage, spawned_on)
+
+    def _remember_jobs(self, records: Iterable[RunRecord]) -> None:
+        from orchestrator.store.queue import job_id
+
+        for record in records:
+            for attempt in range(1, record.attempt + 1):
+                for segment in range(record.segment + 2):
+                    self.job_ids.add(job_id(record.run_id, attempt, segment))
+
+    # -- baseline -------------------------------------------------------------------------
+
+    async def _arq_batch(self, count: int) -> BaselineSample:
+        self._batches += 1
+        jids = [self._arq_job_id(f"b{self._batches}", i) for i in range(count)]
+        await self.raw.delete(self.arq_done)
+        enqueue = self._conns["arq"].enqueue_job
+        before = await self._usage(ours=False)
+        sent = time.time()
+        for jid in jids:
+            await enqueue(ARQ_NOOP, self.arq_done, jid, _job_id=jid, _queue_name=self.arq_queue)
+        deadline = time.monotonic() + self.plan.timeout_s
+        while await self.raw.llen(self.arq_done) < count:
+            if time.monotonic() > deadline:
+                self.check()
+                raise BenchError(
+                    f"the arq baseline ran {await self.raw.llen(self.arq_done)}/{count}"
+                )
+            await asyncio.sleep(0.01)
+        usage = (await self._usage(ours=False)).since(before)
+        starts = [json.loads(r)["start"] for r in await self.raw.lrange(self.arq_done, 0, -1)]
+        return BaselineSample(max(starts) - sent, usage)
+
+    # -- all ----------------------------------------------------------------------------
+
+    async def measure(self) -> list[Row]:
+        await self.connect()
+        try:
+            rows: list[Row] = []
+            for workers in self.plan.workers:
+                rows.extend(await self._measure_with(workers))
+            return rows
+        finally:
+            await self.disconnect()
+
+    async def _measure_with(self, workers: int) -> list[Row]:
+        t0 = time.perf_counter()
+        self.console.print(
+            f"[dim]… 6 forks: {workers} worker process(es) x {self.plan.concurrency} slots "
+            f"(and {workers} stock arq worker(s), max_jobs {self.plan.concurrency})[/]",
+            highlight=False,
+        )
+        await self._scale_to(workers)
+        ours: list[ForkSample] = []
+        base: list[BaselineSample] = []
+        # Interleaved, so drifting machine noise hits ours and the baseline alike.
+        for _ in range(self.plan.reps):
+            ours.append(await self._fan_out(self.plan.forks))
+            await asyncio.sleep(self.rng.uniform(*GAP_S))
+            base.append(await self._arq_batch(self.plan.forks))
+        self._report(ours, time.perf_counter() - t0)
+        return fork_rows(self.plan, workers, ours, base)
+
+    def _report(self, ours: Sequence[ForkSample], elapsed: float) -> None:
+        used = sorted({s.workers_used for s in ours})
+        on_root = percentile([100.0 * s.on_root_worker for s in ours], 50)
+        per_fork = percentile([s.entries / self.plan.forks for s in ours], 50)
+        bench_cpu = percentile([s.usage.bench for s in ours], 50)
+        self.console.print(
+            f"[dim]  done in {elapsed:.1f} s; forks ran on {used} worker process(es), "
+            f"{on_root:.0f} % on the one running the spawn loop; "
+            f"{per_fork:.1f} stream entries per fork; this process used {bench_cpu:.2f} s "
+            "CPU per fan-out (reading the session stream in run.result())[/]",
+            highlight=False,
+        )
+
+    async def cleanup(self) -> int:
+        """Delete every key under the section's prefix and the arq keys of its jobs."""
+        from orchestrator.store.connection import connect as connect_raw
+
+        client = connect_raw(self.url)
+        deleted = 0
+        try:
+            names: list[Any] = [p + j for j in sorted(self.job_ids) for p in _ARQ_KEY_PREFIXES]
+            async for name in client.scan_iter(match=self.keys.pattern(), count=1000):
+                names.append(name)
+            for start in range(0, len(names), 500):
+                deleted += int(await client.delete(*names[start : start + 500]))
+        finally:
+            await client.aclose()
+        return deleted
+
+
+async def _first_worker(run: Any) -> str | None:
+    """The worker that runs the root's first segment (its spawn loop): its record names it
+    from the start of that segment until a later segment overwrites it."""
+    while True:
+        worker = (await run.status()).worker_id
+        if worker is not None:
+            return str(worker)
+        await asyncio.sleep(0.005)
+
+
+def _fork_sample(
+    wall: float,
+    root: RunRecord,
+    forks: Sequence[RunRecord],
+    entries: int,
+    usage: Usage,
+    spawned_on: str | None,
+) -> ForkSample:
+    submitted = root.submitted_at
+    last_start = max(f.started_at or submitted for f in forks)
+    last_end = max(f.finished_at or submitted for f in forks)
+    return ForkSample(
+        wall_s=wall,
+        spawn_s=max(f.submitted_at for f in forks) - (root.started_at or submitted),
+        started_s=last_start - submitted,
+        ended_s=last_end - submitted,
+        resume_s=(root.finished_at or last_end) - last_end,
+        workers_used=len({f.worker_id for f in forks}),
+        on_root_worker=sum(1 for f in forks if f.worker_id == spawned_on) / len(forks),
+        peak_running=peak_overlap([(f.started_at, f.finished_at) for f in forks]),
+        entries=entries,
+        usage=usage,
+    )
+
+
+def peak_overlap(intervals: Iterable[tuple[float | None, float | None]]) -> int:
+    """The most intervals open at one moment (an end at t closes before a start at t)."""
+    moments = sorted(
+        (t, step)
+        for start, end in intervals
+        if start is not None and end is not None
+        for t, step in ((start, 1), (end, -1))
+    )
+    peak = running = 0
+    for _, step in moments:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def run_fork_bench(url: str, prefix: str, quick: bool, console: Console, logdir: Path) -> list[Row]:
+    """Section 6 of `orchestrator bench`: start its processes, measure, clean up.
+    Raises `BenchError` if something could not be measured."""
+    plan = ForkPlan.quick() if quick else ForkPlan.full()
+    console.print(
+        f"[bold]forks:[/] {plan.forks} forks x one scripted LLM call of {plan.llm_ms} ms; "
+        f"{plan.concurrency} slots per worker; workers {list(plan.workers)}; "
+        f"{plan.reps} repetition(s); max_forks_per_agent={max(plan.forks, plan.warmup_forks)}"
+    )
+    bench = ForkBench(url, f"{prefix}:forks", plan, console, logdir)
+    try:
+        bench.start_llm()
+        return asyncio.run(bench.measure())
+    finally:
+        bench.stop()
+        deleted = asyncio.run(bench.cleanup())
+        console.print(f"[dim]cleanup: deleted {deleted} keys of the fork section[/]")
