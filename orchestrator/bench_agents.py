@@ -9,6 +9,7 @@ stream, a very long stream to abort, or, for `bench_forker`, a fan-out of forks.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -33,9 +34,13 @@ async def bench_chat(message: str, history: list[dict[str, Any]] | None = None) 
     pass  # the body never runs: the docstring is the prompt
 
 
+SPAWN_CONCURRENCY = 32
+
+
 @tool(name="bench_fan_out", description="Spawn forks from tool code and gather them all")
 async def bench_fan_out(count: int, runtime: Any) -> dict[str, Any]:
-    """Spawn `count` forks, one after another, then gather them all.
+    """Spawn `count` forks, up to SPAWN_CONCURRENCY at a time (as a model's batch of spawn
+    calls runs concurrently), then gather them all.
 
     The gather suspends the turn until the last fork ends; the turn then resumes and this
     tool runs again, its spawns finding the forks they started the first time.
@@ -43,8 +48,14 @@ async def bench_fan_out(count: int, runtime: Any) -> dict[str, Any]:
     Args:
         count: How many forks to spawn.
     """
-    for i in range(count):
-        await runtime.selfref.fork.spawn(f"{FORK_TASK} {i}")
+    limit = asyncio.Semaphore(SPAWN_CONCURRENCY)
+
+    async def spawn(i: int) -> None:
+        async with limit:
+            await runtime.selfref.fork.spawn(f"{FORK_TASK} {i}")
+
+    # Spawn names follow the call order, so a re-run finds the same forks in any order.
+    await asyncio.gather(*(spawn(i) for i in range(count)))
     results = await runtime.selfref.fork.gather_all()
     completed = sum(1 for r in results.values() if r.get("status") == "completed")
     return {"gathered": len(results), "completed": completed}

@@ -124,11 +124,14 @@ class Run:
 
     async def result(self, timeout: float | None = None) -> RunResult:
         """Wait for the run to end (pushed through the stream, not polled) and return it."""
+        # The stream's end is noted before the record is read: an end written after the
+        # read is after this point in the stream, so only the new entries are read.
+        seen = await self._client.reader.last_id(self.session_id)
         record = await self.status()
         if not record.status.terminal:
             try:
                 async with asyncio.timeout(timeout):
-                    await self._wait_for_end()
+                    await self._wait_for_end(seen)
             except TimeoutError:
                 raise TimeoutError(f"run {self.run_id} still running after {timeout}s") from None
             record = await self.status()
@@ -147,9 +150,10 @@ class Run:
     async def abort(self, reason: str = "") -> None:
         await self._client.abort(self.session_id, reason, run_id=self.run_id)
 
-    async def _wait_for_end(self) -> None:
-        # From the stream's start: the status entry may have landed before we looked.
-        async for entry in self._client.reader.tail(self.session_id, run_id=self.run_id):
+    async def _wait_for_end(self, after: str) -> None:
+        async for entry in self._client.reader.tail(
+            self.session_id, after=after, run_id=self.run_id
+        ):
             status = entry.status
             if entry.run_id == self.run_id and status is not None and status.status.terminal:
                 return

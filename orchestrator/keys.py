@@ -20,6 +20,7 @@ Runs (share the `{runs}` tag so a record and its indexes change in one MULTI/EXE
     orc:{runs}:index            zset: run_id -> submitted_at (ms), every run
     orc:{runs}:status:<status>  zset: run_id -> submitted_at (ms), runs in that status
     orc:{runs}:expiring         zset: run_id -> expiry (ms), records given a TTL
+    orc:{runs}:awaited:<run_id> set: fork run ids a waiting run still waits for
 
 Leases (share the `{leases}` tag):
 
@@ -114,6 +115,10 @@ class Keys:
     def runs_by_status(self, status: str) -> str:
         """Zset of the run ids currently in `status`, scored by submission time (ms)."""
         return f"{self.prefix}:{{runs}}:status:{status}"
+
+    def awaited(self, run_id: str) -> str:
+        """Set of the fork run ids a run suspended in a gather still waits for."""
+        return f"{self.prefix}:{{runs}}:awaited:{run_id}"
 
     def runs_expiring(self) -> str:
         """Zset of run ids whose record was given a TTL, scored by expiry time (ms)."""

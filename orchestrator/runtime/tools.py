@@ -54,6 +54,38 @@ _ARG_LINE = re.compile(r"^([A-Za-z_*][A-Za-z0-9_]*)\s*(?:\([^)]*\))?\s*:\s*(.*)$
 _DATA_KEYWORDS = frozenset({"default", "enum", "const", "examples", "example"})
 
 
+# Building an argument model and its JSON schema costs milliseconds; tools made afresh for
+# every turn from the same function (SelfReference's closures) reuse the first one.
+_SCHEMAS: dict[Any, tuple[type[BaseModel], dict[str, str], dict[str, Any]]] = {}
+_SCHEMA_CACHE_LIMIT = 1024
+
+
+def _schema_for(
+    name: str,
+    func: Callable[..., Any],
+    signature: inspect.Signature,
+    docstring: str,
+    accepts_extra: bool,
+) -> tuple[type[BaseModel], dict[str, str], dict[str, Any]]:
+    code = getattr(func, "__code__", None)
+    key: Any = None
+    if code is not None:
+        key = (name, code, getattr(func, "__defaults__", None), docstring)
+        try:
+            hash(key)
+        except TypeError:
+            key = None
+    if key is not None and key in _SCHEMAS:
+        return _SCHEMAS[key]
+    model, field_names = _arguments_model(
+        name, func, signature, _docstring_args(docstring), accepts_extra
+    )
+    built = (model, field_names, _parameters_schema(name, model))
+    if key is not None and len(_SCHEMAS) < _SCHEMA_CACHE_LIMIT:
+        _SCHEMAS[key] = built
+    return built
+
+
 class _NoOpEmitter:
     """Stands in for the emitter when a tool is invoked outside an event-streaming turn."""
 
@@ -103,10 +135,9 @@ class Tool:
         self._accepts_extra = any(
             p.kind is inspect.Parameter.VAR_KEYWORD for p in self._signature.parameters.values()
         )
-        self._model, self._field_names = _arguments_model(
-            self.name, func, self._signature, _docstring_args(docstring), self._accepts_extra
+        self._model, self._field_names, self._parameters = _schema_for(
+            self.name, func, self._signature, docstring, self._accepts_extra
         )
-        self._parameters = _parameters_schema(self.name, self._model)
         self.__doc__ = getattr(func, "__doc__", None)
         self.__wrapped__ = func
 

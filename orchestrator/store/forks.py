@@ -52,18 +52,18 @@ class ForkTable:
         async def allocate(pipe: Pipeline) -> Allocation | None:
             existing = await resolve(pipe.hget(spawns, spawn_key))
             if existing is not None:
-                number = parse_int(existing, "fork number")
-                fork_id = f"fork_{number}"
-                siblings = [text(c) for c in await resolve(pipe.lrange(children, 0, -1))]
-                seq = siblings.index(fork_id) + 1 if fork_id in siblings else len(siblings)
-                return Allocation(fork_id, number, seq, False)
+                # "<fork number>:<place among the parent's forks>"
+                number_text, _, seq_text = text(existing).partition(":")
+                number = parse_int(number_text, "fork number")
+                seq = parse_int(seq_text or "0", "fork seq")
+                return Allocation(f"fork_{number}", number, seq, False)
             count = int(await resolve(pipe.llen(children)))
             if count >= limit:
                 return None
             number = int(await resolve(self._redis.hincrby(counter, _COUNTER, 1)))
             fork_id = f"fork_{number}"
             begin(pipe)
-            pipe.hset(spawns, spawn_key, str(number))
+            pipe.hset(spawns, spawn_key, f"{number}:{count + 1}")
             pipe.rpush(children, fork_id)
             for key in (counter, spawns, children):
                 pipe.expire(key, self._ttl_s)

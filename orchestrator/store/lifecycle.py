@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
-from orchestrator.errors import PayloadError
+from orchestrator.errors import PayloadError, RunNotFound
 from orchestrator.keys import Keys
 from orchestrator.runs import RunRecord, RunRequest, RunStatus, StatusEntry
 from orchestrator.settings import Settings
@@ -67,15 +67,28 @@ async def end_run(
     await publisher.close(expire=True)
     await runs.expire(run_id, settings.run_retention_s)
     if queue is not None and updated.fork is not None:
-        await resume_if_ready(runs, queue, updated.fork.parent_run_id)
+        parent = updated.fork.parent_run_id
+        if await runs.fork_ended(parent, run_id):
+            await resume_if_ready(runs, queue, parent, forks_checked=True)
     return updated
 
 
-async def resume_if_ready(runs: RunStore, queue: JobQueue, run_id: str) -> bool:
+async def resume_if_ready(
+    runs: RunStore, queue: JobQueue, run_id: str, *, forks_checked: bool = False
+) -> bool:
     """Enqueue the next segment of a run waiting in a gather if every fork it waits for
-    has ended. Safe to call any number of times, from anywhere: the segment's job id is
-    fixed, so however many callers race here the run is resumed once."""
-    record = await runs.ready_to_resume(run_id)
+    has ended (`forks_checked`: the caller knows they have). Safe to call any number of
+    times, from anywhere: the segment's job id is fixed, so however many callers race
+    here the run is resumed once."""
+    if forks_checked:
+        try:
+            record: RunRecord | None = await runs.get(run_id)
+        except (RunNotFound, PayloadError):
+            return False
+        if record is not None and record.status is not RunStatus.WAITING:
+            return False
+    else:
+        record = await runs.ready_to_resume(run_id)
     if record is None or record.request is None:
         return False
     try:

@@ -147,10 +147,27 @@ class RunStore:
             begin(pipe)
             updated = _apply(current, {"status": RunStatus.WAITING, "waiting_for": running})
             self._queue_write(pipe, current, updated)
+            awaited = self._keys.awaited(run_id)
+            pipe.delete(awaited)
+            pipe.sadd(awaited, *running)
+            pipe.expire(awaited, _AWAITED_TTL_S)
             return True
 
         watched = [key, *(self._keys.run(f) for f in forks)]
         return await optimistic(self._redis, watched, suspend, what="run suspend")
+
+    async def fork_ended(self, run_id: str, fork_run_id: str) -> bool:
+        """Note that `fork_run_id` ended; True if `run_id` was waiting for it and it was
+        the last one (exactly one fork's end gets True, without reading the others)."""
+        awaited = self._keys.awaited(run_id)
+        async with (
+            translate_errors("fork ended"),
+            self._redis.pipeline(transaction=True) as pipe,
+        ):
+            pipe.srem(awaited, fork_run_id)
+            pipe.scard(awaited)
+            removed, left = await pipe.execute()
+        return bool(removed) and int(left) == 0
 
     async def ready_to_resume(self, run_id: str) -> RunRecord | None:
         """The record of a WAITING run whose awaited forks have all ended, else None."""
@@ -329,6 +346,9 @@ def _matches(
         and (tenant is None or record.tenant == tenant)
     )
 
+
+# The awaited-forks set outlives any sane gather; the waiting-run sweep does not need it.
+_AWAITED_TTL_S = 7 * 86_400
 
 _ATTEMPT = "attempt"
 _WORKER = "worker"

@@ -413,6 +413,10 @@ class StreamReader:
                 if stop_at_terminal and (tree.done if tree is not None else _is_terminal(entry)):
                     return
 
+    async def last_id(self, session_id: str) -> str:
+        """The id of the session's newest entry ("0-0" if it has none)."""
+        return await self._last_id(self._keys.events(session_id))
+
     async def _backoff(self, stream: str, failures: int, exc: StoreError) -> None:
         delay = min(1.0, self._reconnect_backoff_s * 2 ** (failures - 1))
         log.warning("stream.reconnect", stream=stream, attempt=failures, error=str(exc))
