@@ -1,8 +1,8 @@
 """`orchestrator bench`, section 6: one parent fans out to many forks and gathers them.
 
     ours       `bench_agents:bench_forker` submitted once; its first (scripted) LLM reply
-               calls `bench_fan_out`, a tool that spawns N forks from code, one after
-               another, and gathers them. Each fork is its own arq job making exactly one
+               calls `bench_fan_out`, a tool that spawns N forks from code, 32 at a
+               time, and gathers them. Each fork is its own arq job making exactly one
                scripted LLM call (`llm_ms` latency) and answering. The gather suspends the
                parent (freeing its slot); the last fork to end resumes it.
                Measured: client.submit -> run.result() returned, in this process.
@@ -72,8 +72,8 @@ ROOT_MESSAGE = "bench-fan-out"
 GROUP = "6 forks"
 
 FORK_LEGEND = (
-    "[b]6 forks[/]: one `bench_forker` run whose tool spawns N forks from code, one after "
-    "another, and gathers them; each fork is its own arq job making one scripted LLM call "
+    "[b]6 forks[/]: one `bench_forker` run whose tool spawns N forks from code, 32 at a "
+    "time, and gathers them; each fork is its own arq job making one scripted LLM call "
     "(fixed latency) and answering. `submit→root result`: client.submit → run.result() "
     "returned (perf_counter, this process). Baseline: N no-op jobs through stock arq "
     "workers (same process count, max_jobs = our slots, arq defaults otherwise: 0.5 s "
