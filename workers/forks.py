@@ -23,16 +23,16 @@ import structlog
 from orchestrator.errors import RunNotFound, ToolError
 from orchestrator.events import MessageList
 from orchestrator.keys import Keys
-from orchestrator.runs import ForkInfo, RunRecord, RunRequest, RunStatus, StatusEntry
+from orchestrator.runs import ForkInfo, RunRecord, RunRequest, RunStatus
 from orchestrator.runtime.forks import SpawnRequest
 from orchestrator.runtime.selfref import strip_injected_blocks
 from orchestrator.settings import Settings
 from orchestrator.store.connection import Redis
 from orchestrator.store.forks import Allocation, ForkTable
+from orchestrator.store.lifecycle import announce_status
 from orchestrator.store.memory import RedisMemoryStore
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import RunStore
-from orchestrator.store.streams import EventPublisher
 
 __all__ = ["RedisForkBackend", "fork_result", "fork_run_id"]
 
@@ -199,20 +199,9 @@ class RedisForkBackend:
             await self._memory.add_experience(info.memory_key, experience.text)
 
     async def _announce(self, request: RunRequest) -> None:
-        """A "queued" status entry in the session stream: readers learn of the fork before
-        any later event of its parent, so they know to wait for its end."""
-        publisher = EventPublisher(
-            self._redis,
-            self._keys,
-            session_id=request.session_id,
-            run_id=request.run_id,
-            root_run_id=request.root_run_id,
-            maxlen=self._settings.stream_maxlen,
-        )
-        publisher.publish_status(
-            StatusEntry(run_id=request.run_id, status=RunStatus.QUEUED, fork=request.fork)
-        )
-        await publisher.close(expire=False)
+        """Readers learn of the fork (a "queued" entry) before any later event of its
+        parent, so they know to wait for its end."""
+        await announce_status(self._redis, self._keys, self._settings, request, RunStatus.QUEUED)
 
     async def collect(
         self,

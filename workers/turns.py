@@ -33,7 +33,7 @@ from orchestrator.errors import (
 )
 from orchestrator.events import EventOrigin, ReactEndEvent, ResponseYield
 from orchestrator.keys import Keys
-from orchestrator.runs import RunRecord, RunRequest, RunStatus, StatusEntry
+from orchestrator.runs import RunRecord, RunRequest, RunStatus
 from orchestrator.runtime.chat import AgentSpec
 from orchestrator.runtime.loop import run_turn
 from orchestrator.runtime.state import OriginContext, TurnState
@@ -41,7 +41,7 @@ from orchestrator.settings import Settings
 from orchestrator.signals import AbortSignal
 from orchestrator.store.abort import AbortFlags, AbortWatcher
 from orchestrator.store.checkpoints import CheckpointStore
-from orchestrator.store.lifecycle import end_run
+from orchestrator.store.lifecycle import announce_status, end_run
 from orchestrator.store.memory import RedisMemoryStore
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import LeaseTable, RunStore
@@ -244,18 +244,7 @@ class TurnExecutor:
                 return outcome
 
     async def _announce(self, request: RunRequest, status: RunStatus) -> None:
-        """A status entry in the session stream (readers see a run go to `waiting`)."""
-        publisher = EventPublisher(
-            self._redis,
-            self._keys,
-            session_id=request.session_id,
-            run_id=request.run_id,
-            root_run_id=request.root_run_id,
-            maxlen=self._settings.stream_maxlen,
-        )
-        entry = StatusEntry(run_id=request.run_id, status=status, fork=request.fork)
-        publisher.publish_status(entry)
-        await publisher.close(expire=False)
+        await announce_status(self._redis, self._keys, self._settings, request, status)
 
     async def _renew_lease(self, request: RunRequest, turn: asyncio.Task[Outcome]) -> bool:
         interval = self._settings.lease_ttl_s / 3

@@ -73,6 +73,23 @@ async def end_run(
     return updated
 
 
+async def announce_status(
+    redis: Redis, keys: Keys, settings: Settings, request: RunRequest, status: RunStatus
+) -> None:
+    """A non-terminal status entry for a run in its session stream (a fork queued, a run
+    waiting), carrying the fork's place in its tree."""
+    publisher = EventPublisher(
+        redis,
+        keys,
+        session_id=request.session_id,
+        run_id=request.run_id,
+        root_run_id=request.root_run_id,
+        maxlen=settings.stream_maxlen,
+    )
+    publisher.publish_status(StatusEntry(run_id=request.run_id, status=status, fork=request.fork))
+    await publisher.close(expire=False)
+
+
 async def resume_if_ready(
     runs: RunStore, queue: JobQueue, run_id: str, *, forks_checked: bool = False
 ) -> bool:

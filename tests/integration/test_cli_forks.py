@@ -19,12 +19,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator.client import Client, connect
+from orchestrator.client import Client
 from orchestrator.keys import Keys
 from orchestrator.mock_llm.testing import MockLLMThread
 from orchestrator.runs import RunRecord, RunStatus
-from orchestrator.settings import Settings
-from orchestrator.store.connection import Redis
 from tests.fixtures_llm import MockLLMFactory
 from tests.integration.test_forks import drop_arq_keys
 from tests.integration.workerproc import PROJECT_ROOT, WorkerPool, worker_env
@@ -93,15 +91,6 @@ SCRIPT: dict[str, Any] = {
 @pytest.fixture
 def llm(mock_llm: MockLLMFactory) -> MockLLMThread:
     return mock_llm(SCRIPT)
-
-
-@pytest.fixture
-async def client(redis_url: str, keys: Keys, redis: Redis) -> AsyncIterator[Client]:
-    made = await connect(redis_url, settings=Settings(redis_url=redis_url, key_prefix=keys.prefix))
-    try:
-        yield made
-    finally:
-        await made.close()
 
 
 @pytest.fixture

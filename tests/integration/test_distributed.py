@@ -135,16 +135,6 @@ def _settings(redis_url: str, keys: Keys) -> Settings:
 
 
 @pytest.fixture
-async def client(redis_url: str, keys: Keys, redis: Redis) -> AsyncIterator[Client]:
-    # Depends on `redis` so the prefix is cleaned up after everything else has stopped.
-    made = await connect(redis_url, settings=_settings(redis_url, keys))
-    try:
-        yield made
-    finally:
-        await made.close()
-
-
-@pytest.fixture
 async def workers(
     client: Client, redis_url: str, keys: Keys, llm: MockLLMThread, tool_log: Path, tmp_path: Path
 ) -> AsyncIterator[WorkerPool]:

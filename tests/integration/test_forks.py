@@ -21,7 +21,7 @@ from arq.constants import (
     retry_key_prefix,
 )
 
-from orchestrator.client import Client, Output, Run, connect
+from orchestrator.client import Client, Output, Run
 from orchestrator.events import (
     CustomEvent,
     EventYield,
@@ -33,7 +33,6 @@ from orchestrator.events import (
 from orchestrator.keys import Keys
 from orchestrator.mock_llm.testing import MockLLMThread
 from orchestrator.runs import RunStatus
-from orchestrator.settings import Settings
 from orchestrator.store.connection import Redis
 from orchestrator.store.memory import RedisMemoryStore
 from orchestrator.store.queue import job_id
@@ -241,15 +240,6 @@ SCRIPT: dict[str, Any] = {
 @pytest.fixture
 def llm(mock_llm: MockLLMFactory) -> MockLLMThread:
     return mock_llm(SCRIPT)
-
-
-@pytest.fixture
-async def client(redis_url: str, keys: Keys, redis: Redis) -> AsyncIterator[Client]:
-    made = await connect(redis_url, settings=Settings(redis_url=redis_url, key_prefix=keys.prefix))
-    try:
-        yield made
-    finally:
-        await made.close()
 
 
 @pytest.fixture
