@@ -53,7 +53,7 @@ from orchestrator.bench import (
 )
 from orchestrator.bench_agents import FORK_TASK
 from orchestrator.keys import Keys
-from orchestrator.runs import RunRecord, RunStatus
+from orchestrator.runs import RunRecord, RunStatus, fork_run_id
 from orchestrator.settings import Settings
 
 __all__ = [
@@ -459,8 +459,6 @@ class ForkBench:
     # -- ours ---------------------------------------------------------------------------
 
     async def _fan_out(self, count: int) -> ForkSample:
-        from workers.forks import fork_run_id
-
         before = await self._usage(ours=True)
         t0 = time.perf_counter()
         run = await self.client.submit(FORK_AGENT, f"{ROOT_MESSAGE} {count}", history=[])

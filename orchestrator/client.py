@@ -28,7 +28,7 @@ from orchestrator.events import (
     chunk_text,
 )
 from orchestrator.keys import Keys
-from orchestrator.runs import RunRecord, RunRequest, RunStatus, StreamEntry
+from orchestrator.runs import RunRecord, RunRequest, RunStatus, StreamEntry, fork_run_id
 from orchestrator.settings import Settings
 from orchestrator.store.abort import AbortFlags
 from orchestrator.store.forks import ForkTable
@@ -256,7 +256,7 @@ class Client:
         """How many forks spawned by this run have not ended yet (its direct forks; a
         fork's own forks keep it live until they end)."""
         fork_ids = await ForkTable(self.redis, self.keys).children(record.session_id, record.run_id)
-        run_ids = [f"{record.root_run_id}.{fork_id}" for fork_id in fork_ids]
+        run_ids = [fork_run_id(record.root_run_id, fork_id) for fork_id in fork_ids]
         forks = await self.runs.get_many(run_ids)
         return sum(1 for fork in forks.values() if not fork.status.terminal)
 

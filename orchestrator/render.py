@@ -165,7 +165,7 @@ class ForkTree:
         known = self._by_run.get(run_id)
         if known is not None:
             return known
-        # A fork's run id is "<root run id>.<fork id>" (workers.forks.fork_run_id).
+        # A fork's run id is "<root run id>.<fork id>" (orchestrator.runs.fork_run_id).
         head, dot, tail = run_id.rpartition(".")
         return tail if dot and head and _FORK_ID.fullmatch(tail) else run_id
 

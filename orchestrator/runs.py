@@ -29,6 +29,7 @@ __all__ = [
     "StatusEntry",
     "StreamEntry",
     "TreeProgress",
+    "fork_run_id",
 ]
 
 # "package.module:function" (or "module:Class.method"): where a worker finds the agent.
@@ -53,6 +54,11 @@ class RunStatus(enum.StrEnum):
 
 
 _TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.ERROR, RunStatus.ABORTED})
+
+
+def fork_run_id(root_run_id: str, fork_id: str) -> str:
+    """The run id of fork `fork_id` in the tree of `root_run_id`."""
+    return f"{root_run_id}.{fork_id}"
 
 
 class ForkInfo(BaseModel):

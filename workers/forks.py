@@ -21,11 +21,9 @@ from typing import Any
 import structlog
 
 from orchestrator.errors import RunNotFound, ToolError
-from orchestrator.events import MessageList
 from orchestrator.keys import Keys
-from orchestrator.runs import ForkInfo, RunRecord, RunRequest, RunStatus
-from orchestrator.runtime.forks import SpawnRequest
-from orchestrator.runtime.selfref import strip_injected_blocks
+from orchestrator.runs import ForkInfo, RunRecord, RunRequest, RunStatus, fork_run_id
+from orchestrator.runtime.forks import SpawnRequest, fork_result
 from orchestrator.settings import Settings
 from orchestrator.store.connection import Redis
 from orchestrator.store.forks import Allocation, ForkTable
@@ -34,45 +32,34 @@ from orchestrator.store.memory import RedisMemoryStore
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import RunStore
 
-__all__ = ["RedisForkBackend", "fork_result", "fork_run_id"]
+__all__ = ["RedisForkBackend", "result_of"]
 
 _log = structlog.get_logger(__name__)
 
 
-def fork_run_id(root_run_id: str, fork_id: str) -> str:
-    """The run id of fork `fork_id` in the tree of `root_run_id`."""
-    return f"{root_run_id}.{fork_id}"
-
-
-def fork_result(record: RunRecord, include_history: bool) -> dict[str, Any]:
-    """SimpleLLMFunc's ForkResult for an ended fork run (status also "aborted")."""
+def result_of(record: RunRecord, include_history: bool) -> dict[str, Any]:
+    """The ForkResult of an ended fork run."""
     info = record.fork
-    messages = record.messages or []
-    status = {
-        RunStatus.COMPLETED: "completed",
-        RunStatus.ABORTED: "aborted",
-    }.get(record.status, "error")
-    error_type = record.error_type
-    error_message = record.error
+    status = {RunStatus.COMPLETED: "completed", RunStatus.ABORTED: "aborted"}.get(
+        record.status, "error"
+    )
+    error_type, error_message = record.error_type, record.error
     if record.status is RunStatus.ABORTED:
         error_type = error_type or "AbortedError"
-        error_message = error_message or (record.abort_reason or "aborted")
-    response = record.response if status == "completed" else (record.response or None)
-    return {
-        "fork_id": info.fork_id if info else record.run_id,
-        "parent_fork_id": info.parent_fork_id if info else None,
-        "depth": info.depth if info else 0,
-        "source_memory_key": info.source_memory_key if info else None,
-        "memory_key": info.memory_key if info else None,
-        "status": status,
-        "response": response,
-        "result": response,
-        "error_type": error_type if status != "completed" else None,
-        "error_message": error_message if status != "completed" else None,
-        "history_count": len(messages),
-        "history_included": include_history,
-        "history": messages if include_history else None,
-    }
+        error_message = error_message or record.abort_reason or "aborted"
+    return fork_result(
+        info.fork_id if info else record.run_id,
+        status,
+        response=record.response if status == "completed" else (record.response or None),
+        error_type=error_type,
+        error_message=error_message,
+        parent_fork_id=info.parent_fork_id if info else None,
+        depth=info.depth if info else 0,
+        source_memory_key=info.source_memory_key if info else None,
+        memory_key=info.memory_key if info else None,
+        history=record.messages or [],
+        include_history=include_history,
+    )
 
 
 class RedisForkBackend:
@@ -169,7 +156,7 @@ class RedisForkBackend:
             session_id=self._request.session_id,
             agent=self._request.agent,
             message=spawn.message,
-            history=_without_injected_blocks(spawn.context),
+            history=spawn.context,  # the fork's own addendum replaces the parent's
             submitted_at=time.time(),
             options=dict(self._request.options),
             fork=info,
@@ -226,32 +213,16 @@ class RedisForkBackend:
             if record is None:
                 results[fork_id] = _lost(fork_id)
             elif record.status.terminal:
-                results[fork_id] = fork_result(record, include_history)
+                results[fork_id] = result_of(record, include_history)
             else:
                 running.append(fork_id)
         return results, running
 
 
 def _lost(fork_id: str) -> dict[str, Any]:
-    return {
-        "fork_id": fork_id,
-        "status": "error",
-        "response": None,
-        "result": None,
-        "error_type": "ForkLost",
-        "error_message": "the fork's run record no longer exists (expired or deleted)",
-        "history_count": 0,
-        "history_included": False,
-        "history": None,
-    }
-
-
-def _without_injected_blocks(messages: MessageList) -> MessageList:
-    """The context as memory keeps it: the fork's own experiences are added at its start."""
-    cleaned = []
-    for message in messages:
-        copied = dict(message)
-        if copied.get("role") == "system" and isinstance(copied.get("content"), str):
-            copied["content"] = strip_injected_blocks(copied["content"])
-        cleaned.append(copied)
-    return cleaned
+    return fork_result(
+        fork_id,
+        "error",
+        error_type="ForkLost",
+        error_message="the fork's run record no longer exists (expired or deleted)",
+    )

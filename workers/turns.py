@@ -33,7 +33,7 @@ from orchestrator.errors import (
 )
 from orchestrator.events import EventOrigin, ReactEndEvent, ResponseYield
 from orchestrator.keys import Keys
-from orchestrator.runs import RunRecord, RunRequest, RunStatus
+from orchestrator.runs import RunRecord, RunRequest, RunStatus, fork_run_id
 from orchestrator.runtime.chat import AgentSpec
 from orchestrator.runtime.loop import run_turn
 from orchestrator.runtime.state import OriginContext, TurnState
@@ -46,7 +46,7 @@ from orchestrator.store.memory import RedisMemoryStore
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import LeaseTable, RunStore
 from orchestrator.store.streams import EventPublisher
-from workers.forks import RedisForkBackend, fork_run_id
+from workers.forks import RedisForkBackend
 from workers.registry import AgentRegistry
 
 _log = structlog.get_logger(__name__)

@@ -41,6 +41,7 @@ __all__ = [
     "SuspendTurn",
     "TurnForks",
     "current_tool_call",
+    "fork_result",
     "fork_tools",
     "fork_user_message",
 ]
@@ -168,15 +169,47 @@ class TurnForks:
             self._agent_call_id, _fork_id_list(fork_ids), bool(include_history)
         )
         for fork_id in running:
-            results[fork_id] = {
-                "fork_id": fork_id,
-                "status": "aborted",
-                "response": None,
-                "result": None,
-                "error_type": "AbortedError",
-                "error_message": "the session was aborted while this fork was running",
-            }
+            results[fork_id] = fork_result(
+                fork_id,
+                "aborted",
+                error_type="AbortedError",
+                error_message="the session was aborted while this fork was running",
+            )
         return results
+
+
+def fork_result(
+    fork_id: str,
+    status: str,
+    *,
+    response: str | None = None,
+    error_type: str | None = None,
+    error_message: str | None = None,
+    parent_fork_id: str | None = None,
+    depth: int | None = None,
+    source_memory_key: str | None = None,
+    memory_key: str | None = None,
+    history: MessageList | None = None,
+    include_history: bool = False,
+) -> dict[str, Any]:
+    """SimpleLLMFunc's ForkResult (status "completed", "error" or "aborted"); `result` is
+    an alias of `response`, and the error fields are set only when it did not complete."""
+    failed = status != "completed"
+    return {
+        "fork_id": fork_id,
+        "parent_fork_id": parent_fork_id,
+        "depth": depth,
+        "source_memory_key": source_memory_key,
+        "memory_key": memory_key,
+        "status": status,
+        "response": response,
+        "result": response,
+        "error_type": error_type if failed else None,
+        "error_message": error_message if failed else None,
+        "history_count": len(history or []),
+        "history_included": include_history,
+        "history": history if include_history else None,
+    }
 
 
 def inherited_context(messages: Sequence[Message]) -> MessageList:
