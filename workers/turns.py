@@ -8,7 +8,7 @@ MemoryStore and a ForkBackend.
 
 A turn that waits in a gather for forks still running is suspended: its record goes to
 WAITING, its lease is parked and the job returns, freeing the slot. The last of those
-forks to end enqueues the run's next segment (`lifecycle.resume_if_ready`), which
+forks to end enqueues the run's next segment (`lifecycle.end_run`), which
 continues from the checkpoint like any resumed attempt.
 """
 
@@ -187,7 +187,7 @@ class TurnExecutor:
             ttl_s=self._settings.lease_ttl_s,
         )
         try:
-            outcome = await self._run_leased(request)
+            outcome = await self._run_leased(request, started, reason)
         except _LeaseLost:
             _log.warning("lease lost; another attempt owns the run", run_id=request.run_id)
             return {"run_id": request.run_id, "status": "superseded", "error": "lease lost"}
@@ -211,8 +211,10 @@ class TurnExecutor:
         await self._leases.release(request.run_id, request.attempt)
         return outcome.result(request.run_id)
 
-    async def _run_leased(self, request: RunRequest) -> Outcome:
-        turn = asyncio.create_task(self._drive_until_done_or_parked(request))
+    async def _run_leased(
+        self, request: RunRequest, record: RunRecord, abort_reason: str | None
+    ) -> Outcome:
+        turn = asyncio.create_task(self._drive_until_done_or_parked(request, record, abort_reason))
         renewer = asyncio.create_task(self._renew_lease(request, turn))
         try:
             return await turn
@@ -223,11 +225,13 @@ class TurnExecutor:
         finally:
             await cancel_and_wait(renewer)
 
-    async def _drive_until_done_or_parked(self, request: RunRequest) -> Outcome:
+    async def _drive_until_done_or_parked(
+        self, request: RunRequest, record: RunRecord, abort_reason: str | None
+    ) -> Outcome:
         """Drive the turn; if it suspends in a gather, park the run as WAITING, unless its
         forks have all ended meanwhile, in which case carry straight on."""
         while True:
-            outcome = await self._drive(request)
+            outcome = await self._drive(request, record, abort_reason)
             if outcome.status is not RunStatus.WAITING:
                 return outcome
             forks = [fork_run_id(request.root_run_id, f) for f in outcome.waiting_for or []]
@@ -264,7 +268,9 @@ class TurnExecutor:
                 turn.cancel()
                 return False
 
-    async def _drive(self, request: RunRequest) -> Outcome:
+    async def _drive(
+        self, request: RunRequest, record: RunRecord, abort_reason: str | None
+    ) -> Outcome:
         publisher = EventPublisher(
             self._redis,
             self._keys,
@@ -275,21 +281,25 @@ class TurnExecutor:
             ttl_after_end_s=self._settings.stream_retention_s,
         )
         try:
-            return await self._drive_with(request, publisher)
+            return await self._drive_with(request, publisher, record, abort_reason)
         finally:
             await publisher.flush()
 
-    async def _drive_with(self, request: RunRequest, publisher: EventPublisher) -> Outcome:
+    async def _drive_with(
+        self,
+        request: RunRequest,
+        publisher: EventPublisher,
+        record: RunRecord,
+        abort_reason: str | None,
+    ) -> Outcome:
         try:
             spec = self._registry.resolve(request.agent)
             state = await self._initial_state(request, spec, publisher)
-            record = await self._runs.get(request.run_id)
         except OrchestratorError as exc:
             return Outcome(RunStatus.ERROR, error=str(exc), error_type=type(exc).__name__)
         signal = AbortSignal()
-        reason = await self._flags.get(request.session_id)
-        if reason is not None:
-            signal.abort(reason)  # a resumed turn of an aborted session ends at once
+        if abort_reason is not None:
+            signal.abort(abort_reason)  # a resumed turn of an aborted session ends at once
         self._watcher.watch(request.session_id, signal)
         forks = self._fork_backend(request, spec, record)
         checkpointer = RunCheckpointer(

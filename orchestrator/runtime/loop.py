@@ -109,6 +109,7 @@ class _Turn:
         self.abort = abort
         self.checkpointer = checkpointer
         self.origin = origin
+        self._origin_fields = origin.model_dump()  # once per turn, not once per event
         fork = None
         if forks is not None and state.memory_key is not None:
             fork = TurnForks(
@@ -138,10 +139,10 @@ class _Turn:
         event.func_name = st.func_name
         seq = st.next_event_seq
         st.next_event_seq += 1
-        fields = self.origin.model_dump()
+        fields = dict(self._origin_fields)
         # A fork's events carry the tool call that spawned it (its own tool calls are
         # named in the events themselves); a root's tool events carry their own call.
-        if fields.get("tool_call_id") is None:
+        if fields["tool_call_id"] is None:
             fields["tool_name"], fields["tool_call_id"] = tool_name, tool_call_id
         origin = EventOrigin(
             session_id=st.session_id, agent_call_id=st.agent_call_id, event_seq=seq, **fields
@@ -469,8 +470,11 @@ class _Turn:
         self, calls: list[dict[str, Any]]
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(calls to run now, barrier calls to run once those have finished)."""
-        barrier = [c for c in calls if (t := self.tools.get(_call_name(c))) and t.barrier]
-        rest = [c for c in calls if c not in barrier]
+        barrier: list[dict[str, Any]] = []
+        rest: list[dict[str, Any]] = []
+        for call in calls:
+            tool = self.tools.get(_call_name(call))
+            (barrier if tool is not None and tool.barrier else rest).append(call)
         return (rest, barrier) if rest else (barrier, [])
 
     async def _cancel_tasks(

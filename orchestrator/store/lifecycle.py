@@ -3,6 +3,7 @@ and wakes the parent of a fork when its last awaited fork has ended."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Collection
 from typing import Any
@@ -68,8 +69,11 @@ async def end_run(
     await runs.expire(run_id, settings.run_retention_s)
     if queue is not None and updated.fork is not None:
         parent = updated.fork.parent_run_id
-        if await runs.fork_ended(parent, run_id):
-            await resume_if_ready(runs, queue, parent, forks_checked=True)
+        if await runs.fork_ended(parent, run_id):  # the last fork it waited for
+            with contextlib.suppress(RunNotFound, PayloadError):
+                record = await runs.get(parent)
+                if record.status is RunStatus.WAITING:
+                    await _resume(queue, record)
     return updated
 
 
@@ -90,23 +94,18 @@ async def announce_status(
     await publisher.close(expire=False)
 
 
-async def resume_if_ready(
-    runs: RunStore, queue: JobQueue, run_id: str, *, forks_checked: bool = False
-) -> bool:
-    """Enqueue the next segment of a run waiting in a gather if every fork it waits for
-    has ended (`forks_checked`: the caller knows they have). Safe to call any number of
-    times, from anywhere: the segment's job id is fixed, so however many callers race
-    here the run is resumed once."""
-    if forks_checked:
-        try:
-            record: RunRecord | None = await runs.get(run_id)
-        except (RunNotFound, PayloadError):
-            return False
-        if record is not None and record.status is not RunStatus.WAITING:
-            return False
-    else:
-        record = await runs.ready_to_resume(run_id)
-    if record is None or record.request is None:
+async def resume_if_ready(runs: RunStore, queue: JobQueue, run_id: str) -> bool:
+    """Resume a run waiting in a gather if every fork it waits for has ended (the
+    waiting-run sweep; normally the last fork's `end_run` does it)."""
+    record = await runs.ready_to_resume(run_id)
+    return record is not None and await _resume(queue, record)
+
+
+async def _resume(queue: JobQueue, record: RunRecord) -> bool:
+    """Enqueue the next segment of a waiting run. Safe to call any number of times, from
+    anywhere: the segment's job id is fixed, so however many callers race here the run is
+    resumed once."""
+    if record.request is None:
         return False
     try:
         request = RunRequest.from_dict(record.request).model_copy(
@@ -116,5 +115,5 @@ async def resume_if_ready(
         _log.error("cannot resume a waiting run: its stored request is corrupt", error=str(exc))
         return False
     await queue.enqueue(request)
-    _log.info("run resumed after its forks", run_id=run_id, segment=request.segment)
+    _log.info("run resumed after its forks", run_id=record.run_id, segment=request.segment)
     return True
