@@ -24,8 +24,7 @@ from orchestrator.keys import Keys
 from orchestrator.mock_llm.testing import MockLLMThread
 from orchestrator.runs import RunRecord, RunStatus
 from tests.fixtures_llm import MockLLMFactory
-from tests.integration.test_forks import drop_arq_keys
-from tests.integration.workerproc import PROJECT_ROOT, WorkerPool, worker_env
+from tests.integration.workerproc import PROJECT_ROOT, WorkerPool, drop_arq_keys, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

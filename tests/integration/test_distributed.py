@@ -17,12 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from arq.constants import (
-    in_progress_key_prefix,
-    job_key_prefix,
-    result_key_prefix,
-    retry_key_prefix,
-)
+from arq.constants import job_key_prefix, result_key_prefix
 
 from orchestrator.client import Client, Output, Run, connect
 from orchestrator.events import (
@@ -42,7 +37,13 @@ from orchestrator.runs import RunRecord, RunRequest, RunStatus, StreamEntry
 from orchestrator.settings import Settings
 from orchestrator.store.connection import Redis
 from tests.fixtures_llm import MockLLMFactory
-from tests.integration.workerproc import WorkerPool, WorkerProcess, worker_env
+from tests.integration.workerproc import (
+    WorkerPool,
+    WorkerProcess,
+    drop_arq_keys,
+    drop_job_keys,
+    worker_env,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(45)]
 
@@ -144,12 +145,7 @@ async def workers(
     finally:
         await pool.stop_all()
         print(pool.logs())  # shown by pytest when the test failed
-        # arq keeps job and result keys outside our prefix (`arq:job:<run>:<attempt>`...).
-        runs = await client.runs.list(limit=1000)
-        await _drop_arq_keys(
-            client.redis,
-            [f"{r.run_id}:{n}" for r in runs for n in range(1, max(r.attempt, r.max_attempts) + 1)],
-        )
+        await drop_arq_keys(client)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -611,13 +607,6 @@ async def test_an_unknown_agent_ends_the_run_with_an_error_naming_it_and_the_wor
     assert (await asyncio.wait_for(ok.result(), 10)).status is RunStatus.COMPLETED
 
 
-async def _drop_arq_keys(redis: Redis, job_ids: list[str]) -> None:
-    prefixes = (job_key_prefix, result_key_prefix, in_progress_key_prefix, retry_key_prefix)
-    names = [p + jid for jid in job_ids for p in prefixes]
-    if names:
-        await redis.delete(*names)
-
-
 async def test_malformed_job_payloads_are_rejected_and_the_worker_keeps_serving(
     client: Client, workers: WorkerPool, redis: Redis, keys: Keys
 ) -> None:
@@ -677,7 +666,7 @@ async def test_malformed_job_payloads_are_rejected_and_the_worker_keeps_serving(
         ok = await client.submit(ASSISTANT, "hello")
         assert (await asyncio.wait_for(ok.result(), 10)).status is RunStatus.COMPLETED
     finally:
-        await _drop_arq_keys(redis, list(jobs))
+        await drop_job_keys(redis, list(jobs))
 
 
 async def _has_all(redis: Redis, names: list[str]) -> bool:

@@ -14,12 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from arq.constants import (
-    in_progress_key_prefix,
-    job_key_prefix,
-    result_key_prefix,
-    retry_key_prefix,
-)
 
 from orchestrator.client import Client, Output, Run
 from orchestrator.events import (
@@ -35,7 +29,6 @@ from orchestrator.mock_llm.testing import MockLLMThread
 from orchestrator.runs import RunStatus
 from orchestrator.store.connection import Redis
 from orchestrator.store.memory import RedisMemoryStore
-from orchestrator.store.queue import job_id
 from tests.fixtures_llm import MockLLMFactory
 from tests.integration.test_distributed import (
     assert_gap_free,
@@ -44,7 +37,7 @@ from tests.integration.test_distributed import (
     events,
     wait_until,
 )
-from tests.integration.workerproc import WorkerPool, worker_env
+from tests.integration.workerproc import WorkerPool, drop_arq_keys, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -274,21 +267,6 @@ async def workers(
         await pool.stop_all()
         print(pool.logs())
         await drop_arq_keys(client)
-
-
-async def drop_arq_keys(client: Client) -> None:
-    """arq keeps job and result keys outside our prefix: drop those of every run and fork
-    (each attempt and each resumed segment)."""
-    runs = await client.runs.list(include_forks=True, limit=1000)
-    names = [
-        prefix + job_id(r.run_id, attempt, segment)
-        for r in runs
-        for attempt in range(1, max(r.attempt, r.max_attempts) + 1)
-        for segment in range(r.segment + 2)
-        for prefix in (job_key_prefix, result_key_prefix, in_progress_key_prefix, retry_key_prefix)
-    ]
-    for start in range(0, len(names), 500):
-        await client.redis.delete(*names[start : start + 500])
 
 
 async def collect_tree(run: Run, timeout: float = 60.0) -> list[Output]:

@@ -3,6 +3,7 @@
     worker_env(...)          the environment a test worker runs with (short lease, fast reaper)
     WorkerProcess            one worker subprocess: pid, kill (SIGKILL), terminate (SIGTERM), log
     WorkerPool               starts workers, waits until they heartbeat, stops them all
+    drop_arq_keys(client)    teardown: arq's job/result keys (outside our prefix) of every run
 
 Workers are started exactly as an operator would (`python -m orchestrator.cli worker ...`)
 and configured only through their command line and ORCHESTRATOR_* variables.
@@ -19,7 +20,16 @@ import sys
 import time
 from pathlib import Path
 
+from arq.constants import (
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+
 from orchestrator.client import Client
+from orchestrator.store.connection import Redis
+from orchestrator.store.queue import job_id
 
 AGENTS_MODULE = "tests.integration.agents_for_tests"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -168,3 +178,28 @@ class WorkerPool:
             with contextlib.suppress(TimeoutError):
                 await worker.wait_exit(max(0.0, deadline - time.monotonic()))
             worker.kill()
+
+
+_ARQ_PREFIXES = (job_key_prefix, result_key_prefix, in_progress_key_prefix, retry_key_prefix)
+
+
+async def drop_job_keys(redis: Redis, job_ids: list[str]) -> None:
+    """Delete arq's keys of these jobs (arq keeps them outside our key prefix)."""
+    names = [prefix + jid for jid in job_ids for prefix in _ARQ_PREFIXES]
+    for start in range(0, len(names), 500):
+        await redis.delete(*names[start : start + 500])
+
+
+async def drop_arq_keys(client: Client) -> None:
+    """Delete arq's keys of every run and fork the test made: each attempt and each
+    resumed segment."""
+    runs = await client.runs.list(include_forks=True, limit=1000)
+    await drop_job_keys(
+        client.redis,
+        [
+            job_id(r.run_id, attempt, segment)
+            for r in runs
+            for attempt in range(1, max(r.attempt, r.max_attempts) + 1)
+            for segment in range(r.segment + 2)
+        ],
+    )
