@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -898,19 +898,24 @@ class Bench:
 
     async def cleanup(self) -> int:
         """Delete every key under the prefix and the arq keys of the bench's jobs."""
-        from orchestrator.store.connection import connect as connect_raw
+        return await delete_bench_keys(self.url, self.keys, self.job_ids)
 
-        client = connect_raw(self.url)
-        deleted = 0
-        try:
-            names: list[Any] = [p + jid for jid in sorted(self.job_ids) for p in _ARQ_KEY_PREFIXES]
-            async for name in client.scan_iter(match=self.keys.pattern(), count=1000):
-                names.append(name)
-            for start in range(0, len(names), 500):
-                deleted += int(await client.delete(*names[start : start + 500]))
-        finally:
-            await client.aclose()
-        return deleted
+
+async def delete_bench_keys(url: str, keys: Keys, job_ids: Iterable[str]) -> int:
+    """Delete every key under `keys`' prefix and arq's keys of these jobs (never FLUSH*)."""
+    from orchestrator.store.connection import connect as connect_raw
+
+    client = connect_raw(url)
+    deleted = 0
+    try:
+        names: list[Any] = [p + jid for jid in sorted(job_ids) for p in _ARQ_KEY_PREFIXES]
+        async for name in client.scan_iter(match=keys.pattern(), count=1000):
+            names.append(name)
+        for start in range(0, len(names), 500):
+            deleted += int(await client.delete(*names[start : start + 500]))
+    finally:
+        await client.aclose()
+    return deleted
 
 
 def _dispatch_rows(ours: list[float], arq: list[float], turns: list[TurnSample]) -> list[Row]:

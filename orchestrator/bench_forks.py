@@ -38,7 +38,6 @@ from rich.console import Console
 
 from orchestrator.aio import cancel_and_wait
 from orchestrator.bench import (
-    _ARQ_KEY_PREFIXES,
     AGENT_MODULE,
     ARQ_NOOP,
     FIRST_START_TIMEOUT_S,
@@ -49,6 +48,7 @@ from orchestrator.bench import (
     Row,
     _free_port,
     _port_open,
+    delete_bench_keys,
     percentile,
 )
 from orchestrator.bench_agents import FORK_TASK
@@ -562,19 +562,7 @@ class ForkBench:
 
     async def cleanup(self) -> int:
         """Delete every key under the section's prefix and the arq keys of its jobs."""
-        from orchestrator.store.connection import connect as connect_raw
-
-        client = connect_raw(self.url)
-        deleted = 0
-        try:
-            names: list[Any] = [p + j for j in sorted(self.job_ids) for p in _ARQ_KEY_PREFIXES]
-            async for name in client.scan_iter(match=self.keys.pattern(), count=1000):
-                names.append(name)
-            for start in range(0, len(names), 500):
-                deleted += int(await client.delete(*names[start : start + 500]))
-        finally:
-            await client.aclose()
-        return deleted
+        return await delete_bench_keys(self.url, self.keys, self.job_ids)
 
 
 async def _first_worker(run: Any) -> str | None:
