@@ -5,8 +5,14 @@ run = await client.submit("myapp.agents:weather_chat", "Weather in Paris?", hist
 async for output in run.stream():       # ResponseYield | EventYield, as in event mode
     ...
 result = await run.result()
-await run.abort("user_interrupt")
+await run.abort("user_interrupt")           # this run and its forks
+await client.abort_session(run.session_id)  # every run of the session
 async for output in client.tail(run.session_id): ...
+
+Tenants: a session belongs to the tenant whose submit started it. Calls made `tenant=X`
+may only submit into, read and abort X's sessions (`SessionNotOwned` otherwise). Calls
+made without a tenant act as the operator: they may use every session, and a run they
+submit into a tenant's session belongs to that tenant.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from orchestrator.errors import RunError
+from orchestrator.errors import RunError, RunNotFound, SessionNotOwned
 from orchestrator.events import (
     EventYield,
     LLMChunkArriveEvent,
@@ -35,6 +41,7 @@ from orchestrator.store.forks import ForkTable
 from orchestrator.store.lifecycle import end_run
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import RunStore, WorkerRegistry
+from orchestrator.store.sessions import SessionTable
 from orchestrator.store.streams import StreamReader
 
 Output = ResponseYield | EventYield
@@ -148,6 +155,7 @@ class Run:
         )
 
     async def abort(self, reason: str = "") -> None:
+        """Stop this run and every fork of it (other runs of the session go on)."""
         await self._client.abort(self.session_id, reason, run_id=self.run_id)
 
     async def _wait_for_end(self, after: str) -> None:
@@ -171,6 +179,7 @@ class Client:
         self.queue = JobQueue(redis, self.keys)
         self.flags = AbortFlags(redis, self.keys)
         self.workers = WorkerRegistry(redis, self.keys)
+        self.sessions = SessionTable(redis, self.keys)
 
     async def submit(
         self,
@@ -184,9 +193,18 @@ class Client:
         max_attempts: int | None = None,
         tenant: str | None = None,
     ) -> Run:
-        """Queue one agent turn; returns at once with a handle on it."""
+        """Queue one agent turn; returns at once with a handle on it.
+
+        The first submit into a session makes `tenant` its owner; submitting into a
+        session another tenant owns raises `SessionNotOwned`.
+        """
+        _check_tenant(tenant)
         run_id = uuid.uuid4().hex
         session = session_id or run_id
+        keep_s = self.settings.stream_retention_s
+        owner = await self.sessions.claim(session, tenant, keep_s)
+        if not owner.admits(tenant):
+            raise SessionNotOwned(session, tenant=tenant)
         options: dict[str, Any] = {}
         if template_params:
             options["template_params"] = template_params
@@ -209,44 +227,127 @@ class Client:
             attempt=1,
             max_attempts=max_attempts or self.settings.max_attempts,
             submitted_at=request.submitted_at,
-            tenant=tenant,
+            # The operator's run in a tenant's session is that tenant's, so a session
+            # (and its memory) never holds two tenants' runs.
+            tenant=owner.tenant,
             request=request.model_dump(mode="json"),
         )
         if session_id is not None:
-            # An abort stops what is running in the session now; a new turn starts afresh.
+            # An abort of the session stops what is running in it now (each of those run
+            # trees has its own flag too); a new turn starts afresh.
             await self.flags.clear(session)
+        # Indexed before it exists, so a session abort racing this submit still flags it.
+        await self.sessions.add_run(
+            session,
+            run_id,
+            submitted_at=request.submitted_at,
+            ttl_s=keep_s,
+            keep_s=self.settings.run_retention_s,
+        )
         await self.runs.create(record)
         await self.queue.enqueue(request)
         return Run(self, run_id, session)
 
+    async def may_access(self, session_id: str, tenant: str | None) -> bool:
+        """True if a caller acting for `tenant` may read, join or abort the session: the
+        operator (None) always; a tenant only if it owns the session."""
+        if tenant is None:
+            return True
+        owner = await self.sessions.owner(session_id)
+        return owner is not None and owner.admits(tenant)
+
     def run(self, run_id: str, session_id: str) -> Run:
         return Run(self, run_id, session_id)
 
-    async def get_run(self, run_id: str) -> Run:
-        record = await self.runs.get(run_id)
+    async def get_run(self, run_id: str, *, tenant: str | None = None) -> Run:
+        """A handle on an existing run (`RunNotFound` if it is not there or, for a
+        `tenant`, not that tenant's)."""
+        record = await self.visible_run(run_id, tenant)
         return Run(self, record.run_id, record.session_id)
 
+    async def visible_run(self, run_id: str, tenant: str | None) -> RunRecord:
+        """The run's record, if a caller acting for `tenant` may see it; `RunNotFound`
+        otherwise (another tenant's run is indistinguishable from a missing one)."""
+        record = await self.runs.get(run_id)
+        if tenant is None:
+            return record
+        owner = await self.sessions.owner(record.session_id)
+        if record.tenant != tenant or (owner is not None and not owner.admits(tenant)):
+            raise RunNotFound(f"no run {run_id!r}", run_id=run_id)
+        return record
+
     async def tail(
-        self, session_id: str, from_id: str | None = None, *, follow: bool = True
+        self,
+        session_id: str,
+        from_id: str | None = None,
+        *,
+        follow: bool = True,
+        tenant: str | None = None,
     ) -> AsyncIterator[Output]:
         """Every output of a session (all its runs and forks), from the start or after
         `from_id`; with follow=True it waits for more until cancelled."""
+        if not await self.may_access(session_id, tenant):
+            raise SessionNotOwned(session_id, tenant=tenant)
         async for entry in self.reader.tail(session_id, after=from_id, follow=follow):
             if entry.output is not None:
                 yield entry.output
 
-    async def abort(self, session_id: str, reason: str = "", *, run_id: str | None = None) -> None:
-        """Abort everything running in a session. Runs still queued never start."""
-        await self.flags.request(session_id, reason)
-        if run_id is None:
-            return
+    async def abort(
+        self, session_id: str, reason: str = "", *, run_id: str, tenant: str | None = None
+    ) -> RunRecord | None:
+        """Stop one run and every fork of it; other runs of the session go on.
+
+        A run still queued ends at once; queued forks of it never start. A fork's run id
+        stands for its whole tree (forks share their root's `root_run_id`). Returns the
+        run's record after the abort was requested (None if it has none any more). To
+        stop every run of a session, call `abort_session`.
+        """
+        try:
+            record = await self.runs.get(run_id)
+        except RunNotFound:
+            return None
+        if record.session_id != session_id:
+            raise RunNotFound(f"no run {run_id!r} in session {session_id!r}", run_id=run_id)
+        owner = await self.sessions.owner(session_id)
+        if tenant is not None and (
+            record.tenant != tenant or (owner is not None and not owner.admits(tenant))
+        ):
+            raise SessionNotOwned(session_id, tenant=tenant)
+        await self.flags.request_run(session_id, record.root_run_id, reason)
         # A run still in the queue ends right here, so nobody waits for a worker.
-        await end_run(
+        ended = await self._end_queued(record, reason)
+        return ended or record
+
+    async def abort_session(
+        self, session_id: str, reason: str = "", *, tenant: str | None = None
+    ) -> list[str]:
+        """Stop every run of the session and their forks; runs still queued never start.
+
+        Returns the ids of the runs that were still live. A later submit into the
+        session starts afresh.
+        """
+        if not await self.may_access(session_id, tenant):
+            raise SessionNotOwned(session_id, tenant=tenant)
+        await self.flags.request(session_id, reason)
+        roots = await self.sessions.runs(session_id)
+        records = await self.runs.get_many(roots)
+        live = [records[r] for r in roots if r in records and not records[r].status.terminal]
+        for record in live:
+            # Its own flag too: a submit clearing the session flag must not revive it.
+            await self.flags.request_run(session_id, record.run_id, reason)
+        for record in live:
+            await self._end_queued(record, reason)
+        return [record.run_id for record in live]
+
+    async def _end_queued(self, record: RunRecord, reason: str) -> RunRecord | None:
+        if record.status is not RunStatus.QUEUED:
+            return None
+        return await end_run(
             self.redis,
             self.keys,
             self.settings,
-            run_id=run_id,
-            session_id=session_id,
+            run_id=record.run_id,
+            session_id=record.session_id,
             status=RunStatus.ABORTED,
             from_status={RunStatus.QUEUED},
             abort_reason=reason,
@@ -281,6 +382,12 @@ class Client:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _check_tenant(tenant: str | None) -> None:
+    # Tenants become part of memory record names (inside a hash tag).
+    if tenant is not None and (not tenant or "{" in tenant or "}" in tenant):
+        raise RunError(f"tenant must be a non-empty string without '{{' or '}}': {tenant!r}")
 
 
 async def connect(url: str | None = None, *, settings: Settings | None = None) -> Client:

@@ -106,8 +106,13 @@ async def abort(settings: Settings, args: argparse.Namespace) -> int:
     client = await connect(settings=settings)
     async with client:
         session_id, run_id = await _resolve_session(client, args.id)
-        await client.abort(session_id, args.reason, run_id=run_id)
-        print(f"abort requested for session {session_id} ({args.reason})")
+        if run_id is None:
+            stopped = await client.abort_session(session_id, args.reason)
+            runs = len(stopped)
+            print(f"abort requested for session {session_id}: {runs} run(s) ({args.reason})")
+        else:
+            await client.abort(session_id, args.reason, run_id=run_id)
+            print(f"abort requested for run {run_id} and its forks ({args.reason})")
     return 0
 
 

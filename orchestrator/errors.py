@@ -7,6 +7,7 @@ OrchestratorError
 │   ├── LLMRetriesExhausted     retryable failures (429, 5xx, timeouts, drops) ran out
 │   └── LLMResponseError        the server answered with something that is not a completion
 ├── ToolError                   a tool could not run (unknown name, bad arguments)
+│   └── MemoryLimitError        a SelfReference memory record would outgrow its bounds
 ├── AgentError                  agent definition or invocation problems
 ├── AbortedError                the turn was aborted (reason attached)
 ├── StoreError                  a storage backend (Redis) failed; chained to the cause
@@ -15,7 +16,8 @@ OrchestratorError
 └── RunError                    a distributed run ended badly (run id attached)
     ├── RunNotFound
     ├── UnknownAgent
-    └── StaleAttempt            a write fenced off: a later attempt of the run owns it now
+    ├── StaleAttempt            a write fenced off: a later attempt of the run owns it now
+    └── SessionNotOwned         the session belongs to another tenant
 """
 
 from __future__ import annotations
@@ -60,6 +62,12 @@ class LLMResponseError(LLMError):
 
 class ToolError(OrchestratorError):
     """A tool call that could not be carried out (unknown tool, invalid arguments)."""
+
+
+class MemoryLimitError(ToolError):
+    """A SelfReference memory write would outgrow the record's bounds (too many
+    experiences, an experience or summary too long). The message says what to do, since
+    the model reads it as the tool's error."""
 
 
 class AgentError(OrchestratorError):
@@ -123,3 +131,16 @@ class StaleAttempt(RunError):
         super().__init__(message, run_id=run_id)
         self.attempt = attempt
         self.current_attempt = current_attempt
+
+
+class SessionNotOwned(RunError):
+    """The session belongs to another tenant: it cannot be joined, read or aborted.
+
+    Raised by `Client.submit` (and the abort calls) when a caller acting for one tenant
+    names a session that another tenant started.
+    """
+
+    def __init__(self, session_id: str, *, tenant: str | None = None) -> None:
+        super().__init__(f"session {session_id!r} belongs to another tenant")
+        self.session_id = session_id
+        self.tenant = tenant

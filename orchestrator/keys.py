@@ -8,7 +8,15 @@ cluster slot and MULTI/EXEC over its keys is allowed):
     orc:{S}:events              stream: the session's events, responses and run status entries
     orc:{S}:seqs                hash: agent_call_id -> last published event_seq
     orc:{S}:publishers          hash: publisher id -> last delivered batch (exactly-once retries)
-    orc:{S}:abort               string: JSON {reason, at}; present = abort requested
+    orc:{S}:abort               string: JSON {reason, at}; the whole session is to stop
+                                (TTL 1 day; a later submit into the session clears it)
+    orc:{S}:abort:<root_run>    string: JSON {reason, at}; one run and its forks are to stop
+                                (TTL 1 day; never cleared: that run tree stays aborted)
+    orc:{S}:owner               string: the tenant that started the session ("-": none);
+                                TTL stream_retention_s, refreshed by every submit and run end
+    orc:{S}:runs                zset: root run id -> submitted_at (ms), the session's runs
+                                (what a session abort stops); TTL as the owner's, and
+                                members older than run_retention_s are dropped on submit
     orc:{S}:ckpt:<agent_call>   hash: fenced checkpoint of one agent call (attempt, state)
     orc:{S}:forks               hash: the session's fork counter
     orc:{S}:children:<call>     list: fork ids spawned by one agent call, in spawn order
@@ -27,9 +35,17 @@ Leases (share the `{leases}` tag):
     orc:{leases}:deadlines      zset: run_id -> lease deadline (ms)
     orc:{leases}:owner:<run_id> hash: attempt, worker, fence of one run's lease
 
-Memory (one hash per memory key, tagged by the key):
+Memory (one hash per memory record; a scope and its key inside the hash tag, so a record
+stays on one slot). Workers always use the scoped names; the unscoped one is for a
+`RedisMemoryStore` built without a scope (one process-wide scope chosen by its user):
 
-    orc:mem:{M}                 hash: messages, summary, pending, experiences of key M
+    orc:selfref:{t<n>:<tenant>,s<n>:<session>,M}   session scope (the default)
+    orc:selfref:{t<n>:<tenant>,*,M}                tenant scope (opt-in: shared by sessions)
+    orc:mem:{M}                                    no scope
+        hash: messages, rev, writers, summary, pending, experiences of memory key M;
+        `t-` stands for "no tenant", <n> is the length of the part that follows it.
+        Bounded (settings memory_max_*) and expiring memory_retention_s after its last
+        write.
 
 Process-wide:
 
@@ -37,8 +53,8 @@ Process-wide:
     orc:wake                    pub/sub channel that wakes idle workers
     orc:workers                 hash: worker_id -> heartbeat JSON
 
-Session ids and agent call ids become part of hash-tagged names, so they may not contain
-`{` or `}` (a ValueError says so); memory keys and run ids may be any string.
+Session ids, agent call ids and tenants become part of hash-tagged names, so they may not
+contain `{` or `}` (a ValueError says so); memory keys and run ids may be any string.
 """
 
 from __future__ import annotations
@@ -54,6 +70,10 @@ def _tag_part(value: str, what: str) -> str:
     if "{" in value or "}" in value:
         raise ValueError(f"{what} may not contain '{{' or '}}': {value!r}")
     return value
+
+
+def _counted(label: str, value: str) -> str:
+    return f"{label}{len(value)}:{value}"
 
 
 @dataclass(frozen=True)
@@ -80,8 +100,20 @@ class Keys:
         return f"{self._session(session_id)}:publishers"
 
     def abort(self, session_id: str) -> str:
-        """The session's abort flag."""
+        """The session's abort flag (every run in the session stops)."""
         return f"{self._session(session_id)}:abort"
+
+    def run_abort(self, session_id: str, root_run_id: str) -> str:
+        """The abort flag of one run tree (a root run and its forks), in its session."""
+        return f"{self._session(session_id)}:abort:{root_run_id}"
+
+    def session_owner(self, session_id: str) -> str:
+        """The tenant that owns the session."""
+        return f"{self._session(session_id)}:owner"
+
+    def session_runs(self, session_id: str) -> str:
+        """Zset of the session's root run ids, scored by submission time (ms)."""
+        return f"{self._session(session_id)}:runs"
 
     def checkpoint(self, session_id: str, agent_call_id: str) -> str:
         """One agent call's fenced checkpoint."""
@@ -141,8 +173,18 @@ class Keys:
     # -- memory -----------------------------------------------------------------------
 
     def memory(self, memory_key: str) -> str:
-        """The SelfReference memory record of one memory key."""
+        """The SelfReference memory record of one memory key, outside any scope."""
         return f"{self.prefix}:mem:{{{memory_key}}}"
+
+    def scoped_memory(self, memory_key: str, *, tenant: str | None, session_id: str | None) -> str:
+        """The memory record of `memory_key` in a scope: one session of `tenant`, or (with
+        `session_id` None) every session of `tenant`. None is the "no tenant" scope.
+
+        Each part is length-prefixed, so no two scopes (or keys) can produce one name.
+        """
+        owner = "t-" if tenant is None else _counted("t", _tag_part(tenant, "tenant"))
+        where = "*" if session_id is None else _counted("s", _tag_part(session_id, "session_id"))
+        return f"{self.prefix}:selfref:{{{owner},{where},{memory_key}}}"
 
     # -- queue and wake-ups -----------------------------------------------------------
 

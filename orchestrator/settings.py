@@ -26,6 +26,14 @@ class Settings(BaseModel):
     # Run records (status, result) are kept this long after the run ends.
     run_retention_s: int = Field(default=7 * 86_400, ge=1)
 
+    # SelfReference memory (on workers): every memory record expires this long after its
+    # last write, and is bounded in size. A transcript over the byte bound loses its oldest
+    # non-system messages (with a warning); an experience over the count bound is refused
+    # with an error the model reads (it can forget one first).
+    memory_retention_s: int = Field(default=7 * 86_400, ge=1)
+    memory_max_message_bytes: int = Field(default=1 << 20, ge=1024)
+    memory_max_experiences: int = Field(default=200, ge=1)
+
     # Workers
     concurrency: int = Field(default=10, ge=1)
     # A running turn renews its lease every lease_ttl_s / 3; a turn whose lease lapses is

@@ -74,6 +74,7 @@ class RedisForkBackend:
         *,
         request: RunRequest,
         tenant: str | None,
+        memory: RedisMemoryStore,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -83,7 +84,8 @@ class RedisForkBackend:
         self._tenant = tenant
         self._forks = ForkTable(redis, keys, ttl_s=settings.run_retention_s)
         self._runs = RunStore(redis, keys)
-        self._memory = RedisMemoryStore(redis, keys)
+        # The parent's memory scope: its forks' keys live in the same one.
+        self._memory = memory
         # One turn's spawns allocate one at a time (a batch may spawn hundreds at once):
         # no optimistic-transaction conflicts between siblings.
         self._allocating = asyncio.Lock()

@@ -33,6 +33,7 @@ from orchestrator.errors import (
 )
 from orchestrator.events import EventOrigin, ReactEndEvent, ResponseYield
 from orchestrator.keys import Keys
+from orchestrator.ports import MemoryLimits
 from orchestrator.runs import RunRecord, RunRequest, RunStatus, fork_run_id
 from orchestrator.runtime.chat import AgentSpec
 from orchestrator.runtime.loop import run_turn
@@ -42,7 +43,7 @@ from orchestrator.signals import AbortSignal
 from orchestrator.store.abort import AbortFlags, AbortWatcher
 from orchestrator.store.checkpoints import CheckpointStore
 from orchestrator.store.lifecycle import announce_status, end_run
-from orchestrator.store.memory import RedisMemoryStore
+from orchestrator.store.memory import MemoryScope, RedisMemoryStore
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import LeaseTable, RunStore
 from orchestrator.store.streams import EventPublisher
@@ -124,7 +125,7 @@ class TurnExecutor:
         self._leases = LeaseTable(redis, keys)
         self._flags = AbortFlags(redis, keys)
         self._checkpoints = CheckpointStore(redis, keys)
-        self._memory = RedisMemoryStore(redis, keys)
+        self._memory_limits = MemoryLimits.from_settings(settings)
 
     async def execute(self, payload: Any) -> dict[str, Any]:
         try:
@@ -161,7 +162,7 @@ class TurnExecutor:
         return {"run_id": run_id, "status": "rejected", "error": message}
 
     async def _run(self, request: RunRequest, record: RunRecord) -> dict[str, Any]:
-        reason = await self._flags.get(request.session_id)
+        reason = await self._flags.get_for(request.session_id, request.root_run_id)
         if reason is not None and record.started_at is None:
             # Aborted before it ever started: it never starts (a started turn is driven
             # to its aborted end instead, so its history and ReactEnd are complete).
@@ -294,14 +295,15 @@ class TurnExecutor:
     ) -> Outcome:
         try:
             spec = self._registry.resolve(request.agent)
-            state = await self._initial_state(request, spec, publisher)
+            memory = self._memory_for(request, spec, record)
+            state = await self._initial_state(request, spec, publisher, memory)
         except OrchestratorError as exc:
             return Outcome(RunStatus.ERROR, error=str(exc), error_type=type(exc).__name__)
         signal = AbortSignal()
         if abort_reason is not None:
-            signal.abort(abort_reason)  # a resumed turn of an aborted session ends at once
-        self._watcher.watch(request.session_id, signal)
-        forks = self._fork_backend(request, spec, record)
+            signal.abort(abort_reason)  # a resumed turn of an aborted run tree ends at once
+        self._watcher.watch(request.session_id, signal, request.root_run_id)
+        forks = self._fork_backend(request, spec, record, memory)
         checkpointer = RunCheckpointer(
             publisher,
             self._checkpoints,
@@ -318,7 +320,7 @@ class TurnExecutor:
                 state,
                 abort=signal,
                 checkpointer=checkpointer,
-                memory=self._memory,
+                memory=memory,
                 origin=_origin(request, spec, state),
                 forks=forks,
             ):
@@ -341,7 +343,7 @@ class TurnExecutor:
             _log.exception("agent turn crashed", run_id=request.run_id)
             return _outcome_from(end, final, RunStatus.ERROR, exc)
         finally:
-            self._watcher.unwatch(request.session_id, signal)
+            self._watcher.unwatch(request.session_id, signal, request.root_run_id)
         if state.waiting_for and end is None:
             return Outcome(RunStatus.WAITING, waiting_for=list(state.waiting_for))
         aborted = bool(end and end.extra.get("aborted"))
@@ -351,11 +353,27 @@ class TurnExecutor:
             outcome.abort_reason = str(end.extra.get("abort_reason") or signal.reason)
         return outcome
 
-    def _fork_backend(
+    def _memory_for(
         self, request: RunRequest, spec: AgentSpec, record: RunRecord
+    ) -> RedisMemoryStore | None:
+        """The run's SelfReference memory: scoped to its session (or, if the agent opts
+        in, its tenant), so no other session's or tenant's turns ever reach it."""
+        if spec.self_reference is None:
+            return None
+        scope = MemoryScope.for_run(
+            spec.self_reference.memory_scope, tenant=record.tenant, session_id=request.session_id
+        )
+        return RedisMemoryStore(self._redis, self._keys, scope=scope, limits=self._memory_limits)
+
+    def _fork_backend(
+        self,
+        request: RunRequest,
+        spec: AgentSpec,
+        record: RunRecord,
+        memory: RedisMemoryStore | None,
     ) -> RedisForkBackend | None:
         """Forks for agents with a SelfReference (they are SelfReference primitives)."""
-        if spec.self_reference is None:
+        if spec.self_reference is None or memory is None:
             return None
         return RedisForkBackend(
             self._redis,
@@ -364,10 +382,15 @@ class TurnExecutor:
             self._queue,
             request=request,
             tenant=record.tenant,
+            memory=memory,
         )
 
     async def _initial_state(
-        self, request: RunRequest, spec: AgentSpec, publisher: EventPublisher
+        self,
+        request: RunRequest,
+        spec: AgentSpec,
+        publisher: EventPublisher,
+        memory: RedisMemoryStore | None,
     ) -> TurnState:
         saved = await self._checkpoints.load(request.session_id, request.run_id)
         if saved is not None:
@@ -393,7 +416,7 @@ class TurnExecutor:
                 memory_key=request.fork.memory_key,
                 session_id=request.session_id,
                 agent_call_id=request.run_id,
-                memory=self._memory,
+                memory=memory,
             )
         args: tuple[Any, ...] = ()
         kwargs: dict[str, Any] = dict(request.args)
@@ -409,7 +432,7 @@ class TurnExecutor:
             kwargs,
             session_id=request.session_id,
             agent_call_id=request.run_id,
-            memory=self._memory,
+            memory=memory,
         )
         return fresh
 

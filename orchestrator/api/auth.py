@@ -39,6 +39,8 @@ class ApiKeys:
         for key, tenant in table.items():
             if not key or not tenant:
                 raise ConfigError("API keys and tenants must be non-empty strings")
+            if "{" in tenant or "}" in tenant:
+                raise ConfigError(f"tenant names may not contain '{{' or '}}': {tenant!r}")
         self._keys = table
 
     @property

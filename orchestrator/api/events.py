@@ -130,7 +130,7 @@ async def session_events(
     """Every entry of a session (all its runs and forks), live until the client leaves.
     Reconnect with `Last-Event-ID` (or `?from=`) to resume without loss."""
     after = _resume_point(last_event_id, from_id)
-    if not await state.may_use_session(session_id, principal, new_ok=False):
+    if not await state.may_use_session(session_id, principal):
         raise ApiProblem(404, f"no session {session_id!r}")
     entries = state.client.reader.tail(session_id, after=after, follow=follow)
     return _stream(sse_body(entries, keepalive_s=state.sse_keepalive_s))

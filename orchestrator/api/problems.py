@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from orchestrator.errors import PayloadError, RunNotFound, StoreError
+from orchestrator.errors import PayloadError, RunNotFound, SessionNotOwned, StoreError
 
 __all__ = ["ApiProblem", "install_handlers", "problem_response"]
 
@@ -88,6 +88,12 @@ def _not_found(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(404, "not_found", str(exc))
 
 
+def _not_owned(request: Request, exc: Exception) -> JSONResponse:
+    # Another tenant's session looks like no session at all.
+    assert isinstance(exc, SessionNotOwned)
+    return problem_response(404, "not_found", f"no session {exc.session_id!r}")
+
+
 def _store_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, PayloadError):
         log.error("api.corrupt_data", path=request.url.path, error=str(exc))
@@ -102,4 +108,5 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(RunNotFound, _not_found)
+    app.add_exception_handler(SessionNotOwned, _not_owned)
     app.add_exception_handler(StoreError, _store_error)

@@ -18,6 +18,7 @@ from orchestrator.api.schemas import (
     SubmitRequest,
     SubmitResponse,
 )
+from orchestrator.errors import SessionNotOwned
 from orchestrator.runs import AGENT_ADDRESS_PATTERN, RunStatus
 
 __all__ = ["router"]
@@ -31,21 +32,25 @@ router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=_ERRORS)
 
 @router.post("", status_code=202, response_model=SubmitResponse)
 async def submit_run(body: SubmitRequest, state: StateDep, principal: Caller) -> SubmitResponse:
-    """Queue one agent turn; answers at once with the run's and session's ids."""
-    if body.session_id is not None and not await state.may_use_session(
-        body.session_id, principal, new_ok=True
-    ):
-        raise ApiProblem(409, f"session {body.session_id!r} is not available to this API key")
-    run = await state.client.submit(
-        body.agent,
-        body.message,
-        history=body.history,
-        session_id=body.session_id,
-        args=body.args,
-        template_params=body.template_params,
-        max_attempts=body.max_attempts,
-        tenant=principal.tenant,
-    )
+    """Queue one agent turn; answers at once with the run's and session's ids.
+
+    The first run of a session makes the caller's tenant its owner; a session another
+    tenant owns answers 409."""
+    try:
+        run = await state.client.submit(
+            body.agent,
+            body.message,
+            history=body.history,
+            session_id=body.session_id,
+            args=body.args,
+            template_params=body.template_params,
+            max_attempts=body.max_attempts,
+            tenant=principal.tenant,
+        )
+    except SessionNotOwned:
+        raise ApiProblem(
+            409, f"session {body.session_id!r} is not available to this API key"
+        ) from None
     return SubmitResponse(
         run_id=run.run_id,
         session_id=run.session_id,
@@ -93,16 +98,15 @@ async def abort_run(
     principal: Caller,
     body: Annotated[AbortRequest | None, Body()] = None,
 ) -> AbortResponse:
-    """Ask the run to stop (a queued run ends at once; a running one at its next step).
-
-    The abort reaches every turn running in the run's session. A run that has already
-    ended answers 409.
+    """Ask the run and its forks to stop (a queued run ends at once; a running one at
+    its next step). Other runs of the session go on: `POST /v1/sessions/{id}/abort`
+    stops them all. A run that has already ended answers 409.
     """
     record = await state.visible_run(run_id, principal)
     if record.status.terminal:
         raise ApiProblem(409, f"run {run_id!r} has already ended ({record.status.value})")
     reason = (body or AbortRequest()).reason
-    await state.client.abort(record.session_id, reason, run_id=run_id)
+    await state.client.abort(record.session_id, reason, run_id=run_id, tenant=principal.tenant)
     current = await state.client.runs.get(run_id)
     return AbortResponse(
         run_id=run_id,

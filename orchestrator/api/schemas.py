@@ -72,6 +72,13 @@ class AbortResponse(BaseModel):
     abort_requested: bool
 
 
+class SessionAbortResponse(BaseModel):
+    session_id: str
+    # The session's runs that were still live (each stops with its forks).
+    runs: list[str]
+    abort_requested: bool
+
+
 class RunSummary(BaseModel):
     """A run as listed: no messages, no result text."""
 

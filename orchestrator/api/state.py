@@ -1,6 +1,8 @@
 """What the routes share: the client (one Redis pool), the key table, the limits.
 
-Also the tenant rules in one place: which runs and sessions a caller may see.
+Also the tenant rules in one place: which runs and sessions a caller may see. A session
+belongs to the tenant whose submit started it (one GET: `Client.may_access`); the open
+API's caller (no tenant) is the operator and may use every session.
 """
 
 from __future__ import annotations
@@ -19,9 +21,6 @@ from orchestrator.settings import Settings
 
 __all__ = ["ApiState", "api_state", "lazy_client"]
 
-# How many stream entries (and, failing those, recent runs) show who owns a session.
-_OWNER_PROBE_ENTRIES = 200
-_OWNER_PROBE_RUNS = 1000
 # Unreachable Redis answers 503 within about this long instead of hanging a request.
 _CONNECT_TIMEOUT_S = 2.0
 
@@ -61,38 +60,14 @@ class ApiState:
         """The run's record, or 404 when it does not exist or belongs to another tenant
         (the two are indistinguishable on purpose)."""
         try:
-            record = await self.client.runs.get(run_id)
+            return await self.client.visible_run(run_id, principal.tenant)
         except RunNotFound:
-            record = None
-        if record is None or not principal.may_see(record.tenant):
-            raise ApiProblem(404, f"no run {run_id!r}")
-        return record
+            raise ApiProblem(404, f"no run {run_id!r}") from None
 
-    async def session_owners(self, session_id: str) -> set[str | None]:
-        """Tenants of the runs found in a session (empty: no run known in it).
-
-        Runs that already wrote to the stream are found there; a session whose runs are
-        all still queued is found among the most recent runs.
-        """
-        entries = await self.client.reader.read(session_id, count=_OWNER_PROBE_ENTRIES)
-        owners: set[str | None] = set()
-        for run_id in dict.fromkeys(e.run_id for e in entries):
-            try:
-                owners.add((await self.client.runs.get(run_id)).tenant)
-            except RunNotFound:
-                continue
-        if owners:
-            return owners
-        recent = await self.client.runs.list(limit=_OWNER_PROBE_RUNS)
-        return {r.tenant for r in recent if r.session_id == session_id}
-
-    async def may_use_session(self, session_id: str, principal: Principal, *, new_ok: bool) -> bool:
-        """True if the caller may read (or add runs to) the session: every run in it is
-        the caller's. `new_ok`: a session with no runs yet counts too."""
-        if principal.tenant is None:
-            return True
-        owners = await self.session_owners(session_id)
-        return (not owners and new_ok) or owners == {principal.tenant}
+    async def may_use_session(self, session_id: str, principal: Principal) -> bool:
+        """True if the caller may read or abort the session: it owns it, or is the
+        operator. (Submits claim or check the owner atomically in `Client.submit`.)"""
+        return await self.client.may_access(session_id, principal.tenant)
 
 
 def api_state(request: Request) -> ApiState:

@@ -40,7 +40,7 @@ from orchestrator.events import (
     MessageList,
     ResponseYield,
 )
-from orchestrator.ports import LLMInterface, MemoryStore
+from orchestrator.ports import LLMInterface, MemoryStore, TranscriptBase
 from orchestrator.runtime import prompt
 from orchestrator.runtime.forks import fork_user_message
 from orchestrator.runtime.loop import Output, run_turn
@@ -140,17 +140,25 @@ class AgentSpec:
         system = prompt.format_system_prompt(self.docstring, template_params)
         context = self.bind_memory(self.memory_key, memory)
         from_memory = history is None
+        revision = 0
         if context is not None:
             # A history list replaces the stored memory; None reuses it.
-            history = await context.resolve_history(history)
+            history, revision = await context.begin_turn(history)
         override, rest = prompt.split_system(history or [])
         if override is not None and not from_memory:
             system = override
         user_message = prompt.render_user_message(arguments)
         messages = prompt.build_messages(system, rest, user_message)
+        base = None
         if context is not None:
             addendum = await context.system_addendum(messages)
             messages = apply_system_addendum(messages, addendum)
+            # Everything before the user message stands for what memory held.
+            base = TranscriptBase(
+                revision=revision,
+                count=len(messages) - (1 if user_message else 0),
+                writer=agent_call_id,
+            )
         return TurnState(
             session_id=session_id,
             agent_call_id=agent_call_id,
@@ -159,6 +167,7 @@ class AgentSpec:
             messages=messages,
             user_task_prompt=user_message,
             memory_key=self.memory_key if context is not None else None,
+            memory_base=base,
         )
 
     async def fork_state(
@@ -181,9 +190,11 @@ class AgentSpec:
         user = fork_user_message(task, fork_id=fork_id, depth=depth)
         messages = [*context, user]
         selfref = self.bind_memory(memory_key, memory)
+        base = None
         if selfref is not None:
-            await selfref.replace_history(context)
+            revision = await selfref.replace_history(context)
             messages = apply_system_addendum(messages, await selfref.system_addendum(messages))
+            base = TranscriptBase(revision=revision, count=len(context), writer=agent_call_id)
         return TurnState(
             session_id=session_id,
             agent_call_id=agent_call_id,
@@ -192,6 +203,7 @@ class AgentSpec:
             messages=messages,
             user_task_prompt=str(user["content"]),
             memory_key=memory_key if selfref is not None else None,
+            memory_base=base,
         )
 
     def _bind(self, args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:

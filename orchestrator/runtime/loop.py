@@ -47,7 +47,7 @@ from orchestrator.events import (
     ToolCallsBatchStartEvent,
     ToolCallStartEvent,
 )
-from orchestrator.ports import Checkpointer, MemoryStore
+from orchestrator.ports import Checkpointer, MemoryStore, TranscriptBase
 from orchestrator.runtime.emitter import ToolEventEmitter
 from orchestrator.runtime.forks import ForkBackend, SuspendTurn, TurnForks, current_tool_call
 from orchestrator.runtime.state import OriginContext, ToolOutcome, TurnError, TurnState
@@ -615,16 +615,25 @@ class _Turn:
     async def _apply_compaction(self) -> None:
         if self.selfref is None:
             return
-        compacted = await self.selfref.apply_pending_compaction(self.state.messages)
-        if compacted is not None:
-            self.state.messages = list(compacted)
+        committed = await self.selfref.commit_compaction(self.state.messages)
+        if committed is not None:
+            compacted, revision = committed
+            st = self.state
+            st.messages = list(compacted)
+            # The compacted transcript is what memory holds now: the turn goes on from it.
+            st.memory_base = TranscriptBase(
+                revision=revision, count=len(compacted), writer=st.agent_call_id
+            )
+
+    async def _save_memory(self) -> None:
+        if self.selfref is not None:
+            await self.selfref.save_turn(self.state.messages, self.state.memory_base)
 
     async def _finish(self, wrapped: bool) -> AsyncIterator[Output]:
         if wrapped:
             yield self._iteration_end(0)
         await self._apply_compaction()
-        if self.selfref is not None:
-            await self.selfref.save_messages(self.state.messages)
+        await self._save_memory()
         yield self._react_end({})
         await self._save()
 
@@ -635,8 +644,7 @@ class _Turn:
         if st.phase == "tools":
             async for output in self._close_batch():
                 yield output
-        if self.selfref is not None:
-            await self.selfref.save_messages(st.messages)
+        await self._save_memory()
         st.phase = "done"
         yield self._react_end({"aborted": True, "abort_reason": st.abort_reason})
         await self._save()

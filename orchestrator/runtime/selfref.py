@@ -3,6 +3,10 @@
     self_reference = SelfReference()              # memory in this process
     @llm_chat(llm_interface=llm, self_reference=self_reference, self_reference_key="agent")
 
+On workers the memory of a key lives in the run's session by default: a new session
+starts empty, whatever other sessions did. `SelfReference(memory_scope="tenant")` shares
+it across the sessions of one tenant instead (see `SelfReference`).
+
 Per memory key SelfReference keeps what SimpleLLMFunc keeps: the message list, durable
 experiences (`exp_N`, deduplicated) and the last compaction summary. The records live in
 a `MemoryStore` (a dict here, Redis on workers), so every method is async.
@@ -10,9 +14,11 @@ a `MemoryStore` (a dict here, Redis on workers), so every method is async.
 A turn works through a `SelfRefContext` (`SelfReference.bind(key)`):
 
     ctx.resolve_history(history)         history given: it replaces memory; None: reuse memory
+                                         (`begin_turn` also returns the revision it read)
     ctx.system_addendum()                experiences (and a summary the transcript lacks),
                                          to append to the system prompt
-    ctx.save_messages(messages)          after each step
+    ctx.save_turn(messages, base)        at the end of the turn: concurrent turns of one
+                                         key both keep their messages
     ctx.apply_pending_compaction(msgs)   after each tool batch and at the end of the turn
     ctx.tools()                          selfref_context_* and selfref_guide for the model
 
@@ -29,13 +35,13 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import structlog
 
-from orchestrator.errors import AgentError, ToolError
+from orchestrator.errors import AgentError, MemoryLimitError, ToolError
 from orchestrator.events import Message, MessageList
-from orchestrator.ports import Experience, MemorySnapshot, MemoryStore
+from orchestrator.ports import Experience, MemorySnapshot, MemoryStore, TranscriptBase
 from orchestrator.runtime.forks import FORK_GUIDE, TurnForks, fork_tools
 from orchestrator.runtime.memory import InMemoryMemoryStore
 from orchestrator.runtime.tools import Tool
@@ -44,6 +50,7 @@ __all__ = [
     "FORKS_UNAVAILABLE",
     "ContextTools",
     "ForkPrimitives",
+    "MemoryScopeName",
     "SelfRefContext",
     "SelfRefRuntime",
     "SelfRefToolProvider",
@@ -59,6 +66,8 @@ __all__ = [
 ]
 
 _log = structlog.get_logger(__name__)
+
+MemoryScopeName = Literal["session", "tenant"]
 
 FORKS_UNAVAILABLE = (
     "forks run on workers: selfref fork.spawn / fork.gather_all need a distributed run "
@@ -400,8 +409,20 @@ def _guide_tool(context: SelfRefContext) -> Tool:
 class SelfReference:
     """Durable agent memory shared by the agents it is passed to.
 
-    `store` defaults to a fresh in-process `InMemoryMemoryStore`; a worker binds each
-    turn to its Redis-backed store instead (`bind(key, store=...)`).
+    `store` defaults to a fresh in-process `InMemoryMemoryStore`: in an in-process call
+    this instance's store is the one memory every call shares (SimpleLLMFunc semantics).
+
+    On workers each turn is bound to a Redis store scoped by `memory_scope`:
+
+    - `"session"` (the default): a memory key lives inside the run's session. Every turn
+      of a session continues the same memory; a new session starts empty, whatever
+      other sessions did.
+    - `"tenant"`: a memory key is shared by every session of the run's tenant (runs
+      submitted without a tenant share the "no tenant" scope). Never across tenants.
+
+    Either way the keys the model and the events see stay `self_reference_key` and
+    `<key>::fork::N`; forks live in their root run's scope. Every record expires
+    `memory_retention_s` after its last write and is bounded in size (see Settings).
     """
 
     def __init__(
@@ -409,7 +430,11 @@ class SelfReference:
         store: MemoryStore | None = None,
         *,
         tool_providers: Sequence[SelfRefToolProvider] | None = None,
+        memory_scope: MemoryScopeName = "session",
     ) -> None:
+        if memory_scope not in get_args(MemoryScopeName):
+            raise AgentError(f"memory_scope must be 'session' or 'tenant', not {memory_scope!r}")
+        self.memory_scope: MemoryScopeName = memory_scope
         self.store: MemoryStore = store if store is not None else InMemoryMemoryStore()
         self.instance_id: str = uuid.uuid4().hex
         self._providers: list[SelfRefToolProvider] = (
@@ -443,7 +468,9 @@ class SelfReference:
         )
 
     def __repr__(self) -> str:
-        return f"SelfReference(instance_id={self.instance_id!r})"
+        return (
+            f"SelfReference(instance_id={self.instance_id!r}, memory_scope={self.memory_scope!r})"
+        )
 
 
 class SelfRefContext:
@@ -567,15 +594,27 @@ class SelfRefContext:
         """The stored message list of the active key (a copy)."""
         return (await self.store.load(self.active_key)).messages
 
-    async def save_messages(self, messages: Sequence[Message]) -> None:
-        """Store the active key's messages (injected system blocks are stripped)."""
-        await self.store.save_messages(self.active_key, _clean_messages(messages))
+    async def save_messages(self, messages: Sequence[Message]) -> int:
+        """Replace the active key's messages (injected system blocks are stripped);
+        returns the new revision."""
+        return await self.store.save_messages(self.active_key, _clean_messages(messages))
 
-    async def replace_history(self, history: Sequence[Message]) -> None:
-        """Make `history` the active key's memory; the summary follows the transcript."""
+    async def save_turn(self, messages: Sequence[Message], base: TranscriptBase | None) -> int:
+        """Store a turn's transcript. With the `base` the turn started from, messages
+        other turns saved to the key meanwhile are kept (the turn's own are appended to
+        them); without one, the transcript replaces the stored messages."""
+        cleaned = _clean_messages(messages)
+        if base is None:
+            return await self.store.save_messages(self.active_key, cleaned)
+        return await self.store.save_turn(self.active_key, cleaned, base)
+
+    async def replace_history(self, history: Sequence[Message]) -> int:
+        """Make `history` the active key's memory; the summary follows the transcript.
+        Returns the revision written."""
         cleaned = _clean_messages(history)
-        await self.store.save_messages(self.active_key, cleaned)
+        revision = await self.store.save_messages(self.active_key, cleaned)
         await self.store.set_summary(self.active_key, _transcript_summary(cleaned))
+        return revision
 
     async def resolve_history(self, history: Sequence[Message] | None) -> MessageList:
         """The history a turn starts from.
@@ -583,10 +622,17 @@ class SelfRefContext:
         A list replaces the stored memory for the key (SimpleLLMFunc semantics); None
         reuses what is stored. Experiences are durable either way.
         """
+        messages, _ = await self.begin_turn(history)
+        return messages
+
+    async def begin_turn(self, history: Sequence[Message] | None) -> tuple[MessageList, int]:
+        """`resolve_history`, plus the memory revision the history stands for (what a
+        `TranscriptBase` for the turn's `save_turn` is built from)."""
         if history is None:
-            return await self.load_messages()
-        await self.replace_history(history)
-        return _clean_messages(history)
+            snapshot = await self.store.load(self.active_key)
+            return snapshot.messages, snapshot.revision
+        revision = await self.replace_history(history)
+        return _clean_messages(history), revision
 
     async def system_addendum(self, messages: Sequence[Message] | None = None) -> str:
         """Text to append to the system prompt: the `<experience>` block, plus the summary
@@ -605,6 +651,14 @@ class SelfRefContext:
         the refreshed addendum) plus one assistant message with the rendered summary.
         It is stored as the key's messages. Returns None when nothing is queued.
         """
+        committed = await self.commit_compaction(messages)
+        return None if committed is None else committed[0]
+
+    async def commit_compaction(
+        self, messages: Sequence[Message]
+    ) -> tuple[MessageList, int] | None:
+        """`apply_pending_compaction`, plus the revision the compacted transcript was
+        stored at (the turn's new `TranscriptBase`)."""
         key = self.active_key
         snapshot = await self.store.load(key)
         pending = snapshot.pending_compaction
@@ -618,15 +672,23 @@ class SelfRefContext:
             return None
         for text in pending.get("remember") or []:
             if isinstance(text, str) and text.strip():
-                await self.store.add_experience(key, _normalize_text(text))
+                await self._remember_quietly(key, _normalize_text(text))
         await self.store.set_summary(key, summary)
         systems = [m for m in _clean_messages(messages) if m.get("role") == "system"]
         compacted = [*systems, {"role": "assistant", "content": render_compaction_summary(summary)}]
-        await self.store.save_messages(key, compacted)
+        revision = await self.store.save_messages(key, compacted)
         # Cleared last: a commit cut short is safely redone (experiences deduplicate).
         await self.store.set_pending_compaction(key, None)
         refreshed = await self.store.load(key)
-        return apply_system_addendum(compacted, self._addendum(refreshed, compacted))
+        return apply_system_addendum(compacted, self._addendum(refreshed, compacted)), revision
+
+    async def _remember_quietly(self, key: str, text: str) -> None:
+        """A compaction's `remember` item: one the memory has no room for is dropped with a
+        warning (the compaction itself must still commit)."""
+        try:
+            await self.store.add_experience(key, text)
+        except MemoryLimitError as exc:
+            _log.warning("selfref.experience_dropped", key=key, reason=str(exc))
 
     def _addendum(self, snapshot: MemorySnapshot, transcript: Sequence[Message]) -> str:
         parts = [render_experience_block(snapshot.experiences)]

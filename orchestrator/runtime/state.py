@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.events import MessageList
+from orchestrator.ports import TranscriptBase
 
 TURN_STATE_VERSION = 1
 
@@ -79,8 +80,11 @@ class TurnState(_Model):
     # The whole conversation the model sees, system message included.
     messages: MessageList = Field(default_factory=list)
     user_task_prompt: str = ""
-    # SelfReference memory key this turn reads and writes (None: no SelfReference).
+    # SelfReference memory key this turn reads and writes (None: no SelfReference) ...
     memory_key: str | None = None
+    # ... and where `messages` stands against it, so the turn's save keeps what other
+    # turns of the key saved meanwhile (None: the save replaces the stored messages).
+    memory_base: TranscriptBase | None = None
 
     phase: Phase = "llm"
     # SimpleLLMFunc's numbering: 0 for the first LLM call and the batch it asks for is 1;

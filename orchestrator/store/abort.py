@@ -1,9 +1,16 @@
-"""Distributed abort: a per-session Redis key, and a watcher that turns it into `AbortSignal`s.
+"""Distributed abort: Redis flags, and a watcher that turns them into `AbortSignal`s.
 
-`AbortFlags` sets, reads and clears the key. `AbortWatcher` runs one polling task per
-process for all the turns that process is running: every `interval_s` it reads the abort
-keys of every watched session with a single MGET, and aborts the signals of the sessions
-whose key has appeared. With nothing watched there is no task and no Redis traffic.
+Two flags, both in the session's hash tag:
+
+    run tree   `Keys.run_abort(session, root_run_id)`: one run and every fork of it stop
+               (`run.abort()`); never cleared, so queued runs of the tree never start
+    session    `Keys.abort(session)`: every run of the session stops (`abort_session`);
+               cleared by the next submit into the session, which starts afresh
+
+`AbortFlags` sets, reads and clears them. `AbortWatcher` runs one polling task per
+process for all the turns that process is running: every `interval_s` it reads the flags
+of every watched session and run tree with a single MGET, and aborts the signals whose
+flag has appeared. With nothing watched there is no task and no Redis traffic.
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ from orchestrator.store.connection import Redis, translate_errors
 __all__ = ["AbortFlags", "AbortWatcher", "decode_reason"]
 
 log = structlog.get_logger(__name__)
+
+# What a signal is watched for: (session_id, root run id or None for the session only).
+_Watch = tuple[str, str | None]
 
 
 def decode_reason(raw: Any) -> str:
@@ -49,7 +59,7 @@ def decode_reason(raw: Any) -> str:
 
 
 class AbortFlags:
-    """Request, read and clear a session's abort flag."""
+    """Request, read and clear the abort flags of sessions and run trees."""
 
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self._redis = redis
@@ -66,10 +76,31 @@ class AbortFlags:
             created = await self._redis.set(self._keys.abort(session_id), value, nx=True, ex=ttl_s)
         return bool(created)
 
+    async def request_run(
+        self, session_id: str, root_run_id: str, reason: str, ttl_s: int = 86_400
+    ) -> bool:
+        """Ask one run tree (a root run and its forks) to stop; the first reason wins.
+
+        Returns True if this call set the flag."""
+        value = dump_json({"reason": reason, "at": time.time()})
+        key = self._keys.run_abort(session_id, root_run_id)
+        async with translate_errors("abort request"):
+            created = await self._redis.set(key, value, nx=True, ex=ttl_s)
+        return bool(created)
+
     async def get(self, session_id: str) -> str | None:
-        """The abort reason ("" is a valid reason), or None when no abort was requested."""
+        """The session's abort reason ("" is a valid reason), or None when no abort of
+        the whole session was requested."""
         async with translate_errors("abort read"):
             raw = await self._redis.get(self._keys.abort(session_id))
+        return None if raw is None else decode_reason(raw)
+
+    async def get_for(self, session_id: str, root_run_id: str) -> str | None:
+        """Why a run of this tree must stop (its tree's flag, else its session's), or None."""
+        names = [self._keys.run_abort(session_id, root_run_id), self._keys.abort(session_id)]
+        async with translate_errors("abort read"):
+            values = await self._redis.mget(names)
+        raw = next((v for v in values if v is not None), None)
         return None if raw is None else decode_reason(raw)
 
     async def clear(self, session_id: str) -> None:
@@ -79,7 +110,7 @@ class AbortFlags:
 
 
 class AbortWatcher:
-    """Fires registered `AbortSignal`s when their session's abort key appears.
+    """Fires registered `AbortSignal`s when their session's (or run tree's) flag appears.
 
     `watch()` / `unwatch()` are cheap and synchronous; call `start()` once (in the
     process's event loop) and `stop()` at shutdown. A signal is fired at most once and is
@@ -90,31 +121,33 @@ class AbortWatcher:
         self._redis = redis
         self._keys = keys
         self._interval_s = interval_s
-        self._watched: dict[str, list[AbortSignal]] = {}
+        self._watched: dict[_Watch, list[AbortSignal]] = {}
         self._task: asyncio.Task[None] | None = None
         self._running = False
         self.polls = 0  # MGETs issued (for tests and benchmarks)
 
-    def watch(self, session_id: str, signal: AbortSignal) -> None:
-        """Abort `signal` when the session's abort key appears."""
+    def watch(self, session_id: str, signal: AbortSignal, root_run_id: str | None = None) -> None:
+        """Abort `signal` when the session's flag appears, or (given `root_run_id`) the
+        flag of that run tree."""
         self._keys.abort(session_id)  # reject a bad session id now, not in the poll loop
-        signals = self._watched.setdefault(session_id, [])
+        signals = self._watched.setdefault((session_id, root_run_id), [])
         if not any(s is signal for s in signals):
             signals.append(signal)
         self._ensure_task()
 
-    def unwatch(self, session_id: str, signal: AbortSignal) -> None:
+    def unwatch(self, session_id: str, signal: AbortSignal, root_run_id: str | None = None) -> None:
         """Stop watching for `signal` (no error if it is not watched)."""
-        signals = self._watched.get(session_id)
+        watch = (session_id, root_run_id)
+        signals = self._watched.get(watch)
         if signals is None:
             return
         signals[:] = [s for s in signals if s is not signal]
         if not signals:
-            del self._watched[session_id]
+            del self._watched[watch]
 
     @property
     def watched_sessions(self) -> list[str]:
-        return list(self._watched)
+        return list(dict.fromkeys(session for session, _ in self._watched))
 
     async def start(self) -> None:
         """Begin polling (a task runs only while something is watched)."""
@@ -128,25 +161,42 @@ class AbortWatcher:
         await cancel_and_wait(task)
 
     async def poll_once(self) -> int:
-        """Check every watched session now; returns how many signals were fired."""
-        sessions = list(self._watched)
-        if not sessions:
+        """Check every watched flag now (one MGET); returns how many signals were fired."""
+        watches = list(self._watched)
+        if not watches:
             return 0
+        names = list(dict.fromkeys(name for w in watches for name in self._flag_names(w)))
         async with translate_errors("abort poll"):
-            values = await self._redis.mget([self._keys.abort(s) for s in sessions])
+            values = await self._redis.mget(names)
         self.polls += 1
+        found = {name: raw for name, raw in zip(names, values, strict=True) if raw is not None}
         fired = 0
-        for session_id, raw in zip(sessions, values, strict=True):
+        for watch in watches:
+            raw = next((found[n] for n in self._flag_names(watch) if n in found), None)
             if raw is not None:
-                fired += self._fire(session_id, decode_reason(raw))
+                fired += self._fire(watch, decode_reason(raw))
         return fired
 
-    def _fire(self, session_id: str, reason: str) -> int:
-        signals = self._watched.pop(session_id, [])
+    def _flag_names(self, watch: _Watch) -> list[str]:
+        """The flags of a watch, the run tree's first (its reason wins)."""
+        session_id, root_run_id = watch
+        session = self._keys.abort(session_id)
+        if root_run_id is None:
+            return [session]
+        return [self._keys.run_abort(session_id, root_run_id), session]
+
+    def _fire(self, watch: _Watch, reason: str) -> int:
+        signals = self._watched.pop(watch, [])
         for signal in signals:
             signal.abort(reason)
         if signals:
-            log.info("abort.fired", session_id=session_id, reason=reason, signals=len(signals))
+            log.info(
+                "abort.fired",
+                session_id=watch[0],
+                root_run_id=watch[1],
+                reason=reason,
+                signals=len(signals),
+            )
         return len(signals)
 
     def _ensure_task(self) -> None:

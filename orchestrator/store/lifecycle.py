@@ -1,5 +1,6 @@
-"""Ending a run: one place that moves a run to a terminal status and closes its stream,
-and wakes the parent of a fork when its last awaited fork has ended."""
+"""Ending a run: one place that moves a run to a terminal status and closes its stream
+(keeping the session's owner as long as the stream), and wakes the parent of a fork when
+its last awaited fork has ended."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from orchestrator.runs import RunRecord, RunRequest, RunStatus, StatusEntry
 from orchestrator.settings import Settings
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import RunStore
+from orchestrator.store.sessions import SessionTable
 from orchestrator.store.streams import EventPublisher
 
 _log = structlog.get_logger(__name__)
@@ -67,6 +69,9 @@ async def end_run(
     )
     await publisher.close(expire=True)
     await runs.expire(run_id, settings.run_retention_s)
+    # The session's owner outlives its stream: nobody else can take the session over
+    # while its entries can still be read.
+    await SessionTable(redis, keys).touch(session_id, settings.stream_retention_s)
     if queue is not None and updated.fork is not None:
         parent = updated.fork.parent_run_id
         if await runs.fork_ended(parent, run_id):  # the last fork it waited for

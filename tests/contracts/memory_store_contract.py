@@ -1,12 +1,17 @@
 """The `MemoryStore` contract: what SelfReference relies on from any memory backend.
 
 Use it by subclassing and providing a `store` fixture (sync or async) that yields a fresh,
-empty store:
+empty store, and a `make_store` fixture: a factory of fresh stores with given
+`MemoryLimits` (the bounds and the retention):
 
     class TestRedisMemoryStore(MemoryStoreContract):
         @pytest.fixture
-        async def store(self, redis_client):
-            return RedisMemoryStore(redis_client, namespace="t")
+        def store(self, redis, keys):
+            return RedisMemoryStore(redis, keys)
+
+        @pytest.fixture
+        def make_store(self, redis, keys):
+            return lambda limits: RedisMemoryStore(redis, keys, limits=limits)
 
 The class name has no `Test` prefix, so pytest only collects the subclasses.
 """
@@ -14,11 +19,39 @@ The class name has no `Test` prefix, so pytest only collects the subclasses.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from orchestrator.ports import Experience, MemorySnapshot, MemoryStore
+from orchestrator.errors import MemoryLimitError
+from orchestrator.ports import (
+    Experience,
+    MemoryLimits,
+    MemorySnapshot,
+    MemoryStore,
+    TranscriptBase,
+)
+
+MakeStore = Callable[[MemoryLimits], MemoryStore]
+
+SYSTEM = {"role": "system", "content": "You are terse."}
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+def reply(text: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": text}
+
+
+async def start_turn(store: MemoryStore, key: str, writer: str) -> tuple[list[Any], Any]:
+    """What a turn does first: read the key, build its transcript from it."""
+    snapshot = await store.load(key)
+    transcript = [*snapshot.messages] if snapshot.messages else [SYSTEM]
+    base = TranscriptBase(revision=snapshot.revision, count=len(transcript), writer=writer)
+    return transcript, base
 
 
 class MemoryStoreContract:
@@ -27,6 +60,10 @@ class MemoryStoreContract:
     @pytest.fixture
     def store(self) -> Any:
         raise NotImplementedError("subclasses provide a `store` fixture")
+
+    @pytest.fixture
+    def make_store(self) -> Any:
+        raise NotImplementedError("subclasses provide a `make_store` fixture")
 
     def test_implements_the_memory_store_protocol(self, store: Any) -> None:
         """The store satisfies the MemoryStore Protocol SelfReference is written against."""
@@ -159,3 +196,155 @@ class MemoryStoreContract:
         experience = await store.add_experience("k", "original")
         experience.text = "edited"
         assert [e.text for e in (await store.load("k")).experiences] == ["original"]
+
+    # -- turns saved concurrently ----------------------------------------------------------
+
+    async def test_every_message_write_moves_the_revision_on(self, store: MemoryStore) -> None:
+        """The revision says whether anyone wrote since a turn read the key."""
+        assert (await store.load("k")).revision == 0
+        first = await store.save_messages("k", [user("one")])
+        second = await store.save_messages("k", [user("two")])
+        assert 0 < first < second
+        assert (await store.load("k")).revision == second
+
+    async def test_a_turn_saved_on_an_unchanged_key_replaces_it(self, store: MemoryStore) -> None:
+        """Nobody wrote since the turn started: its transcript is the memory (as a plain
+        replace would leave it)."""
+        await store.save_messages("k", [SYSTEM, user("a"), reply("A")])
+        transcript, base = await start_turn(store, "k", "turn-1")
+        await store.save_turn("k", [*transcript, user("b"), reply("B")], base)
+        assert (await store.load("k")).messages == [
+            SYSTEM,
+            user("a"),
+            reply("A"),
+            user("b"),
+            reply("B"),
+        ]
+
+    async def test_two_turns_started_together_both_keep_their_messages(
+        self, store: MemoryStore
+    ) -> None:
+        """Two runs of one session read the same memory and save one after the other: the
+        second appends its own messages instead of overwriting the first's."""
+        await store.save_messages("k", [SYSTEM, user("earlier")])
+        first, first_base = await start_turn(store, "k", "turn-1")
+        second, second_base = await start_turn(store, "k", "turn-2")
+        await store.save_turn("k", [*first, user("one"), reply("ONE")], first_base)
+        await store.save_turn("k", [*second, user("two"), reply("TWO")], second_base)
+        assert (await store.load("k")).messages == [
+            SYSTEM,
+            user("earlier"),
+            user("one"),
+            reply("ONE"),
+            user("two"),
+            reply("TWO"),
+        ]
+
+    async def test_concurrent_turn_saves_lose_nothing(self, store: MemoryStore) -> None:
+        """Ten turns from the same revision saving at once: every turn's messages land,
+        each exactly once."""
+        await store.save_messages("k", [SYSTEM])
+        starts = [await start_turn(store, "k", f"turn-{i}") for i in range(10)]
+        await asyncio.gather(
+            *(
+                store.save_turn("k", [*t, user(f"q{i}"), reply(f"a{i}")], base)
+                for i, (t, base) in enumerate(starts)
+            )
+        )
+        stored = (await store.load("k")).messages
+        assert stored[0] == SYSTEM
+        for i in range(10):
+            assert stored.count(user(f"q{i}")) == 1
+            assert stored.count(reply(f"a{i}")) == 1
+            assert stored.index(user(f"q{i}")) + 1 == stored.index(reply(f"a{i}"))
+        assert len(stored) == 21
+
+    async def test_a_retried_turn_save_adds_nothing_twice(self, store: MemoryStore) -> None:
+        """A turn resumed after a crash saves again: what it already added is not added
+        again, and only what is new is."""
+        await store.save_messages("k", [SYSTEM])
+        mine, base = await start_turn(store, "k", "turn-1")
+        other, other_base = await start_turn(store, "k", "turn-2")
+        await store.save_turn("k", [*other, user("theirs")], other_base)
+        await store.save_turn("k", [*mine, user("mine")], base)
+        await store.save_turn("k", [*mine, user("mine")], base)
+        await store.save_turn("k", [*mine, user("mine"), reply("MINE")], base)
+        assert (await store.load("k")).messages == [
+            SYSTEM,
+            user("theirs"),
+            user("mine"),
+            reply("MINE"),
+        ]
+
+    async def test_an_explicit_history_still_replaces_what_turns_saved(
+        self, store: MemoryStore
+    ) -> None:
+        """save_messages (a history passed to the call) replaces, whatever turns wrote."""
+        transcript, base = await start_turn(store, "k", "turn-1")
+        await store.save_turn("k", [*transcript, user("old")], base)
+        await store.save_messages("k", [user("fresh start")])
+        assert (await store.load("k")).messages == [user("fresh start")]
+
+    # -- bounds and retention --------------------------------------------------------------
+
+    async def test_a_transcript_over_the_byte_bound_loses_its_oldest_messages(
+        self, make_store: MakeStore
+    ) -> None:
+        """System messages stay; the oldest others go; a tool result never outlives the
+        call it answers, so what is left is still a valid history."""
+        store = make_store(MemoryLimits(max_message_bytes=1024))
+        arguments = '{"x": "' + "z" * 400 + '"}'
+        call = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+            ],
+        }
+        result = {"role": "tool", "tool_call_id": "c1", "content": "ok"}
+        recent = [user("r" * 500), reply("recent answer")]
+        await store.save_messages("k", [SYSTEM, call, result, *recent])  # 1,206 bytes
+        assert (await store.load("k")).messages == [SYSTEM, *recent]
+
+        transcript, base = await start_turn(store, "k", "turn-1")
+        await store.save_turn("k", [*transcript, user("z" * 700)], base)
+        kept = (await store.load("k")).messages
+        assert kept == [SYSTEM, reply("recent answer"), user("z" * 700)]
+
+    async def test_an_experience_beyond_the_bound_is_refused_with_a_clear_error(
+        self, make_store: MakeStore
+    ) -> None:
+        """The model reads the error and can forget an experience to make room."""
+        store = make_store(MemoryLimits(max_experiences=2, max_experience_chars=50))
+        first = await store.add_experience("k", "one")
+        await store.add_experience("k", "two")
+        with pytest.raises(MemoryLimitError, match=r"maximum of 2 experiences.*forget"):
+            await store.add_experience("k", "three")
+        assert await store.add_experience("k", "one") == first  # already there: fine
+        with pytest.raises(MemoryLimitError, match="at most 50"):
+            await store.add_experience("other", "x" * 51)
+        await store.remove_experience("k", first.id)
+        assert (await store.add_experience("k", "three")).text == "three"
+        assert [e.text for e in (await store.load("k")).experiences] == ["two", "three"]
+
+    async def test_a_summary_over_the_byte_bound_is_refused(self, make_store: MakeStore) -> None:
+        store = make_store(MemoryLimits(max_message_bytes=1024))
+        with pytest.raises(MemoryLimitError, match="at most 1024"):
+            await store.set_summary("k", {"goal": "g" * 2000})
+        with pytest.raises(MemoryLimitError, match="at most 1024"):
+            await store.set_pending_compaction("k", {"summary": {"goal": "g" * 2000}})
+        assert await store.load("k") == MemorySnapshot(key="k")
+
+    async def test_a_record_expires_its_retention_after_its_last_write(
+        self, make_store: MakeStore
+    ) -> None:
+        """Every write starts the retention again; a record left alone expires."""
+        store = make_store(MemoryLimits(retention_s=2))
+        await store.save_messages("k", [user("hello")])
+        await store.add_experience("k", "a lesson")
+        await asyncio.sleep(1.2)
+        await store.set_summary("k", {"goal": "refresh"})
+        await asyncio.sleep(1.2)  # 2.4 s after the first write, 1.2 s after the last
+        assert (await store.load("k")).messages == [user("hello")]
+        await asyncio.sleep(2.5)
+        assert await store.load("k") == MemorySnapshot(key="k")

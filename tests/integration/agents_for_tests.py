@@ -103,3 +103,26 @@ async def fan_out(count: int, task: str, runtime: Any) -> dict[str, Any]:
 )
 async def forker(message: str, history: list[dict[str, Any]] | None = None) -> None:
     """You are a test agent that splits work into forks."""
+
+
+# Memory isolation: a SelfReference agent whose memory lives in its session (the default).
+@llm_chat(
+    llm_interface=llm,
+    toolkit=[slow_tool],
+    self_reference=SelfReference(),
+    self_reference_key="memo",
+    stream=True,
+)
+async def memo(message: str, history: list[dict[str, Any]] | None = None) -> None:
+    """You are a test assistant that remembers the conversation."""
+
+
+# The opt-in: one memory for every session of a tenant (never shared across tenants).
+@llm_chat(
+    llm_interface=llm,
+    self_reference=SelfReference(memory_scope="tenant"),
+    self_reference_key="tenant-memo",
+    stream=True,
+)
+async def tenant_memo(message: str, history: list[dict[str, Any]] | None = None) -> None:
+    """You are a test assistant that remembers every session of your tenant."""

@@ -28,7 +28,7 @@ from orchestrator.keys import Keys
 from orchestrator.mock_llm.testing import MockLLMThread
 from orchestrator.runs import RunStatus
 from orchestrator.store.connection import Redis
-from orchestrator.store.memory import RedisMemoryStore
+from orchestrator.store.memory import MemoryScope, RedisMemoryStore
 from tests.fixtures_llm import MockLLMFactory
 from tests.integration.test_distributed import (
     assert_gap_free,
@@ -509,7 +509,10 @@ async def test_tool_code_forks_and_memory_across_workers_and_turns(
     assert len(forks) == 4, "a re-run tool spawned its forks again"
     assert count_runs(tool_log, "fan_out") == 2  # first run, then once more on resume
 
-    memory = RedisMemoryStore(redis, keys)
+    # The run's memory lives in its session (no tenant): read it through that scope.
+    memory = RedisMemoryStore(
+        redis, keys, scope=MemoryScope(tenant=None, session_id="code-session")
+    )
     root = await memory.load("forker")
     assert any("code-root" in str(m.get("content")) for m in root.messages)
     assert not any("forked sub-agent" in str(m.get("content")) for m in root.messages)

@@ -11,12 +11,13 @@ import pytest
 
 from orchestrator.errors import StaleAttempt
 from orchestrator.keys import Keys
+from orchestrator.ports import MemoryLimits
 from orchestrator.runs import RunRecord, RunStatus
 from orchestrator.signals import AbortSignal
 from orchestrator.store.abort import AbortFlags, AbortWatcher
 from orchestrator.store.checkpoints import CheckpointStore
 from orchestrator.store.connection import Redis
-from orchestrator.store.memory import RedisMemoryStore
+from orchestrator.store.memory import MemoryScope, RedisMemoryStore
 from orchestrator.store.runs import LeaseTable, RunStore
 from tests.contracts.memory_store_contract import MemoryStoreContract
 
@@ -52,6 +53,11 @@ class TestRedisMemoryStoreContractOnRealRedis(MemoryStoreContract):
     @pytest.fixture
     def store(self, redis: Redis, keys: Keys) -> RedisMemoryStore:
         return RedisMemoryStore(redis, keys)
+
+    @pytest.fixture
+    def make_store(self, redis: Redis, keys: Keys) -> Callable[[MemoryLimits], RedisMemoryStore]:
+        scope = MemoryScope(tenant="t", session_id="s")
+        return lambda limits: RedisMemoryStore(redis, keys, scope=scope, limits=limits)
 
 
 async def test_two_writers_appending_to_one_memory_key_lose_nothing(

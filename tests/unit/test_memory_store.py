@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
+from orchestrator.ports import MemoryLimits
 from orchestrator.runtime.memory import InMemoryMemoryStore
 from tests.contracts.memory_store_contract import MemoryStoreContract
 
@@ -12,6 +15,10 @@ class TestInMemoryMemoryStore(MemoryStoreContract):
     @pytest.fixture
     def store(self) -> InMemoryMemoryStore:
         return InMemoryMemoryStore()
+
+    @pytest.fixture
+    def make_store(self) -> Callable[[MemoryLimits], InMemoryMemoryStore]:
+        return InMemoryMemoryStore
 
 
 async def test_separate_stores_share_nothing() -> None:

@@ -127,3 +127,52 @@ async def test_a_redis_outage_in_the_poll_loop_is_retried() -> None:
 async def test_a_bad_session_id_is_refused_at_watch(fake_redis: Any, keys: Keys) -> None:
     with pytest.raises(ValueError, match="session_id"):
         AbortWatcher(fake_redis, keys).watch("a{b}", AbortSignal())
+
+
+async def test_a_run_tree_flag_fires_only_that_trees_signals(fake_redis: Any, keys: Keys) -> None:
+    watcher = AbortWatcher(fake_redis, keys, interval_s=0.01)
+    root, fork, sibling, session_only = (AbortSignal() for _ in range(4))
+    watcher.watch("s1", root, "run-1")
+    watcher.watch("s1", fork, "run-1")
+    watcher.watch("s1", sibling, "run-2")
+    watcher.watch("s1", session_only)
+    await AbortFlags(fake_redis, keys).request_run("s1", "run-1", "stop this one")
+    assert await watcher.poll_once() == 2
+    assert root.reason == fork.reason == "stop this one"
+    assert not sibling.is_aborted
+    assert not session_only.is_aborted
+
+
+async def test_a_session_flag_fires_every_tree_of_the_session(fake_redis: Any, keys: Keys) -> None:
+    watcher = AbortWatcher(fake_redis, keys)
+    signals = [AbortSignal() for _ in range(3)]
+    for i, signal in enumerate(signals):
+        watcher.watch("s1", signal, f"run-{i}")
+    other = AbortSignal()
+    watcher.watch("s2", other, "run-9")
+    await AbortFlags(fake_redis, keys).request("s1", "close it")
+    assert await watcher.poll_once() == 3
+    assert {s.reason for s in signals} == {"close it"}
+    assert not other.is_aborted
+    assert watcher.polls == 1
+
+
+async def test_one_mget_covers_session_and_tree_flags(fake_redis: Any, keys: Keys) -> None:
+    watcher = AbortWatcher(fake_redis, keys)
+    for i in range(20):
+        watcher.watch(f"s{i % 4}", AbortSignal(), f"run-{i}")
+    await watcher.poll_once()
+    assert watcher.polls == 1
+
+
+async def test_get_for_reads_the_trees_flag_then_the_sessions(fake_redis: Any, keys: Keys) -> None:
+    flags = AbortFlags(fake_redis, keys)
+    assert await flags.get_for("s1", "run-1") is None
+    await flags.request("s1", "whole session")
+    assert await flags.get_for("s1", "run-1") == "whole session"
+    await flags.request_run("s1", "run-1", "this tree")
+    assert await flags.get_for("s1", "run-1") == "this tree"
+    await flags.clear("s1")
+    assert await flags.get_for("s1", "run-2") is None
+    assert await flags.get_for("s1", "run-1") == "this tree"
+    assert 0 < await fake_redis.ttl(keys.run_abort("s1", "run-1")) <= 86_400

@@ -64,3 +64,36 @@ def test_memory_keys_may_be_any_string_and_never_collide() -> None:
 
 def test_pattern_escapes_glob_characters() -> None:
     assert Keys(prefix="a*b").pattern() == "a\\*b:*"
+
+
+def test_scoped_memory_names_carry_the_scope_in_the_hash_tag_and_never_collide() -> None:
+    keys = Keys()
+    assert keys.scoped_memory("agent", tenant="acme", session_id="s1") == (
+        "orc:selfref:{t4:acme,s2:s1,agent}"
+    )
+    assert keys.scoped_memory("agent", tenant=None, session_id=None) == "orc:selfref:{t-,*,agent}"
+    lookalikes = [
+        keys.scoped_memory("c", tenant="a:b", session_id="x"),
+        keys.scoped_memory("c", tenant="a", session_id="b:x"),
+        keys.scoped_memory("x,c", tenant="a", session_id=None),
+        keys.scoped_memory("c", tenant="a", session_id="x"),
+        keys.scoped_memory("s1:x,c", tenant="a", session_id=None),
+        keys.scoped_memory("c", tenant=None, session_id="x"),
+        keys.scoped_memory("c", tenant="-", session_id="x"),
+        keys.memory("c"),
+    ]
+    assert len(set(lookalikes)) == len(lookalikes)
+
+
+@pytest.mark.parametrize("bad", ["", "a{b", "a}b"])
+def test_tenants_that_would_break_a_hash_tag_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="tenant"):
+        Keys().scoped_memory("agent", tenant=bad, session_id="s1")
+
+
+def test_session_owner_index_and_run_abort_keys_share_the_session_hash_tag() -> None:
+    keys = Keys()
+    names = [keys.session_owner("s1"), keys.session_runs("s1"), keys.run_abort("s1", "r1")]
+    assert all(name.startswith("orc:{s1}:") for name in names)
+    assert keys.run_abort("s1", "r1") != keys.abort("s1")
+    assert len(set(names)) == 3

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from orchestrator.errors import PayloadError
 from orchestrator.keys import Keys
-from orchestrator.ports import MemoryStore
-from orchestrator.store.memory import RedisMemoryStore
+from orchestrator.ports import MemoryLimits, MemoryStore
+from orchestrator.store.memory import MemoryScope, RedisMemoryStore
 from tests.contracts.memory_store_contract import MemoryStoreContract
 
 pytestmark = pytest.mark.timeout(10)
@@ -22,6 +23,11 @@ class TestRedisMemoryStoreContract(MemoryStoreContract):
     @pytest.fixture
     def store(self, fake_redis: Any, keys: Keys) -> RedisMemoryStore:
         return RedisMemoryStore(fake_redis, keys)
+
+    @pytest.fixture
+    def make_store(self, fake_redis: Any, keys: Keys) -> Callable[[MemoryLimits], Any]:
+        scope = MemoryScope(tenant="t", session_id="s")
+        return lambda limits: RedisMemoryStore(fake_redis, keys, scope=scope, limits=limits)
 
 
 @pytest.fixture
