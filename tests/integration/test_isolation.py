@@ -22,11 +22,12 @@ from orchestrator.errors import SessionNotOwned
 from orchestrator.keys import Keys
 from orchestrator.mock_llm.testing import MockLLMThread
 from orchestrator.runs import RunRecord, RunStatus
+from orchestrator.store.queue import job_id
 from orchestrator.store.runs import RunStore
 from tests.fixtures_api import ApiFactory, bearer, parse_sse
 from tests.fixtures_llm import MockLLMFactory
 from tests.integration.test_distributed import count_runs, wait_until
-from tests.integration.workerproc import WorkerPool, drop_arq_keys, worker_env
+from tests.integration.workerproc import WorkerPool, drop_arq_keys, drop_job_keys, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -115,6 +116,17 @@ async def workers(
         await pool.stop_all()
         print(pool.logs())  # shown by pytest when the test failed
         await drop_arq_keys(client)
+
+
+@pytest.fixture(autouse=True)
+async def drop_jobs(client: Client) -> AsyncIterator[None]:
+    """arq keeps its job keys outside our prefix: drop those of every run made here."""
+    yield
+    runs = await client.runs.list(include_forks=True, limit=5000)  # fillers included
+    await drop_job_keys(
+        client.redis,
+        [job_id(r.run_id, attempt, seg) for r in runs for attempt in (1, 2, 3) for seg in (0, 1)],
+    )
 
 
 def sent_text(request: dict[str, Any]) -> str:
