@@ -226,7 +226,8 @@ class OpenAICompatible:
     async def _with_retries(self, attempt: _Attempt) -> AsyncGenerator[Chunk, None]:
         """Run `attempt(key)` until it completes. Retryable failures (429, 5xx, timeouts,
         connection errors, drops) back off and try again; a rejected key is benched and the
-        next key tries at once; a rejected `stream_options` is dropped and tried at once;
+        next key tries at once (no key twice in one call); a rejected `stream_options` is
+        dropped and tried at once;
         every other error is raised with the attempts counted."""
         failures = 0
         rejected: dict[str, _KeyRejected] = {}  # keys this call saw rejected: not tried again
