@@ -3,19 +3,60 @@
 Code written for SimpleLLMFunc runs after changing the import:
 
     from orchestrator import OpenAICompatible, llm_chat, tool
+
+and the same agents run on a cluster of workers:
+
+    client = await orchestrator.connect("redis://127.0.0.1:6379/0")
+    run = await client.submit("myapp.agents:weather_chat", "Weather in Paris?")
+
+The client's names (`connect`, `Client`, `Run`, `RunResult`) are imported on first use,
+so `import orchestrator` for an in-process agent does not load the Redis client.
 """
 
-from orchestrator.llm import OpenAICompatible
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.llm import APIKeyPool, OpenAICompatible
 from orchestrator.runtime.chat import llm_chat
 from orchestrator.runtime.selfref import SelfReference
-from orchestrator.runtime.tools import tool
+from orchestrator.runtime.tools import Tool, tool
+from orchestrator.settings import Settings
 from orchestrator.signals import ABORT_SIGNAL_PARAM, AbortSignal
+
+if TYPE_CHECKING:
+    from orchestrator.client import Client, Run, RunResult, connect
 
 __all__ = [
     "ABORT_SIGNAL_PARAM",
+    "APIKeyPool",
     "AbortSignal",
+    "Client",
     "OpenAICompatible",
+    "OrchestratorError",
+    "Run",
+    "RunResult",
     "SelfReference",
+    "Settings",
+    "Tool",
+    "connect",
     "llm_chat",
     "tool",
 ]
+
+_LAZY = {name: "orchestrator.client" for name in ("Client", "Run", "RunResult", "connect")}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # found once; later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -4,6 +4,10 @@ By default everything it needs runs inside this one command, clearly labelled: t
 scripted model (no API key) and an embedded Redis (no server installed), with worker(s)
 as tasks here. `--redis URL` (or ORCHESTRATOR_REDIS_URL) uses a real Redis instead, and
 `--external-workers` leaves the turns to `orchestrator worker` processes.
+
+SIGTERM and SIGINT (Ctrl-C) stop it cleanly at any point: the conversation is cancelled,
+then the dashboard, the workers, the scripted model and the embedded Redis it started are
+stopped, in that order, before it exits. A second signal hurries that along.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+import signal
+from collections.abc import Coroutine, Iterator
 from importlib import resources
+from types import FrameType
 from typing import Any
 
 import structlog
@@ -26,12 +32,88 @@ from orchestrator.render import EventRenderer, format_usage
 from orchestrator.settings import Settings
 
 DEMO_AGENTS = "orchestrator.demo_agents"
+# How long in-process workers may finish their turns: at the end, and after a signal.
+DRAIN_S = 10.0
+DRAIN_AFTER_SIGNAL_S = 1.0
 PROMPTS = (
     "What's the weather in Paris and Tokyo?",
     "Please calculate 17 * 23 + 4",
     # The agent forks: one sub-agent per city, each its own job, gathered at the end.
     "Research the weather in London, Paris and Tokyo in parallel",
 )
+
+
+class StopSignals:
+    """SIGTERM and SIGINT as a request to stop, whatever the demo is doing.
+
+    While the event loop runs, the first signal sets `requested` (an asyncio.Event) and
+    the code waiting on it winds down in order. Outside the loop (starting or stopping the
+    embedded Redis and the scripted model), and on a second signal, it raises
+    KeyboardInterrupt, so the `with` blocks that own those unwind. Python's default for
+    SIGTERM would end the process at once and leave an embedded `redis-server` running.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.requested: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process ended by a signal: 128 + its number."""
+        return 128 + (self.signum or 0)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopSignals]:
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    @contextlib.contextmanager
+    def in_loop(self) -> Iterator[asyncio.Event]:
+        """Deliver signals to the running loop as `requested`, for the block's duration."""
+        self._loop = asyncio.get_running_loop()
+        self.requested = asyncio.Event()
+        if self.signum is not None:
+            self.requested.set()
+        try:
+            yield self.requested
+        finally:
+            self._loop = self.requested = None
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        first = self.signum is None
+        self.signum = self.signum or signum
+        if first and self._loop is not None and self.requested is not None:
+            # A signal handler runs between two bytecodes of the loop's thread: hand the
+            # request to the loop instead of acting here (asyncio.Runner does the same).
+            self._loop.call_soon_threadsafe(self.requested.set)
+            return
+        raise KeyboardInterrupt
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, int], stop: asyncio.Event) -> int | None:
+    """`work`'s result, or None once `stop` is set first (`work` is then cancelled)."""
+    task = asyncio.create_task(work)
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait(stopped)
+    if task.done():
+        return task.result()
+    await cancel_and_wait(task)
+    return None
 
 
 @contextlib.contextmanager
@@ -66,8 +148,20 @@ def _redis(args: argparse.Namespace, console: Console) -> Iterator[str]:
         yield server.url
 
 
-async def _run(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+async def _run(
+    settings: Settings, args: argparse.Namespace, console: Console, signals: StopSignals
+) -> int:
+    with signals.in_loop() as stop:
+        return await _run_until_stopped(settings, args, console, signals, stop)
 
+
+async def _run_until_stopped(
+    settings: Settings,
+    args: argparse.Namespace,
+    console: Console,
+    signals: StopSignals,
+    stop: asyncio.Event,
+) -> int:
     workers: list[Any] = []
     tasks: list[asyncio.Task[None]] = []
     if not args.external_workers:
@@ -82,10 +176,13 @@ async def _run(settings: Settings, args: argparse.Namespace, console: Console) -
         console.print(f"[bold]workers:[/] external (`orchestrator worker --agents {DEMO_AGENTS}`)")
     dashboard = await _start_dashboard(settings, args, console)
     try:
-        code = await _conversation(settings, console)
+        code = await _unless_stopped(_conversation(settings, console), stop)
+        if code is None:
+            console.print(f"[yellow]stopped by {signals.name}:[/] stopping what the demo started")
+            return signals.exit_code
         if dashboard is not None and args.keep_open:
             console.print("[bold]dashboard stays open:[/] Ctrl-C to quit")
-            await asyncio.Event().wait()
+            await stop.wait()  # the way to leave, so the demo's own result stands
         return code
     finally:
         if dashboard is not None:
@@ -93,8 +190,13 @@ async def _run(settings: Settings, args: argparse.Namespace, console: Console) -
             server.should_exit = True
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(task, 5)
+        grace = DRAIN_S
+        if stop.is_set():
+            grace = DRAIN_AFTER_SIGNAL_S
+            # Turns still running are cancelled on purpose: no traceback for each.
+            logging.getLogger("arq").setLevel(logging.CRITICAL)
         for worker in workers:
-            await worker.drain(timeout=10)
+            await worker.drain(timeout=grace)
             await worker.close()
         for task in tasks:
             await cancel_and_wait(task)
@@ -167,7 +269,14 @@ def run_demo(args: argparse.Namespace) -> int:
     console.print(
         Panel.fit("orchestrator demo — distributed agent turns, live events", style="bold cyan")
     )
-    with _model(args, console) as llm_url, _redis(args, console) as redis_url:
-        os.environ["ORCHESTRATOR_DEMO_LLM_URL"] = llm_url
-        settings = Settings.from_env(overrides={"redis_url": redis_url})
-        return asyncio.run(_run(settings, args, console))
+    with StopSignals().installed() as signals:
+        try:
+            with _model(args, console) as llm_url, _redis(args, console) as redis_url:
+                os.environ["ORCHESTRATOR_DEMO_LLM_URL"] = llm_url
+                settings = Settings.from_env(overrides={"redis_url": redis_url})
+                return asyncio.run(_run(settings, args, console, signals))
+        except KeyboardInterrupt:
+            if signals.signum is None:
+                raise
+            console.print(f"[yellow]stopped by {signals.name}[/]")
+            return signals.exit_code

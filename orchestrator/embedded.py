@@ -66,10 +66,16 @@ class EmbeddedRedis:
 
     def start(self) -> EmbeddedRedis:
         binary = shutil.which("redis-server") if self._prefer_binary else None
-        if binary:
-            self._start_binary(binary)
-        else:
-            self._start_fake()
+        try:
+            if binary:
+                self._start_binary(binary)
+            else:
+                self._start_fake()
+        except BaseException:
+            # Failed or interrupted (a signal) half-way: `with` never calls __exit__ when
+            # __enter__ raises, so the server started so far is stopped here.
+            self.stop()
+            raise
         return self
 
     def _start_binary(self, binary: str) -> None:
@@ -95,7 +101,6 @@ class EmbeddedRedis:
             stderr=subprocess.DEVNULL,
         )
         if not _wait_for_port(self.port, 10.0):
-            self.stop()
             raise ConfigError(f"embedded redis-server ({binary}) did not start")
         self.kind = f"redis-server from {binary}"
 
@@ -115,13 +120,18 @@ class EmbeddedRedis:
         self.kind = "in-process fakeredis server"
 
     def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
+        """Stop the server (idempotent). Interrupted itself, it kills the server first."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
             try:
-                self._proc.wait(5)
+                proc.terminate()
+                proc.wait(5)
             except subprocess.TimeoutExpired:
-                self._proc.kill()
-            self._proc = None
+                proc.kill()
+                proc.wait(5)
+            except BaseException:
+                proc.kill()
+                raise
         if self._fake is not None:
             self._fake.shutdown()  # type: ignore[attr-defined]
             self._fake.server_close()  # type: ignore[attr-defined]

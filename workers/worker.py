@@ -18,6 +18,7 @@ from arq.worker import func
 
 from orchestrator.aio import cancel_and_wait
 from orchestrator.keys import Keys
+from orchestrator.llm.benched import INFO_FIELD, report_benched_keys
 from orchestrator.settings import Settings
 from orchestrator.store import jsonserial as serialization
 from orchestrator.store.abort import AbortWatcher
@@ -88,6 +89,10 @@ class WorkerServices:
                 "running": len(worker.tasks) if worker is not None else 0,
                 "concurrency": self.settings.concurrency,
                 "started_at": self._started,
+                INFO_FIELD: report_benched_keys(
+                    self.registry.resolve(address).llm_interface
+                    for address in self.registry.addresses
+                ),
             }
             try:
                 await self.heartbeats.beat(

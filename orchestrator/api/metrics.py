@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from orchestrator.llm.benched import BenchedKeyReport
 from orchestrator.runs import RunRecord
 
 __all__ = ["CONTENT_TYPE", "MetricsSnapshot", "quantile", "render"]
@@ -34,6 +35,8 @@ class MetricsSnapshot:
     dispatch_latencies_s: list[float] = field(default_factory=list)
     tokens: dict[str, int] = field(default_factory=dict)
     sampled_runs: int = 0
+    # (worker id, key) for every API key a live worker has benched after a 401/403.
+    benched_keys: list[tuple[str, BenchedKeyReport]] = field(default_factory=list)
 
     @classmethod
     def from_runs(
@@ -44,6 +47,7 @@ class MetricsSnapshot:
         runs_by_status: dict[str, int],
         live_workers: int,
         open_api: bool,
+        benched_keys: Sequence[tuple[str, BenchedKeyReport]] = (),
     ) -> MetricsSnapshot:
         latencies = [r.queue_ms / 1000.0 for r in recent if r.queue_ms is not None]
         tokens = dict.fromkeys(TOKEN_KINDS, 0)
@@ -60,6 +64,7 @@ class MetricsSnapshot:
             dispatch_latencies_s=latencies,
             tokens=tokens,
             sampled_runs=len(recent),
+            benched_keys=list(benched_keys),
         )
 
 
@@ -82,6 +87,21 @@ def _number(value: float) -> str:
 
 def _family(name: str, kind: str, help_text: str, samples: Iterable[str]) -> list[str]:
     return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
+
+
+def _label(value: object) -> str:
+    """A label value escaped as the exposition format wants (backslash, quote, newline)."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _benched_key_samples(snapshot: MetricsSnapshot) -> list[str]:
+    name = "orchestrator_api_key_retry_seconds"
+    return [
+        f'{name}{{worker="{_label(worker)}",model="{_label(key.model)}",'
+        f'key="{key.key_index}",keys="{key.keys}",status="{key.status}"}} '
+        f"{_number(round(key.retry_in_s, 3))}"
+        for worker, key in snapshot.benched_keys
+    ]
 
 
 def render(snapshot: MetricsSnapshot) -> str:
@@ -138,6 +158,19 @@ def render(snapshot: MetricsSnapshot) -> str:
             "gauge",
             "How many recent runs the latency and token figures cover.",
             [f"orchestrator_metrics_sampled_runs {snapshot.sampled_runs}"],
+        ),
+        *_family(
+            "orchestrator_api_keys_benched",
+            "gauge",
+            "API keys resting after a 401/403 answer, over all live workers.",
+            [f"orchestrator_api_keys_benched {len(snapshot.benched_keys)}"],
+        ),
+        *_family(
+            "orchestrator_api_key_retry_seconds",
+            "gauge",
+            "Seconds until a benched API key is tried again, by worker, model and key "
+            "(its 1-based place in the model's key pool; never the key).",
+            _benched_key_samples(snapshot),
         ),
         *_family(
             "orchestrator_api_open",

@@ -3,6 +3,7 @@ show aggregate figures only, never run ids or contents)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter
@@ -12,6 +13,7 @@ from orchestrator.api.deps import StateDep
 from orchestrator.api.metrics import CONTENT_TYPE, MetricsSnapshot, render
 from orchestrator.api.problems import problem_response
 from orchestrator.errors import StoreError
+from orchestrator.llm.benched import read_benched_keys
 
 __all__ = ["OPEN_WARNING", "router"]
 
@@ -46,13 +48,21 @@ async def readyz(state: StateDep) -> JSONResponse:
 
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(state: StateDep) -> PlainTextResponse:
-    """Prometheus text format: queue depth, runs by status, dispatch latency, tokens."""
+    """Prometheus text format: queue depth, runs by status, dispatch latency, tokens,
+    and the API keys workers have benched after a 401/403."""
     client = state.client
+    workers = await client.workers.list()
+    now = time.time()
     snapshot = MetricsSnapshot.from_runs(
         await client.runs.list(limit=METRICS_WINDOW),
         queue_depth=await client.queue.depth(),
         runs_by_status=await client.runs.counts_by_status(),
-        live_workers=len(await client.workers.list()),
+        live_workers=len(workers),
         open_api=state.keys.open,
+        benched_keys=[
+            (str(worker.get("worker_id")), key)
+            for worker in workers
+            for key in read_benched_keys(worker, now)
+        ],
     )
     return PlainTextResponse(render(snapshot), media_type=CONTENT_TYPE)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from orchestrator.events import MessageList
 from orchestrator.runs import AGENT_ADDRESS_PATTERN, ID_PATTERN, RunRecord, RunStatus
@@ -13,6 +14,7 @@ __all__ = [
     "AbortRequest",
     "AbortResponse",
     "ErrorBody",
+    "RequestBody",
     "RunDetail",
     "RunPage",
     "RunSummary",
@@ -21,7 +23,59 @@ __all__ = [
 ]
 
 
-class SubmitRequest(BaseModel):
+def unencodable_text(body: Any) -> str | None:
+    """Where in a decoded JSON body (strings, keys, lists, objects) the first text that
+    cannot be encoded as UTF-8 is, e.g. `history[0].content`; None if there is none.
+
+    JSON may spell a lone UTF-16 surrogate (`"\\ud800"`); Python decodes it into a str
+    that no UTF-8 writer (Redis, a JSON response, a log) can encode. The walk is iterative,
+    so no nesting depth makes it fail.
+    """
+    stack: list[tuple[str, Any]] = [("", body)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if not _encodable(value):
+                return path or "the body"
+        elif isinstance(value, dict):
+            children: list[tuple[str, Any]] = []
+            for key, item in value.items():
+                if not _encodable(str(key)):
+                    return f"a key in {path or 'the body'}"
+                children.append((f"{path}.{key}" if path else str(key), item))
+            stack.extend(reversed(children))
+        elif isinstance(value, list):
+            stack.extend(reversed([(f"{path}[{i}]", item) for i, item in enumerate(value)]))
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class RequestBody(BaseModel):
+    """A request body. Text anywhere in it (values, keys, nested in `args`) must be
+    valid Unicode: a lone surrogate is a 422 naming where it is, checked once, here."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_is_unicode(cls, data: Any) -> Any:
+        where = unencodable_text(data)
+        if where is not None:
+            raise PydanticCustomError(
+                "unencodable_text",
+                "{where} is not valid Unicode (it holds a lone UTF-16 surrogate such as "
+                "\\ud800); send well-formed UTF-8 text",
+                {"where": where},
+            )
+        return data
+
+
+class SubmitRequest(RequestBody):
     """One agent turn to queue."""
 
     model_config = ConfigDict(extra="forbid")
@@ -59,7 +113,7 @@ class SubmitResponse(BaseModel):
     links: dict[str, str]
 
 
-class AbortRequest(BaseModel):
+class AbortRequest(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(default="user_abort", max_length=500)

@@ -2,7 +2,7 @@
 
 OpenAICompatible    one model at one base URL (implements `orchestrator.ports.LLMInterface`)
 FallbackLLM         several models behind one interface; the next one takes over on failure
-APIKeyPool          least-loaded key selection, with 401/403 keys benched
+APIKeyPool          least-loaded key selection; a key answered 401/403 rests a while
 RateLimiter         the one-method seam for request limits (TokenBucket in-process)
 ModelConfig         one provider.json entry; `load_provider_file` validates a whole file
 ChunkAccumulator    assembles chat.completion.chunk dicts into a message
@@ -10,7 +10,7 @@ ChunkAccumulator    assembles chat.completion.chunk dicts into a message
 
 from orchestrator.llm.config import ModelConfig, load_provider_file
 from orchestrator.llm.fallback import FallbackLLM
-from orchestrator.llm.key_pool import APIKeyPool
+from orchestrator.llm.key_pool import APIKeyPool, BenchedKey
 from orchestrator.llm.openai_compatible import OpenAICompatible
 from orchestrator.llm.rate_limit import RateLimiter, TokenBucket, Unlimited
 from orchestrator.llm.retry import RetryPolicy, parse_retry_after
@@ -19,6 +19,7 @@ from orchestrator.llm.stream import ChunkAccumulator, StreamResumer
 
 __all__ = [
     "APIKeyPool",
+    "BenchedKey",
     "ChunkAccumulator",
     "FallbackLLM",
     "ModelConfig",

@@ -4,7 +4,7 @@
       "openai": [
         {"model_name": "gpt-4o", "api_keys": ["sk-..."], "base_url": "https://api.openai.com/v1",
          "max_retries": 5, "retry_delay": 1.0, "rate_limit_capacity": 10,
-         "rate_limit_refill_rate": 1.0, "context_window": 128000}
+         "rate_limit_refill_rate": 1.0, "context_window": 128000, "key_cooldown_s": 60}
       ]
     }
 
@@ -23,6 +23,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import ConfigError
+from orchestrator.llm.key_pool import DEFAULT_COOLDOWN_S
 
 _log = structlog.get_logger(__name__)
 
@@ -39,6 +40,8 @@ class ModelConfig(BaseModel):
     retry_delay: float = Field(default=1.0, ge=0)
     max_retry_delay: float = Field(default=30.0, ge=0)
     timeout: float = Field(default=60.0, gt=0)
+    # A key answered 401/403 rests this long, then is tried again.
+    key_cooldown_s: float = Field(default=DEFAULT_COOLDOWN_S, ge=0)
     rate_limit_capacity: int | None = Field(default=None, ge=1)
     rate_limit_refill_rate: float | None = Field(default=None, gt=0)
     context_window: int | None = Field(default=None, gt=0)

@@ -1,21 +1,24 @@
 """`FallbackLLM`: several models behind one `LLMInterface`; when one fails, the next tries.
 
 Each model keeps its own retries; the fallback only acts once a model has given up
-(`LLMRetriesExhausted`) or answered a status that another model may not (5xx, 404, and
-401/403, which also bench that model for the life of the instance). Other errors (a 400,
-an unreadable answer) are the request's fault and are raised at once.
+(`LLMRetriesExhausted`) or answered a status that another model may not (5xx, and
+401/403/404, which also bench that model for `bench_s` seconds, a minute by default, before
+it is tried again). Other errors (a 400, an unreadable answer) are the request's fault and
+are raised at once.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import structlog
 
 from orchestrator.errors import ConfigError, LLMError, LLMHTTPError, LLMRetriesExhausted
 from orchestrator.events import MessageList
+from orchestrator.llm.key_pool import DEFAULT_COOLDOWN_S, format_wait
 from orchestrator.ports import LLMInterface
 
 log = structlog.get_logger(__name__)
@@ -38,6 +41,8 @@ class FallbackLLM:
         weights: Sequence[float] | None = None,
         *,
         rng: random.Random | None = None,
+        bench_s: float = DEFAULT_COOLDOWN_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not models:
             raise ConfigError("FallbackLLM needs at least one model")
@@ -45,11 +50,21 @@ class FallbackLLM:
             len(weights) != len(models) or any(w < 0 for w in weights) or not any(weights)
         ):
             raise ConfigError("FallbackLLM weights: one non-negative weight per model, not all 0")
+        if not bench_s >= 0:
+            raise ConfigError(f"FallbackLLM bench_s must be 0 or more seconds, not {bench_s!r}")
         self.models = list(models)
         self.weights = list(weights) if weights is not None else None
         self.model_name = "|".join(model.model_name for model in self.models)
-        self.benched: set[int] = set()
+        self.bench_s = float(bench_s)
+        self._benched_until: dict[int, float] = {}
+        self._clock = clock
         self._rng = rng or random.Random()
+
+    @property
+    def benched(self) -> set[int]:
+        """Indexes of the models resting now (after a 401/403/404)."""
+        now = self._clock()
+        return {index for index, until in self._benched_until.items() if until > now}
 
     async def chat(
         self, messages: MessageList, *, tools: list[dict[str, Any]] | None = None, **kwargs: Any
@@ -82,7 +97,8 @@ class FallbackLLM:
         raise self._nothing_left(last)
 
     def _order(self) -> list[int]:
-        candidates = [i for i in range(len(self.models)) if i not in self.benched]
+        benched = self.benched
+        candidates = [i for i in range(len(self.models)) if i not in benched]
         if self.weights is None:
             return candidates
         order: list[int] = []
@@ -102,20 +118,25 @@ class FallbackLLM:
             status in _BENCH_STATUSES or (status or 0) >= 500
         ):
             raise exc  # the request itself is at fault; another model will not do better
-        if isinstance(exc, LLMHTTPError) and status in _BENCH_STATUSES:
-            self.benched.add(index)
+        benched = isinstance(exc, LLMHTTPError) and status in _BENCH_STATUSES
+        if benched:
+            self._benched_until[index] = self._clock() + self.bench_s
         log.warning(
             "llm.fallback",
             model=self.models[index].model_name,
             status=status,
-            benched=index in self.benched,
+            benched=benched,
+            retry_in_s=self.bench_s if benched else None,
             error=str(exc),
         )
 
     def _nothing_left(self, last: LLMError | None) -> LLMError:
         if last is not None:
             return last
+        now = self._clock()
+        index, until = min(self._benched_until.items(), key=lambda item: item[1])
         return LLMHTTPError(
-            f"{self.model_name}: every model is benched (401/403/404 earlier)",
+            f"{self.model_name}: every model is benched (401/403/404 earlier); "
+            f"{self.models[index].model_name} is tried again in {format_wait(until - now)}",
             model=self.model_name,
         )

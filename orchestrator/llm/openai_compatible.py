@@ -2,9 +2,9 @@
 scripted model), reached over httpx.
 
 One instance is one model at one base URL. It owns a key pool (least-loaded key, rejected
-keys benched), a rate limiter (a local token bucket unless one is passed in) and a retry
-policy. Every retry decision is taken in `_with_retries`; both `chat` and `chat_stream`
-run through it.
+keys benched for a cool-down), a rate limiter (a local token bucket unless one is passed
+in) and a retry policy. Every retry decision is taken in `_with_retries`; both `chat` and
+`chat_stream` run through it.
 """
 
 from __future__ import annotations
@@ -28,7 +28,13 @@ from orchestrator.errors import (
 )
 from orchestrator.events import MessageList
 from orchestrator.llm.config import ModelConfig, load_provider_file
-from orchestrator.llm.key_pool import APIKeyPool, NoUsableKey
+from orchestrator.llm.key_pool import (
+    DEFAULT_COOLDOWN_S,
+    APIKeyPool,
+    NoUsableKey,
+    format_wait,
+    scrub,
+)
 from orchestrator.llm.rate_limit import RateLimiter, TokenBucket, Unlimited
 from orchestrator.llm.retry import (
     KEY_REJECTED_STATUSES,
@@ -64,7 +70,10 @@ class OpenAICompatible:
 
     `api_keys` is one key, several keys (the least-loaded one serves each request), or a
     ready `APIKeyPool` (SimpleLLMFunc's `api_key_pool=` keyword is accepted too). Use `""`
-    for local servers without auth. `max_retries` counts retries after the first attempt.
+    for local servers without auth. A key the server rejects (401/403) rests for
+    `key_cooldown_s` seconds (default 60), then is tried again; the other keys serve
+    meanwhile (a ready pool brings its own `cooldown_s`). `max_retries` counts retries
+    after the first attempt.
     `rate_limit_capacity`/`rate_limit_refill_rate` (requests, requests per second) turn on
     a local token bucket; pass `rate_limiter=` to share a limit with other processes.
     Extra keyword arguments are default request parameters (`temperature=0.2`, ...), which
@@ -90,6 +99,7 @@ class OpenAICompatible:
         rate_limiter: RateLimiter | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         api_key_pool: APIKeyPool | None = None,
+        key_cooldown_s: float | None = None,
         **default_llm_kwargs: Any,
     ) -> None:
         if not model_name or not base_url:
@@ -97,7 +107,7 @@ class OpenAICompatible:
         self.model_name = model_name
         self.base_url = base_url.rstrip("/")
         self.context_window = context_window
-        self.key_pool = _build_key_pool(api_key_pool or api_keys, model_name)
+        self.key_pool = _build_key_pool(api_key_pool or api_keys, model_name, key_cooldown_s)
         self.rate_limiter = rate_limiter or _build_limiter(
             rate_limit_capacity, rate_limit_refill_rate
         )
@@ -124,7 +134,11 @@ class OpenAICompatible:
     ) -> OpenAICompatible:
         """Build a model from one validated provider.json entry."""
         return cls(
-            APIKeyPool(config.api_keys, f"{provider}-{config.model_name}" if provider else ""),
+            APIKeyPool(
+                config.api_keys,
+                f"{provider}-{config.model_name}" if provider else "",
+                cooldown_s=config.key_cooldown_s,
+            ),
             config.model_name,
             config.base_url,
             max_retries=config.max_retries,
@@ -212,13 +226,15 @@ class OpenAICompatible:
     async def _with_retries(self, attempt: _Attempt) -> AsyncGenerator[Chunk, None]:
         """Run `attempt(key)` until it completes. Retryable failures (429, 5xx, timeouts,
         connection errors, drops) back off and try again; a rejected key is benched and the
-        next key tries at once; a rejected `stream_options` is dropped and tried at once;
+        next key tries at once (no key twice in one call); a rejected `stream_options` is
+        dropped and tried at once;
         every other error is raised with the attempts counted."""
         failures = 0
+        rejected: dict[str, _KeyRejected] = {}  # keys this call saw rejected: not tried again
         cause: Exception
         while True:
             await self.rate_limiter.acquire()
-            key = self._acquire_key()
+            key = self._acquire_key(rejected, failures + len(rejected))
             try:
                 async for item in attempt(key):
                     yield item
@@ -228,7 +244,8 @@ class OpenAICompatible:
             except RETRYABLE_TRANSPORT_ERRORS as exc:
                 failure, cause = RetryableFailure(_describe_transport_error(exc)), exc
             except _KeyRejected as exc:
-                self._bench(key, exc, failures + 1)
+                self.key_pool.bench(key, status=exc.status, model=self.model_name)
+                rejected[key] = exc
                 continue
             except _StreamOptionsRejected:
                 self._drop_stream_options()
@@ -262,24 +279,41 @@ class OpenAICompatible:
         )
         await asyncio.sleep(delay)
 
-    def _acquire_key(self) -> str:
+    def _acquire_key(self, rejected: dict[str, _KeyRejected], attempts: int) -> str:
+        """The next key to try. When none is usable, the error names the keys this call saw
+        rejected (by their place in the pool) and when the earliest benched key returns."""
         try:
-            return self.key_pool.acquire()
+            return self.key_pool.acquire(exclude=rejected)
         except NoUsableKey as exc:
-            raise LLMHTTPError(
-                f"{self.model_name}: {exc}", model=self.model_name, status_code=401
-            ) from exc
+            raise self._no_key_error(exc, rejected, attempts) from None
 
-    def _bench(self, key: str, rejection: _KeyRejected, attempts: int) -> None:
-        self.key_pool.bench(key, status=rejection.status, model=self.model_name)
-        if not self.key_pool.live_keys:
-            raise LLMHTTPError(
-                f"{self.model_name}: HTTP {rejection.status}, API key rejected "
-                f"({rejection.message}); no other key left",
-                model=self.model_name,
-                status_code=rejection.status,
-                attempts=attempts,
-            ) from rejection
+    def _no_key_error(
+        self, exc: NoUsableKey, rejected: dict[str, _KeyRejected], attempts: int
+    ) -> LLMHTTPError:
+        if not rejected:
+            # Every key was benched before this call: fail fast, without a request.
+            status = exc.earliest.status if exc.earliest is not None else 401
+            return LLMHTTPError(
+                f"{self.model_name}: {exc}", model=self.model_name, status_code=status
+            )
+        last = list(rejected.values())[-1]
+        labels = [self.key_pool.label(key) for key in rejected]
+        if len(labels) == 1:
+            what = f"{labels[0]} was rejected"
+        else:
+            what = f"{', '.join(labels[:-1])} and {labels[-1]} were rejected"
+        then = (
+            f"{exc.earliest.label} is tried again in {format_wait(exc.earliest.retry_in_s)}"
+            if exc.earliest is not None
+            else "no other key is left"
+        )
+        return LLMHTTPError(
+            f"{self.model_name}: {what} (HTTP {last.status}: {last.message}); "
+            f"no other key is usable now: {then}",
+            model=self.model_name,
+            status_code=last.status,
+            attempts=attempts,
+        )
 
     def _drop_stream_options(self) -> None:
         self.stream_options_supported = False
@@ -293,7 +327,7 @@ class OpenAICompatible:
 
     async def _attempt_chat(self, body: dict[str, Any], key: str) -> AsyncIterator[Chunk]:
         response = await self._http().post("chat/completions", json=body, headers=_auth(key))
-        self._check_status(response, sent_stream_options=False)
+        self._check_status(response, key, sent_stream_options=False)
         yield self._decode_completion(response)
 
     async def _attempt_stream(
@@ -310,7 +344,7 @@ class OpenAICompatible:
         async with request as response:
             if not response.is_success:
                 await response.aread()
-                self._check_status(response, sent_stream_options="stream_options" in body)
+                self._check_status(response, key, sent_stream_options="stream_options" in body)
             if _is_json(response):
                 # A server that ignores `stream: true` answers with one whole completion.
                 await response.aread()
@@ -376,11 +410,13 @@ class OpenAICompatible:
                 body.pop("stream_options", None)
         return body
 
-    def _check_status(self, response: httpx.Response, *, sent_stream_options: bool) -> None:
+    def _check_status(
+        self, response: httpx.Response, key: str, *, sent_stream_options: bool
+    ) -> None:
         status = response.status_code
         if response.is_success:
             return
-        message = _error_message(response)
+        message = scrub(_error_message(response), key)  # some servers echo the key
         if status in KEY_REJECTED_STATUSES:
             raise _KeyRejected(status, message)
         if sent_stream_options and status in (400, 422) and "stream_options" in response.text:
@@ -437,13 +473,20 @@ class OpenAICompatible:
         )
 
 
-def _build_key_pool(keys: str | Sequence[str] | APIKeyPool | None, model_name: str) -> APIKeyPool:
+def _build_key_pool(
+    keys: str | Sequence[str] | APIKeyPool | None, model_name: str, cooldown_s: float | None
+) -> APIKeyPool:
     if isinstance(keys, APIKeyPool):
+        if cooldown_s is not None:
+            raise ConfigError(
+                f"{model_name}: key_cooldown_s goes with a list of keys; "
+                "a ready APIKeyPool has its own cooldown_s"
+            )
         return keys
     if keys is None:
         raise ConfigError(f"{model_name}: no API keys given (use '' for servers without auth)")
     try:
-        return APIKeyPool(keys)
+        return APIKeyPool(keys, cooldown_s=DEFAULT_COOLDOWN_S if cooldown_s is None else cooldown_s)
     except ValueError as exc:
         raise ConfigError(f"{model_name}: {exc}") from exc
 

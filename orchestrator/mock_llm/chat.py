@@ -20,6 +20,7 @@ _HTTP_FAULTS: dict[str, tuple[int, str, str]] = {
     "http_503": (503, "overloaded", "server_error"),
     "http_400": (400, "invalid_request", "invalid_request_error"),
     "http_401": (401, "invalid_api_key", "authentication_error"),
+    "http_403": (403, "permission_denied", "permission_error"),
 }
 
 

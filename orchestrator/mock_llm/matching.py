@@ -1,4 +1,5 @@
-"""Whether a rule's `match` conditions hold for a request. Every test ignores case."""
+"""Whether a rule's `match` conditions hold for a request. Every text test ignores case;
+`api_key` compares exactly."""
 
 from __future__ import annotations
 
@@ -57,6 +58,10 @@ def _regex(match: Match, request: ChatRequest) -> bool:
     return match.regex is None or regex_groups(match, request) is not None
 
 
+def _api_key(match: Match, request: ChatRequest) -> bool:
+    return match.api_key is None or match.api_key == request.api_key
+
+
 _CHECKS: tuple[_Check, ...] = (
     _last_user_contains,
     _last_role,
@@ -67,6 +72,7 @@ _CHECKS: tuple[_Check, ...] = (
     _tools_offered,
     _no_tools_offered,
     _regex,
+    _api_key,
 )
 
 

@@ -67,6 +67,7 @@ class ChatRequest:
     model: str | None
     stream: bool
     include_usage: bool
+    api_key: str | None = None  # the bearer key of the Authorization header
 
     def last(self, role: str) -> Message | None:
         return next((m for m in reversed(self.messages) if m.role == role), None)
@@ -98,8 +99,15 @@ def _text_of(content: str | list[dict[str, Any]] | None) -> str:
     return "".join(str(part.get("text", "")) for part in content if part.get("type") == "text")
 
 
-def parse_chat_request(raw: bytes) -> ChatRequest:
-    """Decode and validate a request body, raising `InvalidRequest` with a clear message."""
+def bearer_key(authorization: str | None) -> str | None:
+    """The key of an `Authorization: Bearer <key>` header (None without one)."""
+    scheme, _, key = (authorization or "").partition(" ")
+    return key.strip() if scheme.lower() == "bearer" and key.strip() else None
+
+
+def parse_chat_request(raw: bytes, *, api_key: str | None = None) -> ChatRequest:
+    """Decode and validate a request body, raising `InvalidRequest` with a clear message.
+    `api_key` is the request's bearer key, for the `api_key` match condition."""
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -119,4 +127,5 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         model=body.model,
         stream=body.stream,
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        api_key=api_key,
     )

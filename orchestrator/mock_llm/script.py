@@ -23,6 +23,7 @@ FaultType = Literal[
     "http_503",
     "http_400",
     "http_401",
+    "http_403",
     "drop_mid_stream",
     "malformed_chunk",
     "stall",
@@ -48,7 +49,8 @@ class Latency(_Strict):
 
 
 class Match(_Strict):
-    """Conditions on the request; all given ones must hold. String tests ignore case."""
+    """Conditions on the request; all given ones must hold. String tests ignore case
+    (except `api_key`)."""
 
     last_user_contains: str | None = None
     last_role: Role | None = None
@@ -59,6 +61,8 @@ class Match(_Strict):
     tools_offered: str | None = None
     no_tools_offered: bool | None = None
     regex: str | None = None
+    # The request's bearer key equals this (exactly: keys are case-sensitive).
+    api_key: str | None = None
 
     @field_validator("regex")
     @classmethod

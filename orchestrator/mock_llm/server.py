@@ -13,7 +13,7 @@ import structlog
 from pydantic import ValidationError
 
 from orchestrator.mock_llm.chat import answer, error_body
-from orchestrator.mock_llm.request import InvalidRequest, parse_chat_request
+from orchestrator.mock_llm.request import InvalidRequest, bearer_key, parse_chat_request
 from orchestrator.mock_llm.script import (
     Script,
     describe_validation_error,
@@ -137,7 +137,9 @@ class MockLLMServer:
 
     async def _chat(self, request: Request, out: ResponseWriter) -> None:
         try:
-            chat = parse_chat_request(request.body)
+            chat = parse_chat_request(
+                request.body, api_key=bearer_key(request.headers.get("authorization"))
+            )
         except InvalidRequest as exc:
             await out.send_json(400, error_body(str(exc), "invalid_request_error", exc.code))
             return

@@ -57,6 +57,7 @@ class ScriptState:
                 "rule_index": decision.rule_index,
                 "fault": decision.fault.type if decision.fault else None,
                 "stream": request.stream,
+                "api_key": request.api_key,
             }
         )
         return decision

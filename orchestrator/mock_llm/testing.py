@@ -101,7 +101,8 @@ class MockLLMThread:
 
     def requests(self) -> list[dict[str, Any]]:
         """Every chat request received, in order: `{"body", "rule", "rule_index", "fault",
-        "stream"}` (`rule` is None when the fallback answered)."""
+        "stream", "api_key"}` (`rule` is None when the fallback answered; `api_key` is the
+        bearer key sent, None without one)."""
         records: list[dict[str, Any]] = self._call("GET", "/_mock/requests")
         return records
 

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from orchestrator.api import create_app, parse_api_key
+from orchestrator.api.schemas import unencodable_text
 from orchestrator.errors import ConfigError
 from orchestrator.settings import Settings
 
@@ -98,6 +99,56 @@ async def test_a_streamed_body_without_length_is_cut_off_at_the_limit(
         "/v1/runs", content=chunks(), headers={"content-type": "application/json"}
     )
     assert answer.status_code == 413
+
+
+def _raw(text: str) -> bytes:
+    """A JSON body written by hand, so it can hold escapes json.dumps would not produce."""
+    return text.replace("AGENT", AGENT).encode()
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "where"),
+    [
+        ("/v1/runs", '{"agent": "AGENT", "message": "\\ud800"}', "message"),
+        ("/v1/runs", '{"agent": "AGENT", "message": "ok \\udfff ok"}', "message"),
+        (
+            "/v1/runs",
+            '{"agent": "AGENT", "history": [{"role": "user", "content": "\\ud83d"}]}',
+            "history[0].content",
+        ),
+        ("/v1/runs", '{"agent": "AGENT", "args": {"city": ["Paris", "\\udc00"]}}', "args.city[1]"),
+        ("/v1/runs", '{"agent": "AGENT", "args": {"\\ud800": 1}}', "a key in args"),
+        (
+            "/v1/runs",
+            '{"agent": "AGENT", "template_params": {"t": "\\ude00"}}',
+            "template_params.t",
+        ),
+        ("/v1/runs/some-run/abort", '{"reason": "\\udbff"}', "reason"),
+    ],
+)
+async def test_text_that_is_not_valid_unicode_is_422_naming_where_it_is(
+    api: httpx.AsyncClient, path: str, body: str, where: str
+) -> None:
+    answer = await api.post(path, content=_raw(body), headers={"content-type": "application/json"})
+    assert answer.status_code == 422
+    problem = answer.json()
+    assert problem["error"] == "validation_error"
+    assert f"{where} is not valid Unicode" in problem["message"]
+    assert problem["details"][0]["type"] == "unencodable_text"
+
+
+async def test_a_surrogate_pair_is_valid_text(api: httpx.AsyncClient) -> None:
+    body = _raw('{"agent": "AGENT", "message": "sunny \\ud83d\\ude00", "args": {"k": "\\u00e9"}}')
+    answer = await api.post("/v1/runs", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 503  # valid: it got as far as Redis (which is down here)
+
+
+def test_the_unicode_check_walks_any_depth_without_recursion() -> None:
+    deep: Any = "\ud800"
+    for _ in range(100_000):
+        deep = [deep]
+    assert unencodable_text({"args": {"x": deep}}) == "args.x" + "[0]" * 100_000
+    assert unencodable_text({"ok": [1, None, True, 2.5, {"a": "b"}]}) is None
 
 
 async def test_unknown_routes_and_methods_are_4xx(api: httpx.AsyncClient) -> None:

@@ -425,7 +425,13 @@ def test_http_429_carries_retry_after_then_the_rule_answers(
 
 @pytest.mark.parametrize(
     ("fault", "status"),
-    [("http_500", 500), ("http_503", 503), ("http_400", 400), ("http_401", 401)],
+    [
+        ("http_500", 500),
+        ("http_503", 503),
+        ("http_400", 400),
+        ("http_401", 401),
+        ("http_403", 403),
+    ],
 )
 def test_http_faults_answer_with_their_status_and_a_json_error(
     mock_llm: MockLLMFactory, client: httpx.Client, fault: str, status: int
@@ -436,6 +442,35 @@ def test_http_faults_answer_with_their_status_and_a_json_error(
     )
     assert response.status_code == status
     assert "message" in response.json()["error"]
+
+
+def test_api_key_match_rejects_one_key_of_a_pool_and_the_log_names_the_key_sent(
+    mock_llm: MockLLMFactory, client: httpx.Client
+) -> None:
+    revoked = "sk-test-revoked-0001"
+    llm = mock_llm(
+        rules(
+            {
+                "name": "revoked-key",
+                "match": {"api_key": revoked},
+                "fault": {"type": "http_401", "times": None},
+            }
+        )
+    )
+    url = f"{llm.base_url}/chat/completions"
+    body = {"messages": [user("hi")]}
+    statuses = [
+        client.post(url, json=body, headers={"Authorization": f"Bearer {key}"}).status_code
+        for key in (revoked, "sk-test-good-0002", revoked.upper())
+    ]
+    statuses.append(client.post(url, json=body).status_code)
+    assert statuses == [401, 200, 200, 200]  # keys compare exactly; no key, no match
+    assert [r["api_key"] for r in llm.requests()] == [
+        revoked,
+        "sk-test-good-0002",
+        revoked.upper(),
+        None,
+    ]
 
 
 def test_fault_with_null_times_fails_every_request(
