@@ -30,9 +30,10 @@ from orchestrator.events import EventYield, ResponseYield, output_from_json, out
 from orchestrator.keys import Keys
 from orchestrator.runs import StatusEntry, StreamEntry, TreeProgress
 from orchestrator.store._codec import parse_int, resolve, text
-from orchestrator.store.connection import Redis, to_store_error, translate_errors
+from orchestrator.store.connection import Redis, read_timeout, to_store_error, translate_errors
 
 __all__ = [
+    "DEFAULT_BLOCK_MS",
     "WIRE_VERSION",
     "EventPublisher",
     "PublisherStats",
@@ -44,6 +45,8 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 WIRE_VERSION = "1"
+# How long a live tail waits in one blocking XREAD; its client's read timeout must exceed it.
+DEFAULT_BLOCK_MS = 5000
 _KINDS = frozenset({"event", "response", "status"})
 _REDIS_FAILURES: tuple[type[BaseException], ...] = (redis_errors.RedisError, OSError)
 
@@ -319,6 +322,10 @@ class StreamReader:
 
     Entries are validated as they are decoded; one that does not decode (bad JSON,
     unknown kind or version, a failing model) is skipped with a warning.
+
+    Blocking reads go to `blocking` (default: `redis`), a client whose read timeout should
+    exceed the block time; a block is cut to fit below that client's timeout regardless,
+    so a blocking read never times out merely for lack of new entries.
     """
 
     def __init__(
@@ -326,10 +333,17 @@ class StreamReader:
         redis: Redis,
         keys: Keys,
         *,
+        blocking: Redis | None = None,
         reconnect_attempts: int = 10,
         reconnect_backoff_s: float = 0.05,
     ) -> None:
         self._redis = redis
+        self._blocking = blocking if blocking is not None else redis
+        timeout = read_timeout(self._blocking)
+        # Leave a margin (up to 1 s) between the longest block and the read timeout.
+        self._max_block_ms = (
+            None if timeout is None else max(1, int((timeout - min(1.0, timeout / 2)) * 1000))
+        )
         self._keys = keys
         self._reconnect_attempts = reconnect_attempts
         self._reconnect_backoff_s = reconnect_backoff_s
@@ -369,7 +383,7 @@ class StreamReader:
         after: str | None = None,
         run_id: str | None = None,
         follow: bool = True,
-        block_ms: int = 5000,
+        block_ms: int = DEFAULT_BLOCK_MS,
         count: int = 500,
         stop_at_terminal: bool = False,
     ) -> AsyncGenerator[StreamEntry, None]:
@@ -430,8 +444,13 @@ class StreamReader:
     async def _xread(
         self, stream: str, after: str, count: int, block_ms: int | None
     ) -> list[tuple[str, Mapping[Any, Any]]]:
+        client = self._redis
+        if block_ms is not None:
+            client = self._blocking
+            if self._max_block_ms is not None:
+                block_ms = min(block_ms, self._max_block_ms)
         async with translate_errors("stream read"):
-            reply = await self._redis.xread({stream: after}, count=count, block=block_ms)
+            reply = await client.xread({stream: after}, count=count, block=block_ms)
         return [(text(entry_id), fields) for entry_id, fields in _entries_of(reply)]
 
     @staticmethod
