@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
-from orchestrator.errors import ToolError
+from orchestrator.errors import StoreUnavailable, ToolError
 from orchestrator.events import (
     CustomEvent,
     EventOrigin,
@@ -441,6 +441,8 @@ class _Turn:
         made a batch of N calls write N checkpoints of O(N) size."""
         recorded = False
         for item in items:
+            if isinstance(item, _Unavailable):
+                raise item.error
             if isinstance(item, _Suspended):
                 suspended[item.tool_call_id] = item.waiting_for
                 continue
@@ -499,7 +501,7 @@ class _Turn:
         await asyncio.gather(*tasks, return_exceptions=True)
         while not queue.empty():
             item = queue.get_nowait()
-            if isinstance(item, _Suspended):
+            if isinstance(item, _Suspended | _Unavailable):
                 continue
             async for output in self._handle_item(item):
                 yield output
@@ -581,6 +583,11 @@ class _Turn:
             )
         except SuspendTurn as suspend:
             queue.put_nowait(_Suspended(call_id, suspend.waiting_for))
+            return
+        except StoreUnavailable as exc:
+            # The orchestrator's store is away (a spawn, a gather, memory): that is not the
+            # tool's result for the model; the turn stops and is resumed after the outage.
+            queue.put_nowait(_Unavailable(exc))
             return
         except Exception as exc:
             _log.info("tool call failed", tool=name, error=str(exc), error_type=type(exc).__name__)
@@ -734,7 +741,16 @@ class _Suspended:
         self.waiting_for = waiting_for
 
 
-_Item = CustomEvent | ToolOutcome | _Suspended
+class _Unavailable:
+    """A tool call that met an unreachable store: the turn stops (and is resumed later)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: StoreUnavailable) -> None:
+        self.error = error
+
+
+_Item = CustomEvent | ToolOutcome | _Suspended | _Unavailable
 
 
 class _ToolCallPart:
