@@ -158,7 +158,6 @@ class LeaseKeeper:
         with self._lock:
             held = list(self._held.values())
         if not held:
-            outage.recovered()
             return self.interval_s
         results = await asyncio.gather(
             *(self._renew(leases, hold) for hold in held), return_exceptions=True

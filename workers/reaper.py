@@ -91,10 +91,10 @@ class Reaper:
     async def reap_once(self) -> list[str]:
         """One sweep; returns the run ids it resumed or failed."""
         handled: list[str] = []
-        expired = await self._leases.expired()
-        if not expired or not self.claiming:
-            return handled
-        for run_id in expired:
+        claiming = self.claiming
+        for run_id in await self._leases.expired():
+            if not claiming and not await self._handed_back(run_id):
+                continue  # the grace after an outage: its attempt may yet renew it
             if await self._parked_while_waiting(run_id):
                 continue
             attempt = await self._leases.claim_expired(run_id)
@@ -103,6 +103,10 @@ class Reaper:
             if await self._recover(run_id, attempt):
                 handled.append(run_id)
         return handled
+
+    async def _handed_back(self, run_id: str) -> bool:
+        owner = await self._leases.owner(run_id)
+        return owner is not None and owner.get("state") == "handed_back"
 
     async def _parked_while_waiting(self, run_id: str) -> bool:
         """A suspended run whose worker stopped between suspending and parking its lease:
@@ -128,7 +132,8 @@ class Reaper:
             await announce_end(self._redis, self._keys, self._settings, record, queue=self._queue)
             return False
         await self._queue.discard(run_id, attempt, record.segment)
-        handbacks = min(await self._leases.handbacks(run_id), self._settings.max_handbacks)
+        handbacks_before = await self._leases.handbacks(run_id)
+        handbacks = min(handbacks_before, self._settings.max_handbacks)
         if attempt - handbacks >= record.max_attempts:
             await self._give_up(record.run_id, record.session_id, attempt - handbacks)
             return True
@@ -147,7 +152,12 @@ class Reaper:
             update={"attempt": attempt + 1, "segment": record.segment}
         )
         await self._queue.enqueue(request)
-        _log.warning("worker lost; run resumed", run_id=run_id, next_attempt=attempt + 1)
+        _log.warning(
+            "run resumed by a new attempt (worker lost or run handed back)",
+            run_id=run_id,
+            next_attempt=attempt + 1,
+            handbacks=handbacks_before,
+        )
         return True
 
     async def _give_up(self, run_id: str, session_id: str, attempt: int) -> None:
