@@ -141,8 +141,9 @@ class EventPublisher:
         self._pending: list[_Pending] = []
         # A batch whose delivery is not confirmed yet; retried before anything newer.
         self._unconfirmed: list[_Pending] | None = None
-        # A named publisher may have delivered its first batch in an earlier life.
-        self._check_marker = publisher_id is not None
+        self._check_marker = False
+        # A named publisher may have delivered its batches in an earlier life.
+        self._named = publisher_id is not None
         self._batch_no = 0
         self._accepted = 0
         self._delivered = 0
@@ -288,7 +289,7 @@ class EventPublisher:
             if self._unconfirmed is None:
                 self._unconfirmed, self._pending = self._pending, []
                 self._batch_no += 1
-                self._check_marker = False
+                self._check_marker = self._named
             batch = self._unconfirmed
             try:
                 await self._deliver(batch)
