@@ -84,7 +84,8 @@ class LeaseKeeper:
             with contextlib.suppress(RuntimeError):  # its loop already closed
                 loop.call_soon_threadsafe(task.cancel)
         if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 10)
+            # A daemon thread: never hold up the worker's shutdown for long on it.
+            await asyncio.to_thread(self._thread.join, self.interval_s + 1.0)
         await cancel_and_wait(self._tick_task)
 
     def hold(self, run_id: str, attempt: int, on_lost: Callable[[], None]) -> Hold:
