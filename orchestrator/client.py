@@ -37,12 +37,14 @@ from orchestrator.keys import Keys
 from orchestrator.runs import RunRecord, RunRequest, RunStatus, StreamEntry, fork_run_id
 from orchestrator.settings import Settings
 from orchestrator.store.abort import AbortFlags
+from orchestrator.store.connection import Redis
+from orchestrator.store.connection import connect as connect_redis
 from orchestrator.store.forks import ForkTable
 from orchestrator.store.lifecycle import end_run
-from orchestrator.store.queue import JobQueue
+from orchestrator.store.queue import JobQueue, connect_queue
 from orchestrator.store.runs import RunStore, WorkerRegistry
 from orchestrator.store.sessions import SessionTable
-from orchestrator.store.streams import StreamReader
+from orchestrator.store.streams import DEFAULT_BLOCK_MS, StreamReader
 
 Output = ResponseYield | EventYield
 
@@ -170,12 +172,15 @@ class Run:
 class Client:
     """Submit runs, read their streams, abort them. Create with `await connect(url)`."""
 
-    def __init__(self, redis: Any, settings: Settings) -> None:
+    def __init__(self, redis: Any, settings: Settings, *, blocking: Any = None) -> None:
+        """`blocking`: a client for blocking stream reads (its read timeout above the
+        block time); by default `redis` serves them too, with blocks cut to fit."""
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.redis = redis
+        self.blocking = blocking
         self.runs = RunStore(redis, self.keys)
-        self.reader = StreamReader(redis, self.keys)
+        self.reader = StreamReader(redis, self.keys, blocking=blocking)
         self.queue = JobQueue(redis, self.keys)
         self.flags = AbortFlags(redis, self.keys)
         self.workers = WorkerRegistry(redis, self.keys)
@@ -375,7 +380,11 @@ class Client:
         )
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        try:
+            if self.blocking is not None:
+                await self.blocking.aclose()
+        finally:
+            await self.redis.aclose()
 
     async def __aenter__(self) -> Client:
         return self
@@ -391,11 +400,27 @@ def _check_tenant(tenant: str | None) -> None:
 
 
 async def connect(url: str | None = None, *, settings: Settings | None = None) -> Client:
-    """Connect to the orchestrator's Redis. `url` overrides `settings.redis_url`."""
-    from orchestrator.store.queue import connect_queue
+    """Connect to the orchestrator's Redis. `url` overrides `settings.redis_url`.
 
+    Raises `StoreUnavailable` if Redis does not answer within the settings' timeouts;
+    afterwards every call raises it (instead of hanging) when Redis stops answering.
+    """
     settings = settings or Settings()
     if url is not None:
         settings = settings.model_copy(update={"redis_url": url})
-    redis = await connect_queue(settings.redis_url, Keys(settings.key_prefix))
-    return Client(redis, settings)
+    redis = await connect_queue(
+        settings.redis_url,
+        Keys(settings.key_prefix),
+        timeout_s=settings.redis_timeout_s,
+        connect_timeout_s=settings.redis_connect_timeout_s,
+    )
+    return Client(redis, settings, blocking=blocking_client(settings, settings.redis_timeout_s))
+
+
+def blocking_client(settings: Settings, timeout_s: float) -> Redis:
+    """A client for blocking stream reads: its read timeout is `timeout_s` past the block."""
+    return connect_redis(
+        settings.redis_url,
+        timeout_s=timeout_s + DEFAULT_BLOCK_MS / 1000,
+        connect_timeout_s=min(timeout_s, settings.redis_connect_timeout_s),
+    )

@@ -18,6 +18,7 @@ cluster slot and MULTI/EXEC over its keys is allowed):
                                 (what a session abort stops); TTL as the owner's, and
                                 members older than run_retention_s are dropped on submit
     orc:{S}:ckpt:<agent_call>   hash: fenced checkpoint of one agent call (attempt, state)
+    orc:{S}:fence:<run_id>      string: the attempt that owns the run's writes (zombie fence)
     orc:{S}:forks               hash: the session's fork counter
     orc:{S}:children:<call>     list: fork ids spawned by one agent call, in spawn order
     orc:{S}:spawns:<call>       hash: one agent call's spawn key -> fork number
@@ -119,6 +120,11 @@ class Keys:
         """One agent call's fenced checkpoint."""
         call = _tag_part(agent_call_id, "agent_call_id")
         return f"{self._session(session_id)}:ckpt:{call}"
+
+    def run_fence(self, session_id: str, run_id: str) -> str:
+        """The attempt that owns a run's stream and checkpoint writes: an older attempt
+        (replaced after its lease lapsed) is refused."""
+        return f"{self._session(session_id)}:fence:{_tag_part(run_id, 'run_id')}"
 
     def forks(self, session_id: str) -> str:
         """The session's fork counter (fork ids are numbered per session)."""

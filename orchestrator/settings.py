@@ -34,6 +34,14 @@ class Settings(BaseModel):
     memory_max_message_bytes: int = Field(default=1 << 20, ge=1024)
     memory_max_experiences: int = Field(default=200, ge=1)
 
+    # Redis timeouts. Every connection gives up waiting for an answer after its timeout, so
+    # a Redis that stops answering is a StoreUnavailable error (a 503 from the API), never a
+    # hang. Blocking stream reads wait their block time plus redis_timeout_s.
+    redis_connect_timeout_s: float = Field(default=2.0, gt=0)
+    redis_timeout_s: float = Field(default=5.0, gt=0)
+    # The API's connections (connect and each reply): it answers 503 within about this long.
+    api_redis_timeout_s: float = Field(default=1.0, gt=0)
+
     # Workers
     concurrency: int = Field(default=10, ge=1)
     # A running turn renews its lease every lease_ttl_s / 3; a turn whose lease lapses is
@@ -42,6 +50,12 @@ class Settings(BaseModel):
     reap_interval_s: float = Field(default=1.0, gt=0)
     # A turn that keeps killing its workers ends with an error after this many attempts.
     max_attempts: int = Field(default=3, ge=1)
+    # A turn that cannot reach Redis hands its run back and a later attempt resumes it from
+    # its checkpoint; those attempts do not count towards max_attempts, up to this many.
+    max_handbacks: int = Field(default=20, ge=0)
+    # Leases are renewed from a thread of their own, so a busy event loop never loses them;
+    # but a loop that has not turned at all for this long is stuck, and its leases lapse.
+    loop_stall_s: float = Field(default=60.0, gt=0)
     abort_poll_s: float = Field(default=0.05, gt=0, le=0.05)
     # Fallback poll of the queue; normally workers are woken by a publish when work arrives.
     poll_delay_s: float = Field(default=0.5, gt=0)

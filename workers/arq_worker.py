@@ -1,10 +1,16 @@
-"""An arq `Worker` that is woken when work arrives instead of only polling.
+"""An arq `Worker` that is woken when work arrives, and that outlives Redis outages.
 
 arq's worker sleeps `poll_delay` (0.5 s) between queue reads, so a job waits 250 ms on
 average before it starts. This worker keeps arq's polling as a fallback but also listens
 on a pub/sub channel that `JobQueue.enqueue` publishes to, and re-reads the queue the
 moment a message arrives or one of its own jobs frees a slot. Redis load is unchanged
 at idle (one subscribed connection, no faster polling).
+
+arq lets a Redis error out of its poll loop, which ends the worker, and loses a slot for
+good when one hits while a job is being picked. Here an outage is weather: the poll loop
+and the wake listener log it once, retry with a capped backoff and carry on when Redis is
+back; a slot is given back if picking its job failed; and a job whose bookkeeping failed
+is repaired once Redis answers (picked again if it never started, removed if it ran).
 """
 
 from __future__ import annotations
@@ -14,22 +20,43 @@ import contextlib
 from typing import Any
 
 import structlog
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.utils import timestamp_ms
 from arq.worker import Worker
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from orchestrator.aio import cancel_and_wait
+from orchestrator.store.connection import begin, is_unavailable, translate_errors
+from workers.outage import Outage, until_available
 
 _log = structlog.get_logger(__name__)
 
+# What a worker's poll loop survives: the path to Redis failing, or Redis refusing for a
+# while (loading its data after a restart, out of memory, a replica not yet promoted).
+_REDIS_FAILURES: tuple[type[BaseException], ...] = (redis_errors.RedisError, OSError)
+# How long the wake listener waits for one message before checking its connection.
+_LISTEN_S = 1.0
+
 
 class WakeableWorker(Worker):
-    """arq Worker + wake-ups on a pub/sub channel."""
+    """arq Worker + wake-ups on a pub/sub channel + surviving Redis outages."""
 
     def __init__(self, *args: Any, wake_channel: str, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        on_job_start = kwargs.pop("on_job_start", None)
+
+        async def job_started(ctx: dict[str, Any]) -> None:
+            self._started.add(ctx["job_id"])
+            if on_job_start is not None:
+                await on_job_start(ctx)
+
+        super().__init__(*args, on_job_start=job_started, **kwargs)
         self._wake_channel = wake_channel
         self._wake = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
+        self._started: set[str] = set()  # job ids whose function has been called
+        self.poll_outage = Outage("queue poll")
+        self.malformed_entries = 0  # queue entries that are not job ids (removed)
 
     def wake(self) -> None:
         self._wake.set()
@@ -51,8 +78,8 @@ class WakeableWorker(Worker):
         await super().close()
 
     async def main(self) -> None:
-        # Same as arq's main() except for the wait between iterations. The pool is always
-        # passed in by create_worker(), so arq's pool creation branch is not needed.
+        # Same as arq's main() except for the wait between iterations and outages. The
+        # pool is always passed in by create_worker(), so arq's pool creation is not needed.
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
@@ -60,9 +87,14 @@ class WakeableWorker(Worker):
         try:
             while True:
                 self._wake.clear()
-                await self._poll_iteration()
-                if self.burst and await self._burst_done():
-                    return
+                try:
+                    await self._poll_iteration()
+                    if self.burst and await self._burst_done():
+                        return
+                except _REDIS_FAILURES as exc:
+                    await asyncio.sleep(self.poll_outage.failed(exc))
+                    continue
+                self.poll_outage.recovered()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
         finally:
@@ -77,21 +109,117 @@ class WakeableWorker(Worker):
             return True
         return False
 
+    # -- picking and running jobs -------------------------------------------------------
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's start_jobs, except that a slot is given back when picking its job fails
+        (arq kept it: every outage cost the worker slots for good)."""
+        for raw_id in job_ids:
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            try:
+                score = await self._pick(raw_id)
+            except BaseException:
+                self._give_slot_back()
+                raise
+            if score is None:
+                self._give_slot_back()
+                continue
+            job_id = raw_id.decode()
+            task = self.loop.create_task(self.run_job(job_id, score))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+
+    def _give_slot_back(self) -> None:
+        self.job_counter -= 1
+        self.sem.release()
+
+    async def _pick(self, raw_id: bytes) -> int | None:
+        """Mark the job in progress; its queue score, or None if it is not ours to run."""
+        try:
+            job_id = raw_id.decode()
+        except UnicodeDecodeError:
+            self.malformed_entries += 1
+            _log.warning("queue entry that is not a job id removed", entry=repr(raw_id[:100]))
+            await self.pool.zrem(self.queue_name, raw_id)
+            return None
+        in_progress_key = in_progress_key_prefix + job_id
+        async with self.pool.pipeline(transaction=True) as pipe:
+            await pipe.watch(in_progress_key)
+            ongoing = await pipe.exists(in_progress_key)
+            score = await pipe.zscore(self.queue_name, job_id)
+            if ongoing or not score or score > timestamp_ms():
+                return None  # running elsewhere, finished, or re-queued for later
+            begin(pipe)
+            pipe.psetex(in_progress_key, int(self.in_progress_timeout_s * 1000), b"1")
+            try:
+                await pipe.execute()
+            except (redis_errors.ResponseError, redis_errors.WatchError):
+                return None  # another worker picked it meanwhile
+        return int(score)
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        try:
+            await super().run_job(job_id, score)
+        except Exception as exc:  # arq lets Redis failures out (they ended the worker)
+            await self._repair(job_id, exc)
+        finally:
+            self._started.discard(job_id)
+
+    async def _repair(self, job_id: str, exc: Exception) -> None:
+        """arq's bookkeeping of a job failed. Once Redis answers: a job that never started
+        goes back to the queue (not in progress, tries reset), one that ran is removed, and
+        so is one arq could not handle for any other reason (a broken job)."""
+        weather = isinstance(exc, _REDIS_FAILURES)
+        remove = job_id in self._started or not weather
+        if not weather:
+            self.malformed_entries += 1
+        _log.warning(
+            "job bookkeeping failed; repairing it once redis answers",
+            job_id=job_id,
+            remove=remove,
+            unavailable=is_unavailable(exc),
+            error=repr(exc),
+        )
+
+        async def repair() -> None:
+            async with translate_errors("job repair"), self.pool.pipeline() as pipe:
+                pipe.delete(in_progress_key_prefix + job_id, retry_key_prefix + job_id)
+                if remove:
+                    pipe.delete(job_key_prefix + job_id)
+                    pipe.zrem(self.queue_name, job_id)
+                await pipe.execute()
+
+        await until_available(repair, Outage(f"repair of job {job_id}"))
+        if not remove:
+            self._wake.set()
+
+    # -- wake-ups -----------------------------------------------------------------------
+
     async def _listen(self) -> None:
         pool: Redis = self.pool
+        outage = Outage("wake channel", max_delay_s=2.0)
         while True:
             pubsub = pool.pubsub()
             try:
                 await pubsub.subscribe(self._wake_channel)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
+                outage.recovered()
+                while True:
+                    # A bounded wait (not listen()): the connection's read timeout must
+                    # not turn an idle channel into an error.
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=_LISTEN_S
+                    )
+                    if message is not None and message.get("type") == "message":
                         self._wake.set()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                # Lost the subscription: polling still runs; resubscribe shortly.
-                _log.warning("wake channel lost; resubscribing", error=str(exc))
-                await asyncio.sleep(0.5)
+            except _REDIS_FAILURES as exc:
+                # Lost the subscription: polling still runs; resubscribe when Redis is back.
+                await asyncio.sleep(outage.failed(exc))
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]

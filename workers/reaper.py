@@ -9,6 +9,14 @@ from the last checkpoint. After max_attempts the run ends with an error instead.
 It is also the safety net of fork gathers: a run suspended in a gather is normally
 resumed by its last fork as that fork ends; if that fork's worker died in between, the
 sweep of waiting runs (every waiting_sweep_s) resumes it instead.
+
+After a Redis outage every lease looks expired: nobody could renew one while Redis was
+away. So a reaper that has just seen an outage claims nothing for one lease_ttl_s, which
+gives the attempts that are still alive time to renew (theirs win); leases still lapsed
+after that are of dead workers. Whichever side wins a race, the outcome is consistent:
+a claim fences the old attempt out of the lease, the stream and the checkpoint. A lease
+handed back because its turn could not reach Redis is re-queued at once and is not
+counted as a lost worker (up to max_handbacks times).
 """
 
 from __future__ import annotations
@@ -19,13 +27,14 @@ import time
 import structlog
 from redis.asyncio import Redis
 
-from orchestrator.errors import OrchestratorError, RunNotFound
+from orchestrator.errors import OrchestratorError, RunNotFound, StoreUnavailable
 from orchestrator.keys import Keys
 from orchestrator.runs import RunRequest, RunStatus
 from orchestrator.settings import Settings
-from orchestrator.store.lifecycle import end_run, resume_if_ready
+from orchestrator.store.lifecycle import announce_end, end_run, resume_if_ready
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import LeaseTable, RunStore
+from workers.outage import Outage
 
 _log = structlog.get_logger(__name__)
 
@@ -39,17 +48,37 @@ class Reaper:
         self._runs = RunStore(redis, keys)
         self._leases = LeaseTable(redis, keys)
         self._next_sweep = 0.0
+        self.outage = Outage("reaper", max_delay_s=settings.reap_interval_s)
+        # No claims before this (monotonic): the grace after an outage.
+        self._claims_from = 0.0
 
     async def run_forever(self) -> None:
         while True:
+            delay = self._settings.reap_interval_s
             try:
                 await self.reap_once()
                 if time.monotonic() >= self._next_sweep:
                     self._next_sweep = time.monotonic() + self._settings.waiting_sweep_s
                     await self.sweep_waiting()
+            except StoreUnavailable as exc:
+                self._outage_seen()
+                delay = self.outage.failed(exc)
             except OrchestratorError as exc:
                 _log.warning("reaper pass failed", error=str(exc))
-            await asyncio.sleep(self._settings.reap_interval_s)
+            else:
+                self.outage.recovered()
+            await asyncio.sleep(delay)
+
+    def _outage_seen(self) -> None:
+        """Redis was away: leases could not be renewed, so wait for live attempts to
+        renew theirs before taking any (the grace runs from the end of the outage)."""
+        self._claims_from = float("inf")
+
+    @property
+    def claiming(self) -> bool:
+        if self._claims_from == float("inf") and not self.outage.down:
+            self._claims_from = time.monotonic() + self._settings.lease_ttl_s
+        return time.monotonic() >= self._claims_from
 
     async def sweep_waiting(self) -> list[str]:
         """Resume waiting runs whose forks have all ended; returns their ids."""
@@ -61,8 +90,11 @@ class Reaper:
 
     async def reap_once(self) -> list[str]:
         """One sweep; returns the run ids it resumed or failed."""
-        handled = []
+        handled: list[str] = []
+        claiming = self.claiming
         for run_id in await self._leases.expired():
+            if not claiming and not await self._handed_back(run_id):
+                continue  # the grace after an outage: its attempt may yet renew it
             if await self._parked_while_waiting(run_id):
                 continue
             attempt = await self._leases.claim_expired(run_id)
@@ -71,6 +103,10 @@ class Reaper:
             if await self._recover(run_id, attempt):
                 handled.append(run_id)
         return handled
+
+    async def _handed_back(self, run_id: str) -> bool:
+        owner = await self._leases.owner(run_id)
+        return owner is not None and owner.get("state") == "handed_back"
 
     async def _parked_while_waiting(self, run_id: str) -> bool:
         """A suspended run whose worker stopped between suspending and parking its lease:
@@ -88,11 +124,18 @@ class Reaper:
             record = await self._runs.get(run_id)
         except RunNotFound:
             return False
-        if record.status.terminal or record.attempt != attempt:
+        if record.attempt != attempt:
+            return False
+        if record.status.terminal:
+            # It ended, but its worker may not have announced the end (Redis went away
+            # part-way): finish that, once.
+            await announce_end(self._redis, self._keys, self._settings, record, queue=self._queue)
             return False
         await self._queue.discard(run_id, attempt, record.segment)
-        if attempt >= record.max_attempts:
-            await self._give_up(record.run_id, record.session_id, attempt)
+        handbacks_before = await self._leases.handbacks(run_id)
+        handbacks = min(handbacks_before, self._settings.max_handbacks)
+        if attempt - handbacks >= record.max_attempts:
+            await self._give_up(record.run_id, record.session_id, attempt - handbacks)
             return True
         if record.request is None:
             _log.error("cannot resume: run has no stored request", run_id=run_id)
@@ -109,7 +152,12 @@ class Reaper:
             update={"attempt": attempt + 1, "segment": record.segment}
         )
         await self._queue.enqueue(request)
-        _log.warning("worker lost; run resumed", run_id=run_id, next_attempt=attempt + 1)
+        _log.warning(
+            "run resumed by a new attempt (worker lost or run handed back)",
+            run_id=run_id,
+            next_attempt=attempt + 1,
+            handbacks=handbacks_before,
+        )
         return True
 
     async def _give_up(self, run_id: str, session_id: str, attempt: int) -> None:

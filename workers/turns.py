@@ -10,6 +10,14 @@ A turn that waits in a gather for forks still running is suspended: its record g
 WAITING, its lease is parked and the job returns, freeing the slot. The last of those
 forks to end enqueues the run's next segment (`lifecycle.end_run`), which
 continues from the checkpoint like any resumed attempt.
+
+Redis going away is weather, not death. Before the turn starts, the job waits for Redis
+to come back. Once it runs, a turn that cannot publish, checkpoint or end (its writes go
+unconfirmed) stops, drops what it had not delivered, and hands its run back: when Redis
+answers again the lease is expired at once, and the next reaper pass queues an attempt
+that resumes from the last checkpoint. Every write of the turn is fenced by its attempt
+(`EventPublisher.take_over`), so a replaced attempt never writes after its successor
+started, and the run's event_seq stays gap-free.
 """
 
 from __future__ import annotations
@@ -23,13 +31,12 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
-from orchestrator.aio import cancel_and_wait
 from orchestrator.errors import (
-    LLMError,
     OrchestratorError,
     PayloadError,
     RunNotFound,
     StaleAttempt,
+    StoreUnavailable,
 )
 from orchestrator.events import EventOrigin, ReactEndEvent, ResponseYield
 from orchestrator.keys import Keys
@@ -48,6 +55,8 @@ from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import LeaseTable, RunStore
 from orchestrator.store.streams import EventPublisher
 from workers.forks import RedisForkBackend
+from workers.leases import LeaseKeeper
+from workers.outage import Outage, until_available
 from workers.registry import AgentRegistry
 
 _log = structlog.get_logger(__name__)
@@ -113,8 +122,10 @@ class TurnExecutor:
         watcher: AbortWatcher,
         worker_id: str,
         queue: JobQueue,
+        keeper: LeaseKeeper,
     ) -> None:
         self._redis = redis
+        self._keeper = keeper
         self._keys = keys
         self._settings = settings
         self._registry = registry
@@ -132,20 +143,12 @@ class TurnExecutor:
             request = RunRequest.from_dict(payload)
         except PayloadError as exc:
             return await self._reject(payload, exc)
-        try:
-            record = await self._runs.get(request.run_id)
-        except RunNotFound:
-            _log.warning("job for an unknown run", run_id=request.run_id)
-            return {"run_id": request.run_id, "status": "rejected", "error": "unknown run"}
-        if not _current(record, request):
-            _log.info(
-                "stale attempt skipped",
-                run_id=request.run_id,
-                attempt=request.attempt,
-                segment=request.segment,
-            )
-            return {"run_id": request.run_id, "status": "superseded", "error": None}
-        return await self._run(request, record)
+        # Nothing has happened yet: while Redis is away, wait for it (keeping the slot).
+        outage = Outage(f"start of run {request.run_id}")
+        begun = await until_available(lambda: self._begin(request), outage)
+        if isinstance(begun, dict):
+            return begun
+        return await self._run(request, *begun)
 
     async def _reject(self, payload: Any, exc: PayloadError) -> dict[str, Any]:
         """A malformed payload: record the error on its run if it names one, keep serving."""
@@ -161,13 +164,28 @@ class TurnExecutor:
                 )
         return {"run_id": run_id, "status": "rejected", "error": message}
 
-    async def _run(self, request: RunRequest, record: RunRecord) -> dict[str, Any]:
+    async def _begin(self, request: RunRequest) -> tuple[RunRecord, str | None] | dict[str, Any]:
+        """Move the run to RUNNING and take its lease: `(record, abort reason)`, or the
+        job's result if the run is not this job's to run. Safe to repeat after a failure."""
+        try:
+            record = await self._runs.get(request.run_id)
+        except RunNotFound:
+            _log.warning("job for an unknown run", run_id=request.run_id)
+            return {"run_id": request.run_id, "status": "rejected", "error": "unknown run"}
+        if not _current(record, request):
+            _log.info(
+                "stale attempt skipped",
+                run_id=request.run_id,
+                attempt=request.attempt,
+                segment=request.segment,
+            )
+            return {"run_id": request.run_id, "status": "superseded", "error": None}
         reason = await self._flags.get_for(request.session_id, request.root_run_id)
         if reason is not None and record.started_at is None:
             # Aborted before it ever started: it never starts (a started turn is driven
             # to its aborted end instead, so its history and ReactEnd are complete).
             outcome = Outcome(RunStatus.ABORTED, abort_reason=reason)
-            await self._finish(record, outcome)
+            await self._finish(record, outcome, attempt=request.attempt)
             return outcome.result(request.run_id)
         started = await self._runs.transition(
             request.run_id,
@@ -179,19 +197,30 @@ class TurnExecutor:
             segment=request.segment,
             waiting_for=[],
         )
-        if started is None:
-            return {"run_id": request.run_id, "status": "superseded", "error": None}
-        await self._leases.renew(
+        if started is None or not await self._leases.renew(
             request.run_id,
             attempt=request.attempt,
             worker_id=self._worker_id,
             ttl_s=self._settings.lease_ttl_s,
-        )
+        ):
+            return {"run_id": request.run_id, "status": "superseded", "error": None}
+        return started, reason
+
+    async def _run(
+        self, request: RunRequest, started: RunRecord, reason: str | None
+    ) -> dict[str, Any]:
         try:
             outcome = await self._run_leased(request, started, reason)
+            if outcome.status is RunStatus.WAITING:
+                await self._leases.park(request.run_id, request.attempt, self._worker_id)
+                return outcome.result(request.run_id)
+            await self._finish(started, outcome, attempt=request.attempt)
+            await self._leases.release(request.run_id, request.attempt)
         except _LeaseLost:
             _log.warning("lease lost; another attempt owns the run", run_id=request.run_id)
             return {"run_id": request.run_id, "status": "superseded", "error": "lease lost"}
+        except StoreUnavailable as exc:
+            return await self._hand_back(request, exc)
         except asyncio.CancelledError:
             # Shutdown past the grace period: hand the run back at once (the next reaper
             # pass on any worker resumes it from its checkpoint).
@@ -205,26 +234,45 @@ class TurnExecutor:
                     )
                 )
             raise
-        if outcome.status is RunStatus.WAITING:
-            await self._leases.park(request.run_id, request.attempt, self._worker_id)
-            return outcome.result(request.run_id)
-        await self._finish(started, outcome)
-        await self._leases.release(request.run_id, request.attempt)
         return outcome.result(request.run_id)
+
+    async def _hand_back(self, request: RunRequest, exc: StoreUnavailable) -> dict[str, Any]:
+        """The turn could not reach Redis and has stopped, writing nothing more: once Redis
+        answers, expire the lease so the next reaper pass queues an attempt that resumes
+        from the checkpoint (counted as a hand-back, not as a lost worker)."""
+        _log.warning(
+            "redis unavailable mid-turn; handing the run back",
+            run_id=request.run_id,
+            attempt=request.attempt,
+            error=str(exc),
+        )
+        outage = Outage(f"hand-back of run {request.run_id}")
+        await until_available(
+            lambda: self._leases.hand_back(request.run_id, request.attempt), outage
+        )
+        return {"run_id": request.run_id, "status": "handed_back", "error": str(exc)}
 
     async def _run_leased(
         self, request: RunRequest, record: RunRecord, abort_reason: str | None
     ) -> Outcome:
         turn = asyncio.create_task(self._drive_until_done_or_parked(request, record, abort_reason))
-        renewer = asyncio.create_task(self._renew_lease(request, turn))
+        lost = False
+
+        def on_lost() -> None:
+            nonlocal lost
+            lost = True
+            turn.cancel()
+
+        # Renewed from the keeper's own thread: this turn's own load cannot starve it.
+        hold = self._keeper.hold(request.run_id, request.attempt, on_lost)
         try:
             return await turn
         except asyncio.CancelledError:
-            if renewer.done() and renewer.result() is False:
+            if lost:
                 raise _LeaseLost from None
             raise
         finally:
-            await cancel_and_wait(renewer)
+            self._keeper.drop(hold)
 
     async def _drive_until_done_or_parked(
         self, request: RunRequest, record: RunRecord, abort_reason: str | None
@@ -251,24 +299,6 @@ class TurnExecutor:
     async def _announce(self, request: RunRequest, status: RunStatus) -> None:
         await announce_status(self._redis, self._keys, self._settings, request, status)
 
-    async def _renew_lease(self, request: RunRequest, turn: asyncio.Task[Outcome]) -> bool:
-        interval = self._settings.lease_ttl_s / 3
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                owned = await self._leases.renew(
-                    request.run_id,
-                    attempt=request.attempt,
-                    worker_id=self._worker_id,
-                    ttl_s=self._settings.lease_ttl_s,
-                )
-            except OrchestratorError as exc:
-                _log.warning("lease renewal failed; retrying", error=str(exc))
-                continue
-            if not owned:
-                turn.cancel()
-                return False
-
     async def _drive(
         self, request: RunRequest, record: RunRecord, abort_reason: str | None
     ) -> Outcome:
@@ -280,11 +310,20 @@ class TurnExecutor:
             root_run_id=request.root_run_id,
             maxlen=self._settings.stream_maxlen,
             ttl_after_end_s=self._settings.stream_retention_s,
+            attempt=request.attempt,
         )
         try:
-            return await self._drive_with(request, publisher, record, abort_reason)
-        finally:
+            outcome = await self._drive_with(request, publisher, record, abort_reason)
             await publisher.flush()
+        except StaleAttempt as exc:
+            publisher.abandon()
+            raise _LeaseLost from exc
+        except BaseException:
+            # Handed back, replaced or cancelled: what was not delivered is dropped, and
+            # the next attempt redoes it from the checkpoint (which never points past it).
+            publisher.abandon()
+            raise
+        return outcome
 
     async def _drive_with(
         self,
@@ -297,6 +336,8 @@ class TurnExecutor:
             spec = self._registry.resolve(request.agent)
             memory = self._memory_for(request, spec, record)
             state = await self._initial_state(request, spec, publisher, memory)
+        except (StoreUnavailable, StaleAttempt):
+            raise
         except OrchestratorError as exc:
             return Outcome(RunStatus.ERROR, error=str(exc), error_type=type(exc).__name__)
         signal = AbortSignal()
@@ -333,10 +374,8 @@ class TurnExecutor:
                     if isinstance(output.event, ReactEndEvent):
                         end = output.event
                 publisher.publish(output)
-        except StaleAttempt as exc:
-            raise _LeaseLost from exc
-        except LLMError as exc:
-            return _outcome_from(end, final, RunStatus.ERROR, exc)
+        except (StoreUnavailable, StaleAttempt):
+            raise  # weather (the run is handed back) or replaced: not the run's failure
         except OrchestratorError as exc:
             return _outcome_from(end, final, RunStatus.ERROR, exc)
         except Exception as exc:
@@ -392,21 +431,27 @@ class TurnExecutor:
         publisher: EventPublisher,
         memory: RedisMemoryStore | None,
     ) -> TurnState:
+        # From here on this attempt owns the run's writes (an older one is refused), and
+        # events an older attempt published after its last checkpoint are numbered on from.
+        last = await publisher.take_over()
         saved = await self._checkpoints.load(request.session_id, request.run_id)
+        state = await self._saved_or_fresh_state(request, spec, saved, memory)
+        if last is not None and last + 1 > state.next_event_seq:
+            state.next_event_seq = last + 1
+        return state
+
+    async def _saved_or_fresh_state(
+        self,
+        request: RunRequest,
+        spec: AgentSpec,
+        saved: bytes | None,
+        memory: RedisMemoryStore | None,
+    ) -> TurnState:
         if saved is not None:
-            state = TurnState.model_validate_json(saved)
-            # Events after the checkpoint may have reached the stream before the last
-            # worker died; continue numbering after the last one that did.
-            last = await publisher.last_seq(request.run_id)
-            if last is not None and last + 1 > state.next_event_seq:
-                state.next_event_seq = last + 1
             _log.info(
-                "resuming turn from checkpoint",
-                run_id=request.run_id,
-                attempt=request.attempt,
-                phase=state.phase,
+                "resuming turn from checkpoint", run_id=request.run_id, attempt=request.attempt
             )
-            return state
+            return TurnState.model_validate_json(saved)
         if request.fork is not None:
             return await spec.fork_state(
                 request.history or [],
@@ -436,7 +481,9 @@ class TurnExecutor:
         )
         return fresh
 
-    async def _finish(self, record: RunRecord, outcome: Outcome) -> None:
+    async def _finish(
+        self, record: RunRecord, outcome: Outcome, *, attempt: int | None = None
+    ) -> None:
         ended = await end_run(
             self._redis,
             self._keys,
@@ -451,6 +498,7 @@ class TurnExecutor:
             error_type=outcome.error_type,
             abort_reason=outcome.abort_reason,
             queue=self._queue,
+            attempt=attempt,
         )
         if ended is not None:  # None: it had already ended (e.g. aborted while queued)
             await self._checkpoints.delete(record.session_id, record.run_id)

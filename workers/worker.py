@@ -1,4 +1,5 @@
-"""Build and run a worker process: arq + wake-ups + abort watcher + reaper + heartbeat."""
+"""Build and run a worker process: arq + wake-ups + abort watcher + reaper + heartbeat +
+the lease keeper. Every one of them outlives a Redis outage (see workers.outage)."""
 
 from __future__ import annotations
 
@@ -17,15 +18,19 @@ from arq.connections import ArqRedis
 from arq.worker import func
 
 from orchestrator.aio import cancel_and_wait
+from orchestrator.errors import StoreError
 from orchestrator.keys import Keys
 from orchestrator.llm.benched import INFO_FIELD, report_benched_keys
 from orchestrator.settings import Settings
 from orchestrator.store import jsonserial as serialization
 from orchestrator.store.abort import AbortWatcher
+from orchestrator.store.jsonserial import JobDecoder
 from orchestrator.store.queue import RUN_TURN, JobQueue, connect_queue
 from orchestrator.store.runs import WorkerRegistry
 from workers.arq_worker import WakeableWorker
 from workers.jobs import EXECUTOR, run_turn
+from workers.leases import LeaseKeeper
+from workers.outage import Outage, until_available
 from workers.reaper import Reaper
 from workers.registry import AgentRegistry
 from workers.turns import TurnExecutor
@@ -49,9 +54,11 @@ class WorkerServices:
         self.worker_id = worker_id
         self.watcher = AbortWatcher(pool, self.keys, interval_s=settings.abort_poll_s)
         self.queue = JobQueue(pool, self.keys)
+        self.keeper = LeaseKeeper(settings, self.keys, worker_id)
         self.executor = TurnExecutor(
-            pool, self.keys, settings, registry, self.watcher, worker_id, self.queue
+            pool, self.keys, settings, registry, self.watcher, worker_id, self.queue, self.keeper
         )
+        self.decoder = JobDecoder()
         self.reaper = Reaper(pool, self.keys, settings, self.queue)
         self.heartbeats = WorkerRegistry(pool, self.keys)
         self._tasks: list[asyncio.Task[None]] = []
@@ -59,6 +66,7 @@ class WorkerServices:
 
     async def start(self, ctx: dict[str, Any]) -> None:
         ctx[EXECUTOR] = self.executor
+        self.keeper.start()
         await self.watcher.start()
         self._tasks = [
             asyncio.create_task(self.reaper.run_forever()),
@@ -75,32 +83,43 @@ class WorkerServices:
         for task in self._tasks:
             await cancel_and_wait(task)
         await self.watcher.stop()
+        await self.keeper.stop()
         with contextlib.suppress(Exception):
             await self.heartbeats.remove(self.worker_id)
 
+    def info(self, worker: WakeableWorker | None) -> dict[str, Any]:
+        """What the heartbeat says about this worker (`orchestrator worker --check`)."""
+        malformed = self.decoder.malformed + (worker.malformed_entries if worker else 0)
+        return {
+            "worker_id": self.worker_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "agents": self.registry.addresses,
+            "running": len(worker.tasks) if worker is not None else 0,
+            "concurrency": self.settings.concurrency,
+            "started_at": self._started,
+            # Jobs whose arq envelope was broken: failed and removed from the queue.
+            "malformed_jobs": malformed,
+            "redis_outages": worker.poll_outage.outages if worker is not None else 0,
+            INFO_FIELD: report_benched_keys(
+                self.registry.resolve(address).llm_interface for address in self.registry.addresses
+            ),
+        }
+
     async def _beat_forever(self, ctx: dict[str, Any]) -> None:
         worker: WakeableWorker | None = ctx.get("worker")
+        outage = Outage("heartbeat")
         while True:
-            info = {
-                "worker_id": self.worker_id,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "agents": self.registry.addresses,
-                "running": len(worker.tasks) if worker is not None else 0,
-                "concurrency": self.settings.concurrency,
-                "started_at": self._started,
-                INFO_FIELD: report_benched_keys(
-                    self.registry.resolve(address).llm_interface
-                    for address in self.registry.addresses
-                ),
-            }
+            delay = self.settings.heartbeat_s
             try:
                 await self.heartbeats.beat(
-                    self.worker_id, info, ttl_s=self.settings.heartbeat_s * 5
+                    self.worker_id, self.info(worker), ttl_s=self.settings.heartbeat_s * 5
                 )
-            except Exception as exc:
-                _log.warning("heartbeat failed", error=str(exc))
-            await asyncio.sleep(self.settings.heartbeat_s)
+            except StoreError as exc:
+                delay = min(delay, outage.failed(exc))
+            else:
+                outage.recovered()
+            await asyncio.sleep(delay)
 
 
 async def create_worker(
@@ -112,7 +131,16 @@ async def create_worker(
 ) -> WakeableWorker:
     """A ready-to-run worker; `await worker.async_run()` (or `serve()`) starts it."""
     registry = AgentRegistry(agent_modules)
-    pool = await connect_queue(settings.redis_url, Keys(settings.key_prefix))
+    # A worker started while Redis is away waits for it (and says so once).
+    pool = await until_available(
+        lambda: connect_queue(
+            settings.redis_url,
+            Keys(settings.key_prefix),
+            timeout_s=settings.redis_timeout_s,
+            connect_timeout_s=settings.redis_connect_timeout_s,
+        ),
+        Outage("worker startup", max_delay_s=2.0),
+    )
     services = WorkerServices(pool, settings, registry, new_worker_id())
     ctx: dict[str, Any] = {}
 
@@ -139,7 +167,7 @@ async def create_worker(
         on_startup=on_startup,
         on_shutdown=on_shutdown,
         job_serializer=serialization.dumps,
-        job_deserializer=serialization.loads,
+        job_deserializer=services.decoder,
         ctx=ctx,
         burst=burst,
         wake_channel=services.keys.wake(),

@@ -13,39 +13,30 @@ from fastapi import Request
 
 from orchestrator.api.auth import ApiKeys, Principal
 from orchestrator.api.problems import ApiProblem
-from orchestrator.client import Client
+from orchestrator.client import Client, blocking_client
 from orchestrator.errors import RunNotFound
 from orchestrator.keys import Keys
 from orchestrator.runs import RunRecord
 from orchestrator.settings import Settings
+from orchestrator.store.connection import connect_arq
 
 __all__ = ["ApiState", "api_state", "lazy_client"]
-
-# Unreachable Redis answers 503 within about this long instead of hanging a request.
-_CONNECT_TIMEOUT_S = 2.0
 
 
 def lazy_client(settings: Settings) -> Client:
     """A client whose Redis connections open on first use, so the API starts (and answers
-    /healthz, and 503s) while Redis is down; `connect()` would wait for Redis instead."""
-    from arq.connections import ArqRedis
-    from redis.asyncio import ConnectionPool
+    /healthz, and 503s) while Redis is down; `connect()` would wait for Redis instead.
 
-    from orchestrator.store import jsonserial
-
-    keys = Keys(settings.key_prefix)
-    pool = ConnectionPool.from_url(
-        settings.redis_url, socket_connect_timeout=_CONNECT_TIMEOUT_S, socket_keepalive=True
+    Its connect and read timeouts are `api_redis_timeout_s`, so a Redis that is down or
+    never answers is a 503 within about that long, never a hung request."""
+    timeout = settings.api_redis_timeout_s
+    redis = connect_arq(
+        settings.redis_url,
+        Keys(settings.key_prefix).queue(),
+        timeout_s=timeout,
+        connect_timeout_s=timeout,
     )
-    redis = ArqRedis(
-        pool,
-        job_serializer=jsonserial.dumps,
-        job_deserializer=jsonserial.loads,
-        default_queue_name=keys.queue(),
-    )
-    # The client made the pool, so closing the client closes it (as `from_url` would).
-    redis.auto_close_connection_pool = True
-    return Client(redis, settings)
+    return Client(redis, settings, blocking=blocking_client(settings, timeout))
 
 
 @dataclass

@@ -215,14 +215,17 @@ def fork_result(
 def inherited_context(messages: Sequence[Message]) -> MessageList:
     """What a fork inherits: the parent's messages minus the assistant message holding
     the pending tool calls (the fork's own spawn among them) and anything after it."""
-    copied = copy.deepcopy(list(messages))
-    for index in range(len(copied) - 1, -1, -1):
-        message = copied[index]
+    # Find the cut first and copy only what is kept: the message cut off may hold
+    # hundreds of tool calls, and copying it for each spawn made a batch of N spawns O(N²).
+    end = len(messages)
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
         if message.get("role") == "assistant" and message.get("tool_calls"):
-            return copied[:index]
+            end = index
+            break
         if message.get("role") in ("user", "system"):
             break
-    return copied
+    return copy.deepcopy(list(messages[:end]))
 
 
 def fork_user_message(message: str, *, fork_id: str, depth: int) -> Message:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
-from orchestrator.errors import ToolError
+from orchestrator.errors import StoreUnavailable, ToolError
 from orchestrator.events import (
     CustomEvent,
     EventOrigin,
@@ -425,10 +425,7 @@ class _Turn:
                 done, item = await self._race(queue.get())
                 if not done or item is None:
                     break
-                if isinstance(item, _Suspended):
-                    suspended[item.tool_call_id] = item.waiting_for
-                    continue
-                async for output in self._handle_item(item):
+                async for output in self._take_ready([item, *_drain(queue)], suspended):
                     yield output
             async for output in self._end_batch(tasks, queue, suspended):
                 yield output
@@ -436,6 +433,24 @@ class _Turn:
             for task in tasks:
                 task.cancel()
             self.state.batch_execution_time += time.monotonic() - started
+
+    async def _take_ready(
+        self, items: list[_Item], suspended: dict[str, list[str]]
+    ) -> AsyncIterator[Output]:
+        """Handle every item that is in, then checkpoint once: a checkpoint per result
+        made a batch of N calls write N checkpoints of O(N) size."""
+        recorded = False
+        for item in items:
+            if isinstance(item, _Unavailable):
+                raise item.error
+            if isinstance(item, _Suspended):
+                suspended[item.tool_call_id] = item.waiting_for
+                continue
+            recorded = recorded or isinstance(item, ToolOutcome)
+            async for output in self._handle_item(item, save=False):
+                yield output
+        if recorded:
+            await self._save()
 
     async def _end_batch(
         self,
@@ -486,20 +501,23 @@ class _Turn:
         await asyncio.gather(*tasks, return_exceptions=True)
         while not queue.empty():
             item = queue.get_nowait()
-            if isinstance(item, _Suspended):
+            if isinstance(item, _Suspended | _Unavailable):
                 continue
             async for output in self._handle_item(item):
                 yield output
 
-    async def _handle_item(self, item: CustomEvent | ToolOutcome) -> AsyncIterator[Output]:
+    async def _handle_item(
+        self, item: CustomEvent | ToolOutcome, *, save: bool = True
+    ) -> AsyncIterator[Output]:
         if isinstance(item, CustomEvent):
             yield self._event(item, tool_name=item.tool_name, tool_call_id=item.tool_call_id)
             return
-        async for output in self._record(item):
+        async for output in self._record(item, save=save):
             yield output
 
-    async def _record(self, outcome: ToolOutcome) -> AsyncIterator[Output]:
-        """Keep one tool result, report it, and checkpoint so it never runs again."""
+    async def _record(self, outcome: ToolOutcome, *, save: bool = True) -> AsyncIterator[Output]:
+        """Keep one tool result, report it, and (unless the caller checkpoints after a few
+        of them) checkpoint so it never runs again."""
         st = self.state
         st.tool_results[outcome.tool_call_id] = outcome
         call = next(c for c in st.pending_tool_calls if _call_id(c) == outcome.tool_call_id)
@@ -520,7 +538,8 @@ class _Turn:
                 error_type=outcome.error_type or "",
                 execution_time=outcome.execution_time,
             )
-        await self._save()
+        if save:
+            await self._save()
 
     def _tool_event(
         self,
@@ -564,6 +583,11 @@ class _Turn:
             )
         except SuspendTurn as suspend:
             queue.put_nowait(_Suspended(call_id, suspend.waiting_for))
+            return
+        except StoreUnavailable as exc:
+            # The orchestrator's store is away (a spawn, a gather, memory): that is not the
+            # tool's result for the model; the turn stops and is resumed after the outage.
+            queue.put_nowait(_Unavailable(exc))
             return
         except Exception as exc:
             _log.info("tool call failed", tool=name, error=str(exc), error_type=type(exc).__name__)
@@ -707,6 +731,14 @@ class _Turn:
         )
 
 
+def _drain(queue: asyncio.Queue[_Item]) -> list[_Item]:
+    """Everything already in the queue, without waiting."""
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
 class _Suspended:
     """A tool call that suspended the turn (a gather waiting for forks)."""
 
@@ -717,7 +749,16 @@ class _Suspended:
         self.waiting_for = waiting_for
 
 
-_Item = CustomEvent | ToolOutcome | _Suspended
+class _Unavailable:
+    """A tool call that met an unreachable store: the turn stops (and is resumed later)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: StoreUnavailable) -> None:
+        self.error = error
+
+
+_Item = CustomEvent | ToolOutcome | _Suspended | _Unavailable
 
 
 class _ToolCallPart:

@@ -213,7 +213,8 @@ class AbortWatcher:
                 failures = 0
             except StoreError as exc:
                 failures += 1
-                log.warning("abort.poll_failed", attempt=failures, error=str(exc))
+                if failures == 1:  # once per outage, not once per poll
+                    log.warning("abort.poll_failed", attempt=failures, error=str(exc))
                 await asyncio.sleep(min(1.0, self._interval_s * 2**failures))
                 continue
             await asyncio.sleep(self._interval_s)

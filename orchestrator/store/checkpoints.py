@@ -5,7 +5,9 @@ A checkpoint is a hash (`Keys.checkpoint(session, agent_call)`) with two fields:
 JSON by convention). A save by an older attempt than the fence raises `StaleAttempt`, so
 a worker that was presumed dead and replaced cannot overwrite its successor's progress.
 `delete` drops the state but keeps the fence for a while, so a late zombie cannot
-recreate it either.
+recreate it either. A save is also refused once a later attempt has taken over the
+run's writes (`Keys.run_fence`, see `EventPublisher.take_over`), even before that attempt
+has saved anything.
 """
 
 from __future__ import annotations
@@ -44,10 +46,14 @@ class CheckpointStore:
         `ttl_s` (optional) lets the checkpoint expire if nobody deletes it.
         """
         key = self._keys.checkpoint(session_id, agent_call_id)
+        writes = self._keys.run_fence(session_id, agent_call_id)
 
         async def save(pipe: Pipeline) -> None:
             raw = await resolve(pipe.hget(key, _ATTEMPT))
             fence = None if raw is None else parse_int(raw, "checkpoint attempt")
+            owner = await pipe.get(writes)
+            if owner is not None:
+                fence = max(fence or 0, parse_int(owner, "write fence"))
             if fence is not None and fence > attempt:
                 raise StaleAttempt(
                     f"checkpoint of {agent_call_id!r} by attempt {attempt} refused:"
@@ -62,7 +68,7 @@ class CheckpointStore:
             else:
                 pipe.expire(key, ttl_s)
 
-        await optimistic(self._redis, [key], save, what="checkpoint save")
+        await optimistic(self._redis, [key, writes], save, what="checkpoint save")
 
     async def load(self, session_id: str, agent_call_id: str) -> bytes | None:
         """The saved state, or None if there is none."""

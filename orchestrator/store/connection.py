@@ -4,6 +4,11 @@ Every adapter method runs its Redis calls inside `translate_errors()`, so caller
 ever see the orchestrator's exception tree: `StoreUnavailable` when Redis could not be
 reached (worth retrying), `StoreError` for anything else, with the redis exception
 chained as `__cause__`.
+
+Every client made here has a read timeout (`socket_timeout`) as well as a connect
+timeout: a Redis that accepts connections but never answers is an error after the
+timeout, never a hang. A client for blocking stream reads needs a timeout above its
+longest block (`StreamReader` caps its blocks below its client's timeout).
 """
 
 from __future__ import annotations
@@ -13,18 +18,23 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
+from arq.connections import ArqRedis
 from redis import exceptions as redis_errors
 from redis.asyncio.client import Pipeline
 
 from orchestrator.errors import StoreError, StoreUnavailable
 
 __all__ = [
+    "DEFAULT_CONNECT_TIMEOUT_S",
+    "DEFAULT_TIMEOUT_S",
     "Pipeline",
     "Redis",
     "begin",
     "connect",
+    "connect_arq",
     "is_unavailable",
     "optimistic",
+    "read_timeout",
     "translate_errors",
 ]
 
@@ -40,17 +50,62 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
-def connect(url: str, **kw: Any) -> Redis:
-    """A redis.asyncio client for `url` that returns bytes (decode_responses=False).
+DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_CONNECT_TIMEOUT_S = 2.0
 
-    Keyword arguments go to `redis.asyncio.Redis.from_url`. Keep `socket_timeout` unset
-    (or above the longest blocking read) for clients that tail streams.
-    """
+
+def _options(timeout_s: float, connect_timeout_s: float, kw: dict[str, Any]) -> dict[str, Any]:
     kw.setdefault("decode_responses", False)
     kw.setdefault("health_check_interval", 30)
     kw.setdefault("socket_keepalive", True)
-    client: Redis = aioredis.Redis.from_url(url, **kw)
+    kw.setdefault("socket_timeout", timeout_s)
+    kw.setdefault("socket_connect_timeout", connect_timeout_s)
+    return kw
+
+
+def connect(
+    url: str,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+    **kw: Any,
+) -> Redis:
+    """A redis.asyncio client for `url` that returns bytes (decode_responses=False).
+
+    `timeout_s` bounds the wait for each reply, `connect_timeout_s` the wait for a
+    connection; other keyword arguments go to `redis.asyncio.Redis.from_url`. Connections
+    open on first use.
+    """
+    client: Redis = aioredis.Redis.from_url(url, **_options(timeout_s, connect_timeout_s, kw))
     return client
+
+
+def connect_arq(
+    url: str,
+    queue_name: str,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+) -> ArqRedis:
+    """Like `connect`, but a client that can also enqueue arq jobs (JSON, never pickle)."""
+    from orchestrator.store import jsonserial
+
+    pool = aioredis.ConnectionPool.from_url(url, **_options(timeout_s, connect_timeout_s, {}))
+    client = ArqRedis(
+        pool,
+        job_serializer=jsonserial.dumps,
+        job_deserializer=jsonserial.loads,
+        default_queue_name=queue_name,
+    )
+    # The client made the pool, so closing the client closes it (as `from_url` would).
+    client.auto_close_connection_pool = True
+    return client
+
+
+def read_timeout(client: Redis) -> float | None:
+    """The client's read timeout in seconds (None: it waits for ever)."""
+    value = client.connection_pool.connection_kwargs.get("socket_timeout")
+    return float(value) if value else None
 
 
 def is_unavailable(exc: BaseException) -> bool:

@@ -34,52 +34,85 @@ async def end_run(
     status: RunStatus,
     from_status: Collection[RunStatus] = (RunStatus.QUEUED, RunStatus.RUNNING),
     queue: JobQueue | None = None,
+    attempt: int | None = None,
     **fields: Any,
 ) -> RunRecord | None:
     """Record how a run ended, append its terminal status entry to the session stream (so
     readers know it ended) and start the retention clocks. Returns None, writing nothing,
     if the run was no longer in `from_status` (it had already ended).
 
+    With `attempt`, only that attempt of the run may end it, and ending it again with the
+    same status (a retry after Redis failed part-way) completes whatever the first try
+    left undone, never twice.
+
     With `queue`, a fork's parent waiting for it is resumed if this was the last fork it
     waited for (without, the waiting-run sweep of the workers does it a little later)."""
     runs = RunStore(redis, keys)
     updated = await runs.transition(
-        run_id, from_status=set(from_status), to=status, finished_at=time.time(), **fields
+        run_id,
+        from_status=set(from_status),
+        to=status,
+        check=None if attempt is None else (lambda record: record.attempt == attempt),
+        finished_at=time.time(),
+        **fields,
     )
     if updated is None:
-        return None
+        if attempt is None:
+            return None
+        try:
+            current = await runs.get(run_id)
+        except (RunNotFound, PayloadError):
+            return None
+        if current.status is not status or current.attempt != attempt:
+            return None
+        updated = current  # ended by an earlier try of this same call
+    await announce_end(redis, keys, settings, updated, queue=queue)
+    return updated
+
+
+async def announce_end(
+    redis: Redis,
+    keys: Keys,
+    settings: Settings,
+    record: RunRecord,
+    *,
+    queue: JobQueue | None = None,
+) -> None:
+    """The rest of ending a run whose record is terminal: its terminal status entry (one,
+    however often this is called), the retention clocks, and its waiting parent."""
     publisher = EventPublisher(
         redis,
         keys,
-        session_id=session_id,
-        run_id=run_id,
-        root_run_id=updated.root_run_id,
+        session_id=record.session_id,
+        run_id=record.run_id,
+        root_run_id=record.root_run_id,
         maxlen=settings.stream_maxlen,
         ttl_after_end_s=settings.stream_retention_s,
+        publisher_id=f"end:{record.run_id}",
     )
     publisher.publish_status(
         StatusEntry(
-            run_id=run_id,
-            status=status,
-            error=fields.get("error"),
-            error_type=fields.get("error_type"),
-            abort_reason=fields.get("abort_reason"),
-            at=time.time(),
+            run_id=record.run_id,
+            status=record.status,
+            error=record.error,
+            error_type=record.error_type,
+            abort_reason=record.abort_reason,
+            at=record.finished_at or time.time(),
         )
     )
     await publisher.close(expire=True)
-    await runs.expire(run_id, settings.run_retention_s)
+    runs = RunStore(redis, keys)
+    await runs.expire(record.run_id, settings.run_retention_s)
     # The session's owner outlives its stream: nobody else can take the session over
     # while its entries can still be read.
-    await SessionTable(redis, keys).touch(session_id, settings.stream_retention_s)
-    if queue is not None and updated.fork is not None:
-        parent = updated.fork.parent_run_id
-        if await runs.fork_ended(parent, run_id):  # the last fork it waited for
+    await SessionTable(redis, keys).touch(record.session_id, settings.stream_retention_s)
+    if queue is not None and record.fork is not None:
+        parent = record.fork.parent_run_id
+        if await runs.fork_ended(parent, record.run_id):  # the last fork it waited for
             with contextlib.suppress(RunNotFound, PayloadError):
-                record = await runs.get(parent)
-                if record.status is RunStatus.WAITING:
-                    await _resume(queue, record)
-    return updated
+                waiting = await runs.get(parent)
+                if waiting.status is RunStatus.WAITING:
+                    await _resume(queue, waiting)
 
 
 async def announce_status(

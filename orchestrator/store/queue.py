@@ -7,7 +7,12 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_pref
 
 from orchestrator.keys import Keys
 from orchestrator.runs import RunRequest
-from orchestrator.store.connection import translate_errors
+from orchestrator.store.connection import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_TIMEOUT_S,
+    connect_arq,
+    translate_errors,
+)
 
 RUN_TURN = "run_turn"
 
@@ -53,17 +58,21 @@ class JobQueue:
             return int(await self._arq.zcard(self._keys.queue()))
 
 
-async def connect_queue(url: str, keys: Keys) -> ArqRedis:
-    """A Redis client that can also enqueue arq jobs (JSON-serialized, never pickled)."""
-    from arq.connections import RedisSettings, create_pool
-
-    from orchestrator.store import jsonserial
-
-    async with translate_errors("connect"):
-        pool: ArqRedis = await create_pool(
-            RedisSettings.from_dsn(url),
-            job_serializer=jsonserial.dumps,
-            job_deserializer=jsonserial.loads,
-            default_queue_name=keys.queue(),
-        )
+async def connect_queue(
+    url: str,
+    keys: Keys,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+) -> ArqRedis:
+    """A Redis client that can also enqueue arq jobs (JSON-serialized, never pickled),
+    once Redis has answered a PING (`StoreUnavailable` if it does not within the timeouts).
+    """
+    pool = connect_arq(url, keys.queue(), timeout_s=timeout_s, connect_timeout_s=connect_timeout_s)
+    try:
+        async with translate_errors("connect"):
+            await pool.ping()
+    except BaseException:
+        await pool.aclose()
+        raise
     return pool

@@ -354,6 +354,10 @@ _ATTEMPT = "attempt"
 _WORKER = "worker"
 _FENCE = "fence"
 _STATE = "state"
+# How many attempts of the run were handed back (not lost): they do not count as failures.
+_HANDBACKS = "handbacks"
+_HELD = "held"
+_HANDED_BACK = "handed_back"
 
 
 def _opt_int(raw: Any, what: str) -> int | None:
@@ -367,6 +371,10 @@ class LeaseTable:
     passes, a reaper `claim_expired`s it (exactly one of several succeeds) and retries the
     run; the claim raises the run's fence, so the old attempt's next `renew` returns
     False and it knows to stop.
+
+    An attempt that cannot go on because Redis was unreachable `hand_back`s its lease once
+    Redis answers again: the lease expires at once and its claim is counted in the lease's
+    `handbacks`, not as a lost worker.
     """
 
     def __init__(self, redis: Redis, keys: Keys, *, fence_ttl_s: int = 86_400) -> None:
@@ -374,23 +382,35 @@ class LeaseTable:
         self._keys = keys
         self._fence_ttl_s = fence_ttl_s
 
-    async def renew(self, run_id: str, *, attempt: int, worker_id: str, ttl_s: float) -> bool:
+    async def renew(
+        self,
+        run_id: str,
+        *,
+        attempt: int,
+        worker_id: str,
+        ttl_s: float,
+        extend_only: bool = False,
+    ) -> bool:
         """Hold (or take) the lease until now + `ttl_s`.
 
         Returns False, changing nothing, if a later attempt owns the lease or the lease
-        was claimed or released after this attempt: this attempt must stop.
+        was claimed or released after this attempt: this attempt must stop. With
+        `extend_only`, also if the attempt does not hold it right now (it was parked or
+        handed back meanwhile): a background renewal never takes a lease back.
         """
         owner = self._keys.lease(run_id)
         deadline = _now_ms() + ttl_s * 1000.0
 
         async def renew(pipe: Pipeline) -> bool:
-            held_raw, fence_raw = await resolve(pipe.hmget(owner, [_ATTEMPT, _FENCE]))
-            held = _opt_int(held_raw, "lease attempt")
-            fence = _opt_int(fence_raw, "lease fence")
+            fields = await resolve(pipe.hmget(owner, [_ATTEMPT, _FENCE, _STATE]))
+            held = _opt_int(fields[0], "lease attempt")
+            fence = _opt_int(fields[1], "lease fence")
             if (fence is not None and attempt < fence) or (held is not None and held > attempt):
                 return False
+            if extend_only and (held != attempt or fields[2] is None or text(fields[2]) != _HELD):
+                return False
             begin(pipe)
-            pipe.hset(owner, mapping={_ATTEMPT: str(attempt), _WORKER: worker_id, _STATE: "held"})
+            pipe.hset(owner, mapping={_ATTEMPT: str(attempt), _WORKER: worker_id, _STATE: _HELD})
             pipe.persist(owner)
             pipe.zadd(self._keys.leases(), {run_id: deadline})
             return True
@@ -410,6 +430,34 @@ class LeaseTable:
             return True
 
         return await optimistic(self._redis, [owner], release, what="lease release")
+
+    async def hand_back(self, run_id: str, attempt: int) -> bool:
+        """Give the run back for another attempt to resume from its checkpoint, because
+        this one could not reach Redis: the lease expires now (the next reaper pass
+        re-queues the run) and that claim counts as a hand-back, not a lost worker.
+
+        False, changing nothing, if `attempt` no longer holds the lease (it was claimed
+        meanwhile, and counted as lost)."""
+        owner = self._keys.lease(run_id)
+
+        async def hand_back(pipe: Pipeline) -> bool:
+            fields = await resolve(pipe.hmget(owner, [_ATTEMPT, _FENCE]))
+            held = _opt_int(fields[0], "lease attempt")
+            fence = _opt_int(fields[1], "lease fence")
+            if held != attempt or (fence is not None and fence > attempt):
+                return False
+            begin(pipe)
+            pipe.hset(owner, _STATE, _HANDED_BACK)
+            pipe.zadd(self._keys.leases(), {run_id: 0})
+            return True
+
+        return await optimistic(self._redis, [owner], hand_back, what="lease hand-back")
+
+    async def handbacks(self, run_id: str) -> int:
+        """How many attempts of the run were handed back (claims not counted as lost)."""
+        async with translate_errors("lease hand-backs read"):
+            raw = await resolve(self._redis.hget(self._keys.lease(run_id), _HANDBACKS))
+        return _opt_int(raw, "lease hand-backs") or 0
 
     async def park(self, run_id: str, attempt: int, worker_id: str | None = None) -> bool:
         """Stop the lease clock while the run is suspended (nothing runs it, nothing to
@@ -453,12 +501,15 @@ class LeaseTable:
             now = _now_ms() if now_ms is None else now_ms
             if deadline is None or float(deadline) > now:
                 return None
+            fields = await resolve(pipe.hmget(owner, [_ATTEMPT, _STATE]))
             try:
-                held = _opt_int(await resolve(pipe.hget(owner, _ATTEMPT)), "lease attempt") or 0
+                held = _opt_int(fields[0], "lease attempt") or 0
             except PayloadError as exc:
                 log.warning("lease.corrupt_owner", run_id=run_id, error=str(exc))
                 held = 0
             begin(pipe)
+            if fields[1] is not None and text(fields[1]) == _HANDED_BACK:
+                pipe.hincrby(owner, _HANDBACKS, 1)
             self._queue_end(pipe, run_id, fence=held + 1, state="claimed")
             return held
 

@@ -10,6 +10,11 @@ sends whatever has accumulated in one MULTI/EXEC. While a send is in flight new 
 pile up for the next one, so an idle publisher adds no latency and a busy one batches
 by itself. Each batch also records its number under the publisher's id in the same
 transaction, so a batch retried after a dropped connection is never written twice.
+
+A turn's publisher is fenced by its run attempt (`attempt=`): `take_over()` makes the
+attempt the owner of the run's writes, and a batch of an older attempt (one that was
+presumed dead and replaced) is refused with `StaleAttempt`, atomically with the write, so
+a replaced attempt never adds events after its successor has read where they end.
 """
 
 from __future__ import annotations
@@ -25,14 +30,28 @@ from pydantic import ValidationError
 from redis import exceptions as redis_errors
 
 from orchestrator.aio import cancel_and_wait
-from orchestrator.errors import PayloadError, StoreError, StoreUnavailable
+from orchestrator.errors import (
+    OrchestratorError,
+    PayloadError,
+    StaleAttempt,
+    StoreError,
+    StoreUnavailable,
+)
 from orchestrator.events import EventYield, ResponseYield, output_from_json, output_to_json
 from orchestrator.keys import Keys
 from orchestrator.runs import StatusEntry, StreamEntry, TreeProgress
 from orchestrator.store._codec import parse_int, resolve, text
-from orchestrator.store.connection import Redis, to_store_error, translate_errors
+from orchestrator.store.connection import (
+    Pipeline,
+    Redis,
+    begin,
+    read_timeout,
+    to_store_error,
+    translate_errors,
+)
 
 __all__ = [
+    "DEFAULT_BLOCK_MS",
     "WIRE_VERSION",
     "EventPublisher",
     "PublisherStats",
@@ -44,6 +63,8 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 WIRE_VERSION = "1"
+# How long a live tail waits in one blocking XREAD; its client's read timeout must exceed it.
+DEFAULT_BLOCK_MS = 5000
 _KINDS = frozenset({"event", "response", "status"})
 _REDIS_FAILURES: tuple[type[BaseException], ...] = (redis_errors.RedisError, OSError)
 
@@ -80,6 +101,10 @@ class EventPublisher:
     everything published before it is in Redis. A send that fails with a connection
     error is retried after `retry_delays_s`; when those run out the batch is kept, the
     error is raised from `flush()`, and the next `publish()` or `flush()` tries again.
+
+    `attempt` fences the writes (see the module docstring). `publisher_id` names the
+    publisher for good: a second publisher with the same id does not repeat a batch the
+    first one delivered (for writes retried by another process, such as a run's end).
     """
 
     def __init__(
@@ -94,6 +119,8 @@ class EventPublisher:
         ttl_after_end_s: int = 86_400,
         idle_ttl_s: int | None = 7 * 86_400,
         retry_delays_s: Sequence[float] = (0.05, 0.1, 0.2, 0.4, 0.8),
+        attempt: int | None = None,
+        publisher_id: str | None = None,
     ) -> None:
         self._redis = redis
         self.session_id = session_id
@@ -102,17 +129,21 @@ class EventPublisher:
         self._stream = keys.events(session_id)
         self._seqs = keys.seqs(session_id)
         self._publishers = keys.publishers(session_id)
+        self._fence = keys.run_fence(session_id, run_id)
+        self.attempt = attempt
         self._maxlen = maxlen
         self._ttl_after_end_s = ttl_after_end_s
         self._idle_ttl_s = idle_ttl_s
         self._retry_delays = tuple(retry_delays_s)
-        self.publisher_id = uuid.uuid4().hex
+        self.publisher_id = publisher_id or uuid.uuid4().hex
         self.stats = PublisherStats()
-        self.last_error: StoreError | None = None
+        self.last_error: OrchestratorError | None = None
         self._pending: list[_Pending] = []
         # A batch whose delivery is not confirmed yet; retried before anything newer.
         self._unconfirmed: list[_Pending] | None = None
         self._check_marker = False
+        # A named publisher may have delivered its batches in an earlier life.
+        self._named = publisher_id is not None
         self._batch_no = 0
         self._accepted = 0
         self._delivered = 0
@@ -149,6 +180,49 @@ class EventPublisher:
         self._ensure_flusher()
         await future
 
+    async def take_over(self) -> int | None:
+        """Make this publisher's attempt the owner of the run's writes, and return the
+        highest event_seq published for the run so far (None: none yet).
+
+        Atomic: every batch of an older attempt is either already counted in the returned
+        seq or refused from now on. Raises `StaleAttempt` if a newer attempt took over.
+        """
+        if self.attempt is None:
+            raise ValueError("take_over() needs a publisher made with attempt=")
+        async with translate_errors("take over the run's writes"):
+            for _ in range(100):
+                try:
+                    async with self._redis.pipeline(transaction=True) as pipe:
+                        await pipe.watch(self._fence)
+                        self._check_fence(await pipe.get(self._fence))
+                        begin(pipe)
+                        pipe.set(self._fence, str(self.attempt), ex=self._fence_ttl_s())
+                        pipe.hget(self._seqs, self.run_id)
+                        _, raw = await pipe.execute()
+                    break
+                except redis_errors.WatchError:
+                    continue
+            else:
+                raise StoreError("taking over the run's writes kept conflicting")
+        remote = None if raw is None else parse_int(raw, f"event_seq of {self.run_id!r}")
+        local = self._local_seqs.get(self.run_id)
+        candidates = [s for s in (remote, local) if s is not None]
+        return max(candidates) if candidates else None
+
+    def abandon(self) -> None:
+        """Drop whatever is not delivered yet and write nothing more (the run was handed
+        back: its next attempt resumes from the last checkpoint)."""
+        self._closed = True
+        self._pending.clear()
+        self._unconfirmed = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.future.done():
+                waiter.future.cancel()
+
     async def close(self, expire: bool) -> None:
         """Flush, stop the background task, and (if `expire`) let the session keys expire.
 
@@ -168,7 +242,7 @@ class EventPublisher:
             translate_errors("expire session stream"),
             self._redis.pipeline(transaction=False) as pipe,
         ):
-            for key in (self._stream, self._seqs, self._publishers):
+            for key in (self._stream, self._seqs, self._publishers, self._fence):
                 pipe.expire(key, self._ttl_after_end_s)
             await pipe.execute()
 
@@ -215,11 +289,11 @@ class EventPublisher:
             if self._unconfirmed is None:
                 self._unconfirmed, self._pending = self._pending, []
                 self._batch_no += 1
-                self._check_marker = False
+                self._check_marker = self._named
             batch = self._unconfirmed
             try:
                 await self._deliver(batch)
-            except StoreError as exc:
+            except (StoreError, StaleAttempt) as exc:
                 self._give_up(exc)
                 return
             self._unconfirmed = None
@@ -242,6 +316,10 @@ class EventPublisher:
                 self._check_marker = True
                 await self._send(batch)
                 return
+            except redis_errors.WatchError as exc:
+                # A take-over raced this batch (it was not written): the retry says who won.
+                last = exc
+                self._check_marker = False
             except redis_errors.ResponseError as exc:
                 # Redis refused a command: retrying the same batch will not help, and a
                 # partly applied EXEC must not be mistaken for a delivered batch.
@@ -258,31 +336,53 @@ class EventPublisher:
         raw = await resolve(self._redis.hget(self._publishers, self.publisher_id))
         return raw is not None and parse_int(raw, "publisher batch marker") >= self._batch_no
 
+    def _fence_ttl_s(self) -> int:
+        return self._idle_ttl_s if self._idle_ttl_s is not None else self._ttl_after_end_s
+
+    def _check_fence(self, raw: Any) -> None:
+        owner = None if raw is None else parse_int(raw, f"write fence of {self.run_id!r}")
+        if owner is not None and self.attempt is not None and owner > self.attempt:
+            raise StaleAttempt(
+                f"attempt {self.attempt} of run {self.run_id!r} may not write: attempt"
+                f" {owner} has taken over",
+                run_id=self.run_id,
+                attempt=self.attempt,
+                current_attempt=owner,
+            )
+
     async def _send(self, batch: list[_Pending]) -> None:
-        seqs: dict[str, int] = {}
         async with self._redis.pipeline(transaction=True) as pipe:
-            for entry in batch:
-                fields: dict[Any, Any] = {
-                    "v": WIRE_VERSION,
-                    "kind": entry.kind,
-                    "run": self.run_id,
-                    "data": entry.data,
-                }
-                if self.root_run_id != self.run_id:
-                    fields["root"] = self.root_run_id
-                pipe.xadd(self._stream, fields, maxlen=self._maxlen, approximate=True)
-                if entry.call_seq is not None:
-                    call, seq = entry.call_seq
-                    seqs[call] = max(seq, seqs.get(call, seq))
-            if seqs:
-                pipe.hset(self._seqs, mapping={c: str(s) for c, s in seqs.items()})
-            pipe.hset(self._publishers, self.publisher_id, str(self._batch_no))
-            if self._idle_ttl_s is not None:
-                for key in (self._stream, self._seqs, self._publishers):
-                    pipe.expire(key, self._idle_ttl_s)
+            if self.attempt is not None:
+                await pipe.watch(self._fence)
+                self._check_fence(await pipe.get(self._fence))
+                begin(pipe)
+                pipe.expire(self._fence, self._fence_ttl_s())
+            self._queue_batch(pipe, batch)
             await pipe.execute()
 
-    def _give_up(self, exc: StoreError) -> None:
+    def _queue_batch(self, pipe: Pipeline, batch: list[_Pending]) -> None:
+        seqs: dict[str, int] = {}
+        for entry in batch:
+            fields: dict[Any, Any] = {
+                "v": WIRE_VERSION,
+                "kind": entry.kind,
+                "run": self.run_id,
+                "data": entry.data,
+            }
+            if self.root_run_id != self.run_id:
+                fields["root"] = self.root_run_id
+            pipe.xadd(self._stream, fields, maxlen=self._maxlen, approximate=True)
+            if entry.call_seq is not None:
+                call, seq = entry.call_seq
+                seqs[call] = max(seq, seqs.get(call, seq))
+        if seqs:
+            pipe.hset(self._seqs, mapping={c: str(s) for c, s in seqs.items()})
+        pipe.hset(self._publishers, self.publisher_id, str(self._batch_no))
+        if self._idle_ttl_s is not None:
+            for key in (self._stream, self._seqs, self._publishers):
+                pipe.expire(key, self._idle_ttl_s)
+
+    def _give_up(self, exc: OrchestratorError) -> None:
         self.last_error = exc
         self.stats.failures += 1
         log.error("stream.publish_failed", run_id=self.run_id, pending=self.pending, error=str(exc))
@@ -319,6 +419,10 @@ class StreamReader:
 
     Entries are validated as they are decoded; one that does not decode (bad JSON,
     unknown kind or version, a failing model) is skipped with a warning.
+
+    Blocking reads go to `blocking` (default: `redis`), a client whose read timeout should
+    exceed the block time; a block is cut to fit below that client's timeout regardless,
+    so a blocking read never times out merely for lack of new entries.
     """
 
     def __init__(
@@ -326,10 +430,17 @@ class StreamReader:
         redis: Redis,
         keys: Keys,
         *,
+        blocking: Redis | None = None,
         reconnect_attempts: int = 10,
         reconnect_backoff_s: float = 0.05,
     ) -> None:
         self._redis = redis
+        self._blocking = blocking if blocking is not None else redis
+        timeout = read_timeout(self._blocking)
+        # Leave a margin (up to 1 s) between the longest block and the read timeout.
+        self._max_block_ms = (
+            None if timeout is None else max(1, int((timeout - min(1.0, timeout / 2)) * 1000))
+        )
         self._keys = keys
         self._reconnect_attempts = reconnect_attempts
         self._reconnect_backoff_s = reconnect_backoff_s
@@ -369,7 +480,7 @@ class StreamReader:
         after: str | None = None,
         run_id: str | None = None,
         follow: bool = True,
-        block_ms: int = 5000,
+        block_ms: int = DEFAULT_BLOCK_MS,
         count: int = 500,
         stop_at_terminal: bool = False,
     ) -> AsyncGenerator[StreamEntry, None]:
@@ -430,8 +541,13 @@ class StreamReader:
     async def _xread(
         self, stream: str, after: str, count: int, block_ms: int | None
     ) -> list[tuple[str, Mapping[Any, Any]]]:
+        client = self._redis
+        if block_ms is not None:
+            client = self._blocking
+            if self._max_block_ms is not None:
+                block_ms = min(block_ms, self._max_block_ms)
         async with translate_errors("stream read"):
-            reply = await self._redis.xread({stream: after}, count=count, block=block_ms)
+            reply = await client.xread({stream: after}, count=count, block=block_ms)
         return [(text(entry_id), fields) for entry_id, fields in _entries_of(reply)]
 
     @staticmethod

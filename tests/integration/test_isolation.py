@@ -318,11 +318,12 @@ async def test_run_abort_stops_its_run_and_forks_and_leaves_the_sessions_other_r
 async def test_aborting_a_session_stops_every_run_in_it_and_queued_ones_never_start(
     client: Client, workers: WorkerPool, tool_log: Path, llm: MockLLMThread
 ) -> None:
-    await workers.start(1, concurrency=4)
+    # Three slots: the long run and the two leaves (the root suspended in its gather holds
+    # none), so the run submitted after them really queues.
+    await workers.start(1, concurrency=3)
     long_run = await client.submit(ASSISTANT, "please work a long while", session_id="iso-E")
     tree = await client.submit(FORKER, "tree-root", session_id="iso-E")
     await wait_until(lambda: count_runs(tool_log, "slow_tool") >= 3, 30, "three tools running")
-    # Every slot is taken (the long run, two leaves; the root waits): this one queues.
     queued = await client.submit(ASSISTANT, "queued behind", session_id="iso-E")
     elsewhere = await client.submit(ASSISTANT, "please work a while", session_id="iso-F")
     await client.abort_session("iso-E", "close the session")

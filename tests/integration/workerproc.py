@@ -116,6 +116,10 @@ class WorkerPool:
         await self.wait_registered(procs, timeout=timeout)
         return procs
 
+    def spawn(self, concurrency: int = 4) -> WorkerProcess:
+        """Start one worker without waiting for it to heartbeat."""
+        return self._spawn(concurrency)
+
     def _spawn(self, concurrency: int) -> WorkerProcess:
         index = len(self.started)
         log_path = self._log_dir / f"worker-{index}.log"
