@@ -54,6 +54,23 @@ Process-wide:
     orc:wake                    pub/sub channel that wakes idle workers
     orc:workers                 hash: worker_id -> heartbeat JSON
 
+Keys without a TTL (`Keys.bounded()`): process-wide indexes, each bounded by something
+other than time, and kept so by every worker's reaper (`Reaper.tidy`, every
+waiting_sweep_s):
+
+    {runs}:index, {runs}:status:*   runs whose record still exists (running, or ended
+                                    less than run_retention_s ago); entries of expired
+                                    records are pruned
+    {runs}:expiring                 the same runs, scored by expiry; pruned likewise
+    {leases}:deadlines              runs holding a lease (running now)
+    workers                         workers alive, or dead less than an hour
+    queue                           jobs waiting to start (arq removes them as they start)
+
+Per-run keys held without a TTL while their run is live (a lease owner while it is held
+or parked) get one when the run ends. arq's own keys (`arq:job:*`, `arq:result:*`,
+`arq:in-progress:*`, outside the prefix) expire: job keys with the job timeout, results
+after an hour.
+
 Session ids, agent call ids and tenants become part of hash-tagged names, so they may not
 contain `{` or `}` (a ValueError says so); memory keys and run ids may be any string.
 """
@@ -201,6 +218,20 @@ class Keys:
     def wake(self) -> str:
         """Pub/sub channel that wakes idle workers when a job is enqueued."""
         return f"{self.prefix}:wake"
+
+    def bounded(self) -> frozenset[str]:
+        """The keys written without a TTL, each bounded otherwise (module docstring)."""
+        statuses = ("queued", "running", "waiting", "completed", "error", "aborted")
+        return frozenset(
+            {
+                self.runs_index(),
+                self.runs_expiring(),
+                *(self.runs_by_status(status) for status in statuses),
+                self.leases(),
+                self.workers(),
+                self.queue(),
+            }
+        )
 
     def pattern(self) -> str:
         """A SCAN MATCH pattern for every key under this prefix (tests, maintenance)."""

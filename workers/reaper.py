@@ -33,7 +33,7 @@ from orchestrator.runs import RunRequest, RunStatus
 from orchestrator.settings import Settings
 from orchestrator.store.lifecycle import announce_end, end_run, resume_if_ready
 from orchestrator.store.queue import JobQueue
-from orchestrator.store.runs import LeaseTable, RunStore
+from orchestrator.store.runs import LeaseTable, RunStore, WorkerRegistry
 from workers.outage import Outage
 
 _log = structlog.get_logger(__name__)
@@ -47,6 +47,7 @@ class Reaper:
         self._queue = queue
         self._runs = RunStore(redis, keys)
         self._leases = LeaseTable(redis, keys)
+        self._workers = WorkerRegistry(redis, keys)
         self._next_sweep = 0.0
         self.outage = Outage("reaper", max_delay_s=settings.reap_interval_s)
         # No claims before this (monotonic): the grace after an outage.
@@ -60,6 +61,7 @@ class Reaper:
                 if time.monotonic() >= self._next_sweep:
                     self._next_sweep = time.monotonic() + self._settings.waiting_sweep_s
                     await self.sweep_waiting()
+                    await self.tidy()
             except StoreUnavailable as exc:
                 self._outage_seen()
                 delay = self.outage.failed(exc)
@@ -87,6 +89,12 @@ class Reaper:
             if await resume_if_ready(self._runs, self._queue, run_id):
                 resumed.append(run_id)
         return resumed
+
+    async def tidy(self) -> None:
+        """Keep the process-wide indexes bounded: drop index entries of expired run
+        records and registry entries of long-dead workers (see `Keys.bounded`)."""
+        await self._runs.prune_expired()
+        await self._workers.prune()
 
     async def reap_once(self) -> list[str]:
         """One sweep; returns the run ids it resumed or failed."""

@@ -226,7 +226,7 @@ class RunStore:
 
         Missing and corrupt records are skipped (a corrupt one with a warning).
         """
-        await self._prune_expired()
+        await self.prune_expired()
         index = self._keys.runs_by_status(status) if status else self._keys.runs_index()
         found: builtins.list[RunRecord] = []
         to_skip, start, page = offset, 0, max(100, offset + limit)
@@ -251,7 +251,7 @@ class RunStore:
 
     async def counts_by_status(self) -> dict[str, int]:
         """How many runs are in each status (every status present, zeros included)."""
-        await self._prune_expired()
+        await self.prune_expired()
         async with (
             translate_errors("run counts"),
             self._redis.pipeline(transaction=False) as pipe,
@@ -290,8 +290,9 @@ class RunStore:
                 log.warning("runs.corrupt_record", run_id=run_id, error=str(exc))
         return records
 
-    async def _prune_expired(self) -> None:
-        """Drop index entries of records whose TTL has run out."""
+    async def prune_expired(self) -> None:
+        """Drop index entries of records whose TTL has run out (listing does it, and every
+        worker's reaper does it periodically, so the indexes hold only runs still kept)."""
         expiring = self._keys.runs_expiring()
         async with translate_errors("run index prune"):
             due = await self._redis.zrangebyscore(expiring, "-inf", _now_ms())
@@ -556,20 +557,25 @@ class WorkerRegistry:
             raw = await resolve(self._redis.hgetall(self._keys.workers()))
         now = time.time()
         live: builtins.list[dict[str, Any]] = []
-        dead: builtins.list[str] = []
+        forget: builtins.list[Any] = []
         for field, value in raw.items():
             beat = _decode_beat(field, value)
             if beat is None:
-                continue
-            if beat["expires_at"] > now:
+                forget.append(field)  # unreadable: it can never become live again
+            elif beat["expires_at"] > now:
                 live.append(beat)
             elif beat["expires_at"] < now - self.forget_after_s:
-                dead.append(beat["worker_id"])
-        if dead:
+                forget.append(field)
+        if forget:
             async with translate_errors("worker prune"):
-                await resolve(self._redis.hdel(self._keys.workers(), *dead))
+                await resolve(self._redis.hdel(self._keys.workers(), *forget))
         live.sort(key=lambda b: b["last_beat"], reverse=True)
         return live
+
+    async def prune(self) -> None:
+        """Forget workers dead for `forget_after_s` and unreadable entries (what bounds
+        the registry; every worker's reaper calls it periodically)."""
+        await self.list()
 
     async def remove(self, worker_id: str) -> None:
         """Forget a worker (at clean shutdown)."""

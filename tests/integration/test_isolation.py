@@ -414,3 +414,34 @@ async def test_every_key_isolation_adds_expires(
         assert any(kind in n for n in ours), (kind, ours)
     for name in ours:
         assert await redis.ttl(name) > 0, name
+
+
+# -- every key has a TTL or a documented bound ---------------------------------------------
+
+
+async def test_every_key_under_the_prefix_expires_or_is_a_documented_bounded_key(
+    client: Client, workers: WorkerPool, redis: Any, keys: Keys, make_api: ApiFactory
+) -> None:
+    await workers.start(1, concurrency=4)
+    await finish(await client.submit(MEMO, "remember me", session_id="ttl-a", tenant="x"))
+    tree = await client.submit(FORKER, "tree-root", session_id="ttl-b")
+    stopped = await client.submit(ASSISTANT, "please work a long while", session_id="ttl-c")
+    closing = await client.submit(ASSISTANT, "please work a long while", session_id="ttl-d")
+    api = make_api()
+    answer = await api.post("/v1/runs", json={"agent": ASSISTANT, "message": "hello"})
+    assert answer.status_code == 202, answer.text
+    via_api = client.run(answer.json()["run_id"], answer.json()["session_id"])
+    await stopped.abort("enough")
+    await client.abort_session("ttl-d", "closing")
+    for run in (tree, stopped, closing, via_api):
+        result = await run.result(timeout=60)
+        assert result.status.terminal, result
+    assert (await tree.result()).status is RunStatus.COMPLETED
+
+    bounded = keys.bounded()
+    unbounded = []
+    async for raw in redis.scan_iter(match=keys.pattern(), count=500):
+        name = raw.decode()
+        if await redis.ttl(name) < 0 and name not in bounded:
+            unbounded.append((name, (await redis.type(name)).decode()))
+    assert unbounded == [], unbounded

@@ -97,3 +97,11 @@ def test_session_owner_index_and_run_abort_keys_share_the_session_hash_tag() -> 
     assert all(name.startswith("orc:{s1}:") for name in names)
     assert keys.run_abort("s1", "r1") != keys.abort("s1")
     assert len(set(names)) == 3
+
+
+def test_the_bounded_keys_cover_the_index_of_every_run_status() -> None:
+    from orchestrator.runs import RunStatus
+
+    keys = Keys(prefix="p")
+    assert {keys.runs_by_status(s) for s in RunStatus} <= keys.bounded()
+    assert keys.events("s") not in keys.bounded()

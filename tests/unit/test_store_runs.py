@@ -158,6 +158,19 @@ async def test_expired_runs_leave_the_indexes(runs: RunStore) -> None:
     assert (await runs.counts_by_status())["queued"] == 1
 
 
+async def test_pruning_drops_expired_runs_from_every_index_without_a_listing(
+    runs: RunStore, fake_redis: Any, keys: Keys
+) -> None:
+    await runs.create(_record("gone"))
+    await runs.create(_record("kept"))
+    await runs.expire("gone", 0.05)
+    await asyncio.sleep(0.1)
+    await runs.prune_expired()
+    assert await fake_redis.zrange(keys.runs_index(), 0, -1) == [b"kept"]
+    assert await fake_redis.zrange(keys.runs_by_status("queued"), 0, -1) == [b"kept"]
+    assert await fake_redis.zcard(keys.runs_expiring()) == 0
+
+
 # -- leases -------------------------------------------------------------------------------
 
 
@@ -257,3 +270,13 @@ async def test_long_dead_workers_are_forgotten(fake_redis: Any, keys: Keys) -> N
     await asyncio.sleep(0.01)
     assert await workers.list() == []
     assert await fake_redis.hlen(keys.workers()) == 0
+
+
+async def test_pruning_the_registry_forgets_unreadable_heartbeats(
+    fake_redis: Any, keys: Keys
+) -> None:
+    workers = WorkerRegistry(fake_redis, keys)
+    await workers.beat("w1", {}, ttl_s=10)
+    await fake_redis.hset(keys.workers(), mapping={"w2": "{bad"})
+    await workers.prune()
+    assert await fake_redis.hkeys(keys.workers()) == [b"w1"]
