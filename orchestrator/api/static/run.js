@@ -104,7 +104,7 @@ class RunView {
     for (const id of ["lanes", "drawer-lanes", "attention", "gather-rows"]) {
       document.getElementById(id).replaceChildren();
     }
-    document.getElementById("drawer").hidden = true;
+    this.showDrawer(false);
     document.getElementById("final").hidden = true;
     document.getElementById("run-id").textContent = this.runId;
     document.getElementById("run-events").textContent = "0";
@@ -152,6 +152,7 @@ class RunView {
     if (this.retryTimer) clearTimeout(this.retryTimer);
     if (this.recordTimer) clearInterval(this.recordTimer);
     this.renderSoon.cancel();
+    document.body.classList.remove("drawer-open");
     setConn("idle");
   }
 
@@ -345,7 +346,7 @@ class RunView {
     const drawer = document.getElementById("drawer");
     const lanes = document.getElementById("drawer-lanes");
     lanes.prepend(lane.node);
-    drawer.hidden = false;
+    if (drawer.hidden) this.showDrawer(true);
     const open = [...lanes.children];
     for (const extra of open.slice(MAX_OPEN_LANES)) {
       const other = this.agents.get(extra.dataset.agentCallId);
@@ -358,7 +359,14 @@ class RunView {
   closeLane(agent) {
     this.dropLane(agent);
     const lanes = document.getElementById("drawer-lanes");
-    if (!lanes.children.length) document.getElementById("drawer").hidden = true;
+    if (!lanes.children.length) this.showDrawer(false);
+  }
+
+  // Lanes open beside the page (which makes room, and redraws its timeline to fit).
+  showDrawer(open) {
+    document.getElementById("drawer").hidden = !open;
+    document.body.classList.toggle("drawer-open", open);
+    if (this.agents.size) this.renderSoon();
   }
 
   closeAll() {

@@ -14,12 +14,19 @@ class Timeline {
     this.container = container;
     this.onPick = onPick;
     this.svg = svgEl("svg", { class: "timeline", role: "img" });
+    // Waiting stretches are striped over the bar, so "waiting" never reads as a status.
+    const defs = svgEl("defs");
+    const stripes = svgEl("pattern", { id: "timeline-wait", width: "6", height: "6",
+      patternUnits: "userSpaceOnUse", patternTransform: "rotate(45)" });
+    stripes.append(svgEl("rect", { width: "6", height: "6", class: "wait-ground" }),
+      svgEl("rect", { width: "3", height: "6", class: "wait-stripe" }));
+    defs.appendChild(stripes);
     this.axis = svgEl("g", { class: "axis" });
     this.queued = svgEl("path", { class: "queued" });
     this.rows = svgEl("g", { class: "bars" });
     this.waits = svgEl("path", { class: "waits" });
     this.labels = svgEl("g", { class: "labels" });
-    this.svg.append(this.axis, this.queued, this.rows, this.waits, this.labels);
+    this.svg.append(defs, this.axis, this.queued, this.rows, this.waits, this.labels);
     this.tip = el("div", "tip");
     this.tip.hidden = true;
     container.replaceChildren(this.svg, this.tip);
