@@ -204,7 +204,8 @@ class Lane {
   }
 
   showTokens() {
-    this.tokensNode.textContent = this.agent.tokens ? this.agent.tokens + " tokens" : "";
+    const text = this.agent.tokens ? this.agent.tokens + " tokens" : "";
+    if (this.tokensNode.textContent !== text) this.tokensNode.textContent = text;
   }
 
   add(cls, text) {

@@ -101,8 +101,10 @@ class RunView {
     document.getElementById("list-view").hidden = true;
     document.getElementById("cluster-view").hidden = true;
     document.getElementById("run-view").hidden = false;
-    for (const id of ["lanes", "drawer-lanes", "attention", "gather-rows"]) {
-      document.getElementById(id).replaceChildren();
+    for (const id of ["lanes", "drawer-lanes", "attention", "gather-rows", "gather-more"]) {
+      const node = document.getElementById(id);
+      node.replaceChildren();
+      node.rowsByKey = null;
     }
     this.showDrawer(false);
     document.getElementById("final").hidden = true;
@@ -142,7 +144,8 @@ class RunView {
     }
     this.render();
     this.recordTimer = setInterval(() => {
-      if (!this.rootEnded) this.refreshRecord().catch(() => {});
+      const ended = this.rootEnded || (this.record && isTerminal(this.record.status));
+      if (!ended) this.refreshRecord().catch(() => {});
     }, 1000);
   }
 
@@ -219,7 +222,7 @@ class RunView {
     agent.parentId = parentId;
     const parent = this.ensure(parentId);
     parent.children.push(agent);
-    if (agent.seq) parent.children.sort((a, b) => (a.seq || 1e9) - (b.seq || 1e9));
+    if (agent.seq) bySeq(parent.children);
     if (agent.lane && parent.lane && this.mode === "lanes") {
       parent.lane.children.appendChild(agent.lane.node);
     }
@@ -227,15 +230,25 @@ class RunView {
   }
 
   noteFork(agent, info) {
+    let changed = false;
     if (info.fork_id && !agent.forkId) {
       agent.forkId = info.fork_id;
       this.byFork.set(info.fork_id, agent);
+      changed = true;
     }
-    if (info.depth) agent.depth = info.depth;
-    if (info.seq) agent.seq = info.seq;
-    if (info.tool) agent.viaTool = info.tool;
-    if (info.parent) this.attach(agent, info.parent);
-    else if (agent.lane) agent.lane.describe();
+    for (const [field, value] of [["depth", info.depth], ["seq", info.seq], ["viaTool", info.tool]]) {
+      if (value && agent[field] !== value) {
+        agent[field] = value;
+        changed = true;
+      }
+    }
+    if (info.parent && info.parent !== agent.parentId) {
+      this.attach(agent, info.parent);
+    } else if (changed) {
+      if (agent.lane) agent.lane.describe();
+      const parent = this.agents.get(agent.parentId);
+      if (parent && agent.seq) bySeq(parent.children);
+    }
   }
 
   setAgentStatus(agent, status, authoritative = false) {
@@ -281,7 +294,7 @@ class RunView {
   }
 
   mergeRow(agent, row) {
-    agent.status = nextStatus(agent.status, row.status, true) || agent.status;
+    this.setAgentStatus(agent, row.status, true);
     agent.submitted = row.submitted_at;
     agent.started = row.started_at || agent.started;
     agent.finished = row.finished_at || agent.finished;
@@ -517,7 +530,10 @@ class RunView {
     } else {
       this.setAgentStatus(agent, "running");
     }
-    if (type === "react_start" && !agent.forkId) agent.funcName = event.func_name || agent.funcName;
+    if (type === "react_start" && !agent.forkId && event.func_name !== agent.funcName) {
+      agent.funcName = event.func_name || agent.funcName;
+      if (agent.lane) agent.lane.describe();
+    }
     if (type === "llm_call_end" && event.usage && typeof event.usage.total_tokens === "number") {
       agent.tokens += event.usage.total_tokens;
     }
@@ -644,23 +660,31 @@ class RunView {
     const rows = parents.slice(0, GATHER_ROWS).map((agent) => {
       const awaited = agent.awaiting && agent.awaiting.length
         ? agent.awaiting.map((f) => this.byFork.get(f)).filter(Boolean) : agent.children;
-      const ended = awaited.filter((a) => isTerminal(a.status)).length;
-      const row = el("div", "gather-row");
-      row.dataset.runId = agent.id;
-      row.dataset.ended = String(ended);
-      row.dataset.total = String(awaited.length);
-      const bar = el("progress");
-      bar.max = Math.max(1, awaited.length);
-      bar.value = ended;
-      row.append(el("span", "name", agent.name), statusBadge(agent.status), bar,
-        el("span", "muted", ended + "/" + awaited.length + " forks ended"));
-      row.onclick = () => this.pick(agent.id);
-      return row;
+      return { agent, ended: awaited.filter((a) => isTerminal(a.status)).length, total: awaited.length };
     });
-    if (parents.length > GATHER_ROWS) {
-      rows.push(el("div", "muted", "and " + (parents.length - GATHER_ROWS) + " more parents"));
-    }
-    document.getElementById("gather-rows").replaceChildren(...rows);
+    syncRows(document.getElementById("gather-rows"), rows, {
+      key: (row) => row.agent.id,
+      sig: (row) => [row.agent.status, row.ended, row.total].join(),
+      make: (row) => {
+        const node = el("div", "gather-row");
+        node.dataset.runId = row.agent.id;
+        node.onclick = () => this.pick(row.agent.id);
+        return node;
+      },
+      fill: (node, { agent, ended, total }) => {
+        node.dataset.ended = String(ended);
+        node.dataset.total = String(total);
+        const bar = el("progress");
+        bar.max = Math.max(1, total);
+        bar.value = ended;
+        node.replaceChildren(el("span", "name", agent.name), statusBadge(agent.status), bar,
+          el("span", "muted", ended + "/" + total + " forks ended"));
+      },
+    });
+    const more = parents.length - GATHER_ROWS;
+    const note = more > 0 ? "and " + more + " more parents" : "";
+    const moreNode = document.getElementById("gather-more");
+    if (moreNode.textContent !== note) moreNode.textContent = note;
   }
 
   // Failed forks first, then the slowest.
@@ -671,17 +695,22 @@ class RunView {
         || (a.finished || 0) - (b.finished || 0));
     const slow = forks.filter((a) => a.started && !failed.includes(a))
       .sort((a, b) => b.duration(now) - a.duration(now));
-    const rows = [...failed, ...slow].slice(0, ATTENTION_ROWS).map((agent) => {
-      const row = el("li", "attention-row");
-      row.dataset.runId = agent.id;
-      row.dataset.status = agent.status;
-      row.append(statusBadge(agent.status), el("span", "name", agent.name),
-        el("span", "muted", fmtS(agent.duration(now))),
-        el("span", "why", agent.error ? short(agent.error, 120) : ""));
-      row.onclick = () => this.pick(agent.id);
-      return row;
+    syncRows(document.getElementById("attention"), [...failed, ...slow].slice(0, ATTENTION_ROWS), {
+      key: (agent) => agent.id,
+      sig: (agent) => [agent.status, fmtS(agent.duration(now)), agent.error].join(),
+      make: (agent) => {
+        const row = el("li", "attention-row");
+        row.dataset.runId = agent.id;
+        row.onclick = () => this.pick(agent.id);
+        return row;
+      },
+      fill: (row, agent) => {
+        row.dataset.status = agent.status;
+        row.replaceChildren(statusBadge(agent.status), el("span", "name", agent.name),
+          el("span", "muted", fmtS(agent.duration(now))),
+          el("span", "why", agent.error ? short(agent.error, 120) : ""));
+      },
     });
-    document.getElementById("attention").replaceChildren(...rows);
   }
 
   async abort() {
@@ -696,6 +725,11 @@ class RunView {
       button.disabled = false;
     }
   }
+}
+
+// Forks in spawn order (those whose place is not known yet last).
+function bySeq(agents) {
+  agents.sort((a, b) => (a.seq || 1e9) - (b.seq || 1e9));
 }
 
 function closeWait(agent, at) {
@@ -783,17 +817,27 @@ class ForkList {
     const first = Math.max(0, Math.floor(top / LIST_ROW_H) - LIST_OVERSCAN);
     const last = Math.min(this.rows.length, Math.ceil((top + LIST_HEIGHT) / LIST_ROW_H) + LIST_OVERSCAN);
     const now = Date.now() / 1000;
-    const nodes = [];
-    for (let i = first; i < last; i++) nodes.push(this.row(this.rows[i], i, now));
-    this.spacer.replaceChildren(...nodes);
+    const shown = this.rows.slice(first, last).map((row, i) => ({ ...row, index: first + i }));
+    syncRows(this.spacer, shown, {
+      key: (row) => row.agent.id,
+      sig: ({ agent, indent, index }) => [index, indent, agent.status, fmtS(agent.duration(now)),
+        agent.tokens, agent.entries, agent.error, agent.children.length,
+        this.expanded.has(agent.id)].join("|"),
+      make: ({ agent }) => {
+        const row = el("div", "fork-row");
+        row.dataset.runId = agent.id;
+        row.onclick = () => this.view.openLane(agent);
+        return row;
+      },
+      fill: (row, entry) => this.fill(row, entry, now),
+    });
   }
 
-  row({ agent, indent }, index, now) {
-    const row = el("div", "fork-row");
-    row.dataset.runId = agent.id;
+  fill(row, { agent, indent, index }, now) {
     row.dataset.status = agent.status;
     row.style.top = index * LIST_ROW_H + "px";
     row.style.paddingLeft = 0.4 + indent * 1.2 + "rem";
+    const parts = [];
     if (agent.children.length) {
       const open = this.expanded.has(agent.id);
       const toggle = el("button", "expander", (open ? "▾ " : "▸ ") + agent.children.length);
@@ -804,13 +848,13 @@ class ForkList {
         else this.expanded.add(agent.id);
         this.draw();
       };
-      row.appendChild(toggle);
+      parts.push(toggle);
     }
     const meta = [fmtS(agent.duration(now)), agent.tokens ? agent.tokens + " tok" : "",
       agent.entries ? agent.entries + " entries" : ""].filter(Boolean).join(" · ");
-    row.append(statusBadge(agent.status), el("span", "name", agent.name + (agent.seq ? " #" + agent.seq : "")),
+    parts.push(statusBadge(agent.status),
+      el("span", "name", agent.name + (agent.seq ? " #" + agent.seq : "")),
       el("span", "muted", meta), el("span", "why", agent.error ? short(agent.error, 100) : ""));
-    row.onclick = () => this.view.openLane(agent);
-    return row;
+    row.replaceChildren(...parts);
   }
 }

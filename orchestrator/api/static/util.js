@@ -134,3 +134,29 @@ function throttle(fn, interval) {
 function setConn(state) {
   document.getElementById("conn").dataset.state = state;
 }
+
+// Keeps one element per key in `container`, in the order of `items`, filling an element
+// again only when its signature changes. A row under the pointer survives redraws, so a
+// click on a live list lands (a row replaced between mousedown and mouseup gets none).
+function syncRows(container, items, { key, sig, make, fill }) {
+  const old = container.rowsByKey || new Map();
+  const next = new Map();
+  items.forEach((item, index) => {
+    const id = key(item);
+    const node = old.get(id) || make(item);
+    const signature = sig(item, index);
+    if (node.signature !== signature) {
+      fill(node, item, index);
+      node.signature = signature;
+    }
+    next.set(id, node);
+  });
+  for (const [id, node] of old) if (!next.has(id)) node.remove();
+  let previous = null;
+  for (const node of next.values()) {
+    const wanted = previous ? previous.nextSibling : container.firstChild;
+    if (wanted !== node) container.insertBefore(node, wanted);
+    previous = node;
+  }
+  container.rowsByKey = next;
+}
