@@ -1,5 +1,5 @@
 // Shared helpers of the dashboard's pages: the API key, fetch, DOM and formatting.
-// Plain scripts loaded in order by index.html (util, lanes, timeline, run, cluster, app);
+// Plain scripts loaded in order by index.html (util, lanes, timeline, app, cluster, main);
 // no build step.
 "use strict";
 
