@@ -393,7 +393,7 @@ def choose_redis(url: str | None) -> Iterator[tuple[str, str]]:
     if _redis_answers():
         yield DEFAULT_REDIS_URL, f"real Redis at {DEFAULT_REDIS_URL}"
         return
-    from orchestrator.embedded import EmbeddedRedis
+    from orchestrator.cli.embedded import EmbeddedRedis
 
     with EmbeddedRedis() as server:
         yield server.url, server.label

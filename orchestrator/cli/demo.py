@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.panel import Panel
 
 from orchestrator.aio import cancel_and_wait
-from orchestrator.render import EventRenderer, format_usage
+from orchestrator.cli.render import EventRenderer, format_usage
 from orchestrator.settings import Settings
 
 DEMO_AGENTS = "orchestrator.demo_agents"
@@ -141,7 +141,7 @@ def _redis(args: argparse.Namespace, console: Console) -> Iterator[str]:
         console.print(f"[bold]redis:[/] {url}")
         yield url
         return
-    from orchestrator.embedded import EmbeddedRedis
+    from orchestrator.cli.embedded import EmbeddedRedis
 
     with EmbeddedRedis(prefer_binary=args.embedded != "fake") as server:
         console.print(f"[bold yellow]redis: {server.label}[/]")
@@ -209,7 +209,7 @@ async def _start_dashboard(settings: Settings, args: argparse.Namespace, console
     import uvicorn
 
     from orchestrator.api import create_app
-    from orchestrator.embedded import port_is_free
+    from orchestrator.cli.embedded import port_is_free
 
     if not port_is_free(args.dashboard_port):
         console.print(f"[dim]dashboard: port {args.dashboard_port} is busy; not served[/]")

@@ -10,9 +10,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.cli.render import EventRenderer, format_usage
 from orchestrator.client import Client, connect
 from orchestrator.errors import ConfigError, RunNotFound
-from orchestrator.render import EventRenderer, format_usage
 from orchestrator.runs import RunStatus, StreamEntry
 from orchestrator.settings import Settings
 

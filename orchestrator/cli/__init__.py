@@ -39,7 +39,7 @@ def _cmd_mock_llm(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.check:
-        from orchestrator.health import check_workers
+        from orchestrator.cli.health import check_workers
 
         return asyncio.run(check_workers(settings))
     if not args.agents:
@@ -61,31 +61,31 @@ def _cmd_api(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from orchestrator.demo import run_demo
+    from orchestrator.cli.demo import run_demo
 
     return run_demo(args)
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from orchestrator.commands import submit
+    from orchestrator.cli.commands import submit
 
     return asyncio.run(submit(_settings(args), args))
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
-    from orchestrator.commands import tail
+    from orchestrator.cli.commands import tail
 
     return asyncio.run(tail(_settings(args), args))
 
 
 def _cmd_abort(args: argparse.Namespace) -> int:
-    from orchestrator.commands import abort
+    from orchestrator.cli.commands import abort
 
     return asyncio.run(abort(_settings(args), args))
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from orchestrator.commands import runs
+    from orchestrator.cli.commands import runs
 
     return asyncio.run(runs(_settings(args), args))
 
@@ -216,7 +216,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
