@@ -26,7 +26,7 @@ from orchestrator.bench import (
     run_bench,
     split_batches,
 )
-from orchestrator.bench_forks import (
+from orchestrator.bench.forks import (
     ROOT_MESSAGE,
     BaselineSample,
     ForkPlan,

@@ -3,7 +3,7 @@
 Like any agents module it builds its LLM interface at import from its own configuration:
 ORCHESTRATOR_BENCH_LLM_URL, which the bench sets to the scripted model it starts. What the
 model answers depends on the message (see `orchestrator.bench.bench_script` and
-`orchestrator.bench_forks.fork_script`): a one-word reply at zero latency, a long fast
+`orchestrator.bench.forks.fork_script`): a one-word reply at zero latency, a long fast
 stream, a very long stream to abort, or, for `bench_forker`, a fan-out of forks.
 """
 

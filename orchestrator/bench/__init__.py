@@ -11,7 +11,7 @@
                                    baseline: raw pipelined XADD of the same JSON payloads
     5. abort latency               run.abort() -> the run's ReactEnd / terminal status seen
                                    by a reader (arq has no equivalent: no baseline)
-    6. fork fan-out                in `orchestrator.bench_forks`: N forks gathered by one
+    6. fork fan-out                in `orchestrator.bench.forks`: N forks gathered by one
                                    parent on 1 and 2 workers; baseline: N no-op arq jobs
 
 `--only core` runs 1-5, `--only forks` runs 6; the default runs both.
@@ -83,7 +83,7 @@ __all__ = [
     "split_batches",
 ]
 
-AGENT_MODULE = "orchestrator.bench_agents"
+AGENT_MODULE = "orchestrator.bench.agents"
 AGENT = f"{AGENT_MODULE}:bench_chat"
 LLM_URL_ENV = "ORCHESTRATOR_BENCH_LLM_URL"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -976,7 +976,7 @@ def _run_core(url: str, prefix: str, quick: bool, console: Console, logdir: Path
 def _measure(
     sections: Sequence[str], url: str, prefix: str, quick: bool, console: Console, logdir: Path
 ) -> list[Row]:
-    from orchestrator.bench_forks import run_fork_bench
+    from orchestrator.bench.forks import run_fork_bench
 
     rows: list[Row] = []
     if "core" in sections:
@@ -987,7 +987,7 @@ def _measure(
 
 
 def _legend(sections: Sequence[str]) -> list[str]:
-    from orchestrator.bench_forks import FORK_LEGEND
+    from orchestrator.bench.forks import FORK_LEGEND
 
     lines = [LEGEND[0]]
     if "core" in sections:
@@ -1066,7 +1066,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         _write_raw(args.redis, args.stream, args.count, args.interval_ms, args.pad)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

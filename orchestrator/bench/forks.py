@@ -1,6 +1,6 @@
 """`orchestrator bench`, section 6: one parent fans out to many forks and gathers them.
 
-    ours       `bench_agents:bench_forker` submitted once; its first (scripted) LLM reply
+    ours       `bench.agents:bench_forker` submitted once; its first (scripted) LLM reply
                calls `bench_fan_out`, a tool that spawns N forks from code, 32 at a
                time, and gathers them. Each fork is its own arq job making exactly one
                scripted LLM call (`llm_ms` latency) and answering. The gather suspends the
@@ -51,7 +51,7 @@ from orchestrator.bench import (
     delete_bench_keys,
     percentile,
 )
-from orchestrator.bench_agents import FORK_TASK
+from orchestrator.bench.agents import FORK_TASK
 from orchestrator.keys import Keys
 from orchestrator.runs import RunRecord, RunStatus, fork_run_id
 from orchestrator.settings import Settings
