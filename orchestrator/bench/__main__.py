@@ -1,5 +1,5 @@
 """`python -m orchestrator.bench ROLE ...`: the bench's helper processes."""
 
-from orchestrator.bench import main
+from orchestrator.bench.children import main
 
 raise SystemExit(main())

@@ -33,28 +33,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import RedisError
 from rich.console import Console
 
 from orchestrator.aio import cancel_and_wait
-from orchestrator.bench import (
-    AGENT_MODULE,
-    ARQ_NOOP,
+from orchestrator.bench.agents import FORK_TASK, LLM_URL_ENV
+from orchestrator.bench.agents import MODULE as AGENT_MODULE
+from orchestrator.bench.children import ARQ_NOOP, connect_stock_arq
+from orchestrator.bench.procs import (
     FIRST_START_TIMEOUT_S,
     GAP_S,
-    LLM_URL_ENV,
     BenchError,
     Child,
-    Row,
-    _free_port,
-    _port_open,
     delete_bench_keys,
-    percentile,
+    free_port,
+    port_open,
 )
-from orchestrator.bench.agents import FORK_TASK
+from orchestrator.bench.report import Row, percentile
+from orchestrator.client import connect
+from orchestrator.errors import StoreError
 from orchestrator.keys import Keys
 from orchestrator.runs import RunRecord, RunStatus, fork_run_id
 from orchestrator.settings import Settings
+from orchestrator.store.connection import connect as connect_raw
+from orchestrator.store.connection import translate_errors
+from orchestrator.store.queue import job_id
 
 __all__ = [
     "FORK_AGENT",
@@ -291,11 +293,12 @@ def _process_cpu_s(pids: Iterable[int]) -> float | None:
 async def _redis_usage(raw: Any) -> tuple[float | None, float | None]:
     """(CPU seconds, commands processed) of the whole Redis server so far."""
     try:
-        cpu = await raw.info("cpu")
-        stats = await raw.info("stats")
+        async with translate_errors("INFO"):
+            cpu = await raw.info("cpu")
+            stats = await raw.info("stats")
         seconds = float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
         return seconds, float(stats["total_commands_processed"])
-    except (RedisError, KeyError, ValueError):  # INFO hidden or unfamiliar: rows left out
+    except (StoreError, KeyError, ValueError):  # INFO hidden or unfamiliar: rows left out
         return None, None
 
 
@@ -341,14 +344,14 @@ class ForkBench:
         return Child(name, [sys.executable, *argv], self.logdir, self.env)
 
     def start_llm(self) -> None:
-        port = _free_port()
+        port = free_port()
         script = self.logdir / "fork-script.json"
         script.write_text(json.dumps(fork_script(self.plan)))
         self.env[LLM_URL_ENV] = f"http://127.0.0.1:{port}/v1"
         argv = ["-m", "orchestrator.cli", "mock-llm", "--port", str(port), "--script", str(script)]
         self.procs.llm = llm = self._spawn("fork-mock-llm", argv)
         deadline = time.monotonic() + 30
-        while not _port_open(port):
+        while not port_open(port):
             llm.check()
             if time.monotonic() > deadline:
                 raise BenchError("the scripted model did not start")
@@ -382,15 +385,10 @@ class ForkBench:
     # -- connections ----------------------------------------------------------------------
 
     async def connect(self) -> None:
-        from arq.connections import RedisSettings, create_pool
-
-        from orchestrator.client import connect
-        from orchestrator.store.connection import connect as connect_raw
-
         settings = Settings(redis_url=self.url, key_prefix=self.keys.prefix)
         self._conns = {
             "client": await connect(self.url, settings=settings),
-            "arq": await create_pool(RedisSettings.from_dsn(self.url)),
+            "arq": await connect_stock_arq(self.url),
             "raw": connect_raw(self.url),
         }
 
@@ -487,8 +485,6 @@ class ForkBench:
         return _fork_sample(wall, root, done, entries, usage, spawned_on)
 
     def _remember_jobs(self, records: Iterable[RunRecord]) -> None:
-        from orchestrator.store.queue import job_id
-
         for record in records:
             for attempt in range(1, record.attempt + 1):
                 for segment in range(record.segment + 2):

@@ -13,19 +13,8 @@ import pytest
 import redis
 from rich.console import Console
 
-from orchestrator.bench import (
-    Plan,
-    Row,
-    Summary,
-    bench_script,
-    choose_redis,
-    format_ratio,
-    format_value,
-    percentile,
-    render,
-    run_bench,
-    split_batches,
-)
+from orchestrator.bench import run_bench
+from orchestrator.bench.core import Plan, bench_script, split_batches
 from orchestrator.bench.forks import (
     ROOT_MESSAGE,
     BaselineSample,
@@ -36,6 +25,8 @@ from orchestrator.bench.forks import (
     fork_script,
     peak_overlap,
 )
+from orchestrator.bench.procs import choose_redis
+from orchestrator.bench.report import Row, Summary, format_ratio, format_value, percentile, render
 from orchestrator.keys import Keys
 from orchestrator.mock_llm.request import parse_chat_request
 from orchestrator.mock_llm.script import parse_script
