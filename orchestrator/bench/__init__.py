@@ -18,10 +18,11 @@
 
 Every worker (ours and arq's) and the scripted model run as subprocesses so the measuring
 process shares no event loop with them. Local intervals use time.perf_counter; intervals
-across processes use time.time (one machine, one clock). Redis: `--redis`, else
-$ORCHESTRATOR_REDIS_URL, else the real Redis at 127.0.0.1:6379 if it answers, else an
-embedded one. All keys live under a unique prefix and are deleted at the end (SCAN + DEL,
-plus the arq job keys of the jobs the bench created; never FLUSH*).
+across processes use time.time (one machine, one clock). Redis: the URL given to
+`run_bench`; the command picks `--redis`, else $ORCHESTRATOR_REDIS_URL, else the real
+Redis at 127.0.0.1:6379 if it answers, else an embedded one. All keys live under a
+unique prefix and are deleted at the end (SCAN + DEL, plus the arq job keys of the jobs
+the bench created; never FLUSH*).
 
 `python -m orchestrator.bench ROLE ...` runs the bench's helper processes (no-op worker,
 stock arq worker, raw XADD writer); it is not meant to be called by hand.
@@ -29,7 +30,6 @@ stock arq worker, raw XADD writer); it is not meant to be called by hand.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -43,7 +43,7 @@ from rich.console import Console
 
 from orchestrator.bench.core import LEGEND, run_core
 from orchestrator.bench.forks import FORK_LEGEND, run_fork_bench
-from orchestrator.bench.procs import BenchError, choose_redis
+from orchestrator.bench.procs import BenchError
 from orchestrator.bench.report import RATIO_NOTE, Row, render
 
 __all__ = ["SECTIONS", "run_bench"]
@@ -76,30 +76,35 @@ def _legend(sections: Sequence[str]) -> list[str]:
     return lines
 
 
-def run_bench(args: argparse.Namespace) -> int:
+def run_bench(
+    redis_url: str,
+    *,
+    redis_label: str | None = None,
+    quick: bool = False,
+    only: str | None = None,
+    prefix: str | None = None,
+) -> int:
     """`orchestrator bench`: measure, print the table and one JSON line. 0 on success.
 
-    `args.only` ("core": sections 1-5, "forks": section 6) runs one part; default both."""
+    Keys live under a unique prefix starting with `prefix` (default "bench") and are
+    deleted at the end. `only` ("core": sections 1-5, "forks": section 6) runs one part;
+    default both. `redis_label` says in the output which Redis that is."""
     logging.getLogger("arq").setLevel(logging.WARNING)
     console = Console(highlight=False)
     if not console.is_terminal:
         console = Console(highlight=False, width=110)
-    quick = bool(getattr(args, "quick", False))
-    only = getattr(args, "only", None)
+    label = redis_label or redis_url
     sections = [only] if only else list(SECTIONS)
     mode = "quick" if quick else "full"
-    prefix = _unique_prefix(getattr(args, "prefix", None))
+    prefix = _unique_prefix(prefix)
     started = time.perf_counter()
-    with (
-        choose_redis(getattr(args, "redis", None)) as (url, label),
-        tempfile.TemporaryDirectory(prefix="orchestrator-bench-") as tmp,
-    ):
+    with tempfile.TemporaryDirectory(prefix="orchestrator-bench-") as tmp:
         console.print(f"[bold]redis:[/] {label}; key prefix {prefix!r}")
         console.print(
             f"[bold]machine:[/] {os.cpu_count()} cores; {mode} run; {', '.join(sections)}"
         )
         try:
-            rows = _measure(sections, url, prefix, quick, console, Path(tmp))
+            rows = _measure(sections, redis_url, prefix, quick, console, Path(tmp))
         except BenchError as exc:
             console.print(f"[red]bench failed:[/] {exc}")
             return 1

@@ -4,11 +4,10 @@ and delete what they wrote under the bench's prefix afterwards."""
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,11 @@ __all__ = [
     "GAP_S",
     "BenchError",
     "Child",
-    "choose_redis",
     "delete_bench_keys",
     "free_port",
     "port_open",
 ]
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # Sequential jobs wait a random gap first; it spans one arq poll period (0.5 s), so the
 # baseline's poll phase at enqueue time is uniformly random.
 GAP_S = (0.0, 0.5)
@@ -81,31 +78,6 @@ def port_open(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
         return True
     return False
-
-
-def _redis_answers(host: str = "127.0.0.1", port: int = 6379) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def choose_redis(url: str | None) -> Iterator[tuple[str, str]]:
-    """(url, label): the given URL, else the local Redis, else an embedded one."""
-    url = url or os.environ.get("ORCHESTRATOR_REDIS_URL")
-    if url:
-        yield url, f"{url} (given)"
-        return
-    if _redis_answers():
-        yield DEFAULT_REDIS_URL, f"real Redis at {DEFAULT_REDIS_URL}"
-        return
-    from orchestrator.cli.embedded import EmbeddedRedis
-
-    with EmbeddedRedis() as server:
-        yield server.url, server.label
 
 
 async def delete_bench_keys(url: str, keys: Keys, job_ids: Iterable[str]) -> int:
