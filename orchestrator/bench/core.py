@@ -42,7 +42,7 @@ from orchestrator.events import (
     ReactStartEvent,
     output_to_json,
 )
-from orchestrator.keys import Keys
+from orchestrator.keys import BenchKeys
 from orchestrator.runs import RunRequest, RunStatus
 from orchestrator.settings import Settings
 from orchestrator.store.connection import connect as connect_raw
@@ -231,11 +231,12 @@ class Bench:
         self.console = console
         self.logdir = logdir
         self.token = uuid.uuid4().hex[:12]
-        self.keys = Keys(prefix)
-        self.noop_keys = Keys(f"{prefix}:noop")
-        self.arq_queue = f"{prefix}:arq-queue"
-        self.starts_ours = f"{prefix}:bench:starts-ours"
-        self.starts_arq = f"{prefix}:bench:starts-arq"
+        self.names = BenchKeys(prefix)
+        self.keys = self.names.ours
+        self.noop_keys = self.names.noop
+        self.arq_queue = self.names.arq_queue()
+        self.starts_ours = self.names.starts("ours")
+        self.starts_arq = self.names.starts("arq")
         self.job_ids: set[str] = set()
         self.children: list[Child] = []
         self.rng = random.Random()
@@ -431,7 +432,7 @@ class Bench:
         return _latency_rows("3 delivery", "delivery", label, ours, base)
 
     async def _raw_delivery(self, count: int) -> list[float]:
-        stream = f"{self.prefix}:raw-delivery"
+        stream = self.names.raw_stream("delivery")
         sample = output_to_json(_chunk_outputs(1)[0])
         pad = max(0, len(sample) - 40)
         reader = asyncio.create_task(self._read_raw(stream))
@@ -511,7 +512,7 @@ class Bench:
         return len(outputs) / elapsed, batches
 
     async def _raw_xadd(self, payloads: Sequence[bytes], batches: int) -> float:
-        stream = f"{self.prefix}:raw-xadd"
+        stream = self.names.raw_stream("xadd")
         run_id = uuid.uuid4().hex
         t0 = time.perf_counter()
         for batch in split_batches(payloads, batches):
@@ -582,7 +583,7 @@ class Bench:
 
     async def cleanup(self) -> int:
         """Delete every key under the prefix and the arq keys of the bench's jobs."""
-        return await delete_bench_keys(self.url, self.keys, self.job_ids)
+        return await delete_bench_keys(self.url, self.names, self.job_ids)
 
 
 def _dispatch_rows(ours: list[float], arq: list[float], turns: list[TurnSample]) -> list[Row]:

@@ -51,7 +51,7 @@ from orchestrator.bench.procs import (
 from orchestrator.bench.report import Row, percentile
 from orchestrator.client import connect
 from orchestrator.errors import StoreError
-from orchestrator.keys import Keys
+from orchestrator.keys import BenchKeys
 from orchestrator.runs import RunRecord, RunStatus, fork_run_id
 from orchestrator.settings import Settings
 from orchestrator.store.connection import connect as connect_raw
@@ -318,14 +318,17 @@ class _Procs:
 class ForkBench:
     """Starts the section's processes, measures, cleans up. One instance per run."""
 
-    def __init__(self, url: str, prefix: str, plan: ForkPlan, console: Console, logdir: Path):
+    def __init__(
+        self, url: str, names: BenchKeys, plan: ForkPlan, console: Console, logdir: Path
+    ) -> None:
         self.url = url
         self.plan = plan
         self.console = console
         self.logdir = logdir
-        self.keys = Keys(prefix)
-        self.arq_queue = f"{prefix}:arq-queue"
-        self.arq_done = f"{prefix}:arq-done"
+        self.names = names
+        self.keys = names.ours
+        self.arq_queue = names.arq_queue()
+        self.arq_done = names.arq_done()
         self.token = uuid.uuid4().hex[:12]
         self.job_ids: set[str] = set()
         self.procs = _Procs()
@@ -435,7 +438,7 @@ class ForkBench:
 
     async def _arq_seen(self, workers: int, deadline: float) -> None:
         """Single jobs until each arq worker process has run one (they poll every 0.5 s)."""
-        key = f"{self.keys.prefix}:arq-warm"
+        key = self.names.arq_warm()
         pids: set[int] = set()
         while len(pids) < workers:
             self.check()
@@ -558,7 +561,7 @@ class ForkBench:
 
     async def cleanup(self) -> int:
         """Delete every key under the section's prefix and the arq keys of its jobs."""
-        return await delete_bench_keys(self.url, self.keys, self.job_ids)
+        return await delete_bench_keys(self.url, self.names, self.job_ids)
 
 
 async def _first_worker(run: Any) -> str | None:
@@ -620,7 +623,7 @@ def run_fork_bench(url: str, prefix: str, quick: bool, console: Console, logdir:
         f"{plan.concurrency} slots per worker; workers {list(plan.workers)}; "
         f"{plan.reps} repetition(s); max_forks_per_agent={max(plan.forks, plan.warmup_forks)}"
     )
-    bench = ForkBench(url, f"{prefix}:forks", plan, console, logdir)
+    bench = ForkBench(url, BenchKeys(prefix).forks, plan, console, logdir)
     try:
         bench.start_llm()
         return asyncio.run(bench.measure())

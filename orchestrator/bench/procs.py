@@ -11,8 +11,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from orchestrator.keys import Keys
+from orchestrator.keys import BenchKeys
 from orchestrator.store.connection import connect as connect_raw
+from orchestrator.store.queue import arq_keys
 
 __all__ = [
     "FIRST_START_TIMEOUT_S",
@@ -28,7 +29,6 @@ __all__ = [
 # baseline's poll phase at enqueue time is uniformly random.
 GAP_S = (0.0, 0.5)
 FIRST_START_TIMEOUT_S = 45.0
-_ARQ_KEY_PREFIXES = ("arq:job:", "arq:result:", "arq:in-progress:", "arq:retry:")
 
 
 class BenchError(Exception):
@@ -80,12 +80,12 @@ def port_open(port: int) -> bool:
     return False
 
 
-async def delete_bench_keys(url: str, keys: Keys, job_ids: Iterable[str]) -> int:
+async def delete_bench_keys(url: str, keys: BenchKeys, job_ids: Iterable[str]) -> int:
     """Delete every key under `keys`' prefix and arq's keys of these jobs (never FLUSH*)."""
     client = connect_raw(url)
     deleted = 0
     try:
-        names: list[Any] = [p + jid for jid in sorted(job_ids) for p in _ARQ_KEY_PREFIXES]
+        names: list[Any] = [key for jid in sorted(job_ids) for key in arq_keys(jid)]
         async for name in client.scan_iter(match=keys.pattern(), count=1000):
             names.append(name)
         for start in range(0, len(names), 500):
