@@ -20,11 +20,11 @@ import copy
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
-from orchestrator.errors import StoreUnavailable, ToolError
+from orchestrator.errors import LLMError, StoreUnavailable, ToolError
 from orchestrator.events import (
     CustomEvent,
     EventOrigin,
@@ -47,16 +47,14 @@ from orchestrator.events import (
     ToolCallsBatchStartEvent,
     ToolCallStartEvent,
 )
-from orchestrator.ports import Checkpointer, MemoryStore, TranscriptBase
+from orchestrator.ports import Checkpointer, ForkBackend, MemoryStore, TranscriptBase
+from orchestrator.runtime.agent import AgentSpec
 from orchestrator.runtime.emitter import ToolEventEmitter
-from orchestrator.runtime.forks import ForkBackend, SuspendTurn, TurnForks, current_tool_call
+from orchestrator.runtime.forks import SuspendTurn, TurnForks, current_tool_call
+from orchestrator.runtime.selfref import SelfRefContext
 from orchestrator.runtime.state import OriginContext, ToolOutcome, TurnError, TurnState
 from orchestrator.runtime.tools import Tool, format_tool_result, parse_arguments
 from orchestrator.signals import AbortSignal
-
-if TYPE_CHECKING:
-    from orchestrator.runtime.chat import AgentSpec
-    from orchestrator.runtime.selfref import SelfRefContext
 
 __all__ = ["Output", "run_turn"]
 
@@ -933,6 +931,4 @@ def _result_summary(outcome: ToolOutcome) -> ToolCallResult:
 
 
 def _resumed_error(error: TurnError) -> Exception:
-    from orchestrator.errors import LLMError
-
     return LLMError(f"{error.type}: {error.message}")
