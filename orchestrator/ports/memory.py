@@ -1,23 +1,8 @@
-"""The small interfaces the runtime and the adapters share. Nothing here imports redis,
-arq or httpx.
-
-    LLMInterface      a chat-completions model (OpenAICompatible over httpx implements it)
-    MemoryStore       SelfReference memory per key (in-process dict, or Redis), with the
-                      values it trades in: MemorySnapshot, TranscriptBase, MemoryLimits
-    Checkpointer      where a turn's state is saved between steps (nothing, or Redis)
-    ForkBackend       starts forks and collects their results (Redis and arq on a worker),
-                      asked with a SpawnRequest
-    ForkPrimitives    `runtime.selfref.fork` as tool code sees it (spawn, gather_all)
-    SelfRefPrimitives `runtime.selfref` as tool code sees it (context, fork, guide)
-
-Events are not a port of their own: a turn is an async generator of outputs, and
-whoever drives it (llm_chat in-process, a worker) decides where they go.
-"""
+"""The memory port (SelfReference's records) and the checkpoint port (a turn's state)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,25 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from orchestrator.events import MessageList
 from orchestrator.settings import Settings
 
-
-@runtime_checkable
-class LLMInterface(Protocol):
-    """An OpenAI-compatible chat model.
-
-    Both methods speak the OpenAI wire format as plain JSON dicts: `chat` returns one
-    chat.completion object, `chat_stream` yields chat.completion.chunk objects (the last
-    one may carry only `usage`). `tools` is a list of OpenAI function-tool definitions.
-    """
-
-    model_name: str
-
-    async def chat(
-        self, messages: MessageList, *, tools: list[dict[str, Any]] | None = None, **kwargs: Any
-    ) -> dict[str, Any]: ...
-
-    def chat_stream(
-        self, messages: MessageList, *, tools: list[dict[str, Any]] | None = None, **kwargs: Any
-    ) -> AsyncIterator[dict[str, Any]]: ...
+__all__ = [
+    "Checkpointer",
+    "Experience",
+    "MemoryLimits",
+    "MemorySnapshot",
+    "MemoryStore",
+    "TranscriptBase",
+]
 
 
 class Experience(BaseModel):
@@ -155,73 +129,3 @@ class Checkpointer(Protocol):
     """
 
     async def save(self, state: Any) -> None: ...
-
-
-# -- forks ---------------------------------------------------------------------------
-
-
-@dataclass
-class SpawnRequest:
-    """Everything a backend needs to start one fork."""
-
-    parent_agent_call_id: str
-    parent_memory_key: str
-    message: str
-    # Unique per spawn within the parent call; spawning the same key again is a no-op.
-    spawn_key: str
-    context: MessageList = field(default_factory=list)
-    tool_name: str | None = None
-    tool_call_id: str | None = None
-
-
-@runtime_checkable
-class ForkBackend(Protocol):
-    """Starts forks and reads their results (a worker implements it on Redis and arq)."""
-
-    async def spawn(self, request: SpawnRequest) -> dict[str, Any]:
-        """Start a fork (or find the one `request.spawn_key` already started); returns
-        its handle `{fork_id, parent_fork_id, depth, source_memory_key, memory_key,
-        status}`. Raises `ToolError` when depth or fan-out limits forbid it."""
-        ...
-
-    async def collect(
-        self,
-        parent_agent_call_id: str,
-        fork_ids: Sequence[str] | None,
-        include_history: bool,
-    ) -> tuple[dict[str, dict[str, Any]], list[str]]:
-        """`(results of the forks that ended, ids of those still running)` for the given
-        forks of this parent (None: every fork it spawned). `ToolError` for an id that
-        is not one of its forks."""
-        ...
-
-
-@runtime_checkable
-class ForkPrimitives(Protocol):
-    """`runtime.selfref.fork`: spawn child agents and gather their results."""
-
-    async def spawn(self, message: str, **kwargs: Any) -> dict[str, Any]: ...
-
-    async def gather_all(
-        self, fork_ids: Any = None, include_history: bool = False
-    ) -> dict[str, dict[str, Any]]: ...
-
-
-# -- what a tool receives -------------------------------------------------------------
-
-
-@runtime_checkable
-class SelfRefPrimitives(Protocol):
-    """`runtime.selfref` for tool code: the agent's bound SelfReference context (memory
-    primitives: inspect, remember, forget, compact), its forks and its guide."""
-
-    @property
-    def context(self) -> Any: ...
-
-    @property
-    def fork(self) -> ForkPrimitives: ...
-
-    @property
-    def instance_id(self) -> str: ...
-
-    def guide(self) -> str: ...
