@@ -1,7 +1,8 @@
 """The small interfaces the runtime and the adapters share. Nothing here imports redis,
 arq or httpx.
 
-    LLMInterface      a chat-completions model (OpenAICompatible over httpx implements it)
+    LLMInterface      a chat-completions model (OpenAICompatible over httpx implements it),
+                      and ChunkAccumulator, the one assembler of what it returns
     MemoryStore       SelfReference memory per key (in-process dict, or Redis), with the
                       values it trades in: MemorySnapshot, TranscriptBase, MemoryLimits
     Checkpointer      where a turn's state is saved between steps (nothing, or Redis)
@@ -16,7 +17,7 @@ Events are not a port of their own: a turn is an async generator of outputs, and
 whoever drives it (llm_chat in-process, a worker) decides where they go.
 """
 
-from orchestrator.ports.llm import LLMInterface
+from orchestrator.ports.llm import ChunkAccumulator, LLMInterface
 from orchestrator.ports.memory import (
     Checkpointer,
     Experience,
@@ -34,6 +35,7 @@ from orchestrator.ports.selfref import (
 
 __all__ = [
     "Checkpointer",
+    "ChunkAccumulator",
     "Experience",
     "ForkBackend",
     "ForkPrimitives",
