@@ -109,7 +109,7 @@ class EmbeddedRedis:
         self.kind = f"redis-server from {binary}"
 
     def _start_fake(self) -> None:
-        try:
+        try:  # imported here: fakeredis (the embedded extra) is needed only in this case
             from fakeredis import TcpFakeServer
         except ImportError as exc:  # fakeredis is the embedded extra
             raise ConfigError(
