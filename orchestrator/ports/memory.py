@@ -1,17 +1,7 @@
-"""The small interfaces the runtime talks to. Nothing here imports redis, arq or httpx.
-
-    LLMInterface    a chat-completions model (OpenAICompatible over httpx implements it)
-    MemoryStore     SelfReference memory per key (in-process dict, or Redis), with the
-                    values it trades in: MemorySnapshot, TranscriptBase, MemoryLimits
-    Checkpointer    where a turn's state is saved between steps (nothing, or Redis)
-
-Events are not a port of their own: a turn is an async generator of outputs, and
-whoever drives it (llm_chat in-process, a worker) decides where they go.
-"""
+"""The memory port (SelfReference's records) and the checkpoint port (a turn's state)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -20,25 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from orchestrator.events import MessageList
 from orchestrator.settings import Settings
 
-
-@runtime_checkable
-class LLMInterface(Protocol):
-    """An OpenAI-compatible chat model.
-
-    Both methods speak the OpenAI wire format as plain JSON dicts: `chat` returns one
-    chat.completion object, `chat_stream` yields chat.completion.chunk objects (the last
-    one may carry only `usage`). `tools` is a list of OpenAI function-tool definitions.
-    """
-
-    model_name: str
-
-    async def chat(
-        self, messages: MessageList, *, tools: list[dict[str, Any]] | None = None, **kwargs: Any
-    ) -> dict[str, Any]: ...
-
-    def chat_stream(
-        self, messages: MessageList, *, tools: list[dict[str, Any]] | None = None, **kwargs: Any
-    ) -> AsyncIterator[dict[str, Any]]: ...
+__all__ = [
+    "Checkpointer",
+    "Experience",
+    "MemoryLimits",
+    "MemorySnapshot",
+    "MemoryStore",
+    "TranscriptBase",
+]
 
 
 class Experience(BaseModel):
