@@ -53,7 +53,7 @@ API_KEY, TENANT = "fanout-key", "fanout-tenant"
 RUN_S = 120
 # The page's DOM after loading the finished tree: bounded, whatever the tree's size.
 MAX_NODES = 2500
-ROOT_THINKS_MS = 2000
+ROOT_THINKS_MS = 3000
 STATUS_ORDER = ("queued", "running", "waiting", "completed", "error", "aborted")
 
 
