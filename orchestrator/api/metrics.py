@@ -1,26 +1,98 @@
-"""`/metrics` in the Prometheus text exposition format (version 0.0.4).
+"""`/metrics`: Prometheus metrics, with prometheus-client's registry, collectors and
+metric families.
 
-Written by hand rather than with prometheus_client: every figure is read from Redis at
-scrape time (queue, run indexes, recent run records), so there is no process-local
-counter to keep, and prometheus_client's default registry is module-global state that a
-second app in the same process would share. A dozen lines of text formatting is all the
-exposition needs.
+Each app has its own `CollectorRegistry` (`MetricsRegistry`), never prometheus-client's
+module-global default one, so two apps in one process (tests, an embedding application)
+never share or double-register metrics. It holds:
+
+- `ProcessCollector`: the API process's own CPU, memory and file descriptors;
+- `SnapshotCollector`: the deployment, read from Redis at scrape time. Collectors are
+  synchronous and Redis is read asynchronously, so the route first reads a
+  `MetricsSnapshot` (queue, run indexes, recent runs, worker heartbeats, the shared
+  latency histograms), then the collector turns it into metric families. There is no
+  process-local counter: every API replica serves the same figures.
+
+Per worker (from its heartbeat): busy and total slots, benched API keys, draining. The
+latency histograms (dispatch, turn, model call) are observed on the workers and added
+to one Redis hash (`orchestrator.store.latency`), so they survive workers coming and
+going.
+
+The text is written by `exposition()` from the registry's families rather than by
+prometheus-client's `generate_latest`, which writes `4` as `4.0` and sorts labels: the
+series and values scrapers, the dashboard and the tests already read stay byte for byte
+as they were (same exposition format, version 0.0.4).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import ProcessCollector
+from prometheus_client.core import (
+    CollectorRegistry,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from orchestrator.llm.benched import BenchedKeyReport
 from orchestrator.runs import RunRecord
+from orchestrator.store.latency import Histogram
 
-__all__ = ["CONTENT_TYPE", "MetricsSnapshot", "quantile", "render"]
+__all__ = [
+    "CONTENT_TYPE",
+    "HISTOGRAMS",
+    "MetricsRegistry",
+    "MetricsSnapshot",
+    "SnapshotCollector",
+    "WorkerGauges",
+    "exposition",
+    "quantile",
+    "render",
+]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 QUANTILES = (0.5, 0.9, 0.99)
 TOKEN_KINDS = ("prompt_tokens", "completion_tokens", "total_tokens")
+# store.latency's metric -> (series name, help)
+HISTOGRAMS = {
+    "dispatch": (
+        "orchestrator_dispatch_seconds",
+        "Time from a job's enqueue to its start on a worker (runs, forks, resumed segments).",
+    ),
+    "turn": ("orchestrator_turn_seconds", "Time one job of a turn ran on a worker."),
+    "model_call": ("orchestrator_model_call_seconds", "Time one model call took."),
+}
+
+
+@dataclass
+class WorkerGauges:
+    """What one live worker's heartbeat says."""
+
+    worker_id: str
+    host: str
+    busy_slots: int
+    slots: int
+    benched_keys: int
+    draining: bool
+
+    @classmethod
+    def from_heartbeat(cls, beat: Mapping[str, Any], benched_keys: int = 0) -> WorkerGauges:
+        def number(name: str) -> int:
+            value = beat.get(name)
+            return int(value) if isinstance(value, int | float) and math.isfinite(value) else 0
+
+        return cls(
+            worker_id=str(beat.get("worker_id", "")),
+            host=str(beat.get("host", "")),
+            busy_slots=number("running"),
+            slots=number("concurrency"),
+            benched_keys=benched_keys,
+            draining=beat.get("draining") is True,
+        )
 
 
 @dataclass
@@ -37,6 +109,9 @@ class MetricsSnapshot:
     sampled_runs: int = 0
     # (worker id, key) for every API key a live worker has benched after a 401/403.
     benched_keys: list[tuple[str, BenchedKeyReport]] = field(default_factory=list)
+    workers: list[WorkerGauges] = field(default_factory=list)
+    # store.latency's metric -> its histogram, over every worker.
+    histograms: dict[str, Histogram] = field(default_factory=dict)
 
     @classmethod
     def from_runs(
@@ -48,6 +123,8 @@ class MetricsSnapshot:
         live_workers: int,
         open_api: bool,
         benched_keys: Sequence[tuple[str, BenchedKeyReport]] = (),
+        workers: Sequence[WorkerGauges] = (),
+        histograms: Mapping[str, Histogram] | None = None,
     ) -> MetricsSnapshot:
         latencies = [r.queue_ms / 1000.0 for r in recent if r.queue_ms is not None]
         tokens = dict.fromkeys(TOKEN_KINDS, 0)
@@ -65,6 +142,8 @@ class MetricsSnapshot:
             tokens=tokens,
             sampled_runs=len(recent),
             benched_keys=list(benched_keys),
+            workers=list(workers),
+            histograms=dict(histograms or {}),
         )
 
 
@@ -77,16 +156,180 @@ def quantile(values: Sequence[float], q: float) -> float:
     return ordered[min(rank, len(ordered) - 1)]
 
 
+def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, help_text, value=value)
+
+
+def _labelled(
+    name: str, help_text: str, labels: Sequence[str], rows: Iterable[tuple[Sequence[str], float]]
+) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, help_text, labels=labels)
+    for values, value in rows:
+        family.add_metric(values, value)
+    return family
+
+
+def _dispatch_summary(latencies: Sequence[float]) -> Metric:
+    name = "orchestrator_dispatch_latency_seconds"
+    family = Metric(name, "Time from submission to start, over the most recent runs.", "summary")
+    for q in QUANTILES:
+        family.add_sample(name, {"quantile": str(q)}, quantile(latencies, q))
+    family.add_sample(f"{name}_sum", {}, sum(latencies))
+    family.add_sample(f"{name}_count", {}, len(latencies))
+    return family
+
+
+def _benched_families(snapshot: MetricsSnapshot) -> list[Metric]:
+    return [
+        _gauge(
+            "orchestrator_api_keys_benched",
+            "API keys resting after a 401/403 answer, over all live workers.",
+            len(snapshot.benched_keys),
+        ),
+        _labelled(
+            "orchestrator_api_key_retry_seconds",
+            "Seconds until a benched API key is tried again, by worker, model and key "
+            "(its 1-based place in the model's key pool; never the key).",
+            ["worker", "model", "key", "keys", "status"],
+            (
+                (
+                    [worker, key.model, str(key.key_index), str(key.keys), str(key.status)],
+                    round(key.retry_in_s, 3),
+                )
+                for worker, key in snapshot.benched_keys
+            ),
+        ),
+    ]
+
+
+def _worker_families(workers: Sequence[WorkerGauges]) -> list[Metric]:
+    per_worker = [
+        ("orchestrator_worker_busy_slots", "Turns running on a worker now.", "busy_slots"),
+        ("orchestrator_worker_slots", "Turns a worker runs at once (its concurrency).", "slots"),
+        (
+            "orchestrator_worker_benched_keys",
+            "API keys a worker has benched after a 401/403.",
+            "benched_keys",
+        ),
+        ("orchestrator_worker_draining", "1 if a worker takes no more jobs.", "draining"),
+    ]
+    return [
+        _labelled(
+            name,
+            help_text,
+            ["worker"],  # the worker id starts with its host name
+            (([w.worker_id], float(getattr(w, attribute))) for w in workers),
+        )
+        for name, help_text, attribute in per_worker
+    ]
+
+
+def _histogram_families(histograms: Mapping[str, Histogram]) -> list[Metric]:
+    families: list[Metric] = []
+    for metric, (name, help_text) in HISTOGRAMS.items():
+        histogram = histograms.get(metric)
+        if histogram is None:
+            continue
+        families.append(
+            HistogramMetricFamily(
+                name,
+                help_text,
+                buckets=[(le, float(count)) for le, count in histogram.buckets],
+                sum_value=histogram.sum,
+            )
+        )
+    return families
+
+
+class SnapshotCollector:
+    """A prometheus-client collector over the latest `MetricsSnapshot` (set by the route
+    just before the registry is collected)."""
+
+    def __init__(self) -> None:
+        self.snapshot: MetricsSnapshot | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        snapshot = self.snapshot
+        if snapshot is None:
+            return []
+        return [
+            _gauge(
+                "orchestrator_queue_depth",
+                "Run attempts waiting in the queue.",
+                snapshot.queue_depth,
+            ),
+            _labelled(
+                "orchestrator_runs",
+                "Retained runs by status.",
+                ["status"],
+                (([status], count) for status, count in sorted(snapshot.runs_by_status.items())),
+            ),
+            _gauge("orchestrator_workers", "Workers with a live heartbeat.", snapshot.live_workers),
+            _dispatch_summary(snapshot.dispatch_latencies_s),
+            _labelled(
+                "orchestrator_tokens",
+                "Tokens used by the most recent runs, by kind.",
+                ["kind"],
+                (
+                    ([kind.removesuffix("_tokens")], snapshot.tokens.get(kind, 0))
+                    for kind in TOKEN_KINDS
+                ),
+            ),
+            _gauge(
+                "orchestrator_metrics_sampled_runs",
+                "How many recent runs the latency and token figures cover.",
+                snapshot.sampled_runs,
+            ),
+            *_benched_families(snapshot),
+            _gauge(
+                "orchestrator_api_open",
+                "1 if the API was started without API keys.",
+                int(snapshot.open_api),
+            ),
+            *_worker_families(snapshot.workers),
+            *_histogram_families(snapshot.histograms),
+        ]
+
+
+class MetricsRegistry:
+    """One app's registry: the process collector and the snapshot collector."""
+
+    def __init__(self, *, process: bool = True) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        if process:
+            ProcessCollector(registry=self.registry)
+        self.snapshot = SnapshotCollector()
+        self.registry.register(self.snapshot)
+
+    def render(self, snapshot: MetricsSnapshot) -> str:
+        """The exposition text with `snapshot` as the deployment's figures."""
+        self.snapshot.snapshot = snapshot
+        try:
+            return exposition(self.registry)
+        finally:
+            self.snapshot.snapshot = None
+
+
+def render(snapshot: MetricsSnapshot) -> str:
+    """The exposition text of one snapshot alone (no process metrics)."""
+    return MetricsRegistry(process=False).render(snapshot)
+
+
+# -- the text format ----------------------------------------------------------------------
+
+_TYPES = {"counter": "counter", "gauge": "gauge", "summary": "summary", "histogram": "histogram"}
+
+
 def _number(value: float) -> str:
     if math.isnan(value):
         return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
     if value == int(value) and abs(value) < 1e15:
         return str(int(value))
+    if abs(value) < 1e-4:  # no exponent: 0.000012, not 1.2e-05
+        return f"{value:.12f}".rstrip("0")
     return repr(float(value))
-
-
-def _family(name: str, kind: str, help_text: str, samples: Iterable[str]) -> list[str]:
-    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
 
 
 def _label(value: object) -> str:
@@ -94,89 +337,20 @@ def _label(value: object) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _benched_key_samples(snapshot: MetricsSnapshot) -> list[str]:
-    name = "orchestrator_api_key_retry_seconds"
-    return [
-        f'{name}{{worker="{_label(worker)}",model="{_label(key.model)}",'
-        f'key="{key.key_index}",keys="{key.keys}",status="{key.status}"}} '
-        f"{_number(round(key.retry_in_s, 3))}"
-        for worker, key in snapshot.benched_keys
-    ]
+def _help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
-def render(snapshot: MetricsSnapshot) -> str:
-    """The exposition text for one snapshot."""
-    lat = snapshot.dispatch_latencies_s
-    lines = [
-        *_family(
-            "orchestrator_queue_depth",
-            "gauge",
-            "Run attempts waiting in the queue.",
-            [f"orchestrator_queue_depth {snapshot.queue_depth}"],
-        ),
-        *_family(
-            "orchestrator_runs",
-            "gauge",
-            "Retained runs by status.",
-            [
-                f'orchestrator_runs{{status="{status}"}} {count}'
-                for status, count in sorted(snapshot.runs_by_status.items())
-            ],
-        ),
-        *_family(
-            "orchestrator_workers",
-            "gauge",
-            "Workers with a live heartbeat.",
-            [f"orchestrator_workers {snapshot.live_workers}"],
-        ),
-        *_family(
-            "orchestrator_dispatch_latency_seconds",
-            "summary",
-            "Time from submission to start, over the most recent runs.",
-            [
-                *(
-                    f'orchestrator_dispatch_latency_seconds{{quantile="{q}"}} '
-                    f"{_number(quantile(lat, q))}"
-                    for q in QUANTILES
-                ),
-                f"orchestrator_dispatch_latency_seconds_sum {_number(sum(lat))}",
-                f"orchestrator_dispatch_latency_seconds_count {len(lat)}",
-            ],
-        ),
-        *_family(
-            "orchestrator_tokens",
-            "gauge",
-            "Tokens used by the most recent runs, by kind.",
-            [
-                f'orchestrator_tokens{{kind="{kind.removesuffix("_tokens")}"}} '
-                f"{snapshot.tokens.get(kind, 0)}"
-                for kind in TOKEN_KINDS
-            ],
-        ),
-        *_family(
-            "orchestrator_metrics_sampled_runs",
-            "gauge",
-            "How many recent runs the latency and token figures cover.",
-            [f"orchestrator_metrics_sampled_runs {snapshot.sampled_runs}"],
-        ),
-        *_family(
-            "orchestrator_api_keys_benched",
-            "gauge",
-            "API keys resting after a 401/403 answer, over all live workers.",
-            [f"orchestrator_api_keys_benched {len(snapshot.benched_keys)}"],
-        ),
-        *_family(
-            "orchestrator_api_key_retry_seconds",
-            "gauge",
-            "Seconds until a benched API key is tried again, by worker, model and key "
-            "(its 1-based place in the model's key pool; never the key).",
-            _benched_key_samples(snapshot),
-        ),
-        *_family(
-            "orchestrator_api_open",
-            "gauge",
-            "1 if the API was started without API keys.",
-            [f"orchestrator_api_open {int(snapshot.open_api)}"],
-        ),
-    ]
+def exposition(registry: CollectorRegistry) -> str:
+    """The Prometheus text format (0.0.4) of every family in `registry`: labels in the
+    order the family gives them, whole numbers without a decimal point."""
+    lines: list[str] = []
+    for family in registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        lines.append(f"# HELP {name} {_help(family.documentation)}")
+        lines.append(f"# TYPE {name} {_TYPES.get(family.type, 'untyped')}")
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{_label(v)}"' for k, v in sample.labels.items())
+            series = f"{sample.name}{{{labels}}}" if labels else sample.name
+            lines.append(f"{series} {_number(sample.value)}")
     return "\n".join(lines) + "\n"

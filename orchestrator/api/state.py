@@ -7,11 +7,12 @@ API's caller (no tenant) is the operator and may use every session.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
 from orchestrator.api.auth import ApiKeys, Principal
+from orchestrator.api.metrics import MetricsRegistry
 from orchestrator.api.problems import ApiProblem
 from orchestrator.client import Client
 from orchestrator.errors import RunNotFound
@@ -37,6 +38,8 @@ class ApiState:
     keys: ApiKeys
     max_body_bytes: int
     sse_keepalive_s: float
+    # This app's own Prometheus registry (never prometheus-client's global one).
+    metrics: MetricsRegistry = field(default_factory=MetricsRegistry)
 
     async def visible_run(self, run_id: str, principal: Principal) -> RunRecord:
         """The run's record, or 404 when it does not exist or belongs to another tenant
