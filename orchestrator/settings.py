@@ -118,14 +118,16 @@ class Settings(BaseModel):
     ) -> Settings:
         """Build settings from ORCHESTRATOR_* variables (e.g. ORCHESTRATOR_REDIS_URL, or
         ORCHESTRATOR_REDIS_URL_FILE naming a file that holds it); `overrides` (e.g. from
-        command-line flags) win over the environment. Setting both a variable and its
-        _FILE is a ConfigError, and so is a _FILE that cannot be read."""
+        command-line flags) win over the environment. Empty variables count as unset.
+        Setting both a variable and its _FILE is a ConfigError, and so is a _FILE that
+        cannot be read."""
         source = os.environ if env is None else env
         values: dict[str, object] = {}
         for name in cls.model_fields:
             variable = env_variable(name)
-            raw = source.get(variable)
-            path = source.get(variable + FILE_SUFFIX)
+            # An empty variable is an unset one (`${X:-}` in a compose file gives "").
+            raw = source.get(variable) or None
+            path = source.get(variable + FILE_SUFFIX) or None
             if raw is not None and path is not None:
                 raise ConfigError(f"set {variable} or {variable}{FILE_SUFFIX}, not both")
             if path is not None:

@@ -50,14 +50,14 @@ class WorkerState:
     # -- the worker's side -----------------------------------------------------------
 
     def prepare(self) -> None:
-        """At worker start: the directory exists and no drain is pending from a previous
-        process (a restarted container keeps its files)."""
-        if self.directory is None:
+        """At process start, before waiting for Redis: the directory exists, and neither
+        a drain request nor a heartbeat is left from an earlier process (a restarted
+        container keeps its files). Until the first heartbeat `--alive` says "starting"."""
+        if self.directory is None or self.drain_file is None or self.alive_file is None:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        assert self.drain_file is not None
         self.drain_file.unlink(missing_ok=True)
-        self.touch_alive()
+        self.alive_file.unlink(missing_ok=True)
 
     def touch_alive(self) -> None:
         if self.alive_file is not None:
@@ -82,13 +82,17 @@ class WorkerState:
         return 2
 
     def check_alive(self) -> int:
-        """0 if the worker touched `alive` within `stale_after_s`, else 1."""
+        """0 if the worker touched `alive` within `stale_after_s` (or has not started
+        serving yet: it may be waiting for Redis, which is weather), else 1."""
         if self.alive_file is None:
             return self._missing_directory()
         try:
             age = time.time() - self.alive_file.stat().st_mtime
-        except OSError:
-            print("orchestrator worker: no heartbeat yet", file=sys.stderr)
+        except FileNotFoundError:
+            print("orchestrator worker: starting (no heartbeat yet)")
+            return 0
+        except OSError as exc:
+            print(f"orchestrator worker: cannot read the heartbeat file: {exc}", file=sys.stderr)
             return 1
         if age > self.stale_after_s:
             print(f"orchestrator worker: last heartbeat {age:.0f}s ago", file=sys.stderr)

@@ -98,7 +98,6 @@ class WorkerServices:
     async def start(self, ctx: dict[str, Any]) -> None:
         ctx[EXECUTOR] = self.executor
         ctx[RECORDER] = self.recorder
-        self.state.prepare()
         self.keeper.start()
         await self.watcher.start()
         self._tasks = [
@@ -238,6 +237,7 @@ async def create_worker(
 
 async def serve(settings: Settings, agent_modules: Sequence[str]) -> None:
     """Run a worker until SIGINT/SIGTERM (running turns get shutdown_grace_s to finish)."""
+    WorkerState.from_settings(settings).prepare()
     worker_id = new_worker_id(worker_host(settings))
     # Every log line of this process (and of each job's task) says which worker wrote it.
     structlog.contextvars.bind_contextvars(worker_id=worker_id)

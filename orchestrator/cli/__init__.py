@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from orchestrator.cli.commands import abort, runs, submit, tail
 from orchestrator.cli.embedded import choose_redis
 from orchestrator.cli.extras import translate_missing
-from orchestrator.cli.health import check_workers
+from orchestrator.cli.health import check_workers, probe
 from orchestrator.errors import OrchestratorError
 from orchestrator.logs import configure_logging
 from orchestrator.mock_llm import serve as serve_mock_llm
@@ -83,6 +83,10 @@ def _cmd_api(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else settings.api_port
     serve(settings, host, port, keys or None, structured_logs=args.json_logs)
     return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    return probe(_settings(args))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -219,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
         "ORCHESTRATOR_API_KEYS_FILE; none at all = open)",
     )
     p.set_defaults(func=_cmd_api)
+
+    p = sub.add_parser(
+        "probe",
+        help="exit 0 if this container's worker heartbeats or its API answers /healthz "
+        "(the image's HEALTHCHECK)",
+    )
+    p.set_defaults(func=_cmd_probe)
 
     p = sub.add_parser("mock-llm", help="serve the scripted OpenAI-compatible model")
     p.add_argument("--host", default="127.0.0.1")
