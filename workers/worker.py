@@ -231,7 +231,9 @@ async def create_worker(
         burst=burst,
         wake_channel=services.keys.wake(),
     )
-    ctx["worker"] = worker
+    # arq keeps a ctx of its own when handed an empty one (`ctx or {}`): put the worker
+    # in the one the startup hook and the jobs see, or the heartbeat never sees it.
+    worker.ctx["worker"] = worker
     return worker
 
 
