@@ -192,3 +192,22 @@ def test_compose_workers_scale_and_use_only_real_settings() -> None:
     assert ours <= _settings_variables(), ours - _settings_variables()
     grace = float(worker["environment"]["ORCHESTRATOR_SHUTDOWN_GRACE_S"])
     assert float(worker["stop_grace_period"].rstrip("s")) > grace
+
+
+def test_the_readme_runs_the_commands_make_ops_check_validates() -> None:
+    readme = (ROOT / "README.md").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    validated = re.search(r"^OVERLAYS := (.+)$", makefile, re.MULTILINE)
+    assert validated is not None
+    assert set(validated.group(1).split()) == set(OVERLAYS)
+    applied = set(re.findall(r"kubectl apply -k deploy/overlays/(\w+)", readme))
+    assert applied == set(OVERLAYS)
+    for overlay in applied:
+        assert (ROOT / "deploy" / "overlays" / overlay / "kustomization.yaml").exists()
+    profiles = set(re.findall(r"docker compose --profile (\w+) up", readme))
+    assert profiles
+    assert profiles <= {p for s in compose["services"].values() for p in s.get("profiles", [])}
+    for profile in profiles:
+        assert f"--profile {profile} config -q" in makefile
+    assert "--scale worker=4" in readme
