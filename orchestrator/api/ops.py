@@ -7,12 +7,12 @@ import time
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from orchestrator.api.deps import StateDep
 from orchestrator.api.metrics import CONTENT_TYPE, MetricsSnapshot, WorkerGauges
 from orchestrator.api.problems import problem_response
-from orchestrator.errors import StoreError
+from orchestrator.errors import ConfigError, StoreError
 from orchestrator.llm.benched import read_benched_keys
 
 __all__ = ["OPEN_WARNING", "router"]
@@ -47,7 +47,7 @@ async def readyz(state: StateDep) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(state: StateDep) -> PlainTextResponse:
+async def metrics(state: StateDep) -> Response:
     """Prometheus text format: queue depth, runs by status, dispatch latency, tokens,
     the API keys workers have benched after a 401/403, per-worker slots, and latency
     histograms (dispatch, turn, model call) over every worker."""
@@ -67,4 +67,8 @@ async def metrics(state: StateDep) -> PlainTextResponse:
         ],
         histograms=await client.latencies.read(),
     )
-    return PlainTextResponse(state.metrics.render(snapshot), media_type=CONTENT_TYPE)
+    try:
+        registry = state.metrics()
+    except ConfigError as exc:  # prometheus-client (the metrics extra) is not installed
+        return problem_response(501, "metrics_unavailable", str(exc))
+    return PlainTextResponse(registry.render(snapshot), media_type=CONTENT_TYPE)

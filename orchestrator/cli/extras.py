@@ -3,8 +3,8 @@
 `pip install orchestrator` gives the library and the worker. Commands that need more
 import it when they run and, if it is missing, say which extra to install:
 
-    api        fastapi, uvicorn,    `orchestrator api`, the demo's dashboard
-               prometheus-client
+    api        fastapi, uvicorn     `orchestrator api`, the demo's dashboard
+    metrics    prometheus-client    the API's /metrics
     cli        rich                 `orchestrator demo`, `bench`, the rendered submit/tail/runs
     embedded   fakeredis            an embedded Redis where no redis-server binary is found
 """
@@ -20,7 +20,8 @@ from orchestrator.errors import ConfigError
 __all__ = ["EXTRAS", "missing_extra", "require_extra", "translate_missing"]
 
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "api": ("fastapi", "uvicorn", "starlette", "prometheus_client"),
+    "api": ("fastapi", "uvicorn", "starlette"),
+    "metrics": ("prometheus_client",),
     "cli": ("rich",),
     "embedded": ("fakeredis",),
 }

@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.api.metrics import MetricsRegistry, MetricsSnapshot, WorkerGauges, render
+from orchestrator.api.metrics import MetricsSnapshot, WorkerGauges, new_registry, render
 from orchestrator.keys import Keys
 from orchestrator.store.latency import LatencyHistograms, LatencyRecorder
 
@@ -21,7 +21,7 @@ def _snapshot(**extra: Any) -> MetricsSnapshot:
 
 def test_each_app_has_its_own_registry_and_none_touches_the_global_one() -> None:
     before = {m.name for m in REGISTRY.collect()}
-    first, second = MetricsRegistry(), MetricsRegistry()
+    first, second = new_registry(), new_registry()
     assert first.registry is not second.registry
     text = first.render(_snapshot())
     assert "orchestrator_queue_depth 3" in text
