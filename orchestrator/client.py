@@ -39,6 +39,7 @@ from orchestrator.settings import Settings
 from orchestrator.store.abort import AbortFlags
 from orchestrator.store.connection import connect_arq, translate_errors
 from orchestrator.store.forks import ForkTable
+from orchestrator.store.latency import LatencyHistograms
 from orchestrator.store.lifecycle import end_run
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import RunStore, WorkerRegistry
@@ -184,6 +185,7 @@ class Client:
         self.flags = AbortFlags(redis, self.keys)
         self.workers = WorkerRegistry(redis, self.keys)
         self.sessions = SessionTable(redis, self.keys)
+        self.latencies = LatencyHistograms(redis, self.keys)
 
     async def submit(
         self,

@@ -6,7 +6,9 @@ This module is user code as far as the orchestrator is concerned: a worker start
 any agents module it builds its LLM interface at import, from its own configuration: here
 the environment variable ORCHESTRATOR_DEMO_LLM_URL, which `orchestrator demo` sets to the
 scripted model it starts (or point it at any OpenAI-compatible endpoint, with
-ORCHESTRATOR_DEMO_LLM_MODEL and ORCHESTRATOR_DEMO_LLM_KEY).
+ORCHESTRATOR_DEMO_LLM_MODEL and ORCHESTRATOR_DEMO_LLM_KEY, or ORCHESTRATOR_DEMO_LLM_KEY_FILE
+naming a file that holds the key: a mounted secret, which `ps` and `env` do not show).
+Several keys, separated by commas or new lines, make a key pool.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import operator
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from orchestrator import OpenAICompatible, SelfReference, llm_chat, tool
@@ -75,8 +78,16 @@ def calculate(expression: str) -> str:
     return str(int(value)) if value == int(value) else str(value)
 
 
+def _api_keys(variable: str, default: str) -> list[str]:
+    """The keys in `variable`, or in the file `variable`_FILE names (comma or line
+    separated)."""
+    path = os.environ.get(variable + "_FILE")
+    raw = Path(path).read_text(encoding="utf-8") if path else os.environ.get(variable) or default
+    return [key.strip() for key in raw.replace("\n", ",").split(",") if key.strip()]
+
+
 llm = OpenAICompatible(
-    api_keys=os.environ.get("ORCHESTRATOR_DEMO_LLM_KEY", "scripted-no-key-needed"),
+    api_keys=_api_keys("ORCHESTRATOR_DEMO_LLM_KEY", "scripted-no-key-needed"),
     model_name=os.environ.get("ORCHESTRATOR_DEMO_LLM_MODEL", "scripted"),
     base_url=os.environ.get("ORCHESTRATOR_DEMO_LLM_URL", "http://127.0.0.1:8765/v1"),
     retry_delay=0.2,

@@ -53,6 +53,9 @@ Process-wide:
     orc:queue                   the arq queue
     orc:wake                    pub/sub channel that wakes idle workers
     orc:workers                 hash: worker_id -> heartbeat JSON
+    orc:metrics:latency         hash: latency histogram buckets, sums and counts that
+                                workers add to (a fixed set of fields); TTL 7 days,
+                                refreshed by every worker's flush
 
 Keys without a TTL (`Keys.bounded()`): process-wide indexes, each bounded by something
 other than time, and kept so by every worker's reaper (`Reaper.tidy`, every
@@ -201,6 +204,10 @@ class Keys:
     def workers(self) -> str:
         """Hash worker_id -> heartbeat JSON."""
         return f"{self.prefix}:workers"
+
+    def latencies(self) -> str:
+        """Hash of the latency histograms every worker adds its observations to."""
+        return f"{self.prefix}:metrics:latency"
 
     # -- memory -----------------------------------------------------------------------
 

@@ -1,21 +1,30 @@
 """One settings object, built at the edges (CLI, worker, API factory) and passed down.
 
 The library never reads the environment itself; `Settings.from_env()` is for entry points.
+Every field `name` is read from `ORCHESTRATOR_<NAME>`, or from the file that
+`ORCHESTRATOR_<NAME>_FILE` names (how container platforms hand out secrets: a mounted
+file, never an argument that `ps` shows).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr, field_validator
+
+from orchestrator.errors import ConfigError
 
 ENV_PREFIX = "ORCHESTRATOR_"
+FILE_SUFFIX = "_FILE"
 
 
 class Settings(BaseModel):
     """Everything a client, worker or API process needs to agree on."""
 
+    # redis://, rediss://, unix:// or redis+sentinel://host:port[,host:port]/service[/db]
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Every Redis key starts with this, so several deployments (or tests) share a server.
     key_prefix: str = "orc"
@@ -71,18 +80,72 @@ class Settings(BaseModel):
     waiting_sweep_s: float = Field(default=5.0, gt=0)
     # arq's own job timeout: far above any turn; crash recovery does not depend on it.
     job_timeout_s: int = Field(default=24 * 3600, ge=1)
+    # `orchestrator worker` without --agents serves these modules (comma-separated).
+    worker_agents: tuple[str, ...] = ()
+    # The host name a worker reports (heartbeat, worker id); default: the machine's.
+    worker_host: str = ""
+    # A directory the worker keeps its local state in (none: off): it touches `alive` on
+    # every heartbeat (`worker --alive`, a liveness probe) and stops taking jobs once a
+    # `drain` file appears there (`worker --drain`, a preStop hook).
+    worker_state_dir: str = ""
+
+    # The API (`orchestrator api`): where it listens, and its bearer keys, as
+    # `KEY:TENANT` entries separated by commas or new lines (no keys: the API is open).
+    # Give them as ORCHESTRATOR_API_KEYS_FILE (a mounted secret) rather than on argv.
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    api_keys: SecretStr = SecretStr("")
+
+    # Logs: JSON lines when stderr is not a terminal ("auto"), or always "json" / "console".
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("worker_agents", mode="before")
+    @classmethod
+    def _split_modules(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @classmethod
     def from_env(
         cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, object] | None = None
     ) -> Settings:
-        """Build settings from ORCHESTRATOR_* variables (e.g. ORCHESTRATOR_REDIS_URL);
-        `overrides` (e.g. from command-line flags) win over the environment."""
+        """Build settings from ORCHESTRATOR_* variables (e.g. ORCHESTRATOR_REDIS_URL, or
+        ORCHESTRATOR_REDIS_URL_FILE naming a file that holds it); `overrides` (e.g. from
+        command-line flags) win over the environment. Empty variables count as unset.
+        Setting both a variable and its _FILE is a ConfigError, and so is a _FILE that
+        cannot be read."""
         source = os.environ if env is None else env
         values: dict[str, object] = {}
         for name in cls.model_fields:
-            raw = source.get(ENV_PREFIX + name.upper())
+            variable = env_variable(name)
+            # An empty variable is an unset one (`${X:-}` in a compose file gives "").
+            raw = source.get(variable) or None
+            path = source.get(variable + FILE_SUFFIX) or None
+            if raw is not None and path is not None:
+                raise ConfigError(f"set {variable} or {variable}{FILE_SUFFIX}, not both")
+            if path is not None:
+                raw = _read_secret(variable + FILE_SUFFIX, path)
             if raw is not None:
                 values[name] = raw
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         return cls.model_validate(values)
+
+
+def env_variable(field: str) -> str:
+    """The environment variable of a Settings field: `ORCHESTRATOR_<FIELD>`."""
+    return ENV_PREFIX + field.upper()
+
+
+def _read_secret(variable: str, path: str) -> str:
+    try:
+        # One trailing newline is how editors and `echo` end a file, not part of the value.
+        return Path(path).read_text(encoding="utf-8").removesuffix("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{variable}: cannot read {path!r}: {exc}") from exc

@@ -61,12 +61,20 @@ class WakeableWorker(Worker):
     def wake(self) -> None:
         self._wake.set()
 
-    async def drain(self, timeout: float) -> None:
-        """Stop taking jobs and wait (up to `timeout`) for the running ones to finish."""
+    async def drain(self, timeout: float, *, cancel_after: bool = False) -> int:
+        """Stop taking jobs and wait (up to `timeout`) for the running ones to finish.
+        With `cancel_after`, cancel those still running then (a cancelled turn hands its
+        run back, to be resumed elsewhere from its checkpoint). Returns how many were."""
         self.allow_pick_jobs = False
         pending = [t for t in self.tasks.values() if not t.done()]
         if pending:
             await asyncio.wait(pending, timeout=timeout)
+        late = [t for t in pending if not t.done()]
+        if cancel_after and late:
+            for task in late:
+                task.cancel()
+            await asyncio.wait(late, timeout=5.0)
+        return len(late)
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ from orchestrator.errors import (
     StaleAttempt,
     StoreUnavailable,
 )
-from orchestrator.events import EventOrigin, ReactEndEvent, ResponseYield
+from orchestrator.events import EventOrigin, EventYield, ReactEndEvent, ResponseYield
 from orchestrator.keys import Keys
 from orchestrator.ports import MemoryLimits
 from orchestrator.runs import RunRecord, RunRequest, RunStatus, fork_run_id
@@ -123,8 +124,11 @@ class TurnExecutor:
         worker_id: str,
         queue: JobQueue,
         keeper: LeaseKeeper,
+        on_event: Callable[[EventYield], None] | None = None,
     ) -> None:
+        """`on_event` sees every event a turn publishes (the worker's metrics)."""
         self._redis = redis
+        self._on_event = on_event or _ignore
         self._keeper = keeper
         self._keys = keys
         self._settings = settings
@@ -373,6 +377,7 @@ class TurnExecutor:
                     last_origin = output.origin
                     if isinstance(output.event, ReactEndEvent):
                         end = output.event
+                    self._on_event(output)
                 publisher.publish(output)
         except (StoreUnavailable, StaleAttempt):
             raise  # weather (the run is handed back) or replaced: not the run's failure
@@ -502,6 +507,10 @@ class TurnExecutor:
         )
         if ended is not None:  # None: it had already ended (e.g. aborted while queued)
             await self._checkpoints.delete(record.session_id, record.run_id)
+
+
+def _ignore(output: EventYield) -> None:
+    pass
 
 
 def _current(record: RunRecord, request: RunRequest) -> bool:

@@ -1,5 +1,9 @@
 """Build and run a worker process: arq + wake-ups + abort watcher + reaper + heartbeat +
-the lease keeper. Every one of them outlives a Redis outage (see workers.outage)."""
+the lease keeper. Every one of them outlives a Redis outage (see workers.outage).
+
+The heartbeat also carries what /metrics shows per worker (busy slots, benched keys,
+draining) and flushes the worker's latency observations (`store.latency`); with a state
+directory the worker answers a liveness probe and drains on request (`workers.state`)."""
 
 from __future__ import annotations
 
@@ -19,27 +23,37 @@ from arq.worker import func
 
 from orchestrator.aio import cancel_and_wait
 from orchestrator.errors import StoreError
+from orchestrator.events import EventYield, LLMCallEndEvent
 from orchestrator.keys import Keys
 from orchestrator.llm.benched import INFO_FIELD, report_benched_keys
 from orchestrator.settings import Settings
 from orchestrator.store import jsonserial as serialization
 from orchestrator.store.abort import AbortWatcher
 from orchestrator.store.jsonserial import JobDecoder
+from orchestrator.store.latency import LatencyHistograms, LatencyRecorder
 from orchestrator.store.queue import RUN_TURN, JobQueue, connect_queue
 from orchestrator.store.runs import WorkerRegistry
 from workers.arq_worker import WakeableWorker
-from workers.jobs import EXECUTOR, run_turn
+from workers.jobs import EXECUTOR, RECORDER, run_turn
 from workers.leases import LeaseKeeper
 from workers.outage import Outage, until_available
 from workers.reaper import Reaper
 from workers.registry import AgentRegistry
+from workers.state import WorkerState
 from workers.turns import TurnExecutor
 
 _log = structlog.get_logger(__name__)
+# How often a worker looks for a drain request (a stat of one file).
+DRAIN_POLL_S = 0.2
 
 
-def new_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+def worker_host(settings: Settings) -> str:
+    """The host name this worker reports: ORCHESTRATOR_WORKER_HOST, else the machine's."""
+    return settings.worker_host or socket.gethostname()
+
+
+def new_worker_id(host: str | None = None) -> str:
+    return f"{host or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 class WorkerServices:
@@ -52,29 +66,50 @@ class WorkerServices:
         self.settings = settings
         self.registry = registry
         self.worker_id = worker_id
+        self.host = worker_host(settings)
         self.watcher = AbortWatcher(pool, self.keys, interval_s=settings.abort_poll_s)
         self.queue = JobQueue(pool, self.keys)
         self.keeper = LeaseKeeper(settings, self.keys, worker_id)
+        self.recorder = LatencyRecorder()
+        self.latencies = LatencyHistograms(pool, self.keys)
         self.executor = TurnExecutor(
-            pool, self.keys, settings, registry, self.watcher, worker_id, self.queue, self.keeper
+            pool,
+            self.keys,
+            settings,
+            registry,
+            self.watcher,
+            worker_id,
+            self.queue,
+            self.keeper,
+            on_event=self._observe,
         )
         self.decoder = JobDecoder()
         self.reaper = Reaper(pool, self.keys, settings, self.queue)
         self.heartbeats = WorkerRegistry(pool, self.keys)
+        self.state = WorkerState.from_settings(settings)
+        self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self._started = time.time()
 
+    def _observe(self, output: EventYield) -> None:
+        if isinstance(output.event, LLMCallEndEvent):
+            self.recorder.observe("model_call", output.event.execution_time)
+
     async def start(self, ctx: dict[str, Any]) -> None:
         ctx[EXECUTOR] = self.executor
+        ctx[RECORDER] = self.recorder
         self.keeper.start()
         await self.watcher.start()
         self._tasks = [
             asyncio.create_task(self.reaper.run_forever()),
             asyncio.create_task(self._beat_forever(ctx)),
         ]
+        if self.state.directory is not None:
+            self._tasks.append(asyncio.create_task(self._drain_when_asked(ctx)))
         _log.info(
             "worker started",
             worker_id=self.worker_id,
+            host=self.host,
             agents=self.registry.addresses,
             queue=self.keys.queue(),
         )
@@ -85,6 +120,8 @@ class WorkerServices:
         await self.watcher.stop()
         await self.keeper.stop()
         with contextlib.suppress(Exception):
+            await self.latencies.add(self.recorder.take())
+        with contextlib.suppress(Exception):
             await self.heartbeats.remove(self.worker_id)
 
     def info(self, worker: WakeableWorker | None) -> dict[str, Any]:
@@ -92,11 +129,12 @@ class WorkerServices:
         malformed = self.decoder.malformed + (worker.malformed_entries if worker else 0)
         return {
             "worker_id": self.worker_id,
-            "host": socket.gethostname(),
+            "host": self.host,
             "pid": os.getpid(),
             "agents": self.registry.addresses,
             "running": len(worker.tasks) if worker is not None else 0,
             "concurrency": self.settings.concurrency,
+            "draining": self.draining,
             "started_at": self._started,
             # Jobs whose arq envelope was broken: failed and removed from the queue.
             "malformed_jobs": malformed,
@@ -111,15 +149,33 @@ class WorkerServices:
         outage = Outage("heartbeat")
         while True:
             delay = self.settings.heartbeat_s
+            self.state.touch_alive()  # Redis or not: this loop turns, so the worker lives
+            observed = self.recorder.take()
             try:
                 await self.heartbeats.beat(
                     self.worker_id, self.info(worker), ttl_s=self.settings.heartbeat_s * 5
                 )
+                await self.latencies.add(observed)
             except StoreError as exc:
+                self.recorder.give_back(observed)
                 delay = min(delay, outage.failed(exc))
             else:
                 outage.recovered()
             await asyncio.sleep(delay)
+
+    async def _drain_when_asked(self, ctx: dict[str, Any]) -> None:
+        """Once a drain file appears: stop taking jobs, give running turns the shutdown
+        grace, hand back the rest (their runs resume elsewhere), and say so in the file."""
+        while True:
+            await asyncio.sleep(DRAIN_POLL_S)
+            if self.state.drain_requested():
+                break
+        worker: WakeableWorker = ctx["worker"]
+        self.draining = True
+        _log.info("draining: taking no more jobs", running=len(worker.tasks))
+        handed_back = await worker.drain(self.settings.shutdown_grace_s, cancel_after=True)
+        self.state.mark_drained(handed_back)
+        _log.info("drained", handed_back=handed_back)
 
 
 async def create_worker(
@@ -128,6 +184,7 @@ async def create_worker(
     *,
     handle_signals: bool = True,
     burst: bool = False,
+    worker_id: str | None = None,
 ) -> WakeableWorker:
     """A ready-to-run worker; `await worker.async_run()` (or `serve()`) starts it."""
     registry = AgentRegistry(agent_modules)
@@ -141,7 +198,9 @@ async def create_worker(
         ),
         Outage("worker startup", max_delay_s=2.0),
     )
-    services = WorkerServices(pool, settings, registry, new_worker_id())
+    services = WorkerServices(
+        pool, settings, registry, worker_id or new_worker_id(worker_host(settings))
+    )
     ctx: dict[str, Any] = {}
 
     async def on_startup(ctx: dict[str, Any]) -> None:
@@ -172,13 +231,19 @@ async def create_worker(
         burst=burst,
         wake_channel=services.keys.wake(),
     )
-    ctx["worker"] = worker
+    # arq keeps a ctx of its own when handed an empty one (`ctx or {}`): put the worker
+    # in the one the startup hook and the jobs see, or the heartbeat never sees it.
+    worker.ctx["worker"] = worker
     return worker
 
 
 async def serve(settings: Settings, agent_modules: Sequence[str]) -> None:
     """Run a worker until SIGINT/SIGTERM (running turns get shutdown_grace_s to finish)."""
-    worker = await create_worker(settings, agent_modules)
+    WorkerState.from_settings(settings).prepare()
+    worker_id = new_worker_id(worker_host(settings))
+    # Every log line of this process (and of each job's task) says which worker wrote it.
+    structlog.contextvars.bind_contextvars(worker_id=worker_id)
+    worker = await create_worker(settings, agent_modules, worker_id=worker_id)
     try:
         await worker.async_run()
     except asyncio.CancelledError:

@@ -23,6 +23,6 @@ Routes (all JSON unless noted; OpenAPI schema at /openapi.json, docs at /docs):
 """
 
 from orchestrator.api.app import DEFAULT_MAX_BODY_BYTES, create_app
-from orchestrator.api.auth import parse_api_key
+from orchestrator.api.auth import parse_api_key, parse_api_keys
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app", "parse_api_key"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app", "parse_api_key", "parse_api_keys"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from orchestrator.errors import ConfigError
 
-__all__ = ["ApiKeys", "Principal", "parse_api_key"]
+__all__ = ["ApiKeys", "Principal", "parse_api_key", "parse_api_keys"]
 
 
 @dataclass(frozen=True)
@@ -64,3 +64,20 @@ def parse_api_key(spec: str) -> tuple[str, str]:
     if not sep or not key or not tenant:
         raise ConfigError(f"--api-key wants KEY:TENANT, got {spec!r}")
     return key, tenant
+
+
+def parse_api_keys(text: str) -> dict[str, str]:
+    """`KEY:TENANT` entries separated by commas or new lines (ORCHESTRATOR_API_KEYS, or
+    the file ORCHESTRATOR_API_KEYS_FILE names); blank lines and `#` comments are skipped.
+    A malformed entry is a ConfigError that names its line, never the key."""
+    keys: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        for entry in line.split("#", 1)[0].split(","):
+            spec = entry.strip()
+            if not spec:
+                continue
+            key, sep, tenant = spec.rpartition(":")
+            if not sep or not key or not tenant:
+                raise ConfigError(f"API keys: entry on line {number} is not KEY:TENANT")
+            keys[key] = tenant
+    return keys

@@ -7,12 +7,12 @@ import time
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from orchestrator.api.deps import StateDep
-from orchestrator.api.metrics import CONTENT_TYPE, MetricsSnapshot, render
+from orchestrator.api.metrics import CONTENT_TYPE, MetricsSnapshot, WorkerGauges
 from orchestrator.api.problems import problem_response
-from orchestrator.errors import StoreError
+from orchestrator.errors import ConfigError, StoreError
 from orchestrator.llm.benched import read_benched_keys
 
 __all__ = ["OPEN_WARNING", "router"]
@@ -47,22 +47,28 @@ async def readyz(state: StateDep) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(state: StateDep) -> PlainTextResponse:
+async def metrics(state: StateDep) -> Response:
     """Prometheus text format: queue depth, runs by status, dispatch latency, tokens,
-    and the API keys workers have benched after a 401/403."""
+    the API keys workers have benched after a 401/403, per-worker slots, and latency
+    histograms (dispatch, turn, model call) over every worker."""
     client = state.client
     workers = await client.workers.list()
     now = time.time()
+    benched = {str(w.get("worker_id")): read_benched_keys(w, now) for w in workers}
     snapshot = MetricsSnapshot.from_runs(
         await client.runs.list(limit=METRICS_WINDOW),
         queue_depth=await client.queue.depth(),
         runs_by_status=await client.runs.counts_by_status(),
         live_workers=len(workers),
         open_api=state.keys.open,
-        benched_keys=[
-            (str(worker.get("worker_id")), key)
-            for worker in workers
-            for key in read_benched_keys(worker, now)
+        benched_keys=[(worker, key) for worker, keys in benched.items() for key in keys],
+        workers=[
+            WorkerGauges.from_heartbeat(w, len(benched[str(w.get("worker_id"))])) for w in workers
         ],
+        histograms=await client.latencies.read(),
     )
-    return PlainTextResponse(render(snapshot), media_type=CONTENT_TYPE)
+    try:
+        registry = state.metrics()
+    except ConfigError as exc:  # prometheus-client (the metrics extra) is not installed
+        return problem_response(501, "metrics_unavailable", str(exc))
+    return PlainTextResponse(registry.render(snapshot), media_type=CONTENT_TYPE)

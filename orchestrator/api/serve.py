@@ -34,12 +34,21 @@ def serve(
     api_keys: Mapping[str, str] | None = None,
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    structured_logs: bool = False,
 ) -> None:
-    """Run the API until interrupted (blocks). `api_keys`: key -> tenant; none = open."""
+    """Run the API until interrupted (blocks). `api_keys`: key -> tenant; none = open.
+
+    With `structured_logs` uvicorn keeps the logging that `orchestrator.logs` configured
+    (JSON lines, like every other log line), instead of installing its own."""
     app = create_app(settings, api_keys=api_keys, max_body_bytes=max_body_bytes)
-    print(f"orchestrator API and dashboard on http://{host}:{port}/")
+    print(f"orchestrator API and dashboard on http://{host}:{port}/", flush=True)
     config = uvicorn.Config(
-        app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_graceful_shutdown=5,
+        log_config=None if structured_logs else uvicorn.config.LOGGING_CONFIG,
     )
     server = uvicorn.Server(config)  # configures logging, so the filter goes on after
     logging.getLogger("uvicorn.access").addFilter(_RedactKeys())

@@ -8,15 +8,20 @@ API's caller (no tenant) is the operator and may use every session.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 
 from orchestrator.api.auth import ApiKeys, Principal
+from orchestrator.api.metrics import new_registry
 from orchestrator.api.problems import ApiProblem
 from orchestrator.client import Client
 from orchestrator.errors import RunNotFound
 from orchestrator.runs import RunRecord
 from orchestrator.settings import Settings
+
+if TYPE_CHECKING:
+    from orchestrator.api.prometheus import MetricsRegistry
 
 __all__ = ["ApiState", "api_state", "lazy_client"]
 
@@ -37,6 +42,14 @@ class ApiState:
     keys: ApiKeys
     max_body_bytes: int
     sse_keepalive_s: float
+    # This app's own Prometheus registry (never prometheus-client's global one), made
+    # at the first scrape.
+    _metrics: MetricsRegistry | None = None
+
+    def metrics(self) -> MetricsRegistry:
+        if self._metrics is None:
+            self._metrics = new_registry()
+        return self._metrics
 
     async def visible_run(self, run_id: str, principal: Principal) -> RunRecord:
         """The run's record, or 404 when it does not exist or belongs to another tenant

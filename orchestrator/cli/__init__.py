@@ -13,15 +13,17 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-import structlog
+from pydantic import ValidationError
 
 from orchestrator.cli.commands import abort, runs, submit, tail
 from orchestrator.cli.embedded import choose_redis
 from orchestrator.cli.extras import translate_missing
-from orchestrator.cli.health import check_workers
+from orchestrator.cli.health import check_workers, probe
 from orchestrator.errors import OrchestratorError
+from orchestrator.logs import configure_logging
 from orchestrator.mock_llm import serve as serve_mock_llm
 from orchestrator.settings import Settings
+from workers.state import WorkerState
 from workers.worker import serve as serve_worker
 
 
@@ -50,22 +52,41 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.check:
         return asyncio.run(check_workers(settings))
-    if not args.agents:
-        print("orchestrator worker: give at least one --agents MODULE", file=sys.stderr)
+    if args.drain or args.alive:
+        state = WorkerState.from_settings(settings)
+        if args.alive:
+            return state.check_alive()
+        return asyncio.run(state.request_drain(timeout_s=settings.shutdown_grace_s + 5))
+    agents = args.agents or list(settings.worker_agents)
+    if not agents:
+        print(
+            "orchestrator worker: give at least one --agents MODULE "
+            "(or ORCHESTRATOR_WORKER_AGENTS)",
+            file=sys.stderr,
+        )
         return 2
-    asyncio.run(serve_worker(settings, args.agents))
+    asyncio.run(serve_worker(settings, agents))
     return 0
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
     # Imported here, like every edge that needs an extra: fastapi and uvicorn (the api
     # extra) are not installed with the worker. `main` names the extra if one is missing.
-    from orchestrator.api import parse_api_key
+    from orchestrator.api import parse_api_key, parse_api_keys
     from orchestrator.api.serve import serve
 
-    keys = dict(parse_api_key(spec) for spec in args.api_key) or None
-    serve(_settings(args), args.host, args.port, keys)
+    settings = _settings(args)
+    # Keys from the environment (ORCHESTRATOR_API_KEYS or its _FILE), then --api-key.
+    keys = parse_api_keys(settings.api_keys.get_secret_value())
+    keys.update(parse_api_key(spec) for spec in args.api_key)
+    host = args.host or settings.api_host
+    port = args.port if args.port is not None else settings.api_port
+    serve(settings, host, port, keys or None, structured_logs=args.json_logs)
     return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    return probe(_settings(args))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -175,20 +196,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--concurrency", type=int, help="turns run at once (default 10)")
     p.add_argument("--check", action="store_true", help="report live workers and exit")
+    p.add_argument(
+        "--drain",
+        action="store_true",
+        help="tell the worker on this host to stop taking jobs; return once its running "
+        "turns are done (a preStop hook; needs ORCHESTRATOR_WORKER_STATE_DIR)",
+    )
+    p.add_argument(
+        "--alive",
+        action="store_true",
+        help="exit 0 if the worker on this host heartbeat recently (a liveness probe; "
+        "needs ORCHESTRATOR_WORKER_STATE_DIR)",
+    )
     p.set_defaults(func=_cmd_worker)
 
     p = sub.add_parser("api", help="serve the HTTP API and the live dashboard")
     _add_redis(p)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", help="default: $ORCHESTRATOR_API_HOST or 127.0.0.1")
+    p.add_argument("--port", type=int, help="default: $ORCHESTRATOR_API_PORT or 8000")
     p.add_argument(
         "--api-key",
         action="append",
         default=[],
         metavar="KEY:TENANT",
-        help="accept this bearer key for this tenant (repeatable; none = open)",
+        help="accept this bearer key for this tenant (repeatable; visible in `ps`: prefer "
+        "ORCHESTRATOR_API_KEYS_FILE; none at all = open)",
     )
     p.set_defaults(func=_cmd_api)
+
+    p = sub.add_parser(
+        "probe",
+        help="exit 0 if this container's worker heartbeats or its API answers /healthz "
+        "(the image's HEALTHCHECK)",
+    )
+    p.set_defaults(func=_cmd_probe)
 
     p = sub.add_parser("mock-llm", help="serve the scripted OpenAI-compatible model")
     p.add_argument("--host", default="127.0.0.1")
@@ -241,16 +282,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(20),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
     args = build_parser().parse_args(argv)
     try:
+        settings = Settings.from_env()
+        args.json_logs = configure_logging(settings.log_format, settings.log_level)
         with translate_missing():
             code: int = args.func(args)
     except OrchestratorError as exc:
         print(f"orchestrator: {exc}", file=sys.stderr)
+        return 1
+    except ValidationError as exc:  # an ORCHESTRATOR_* variable (or flag) out of range
+        print(f"orchestrator: invalid settings: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -4,6 +4,7 @@
 import it when they run and, if it is missing, say which extra to install:
 
     api        fastapi, uvicorn     `orchestrator api`, the demo's dashboard
+    metrics    prometheus-client    the API's /metrics
     cli        rich                 `orchestrator demo`, `bench`, the rendered submit/tail/runs
     embedded   fakeredis            an embedded Redis where no redis-server binary is found
 """
@@ -20,6 +21,7 @@ __all__ = ["EXTRAS", "missing_extra", "require_extra", "translate_missing"]
 
 EXTRAS: dict[str, tuple[str, ...]] = {
     "api": ("fastapi", "uvicorn", "starlette"),
+    "metrics": ("prometheus_client",),
     "cli": ("rich",),
     "embedded": ("fakeredis",),
 }

@@ -1,13 +1,18 @@
-"""`orchestrator worker --check`: are workers alive on this Redis, and are their keys?"""
+"""`orchestrator worker --check`: are workers alive on this Redis, and are their keys?
+`orchestrator probe`: is the API or worker in this container healthy (the image's
+HEALTHCHECK)?"""
 
 from __future__ import annotations
 
+import sys
 import time
+import urllib.request
 
 from orchestrator.client import connect
 from orchestrator.llm.benched import read_benched_keys
 from orchestrator.llm.key_pool import format_wait
 from orchestrator.settings import Settings
+from workers.state import WorkerState
 
 
 async def check_workers(settings: Settings) -> int:
@@ -37,3 +42,21 @@ async def check_workers(settings: Settings) -> int:
         f"{len(workers)} live worker(s); {depth} job(s) queued; {benched_total} API key(s) benched"
     )
     return 0 if workers else 1
+
+
+def probe(settings: Settings, timeout_s: float = 3.0) -> int:
+    """The container image's HEALTHCHECK, for whichever role the container runs: a worker
+    (its state directory has a heartbeat file) is healthy while its heartbeats are
+    recent; otherwise the API on this host must answer /healthz. 0 healthy, 1 not."""
+    state = WorkerState.from_settings(settings)
+    if state.alive_file is not None and state.alive_file.exists():
+        return state.check_alive()
+    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::", "") else settings.api_host
+    url = f"http://{host}:{settings.api_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as answer:
+            healthy = answer.status == 200
+    except OSError as exc:
+        print(f"orchestrator probe: {url}: {exc}", file=sys.stderr)
+        return 1
+    return 0 if healthy else 1

@@ -9,32 +9,45 @@ Every client made here has a read timeout (`socket_timeout`) as well as a connec
 timeout: a Redis that accepts connections but never answers is an error after the
 timeout, never a hang. A client for blocking stream reads needs a timeout above its
 longest block (`StreamReader` caps its blocks below its client's timeout).
+
+Every client is built here, from one URL: `redis://`, `rediss://`, `unix://`, or
+`redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]` for a
+Redis Sentinel deployment (options after `?`: `sentinel_password`, `sentinel_username`).
+A Sentinel client asks the sentinels for the current master before each new connection,
+so after a failover the next connection (the one a worker makes when its outage handling
+retries) reaches the promoted replica.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 from redis import exceptions as redis_errors
 from redis.asyncio.client import Pipeline
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
-from orchestrator.errors import StoreError, StoreUnavailable
+from orchestrator.errors import ConfigError, StoreError, StoreUnavailable
 from orchestrator.store import jsonserial
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_S",
     "DEFAULT_TIMEOUT_S",
+    "SENTINEL_SCHEME",
     "Pipeline",
     "Redis",
+    "SentinelTarget",
     "begin",
     "connect",
     "connect_arq",
     "is_unavailable",
     "optimistic",
+    "parse_sentinel_url",
     "read_timeout",
     "translate_errors",
 ]
@@ -64,6 +77,101 @@ def _options(timeout_s: float, connect_timeout_s: float, kw: dict[str, Any]) -> 
     return kw
 
 
+SENTINEL_SCHEME = "redis+sentinel"
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """A `redis+sentinel://` URL, parsed: where the sentinels are and what to ask them."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service_name: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+
+
+def _host_port(part: str, url: str) -> tuple[str, int]:
+    host, sep, port = part.rpartition(":")
+    if part.startswith("[") and "]" in part:  # [ipv6]:port
+        host, sep, port = part[1:].partition("]:")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"sentinel address {part!r} in {url!r} is not host:port")
+    return host, int(port)
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """`redis+sentinel://[[user]:pass@]h1:p1[,h2:p2...]/service_name[/db][?options]`.
+
+    The user and password are the master's; `?sentinel_password=` (and
+    `sentinel_username=`) authenticate to the sentinels. A malformed URL is a ConfigError
+    that says what is wrong (and never echoes the password)."""
+    parts = urlsplit(url)
+    safe = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    if parts.scheme != SENTINEL_SCHEME:
+        raise ConfigError(f"not a {SENTINEL_SCHEME}:// URL: {safe!r}")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    if not hosts:
+        raise ConfigError(f"{safe!r} names no sentinel (host:port[,host:port...])")
+    sentinels = tuple(_host_port(h, safe) for h in hosts.split(",") if h)
+    path = [p for p in parts.path.split("/") if p]
+    if not path or len(path) > 2:
+        raise ConfigError(f"{safe!r} wants /service_name or /service_name/db after the hosts")
+    if len(path) == 2 and not path[1].isdigit():
+        raise ConfigError(f"the database in {safe!r} must be a number, got {path[1]!r}")
+    username, _, password = userinfo.partition(":")
+    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    unknown = set(options) - {"sentinel_password", "sentinel_username"}
+    if unknown:
+        raise ConfigError(f"unknown option(s) {sorted(unknown)} in {safe!r}")
+    return SentinelTarget(
+        sentinels=sentinels,
+        service_name=unquote(path[0]),
+        db=int(path[1]) if len(path) == 2 else 0,
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        sentinel_username=options.get("sentinel_username"),
+        sentinel_password=options.get("sentinel_password"),
+    )
+
+
+class _SentinelPool(SentinelConnectionPool):
+    """A Sentinel-backed pool that also closes its sentinel clients when it is closed
+    (redis-py leaves them to the garbage collector)."""
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        if inuse_connections:  # closing the pool, not rediscovering a master
+            for sentinel in self.sentinel_manager.sentinels:
+                await sentinel.aclose()
+
+
+def _pool(url: str, options: dict[str, Any]) -> aioredis.ConnectionPool:
+    """The connection pool for `url`: the one place a URL becomes connections."""
+    if not url.startswith(SENTINEL_SCHEME + "://"):
+        return aioredis.ConnectionPool.from_url(url, **options)
+    target = parse_sentinel_url(url)
+    sentinel_options = {
+        "socket_timeout": options["socket_timeout"],
+        "socket_connect_timeout": options["socket_connect_timeout"],
+        "username": target.sentinel_username,
+        "password": target.sentinel_password,
+    }
+    # redis-py's sentinel module is not annotated.
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    return _SentinelPool(  # type: ignore[no-untyped-call]
+        target.service_name,
+        sentinel,
+        is_master=True,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        **options,
+    )
+
+
 def connect(
     url: str,
     *,
@@ -74,10 +182,11 @@ def connect(
     """A redis.asyncio client for `url` that returns bytes (decode_responses=False).
 
     `timeout_s` bounds the wait for each reply, `connect_timeout_s` the wait for a
-    connection; other keyword arguments go to `redis.asyncio.Redis.from_url`. Connections
-    open on first use.
+    connection; other keyword arguments go to the connection pool (as with
+    `redis.asyncio.Redis.from_url`). Connections open on first use. `url` may be a
+    `redis+sentinel://` URL (see the module docstring).
     """
-    client: Redis = aioredis.Redis.from_url(url, **_options(timeout_s, connect_timeout_s, kw))
+    client: Redis = aioredis.Redis.from_pool(_pool(url, _options(timeout_s, connect_timeout_s, kw)))
     return client
 
 
@@ -89,7 +198,7 @@ def connect_arq(
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
 ) -> ArqRedis:
     """Like `connect`, but a client that can also enqueue arq jobs (JSON, never pickle)."""
-    pool = aioredis.ConnectionPool.from_url(url, **_options(timeout_s, connect_timeout_s, {}))
+    pool = _pool(url, _options(timeout_s, connect_timeout_s, {}))
     client = ArqRedis(
         pool,
         job_serializer=jsonserial.dumps,
