@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from orchestrator import OpenAICompatible, llm_chat, tool
+from orchestrator.events import chunk_text
 from orchestrator.hooks import (
     ABORT_SIGNAL_PARAM,
     AbortSignal,
@@ -245,6 +246,8 @@ async def test_seed_abort_during_a_turn(llm: OpenAICompatible) -> None:
     abort_signal = AbortSignal()
     outputs: list[Any] = []
 
+    story_started = asyncio.Event()
+
     async def consume() -> None:
         async for output in your_chat_function(
             "Tell me a long story",
@@ -252,9 +255,14 @@ async def test_seed_abort_during_a_turn(llm: OpenAICompatible) -> None:
             **{ABORT_SIGNAL_PARAM: abort_signal},
         ):
             outputs.append(output)
+            event = output.event if is_event_yield(output) else None
+            if isinstance(event, LLMChunkArriveEvent) and chunk_text(event.chunk):
+                story_started.set()
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0.2)
+    # The seed sleeps a moment; here we wait for the story's first words, so a slow
+    # machine cannot abort before the model has said anything.
+    await asyncio.wait_for(story_started.wait(), timeout=10)
     # Trigger from another coroutine
     abort_signal.abort("user_interrupt")
     await asyncio.wait_for(task, timeout=1.0)
