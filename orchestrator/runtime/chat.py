@@ -40,7 +40,7 @@ from orchestrator.events import (
     MessageList,
     ResponseYield,
 )
-from orchestrator.ports import LLMInterface, MemoryStore, TranscriptBase
+from orchestrator.ports import LLMInterface, MemoryStore, ToolSession, TranscriptBase
 from orchestrator.runtime import prompt
 from orchestrator.runtime.forks import fork_user_message
 from orchestrator.runtime.loop import Output, run_turn
@@ -108,9 +108,11 @@ class AgentSpec:
             return None
         return self.self_reference.bind(memory_key, store=memory, fork=fork)
 
-    def tool_runtime(self, context: SelfRefContext | None) -> ToolRuntime:
+    def tool_runtime(
+        self, context: SelfRefContext | None, session: ToolSession | None = None
+    ) -> ToolRuntime:
         """What tools that declare a `runtime` parameter receive."""
-        return make_tool_runtime(context)
+        return make_tool_runtime(context, session)
 
     def origin(self, state: TurnState) -> OriginContext:
         """The origin fields of a root (non-fork) call of this agent."""

@@ -47,7 +47,7 @@ from orchestrator.events import (
     ToolCallsBatchStartEvent,
     ToolCallStartEvent,
 )
-from orchestrator.ports import Checkpointer, MemoryStore, TranscriptBase
+from orchestrator.ports import Checkpointer, MemoryStore, ToolSession, TranscriptBase
 from orchestrator.runtime.emitter import ToolEventEmitter
 from orchestrator.runtime.forks import ForkBackend, SuspendTurn, TurnForks, current_tool_call
 from orchestrator.runtime.state import OriginContext, ToolOutcome, TurnError, TurnState
@@ -76,6 +76,7 @@ async def run_turn(
     memory: MemoryStore | None = None,
     origin: OriginContext | None = None,
     forks: ForkBackend | None = None,
+    session: ToolSession | None = None,
 ) -> AsyncIterator[Output]:
     """Run (or resume) one agent turn, yielding its events and then its response.
 
@@ -87,8 +88,13 @@ async def run_turn(
     running forks suspends the turn: the loop checkpoints and returns without a
     `ResponseYield`, leaving `state.waiting_for` set; run it again on the same state once
     those forks have ended.
+
+    `session` (on a worker) tells tools which distributed session they run in
+    (`runtime.session`: its ids and a session journal, e.g. for PyRepl).
     """
-    turn = _Turn(spec, state, abort, checkpointer, memory, origin or OriginContext(), forks)
+    turn = _Turn(
+        spec, state, abort, checkpointer, memory, origin or OriginContext(), forks, session
+    )
     async for output in turn.run():
         yield output
 
@@ -103,6 +109,7 @@ class _Turn:
         memory: MemoryStore | None,
         origin: OriginContext,
         forks: ForkBackend | None = None,
+        session: ToolSession | None = None,
     ) -> None:
         self.spec = spec
         self.state = state
@@ -123,7 +130,7 @@ class _Turn:
         if self.selfref is not None:
             self.tools.update({t.name: t for t in self.selfref.tools()})
         self.definitions = [t.definition() for t in self.tools.values()]
-        self.runtime = spec.tool_runtime(self.selfref)
+        self.runtime = spec.tool_runtime(self.selfref, session)
         self._clock = time.monotonic()
         self._time_base = state.execution_time
         self._iteration_clock = time.monotonic()

@@ -41,7 +41,13 @@ import structlog
 
 from orchestrator.errors import AgentError, MemoryLimitError, ToolError
 from orchestrator.events import Message, MessageList
-from orchestrator.ports import Experience, MemorySnapshot, MemoryStore, TranscriptBase
+from orchestrator.ports import (
+    Experience,
+    MemorySnapshot,
+    MemoryStore,
+    ToolSession,
+    TranscriptBase,
+)
 from orchestrator.runtime.forks import FORK_GUIDE, TurnForks, fork_tools
 from orchestrator.runtime.memory import InMemoryMemoryStore
 from orchestrator.runtime.tools import Tool
@@ -725,10 +731,14 @@ class SelfRefRuntime:
 
 
 class ToolRuntime:
-    """The `runtime` parameter of a tool: the agent's runtime primitives."""
+    """The `runtime` parameter of a tool: the agent's runtime primitives, and (on a
+    worker) the distributed session the call runs in (`session`, else None)."""
 
-    def __init__(self, selfref: SelfRefContext | None = None) -> None:
+    def __init__(
+        self, selfref: SelfRefContext | None = None, *, session: ToolSession | None = None
+    ) -> None:
         self._selfref = SelfRefRuntime(selfref) if selfref is not None else None
+        self.session = session
 
     @property
     def has_selfref(self) -> bool:
@@ -745,6 +755,9 @@ class ToolRuntime:
         return self._selfref
 
 
-def make_tool_runtime(ctx: SelfRefContext | None) -> ToolRuntime:
-    """The `runtime` object for tools of a turn (ctx None: the agent has no SelfReference)."""
-    return ToolRuntime(ctx)
+def make_tool_runtime(
+    ctx: SelfRefContext | None, session: ToolSession | None = None
+) -> ToolRuntime:
+    """The `runtime` object for tools of a turn (ctx None: the agent has no SelfReference;
+    session None: an in-process call)."""
+    return ToolRuntime(ctx, session=session)
