@@ -124,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="embedded Redis: a redis-server binary if found (auto) or fakeredis",
     )
+    p.add_argument(
+        "--pyrepl",
+        action="store_true",
+        help="the PyRepl demo: an agent answers a data question by running Python",
+    )
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("worker", help="run an arq worker serving agents")

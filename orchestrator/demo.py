@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
 from importlib import resources
 from types import FrameType
 from typing import Any
@@ -32,6 +33,7 @@ from orchestrator.render import EventRenderer, format_usage
 from orchestrator.settings import Settings
 
 DEMO_AGENTS = "orchestrator.demo_agents"
+PYREPL_AGENTS = "orchestrator.pyrepl.demo_agents"
 # How long in-process workers may finish their turns: at the end, and after a signal.
 DRAIN_S = 10.0
 DRAIN_AFTER_SIGNAL_S = 1.0
@@ -41,6 +43,35 @@ PROMPTS = (
     # The agent forks: one sub-agent per city, each its own job, gathered at the end.
     "Research the weather in London, Paris and Tokyo in parallel",
 )
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """What a demo runs: an agents module, the agent, the scripted model's script, prompts."""
+
+    agents: str
+    agent: str
+    script: str
+    prompts: tuple[str, ...]
+
+
+WEATHER = DemoPlan(DEMO_AGENTS, "weather_chat", "demo", PROMPTS)
+# `--pyrepl`: an agent that answers a data question by writing and running Python in its
+# sandboxed interpreter (the output streams live), then a follow-up that reuses its state.
+PYREPL = DemoPlan(
+    PYREPL_AGENTS,
+    "data_analyst",
+    "pyrepl",
+    (
+        "Here are our monthly sales: Jan 120, Feb 135, Mar 128, Apr 160, May 171, Jun 190. "
+        "Which month grew the most, and what is the average?",
+        "And what would June be with 10% more?",
+    ),
+)
+
+
+def _plan(args: argparse.Namespace) -> DemoPlan:
+    return PYREPL if getattr(args, "pyrepl", False) else WEATHER
 
 
 class StopSignals:
@@ -125,7 +156,9 @@ def _model(args: argparse.Namespace, console: Console) -> Iterator[str]:
     from orchestrator.mock_llm.script import load_script
     from orchestrator.mock_llm.testing import MockLLMThread
 
-    script_file = resources.files("orchestrator.mock_llm") / "scripts" / "demo.json"
+    script_file = (
+        resources.files("orchestrator.mock_llm") / "scripts" / f"{_plan(args).script}.json"
+    )
     with resources.as_file(script_file) as path, MockLLMThread(load_script(str(path))) as llm:
         console.print(
             f"[bold yellow]model: SCRIPTED MODEL[/] at {llm.base_url} — answers come from "
@@ -162,21 +195,22 @@ async def _run_until_stopped(
     signals: StopSignals,
     stop: asyncio.Event,
 ) -> int:
+    plan = _plan(args)
     workers: list[Any] = []
     tasks: list[asyncio.Task[None]] = []
     if not args.external_workers:
         from workers.worker import create_worker
 
         for _ in range(max(1, args.workers)):
-            worker = await create_worker(settings, [DEMO_AGENTS], handle_signals=False)
+            worker = await create_worker(settings, [plan.agents], handle_signals=False)
             workers.append(worker)
             tasks.append(asyncio.create_task(worker.async_run()))
         console.print(f"[bold]workers:[/] {len(workers)} in this process (arq, woken on submit)")
     else:
-        console.print(f"[bold]workers:[/] external (`orchestrator worker --agents {DEMO_AGENTS}`)")
+        console.print(f"[bold]workers:[/] external (`orchestrator worker --agents {plan.agents}`)")
     dashboard = await _start_dashboard(settings, args, console)
     try:
-        code = await _unless_stopped(_conversation(settings, console), stop)
+        code = await _unless_stopped(_conversation(settings, console, plan), stop)
         if code is None:
             console.print(f"[yellow]stopped by {signals.name}:[/] stopping what the demo started")
             return signals.exit_code
@@ -225,7 +259,7 @@ async def _start_dashboard(settings: Settings, args: argparse.Namespace, console
     return server, task
 
 
-async def _conversation(settings: Settings, console: Console) -> int:
+async def _conversation(settings: Settings, console: Console, plan: DemoPlan) -> int:
     from orchestrator.client import connect
 
     client = await connect(settings=settings)
@@ -233,10 +267,10 @@ async def _conversation(settings: Settings, console: Console) -> int:
     history: list[dict[str, Any]] = []
     session_id = None
     async with client:
-        for prompt in PROMPTS:
+        for prompt in plan.prompts:
             console.rule(f"[bold]user:[/] {prompt}")
             run = await client.submit(
-                f"{DEMO_AGENTS}:weather_chat", prompt, history=history, session_id=session_id
+                f"{plan.agents}:{plan.agent}", prompt, history=history, session_id=session_id
             )
             session_id = run.session_id
             async for output in run.stream():
