@@ -312,6 +312,13 @@ class PyRepl:
 
     async def _ready(self, slot: _Slot, where: _Where, emit: _Emitter) -> _Ready:
         """The slot's interpreter, standing where the session's journal stands."""
+        try:
+            return await self._bring_up(slot, where, emit)
+        except BaseException:
+            slot.position = None  # cut short (an abort, a failed start): rebuild next time
+            raise
+
+    async def _bring_up(self, slot: _Slot, where: _Where, emit: _Emitter) -> _Ready:
         head = await where.journal.head(where.name)
         here: Position = (head.generation, head.seq)
         sandbox = slot.sandbox
@@ -372,8 +379,8 @@ class PyRepl:
     ) -> _Ready:
         """Fill a fresh interpreter by replaying the session's journal."""
         record = await where.journal.read(where.name)
-        slot.position = (record.generation, record.seq)
         if not record.complete:
+            slot.position = (record.generation, record.seq)
             kept = f"{record.stored} of {record.seq}"
             return _Ready(
                 sandbox,
@@ -385,6 +392,7 @@ class PyRepl:
                 ),
             )
         failure = await self._replay(sandbox, record.entries, emit)
+        slot.position = (record.generation, record.seq)
         if failure and not sandbox.alive:
             await self._drop_sandbox(slot)
             slot.sandbox = await self._start()
@@ -429,7 +437,10 @@ class PyRepl:
                 on_call=bridge,
             )
             if outcome.stopped is not None:
-                return f"input {number} was stopped ({outcome.stopped}) when replayed"
+                return (
+                    f"replaying stopped at input {number} of {len(entries)} "
+                    f"({outcome.stopped}): only the inputs before it are restored"
+                )
             if outcome.ok != bool(entry.get("ok", True)) or bridge.diverged:
                 problems.append(str(number))
         if problems:

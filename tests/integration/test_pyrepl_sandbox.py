@@ -235,6 +235,30 @@ async def test_a_fork_bomb_is_stopped_and_leaves_no_process_behind(repl: PyRepl)
     assert len(counts) == 1, f"processes left behind: {counts}"  # the interpreter only
 
 
+async def test_processes_a_call_starts_do_not_outlive_it(repl: PyRepl) -> None:
+    started = await repl.execute(
+        "import subprocess\nchild = subprocess.Popen(['sleep', '600'])\nchild.pid"
+    )
+    assert started["success"]
+    report = await repl.inspect()
+    uid = int(report["sandbox"]["user"].split()[1].rstrip(","))
+    assert len(_ps_uid(uid)) == 1  # the interpreter; the sleep was stopped with the call
+    after = await repl.execute("child.poll() is not None")
+    assert after["return_value"] == "True"
+
+
+async def test_sessions_run_as_different_users(repl: PyRepl) -> None:
+    uids = {
+        (
+            await repl.execute(
+                "import os\nos.getuid()", runtime=session(s, InMemorySessionJournal())
+            )
+        )["return_value"]
+        for s in ("a", "b")
+    }
+    assert len(uids) == 2
+
+
 def _ps_uid(uid: int) -> list[str]:
     found = []
     for entry in Path("/proc").iterdir():
