@@ -184,7 +184,8 @@ class Sandbox:
         return sandbox
 
     async def _spawn(self) -> None:
-        self._workdir = tempfile.mkdtemp(prefix="orchestrator-pyrepl-")
+        if self.policy.isolate != "required":  # where an unisolated interpreter works
+            self._workdir = tempfile.mkdtemp(prefix="orchestrator-pyrepl-")
         proto_r, proto_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -197,7 +198,7 @@ class Sandbox:
             "hide": list(self.policy.hide),
             "expose": _python_prefixes(),
             "tmp_bytes": self.limits.disk_mb << 20,
-            "workdir": self._workdir,
+            "workdir": self._workdir or "/",
             "max_repr": 10_000,
             "limits": {
                 "memory_bytes": self.limits.memory_mb << 20,
@@ -207,7 +208,8 @@ class Sandbox:
                 "lifetime_cpu_s": math.ceil(self.limits.lifetime_cpu_s),
             },
         }
-        env = dict(_ENV, HOME=self._workdir, TMPDIR=self._workdir)
+        home = self._workdir or "/tmp"  # isolated: its own /tmp
+        env = dict(_ENV, HOME=home, TMPDIR=home)
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 self.policy.executable,
@@ -316,10 +318,13 @@ class Sandbox:
                 async with asyncio.timeout(1.0):
                     await self._exited.wait()
         self.kill()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5.0):
-                await self._exited.wait()
+        if self._proc is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await self._exited.wait()
+        tasks = [t for t in (self._pump, self._waiter) if t is not None]
         self._release()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _release(self) -> None:
         for fd in list(self._raw):
@@ -391,9 +396,10 @@ class Sandbox:
             self._cell.flush()
 
     def _drain_raw(self) -> None:
-        """Take what the child wrote before its result (it flushed before replying)."""
+        """Take what the child wrote before its result (it flushed before replying); a
+        bounded number of reads, in case something in the sandbox keeps writing."""
         for fd in list(self._raw):
-            while True:
+            for _ in range(64):
                 try:
                     data = os.read(fd, 1 << 16)
                 except OSError:
@@ -473,22 +479,22 @@ class Sandbox:
         cell = _Cell(uuid.uuid4().hex, sink, self.limits.output_bytes)
         self._cell = cell
         self._idle.clear()
-        settled = False
         try:
             cell.cpu_budget = cpu_s
             cell.cpu_mark = self._cpu_now()
             self._write({"type": "execute", "id": cell.id, "code": code})
             outcome = await self._await_result(cell, time.monotonic() + wall_s, on_call)
-            settled = True
-            return outcome
         except asyncio.CancelledError:
             if cell.stopped is None:
                 self._stop(cell, "aborted")
             self._settling = self._loop.create_task(self._settle(cell))
             raise
-        finally:
-            if settled or not self.alive:
-                self._end_cell()
+        except BaseException:
+            self.kill()  # in an unknown state: never reuse it
+            self._end_cell()
+            raise
+        self._end_cell()
+        return outcome
 
     def _end_cell(self) -> None:
         if self._cell is not None:

@@ -154,11 +154,19 @@ class PyRepl:
 
     def _describe(self) -> str:
         lim = self.limits
+        where = {
+            "required": "It runs in a sandbox without network, in a private working directory",
+            "preferred": (
+                "It runs in a sandbox (without network, in a private working directory) "
+                "where the worker allows one; each result says"
+            ),
+            "off": "It runs without a sandbox, with the worker's network and files",
+        }[self.policy.isolate]
         return (
             "Run Python code in your persistent Python interpreter: variables, functions, "
             "imports and files in the working directory persist between calls (this "
             "session only). stdout/stderr stream live; the value of a final expression is "
-            "returned. It runs in a sandbox without network, in a private working directory, "
+            f"returned. {where}, "
             f"with limits per call: {lim.wall_s:g} s wall clock (timeout_seconds may ask for "
             f"up to {lim.max_wall_s:g} s), {lim.cpu_s:g} s CPU, {lim.memory_mb} MiB memory, "
             f"{lim.output_bytes} bytes of output; processes a call starts end with it. "
