@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit integration bench clean format
+.PHONY: demo test lint typecheck contracts unit integration bench clean format
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,13 +24,17 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The layers and import rules in pyproject.toml ([tool.importlinter]).
+contracts: $(STAMP)
+	$(BIN)/lint-imports
+
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q
 
 integration: $(STAMP)
 	$(BIN)/pytest tests/integration -q
 
-test: lint typecheck
+test: lint typecheck contracts
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
@@ -41,4 +45,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .import_linter_cache

@@ -9,8 +9,11 @@ and the same agents run on a cluster of workers:
     client = await orchestrator.connect("redis://127.0.0.1:6379/0")
     run = await client.submit("myapp.agents:weather_chat", "Weather in Paris?")
 
-The client's names (`connect`, `Client`, `Run`, `RunResult`) are imported on first use,
-so `import orchestrator` for an in-process agent does not load the Redis client.
+`__all__` is the public API: what the README and docs/ teach (a test keeps the two in
+step). The client's names (`connect`, `Client`, `Run`, `RunResult`) are imported on
+first use, so `import orchestrator` for an in-process agent does not load the Redis
+client; the edges (`orchestrator.api`, `orchestrator.cli`, `orchestrator.bench`) are
+never imported from here.
 """
 
 from __future__ import annotations
@@ -18,7 +21,33 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import (
+    AbortedError,
+    AgentError,
+    ConfigError,
+    LLMError,
+    LLMHTTPError,
+    LLMResponseError,
+    LLMRetriesExhausted,
+    MemoryLimitError,
+    OrchestratorError,
+    PayloadError,
+    RunError,
+    RunNotFound,
+    SessionNotOwned,
+    StoreError,
+    StoreUnavailable,
+    ToolError,
+    UnknownAgent,
+)
+from orchestrator.events import (
+    CustomEvent,
+    EventOrigin,
+    EventYield,
+    ReActEvent,
+    ReActEventType,
+    ResponseYield,
+)
 from orchestrator.llm import APIKeyPool, OpenAICompatible
 from orchestrator.runtime.chat import llm_chat
 from orchestrator.runtime.selfref import SelfReference
@@ -33,14 +62,36 @@ __all__ = [
     "ABORT_SIGNAL_PARAM",
     "APIKeyPool",
     "AbortSignal",
+    "AbortedError",
+    "AgentError",
     "Client",
+    "ConfigError",
+    "CustomEvent",
+    "EventOrigin",
+    "EventYield",
+    "LLMError",
+    "LLMHTTPError",
+    "LLMResponseError",
+    "LLMRetriesExhausted",
+    "MemoryLimitError",
     "OpenAICompatible",
     "OrchestratorError",
+    "PayloadError",
+    "ReActEvent",
+    "ReActEventType",
+    "ResponseYield",
     "Run",
+    "RunError",
+    "RunNotFound",
     "RunResult",
     "SelfReference",
+    "SessionNotOwned",
     "Settings",
+    "StoreError",
+    "StoreUnavailable",
     "Tool",
+    "ToolError",
+    "UnknownAgent",
     "connect",
     "llm_chat",
     "tool",

@@ -37,14 +37,13 @@ from orchestrator.keys import Keys
 from orchestrator.runs import RunRecord, RunRequest, RunStatus, StreamEntry, fork_run_id
 from orchestrator.settings import Settings
 from orchestrator.store.abort import AbortFlags
-from orchestrator.store.connection import Redis
-from orchestrator.store.connection import connect as connect_redis
+from orchestrator.store.connection import connect_arq, translate_errors
 from orchestrator.store.forks import ForkTable
 from orchestrator.store.lifecycle import end_run
-from orchestrator.store.queue import JobQueue, connect_queue
+from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import RunStore, WorkerRegistry
 from orchestrator.store.sessions import SessionTable
-from orchestrator.store.streams import DEFAULT_BLOCK_MS, StreamReader
+from orchestrator.store.streams import StreamReader, connect_blocking
 
 Output = ResponseYield | EventYield
 
@@ -379,6 +378,32 @@ class Client:
             status=status, agent=agent, tenant=tenant, offset=offset, limit=limit
         )
 
+    @classmethod
+    def lazy(cls, settings: Settings, *, timeout_s: float | None = None) -> Client:
+        """A client whose Redis connections open on first use: it can be made while
+        Redis is down (`connect()` waits for Redis to answer first).
+
+        `timeout_s` bounds each connect and each reply (default: the settings'
+        `redis_connect_timeout_s` and `redis_timeout_s`), so a Redis that is down or
+        never answers is a `StoreUnavailable` after about that long, never a hang."""
+        read_s = settings.redis_timeout_s if timeout_s is None else timeout_s
+        connect_s = settings.redis_connect_timeout_s if timeout_s is None else timeout_s
+        keys = Keys(settings.key_prefix)
+        redis = connect_arq(
+            settings.redis_url, keys.queue(), timeout_s=read_s, connect_timeout_s=connect_s
+        )
+        blocking = connect_blocking(
+            settings.redis_url,
+            timeout_s=read_s,
+            connect_timeout_s=min(read_s, settings.redis_connect_timeout_s),
+        )
+        return cls(redis, settings, blocking=blocking)
+
+    async def ping(self) -> None:
+        """Return once Redis answers (`StoreUnavailable` if it does not in time)."""
+        async with translate_errors("connect"):
+            await self.redis.ping()
+
     async def close(self) -> None:
         try:
             if self.blocking is not None:
@@ -408,19 +433,10 @@ async def connect(url: str | None = None, *, settings: Settings | None = None) -
     settings = settings or Settings()
     if url is not None:
         settings = settings.model_copy(update={"redis_url": url})
-    redis = await connect_queue(
-        settings.redis_url,
-        Keys(settings.key_prefix),
-        timeout_s=settings.redis_timeout_s,
-        connect_timeout_s=settings.redis_connect_timeout_s,
-    )
-    return Client(redis, settings, blocking=blocking_client(settings, settings.redis_timeout_s))
-
-
-def blocking_client(settings: Settings, timeout_s: float) -> Redis:
-    """A client for blocking stream reads: its read timeout is `timeout_s` past the block."""
-    return connect_redis(
-        settings.redis_url,
-        timeout_s=timeout_s + DEFAULT_BLOCK_MS / 1000,
-        connect_timeout_s=min(timeout_s, settings.redis_connect_timeout_s),
-    )
+    client = Client.lazy(settings)
+    try:
+        await client.ping()
+    except BaseException:
+        await client.close()
+        raise
+    return client

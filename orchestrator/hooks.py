@@ -36,6 +36,7 @@ from orchestrator.events import (
     ToolCallsBatchStartEvent,
     ToolCallStartEvent,
 )
+from orchestrator.runtime.agent import AGENT_ATTRIBUTE, AgentSpec
 from orchestrator.signals import ABORT_SIGNAL_PARAM, EVENT_OBSERVER_PARAM, AbortSignal
 
 __all__ = [
@@ -174,8 +175,8 @@ def with_event_observer(
             _log.exception("event observer failed", event=output.event.event_type)
 
     def decorate(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-        spec = getattr(fn, "__orchestrator_agent__", None)
-        tuple_mode = spec is not None and not getattr(spec, "enable_event", True)
+        spec = getattr(fn, AGENT_ATTRIBUTE, None)
+        tuple_mode = isinstance(spec, AgentSpec) and not spec.enable_event
 
         @wraps(fn)
         async def wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:

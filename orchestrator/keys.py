@@ -75,6 +75,15 @@ or parked) get one when the run ends. arq's own keys (`arq:job:*`, `arq:result:*
 `arq:in-progress:*`, outside the prefix) expire: job keys with the job timeout, results
 after an hour.
 
+The benchmark (`BenchKeys`, under the unique prefix of one `orchestrator bench` run; all
+deleted when it ends, by a SCAN of `pattern()`):
+
+    <p>:..., <p>:noop:...       Keys of our workers and client, and of the no-op worker
+    <p>:arq-queue               the stock arq worker's queue (the baseline)
+    <p>:bench:starts-ours|arq   list: when each no-op job started
+    <p>:raw-delivery, :raw-xadd streams of the raw XADD/XREAD baselines
+    <p>:forks:...               the fork section's BenchKeys (arq-done, arq-warm: lists)
+
 Session ids, agent call ids and tenants become part of hash-tagged names, so they may not
 contain `{` or `}` (a ValueError says so); memory keys and run ids may be any string.
 """
@@ -83,7 +92,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Keys"]
+__all__ = ["BenchKeys", "Keys"]
 
 
 def _tag_part(value: str, what: str) -> str:
@@ -245,3 +254,49 @@ class Keys:
         """A SCAN MATCH pattern for every key under this prefix (tests, maintenance)."""
         escaped = "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.prefix)
         return f"{escaped}:*"
+
+
+@dataclass(frozen=True)
+class BenchKeys:
+    """The names one `orchestrator bench` run uses, all under its own unique prefix."""
+
+    prefix: str
+
+    @property
+    def ours(self) -> Keys:
+        """The orchestrator's keys for the bench's workers and client."""
+        return Keys(self.prefix)
+
+    @property
+    def noop(self) -> Keys:
+        """The orchestrator's keys for the no-op worker (its own queue)."""
+        return Keys(f"{self.prefix}:noop")
+
+    @property
+    def forks(self) -> BenchKeys:
+        """The fork section's names."""
+        return BenchKeys(f"{self.prefix}:forks")
+
+    def arq_queue(self) -> str:
+        """The stock arq worker's queue."""
+        return f"{self.prefix}:arq-queue"
+
+    def arq_done(self) -> str:
+        """List: when each stock arq job of a batch started."""
+        return f"{self.prefix}:arq-done"
+
+    def arq_warm(self) -> str:
+        """List: the stock arq workers' warm-up jobs (which process ran each)."""
+        return f"{self.prefix}:arq-warm"
+
+    def starts(self, whose: str) -> str:
+        """List: when each no-op job started, on `whose` worker ("ours" or "arq")."""
+        return f"{self.prefix}:bench:starts-{whose}"
+
+    def raw_stream(self, name: str) -> str:
+        """A stream of a raw Redis baseline ("delivery", "xadd")."""
+        return f"{self.prefix}:raw-{name}"
+
+    def pattern(self) -> str:
+        """A SCAN MATCH pattern for every name above."""
+        return self.ours.pattern()

@@ -22,8 +22,9 @@ import structlog
 
 from orchestrator.errors import RunNotFound, ToolError
 from orchestrator.keys import Keys
+from orchestrator.ports import SpawnRequest
 from orchestrator.runs import ForkInfo, RunRecord, RunRequest, RunStatus, fork_run_id
-from orchestrator.runtime.forks import SpawnRequest, fork_result
+from orchestrator.runtime.forks import fork_result
 from orchestrator.settings import Settings
 from orchestrator.store.connection import Redis
 from orchestrator.store.forks import Allocation, ForkTable
@@ -63,7 +64,7 @@ def result_of(record: RunRecord, include_history: bool) -> dict[str, Any]:
 
 
 class RedisForkBackend:
-    """`orchestrator.runtime.forks.ForkBackend` for the turn of one run."""
+    """`orchestrator.ports.ForkBackend` for the turn of one run."""
 
     def __init__(
         self,

@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Iterable
 
 from orchestrator.errors import ConfigError, UnknownAgent
-from orchestrator.runtime.chat import AgentSpec, agent_spec
+from orchestrator.runtime.agent import AGENT_ATTRIBUTE, AgentSpec, agent_spec
 
 
 class AgentRegistry:
@@ -24,7 +24,7 @@ class AgentRegistry:
             raise ConfigError(f"cannot import agents module {module_name!r}: {exc}") from exc
         found = []
         for attr, value in vars(module).items():
-            spec = getattr(value, "__orchestrator_agent__", None)
+            spec = getattr(value, AGENT_ATTRIBUTE, None)
             if spec is not None:
                 address = f"{module_name}:{attr}"
                 self._agents[address] = agent_spec(value)

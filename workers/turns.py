@@ -42,7 +42,7 @@ from orchestrator.events import EventOrigin, ReactEndEvent, ResponseYield
 from orchestrator.keys import Keys
 from orchestrator.ports import JournalLimits, MemoryLimits, ToolSession
 from orchestrator.runs import RunRecord, RunRequest, RunStatus, fork_run_id
-from orchestrator.runtime.chat import AgentSpec
+from orchestrator.runtime.agent import AgentSpec
 from orchestrator.runtime.loop import run_turn
 from orchestrator.runtime.state import OriginContext, TurnState
 from orchestrator.settings import Settings

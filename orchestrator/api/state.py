@@ -13,12 +13,10 @@ from fastapi import Request
 
 from orchestrator.api.auth import ApiKeys, Principal
 from orchestrator.api.problems import ApiProblem
-from orchestrator.client import Client, blocking_client
+from orchestrator.client import Client
 from orchestrator.errors import RunNotFound
-from orchestrator.keys import Keys
 from orchestrator.runs import RunRecord
 from orchestrator.settings import Settings
-from orchestrator.store.connection import connect_arq
 
 __all__ = ["ApiState", "api_state", "lazy_client"]
 
@@ -29,14 +27,7 @@ def lazy_client(settings: Settings) -> Client:
 
     Its connect and read timeouts are `api_redis_timeout_s`, so a Redis that is down or
     never answers is a 503 within about that long, never a hung request."""
-    timeout = settings.api_redis_timeout_s
-    redis = connect_arq(
-        settings.redis_url,
-        Keys(settings.key_prefix).queue(),
-        timeout_s=timeout,
-        connect_timeout_s=timeout,
-    )
-    return Client(redis, settings, blocking=blocking_client(settings, timeout))
+    return Client.lazy(settings, timeout_s=settings.api_redis_timeout_s)
 
 
 @dataclass

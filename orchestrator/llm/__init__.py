@@ -5,7 +5,7 @@ FallbackLLM         several models behind one interface; the next one takes over
 APIKeyPool          least-loaded key selection; a key answered 401/403 rests a while
 RateLimiter         the one-method seam for request limits (TokenBucket in-process)
 ModelConfig         one provider.json entry; `load_provider_file` validates a whole file
-ChunkAccumulator    assembles chat.completion.chunk dicts into a message
+ChunkAccumulator    assembles chat.completion.chunk dicts into a message (from ports)
 """
 
 from orchestrator.llm.config import ModelConfig, load_provider_file
@@ -15,7 +15,8 @@ from orchestrator.llm.openai_compatible import OpenAICompatible
 from orchestrator.llm.rate_limit import RateLimiter, TokenBucket, Unlimited
 from orchestrator.llm.retry import RetryPolicy, parse_retry_after
 from orchestrator.llm.sse import SSEEvent, iter_sse_events
-from orchestrator.llm.stream import ChunkAccumulator, StreamResumer
+from orchestrator.llm.stream import StreamResumer
+from orchestrator.ports import ChunkAccumulator
 
 __all__ = [
     "APIKeyPool",

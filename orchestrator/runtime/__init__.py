@@ -6,7 +6,8 @@ tool / Tool                          functions the model can call
 SelfReference                        durable agent memory and its tools
 """
 
-from orchestrator.runtime.chat import AgentSpec, agent_spec, llm_chat
+from orchestrator.runtime.agent import AgentSpec, agent_spec
+from orchestrator.runtime.chat import llm_chat
 from orchestrator.runtime.emitter import ToolEventEmitter
 from orchestrator.runtime.loop import run_turn
 from orchestrator.runtime.selfref import SelfRefContext, SelfReference

@@ -10,8 +10,8 @@ its own job, on any machine) and may fork again. The parent later gathers the re
 The model reaches the same through two tools, `selfref_fork_spawn(message)` and
 `selfref_fork_gather_all(fork_ids=None, include_history=False)`.
 
-What happens underneath is behind the `ForkBackend` port (the Redis/arq one lives in
-`workers.forks`). Two properties shape this module:
+What happens underneath is behind the `ForkBackend` port (`orchestrator.ports`; the
+Redis/arq one lives in `workers.forks`). Two properties shape this module:
 
 - A gather never blocks a worker slot. When forks are still running, `gather_all`
   raises `SuspendTurn`; the loop finishes the rest of the tool batch, checkpoints and
@@ -27,17 +27,15 @@ from __future__ import annotations
 import contextvars
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from orchestrator.errors import ToolError
 from orchestrator.events import Message, MessageList
+from orchestrator.ports import ForkBackend, SpawnRequest
 from orchestrator.runtime.tools import Tool
 
 __all__ = [
     "FORK_GUIDE",
-    "ForkBackend",
-    "SpawnRequest",
     "SuspendTurn",
     "TurnForks",
     "current_tool_call",
@@ -69,42 +67,6 @@ class SuspendTurn(Exception):
     def __init__(self, waiting_for: Sequence[str]) -> None:
         super().__init__(f"waiting for {len(waiting_for)} fork(s)")
         self.waiting_for = list(waiting_for)
-
-
-@dataclass
-class SpawnRequest:
-    """Everything a backend needs to start one fork."""
-
-    parent_agent_call_id: str
-    parent_memory_key: str
-    message: str
-    # Unique per spawn within the parent call; spawning the same key again is a no-op.
-    spawn_key: str
-    context: MessageList = field(default_factory=list)
-    tool_name: str | None = None
-    tool_call_id: str | None = None
-
-
-@runtime_checkable
-class ForkBackend(Protocol):
-    """Starts forks and reads their results (a worker implements it on Redis and arq)."""
-
-    async def spawn(self, request: SpawnRequest) -> dict[str, Any]:
-        """Start a fork (or find the one `request.spawn_key` already started); returns
-        its handle `{fork_id, parent_fork_id, depth, source_memory_key, memory_key,
-        status}`. Raises `ToolError` when depth or fan-out limits forbid it."""
-        ...
-
-    async def collect(
-        self,
-        parent_agent_call_id: str,
-        fork_ids: Sequence[str] | None,
-        include_history: bool,
-    ) -> tuple[dict[str, dict[str, Any]], list[str]]:
-        """`(results of the forks that ended, ids of those still running)` for the given
-        forks of this parent (None: every fork it spawned). `ToolError` for an id that
-        is not one of its forks."""
-        ...
 
 
 class TurnForks:

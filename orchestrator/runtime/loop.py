@@ -20,11 +20,11 @@ import copy
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
-from orchestrator.errors import StoreUnavailable, ToolError
+from orchestrator.errors import LLMError, StoreUnavailable, ToolError
 from orchestrator.events import (
     CustomEvent,
     EventOrigin,
@@ -47,16 +47,21 @@ from orchestrator.events import (
     ToolCallsBatchStartEvent,
     ToolCallStartEvent,
 )
-from orchestrator.ports import Checkpointer, MemoryStore, ToolSession, TranscriptBase
+from orchestrator.ports import (
+    Checkpointer,
+    ChunkAccumulator,
+    ForkBackend,
+    MemoryStore,
+    ToolSession,
+    TranscriptBase,
+)
+from orchestrator.runtime.agent import AgentSpec
 from orchestrator.runtime.emitter import ToolEventEmitter
-from orchestrator.runtime.forks import ForkBackend, SuspendTurn, TurnForks, current_tool_call
+from orchestrator.runtime.forks import SuspendTurn, TurnForks, current_tool_call
+from orchestrator.runtime.selfref import SelfRefContext
 from orchestrator.runtime.state import OriginContext, ToolOutcome, TurnError, TurnState
 from orchestrator.runtime.tools import Tool, format_tool_result, parse_arguments
 from orchestrator.signals import AbortSignal
-
-if TYPE_CHECKING:
-    from orchestrator.runtime.chat import AgentSpec
-    from orchestrator.runtime.selfref import SelfRefContext
 
 __all__ = ["Output", "run_turn"]
 
@@ -254,7 +259,7 @@ class _Turn:
                 yield output
             raise
         if final_call:
-            call.tool_calls_by_index.clear()
+            call.keep_tool_calls = False
         tool_calls = self._commit_llm_result(call)
         yield self._event(
             LLMCallEndEvent(
@@ -305,19 +310,19 @@ class _Turn:
                     await closer()
 
     def _argument_delta_event(self, call: LLMCallResult, index: int, text: str) -> EventYield:
-        part = call.tool_calls_by_index[index]
-        argname, argdelta = argument_delta(part)
+        name, call_id = call.tool_call(index)
+        argname, argdelta = call.argument_delta(index)
         return self._event(
             ToolCallArgumentsDeltaEvent(
                 iteration=self.state.iteration,
-                tool_name=part.name,
-                tool_call_id=part.id,
+                tool_name=name,
+                tool_call_id=call_id,
                 argname=argname,
                 argcontent_delta=argdelta,
                 delta=text,
             ),
-            tool_name=part.name or None,
-            tool_call_id=part.id or None,
+            tool_name=name or None,
+            tool_call_id=call_id or None,
         )
 
     async def _complete(
@@ -768,87 +773,64 @@ class _Unavailable:
 _Item = CustomEvent | ToolOutcome | _Suspended | _Unavailable
 
 
-class _ToolCallPart:
-    """One tool call as it streams in (by index)."""
-
-    __slots__ = ("arguments", "emitted", "id", "name")
-
-    def __init__(self) -> None:
-        self.id = ""
-        self.name = ""
-        self.arguments = ""
-        self.emitted: dict[str, str] = {}
-
-
 class LLMCallResult:
-    """What one LLM call produced: text, tool calls, usage, the last raw response."""
+    """What one LLM call produced, assembled by the LLM port's `ChunkAccumulator`, plus
+    what the loop tracks about the call: chunks seen, the last raw response, abort."""
 
     def __init__(self) -> None:
-        self.content = ""
-        self.tool_calls_by_index: dict[int, _ToolCallPart] = {}
-        self.usage: dict[str, Any] | None = None
+        self.assembled = ChunkAccumulator()
         self.response: dict[str, Any] = {}
         self.chunk_count = 0
         self.aborted = False
+        self.keep_tool_calls = True
+        # Per tool call: what each argument's text was when its last delta event went out.
+        self._emitted: dict[int, dict[str, str]] = {}
+
+    @property
+    def content(self) -> str:
+        return self.assembled.content()
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        return self.assembled.usage
 
     def add_chunk(self, chunk: dict[str, Any]) -> list[tuple[int, str]]:
         """Fold one chat.completion.chunk in; returns the (index, text) argument deltas."""
         self.chunk_count += 1
         self.response = chunk
-        if isinstance(chunk.get("usage"), dict):
-            self.usage = chunk["usage"]
-        deltas: list[tuple[int, str]] = []
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or {}
-            text = delta.get("content")
-            if isinstance(text, str):
-                self.content += text
-            for piece in delta.get("tool_calls") or []:
-                deltas.extend(self._add_tool_piece(piece))
-        return deltas
-
-    def _add_tool_piece(self, piece: dict[str, Any]) -> list[tuple[int, str]]:
-        index = piece.get("index", 0)
-        index = index if isinstance(index, int) else 0
-        part = self.tool_calls_by_index.setdefault(index, _ToolCallPart())
-        if piece.get("id"):
-            part.id = str(piece["id"])
-        function = piece.get("function") or {}
-        if function.get("name"):
-            part.name = str(function["name"])
-        text = function.get("arguments")
-        if isinstance(text, str) and text:
-            part.arguments += text
-            return [(index, text)]
-        return []
+        return self.assembled.add(chunk)
 
     def add_completion(self, response: dict[str, Any]) -> None:
         """Take a whole chat.completion."""
         self.response = response
-        if isinstance(response.get("usage"), dict):
-            self.usage = response["usage"]
-        choices = response.get("choices") or [{}]
-        message = choices[0].get("message") or {}
-        self.content = message.get("content") or ""
-        for index, call in enumerate(message.get("tool_calls") or []):
-            part = self.tool_calls_by_index.setdefault(index, _ToolCallPart())
-            function = call.get("function") or {}
-            part.id = str(call.get("id") or "")
-            part.name = str(function.get("name") or "")
-            arguments = function.get("arguments")
-            part.arguments = arguments if isinstance(arguments, str) else json.dumps(arguments)
+        self.assembled.add_completion(response)
+
+    def tool_call(self, index: int) -> tuple[str, str]:
+        """(name, id) of one tool call so far (either may still be empty)."""
+        call = self.assembled.tool_calls().get(index, {})
+        return str(call.get("function", {}).get("name", "")), str(call.get("id", ""))
+
+    def argument_delta(self, index: int) -> tuple[str, str]:
+        """Best-effort per-argument view of a call's streamed JSON: (argument name, new text)."""
+        call = self.assembled.tool_calls().get(index, {})
+        arguments = str(call.get("function", {}).get("arguments", ""))
+        return argument_delta(arguments, self._emitted.setdefault(index, {}))
 
     def tool_calls(self, agent_call_id: str = "", call_number: int = 0) -> list[dict[str, Any]]:
         """The calls in OpenAI shape, in the model's order (ids made up if missing)."""
+        if not self.keep_tool_calls:
+            return []
         calls = []
-        for index in sorted(self.tool_calls_by_index):
-            part = self.tool_calls_by_index[index]
-            call_id = part.id or f"call_{agent_call_id}_{call_number}_{index}"
+        for index, call in sorted(self.assembled.tool_calls().items()):
+            function = call.get("function", {})
             calls.append(
                 {
-                    "id": call_id,
+                    "id": call.get("id") or f"call_{agent_call_id}_{call_number}_{index}",
                     "type": "function",
-                    "function": {"name": part.name, "arguments": part.arguments},
+                    "function": {
+                        "name": function.get("name", ""),
+                        "arguments": function.get("arguments", ""),
+                    },
                 }
             )
         return calls
@@ -862,15 +844,16 @@ class LLMCallResult:
         return None
 
 
-def argument_delta(part: _ToolCallPart) -> tuple[str, str]:
-    """Best-effort per-argument view of streamed JSON: (argument name, new text)."""
-    parsed = _parse_partial_object(part.arguments)
+def argument_delta(arguments: str, emitted: dict[str, str]) -> tuple[str, str]:
+    """Best-effort per-argument view of streamed JSON: (argument name, new text).
+    `emitted` holds each argument's text as last reported, and is updated."""
+    parsed = _parse_partial_object(arguments)
     for name, value in parsed.items():
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        before = part.emitted.get(name, "")
+        before = emitted.get(name, "")
         if text == before or (before and before.startswith(text)):
             continue
-        part.emitted[name] = text
+        emitted[name] = text
         return name, text[len(before) :] if text.startswith(before) else text
     return "", ""
 
@@ -940,6 +923,4 @@ def _result_summary(outcome: ToolOutcome) -> ToolCallResult:
 
 
 def _resumed_error(error: TurnError) -> Exception:
-    from orchestrator.errors import LLMError
-
     return LLMError(f"{error.type}: {error.message}")

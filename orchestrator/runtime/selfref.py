@@ -43,6 +43,7 @@ from orchestrator.errors import AgentError, MemoryLimitError, ToolError
 from orchestrator.events import Message, MessageList
 from orchestrator.ports import (
     Experience,
+    ForkPrimitives,
     MemorySnapshot,
     MemoryStore,
     ToolSession,
@@ -50,18 +51,16 @@ from orchestrator.ports import (
 )
 from orchestrator.runtime.forks import FORK_GUIDE, TurnForks, fork_tools
 from orchestrator.runtime.memory import InMemoryMemoryStore
-from orchestrator.runtime.tools import Tool
+from orchestrator.runtime.tools import Tool, ToolRuntime
 
 __all__ = [
     "FORKS_UNAVAILABLE",
     "ContextTools",
-    "ForkPrimitives",
     "MemoryScopeName",
     "SelfRefContext",
     "SelfRefRuntime",
     "SelfRefToolProvider",
     "SelfReference",
-    "ToolRuntime",
     "UnavailableForks",
     "apply_system_addendum",
     "make_tool_runtime",
@@ -262,18 +261,7 @@ def _normalize_key(key: Any) -> str:
     return key.strip()
 
 
-# -- forks (implemented in orchestrator.runtime.forks) --------------------------
-
-
-@runtime_checkable
-class ForkPrimitives(Protocol):
-    """`runtime.selfref.fork`: spawn child agents and gather their results."""
-
-    async def spawn(self, message: str, **kwargs: Any) -> dict[str, Any]: ...
-
-    async def gather_all(
-        self, fork_ids: Any = None, include_history: bool = False
-    ) -> dict[str, dict[str, Any]]: ...
+# -- forks (implemented in orchestrator.runtime.forks; the port in orchestrator.ports) --
 
 
 class UnavailableForks:
@@ -730,34 +718,9 @@ class SelfRefRuntime:
         return self.context.guide()
 
 
-class ToolRuntime:
-    """The `runtime` parameter of a tool: the agent's runtime primitives, and (on a
-    worker) the distributed session the call runs in (`session`, else None)."""
-
-    def __init__(
-        self, selfref: SelfRefContext | None = None, *, session: ToolSession | None = None
-    ) -> None:
-        self._selfref = SelfRefRuntime(selfref) if selfref is not None else None
-        self.session = session
-
-    @property
-    def has_selfref(self) -> bool:
-        return self._selfref is not None
-
-    @property
-    def selfref(self) -> SelfRefRuntime:
-        """The SelfReference primitives; AgentError if the agent has no SelfReference."""
-        if self._selfref is None:
-            raise AgentError(
-                "runtime.selfref is not available: this agent has no SelfReference "
-                "(pass self_reference=SelfReference() to llm_chat)"
-            )
-        return self._selfref
-
-
 def make_tool_runtime(
     ctx: SelfRefContext | None, session: ToolSession | None = None
 ) -> ToolRuntime:
     """The `runtime` object for tools of a turn (ctx None: the agent has no SelfReference;
     session None: an in-process call)."""
-    return ToolRuntime(ctx, session=session)
+    return ToolRuntime(SelfRefRuntime(ctx) if ctx is not None else None, session=session)

@@ -32,11 +32,13 @@ from typing import Any, get_type_hints, overload
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import ErrorDetails, PydanticSerializationError, to_jsonable_python
 
-from orchestrator.errors import ToolError
+from orchestrator.errors import AgentError, ToolError
+from orchestrator.ports import SelfRefPrimitives, ToolSession
 
 __all__ = [
     "SPECIAL_PARAMETERS",
     "Tool",
+    "ToolRuntime",
     "format_tool_result",
     "parse_arguments",
     "tool",
@@ -241,11 +243,34 @@ class Tool:
         return args, values
 
 
-def _detached_runtime() -> Any:
-    # Imported here: selfref builds its tools with this module.
-    from orchestrator.runtime.selfref import make_tool_runtime
+class ToolRuntime:
+    """The `runtime` parameter of a tool: the agent's runtime primitives, and (on a
+    worker) the distributed session the call runs in (`session`, else None)."""
 
-    return make_tool_runtime(None)
+    def __init__(
+        self, selfref: SelfRefPrimitives | None = None, *, session: ToolSession | None = None
+    ) -> None:
+        self._selfref = selfref
+        self.session = session
+
+    @property
+    def has_selfref(self) -> bool:
+        return self._selfref is not None
+
+    @property
+    def selfref(self) -> SelfRefPrimitives:
+        """The SelfReference primitives; AgentError if the agent has no SelfReference."""
+        if self._selfref is None:
+            raise AgentError(
+                "runtime.selfref is not available: this agent has no SelfReference "
+                "(pass self_reference=SelfReference() to llm_chat)"
+            )
+        return self._selfref
+
+
+def _detached_runtime() -> ToolRuntime:
+    """What a tool called outside a turn gets as `runtime`: no SelfReference."""
+    return ToolRuntime()
 
 
 @overload

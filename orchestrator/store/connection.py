@@ -23,6 +23,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.client import Pipeline
 
 from orchestrator.errors import StoreError, StoreUnavailable
+from orchestrator.store import jsonserial
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_S",
@@ -88,8 +89,6 @@ def connect_arq(
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
 ) -> ArqRedis:
     """Like `connect`, but a client that can also enqueue arq jobs (JSON, never pickle)."""
-    from orchestrator.store import jsonserial
-
     pool = aioredis.ConnectionPool.from_url(url, **_options(timeout_s, connect_timeout_s, {}))
     client = ArqRedis(
         pool,

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.constants import (
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
 
 from orchestrator.keys import Keys
 from orchestrator.runs import RunRequest
@@ -22,6 +27,15 @@ def job_id(run_id: str, attempt: int, segment: int = 0) -> str:
     never collides with the result key arq keeps for an earlier one, and two wake-ups of
     the same waiting run enqueue it once (arq refuses a job id it already holds)."""
     return f"{run_id}:{attempt}" if segment == 0 else f"{run_id}:{attempt}:{segment}"
+
+
+def arq_keys(jid: str) -> list[str]:
+    """arq's own keys of one job (named by arq, outside our prefix): job, result,
+    in-progress and retry. They expire; tests and the bench delete them early."""
+    return [
+        p + jid
+        for p in (job_key_prefix, result_key_prefix, in_progress_key_prefix, retry_key_prefix)
+    ]
 
 
 class JobQueue:

@@ -45,6 +45,7 @@ from orchestrator.store.connection import (
     Pipeline,
     Redis,
     begin,
+    connect,
     read_timeout,
     to_store_error,
     translate_errors,
@@ -57,6 +58,7 @@ __all__ = [
     "PublisherStats",
     "StreamPage",
     "StreamReader",
+    "connect_blocking",
     "decode_entry",
 ]
 
@@ -67,6 +69,14 @@ WIRE_VERSION = "1"
 DEFAULT_BLOCK_MS = 5000
 _KINDS = frozenset({"event", "response", "status"})
 _REDIS_FAILURES: tuple[type[BaseException], ...] = (redis_errors.RedisError, OSError)
+
+
+def connect_blocking(url: str, *, timeout_s: float, connect_timeout_s: float) -> Redis:
+    """A client for blocking stream reads (`StreamReader(blocking=...)`): its read timeout
+    is `timeout_s` past the longest block, so a block never times out by itself."""
+    return connect(
+        url, timeout_s=timeout_s + DEFAULT_BLOCK_MS / 1000, connect_timeout_s=connect_timeout_s
+    )
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.embedded import free_port
+from orchestrator.cli.embedded import free_port
 from tests.integration.test_demo import DemoProcess
 
 CHROMIUM = "/usr/bin/chromium"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.embedded import free_port
+from orchestrator.cli.embedded import free_port
 
 pytestmark = pytest.mark.integration
 

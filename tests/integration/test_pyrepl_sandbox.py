@@ -21,7 +21,7 @@ from orchestrator.errors import SandboxLimitError
 from orchestrator.ports import ToolSession
 from orchestrator.pyrepl import PyRepl, SandboxLimits, SandboxPolicy
 from orchestrator.runtime.journal import InMemorySessionJournal
-from orchestrator.runtime.selfref import ToolRuntime
+from orchestrator.runtime.tools import ToolRuntime
 
 pytestmark = [
     pytest.mark.timeout(90),

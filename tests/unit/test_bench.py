@@ -4,7 +4,6 @@ The whole bench (`orchestrator bench --quick`) is run by hand."""
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 from typing import Any
@@ -13,20 +12,9 @@ import pytest
 import redis
 from rich.console import Console
 
-from orchestrator.bench import (
-    Plan,
-    Row,
-    Summary,
-    bench_script,
-    choose_redis,
-    format_ratio,
-    format_value,
-    percentile,
-    render,
-    run_bench,
-    split_batches,
-)
-from orchestrator.bench_forks import (
+from orchestrator.bench import run_bench
+from orchestrator.bench.core import Plan, bench_script, split_batches
+from orchestrator.bench.forks import (
     ROOT_MESSAGE,
     BaselineSample,
     ForkPlan,
@@ -36,6 +24,8 @@ from orchestrator.bench_forks import (
     fork_script,
     peak_overlap,
 )
+from orchestrator.bench.report import Row, Summary, format_ratio, format_value, percentile, render
+from orchestrator.cli.embedded import choose_redis
 from orchestrator.keys import Keys
 from orchestrator.mock_llm.request import parse_chat_request
 from orchestrator.mock_llm.script import parse_script
@@ -235,8 +225,7 @@ def test_quick_fork_section_measures_1_and_2_workers_and_cleans_up(
 ) -> None:
     """`orchestrator bench --quick --only forks` against the real Redis: worker, arq and
     scripted-model processes started and stopped, sane figures, no key left behind."""
-    args = argparse.Namespace(quick=True, only="forks", redis=redis_url, prefix=keys.prefix)
-    code = run_bench(args)
+    code = run_bench(redis_url, quick=True, only="forks", prefix=keys.prefix)
     out = capsys.readouterr().out
     assert code == 0, out
     summary = json.loads(out.strip().splitlines()[-1])

@@ -97,9 +97,43 @@ def test_every_name_the_docs_use_exists(doc: str, name: str) -> None:
         pytest.fail(f"{doc} uses {name}, which does not exist: {exc}")
 
 
+def _exported_from(dotted: str) -> tuple[ModuleType, str] | None:
+    """(module, name) when `dotted` names something a module exports (`orchestrator.X`,
+    `orchestrator.sub.X`), None when it names a module itself (`orchestrator.mock_llm`)."""
+    module_name, _, name = dotted.rpartition(".")
+    module = importlib.import_module(module_name)
+    if isinstance(getattr(module, name, None), ModuleType):
+        return None
+    if module is not orchestrator and not hasattr(module, "__all__"):
+        return None
+    return module, name
+
+
+@pytest.mark.parametrize(("doc", "name"), _documented())
+def test_every_name_the_docs_import_is_in_its_modules_all(doc: str, name: str) -> None:
+    """`from orchestrator import X` in the docs means X is public: in `__all__` (of the
+    package, or of the documented submodule), so a dropped export fails here."""
+    exported = _exported_from(name)
+    if exported is not None:
+        module, attr = exported
+        assert attr in module.__all__, f"{doc} uses {name}, missing from {module.__name__}.__all__"
+
+
+def test_every_public_name_exists() -> None:
+    missing = [name for name in orchestrator.__all__ if getattr(orchestrator, name, None) is None]
+    assert missing == []
+
+
 @pytest.mark.parametrize(
     "name",
     [
+        "AbortSignal",
+        "EventYield",
+        "ResponseYield",
+        "StoreUnavailable",
+        "RunNotFound",
+        "SessionNotOwned",
+        "ToolError",
         "connect",
         "Client",
         "Run",
@@ -126,6 +160,20 @@ def test_importing_the_package_for_in_process_agents_does_not_load_redis() -> No
         "assert 'redis' not in sys.modules and 'arq' not in sys.modules, 'loaded early'\n"
         "orchestrator.connect\n"
         "assert 'redis' in sys.modules, 'connect did not load the client'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+
+
+def test_importing_the_package_loads_none_of_the_edges() -> None:
+    """The API, the command line and the bench (and the extras they need) are imported
+    only by whoever uses them."""
+    code = (
+        "import sys, orchestrator\n"
+        "edges = ('orchestrator.api', 'orchestrator.cli', 'orchestrator.bench',\n"
+        "         'fastapi', 'uvicorn', 'fakeredis')\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(edges))\n"
+        "assert not loaded, loaded\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr

@@ -19,8 +19,9 @@ from orchestrator.events import (
     ToolCallEndEvent,
     ToolCallStartEvent,
 )
+from orchestrator.ports import SpawnRequest
 from orchestrator.runtime import AgentSpec, TurnState, agent_spec, run_turn
-from orchestrator.runtime.forks import SpawnRequest, inherited_context
+from orchestrator.runtime.forks import inherited_context
 from tests.fixtures_llm import MockLLMFactory
 
 pytestmark = pytest.mark.timeout(20)

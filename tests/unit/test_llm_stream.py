@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from orchestrator.llm.stream import ChunkAccumulator, StreamResumer
+from orchestrator.llm.stream import StreamResumer
 from orchestrator.llm.testing import text_chunks
+from orchestrator.ports import ChunkAccumulator
 
 
 def _tool_piece(index: int, **fields: Any) -> dict[str, Any]:

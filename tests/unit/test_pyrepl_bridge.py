@@ -13,7 +13,8 @@ from orchestrator.ports import ToolSession
 from orchestrator.pyrepl.bridge import LiveBridge, ReplayBridge
 from orchestrator.runtime import agent_spec, run_turn
 from orchestrator.runtime.journal import InMemorySessionJournal
-from orchestrator.runtime.selfref import ToolRuntime
+from orchestrator.runtime.selfref import make_tool_runtime
+from orchestrator.runtime.tools import ToolRuntime
 from tests.fixtures_llm import MockLLMFactory
 
 pytestmark = pytest.mark.timeout(20)
@@ -25,7 +26,7 @@ def call(op: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
 
 def with_memory() -> tuple[SelfReference, ToolRuntime]:
     selfref = SelfReference()
-    return selfref, ToolRuntime(selfref.bind("agent"))
+    return selfref, make_tool_runtime(selfref.bind("agent"))
 
 
 async def test_a_primitive_call_writes_memory_and_is_recorded() -> None:

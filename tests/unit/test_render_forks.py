@@ -14,6 +14,7 @@ from typing import Any
 
 from rich.console import Console
 
+from orchestrator.cli.render import EventRenderer, text_bar
 from orchestrator.events import (
     CustomEvent,
     EventOrigin,
@@ -29,7 +30,6 @@ from orchestrator.events import (
     ToolCallEndEvent,
     ToolCallStartEvent,
 )
-from orchestrator.render import EventRenderer, text_bar
 from orchestrator.runs import RunStatus, StatusEntry, StreamEntry
 
 ROOT = "run1"

@@ -14,9 +14,10 @@ from pydantic import BaseModel, Field
 from typing_extensions import TypedDict
 
 from orchestrator.errors import AgentError, ToolError
-from orchestrator.runtime.selfref import SelfReference, ToolRuntime, make_tool_runtime
+from orchestrator.runtime.selfref import SelfReference, make_tool_runtime
 from orchestrator.runtime.tools import (
     Tool,
+    ToolRuntime,
     format_tool_result,
     parse_arguments,
     tool,

@@ -1,4 +1,4 @@
-"""A Redis for machines that have none: the demo's default.
+"""A Redis for machines that have none: the demo's (and the bench's) default.
 
 Prefers a real `redis-server` binary found on PATH (started on a free port, nothing saved
 to disk); otherwise falls back to fakeredis's in-process TCP server. Either way it is a
@@ -8,15 +8,19 @@ throwaway server that lives as long as the command, and it says so.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from types import TracebackType
 
 from orchestrator.errors import ConfigError
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def free_port() -> int:
@@ -105,10 +109,13 @@ class EmbeddedRedis:
         self.kind = f"redis-server from {binary}"
 
     def _start_fake(self) -> None:
-        try:
+        try:  # imported here: fakeredis (the embedded extra) is needed only in this case
             from fakeredis import TcpFakeServer
-        except ImportError as exc:  # pragma: no cover - fakeredis is a dependency
-            raise ConfigError("no redis-server on PATH and fakeredis is not installed") from exc
+        except ImportError as exc:  # fakeredis is the embedded extra
+            raise ConfigError(
+                "no redis-server on PATH, and fakeredis is not installed: "
+                "pip install 'orchestrator[embedded]'"
+            ) from exc
         self.port = free_port()
         server = TcpFakeServer(("127.0.0.1", self.port), server_type="redis")
         server.daemon_threads = True
@@ -150,3 +157,26 @@ class EmbeddedRedis:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _redis_answers(host: str = "127.0.0.1", port: int = 6379) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def choose_redis(url: str | None) -> Iterator[tuple[str, str]]:
+    """(url, label): the given URL, else the local Redis, else an embedded one."""
+    url = url or os.environ.get("ORCHESTRATOR_REDIS_URL")
+    if url:
+        yield url, f"{url} (given)"
+        return
+    if _redis_answers():
+        yield DEFAULT_REDIS_URL, f"real Redis at {DEFAULT_REDIS_URL}"
+        return
+    with EmbeddedRedis() as server:
+        yield server.url, server.label

@@ -2,8 +2,8 @@
 
 Like any agents module it builds its LLM interface at import from its own configuration:
 ORCHESTRATOR_BENCH_LLM_URL, which the bench sets to the scripted model it starts. What the
-model answers depends on the message (see `orchestrator.bench.bench_script` and
-`orchestrator.bench_forks.fork_script`): a one-word reply at zero latency, a long fast
+model answers depends on the message (see `orchestrator.bench.core.bench_script` and
+`orchestrator.bench.forks.fork_script`): a one-word reply at zero latency, a long fast
 stream, a very long stream to abort, or, for `bench_forker`, a fan-out of forks.
 """
 
@@ -15,6 +15,8 @@ from typing import Any
 
 from orchestrator import OpenAICompatible, SelfReference, llm_chat, tool
 
+# The bench's workers serve this module (`--agents`).
+MODULE = __name__
 LLM_URL_ENV = "ORCHESTRATOR_BENCH_LLM_URL"
 # The task every fork of `bench_fan_out` gets, numbered; the scripted model's fork rule
 # matches "Task: <this>" in the fork's last user message.

@@ -1,6 +1,6 @@
 """`orchestrator bench`, section 6: one parent fans out to many forks and gathers them.
 
-    ours       `bench_agents:bench_forker` submitted once; its first (scripted) LLM reply
+    ours       `bench.agents:bench_forker` submitted once; its first (scripted) LLM reply
                calls `bench_fan_out`, a tool that spawns N forks from code, 32 at a
                time, and gathers them. Each fork is its own arq job making exactly one
                scripted LLM call (`llm_ms` latency) and answering. The gather suspends the
@@ -33,28 +33,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import RedisError
 from rich.console import Console
 
 from orchestrator.aio import cancel_and_wait
-from orchestrator.bench import (
-    AGENT_MODULE,
-    ARQ_NOOP,
+from orchestrator.bench.agents import FORK_TASK, LLM_URL_ENV
+from orchestrator.bench.agents import MODULE as AGENT_MODULE
+from orchestrator.bench.children import ARQ_NOOP, connect_stock_arq
+from orchestrator.bench.procs import (
     FIRST_START_TIMEOUT_S,
     GAP_S,
-    LLM_URL_ENV,
     BenchError,
     Child,
-    Row,
-    _free_port,
-    _port_open,
     delete_bench_keys,
-    percentile,
+    free_port,
+    port_open,
 )
-from orchestrator.bench_agents import FORK_TASK
-from orchestrator.keys import Keys
+from orchestrator.bench.report import Row, percentile
+from orchestrator.client import connect
+from orchestrator.errors import StoreError
+from orchestrator.keys import BenchKeys
 from orchestrator.runs import RunRecord, RunStatus, fork_run_id
 from orchestrator.settings import Settings
+from orchestrator.store.connection import connect as connect_raw
+from orchestrator.store.connection import translate_errors
+from orchestrator.store.queue import job_id
 
 __all__ = [
     "FORK_AGENT",
@@ -291,11 +293,12 @@ def _process_cpu_s(pids: Iterable[int]) -> float | None:
 async def _redis_usage(raw: Any) -> tuple[float | None, float | None]:
     """(CPU seconds, commands processed) of the whole Redis server so far."""
     try:
-        cpu = await raw.info("cpu")
-        stats = await raw.info("stats")
+        async with translate_errors("INFO"):
+            cpu = await raw.info("cpu")
+            stats = await raw.info("stats")
         seconds = float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
         return seconds, float(stats["total_commands_processed"])
-    except (RedisError, KeyError, ValueError):  # INFO hidden or unfamiliar: rows left out
+    except (StoreError, KeyError, ValueError):  # INFO hidden or unfamiliar: rows left out
         return None, None
 
 
@@ -315,14 +318,17 @@ class _Procs:
 class ForkBench:
     """Starts the section's processes, measures, cleans up. One instance per run."""
 
-    def __init__(self, url: str, prefix: str, plan: ForkPlan, console: Console, logdir: Path):
+    def __init__(
+        self, url: str, names: BenchKeys, plan: ForkPlan, console: Console, logdir: Path
+    ) -> None:
         self.url = url
         self.plan = plan
         self.console = console
         self.logdir = logdir
-        self.keys = Keys(prefix)
-        self.arq_queue = f"{prefix}:arq-queue"
-        self.arq_done = f"{prefix}:arq-done"
+        self.names = names
+        self.keys = names.ours
+        self.arq_queue = names.arq_queue()
+        self.arq_done = names.arq_done()
         self.token = uuid.uuid4().hex[:12]
         self.job_ids: set[str] = set()
         self.procs = _Procs()
@@ -341,14 +347,14 @@ class ForkBench:
         return Child(name, [sys.executable, *argv], self.logdir, self.env)
 
     def start_llm(self) -> None:
-        port = _free_port()
+        port = free_port()
         script = self.logdir / "fork-script.json"
         script.write_text(json.dumps(fork_script(self.plan)))
         self.env[LLM_URL_ENV] = f"http://127.0.0.1:{port}/v1"
         argv = ["-m", "orchestrator.cli", "mock-llm", "--port", str(port), "--script", str(script)]
         self.procs.llm = llm = self._spawn("fork-mock-llm", argv)
         deadline = time.monotonic() + 30
-        while not _port_open(port):
+        while not port_open(port):
             llm.check()
             if time.monotonic() > deadline:
                 raise BenchError("the scripted model did not start")
@@ -382,15 +388,10 @@ class ForkBench:
     # -- connections ----------------------------------------------------------------------
 
     async def connect(self) -> None:
-        from arq.connections import RedisSettings, create_pool
-
-        from orchestrator.client import connect
-        from orchestrator.store.connection import connect as connect_raw
-
         settings = Settings(redis_url=self.url, key_prefix=self.keys.prefix)
         self._conns = {
             "client": await connect(self.url, settings=settings),
-            "arq": await create_pool(RedisSettings.from_dsn(self.url)),
+            "arq": await connect_stock_arq(self.url),
             "raw": connect_raw(self.url),
         }
 
@@ -437,7 +438,7 @@ class ForkBench:
 
     async def _arq_seen(self, workers: int, deadline: float) -> None:
         """Single jobs until each arq worker process has run one (they poll every 0.5 s)."""
-        key = f"{self.keys.prefix}:arq-warm"
+        key = self.names.arq_warm()
         pids: set[int] = set()
         while len(pids) < workers:
             self.check()
@@ -487,8 +488,6 @@ class ForkBench:
         return _fork_sample(wall, root, done, entries, usage, spawned_on)
 
     def _remember_jobs(self, records: Iterable[RunRecord]) -> None:
-        from orchestrator.store.queue import job_id
-
         for record in records:
             for attempt in range(1, record.attempt + 1):
                 for segment in range(record.segment + 2):
@@ -562,7 +561,7 @@ class ForkBench:
 
     async def cleanup(self) -> int:
         """Delete every key under the section's prefix and the arq keys of its jobs."""
-        return await delete_bench_keys(self.url, self.keys, self.job_ids)
+        return await delete_bench_keys(self.url, self.names, self.job_ids)
 
 
 async def _first_worker(run: Any) -> str | None:
@@ -624,7 +623,7 @@ def run_fork_bench(url: str, prefix: str, quick: bool, console: Console, logdir:
         f"{plan.concurrency} slots per worker; workers {list(plan.workers)}; "
         f"{plan.reps} repetition(s); max_forks_per_agent={max(plan.forks, plan.warmup_forks)}"
     )
-    bench = ForkBench(url, f"{prefix}:forks", plan, console, logdir)
+    bench = ForkBench(url, BenchKeys(prefix).forks, plan, console, logdir)
     try:
         bench.start_llm()
         return asyncio.run(bench.measure())

@@ -1,35 +1,8 @@
-"""`orchestrator bench`: issue 3's figures, each beside a baseline measured in the same run.
-
-    1. enqueue-to-start latency    ours: an idle `orchestrator worker` (woken by pub/sub)
-                                   baseline: a stock arq Worker, default settings (0.5 s poll)
-    2. per-turn overhead           ours: submit -> result() through a worker
-                                   baseline: the same llm_chat agent run in-process
-    3. event delivery worker->reader
-                                   ours: event.timestamp (set on the worker) -> run.stream()
-                                   baseline: raw XADD (another process) -> blocked XREAD
-    4. events/s from one worker    ours: EventPublisher (encode + batched MULTI/EXEC)
-                                   baseline: raw pipelined XADD of the same JSON payloads
-    5. abort latency               run.abort() -> the run's ReactEnd / terminal status seen
-                                   by a reader (arq has no equivalent: no baseline)
-    6. fork fan-out                in `orchestrator.bench_forks`: N forks gathered by one
-                                   parent on 1 and 2 workers; baseline: N no-op arq jobs
-
-`--only core` runs 1-5, `--only forks` runs 6; the default runs both.
-
-Every worker (ours and arq's) and the scripted model run as subprocesses so the measuring
-process shares no event loop with them. Local intervals use time.perf_counter; intervals
-across processes use time.time (one machine, one clock). Redis: `--redis`, else
-$ORCHESTRATOR_REDIS_URL, else the real Redis at 127.0.0.1:6379 if it answers, else an
-embedded one. All keys live under a unique prefix and are deleted at the end (SCAN + DEL,
-plus the arq job keys of the jobs the bench created; never FLUSH*).
-
-`python -m orchestrator.bench ROLE ...` runs the bench's helper processes (no-op worker,
-stock arq worker, raw XADD writer); it is not meant to be called by hand.
-"""
+"""`orchestrator bench`, sections 1-5: dispatch, per-turn overhead, event delivery,
+publisher throughput and abort latency, each beside a baseline measured in the same run."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import importlib
@@ -37,22 +10,30 @@ import json
 import math
 import os
 import random
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from arq.worker import func
 from rich.console import Console
-from rich.table import Table
 
+from orchestrator.bench.agents import LLM_URL_ENV
+from orchestrator.bench.agents import MODULE as AGENT_MODULE
+from orchestrator.bench.children import ARQ_NOOP, connect_stock_arq
+from orchestrator.bench.procs import (
+    FIRST_START_TIMEOUT_S,
+    GAP_S,
+    BenchError,
+    Child,
+    delete_bench_keys,
+    free_port,
+    port_open,
+)
+from orchestrator.bench.report import Row, Summary, percentile
+from orchestrator.client import connect
 from orchestrator.events import (
     EventOrigin,
     EventYield,
@@ -61,48 +42,18 @@ from orchestrator.events import (
     ReactStartEvent,
     output_to_json,
 )
-from orchestrator.keys import Keys
+from orchestrator.keys import BenchKeys
 from orchestrator.runs import RunRequest, RunStatus
 from orchestrator.settings import Settings
+from orchestrator.store.connection import connect as connect_raw
+from orchestrator.store.queue import JobQueue, connect_queue, job_id
+from orchestrator.store.streams import EventPublisher
 
-if TYPE_CHECKING:
-    from arq.cron import CronJob
-    from arq.typing import StartupShutdown, WorkerCoroutine
-    from arq.worker import Function
+__all__ = ["LEGEND", "Plan", "bench_script", "run_core", "split_batches"]
 
-__all__ = [
-    "Plan",
-    "Row",
-    "Summary",
-    "bench_script",
-    "format_ratio",
-    "format_value",
-    "main",
-    "percentile",
-    "run_bench",
-    "split_batches",
-]
-
-AGENT_MODULE = "orchestrator.bench_agents"
 AGENT = f"{AGENT_MODULE}:bench_chat"
-LLM_URL_ENV = "ORCHESTRATOR_BENCH_LLM_URL"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-ARQ_NOOP = "bench_arq_noop"
-# Sequential jobs wait a random gap first; it spans one arq poll period (0.5 s), so the
-# baseline's poll phase at enqueue time is uniformly random.
-GAP_S = (0.0, 0.5)
 START_TIMEOUT_S = 15.0
-FIRST_START_TIMEOUT_S = 45.0
 TURN_TIMEOUT_S = 60.0
-_STARTS_CTX = "bench_starts_key"
-_ARQ_KEY_PREFIXES = ("arq:job:", "arq:result:", "arq:in-progress:", "arq:retry:")
-
-
-class BenchError(Exception):
-    """The bench could not measure something (a process died, a run failed)."""
-
-
-# -- plan ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -157,91 +108,6 @@ def bench_script(plan: Plan) -> dict[str, Any]:
     }
 
 
-# -- statistics and figures ------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100), interpolating linearly between closest ranks
-    (numpy's default method)."""
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile must be within 0..100, not {q}")
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
-@dataclass(frozen=True)
-class Summary:
-    n: int
-    mean: float
-    p50: float
-    p99: float
-    maximum: float
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Summary:
-        if not values:
-            raise ValueError("summary of no values")
-        return cls(
-            n=len(values),
-            mean=sum(values) / len(values),
-            p50=percentile(values, 50),
-            p99=percentile(values, 99),
-            maximum=max(values),
-        )
-
-
-@dataclass(frozen=True)
-class Row:
-    """One printed figure. Latencies are in ms, throughput in events/s."""
-
-    group: str
-    key: str
-    metric: str
-    ours: float
-    baseline: float | None
-    unit: str
-    n: int | None = None
-
-    @property
-    def ratio(self) -> float | None:
-        if self.baseline is None or self.baseline == 0:
-            return None
-        return self.ours / self.baseline
-
-    def as_json(self) -> dict[str, Any]:
-        ratio = self.ratio
-        return {
-            "ours": round(self.ours, 3),
-            "baseline": None if self.baseline is None else round(self.baseline, 3),
-            "ratio": None if ratio is None else round(ratio, 4),
-            "unit": self.unit,
-            "n": self.n,
-        }
-
-
-def format_value(value: float | None, unit: str) -> str:
-    if value is None:
-        return "n/a"
-    if unit == "ev/s":
-        return f"{value:,.0f} ev/s"
-    if abs(value) >= 100:
-        return f"{value:.0f} {unit}"
-    if abs(value) >= 10:
-        return f"{value:.1f} {unit}"
-    return f"{value:.2f} {unit}"
-
-
-def format_ratio(ratio: float | None) -> str:
-    if ratio is None:
-        return "n/a"
-    return f"{ratio:.3f}x" if ratio < 0.1 else f"{ratio:.2f}x"
-
-
 def split_batches(items: Sequence[bytes], batches: int) -> list[Sequence[bytes]]:
     """`items` cut into `batches` consecutive, near-equal slices (none empty)."""
     batches = max(1, min(batches, len(items)))
@@ -272,7 +138,6 @@ def _latency_rows(
 
 
 LEGEND = (
-    "ratio = ours / baseline (latency: lower is better; events/s: higher is better).",
     "[b]1 enqueue→start[/]: time.time() just before the enqueue call in this process → "
     "time.time() at the first line of the job on the worker process. Ours: JobQueue.enqueue"
     " (arq enqueue + wake publish) to an idle `orchestrator worker` whose job function is a "
@@ -298,177 +163,6 @@ LEGEND = (
     "Workers poll the abort key every 50 ms (Settings.abort_poll_s). arq has no comparable "
     "mechanism (Job.abort is opt-in, polled and unreliable), so no baseline.",
 )
-
-
-def render(
-    console: Console, rows: Sequence[Row], title: str, legend: Sequence[str] = LEGEND
-) -> None:
-    table = Table(title=title, title_justify="left")
-    table.add_column("metric")
-    table.add_column("ours", justify="right")
-    table.add_column("baseline", justify="right")
-    table.add_column("ratio", justify="right")
-    table.add_column("n", justify="right")
-    group = None
-    for row in rows:
-        if group is not None and row.group != group:
-            table.add_section()
-        group = row.group
-        table.add_row(
-            row.metric,
-            format_value(row.ours, row.unit),
-            format_value(row.baseline, row.unit),
-            format_ratio(row.ratio),
-            "" if row.n is None else str(row.n),
-        )
-    console.print(table)
-    for line in legend:
-        console.print(line, highlight=False)
-
-
-# -- helper processes --------------------------------------------------------------------
-
-
-class Child:
-    """A subprocess of the bench, its output kept in a log file."""
-
-    def __init__(self, name: str, argv: list[str], logdir: Path, env: dict[str, str]) -> None:
-        self.name = name
-        self.log_path = logdir / f"{name}.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-
-    def tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def check(self) -> None:
-        code = self.proc.poll()
-        if code is not None:
-            raise BenchError(f"{self.name} exited with {code}:\n{self.tail()}")
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _port_open(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-        return True
-    return False
-
-
-def _redis_answers(host: str = "127.0.0.1", port: int = 6379) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def choose_redis(url: str | None) -> Iterator[tuple[str, str]]:
-    """(url, label): the given URL, else the local Redis, else an embedded one."""
-    url = url or os.environ.get("ORCHESTRATOR_REDIS_URL")
-    if url:
-        yield url, f"{url} (given)"
-        return
-    if _redis_answers():
-        yield DEFAULT_REDIS_URL, f"real Redis at {DEFAULT_REDIS_URL}"
-        return
-    from orchestrator.embedded import EmbeddedRedis
-
-    with EmbeddedRedis() as server:
-        yield server.url, server.label
-
-
-# -- job functions run by the helper workers ------------------------------------------------
-
-
-async def _noop_turn(ctx: dict[str, Any], payload: Any) -> None:
-    """Replaces run_turn on the bench's `orchestrator worker`: records when it started."""
-    start = time.time()
-    run_id = payload.get("run_id") if isinstance(payload, dict) else None
-    await ctx["redis"].rpush(ctx[_STARTS_CTX], json.dumps({"id": run_id, "start": start}))
-
-
-async def _arq_noop(ctx: dict[str, Any], key: str, job: str) -> None:
-    """The stock arq worker's job: records when it started (and on which process)."""
-    start = time.time()
-    await ctx["redis"].rpush(key, json.dumps({"id": job, "start": start, "pid": os.getpid()}))
-
-
-class ArqBaselineSettings:
-    """A stock arq WorkerSettings: arq's defaults except the function list (and, given on
-    the command line, the Redis URL and a queue name under the bench's prefix)."""
-
-    functions: Sequence[WorkerCoroutine | Function] = [func(_arq_noop, name=ARQ_NOOP)]
-    cron_jobs: Sequence[CronJob] | None = None
-    on_startup: StartupShutdown | None = None
-    on_shutdown: StartupShutdown | None = None
-
-
-async def _serve_noop_worker(url: str, prefix: str, starts: str) -> None:
-    from orchestrator.store.queue import RUN_TURN
-    from workers.worker import create_worker
-
-    settings = Settings(redis_url=url, key_prefix=prefix)
-    worker = await create_worker(settings, [AGENT_MODULE])
-    # The real worker (wake-ups, heartbeat, abort watcher, reaper): only the job is a no-op.
-    worker.functions[RUN_TURN] = func(_noop_turn, name=RUN_TURN, max_tries=1)
-    worker.ctx[_STARTS_CTX] = starts
-    try:
-        await worker.async_run()
-    except asyncio.CancelledError:
-        pass
-    finally:
-        await worker.close()
-
-
-def _serve_arq_worker(url: str, queue: str, max_jobs: int | None = None) -> None:
-    from arq.connections import RedisSettings
-    from arq.worker import run_worker
-
-    extra: dict[str, Any] = {} if max_jobs is None else {"max_jobs": max_jobs}
-    run_worker(
-        ArqBaselineSettings, redis_settings=RedisSettings.from_dsn(url), queue_name=queue, **extra
-    )
-
-
-def _write_raw(url: str, stream: str, count: int, interval_ms: float, pad: int) -> None:
-    """XADD `count` timestamped payloads one at a time, `interval_ms` apart, then an end."""
-    import redis
-
-    client = redis.Redis.from_url(url)
-    filler = "x" * pad
-    try:
-        for i in range(count):
-            payload = json.dumps({"i": i, "ts": time.time(), "pad": filler})
-            client.xadd(stream, {"data": payload})
-            time.sleep(interval_ms / 1000)
-        client.xadd(stream, {"end": "1"})
-    finally:
-        client.close()
-
-
-# -- measurements -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -537,11 +231,12 @@ class Bench:
         self.console = console
         self.logdir = logdir
         self.token = uuid.uuid4().hex[:12]
-        self.keys = Keys(prefix)
-        self.noop_keys = Keys(f"{prefix}:noop")
-        self.arq_queue = f"{prefix}:arq-queue"
-        self.starts_ours = f"{prefix}:bench:starts-ours"
-        self.starts_arq = f"{prefix}:bench:starts-arq"
+        self.names = BenchKeys(prefix)
+        self.keys = self.names.ours
+        self.noop_keys = self.names.noop
+        self.arq_queue = self.names.arq_queue()
+        self.starts_ours = self.names.starts("ours")
+        self.starts_arq = self.names.starts("arq")
         self.job_ids: set[str] = set()
         self.children: list[Child] = []
         self.rng = random.Random()
@@ -557,7 +252,7 @@ class Bench:
         return child
 
     def start_children(self) -> None:
-        port = _free_port()
+        port = free_port()
         script = self.logdir / "script.json"
         script.write_text(json.dumps(bench_script(self.plan)))
         self.llm_url = f"http://127.0.0.1:{port}/v1"
@@ -573,7 +268,7 @@ class Bench:
         self._spawn("noop-worker", [*here, "noop-worker", *redis, *prefix])
         self._spawn("arq-worker", [*here, "arq-worker", *redis, "--queue", self.arq_queue])
         deadline = time.monotonic() + 30
-        while not _port_open(port):
+        while not port_open(port):
             self.children[0].check()
             if time.monotonic() > deadline:
                 raise BenchError("the scripted model did not start")
@@ -590,19 +285,13 @@ class Bench:
     # -- connections ----------------------------------------------------------------------
 
     async def connect(self) -> None:
-        from arq.connections import RedisSettings, create_pool
-
-        from orchestrator.client import connect
-        from orchestrator.store.connection import connect as connect_raw
-        from orchestrator.store.queue import JobQueue, connect_queue
-
         settings = Settings(redis_url=self.url, key_prefix=self.prefix)
         noop_pool = await connect_queue(self.url, self.noop_keys)
         self._conns = {
             "client": await connect(self.url, settings=settings),
             "noop_pool": noop_pool,
             "noop_queue": JobQueue(noop_pool, self.noop_keys),
-            "arq": await create_pool(RedisSettings.from_dsn(self.url)),
+            "arq": await connect_stock_arq(self.url),
             "raw": connect_raw(self.url),
         }
 
@@ -646,8 +335,6 @@ class Bench:
         return float(record["start"])
 
     async def _noop_ours(self, tag: str, timeout: float = START_TIMEOUT_S) -> float:
-        from orchestrator.store.queue import job_id
-
         run_id = f"{self.token}-noop-{tag}"
         request = RunRequest(run_id=run_id, session_id=run_id, agent=AGENT)
         self.job_ids.add(job_id(run_id, 1))
@@ -745,7 +432,7 @@ class Bench:
         return _latency_rows("3 delivery", "delivery", label, ours, base)
 
     async def _raw_delivery(self, count: int) -> list[float]:
-        stream = f"{self.prefix}:raw-delivery"
+        stream = self.names.raw_stream("delivery")
         sample = output_to_json(_chunk_outputs(1)[0])
         pad = max(0, len(sample) - 40)
         reader = asyncio.create_task(self._read_raw(stream))
@@ -806,8 +493,6 @@ class Bench:
         ]
 
     async def _publish(self, outputs: Sequence[EventYield], *, streamed: bool) -> tuple[float, int]:
-        from orchestrator.store.streams import EventPublisher
-
         session = uuid.uuid4().hex
         publisher = EventPublisher(self.raw, self.keys, session_id=session, run_id=session)
         t0 = time.perf_counter()
@@ -827,7 +512,7 @@ class Bench:
         return len(outputs) / elapsed, batches
 
     async def _raw_xadd(self, payloads: Sequence[bytes], batches: int) -> float:
-        stream = f"{self.prefix}:raw-xadd"
+        stream = self.names.raw_stream("xadd")
         run_id = uuid.uuid4().hex
         t0 = time.perf_counter()
         for batch in split_batches(payloads, batches):
@@ -898,24 +583,7 @@ class Bench:
 
     async def cleanup(self) -> int:
         """Delete every key under the prefix and the arq keys of the bench's jobs."""
-        return await delete_bench_keys(self.url, self.keys, self.job_ids)
-
-
-async def delete_bench_keys(url: str, keys: Keys, job_ids: Iterable[str]) -> int:
-    """Delete every key under `keys`' prefix and arq's keys of these jobs (never FLUSH*)."""
-    from orchestrator.store.connection import connect as connect_raw
-
-    client = connect_raw(url)
-    deleted = 0
-    try:
-        names: list[Any] = [p + jid for jid in sorted(job_ids) for p in _ARQ_KEY_PREFIXES]
-        async for name in client.scan_iter(match=keys.pattern(), count=1000):
-            names.append(name)
-        for start in range(0, len(names), 500):
-            deleted += int(await client.delete(*names[start : start + 500]))
-    finally:
-        await client.aclose()
-    return deleted
+        return await delete_bench_keys(self.url, self.names, self.job_ids)
 
 
 def _dispatch_rows(ours: list[float], arq: list[float], turns: list[TurnSample]) -> list[Row]:
@@ -951,17 +619,7 @@ def _turn_rows(turns: list[TurnSample], local: list[float]) -> list[Row]:
     return [Row("2 per-turn", k, m, o, b, "ms", dist.n) for k, m, o, b in figures]
 
 
-# -- entry points ----------------------------------------------------------------------------
-
-
-def _unique_prefix(base: str | None) -> str:
-    return f"{base or 'bench'}-{uuid.uuid4().hex[:10]}"
-
-
-SECTIONS = ("core", "forks")
-
-
-def _run_core(url: str, prefix: str, quick: bool, console: Console, logdir: Path) -> list[Row]:
+def run_core(url: str, prefix: str, quick: bool, console: Console, logdir: Path) -> list[Row]:
     """Sections 1-5; raises BenchError if something could not be measured."""
     bench = Bench(url, prefix, Plan.quick() if quick else Plan.full(), console, logdir)
     try:
@@ -971,102 +629,3 @@ def _run_core(url: str, prefix: str, quick: bool, console: Console, logdir: Path
         bench.stop_children()
         deleted = asyncio.run(bench.cleanup())
         console.print(f"[dim]cleanup: deleted {deleted} keys under {prefix!r} and arq's[/]")
-
-
-def _measure(
-    sections: Sequence[str], url: str, prefix: str, quick: bool, console: Console, logdir: Path
-) -> list[Row]:
-    from orchestrator.bench_forks import run_fork_bench
-
-    rows: list[Row] = []
-    if "core" in sections:
-        rows.extend(_run_core(url, prefix, quick, console, logdir))
-    if "forks" in sections:
-        rows.extend(run_fork_bench(url, prefix, quick, console, logdir))
-    return rows
-
-
-def _legend(sections: Sequence[str]) -> list[str]:
-    from orchestrator.bench_forks import FORK_LEGEND
-
-    lines = [LEGEND[0]]
-    if "core" in sections:
-        lines.extend(LEGEND[1:])
-    if "forks" in sections:
-        lines.extend(FORK_LEGEND)
-    return lines
-
-
-def run_bench(args: argparse.Namespace) -> int:
-    """`orchestrator bench`: measure, print the table and one JSON line. 0 on success.
-
-    `args.only` ("core": sections 1-5, "forks": section 6) runs one part; default both."""
-    import logging
-
-    logging.getLogger("arq").setLevel(logging.WARNING)
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console = Console(highlight=False, width=110)
-    quick = bool(getattr(args, "quick", False))
-    only = getattr(args, "only", None)
-    sections = [only] if only else list(SECTIONS)
-    mode = "quick" if quick else "full"
-    prefix = _unique_prefix(getattr(args, "prefix", None))
-    started = time.perf_counter()
-    with (
-        choose_redis(getattr(args, "redis", None)) as (url, label),
-        tempfile.TemporaryDirectory(prefix="orchestrator-bench-") as tmp,
-    ):
-        console.print(f"[bold]redis:[/] {label}; key prefix {prefix!r}")
-        console.print(
-            f"[bold]machine:[/] {os.cpu_count()} cores; {mode} run; {', '.join(sections)}"
-        )
-        try:
-            rows = _measure(sections, url, prefix, quick, console, Path(tmp))
-        except BenchError as exc:
-            console.print(f"[red]bench failed:[/] {exc}")
-            return 1
-    elapsed = time.perf_counter() - started
-    render(console, rows, f"orchestrator bench ({mode}, {elapsed:.0f} s)", _legend(sections))
-    summary = {
-        "bench": "orchestrator",
-        "quick": quick,
-        "sections": sections,
-        "redis": label,
-        "elapsed_s": round(elapsed, 1),
-        "figures": {row.key: row.as_json() for row in rows},
-    }
-    print(json.dumps(summary, ensure_ascii=False), flush=True)
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The bench's helper processes: `python -m orchestrator.bench ROLE ...`."""
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.bench")
-    sub = parser.add_subparsers(dest="role", required=True)
-    p = sub.add_parser("noop-worker")
-    p.add_argument("--redis", required=True)
-    p.add_argument("--prefix", required=True)
-    p.add_argument("--starts", required=True)
-    p = sub.add_parser("arq-worker")
-    p.add_argument("--redis", required=True)
-    p.add_argument("--queue", required=True)
-    p.add_argument("--max-jobs", type=int, help="arq's max_jobs (default: arq's)")
-    p = sub.add_parser("xadd-writer")
-    p.add_argument("--redis", required=True)
-    p.add_argument("--stream", required=True)
-    p.add_argument("--count", type=int, required=True)
-    p.add_argument("--interval-ms", type=float, required=True)
-    p.add_argument("--pad", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.role == "noop-worker":
-        asyncio.run(_serve_noop_worker(args.redis, args.prefix, args.starts))
-    elif args.role == "arq-worker":
-        _serve_arq_worker(args.redis, args.queue, args.max_jobs)
-    else:
-        _write_raw(args.redis, args.stream, args.count, args.interval_ms, args.pad)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

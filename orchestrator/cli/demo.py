@@ -12,7 +12,6 @@ stopped, in that order, before it exits. A second signal hurries that along.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -22,18 +21,23 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from rich.console import Console
 from rich.panel import Panel
 
 from orchestrator.aio import cancel_and_wait
-from orchestrator.render import EventRenderer, format_usage
+from orchestrator.cli.embedded import EmbeddedRedis, port_is_free
+from orchestrator.cli.extras import require_extra
+from orchestrator.cli.render import EventRenderer, format_usage
+from orchestrator.client import connect
+from orchestrator.mock_llm.script import load_script
+from orchestrator.mock_llm.testing import MockLLMThread
 from orchestrator.settings import Settings
+from workers.worker import create_worker
 
 DEMO_AGENTS = "orchestrator.demo_agents"
-PYREPL_AGENTS = "orchestrator.pyrepl.demo_agents"
 # How long in-process workers may finish their turns: at the end, and after a signal.
 DRAIN_S = 10.0
 DRAIN_AFTER_SIGNAL_S = 1.0
@@ -59,7 +63,7 @@ WEATHER = DemoPlan(DEMO_AGENTS, "weather_chat", "demo", PROMPTS)
 # `--pyrepl`: an agent that answers a data question by writing and running Python in its
 # sandboxed interpreter (the output streams live), then a follow-up that reuses its state.
 PYREPL = DemoPlan(
-    PYREPL_AGENTS,
+    DEMO_AGENTS,
     "data_analyst",
     "pyrepl",
     (
@@ -70,8 +74,22 @@ PYREPL = DemoPlan(
 )
 
 
-def _plan(args: argparse.Namespace) -> DemoPlan:
-    return PYREPL if getattr(args, "pyrepl", False) else WEATHER
+@dataclass(frozen=True)
+class DemoOptions:
+    """What `orchestrator demo` was asked for (its command-line options)."""
+
+    redis_url: str | None = None  # None: $ORCHESTRATOR_REDIS_URL, else an embedded Redis
+    external_workers: bool = False  # leave the turns to `orchestrator worker` processes
+    workers: int = 1  # in-process workers to start (without external_workers)
+    llm_url: str | None = None  # an OpenAI-compatible base URL instead of the scripted model
+    dashboard_port: int = 8000  # serve the dashboard here while the demo runs (0: off)
+    keep_open: bool = False  # keep the dashboard up after the demo ends
+    embedded: Literal["auto", "fake"] = "auto"  # a redis-server binary if found, or fakeredis
+    pyrepl: bool = False  # the PyRepl demo (PYREPL) instead of the weather assistant
+
+    @property
+    def plan(self) -> DemoPlan:
+        return PYREPL if self.pyrepl else WEATHER
 
 
 class StopSignals:
@@ -148,17 +166,13 @@ async def _unless_stopped(work: Coroutine[Any, Any, int], stop: asyncio.Event) -
 
 
 @contextlib.contextmanager
-def _model(args: argparse.Namespace, console: Console) -> Iterator[str]:
-    if args.llm_url:
-        console.print(f"[bold]model:[/] {args.llm_url} (your endpoint)")
-        yield args.llm_url
+def _model(options: DemoOptions, console: Console) -> Iterator[str]:
+    if options.llm_url:
+        console.print(f"[bold]model:[/] {options.llm_url} (your endpoint)")
+        yield options.llm_url
         return
-    from orchestrator.mock_llm.script import load_script
-    from orchestrator.mock_llm.testing import MockLLMThread
-
-    script_file = (
-        resources.files("orchestrator.mock_llm") / "scripts" / f"{_plan(args).script}.json"
-    )
+    script = f"{options.plan.script}.json"
+    script_file = resources.files("orchestrator.mock_llm") / "scripts" / script
     with resources.as_file(script_file) as path, MockLLMThread(load_script(str(path))) as llm:
         console.print(
             f"[bold yellow]model: SCRIPTED MODEL[/] at {llm.base_url} — answers come from "
@@ -168,53 +182,49 @@ def _model(args: argparse.Namespace, console: Console) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def _redis(args: argparse.Namespace, console: Console) -> Iterator[str]:
-    url = args.redis or os.environ.get("ORCHESTRATOR_REDIS_URL")
+def _redis(options: DemoOptions, console: Console) -> Iterator[str]:
+    url = options.redis_url or os.environ.get("ORCHESTRATOR_REDIS_URL")
     if url:
         console.print(f"[bold]redis:[/] {url}")
         yield url
         return
-    from orchestrator.embedded import EmbeddedRedis
-
-    with EmbeddedRedis(prefer_binary=args.embedded != "fake") as server:
+    with EmbeddedRedis(prefer_binary=options.embedded != "fake") as server:
         console.print(f"[bold yellow]redis: {server.label}[/]")
         yield server.url
 
 
 async def _run(
-    settings: Settings, args: argparse.Namespace, console: Console, signals: StopSignals
+    settings: Settings, options: DemoOptions, console: Console, signals: StopSignals
 ) -> int:
     with signals.in_loop() as stop:
-        return await _run_until_stopped(settings, args, console, signals, stop)
+        return await _run_until_stopped(settings, options, console, signals, stop)
 
 
 async def _run_until_stopped(
     settings: Settings,
-    args: argparse.Namespace,
+    options: DemoOptions,
     console: Console,
     signals: StopSignals,
     stop: asyncio.Event,
 ) -> int:
-    plan = _plan(args)
+    plan = options.plan
     workers: list[Any] = []
     tasks: list[asyncio.Task[None]] = []
-    if not args.external_workers:
-        from workers.worker import create_worker
-
-        for _ in range(max(1, args.workers)):
+    if not options.external_workers:
+        for _ in range(max(1, options.workers)):
             worker = await create_worker(settings, [plan.agents], handle_signals=False)
             workers.append(worker)
             tasks.append(asyncio.create_task(worker.async_run()))
         console.print(f"[bold]workers:[/] {len(workers)} in this process (arq, woken on submit)")
     else:
         console.print(f"[bold]workers:[/] external (`orchestrator worker --agents {plan.agents}`)")
-    dashboard = await _start_dashboard(settings, args, console)
+    dashboard = await _start_dashboard(settings, options, console)
     try:
         code = await _unless_stopped(_conversation(settings, console, plan), stop)
         if code is None:
             console.print(f"[yellow]stopped by {signals.name}:[/] stopping what the demo started")
             return signals.exit_code
-        if dashboard is not None and args.keep_open:
+        if dashboard is not None and options.keep_open:
             console.print("[bold]dashboard stays open:[/] Ctrl-C to quit")
             await stop.wait()  # the way to leave, so the demo's own result stands
         return code
@@ -236,32 +246,30 @@ async def _run_until_stopped(
             await cancel_and_wait(task)
 
 
-async def _start_dashboard(settings: Settings, args: argparse.Namespace, console: Console) -> Any:
+async def _start_dashboard(settings: Settings, options: DemoOptions, console: Console) -> Any:
     """Serve the API + dashboard in this process while the demo runs."""
-    if not args.dashboard_port:
+    if not options.dashboard_port:
         return None
+    # Imported here: the api extra is needed only while a dashboard is served.
     import uvicorn
 
     from orchestrator.api import create_app
-    from orchestrator.embedded import port_is_free
 
-    if not port_is_free(args.dashboard_port):
-        console.print(f"[dim]dashboard: port {args.dashboard_port} is busy; not served[/]")
+    if not port_is_free(options.dashboard_port):
+        console.print(f"[dim]dashboard: port {options.dashboard_port} is busy; not served[/]")
         return None
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=args.dashboard_port, log_level="warning"
+        create_app(settings), host="127.0.0.1", port=options.dashboard_port, log_level="warning"
     )
     server = uvicorn.Server(config)
     task = asyncio.get_running_loop().create_task(server.serve())
     console.print(
-        f"[bold]dashboard:[/] http://127.0.0.1:{args.dashboard_port}/ (live while the demo runs)"
+        f"[bold]dashboard:[/] http://127.0.0.1:{options.dashboard_port}/ (live while the demo runs)"
     )
     return server, task
 
 
 async def _conversation(settings: Settings, console: Console, plan: DemoPlan) -> int:
-    from orchestrator.client import connect
-
     client = await connect(settings=settings)
     renderer = EventRenderer(console)
     history: list[dict[str, Any]] = []
@@ -294,7 +302,9 @@ async def _conversation(settings: Settings, console: Console, plan: DemoPlan) ->
     return 0
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_demo(options: DemoOptions) -> int:
+    if options.dashboard_port:
+        require_extra("api")  # before starting anything
     # arq and the workers log every job, fork and resume at INFO; the rendered events say
     # it better here, so the demo shows warnings and errors only.
     logging.getLogger("arq").setLevel(logging.WARNING)
@@ -305,10 +315,10 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     with StopSignals().installed() as signals:
         try:
-            with _model(args, console) as llm_url, _redis(args, console) as redis_url:
+            with _model(options, console) as llm_url, _redis(options, console) as redis_url:
                 os.environ["ORCHESTRATOR_DEMO_LLM_URL"] = llm_url
                 settings = Settings.from_env(overrides={"redis_url": redis_url})
-                return asyncio.run(_run(settings, args, console, signals))
+                return asyncio.run(_run(settings, options, console, signals))
         except KeyboardInterrupt:
             if signals.signum is None:
                 raise

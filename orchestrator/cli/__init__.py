@@ -1,4 +1,10 @@
-"""`orchestrator` command line: thin — parse, build settings, call the library."""
+"""`orchestrator` command line: thin — parse, build settings, call the library.
+
+Only this module reads argparse: every command calls a function with plain arguments
+(`commands.submit(settings, agent, message, ...)`, `run_demo(DemoOptions(...))`,
+`run_bench(url, ...)`), which library code can call too. Commands that need an optional
+extra import it when they run; a missing one is reported with the extra to install.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,14 @@ from collections.abc import Sequence
 
 import structlog
 
+from orchestrator.cli.commands import abort, runs, submit, tail
+from orchestrator.cli.embedded import choose_redis
+from orchestrator.cli.extras import translate_missing
+from orchestrator.cli.health import check_workers
 from orchestrator.errors import OrchestratorError
+from orchestrator.mock_llm import serve as serve_mock_llm
 from orchestrator.settings import Settings
+from workers.worker import serve as serve_worker
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -30,28 +42,24 @@ def _add_redis(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_mock_llm(args: argparse.Namespace) -> int:
-    from orchestrator.mock_llm import serve
-
-    serve(args.host, args.port, args.script)
+    serve_mock_llm(args.host, args.port, args.script)
     return 0
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.check:
-        from orchestrator.health import check_workers
-
         return asyncio.run(check_workers(settings))
     if not args.agents:
         print("orchestrator worker: give at least one --agents MODULE", file=sys.stderr)
         return 2
-    from workers.worker import serve
-
-    asyncio.run(serve(settings, args.agents))
+    asyncio.run(serve_worker(settings, args.agents))
     return 0
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
+    # Imported here, like every edge that needs an extra: fastapi and uvicorn (the api
+    # extra) are not installed with the worker. `main` names the extra if one is missing.
     from orchestrator.api import parse_api_key
     from orchestrator.api.serve import serve
 
@@ -61,39 +69,70 @@ def _cmd_api(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from orchestrator.demo import run_demo
+    from orchestrator.cli.demo import DemoOptions, run_demo  # rich: the cli extra
 
-    return run_demo(args)
+    options = DemoOptions(
+        redis_url=args.redis,
+        external_workers=args.external_workers,
+        workers=args.workers,
+        llm_url=args.llm_url,
+        dashboard_port=args.dashboard_port,
+        keep_open=args.keep_open,
+        embedded=args.embedded,
+        pyrepl=args.pyrepl,
+    )
+    return run_demo(options)
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from orchestrator.commands import submit
-
-    return asyncio.run(submit(_settings(args), args))
+    return asyncio.run(
+        submit(
+            _settings(args),
+            args.agent,
+            args.message,
+            session_id=args.session,
+            history_file=args.history,
+            follow=args.follow,
+            as_json=args.json,
+        )
+    )
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
-    from orchestrator.commands import tail
-
-    return asyncio.run(tail(_settings(args), args))
+    return asyncio.run(
+        tail(
+            _settings(args),
+            args.id,
+            after=args.from_id,
+            follow=not args.no_follow,
+            as_json=args.json,
+        )
+    )
 
 
 def _cmd_abort(args: argparse.Namespace) -> int:
-    from orchestrator.commands import abort
-
-    return asyncio.run(abort(_settings(args), args))
+    return asyncio.run(abort(_settings(args), args.id, args.reason))
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from orchestrator.commands import runs
-
-    return asyncio.run(runs(_settings(args), args))
+    return asyncio.run(
+        runs(
+            _settings(args),
+            status=args.status,
+            agent=args.agent,
+            limit=args.limit,
+            as_json=args.json,
+        )
+    )
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from orchestrator.bench import run_bench
+    from orchestrator.bench import run_bench  # rich: the cli extra
 
-    return run_bench(args)
+    with choose_redis(args.redis) as (url, label):
+        return run_bench(
+            url, redis_label=label, quick=args.quick, only=args.only, prefix=args.prefix
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,14 +253,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = build_parser().parse_args(argv)
     try:
-        code: int = args.func(args)
+        with translate_missing():
+            code: int = args.func(args)
     except OrchestratorError as exc:
         print(f"orchestrator: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     return code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

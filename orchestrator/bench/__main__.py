@@ -1,0 +1,5 @@
+"""`python -m orchestrator.bench ROLE ...`: the bench's helper processes."""
+
+from orchestrator.bench.children import main
+
+raise SystemExit(main())

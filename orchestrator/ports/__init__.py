@@ -1,0 +1,64 @@
+"""The small interfaces the runtime and the adapters share. Nothing here imports redis,
+arq or httpx.
+
+    LLMInterface      a chat-completions model (OpenAICompatible over httpx implements it),
+                      and ChunkAccumulator, the one assembler of what it returns
+    MemoryStore       SelfReference memory per key (in-process dict, or Redis), with the
+                      values it trades in: MemorySnapshot, TranscriptBase, MemoryLimits
+    Checkpointer      where a turn's state is saved between steps (nothing, or Redis)
+    ForkBackend       starts forks and collects their results (Redis and arq on a worker),
+                      asked with a SpawnRequest
+    ForkPrimitives    `runtime.selfref.fork` as tool code sees it (spawn, gather_all)
+    SelfRefPrimitives `runtime.selfref` as tool code sees it (context, fork, guide)
+    SessionJournal    bounded records a tool keeps per session across turns and workers
+                      (JournalHead, JournalRecord, JournalLimits); ToolSession carries it
+
+Each lives in a module of this package (llm, memory, selfref, journal); import them from
+here.
+
+Events are not a port of their own: a turn is an async generator of outputs, and
+whoever drives it (llm_chat in-process, a worker) decides where they go.
+"""
+
+from orchestrator.ports.journal import (
+    JournalHead,
+    JournalLimits,
+    JournalRecord,
+    SessionJournal,
+    ToolSession,
+)
+from orchestrator.ports.llm import ChunkAccumulator, LLMInterface
+from orchestrator.ports.memory import (
+    Checkpointer,
+    Experience,
+    MemoryLimits,
+    MemorySnapshot,
+    MemoryStore,
+    TranscriptBase,
+)
+from orchestrator.ports.selfref import (
+    ForkBackend,
+    ForkPrimitives,
+    SelfRefPrimitives,
+    SpawnRequest,
+)
+
+__all__ = [
+    "Checkpointer",
+    "ChunkAccumulator",
+    "Experience",
+    "ForkBackend",
+    "ForkPrimitives",
+    "JournalHead",
+    "JournalLimits",
+    "JournalRecord",
+    "LLMInterface",
+    "MemoryLimits",
+    "MemorySnapshot",
+    "MemoryStore",
+    "SelfRefPrimitives",
+    "SessionJournal",
+    "SpawnRequest",
+    "ToolSession",
+    "TranscriptBase",
+]

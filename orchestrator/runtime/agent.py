@@ -1,0 +1,204 @@
+"""`AgentSpec`: an `llm_chat` agent as the runtime and the workers see it.
+
+`@llm_chat` keeps the spec on the function it returns, under `AGENT_ATTRIBUTE`
+(`fn.__orchestrator_agent__`); `agent_spec(fn)` reads it back. The spec holds the
+decorator's arguments and the function's identity, and builds the state of a new turn
+(or of a fork's turn) from JSON-able arguments, which is all a worker needs to run the
+same agent (`initial_state`, then `run_turn`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from orchestrator.errors import AgentError
+from orchestrator.events import MessageList
+from orchestrator.ports import (
+    ForkPrimitives,
+    LLMInterface,
+    MemoryStore,
+    ToolSession,
+    TranscriptBase,
+)
+from orchestrator.runtime import prompt
+from orchestrator.runtime.forks import fork_user_message
+from orchestrator.runtime.selfref import (
+    SelfRefContext,
+    SelfReference,
+    apply_system_addendum,
+    make_tool_runtime,
+)
+from orchestrator.runtime.state import OriginContext, TurnState
+from orchestrator.runtime.tools import Tool, ToolRuntime, toolkit_by_name
+from orchestrator.signals import ABORT_SIGNAL_PARAM
+
+__all__ = ["AGENT_ATTRIBUTE", "TEMPLATE_PARAMS", "AgentSpec", "ReturnMode", "agent_spec"]
+
+# Where `@llm_chat` keeps the AgentSpec on the function it returns.
+AGENT_ATTRIBUTE = "__orchestrator_agent__"
+TEMPLATE_PARAMS = "_template_params"
+ReturnMode = Literal["text", "raw"]
+
+
+@dataclass
+class AgentSpec:
+    """An `llm_chat` agent: the decorator's arguments plus the function's identity."""
+
+    name: str
+    module: str
+    qualname: str
+    signature: inspect.Signature
+    docstring: str
+    llm_interface: LLMInterface
+    toolkit: list[Tool] = field(default_factory=list)
+    max_tool_calls: int | None = None
+    stream: bool = True
+    return_mode: ReturnMode = "text"
+    enable_event: bool = False
+    strict_signature: bool = False
+    self_reference: SelfReference | None = None
+    self_reference_key: str | None = None
+    llm_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._tools = toolkit_by_name(self.toolkit)
+
+    @property
+    def memory_key(self) -> str:
+        """The SelfReference memory key: `self_reference_key`, else the function's name."""
+        return self.self_reference_key or self.name
+
+    def tool_map(self) -> dict[str, Tool]:
+        """The toolkit by tool name (a fresh dict each call)."""
+        return dict(self._tools)
+
+    def bind_memory(
+        self,
+        memory_key: str | None,
+        memory: MemoryStore | None = None,
+        fork: ForkPrimitives | None = None,
+    ) -> SelfRefContext | None:
+        """The SelfReference context for a turn (None without SelfReference)."""
+        if self.self_reference is None or memory_key is None:
+            return None
+        return self.self_reference.bind(memory_key, store=memory, fork=fork)
+
+    def tool_runtime(
+        self, context: SelfRefContext | None, session: ToolSession | None = None
+    ) -> ToolRuntime:
+        """What tools that declare a `runtime` parameter receive (`session`: the
+        distributed session a worker runs the turn in; None in-process)."""
+        return make_tool_runtime(context, session)
+
+    def origin(self, state: TurnState) -> OriginContext:
+        """The origin fields of a root (non-fork) call of this agent."""
+        instance = self.self_reference.instance_id if self.self_reference is not None else None
+        return OriginContext(selfref_instance_id=instance, memory_key=state.memory_key)
+
+    async def initial_state(
+        self,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        *,
+        session_id: str,
+        agent_call_id: str,
+        memory: MemoryStore | None = None,
+    ) -> TurnState:
+        """The state of a new turn for a call with these arguments (JSON values are fine).
+
+        Handles `_template_params` (formats the docstring) and drops `_abort_signal`.
+        """
+        kwargs = dict(kwargs)
+        template_params = kwargs.pop(TEMPLATE_PARAMS, None)
+        kwargs.pop(ABORT_SIGNAL_PARAM, None)
+        arguments = self._bind(args, kwargs)
+        history_name = prompt.history_param_name(self.signature)
+        raw_history = arguments.pop(history_name, None) if history_name else None
+        history = prompt.valid_history(raw_history, func_name=self.name)
+        system = prompt.format_system_prompt(self.docstring, template_params)
+        context = self.bind_memory(self.memory_key, memory)
+        from_memory = history is None
+        revision = 0
+        if context is not None:
+            # A history list replaces the stored memory; None reuses it.
+            history, revision = await context.begin_turn(history)
+        override, rest = prompt.split_system(history or [])
+        if override is not None and not from_memory:
+            system = override
+        user_message = prompt.render_user_message(arguments)
+        messages = prompt.build_messages(system, rest, user_message)
+        base = None
+        if context is not None:
+            addendum = await context.system_addendum(messages)
+            messages = apply_system_addendum(messages, addendum)
+            # Everything before the user message stands for what memory held.
+            base = TranscriptBase(
+                revision=revision,
+                count=len(messages) - (1 if user_message else 0),
+                writer=agent_call_id,
+            )
+        return TurnState(
+            session_id=session_id,
+            agent_call_id=agent_call_id,
+            func_name=self.name,
+            trace_id=f"{self.name}_{agent_call_id}",
+            messages=messages,
+            user_task_prompt=user_message,
+            memory_key=self.memory_key if context is not None else None,
+            memory_base=base,
+        )
+
+    async def fork_state(
+        self,
+        context: MessageList,
+        task: str,
+        *,
+        fork_id: str,
+        depth: int,
+        memory_key: str | None,
+        session_id: str,
+        agent_call_id: str,
+        memory: MemoryStore | None = None,
+    ) -> TurnState:
+        """The state of a fork's turn: the parent's `context` plus the fork's task.
+
+        The fork's memory key starts as that context (its experiences are its own), and
+        its turn saves its whole transcript there; the parent's key is never written.
+        """
+        user = fork_user_message(task, fork_id=fork_id, depth=depth)
+        messages = [*context, user]
+        selfref = self.bind_memory(memory_key, memory)
+        base = None
+        if selfref is not None:
+            revision = await selfref.replace_history(context)
+            messages = apply_system_addendum(messages, await selfref.system_addendum(messages))
+            base = TranscriptBase(revision=revision, count=len(context), writer=agent_call_id)
+        return TurnState(
+            session_id=session_id,
+            agent_call_id=agent_call_id,
+            func_name=self.name,
+            trace_id=f"{self.name}_{agent_call_id}",
+            messages=messages,
+            user_task_prompt=str(user["content"]),
+            memory_key=memory_key if selfref is not None else None,
+            memory_base=base,
+        )
+
+    def _bind(self, args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise AgentError(f"{self.name}: {exc}") from exc
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+
+def agent_spec(obj: Any) -> AgentSpec:
+    """The `AgentSpec` of an `llm_chat` agent (also through `functools.wraps` wrappers)."""
+    spec = getattr(obj, AGENT_ATTRIBUTE, None)
+    if not isinstance(spec, AgentSpec):
+        raise AgentError(f"{obj!r} is not an llm_chat agent")
+    return spec
