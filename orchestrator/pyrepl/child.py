@@ -37,6 +37,7 @@ import resource
 import signal
 import sys
 import threading
+import time
 import traceback
 from types import FrameType
 from typing import Any, NoReturn
@@ -526,18 +527,27 @@ class Repl:
 
     def _stop_other_processes(self) -> None:
         """Processes a cell started do not outlive it: signal every process of the
-        sandbox's uid in its namespace but this one (pid 1 is root), then reap ours."""
-        try:
-            os.kill(-1, signal.SIGKILL)
-        except ProcessLookupError:
-            return
+        sandbox's uid in its namespace but this one (pid 1 is root) until none is left
+        (a process forked while the signals went out is caught by the next round), and
+        reap our own children meanwhile (pid 1 reaps the orphans)."""
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except ProcessLookupError:
+                return  # nobody left (zombies count until they are reaped)
+            self._reap()
+            time.sleep(0.005)
+
+    @staticmethod
+    def _reap() -> None:
         while True:
             try:
-                os.waitpid(-1, 0)
+                pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
-            except InterruptedError:
-                continue
+            if pid == 0:
+                return
 
     def inspect(self, message: dict[str, Any]) -> None:
         variables: list[dict[str, str]] = []
