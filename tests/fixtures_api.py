@@ -7,7 +7,9 @@ SCRIPT          the scripted model's rules: weather questions call a tool; "answ
                 tool and then streaming a long answer (the Cairo fork also spawns a fork
                 of its own, for Giza: SUB_FORK); "check the cities" spawns forks that
                 end one after another (FORK_PACES) and completes once it has gathered
-                them; anything else gets a greeting
+                them; "grow a tree" makes a tree of depth 3 (TREE_BRANCHES forks, each
+                with TREE_TWIGS forks, each with one fork: TREE_AGENTS agents in all);
+                anything else gets a greeting
 scripted_llm    one scripted model for the whole session (agents modules fix their
                 LLM URL at import, so the URL must not change between tests)
 api_settings    Settings on the real Redis with this test's key prefix (keys deleted after)
@@ -40,6 +42,9 @@ FORK_CITIES = ("Oslo", "Lima", "Cairo")
 SUB_FORK = ("Cairo", "Giza")  # (the fork that forks again, the city of its own fork)
 FORK_PACES = {"Oslo": 0.5, "Lima": 1.5, "Cairo": 2.5}  # seconds each fork's lookup takes
 LLM_URL_ENV = "ORCHESTRATOR_API_TEST_LLM_URL"
+
+TREE_BRANCHES, TREE_TWIGS = 3, 2
+TREE_AGENTS = 1 + TREE_BRANCHES + 2 * TREE_BRANCHES * TREE_TWIGS
 
 SLOW_TEXT = " ".join(f"word{i}" for i in range(400))
 SLOW_LATENCY = {"first_token_ms": 50, "token_ms": 40}
@@ -131,10 +136,52 @@ FORK_RULES: list[dict[str, Any]] = [
     },
 ]
 
+# A tree of depth 3: root -> branch N -> twig N.M -> leaf N.M, each parent gathering.
+TREE_RULES: list[dict[str, Any]] = [
+    {
+        "name": "tree-root",
+        "match": {"last_role": "user", "last_user_contains": "grow a tree"},
+        "reply": {
+            "content": "Branching out.",
+            "tool_calls": [
+                *(_spawn(f"branch {b}") for b in range(1, TREE_BRANCHES + 1)),
+                GATHER,
+            ],
+        },
+    },
+    {
+        "name": "tree-branch",
+        "match": {"last_role": "user", "regex": r"Task: branch (\d+)$"},
+        "reply": {
+            "content": "Twigs of branch {regex_1}.",
+            "tool_calls": [
+                *(_spawn(f"twig {{regex_1}}.{t}") for t in range(1, TREE_TWIGS + 1)),
+                GATHER,
+            ],
+        },
+    },
+    {
+        "name": "tree-twig",
+        "match": {"last_role": "user", "regex": r"Task: twig ([\d.]+)$"},
+        "reply": {"content": "A leaf.", "tool_calls": [_spawn("leaf {regex_1}"), GATHER]},
+    },
+    {
+        "name": "tree-leaf",
+        "match": {"last_role": "user", "regex": r"Task: leaf ([\d.]+)$"},
+        "reply": {"content": "Leaf {regex_1} is green."},
+    },
+    {
+        "name": "tree-gathered",
+        "match": {"last_role": "tool", "any_contains": "grow a tree"},
+        "reply": {"content": "Gathered."},
+    },
+]
+
 SCRIPT: dict[str, Any] = {
     "model": "scripted-api-tests",
     "latency": {"first_token_ms": 10, "token_ms": 2},
     "rules": [
+        *TREE_RULES,
         *FORK_RULES,
         {
             "name": "slow-weather-answer",

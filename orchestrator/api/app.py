@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from orchestrator.api import events, ops, runs, sessions
+from orchestrator.api import cluster, events, ops, runs, sessions, trees
 from orchestrator.api.auth import ApiKeys
 from orchestrator.api.limits import BodySizeLimit
 from orchestrator.api.ops import OPEN_WARNING
@@ -65,9 +65,11 @@ def create_app(
     install_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.include_router(runs.router)
+    app.include_router(trees.router)
     app.include_router(sessions.router)
     app.include_router(events.router)
     app.include_router(ops.router)
+    app.include_router(cluster.router)
     _mount_dashboard(app)
     return app
 

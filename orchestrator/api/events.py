@@ -35,6 +35,13 @@ FromQuery = Annotated[
     str | None,
     Query(alias="from", description="Resume after this stream id ('$': only new entries)."),
 ]
+Batched = Annotated[
+    bool,
+    Query(
+        description="Send the entries that arrive together as one `batch` message (its "
+        "data a JSON list of entries, its id the last entry's)."
+    ),
+]
 
 
 def _resume_point(last_event_id: str | None, from_id: str | None) -> str | None:
@@ -94,6 +101,7 @@ async def run_events(
     principal: StreamCaller,
     last_event_id: LastEventId = None,
     from_id: FromQuery = None,
+    batch: Batched = False,
 ) -> StreamingResponse:
     """One run's events, responses and status entries, and those of its forks; the
     stream ends once the run and every fork of it have ended. Reconnect with
@@ -115,7 +123,9 @@ async def run_events(
                 yield message
 
     entries = aiter(watched)
-    return _stream(sse_body(entries, keepalive_s=state.sse_keepalive_s, tail=closing()))
+    return _stream(
+        sse_body(entries, keepalive_s=state.sse_keepalive_s, tail=closing(), batch=batch)
+    )
 
 
 @router.get("/sessions/{session_id}/events", response_class=StreamingResponse, responses=_SSE_DOC)
@@ -126,6 +136,7 @@ async def session_events(
     last_event_id: LastEventId = None,
     from_id: FromQuery = None,
     follow: Annotated[bool, Query(description="false: send what is there, then end")] = True,
+    batch: Batched = False,
 ) -> StreamingResponse:
     """Every entry of a session (all its runs and forks), live until the client leaves.
     Reconnect with `Last-Event-ID` (or `?from=`) to resume without loss."""
@@ -133,4 +144,4 @@ async def session_events(
     if not await state.may_use_session(session_id, principal):
         raise ApiProblem(404, f"no session {session_id!r}")
     entries = state.client.reader.tail(session_id, after=after, follow=follow)
-    return _stream(sse_body(entries, keepalive_s=state.sse_keepalive_s))
+    return _stream(sse_body(entries, keepalive_s=state.sse_keepalive_s, batch=batch))

@@ -9,6 +9,16 @@ Each entry becomes
 so a browser's EventSource resumes after a reconnect by sending the last id back in
 `Last-Event-ID`. A comment line (`: keep-alive`) goes out whenever nothing else has for a
 while, so proxies do not close an idle stream.
+
+Batched (`batch=True`, what the dashboard asks for), the entries that are ready together
+(within `BATCH_WINDOW_S` of the first, up to `BATCH_MAX`) go out as one message
+
+    id: <the last entry's stream id>
+    event: batch
+    data: [<entry>, <entry>, ...]
+
+so a burst of a thousand entries is a handful of messages for the page to handle, and a
+reconnect resumes after the last entry of the last batch: nothing is repeated.
 """
 
 from __future__ import annotations
@@ -25,9 +35,12 @@ from orchestrator.errors import StoreError
 from orchestrator.runs import StreamEntry
 
 __all__ = [
+    "BATCH_MAX",
+    "BATCH_WINDOW_S",
     "KEEPALIVE",
     "RESUME_ID_PATTERN",
     "entry_payload",
+    "format_batch",
     "format_event",
     "sse_body",
 ]
@@ -39,6 +52,9 @@ KEEPALIVE = b": keep-alive\n\n"
 RESUME_ID_PATTERN = re.compile(r"^(\d{1,20}(-\d{1,20})?|\$)$")
 # Browsers wait this long before reconnecting a dropped stream.
 RETRY_MS = 1000
+# A batch holds what arrives within this long of its first entry, up to BATCH_MAX entries.
+BATCH_WINDOW_S = 0.01
+BATCH_MAX = 500
 
 
 def entry_payload(entry: StreamEntry) -> dict[str, Any]:
@@ -57,7 +73,9 @@ def entry_payload(entry: StreamEntry) -> dict[str, Any]:
     return body
 
 
-def format_event(data: dict[str, Any], *, event: str, event_id: str | None = None) -> bytes:
+def format_event(
+    data: dict[str, Any] | list[dict[str, Any]], *, event: str, event_id: str | None = None
+) -> bytes:
     """One SSE message; `data` is serialised as a single line of JSON."""
     lines = []
     if event_id is not None:
@@ -67,44 +85,34 @@ def format_event(data: dict[str, Any], *, event: str, event_id: str | None = Non
     return ("\n".join(lines) + "\n\n").encode()
 
 
-async def sse_body(
-    entries: AsyncIterator[StreamEntry],
-    *,
-    keepalive_s: float,
-    tail: AsyncIterator[dict[str, Any]] | None = None,
-) -> AsyncIterator[bytes]:
-    """Frame `entries` as SSE, with keep-alives while none arrive.
+def format_batch(entries: list[StreamEntry]) -> bytes:
+    """One SSE message holding several entries; its id is the last entry's."""
+    return format_event(
+        [entry_payload(entry) for entry in entries], event="batch", event_id=entries[-1].id
+    )
 
-    `tail` yields extra messages (already as payload dicts with "kind") sent after the
-    entries end. A store failure mid-stream ends it with an `error` event.
-    """
-    yield f"retry: {RETRY_MS}\n: connected\n\n".encode()
-    pending: asyncio.Future[StreamEntry] | None = None
-    iterator = aiter(entries)
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(iterator))
-            done, _ = await asyncio.wait({pending}, timeout=keepalive_s)
-            if not done:
-                yield KEEPALIVE
-                continue
-            finished, pending = pending, None
-            try:
-                entry = finished.result()
-            except StopAsyncIteration:
-                break
-            except StoreError as exc:
-                log.warning("api.stream_failed", error=str(exc))
-                yield format_event(
-                    {"error": "store_unavailable", "message": str(exc)}, event="error"
-                )
-                return
-            yield format_event(entry_payload(entry), event=entry.kind, event_id=entry.id)
-        if tail is not None:
-            async for extra in tail:
-                yield format_event(extra, event=str(extra.get("kind", "message")))
-    finally:
+
+class _Feed:
+    """Entries one at a time, each wait bounded: `next(timeout)` is None when none came in
+    time, and the read it started carries on for the next call."""
+
+    def __init__(self, entries: AsyncIterator[StreamEntry]) -> None:
+        self._iterator = aiter(entries)
+        self._pending: asyncio.Future[StreamEntry] | None = None
+
+    async def next(self, timeout: float) -> StreamEntry | None:
+        """The next entry, None after `timeout`; raises StopAsyncIteration at the end
+        (and whatever the entries raise)."""
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(anext(self._iterator))
+        done, _ = await asyncio.wait({self._pending}, timeout=timeout)
+        if not done:
+            return None
+        finished, self._pending = self._pending, None
+        return finished.result()
+
+    async def close(self) -> None:
+        pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
             # wait() does not raise the read's own cancellation (or error) here, but a
@@ -112,6 +120,72 @@ async def sse_body(
             await asyncio.wait({pending})
             if not pending.cancelled():
                 pending.exception()
-        aclose = getattr(iterator, "aclose", None)
+        aclose = getattr(self._iterator, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+async def _more(feed: _Feed, group: list[StreamEntry]) -> BaseException | None:
+    """Add to `group` what arrives within the batch window; returns what ended the feed
+    (StopAsyncIteration or a StoreError), if anything did."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BATCH_WINDOW_S
+    while len(group) < BATCH_MAX:
+        try:
+            entry = await feed.next(max(0.0, deadline - loop.time()))
+        except (StopAsyncIteration, StoreError) as exc:
+            return exc
+        if entry is None:
+            return None
+        group.append(entry)
+    return None
+
+
+def _failed(exc: StoreError) -> bytes:
+    log.warning("api.stream_failed", error=str(exc))
+    return format_event({"error": "store_unavailable", "message": str(exc)}, event="error")
+
+
+async def sse_body(
+    entries: AsyncIterator[StreamEntry],
+    *,
+    keepalive_s: float,
+    tail: AsyncIterator[dict[str, Any]] | None = None,
+    batch: bool = False,
+) -> AsyncIterator[bytes]:
+    """Frame `entries` as SSE, with keep-alives while none arrive; `batch` groups the
+    entries that arrive together into one message (module docstring).
+
+    `tail` yields extra messages (already as payload dicts with "kind") sent after the
+    entries end. A store failure mid-stream ends it with an `error` event.
+    """
+    yield f"retry: {RETRY_MS}\n: connected\n\n".encode()
+    feed = _Feed(entries)
+    try:
+        while True:
+            try:
+                entry = await feed.next(keepalive_s)
+            except StopAsyncIteration:
+                break
+            except StoreError as exc:
+                yield _failed(exc)
+                return
+            if entry is None:
+                yield KEEPALIVE
+                continue
+            if not batch:
+                yield format_event(entry_payload(entry), event=entry.kind, event_id=entry.id)
+                continue
+            group = [entry]
+            ended = await _more(feed, group)
+            yield format_batch(group)
+            if isinstance(ended, StoreError):
+                yield _failed(ended)
+                return
+            if ended is not None:
+                break
+        if tail is not None:
+            async for extra in tail:
+                yield format_event(extra, event=str(extra.get("kind", "message")))
+    finally:
+        await feed.close()

@@ -7,6 +7,8 @@ memory        RedisMemoryStore (orchestrator.ports.MemoryStore) in a MemoryScope
 sessions      SessionTable: who owns a session (O(1)) and which runs it holds
 checkpoints   CheckpointStore (fenced by run attempt)
 runs          RunStore, LeaseTable, WorkerRegistry
+trees         TreeReader: a run tree's records, a scan of its stream, one agent's lane
+throughput    RecentEnds: the runs that ended lately, from the run indexes
 """
 
 from orchestrator.store.abort import AbortFlags, AbortWatcher

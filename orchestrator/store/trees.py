@@ -1,0 +1,236 @@
+"""Read-only views of one run's fork tree, for dashboards.
+
+    TreeReader.records(root)          the root's and every fork's RunRecord, level by level
+                                      (each parent's children list, then one MGET per level)
+    TreeReader.scan(session, root)    one pass over the session stream that looks only at
+                                      each entry's index fields (`kind`, `run`, `root`) and
+                                      decodes only status entries: entries per agent, the
+                                      first entry id of each, its waits in a gather, and
+                                      the id of the last entry read
+    TreeReader.lane(session, run)     one agent's own entries between two stream ids, decoded
+
+A tree of 300 forks is about 11,000 stream entries; decoding every event to summarise it
+costs seconds, reading the index fields a tenth of that. A tree is bounded: at most
+`max_agents` agents are read (forks are bounded per agent and in depth by the settings).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from orchestrator.errors import PayloadError
+from orchestrator.keys import Keys
+from orchestrator.runs import RunRecord, RunStatus, StatusEntry, StreamEntry, fork_run_id
+from orchestrator.store._codec import text
+from orchestrator.store.connection import Redis, translate_errors
+from orchestrator.store.runs import RunStore
+from orchestrator.store.streams import decode_entry
+
+__all__ = ["AgentTrace", "LanePage", "TreeReader", "TreeScan", "stream_id_ms"]
+
+log = structlog.get_logger(__name__)
+
+# Raw entries per XRANGE page.
+_PAGE = 2000
+
+
+def stream_id_ms(entry_id: str) -> int:
+    """The millisecond timestamp of a stream id ("ms-seq"): when Redis appended it."""
+    return int(entry_id.partition("-")[0])
+
+
+@dataclass
+class AgentTrace:
+    """What one agent's stream entries say, without decoding its events."""
+
+    entries: int = 0
+    first_id: str | None = None
+    last_id: str | None = None
+    # Status entries seen (status, at), in stream order.
+    statuses: list[tuple[RunStatus, float]] = field(default_factory=list)
+    # Intervals suspended in a gather: (from, until); until None while still waiting.
+    waits: list[tuple[float, float | None]] = field(default_factory=list)
+
+    def note(self, entry_id: str, status: StatusEntry | None) -> None:
+        self.entries += 1
+        if self.first_id is None:
+            self.first_id = entry_id
+        self.last_id = entry_id
+        if status is not None:
+            self.statuses.append((status.status, status.at))
+            if status.status is RunStatus.WAITING:
+                self.waits.append((status.at, None))
+            elif status.status.terminal:
+                self._resume(status.at)
+        elif self.waits and self.waits[-1][1] is None:
+            # The agent's first entry after a wait: it was resumed (Redis's clock).
+            self._resume(stream_id_ms(entry_id) / 1000.0)
+
+    def _resume(self, at: float) -> None:
+        if self.waits and self.waits[-1][1] is None:
+            began = self.waits[-1][0]
+            self.waits[-1] = (began, max(began, at))
+
+
+@dataclass
+class TreeScan:
+    """One pass over a session stream for one run tree."""
+
+    agents: dict[str, AgentTrace] = field(default_factory=dict)
+    # The last entry read (of any run in the session): tail the stream after it.
+    last_id: str | None = None
+
+    @property
+    def entries(self) -> int:
+        return sum(a.entries for a in self.agents.values())
+
+
+@dataclass(frozen=True)
+class LanePage:
+    entries: list[StreamEntry]
+    # Resume after this id for the rest (None: the range is exhausted).
+    next_after: str | None
+
+
+def _field(fields: Mapping[Any, Any], name: bytes) -> Any:
+    value = fields.get(name)
+    return fields.get(name.decode()) if value is None else value
+
+
+class _ScanPass:
+    """The per-entry work of `TreeReader.scan`, kept to byte comparisons for the entries
+    of other trees and the events (only status entries are decoded)."""
+
+    def __init__(self, stream: str, root_run_id: str, max_agents: int) -> None:
+        self._stream = stream
+        self._root = root_run_id.encode()
+        self._max_agents = max_agents
+        self._by_raw: dict[Any, AgentTrace] = {}
+        self._names: dict[Any, str] = {}
+        self._last: Any = None
+
+    def note(self, raw_id: Any, fields: Mapping[Any, Any]) -> None:
+        self._last = raw_id
+        run = _field(fields, b"run")
+        root = _field(fields, b"root")
+        if (run if root is None else root) not in (self._root, self._root.decode()):
+            return
+        status = None
+        if _field(fields, b"kind") in (b"status", "status"):
+            try:
+                status = decode_entry(text(raw_id), fields).status
+            except PayloadError as exc:
+                self._warn(raw_id, exc)
+                return
+        trace = self._by_raw.get(run) or self._new_trace(raw_id, run)
+        if trace is not None:
+            trace.note(text(raw_id), status)
+
+    def _new_trace(self, raw_id: Any, run: Any) -> AgentTrace | None:
+        if len(self._by_raw) >= self._max_agents:
+            return None
+        try:
+            self._names[run] = text(run)
+        except PayloadError as exc:
+            self._warn(raw_id, exc)
+            return None
+        trace = self._by_raw[run] = AgentTrace()
+        return trace
+
+    def _warn(self, raw_id: Any, exc: PayloadError) -> None:
+        log.warning("stream.malformed_entry", stream=self._stream, entry_id=raw_id, error=str(exc))
+
+    def result(self) -> TreeScan:
+        return TreeScan(
+            agents={self._names[raw]: trace for raw, trace in self._by_raw.items()},
+            last_id=None if self._last is None else text(self._last),
+        )
+
+
+class TreeReader:
+    """Reads one run tree's records and stream; never writes."""
+
+    def __init__(self, redis: Redis, keys: Keys, *, max_agents: int = 10_000) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._runs = RunStore(redis, keys)
+        self.max_agents = max_agents
+
+    async def records(self, root: RunRecord) -> builtins.list[RunRecord]:
+        """The root's record and every fork's below it, parents before their forks, each
+        parent's forks in spawn order. Forks whose record is gone are left out."""
+        found = [root]
+        level = [root]
+        while level and len(found) < self.max_agents:
+            children = await self._children(root.session_id, [r.run_id for r in level])
+            run_ids = [fork_run_id(root.run_id, f) for f in children]
+            run_ids = run_ids[: self.max_agents - len(found)]
+            loaded = await self._runs.get_many(run_ids)
+            level = [loaded[r] for r in run_ids if r in loaded]
+            found.extend(level)
+        return found
+
+    async def _children(self, session_id: str, call_ids: builtins.list[str]) -> builtins.list[str]:
+        async with (
+            translate_errors("fork tree"),
+            self._redis.pipeline(transaction=False) as pipe,
+        ):
+            for call_id in call_ids:
+                pipe.lrange(self._keys.children(session_id, call_id), 0, -1)
+            replies = await pipe.execute()
+        return [text(fork_id) for reply in replies for fork_id in reply]
+
+    async def scan(self, session_id: str, root_run_id: str) -> TreeScan:
+        """Every entry of the run tree in the session stream, counted per agent."""
+        stream = self._keys.events(session_id)
+        pass_ = _ScanPass(stream, root_run_id, self.max_agents)
+        start = "-"
+        while True:
+            async with translate_errors("stream scan"):
+                page = await self._redis.xrange(stream, min=start, max="+", count=_PAGE)
+            for raw_id, fields in page:
+                pass_.note(raw_id, fields)
+            if len(page) < _PAGE:
+                return pass_.result()
+            start = "(" + text(page[-1][0])
+
+    async def lane(
+        self,
+        session_id: str,
+        run_id: str,
+        *,
+        after: str | None = None,
+        upto: str | None = None,
+        limit: int = 5000,
+    ) -> LanePage:
+        """Up to `limit` of one agent's own entries (not its forks'), after `after` and
+        up to `upto` (inclusive), decoded; malformed ones are skipped with a warning."""
+        stream = self._keys.events(session_id)
+        start = "-" if after is None else "(" + after
+        end = "+" if upto is None else upto
+        wanted = run_id.encode()
+        entries: builtins.list[StreamEntry] = []
+        while True:
+            async with translate_errors("lane read"):
+                page = await self._redis.xrange(stream, min=start, max=end, count=_PAGE)
+            for raw_id, fields in page:
+                entry_id = text(raw_id)
+                start = "(" + entry_id
+                run = _field(fields, b"run")
+                if run != wanted and run != run_id:
+                    continue
+                try:
+                    entries.append(decode_entry(entry_id, fields))
+                except PayloadError as exc:
+                    log.warning(
+                        "stream.malformed_entry", stream=stream, entry_id=entry_id, error=str(exc)
+                    )
+                if len(entries) >= limit:
+                    return LanePage(entries, next_after=entry_id)
+            if len(page) < _PAGE:
+                return LanePage(entries, next_after=None)
