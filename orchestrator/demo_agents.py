@@ -1,5 +1,7 @@
 """The demo's agents: a weather/calculator assistant on the scripted model, which can
-fork sub-agents (it has a SelfReference) to research several cities in parallel.
+fork sub-agents (it has a SelfReference) to research several cities in parallel; and
+(`orchestrator demo --pyrepl`) a data analyst that answers by writing and running Python
+in its sandboxed interpreter (a PyRepl).
 
 This module is user code as far as the orchestrator is concerned: a worker started with
 `--agents orchestrator.demo_agents` serves `orchestrator.demo_agents:weather_chat`. Like
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import OpenAICompatible, SelfReference, llm_chat, tool
+from orchestrator.pyrepl import PyRepl, SandboxLimits, SandboxPolicy
 
 _CONDITIONS = {
     "paris": ("light rain", 14),
@@ -104,4 +107,22 @@ async def weather_chat(message: str, history: list[dict[str, Any]] | None = None
     """You are a helpful weather and arithmetic assistant. Use the tools when asked about
     the weather or to calculate, and answer concisely. For several independent lookups,
     fork one sub-agent per lookup and gather their results."""
+    pass  # the body never runs: the docstring is the prompt
+
+
+# Isolated when the worker runs as root; elsewhere the demo runs the interpreter
+# unisolated (isolate="preferred") and every result says so.
+repl = PyRepl(SandboxLimits(wall_s=30, cpu_s=10, memory_mb=256), SandboxPolicy(isolate="preferred"))
+
+
+@llm_chat(
+    llm_interface=llm,
+    toolkit=repl.toolset,
+    self_reference=SelfReference(),
+    self_reference_key="data_analyst",
+    stream=True,
+)
+async def data_analyst(message: str, history: list[dict[str, Any]] | None = None) -> None:
+    """You are a data analyst. Answer questions about data by writing Python and running it
+    with execute_code (your variables persist between calls); report what the code found."""
     pass  # the body never runs: the docstring is the prompt

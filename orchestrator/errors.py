@@ -7,7 +7,9 @@ OrchestratorError
 │   ├── LLMRetriesExhausted     retryable failures (429, 5xx, timeouts, drops) ran out
 │   └── LLMResponseError        the server answered with something that is not a completion
 ├── ToolError                   a tool could not run (unknown name, bad arguments)
-│   └── MemoryLimitError        a SelfReference memory record would outgrow its bounds
+│   ├── MemoryLimitError        a SelfReference memory record would outgrow its bounds
+│   └── SandboxError            PyRepl's sandbox could not run the code (did not start)
+│       └── SandboxLimitError   the code hit a sandbox limit and was stopped (limit named)
 ├── AgentError                  agent definition or invocation problems
 ├── AbortedError                the turn was aborted (reason attached)
 ├── StoreError                  a storage backend (Redis) failed; chained to the cause
@@ -68,6 +70,20 @@ class MemoryLimitError(ToolError):
     """A SelfReference memory write would outgrow the record's bounds (too many
     experiences, an experience or summary too long). The message says what to do, since
     the model reads it as the tool's error."""
+
+
+class SandboxError(ToolError):
+    """PyRepl's sandbox could not run the code (it did not start, or cannot be isolated
+    as its policy requires). The message says why, for the model and the operator."""
+
+
+class SandboxLimitError(SandboxError):
+    """The code hit a sandbox limit and was stopped: `limit` is "wall", "cpu", "memory",
+    "output", "processes", "disk" or "died" (the interpreter ended)."""
+
+    def __init__(self, message: str, *, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class AgentError(OrchestratorError):

@@ -22,6 +22,10 @@ cluster slot and MULTI/EXEC over its keys is allowed):
     orc:{S}:forks               hash: the session's fork counter
     orc:{S}:children:<call>     list: fork ids spawned by one agent call, in spawn order
     orc:{S}:spawns:<call>       hash: one agent call's spawn key -> fork number
+    orc:{S}:journal:<name>      hash: a session journal (PyRepl's executed inputs): gen,
+                                seq, stored, bytes, e:<n> entries; bounded (settings
+                                journal_max_*), expiring journal_retention_s after its last
+                                write
 
 Runs (share the `{runs}` tag so a record and its indexes change in one MULTI/EXEC):
 
@@ -168,6 +172,10 @@ class Keys:
         """The fork ids one agent call has spawned, in order."""
         call = _tag_part(agent_call_id, "agent_call_id")
         return f"{self._session(session_id)}:children:{call}"
+
+    def journal(self, session_id: str, name: str) -> str:
+        """A session journal: bounded records a tool keeps for the session (by name)."""
+        return f"{self._session(session_id)}:journal:{_tag_part(name, 'journal name')}"
 
     # -- runs ---------------------------------------------------------------------------
 

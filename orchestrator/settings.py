@@ -43,6 +43,14 @@ class Settings(BaseModel):
     memory_max_message_bytes: int = Field(default=1 << 20, ge=1024)
     memory_max_experiences: int = Field(default=200, ge=1)
 
+    # Session journals (what a tool keeps for a session: PyRepl's executed inputs, replayed
+    # to rebuild an interpreter on another worker). Each expires this long after its last
+    # write; entries over the bounds are refused (the journal is then incomplete and the
+    # interpreter's state cannot be rebuilt elsewhere: the model is told so).
+    journal_retention_s: int = Field(default=86_400, ge=1)
+    journal_max_entries: int = Field(default=500, ge=1)
+    journal_max_bytes: int = Field(default=1 << 20, ge=1024)
+
     # Redis timeouts. Every connection gives up waiting for an answer after its timeout, so
     # a Redis that stops answering is a StoreUnavailable error (a 503 from the API), never a
     # hang. Blocking stream reads wait their block time plus redis_timeout_s.

@@ -41,7 +41,7 @@ from orchestrator.errors import (
 )
 from orchestrator.events import EventOrigin, EventYield, ReactEndEvent, ResponseYield
 from orchestrator.keys import Keys
-from orchestrator.ports import MemoryLimits
+from orchestrator.ports import JournalLimits, MemoryLimits, ToolSession
 from orchestrator.runs import RunRecord, RunRequest, RunStatus, fork_run_id
 from orchestrator.runtime.agent import AgentSpec
 from orchestrator.runtime.loop import run_turn
@@ -50,6 +50,7 @@ from orchestrator.settings import Settings
 from orchestrator.signals import AbortSignal
 from orchestrator.store.abort import AbortFlags, AbortWatcher
 from orchestrator.store.checkpoints import CheckpointStore
+from orchestrator.store.journal import RedisSessionJournal
 from orchestrator.store.lifecycle import announce_status, end_run
 from orchestrator.store.memory import MemoryScope, RedisMemoryStore
 from orchestrator.store.queue import JobQueue
@@ -141,6 +142,7 @@ class TurnExecutor:
         self._flags = AbortFlags(redis, keys)
         self._checkpoints = CheckpointStore(redis, keys)
         self._memory_limits = MemoryLimits.from_settings(settings)
+        self._journal_limits = JournalLimits.from_settings(settings)
 
     async def execute(self, payload: Any) -> dict[str, Any]:
         try:
@@ -349,6 +351,14 @@ class TurnExecutor:
             signal.abort(abort_reason)  # a resumed turn of an aborted run tree ends at once
         self._watcher.watch(request.session_id, signal, request.root_run_id)
         forks = self._fork_backend(request, spec, record, memory)
+        session = ToolSession(
+            session_id=request.session_id,
+            run_id=request.run_id,
+            fork_id=request.fork.fork_id if request.fork is not None else None,
+            journal=RedisSessionJournal(
+                self._redis, self._keys, session_id=request.session_id, limits=self._journal_limits
+            ),
+        )
         checkpointer = RunCheckpointer(
             publisher,
             self._checkpoints,
@@ -368,6 +378,7 @@ class TurnExecutor:
                 memory=memory,
                 origin=_origin(request, spec, state),
                 forks=forks,
+                session=session,
             ):
                 if isinstance(output, ResponseYield):
                     # Say which agent answered (readers of a fork tree need to know).

@@ -100,6 +100,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         dashboard_port=args.dashboard_port,
         keep_open=args.keep_open,
         embedded=args.embedded,
+        pyrepl=args.pyrepl,
     )
     return run_demo(options)
 
@@ -182,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "fake"],
         default="auto",
         help="embedded Redis: a redis-server binary if found (auto) or fakeredis",
+    )
+    p.add_argument(
+        "--pyrepl",
+        action="store_true",
+        help="the PyRepl demo: an agent answers a data question by running Python",
     )
     p.set_defaults(func=_cmd_demo)
 

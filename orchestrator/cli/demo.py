@@ -50,6 +50,31 @@ PROMPTS = (
 
 
 @dataclass(frozen=True)
+class DemoPlan:
+    """What a demo runs: an agents module, the agent, the scripted model's script, prompts."""
+
+    agents: str
+    agent: str
+    script: str
+    prompts: tuple[str, ...]
+
+
+WEATHER = DemoPlan(DEMO_AGENTS, "weather_chat", "demo", PROMPTS)
+# `--pyrepl`: an agent that answers a data question by writing and running Python in its
+# sandboxed interpreter (the output streams live), then a follow-up that reuses its state.
+PYREPL = DemoPlan(
+    DEMO_AGENTS,
+    "data_analyst",
+    "pyrepl",
+    (
+        "Here are our monthly sales: Jan 120, Feb 135, Mar 128, Apr 160, May 171, Jun 190. "
+        "Which month grew the most, and what is the average?",
+        "And what would June be with 10% more?",
+    ),
+)
+
+
+@dataclass(frozen=True)
 class DemoOptions:
     """What `orchestrator demo` was asked for (its command-line options)."""
 
@@ -60,6 +85,11 @@ class DemoOptions:
     dashboard_port: int = 8000  # serve the dashboard here while the demo runs (0: off)
     keep_open: bool = False  # keep the dashboard up after the demo ends
     embedded: Literal["auto", "fake"] = "auto"  # a redis-server binary if found, or fakeredis
+    pyrepl: bool = False  # the PyRepl demo (PYREPL) instead of the weather assistant
+
+    @property
+    def plan(self) -> DemoPlan:
+        return PYREPL if self.pyrepl else WEATHER
 
 
 class StopSignals:
@@ -141,7 +171,8 @@ def _model(options: DemoOptions, console: Console) -> Iterator[str]:
         console.print(f"[bold]model:[/] {options.llm_url} (your endpoint)")
         yield options.llm_url
         return
-    script_file = resources.files("orchestrator.mock_llm") / "scripts" / "demo.json"
+    script = f"{options.plan.script}.json"
+    script_file = resources.files("orchestrator.mock_llm") / "scripts" / script
     with resources.as_file(script_file) as path, MockLLMThread(load_script(str(path))) as llm:
         console.print(
             f"[bold yellow]model: SCRIPTED MODEL[/] at {llm.base_url} — answers come from "
@@ -176,19 +207,20 @@ async def _run_until_stopped(
     signals: StopSignals,
     stop: asyncio.Event,
 ) -> int:
+    plan = options.plan
     workers: list[Any] = []
     tasks: list[asyncio.Task[None]] = []
     if not options.external_workers:
         for _ in range(max(1, options.workers)):
-            worker = await create_worker(settings, [DEMO_AGENTS], handle_signals=False)
+            worker = await create_worker(settings, [plan.agents], handle_signals=False)
             workers.append(worker)
             tasks.append(asyncio.create_task(worker.async_run()))
         console.print(f"[bold]workers:[/] {len(workers)} in this process (arq, woken on submit)")
     else:
-        console.print(f"[bold]workers:[/] external (`orchestrator worker --agents {DEMO_AGENTS}`)")
+        console.print(f"[bold]workers:[/] external (`orchestrator worker --agents {plan.agents}`)")
     dashboard = await _start_dashboard(settings, options, console)
     try:
-        code = await _unless_stopped(_conversation(settings, console), stop)
+        code = await _unless_stopped(_conversation(settings, console, plan), stop)
         if code is None:
             console.print(f"[yellow]stopped by {signals.name}:[/] stopping what the demo started")
             return signals.exit_code
@@ -237,16 +269,16 @@ async def _start_dashboard(settings: Settings, options: DemoOptions, console: Co
     return server, task
 
 
-async def _conversation(settings: Settings, console: Console) -> int:
+async def _conversation(settings: Settings, console: Console, plan: DemoPlan) -> int:
     client = await connect(settings=settings)
     renderer = EventRenderer(console)
     history: list[dict[str, Any]] = []
     session_id = None
     async with client:
-        for prompt in PROMPTS:
+        for prompt in plan.prompts:
             console.rule(f"[bold]user:[/] {prompt}")
             run = await client.submit(
-                f"{DEMO_AGENTS}:weather_chat", prompt, history=history, session_id=session_id
+                f"{plan.agents}:{plan.agent}", prompt, history=history, session_id=session_id
             )
             session_id = run.session_id
             async for output in run.stream():

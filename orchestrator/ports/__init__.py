@@ -10,13 +10,23 @@ arq or httpx.
                       asked with a SpawnRequest
     ForkPrimitives    `runtime.selfref.fork` as tool code sees it (spawn, gather_all)
     SelfRefPrimitives `runtime.selfref` as tool code sees it (context, fork, guide)
+    SessionJournal    bounded records a tool keeps per session across turns and workers
+                      (JournalHead, JournalRecord, JournalLimits); ToolSession carries it
 
-Each lives in a module of this package (llm, memory, selfref); import them from here.
+Each lives in a module of this package (llm, memory, selfref, journal); import them from
+here.
 
 Events are not a port of their own: a turn is an async generator of outputs, and
 whoever drives it (llm_chat in-process, a worker) decides where they go.
 """
 
+from orchestrator.ports.journal import (
+    JournalHead,
+    JournalLimits,
+    JournalRecord,
+    SessionJournal,
+    ToolSession,
+)
 from orchestrator.ports.llm import ChunkAccumulator, LLMInterface
 from orchestrator.ports.memory import (
     Checkpointer,
@@ -39,11 +49,16 @@ __all__ = [
     "Experience",
     "ForkBackend",
     "ForkPrimitives",
+    "JournalHead",
+    "JournalLimits",
+    "JournalRecord",
     "LLMInterface",
     "MemoryLimits",
     "MemorySnapshot",
     "MemoryStore",
     "SelfRefPrimitives",
+    "SessionJournal",
     "SpawnRequest",
+    "ToolSession",
     "TranscriptBase",
 ]

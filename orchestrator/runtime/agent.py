@@ -16,7 +16,13 @@ from typing import Any, Literal
 
 from orchestrator.errors import AgentError
 from orchestrator.events import MessageList
-from orchestrator.ports import ForkPrimitives, LLMInterface, MemoryStore, TranscriptBase
+from orchestrator.ports import (
+    ForkPrimitives,
+    LLMInterface,
+    MemoryStore,
+    ToolSession,
+    TranscriptBase,
+)
 from orchestrator.runtime import prompt
 from orchestrator.runtime.forks import fork_user_message
 from orchestrator.runtime.selfref import (
@@ -80,9 +86,12 @@ class AgentSpec:
             return None
         return self.self_reference.bind(memory_key, store=memory, fork=fork)
 
-    def tool_runtime(self, context: SelfRefContext | None) -> ToolRuntime:
-        """What tools that declare a `runtime` parameter receive."""
-        return make_tool_runtime(context)
+    def tool_runtime(
+        self, context: SelfRefContext | None, session: ToolSession | None = None
+    ) -> ToolRuntime:
+        """What tools that declare a `runtime` parameter receive (`session`: the
+        distributed session a worker runs the turn in; None in-process)."""
+        return make_tool_runtime(context, session)
 
     def origin(self, state: TurnState) -> OriginContext:
         """The origin fields of a root (non-fork) call of this agent."""

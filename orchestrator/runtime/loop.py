@@ -52,6 +52,7 @@ from orchestrator.ports import (
     ChunkAccumulator,
     ForkBackend,
     MemoryStore,
+    ToolSession,
     TranscriptBase,
 )
 from orchestrator.runtime.agent import AgentSpec
@@ -80,6 +81,7 @@ async def run_turn(
     memory: MemoryStore | None = None,
     origin: OriginContext | None = None,
     forks: ForkBackend | None = None,
+    session: ToolSession | None = None,
 ) -> AsyncIterator[Output]:
     """Run (or resume) one agent turn, yielding its events and then its response.
 
@@ -91,8 +93,13 @@ async def run_turn(
     running forks suspends the turn: the loop checkpoints and returns without a
     `ResponseYield`, leaving `state.waiting_for` set; run it again on the same state once
     those forks have ended.
+
+    `session` (on a worker) tells tools which distributed session they run in
+    (`runtime.session`: its ids and a session journal, e.g. for PyRepl).
     """
-    turn = _Turn(spec, state, abort, checkpointer, memory, origin or OriginContext(), forks)
+    turn = _Turn(
+        spec, state, abort, checkpointer, memory, origin or OriginContext(), forks, session
+    )
     async for output in turn.run():
         yield output
 
@@ -107,6 +114,7 @@ class _Turn:
         memory: MemoryStore | None,
         origin: OriginContext,
         forks: ForkBackend | None = None,
+        session: ToolSession | None = None,
     ) -> None:
         self.spec = spec
         self.state = state
@@ -127,7 +135,7 @@ class _Turn:
         if self.selfref is not None:
             self.tools.update({t.name: t for t in self.selfref.tools()})
         self.definitions = [t.definition() for t in self.tools.values()]
-        self.runtime = spec.tool_runtime(self.selfref)
+        self.runtime = spec.tool_runtime(self.selfref, session)
         self._clock = time.monotonic()
         self._time_base = state.execution_time
         self._iteration_clock = time.monotonic()

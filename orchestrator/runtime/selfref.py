@@ -46,6 +46,7 @@ from orchestrator.ports import (
     ForkPrimitives,
     MemorySnapshot,
     MemoryStore,
+    ToolSession,
     TranscriptBase,
 )
 from orchestrator.runtime.forks import FORK_GUIDE, TurnForks, fork_tools
@@ -717,6 +718,9 @@ class SelfRefRuntime:
         return self.context.guide()
 
 
-def make_tool_runtime(ctx: SelfRefContext | None) -> ToolRuntime:
-    """The `runtime` object for tools of a turn (ctx None: the agent has no SelfReference)."""
-    return ToolRuntime(SelfRefRuntime(ctx) if ctx is not None else None)
+def make_tool_runtime(
+    ctx: SelfRefContext | None, session: ToolSession | None = None
+) -> ToolRuntime:
+    """The `runtime` object for tools of a turn (ctx None: the agent has no SelfReference;
+    session None: an in-process call)."""
+    return ToolRuntime(SelfRefRuntime(ctx) if ctx is not None else None, session=session)

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import ErrorDetails, PydanticSerializationError, to_jsonable_python
 
 from orchestrator.errors import AgentError, ToolError
-from orchestrator.ports import SelfRefPrimitives
+from orchestrator.ports import SelfRefPrimitives, ToolSession
 
 __all__ = [
     "SPECIAL_PARAMETERS",
@@ -244,10 +244,14 @@ class Tool:
 
 
 class ToolRuntime:
-    """The `runtime` parameter of a tool: the agent's runtime primitives."""
+    """The `runtime` parameter of a tool: the agent's runtime primitives, and (on a
+    worker) the distributed session the call runs in (`session`, else None)."""
 
-    def __init__(self, selfref: SelfRefPrimitives | None = None) -> None:
+    def __init__(
+        self, selfref: SelfRefPrimitives | None = None, *, session: ToolSession | None = None
+    ) -> None:
         self._selfref = selfref
+        self.session = session
 
     @property
     def has_selfref(self) -> bool:

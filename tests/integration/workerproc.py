@@ -99,8 +99,16 @@ class WorkerPool:
     """Starts worker subprocesses on one Redis prefix; `stop_all()` at teardown."""
 
     def __init__(
-        self, client: Client, redis_url: str, prefix: str, env: dict[str, str], log_dir: Path
+        self,
+        client: Client,
+        redis_url: str,
+        prefix: str,
+        env: dict[str, str],
+        log_dir: Path,
+        *,
+        agents: str = AGENTS_MODULE,
     ) -> None:
+        self._agents = agents
         self._client = client
         self._redis_url = redis_url
         self._prefix = prefix
@@ -133,7 +141,7 @@ class WorkerPool:
             "--prefix",
             self._prefix,
             "--agents",
-            AGENTS_MODULE,
+            self._agents,
             "--concurrency",
             str(concurrency),
         ]
