@@ -153,3 +153,27 @@ def test_a_signalled_demo_stops_its_embedded_redis_and_everything_else_it_starte
         demo.close()
         for pid in _redis_servers_on(redis_port) if redis_port else []:
             os.kill(pid, signal.SIGKILL)  # what the demo failed to stop (the test fails)
+
+
+def test_a_killed_demo_takes_its_embedded_redis_server_with_it() -> None:
+    """SIGKILL gives the demo no chance to clean up; the kernel stops its redis-server."""
+    demo = DemoProcess("--keep-open", "--dashboard-port", str(free_port()))
+    redis_port = 0
+    try:
+        head = demo.wait_for("EMBEDDED Redis")
+        found = re.search(r"EMBEDDED Redis \(redis-server.*? at redis://127\.0\.0\.1:(\d+)/", head)
+        assert found, head
+        redis_port = int(found.group(1))
+        assert _redis_servers_on(redis_port)
+
+        demo.proc.send_signal(signal.SIGKILL)
+        demo.wait_exit(timeout=30)
+
+        deadline = time.monotonic() + 10
+        while _redis_servers_on(redis_port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _redis_servers_on(redis_port) == []
+    finally:
+        demo.close()
+        for pid in _redis_servers_on(redis_port) if redis_port else []:
+            os.kill(pid, signal.SIGKILL)
