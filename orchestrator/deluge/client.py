@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from orchestrator.deluge.conversation import (
@@ -38,6 +40,11 @@ from orchestrator.runtime.tools import format_tool_result
 
 ToolLike = Tool | Any  # a Tool, or a plain function (wrapped with Tool.from_function)
 _CHARS_PER_TOKEN = 4
+# The HTTP adapters of the top-level call running in this task (and the tasks it starts):
+# connections live as long as one start / process_prompts_async / run_agent_loop call.
+_CALL_ADAPTERS: ContextVar[dict[tuple[int, str], LLMInterface] | None] = ContextVar(
+    "deluge_call_adapters", default=None
+)
 
 
 class LLMClient:
@@ -49,6 +56,8 @@ class LLMClient:
     `orchestrator.store.rate_limits.RedisRateLimiter` to share limits with other
     processes). `environ` is where API keys are read (default: `os.environ`, read once
     here). `progress`: "auto" (a bar on a terminal), "rich", "plain" or "none".
+    HTTP connections last one top-level call (like lm-deluge's session per call) unless
+    `keep_connections=True`, which keeps them until `aclose()`.
     """
 
     def __init__(
@@ -70,6 +79,7 @@ class LLMClient:
         limiter: RequestLimiter | None = None,
         registry: ModelRegistry | None = None,
         environ: Mapping[str, str] | None = None,
+        keep_connections: bool = False,
         **extra_params: Any,
     ) -> None:
         names = [model_names] if isinstance(model_names, str) else list(model_names)
@@ -96,7 +106,8 @@ class LLMClient:
             max_retries=self.max_attempts, retry_delay=retry_delay, max_retry_delay=10.0
         )
         self._environ = dict(os.environ if environ is None else environ)
-        self._adapters: dict[str, LLMInterface] = {}
+        self.keep_connections = keep_connections
+        self._adapters: dict[tuple[int, str], LLMInterface] = {}
         self._semaphore: asyncio.Semaphore | None = None
         self._semaphore_loop: asyncio.AbstractEventLoop | None = None
 
@@ -114,7 +125,15 @@ class LLMClient:
         `prefer_model`: a model name, or "last" for the conversation's `model_used`
         (stickiness); when that model fails the next attempt goes to another one.
         """
-        conversation = as_conversation(prompt)
+        async with self._connections():
+            return await self._start(as_conversation(prompt), tools, prefer_model)
+
+    async def _start(
+        self,
+        conversation: Conversation,
+        tools: Sequence[ToolLike] | None,
+        prefer_model: str | None,
+    ) -> APIResponse:
         messages = conversation.to_openai()
         definitions = [t.definition() for t in _as_tools(tools)] or None
         model = self._resolve(prefer_model, conversation)
@@ -199,7 +218,8 @@ class LLMClient:
             return response
 
         try:
-            responses = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+            async with self._connections():
+                responses = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
         finally:
             progress.close()
         if return_completions_only:
@@ -223,7 +243,18 @@ class LLMClient:
         """Ask, run the tools the model calls, feed back the results, repeat until it
         answers without calling tools (or `max_rounds` calls). Returns the conversation
         with every message added (a copy) and the last response."""
-        working = as_conversation(conversation).copy()
+        async with self._connections():
+            return await self._agent_loop(
+                as_conversation(conversation).copy(), tools, max_rounds, prefer_model
+            )
+
+    async def _agent_loop(
+        self,
+        working: Conversation,
+        tools: Sequence[ToolLike] | None,
+        max_rounds: int,
+        prefer_model: str | None,
+    ) -> tuple[Conversation, APIResponse]:
         toolkit = {t.name: t for t in _as_tools(tools)}
         response: APIResponse | None = None
         model_for_round = prefer_model
@@ -269,11 +300,28 @@ class LLMClient:
         return random.choices(list(names), weights=weights)[0]
 
     def _adapter(self, name: str) -> LLMInterface:
-        adapter = self._adapters.get(name)
+        adapters = _CALL_ADAPTERS.get()
+        if adapters is None or self.keep_connections:
+            adapters = self._adapters
+        adapter = adapters.get((id(self), name))
         if adapter is None:
             adapter = build_adapter(self.specs[name], self._environ, self.request_timeout)
-            self._adapters[name] = adapter
+            adapters[(id(self), name)] = adapter
         return adapter
+
+    @asynccontextmanager
+    async def _connections(self) -> AsyncIterator[None]:
+        """Open a scope for HTTP connections unless one is open (or they are kept)."""
+        if self.keep_connections or _CALL_ADAPTERS.get() is not None:
+            yield
+            return
+        adapters: dict[tuple[int, str], LLMInterface] = {}
+        token = _CALL_ADAPTERS.set(adapters)
+        try:
+            yield
+        finally:
+            _CALL_ADAPTERS.reset(token)
+            await _close_all(adapters)
 
     def _slots(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
@@ -283,10 +331,22 @@ class LLMClient:
         return self._semaphore
 
     async def aclose(self) -> None:
-        """Close the HTTP connections of every model used."""
-        for adapter in self._adapters.values():
-            await adapter.aclose()  # type: ignore[attr-defined]
-        self._adapters.clear()
+        """Close the connections kept with `keep_connections=True`."""
+        adapters, self._adapters = self._adapters, {}
+        await _close_all(adapters)
+
+    async def __aenter__(self) -> LLMClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+async def _close_all(adapters: Mapping[Any, LLMInterface]) -> None:
+    for adapter in adapters.values():
+        close = getattr(adapter, "aclose", None)
+        if close is not None:
+            await close()
 
 
 def build_adapter(spec: ModelSpec, environ: Mapping[str, str], timeout: float) -> LLMInterface:

@@ -117,6 +117,7 @@ def parse_messages_request(raw: bytes, *, api_key: str | None = None) -> ChatReq
         model=body.model,
         stream=body.stream,
         include_usage=True,
+        api_key=api_key,
     )
 
 
