@@ -52,6 +52,20 @@ stays on one slot). Workers always use the scoped names; the unscoped one is for
         Bounded (settings memory_max_*) and expiring memory_retention_s after its last
         write.
 
+Batches (lm-deluge's client on the cluster; owner store/batches.py; all three share the
+batch's hash tag and expire batch_retention_s after the batch was submitted):
+
+    orc:{batch:<id>}:meta       hash: spec (BatchSpec JSON), total, done, failed,
+                                input_tokens, output_tokens, cost, created_at
+    orc:{batch:<id>}:items      hash: item index -> the item (OpenAI message list JSON)
+    orc:{batch:<id>}:results    hash: item index -> APIResponse JSON (written once)
+
+Rate limits shared by every worker (owner store/rate_limits.py):
+
+    orc:ratelimit:{<name>}      zset: "<request id>:<tokens>" -> sent at (ms, Redis TIME),
+                                the requests of the last period; TTL one period,
+                                refreshed by every request
+
 Process-wide:
 
     orc:queue                   the arq queue
@@ -232,6 +246,27 @@ class Keys:
         owner = "t-" if tenant is None else _counted("t", _tag_part(tenant, "tenant"))
         where = "*" if session_id is None else _counted("s", _tag_part(session_id, "session_id"))
         return f"{self.prefix}:selfref:{{{owner},{where},{memory_key}}}"
+
+    # -- batches and shared rate limits ------------------------------------------------
+
+    def _batch(self, batch_id: str) -> str:
+        return f"{self.prefix}:{{batch:{_tag_part(batch_id, 'batch_id')}}}"
+
+    def batch_meta(self, batch_id: str) -> str:
+        """Hash: a batch's spec and its counters (total, done, failed, usage, cost)."""
+        return f"{self._batch(batch_id)}:meta"
+
+    def batch_items(self, batch_id: str) -> str:
+        """Hash: item index -> the item's messages (JSON)."""
+        return f"{self._batch(batch_id)}:items"
+
+    def batch_results(self, batch_id: str) -> str:
+        """Hash: item index -> the item's APIResponse (JSON), written once."""
+        return f"{self._batch(batch_id)}:results"
+
+    def rate_window(self, name: str) -> str:
+        """Zset: the requests sent under one shared rate limit in the last period."""
+        return f"{self.prefix}:ratelimit:{{{_tag_part(name, 'rate limit name')}}}"
 
     # -- queue and wake-ups -----------------------------------------------------------
 

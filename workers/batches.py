@@ -1,0 +1,143 @@
+"""The batch item job: decode, answer with the lm-deluge client, record. One job per item.
+
+Every worker answering a batch shares its rate limit through `RedisRateLimiter` (one
+name per batch spec). An item whose answer is still an error after its retries is
+recorded as failed, with the error, never dropped; an item whose worker died is run again
+by arq (its job has `BATCH_ITEM_TRIES` tries), and its result is counted once.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections import OrderedDict
+from typing import Any
+
+import structlog
+
+from orchestrator.deluge import LLMClient, Tool
+from orchestrator.deluge.batch import (
+    BatchSpec,
+    client_for,
+    decode_item,
+    decode_spec,
+    result_json,
+    run_item,
+)
+from orchestrator.deluge.response import APIResponse
+from orchestrator.errors import OrchestratorError, PayloadError
+from orchestrator.keys import Keys
+from orchestrator.runtime.tools import Tool as RuntimeTool
+from orchestrator.store.batches import BatchStore
+from orchestrator.store.rate_limits import RedisRateLimiter
+
+BATCHES = "orchestrator_batches"
+BATCH_ITEM_TRIES = 3
+_CLIENTS_KEPT = 8  # batches whose client (and connections) a worker keeps
+
+_log = structlog.get_logger(__name__)
+
+
+class BatchRunner:
+    """Answers batch items on one worker; keeps a client per recent batch."""
+
+    def __init__(
+        self, redis: Any, keys: Keys, environ: dict[str, str], tool_modules: list[str]
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._environ = environ
+        self._tool_modules = set(tool_modules)
+        self.store = BatchStore(redis, keys)
+        self._batches: OrderedDict[str, tuple[BatchSpec, LLMClient, list[Tool]]] = OrderedDict()
+
+    async def run(self, payload: Any) -> dict[str, Any]:
+        batch_id, index = _decode_payload(payload)
+        with structlog.contextvars.bound_contextvars(batch_id=batch_id, item=index):
+            try:
+                spec, client, tools = await self._batch(batch_id)
+                raw = await self.store.item(batch_id, index)
+                if raw is None:
+                    raise PayloadError(f"batch {batch_id} has no item {index} (expired?)")
+                response, conversation = await run_item(client, spec, decode_item(raw), tools)
+            except PayloadError as exc:
+                _log.warning("batch item unreadable", error=str(exc))
+                response, conversation = APIResponse(is_error=True, error_message=str(exc)), None
+            except OrchestratorError as exc:  # a config problem (missing key, unknown tool)
+                response, conversation = APIResponse(is_error=True, error_message=str(exc)), None
+            await self.store.record(
+                batch_id,
+                index,
+                result_json(index, response, conversation),
+                failed=response.is_error,
+                input_tokens=response.usage.input_tokens,
+                output_tokens=response.usage.output_tokens,
+                cost=response.cost,
+            )
+            return {"batch_id": batch_id, "index": index, "is_error": response.is_error}
+
+    async def _batch(self, batch_id: str) -> tuple[BatchSpec, LLMClient, list[Tool]]:
+        kept = self._batches.get(batch_id)
+        if kept is not None:
+            self._batches.move_to_end(batch_id)
+            return kept
+        raw = await self.store.spec(batch_id)
+        if raw is None:
+            raise PayloadError(f"batch {batch_id} not found (expired?)")
+        spec = decode_spec(raw)
+        limiter = RedisRateLimiter(
+            self._redis,
+            self._keys,
+            spec.limiter_name,
+            max_requests=spec.max_requests_per_minute,
+            max_tokens=spec.max_tokens_per_minute,
+            period_s=spec.limit_period_s,
+            margin_s=spec.limit_margin_s,
+        )
+        kept = (spec, client_for(spec, limiter, self._environ), self._tools(spec.tools))
+        self._batches[batch_id] = kept
+        while len(self._batches) > _CLIENTS_KEPT:
+            _, (_, old, _) = self._batches.popitem(last=False)
+            await old.aclose()
+        return kept
+
+    def _tools(self, addresses: list[str]) -> list[Tool]:
+        """Tools named "module:name", from the modules this worker was started with only
+        (a batch spec comes from Redis: it must not make the worker import anything)."""
+        found: list[Tool] = []
+        for address in addresses:
+            module_name, _, name = address.partition(":")
+            if module_name not in self._tool_modules:
+                raise OrchestratorError(
+                    f"tool {address!r}: module {module_name!r} is not one of this "
+                    f"worker's --agents modules"
+                )
+            value = getattr(importlib.import_module(module_name), name, None)
+            if not isinstance(value, RuntimeTool):
+                raise OrchestratorError(f"tool {address!r} is not a Tool")
+            found.append(value if isinstance(value, Tool) else _as_deluge_tool(value))
+        return found
+
+    async def close(self) -> None:
+        while self._batches:
+            _, (_, client, _) = self._batches.popitem()
+            await client.aclose()
+
+
+def _as_deluge_tool(tool: RuntimeTool) -> Tool:
+    return Tool.from_function(tool.func, name=tool.name, description=tool.description)
+
+
+def _decode_payload(payload: Any) -> tuple[str, int]:
+    if (
+        isinstance(payload, dict)
+        and isinstance(payload.get("batch_id"), str)
+        and isinstance(payload.get("index"), int)
+    ):
+        return payload["batch_id"], payload["index"]
+    raise PayloadError(f"not a batch item payload: {str(payload)[:200]}")
+
+
+async def run_batch_item(ctx: dict[str, Any], payload: Any) -> dict[str, Any]:
+    """Answer one item of a batch and record its result."""
+    runner: BatchRunner = ctx[BATCHES]
+    return await runner.run(payload)
