@@ -280,8 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer samples")
     p.add_argument(
         "--only",
-        choices=["core", "forks"],
-        help="run one part: core (dispatch, turns, events, abort) or forks (fan-out)",
+        choices=["core", "forks", "batches"],
+        help="run one part: core (dispatch, turns, events, abort), forks (fan-out) or "
+        "batches (lm-deluge's client: one process vs 2 workers)",
     )
     p.set_defaults(func=_cmd_bench)
     return parser
