@@ -7,7 +7,11 @@ time scale (the limiter takes the period as a parameter, `limit_period_s`)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,8 +24,9 @@ from orchestrator.keys import Keys
 from orchestrator.mock_llm.testing import MockLLMThread
 from orchestrator.store.batches import item_job_id
 from tests.deluge_models import restore_registry, use_scripted
+from tests.fixtures_api import ApiFactory
 from tests.fixtures_llm import MockLLMFactory
-from tests.integration.workerproc import WorkerPool, drop_job_keys, worker_env
+from tests.integration.workerproc import PROJECT_ROOT, WorkerPool, drop_job_keys, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -147,8 +152,13 @@ async def test_failed_items_are_retried_then_reported_in_order(
 
 
 async def test_batch_cost_is_registry_price_times_reported_usage(
-    client: Client, workers: WorkerPool, mock_llm: MockLLMFactory
+    client: Client,
+    workers: WorkerPool,
+    mock_llm: MockLLMFactory,
+    make_api: ApiFactory,
+    redis_url: str,
 ) -> None:
+    """...and the same progress is readable from anywhere: the CLI and the HTTP API."""
     script = {
         "rules": [
             {"match": {"last_user_contains": "long"},
@@ -171,3 +181,20 @@ async def test_batch_cost_is_registry_price_times_reported_usage(
     expected = (expected_in * spec.input_cost + expected_out * spec.output_cost) / 1e6
     assert progress.cost == pytest.approx(expected)
     assert sum(r.cost for r in results if r) == pytest.approx(expected)
+
+    cli = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "orchestrator.cli", "batch", batch.batch_id, "--json",
+         "--redis", redis_url, "--prefix", client.keys.prefix],
+        capture_output=True, text=True, timeout=30, cwd=PROJECT_ROOT, check=True,
+    )  # fmt: skip
+    shown = json.loads(cli.stdout)
+    assert (shown["done"], shown["pending"], shown["finished"]) == (5, 0, True)
+    assert shown["cost"] == pytest.approx(expected)
+
+    api = make_api()
+    answer = await api.get(f"/v1/batches/{batch.batch_id}")
+    assert answer.status_code == 200
+    assert answer.json()["input_tokens"] == expected_in
+    assert answer.json()["cost"] == pytest.approx(expected)
+    assert (await api.get("/v1/batches/no-such-batch")).status_code == 404
