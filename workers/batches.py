@@ -1,13 +1,15 @@
 """The batch item job: decode, answer with the lm-deluge client, record. One job per item.
 
 Every worker answering a batch shares its rate limit through `RedisRateLimiter` (one
-name per batch spec). An item whose answer is still an error after its retries is
-recorded as failed, with the error, never dropped; an item whose worker died is run again
-by arq (its job has `BATCH_ITEM_TRIES` tries), and its result is counted once.
+name per batch spec). An item whose answer is still an error after its retries, or that
+ran out of `BATCH_ITEM_TIMEOUT_S`, is recorded as failed, with the error, never dropped.
+An item whose worker died is run again by arq once its in-progress mark lapses (the job
+timeout; its job has `BATCH_ITEM_TRIES` tries), and its result is counted once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from collections import OrderedDict
 from typing import Any
@@ -32,6 +34,9 @@ from orchestrator.store.rate_limits import RedisRateLimiter
 
 BATCHES = "orchestrator_batches"
 BATCH_ITEM_TRIES = 3
+# arq's timeout for one item job; the item gives up a little earlier, to record why.
+BATCH_ITEM_TIMEOUT_S = 600
+_RECORD_GRACE_S = 10
 _CLIENTS_KEPT = 8  # batches whose client (and connections) a worker keeps
 
 _log = structlog.get_logger(__name__)
@@ -58,7 +63,11 @@ class BatchRunner:
                 raw = await self.store.item(batch_id, index)
                 if raw is None:
                     raise PayloadError(f"batch {batch_id} has no item {index} (expired?)")
-                response, conversation = await run_item(client, spec, decode_item(raw), tools)
+                async with asyncio.timeout(BATCH_ITEM_TIMEOUT_S - _RECORD_GRACE_S):
+                    response, conversation = await run_item(client, spec, decode_item(raw), tools)
+            except TimeoutError:
+                message = f"gave up after {BATCH_ITEM_TIMEOUT_S - _RECORD_GRACE_S} s"
+                response, conversation = APIResponse(is_error=True, error_message=message), None
             except PayloadError as exc:
                 _log.warning("batch item unreadable", error=str(exc))
                 response, conversation = APIResponse(is_error=True, error_message=str(exc)), None

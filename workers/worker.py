@@ -35,7 +35,13 @@ from orchestrator.store.latency import LatencyHistograms, LatencyRecorder
 from orchestrator.store.queue import RUN_TURN, JobQueue, connect_queue
 from orchestrator.store.runs import WorkerRegistry
 from workers.arq_worker import WakeableWorker
-from workers.batches import BATCH_ITEM_TRIES, BATCHES, BatchRunner, run_batch_item
+from workers.batches import (
+    BATCH_ITEM_TIMEOUT_S,
+    BATCH_ITEM_TRIES,
+    BATCHES,
+    BatchRunner,
+    run_batch_item,
+)
 from workers.jobs import EXECUTOR, RECORDER, run_turn
 from workers.leases import LeaseKeeper
 from workers.outage import Outage, until_available
@@ -219,7 +225,12 @@ async def create_worker(
     worker = WakeableWorker(
         functions=[
             func(run_turn, name=RUN_TURN, max_tries=1, timeout=settings.job_timeout_s),
-            func(run_batch_item, name=RUN_BATCH_ITEM, max_tries=BATCH_ITEM_TRIES),
+            func(
+                run_batch_item,
+                name=RUN_BATCH_ITEM,
+                max_tries=BATCH_ITEM_TRIES,
+                timeout=BATCH_ITEM_TIMEOUT_S,
+            ),
         ],
         queue_name=services.keys.queue(),
         redis_pool=pool,

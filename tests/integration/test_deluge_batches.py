@@ -30,6 +30,7 @@ from tests.integration.workerproc import PROJECT_ROOT, WorkerPool, drop_job_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
+AGENTS = "tests.integration.agents_deluge"
 PERIOD_S = 1.5
 LIMIT = 5  # requests per PERIOD_S, for all workers together
 ITEMS = 25
@@ -49,7 +50,7 @@ async def workers(
     client: Client, redis_url: str, keys: Keys, tmp_path: Path, mock_llm: MockLLMFactory
 ) -> AsyncIterator[WorkerPool]:
     env = worker_env("http://unused.invalid/v1", tmp_path / "tools.log")
-    pool = WorkerPool(client, redis_url, keys.prefix, env, tmp_path)
+    pool = WorkerPool(client, redis_url, keys.prefix, env, tmp_path, agents=AGENTS)
     try:
         await pool.start(4, timeout=30, concurrency=4)
         yield pool
@@ -198,3 +199,66 @@ async def test_batch_cost_is_registry_price_times_reported_usage(
     assert answer.json()["input_tokens"] == expected_in
     assert answer.json()["cost"] == pytest.approx(expected)
     assert (await api.get("/v1/batches/no-such-batch")).status_code == 404
+
+
+async def test_agent_loops_run_on_the_workers(
+    client: Client, workers: WorkerPool, mock_llm: MockLLMFactory
+) -> None:
+    script = {
+        "rules": [
+            {"match": {"regex": r"weather in (\w+)", "last_role": "user"},
+             "reply": {"tool_calls": [{"name": "get_weather",
+                                       "arguments": {"city": "{regex_1}"}}]}},
+            {"match": {"last_user_contains": "double", "last_role": "user"},
+             "reply": {"tool_calls": [{"name": "double", "arguments": {"number": 21}}]}},
+            {"match": {"last_role": "tool"}, "reply": {"content": "Result: {last_tool_result}"}},
+        ],
+        "fallback": {"content": "no tools needed"},
+    }  # fmt: skip
+    use_scripted({"claude-4-sonnet": mock_llm(script)})
+    prompts = ["weather in Paris", "double it", "hello", "weather in Oslo"]
+    batch = await client.submit_batch(
+        prompts,
+        model="claude-4-sonnet",
+        tools=[f"{AGENTS}:get_weather", f"{AGENTS}:double"],
+        max_rounds=3,
+    )
+    try:
+        await batch.wait(timeout=30)
+        results = await batch.results()
+        conversations = await client.batch_conversations(batch.batch_id)
+    finally:
+        await _cleanup(client, batch.batch_id, len(prompts))
+    assert [r.completion if r else None for r in results] == [
+        "Result: The weather in Paris is sunny and 72F",
+        "Result: 42",
+        "no tools needed",
+        "Result: The weather in Oslo is sunny and 72F",
+    ]
+    first = conversations[0]
+    assert first is not None
+    assert [m.role for m in first.messages] == ["user", "assistant", "tool", "assistant"]
+
+
+async def test_a_batch_cannot_make_workers_import_or_call_other_things(
+    client: Client, workers: WorkerPool, mock_llm: MockLLMFactory
+) -> None:
+    llm = mock_llm({"fallback": {"content": "hi"}})
+    use_scripted({"gpt-4o-mini": llm})
+    refusals = {
+        "os:system": "is not one of this worker's --agents modules",
+        f"{AGENTS}:not_a_tool": "is not a Tool",
+    }
+    for address, refusal in refusals.items():
+        batch = await client.submit_batch(["a", "b"], model="gpt-4o-mini", tools=[address])
+        try:
+            progress = await batch.wait(timeout=30)
+            results = await batch.results()
+        finally:
+            await _cleanup(client, batch.batch_id, 2)
+        assert progress.failed == 2
+        for result in results:
+            assert result is not None
+            assert result.is_error
+            assert refusal in (result.error_message or "")
+    assert llm.requests() == []
