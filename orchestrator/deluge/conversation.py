@@ -149,8 +149,6 @@ class _Answer(Protocol):
     def content(self) -> Message | None: ...
     @property
     def model_internal(self) -> str | None: ...
-    @property
-    def error_message(self) -> str | None: ...
 
 
 class Conversation:
@@ -187,11 +185,27 @@ class Conversation:
         return self
 
     def with_response(self, response: _Answer) -> Conversation:
-        """Add the response's message and record the model that produced it."""
-        message = response.content
-        if message is None:
-            raise ConfigError(f"the response has no message: {response.error_message}")
-        return self.with_message(message, model_used=response.model_internal)
+        """Add the response's message (when it has one) and record the model that
+        produced it, which `prefer_model="last"` then prefers."""
+        if response.content is not None:
+            self.messages.append(response.content)
+        self.model_used = response.model_internal
+        return self
+
+    def with_tool_result(self, tool_call_id: str, result: str) -> Conversation:
+        """Add a tool result; parallel results join the tool message that ends the
+        conversation."""
+        last = self.messages[-1] if self.messages else None
+        if last is not None and last.role == "tool":
+            last.parts.append(ToolResult(tool_call_id, result))
+        else:
+            self.messages.append(Message.tool([ToolResult(tool_call_id, result)]))
+        return self
+
+    def with_tool_results(self, results: Iterable[tuple[str, str]]) -> Conversation:
+        for tool_call_id, result in results:
+            self.with_tool_result(tool_call_id, result)
+        return self
 
     def copy(self) -> Conversation:
         return Conversation(copy.deepcopy(self.messages), model_used=self.model_used)
@@ -199,6 +213,11 @@ class Conversation:
     def to_openai(self) -> list[OpenAIMessage]:
         """The OpenAI message list (what `llm_chat(history=...)` takes)."""
         return [item for message in self.messages for item in message.to_openai()]
+
+    @classmethod
+    def from_openai_chat(cls, messages: Iterable[Mapping[str, Any]]) -> Conversation:
+        """lm-deluge's name for `from_openai`."""
+        return cls.from_openai(messages)
 
     @classmethod
     def from_openai(

@@ -219,3 +219,13 @@ def test_tool_from_function_reads_hints_and_docstring() -> None:
 def test_unknown_model_names_are_a_config_error() -> None:
     with pytest.raises(ConfigError, match="unknown model"):
         LLMClient("no-such-model", registry=ModelRegistry())
+
+
+def test_with_response_records_the_model_even_without_a_message() -> None:
+    from orchestrator.deluge import APIResponse
+
+    conv = Conversation().user("hi")
+    conv.with_response(APIResponse(model_internal="gpt-4.1", is_error=True))
+    assert (len(conv), conv.model_used) == (1, "gpt-4.1")
+    conv.with_tool_result("a", "1").with_tool_results([("b", "2")])
+    assert [r.tool_call_id for r in conv.messages[-1].tool_results] == ["a", "b"]
