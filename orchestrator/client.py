@@ -497,7 +497,7 @@ class Client:
             [encode_item(prompt) for prompt in prompts],
             retention_s=retention_s or self.settings.run_retention_s,
         )
-        await self.batches.enqueue(batch_id, range(len(prompts)))
+        await self.batches.enqueue(batch_id, list(range(len(prompts))))
         return Batch(self, batch_id)
 
     def batch(self, batch_id: str) -> Batch:

@@ -13,7 +13,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from arq.constants import job_key_prefix
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
+
 from orchestrator.keys import Keys
+from orchestrator.store import jsonserial
 from orchestrator.store.connection import translate_errors
 
 RUN_BATCH_ITEM = "run_batch_item"
@@ -79,15 +84,24 @@ class BatchStore:
             await pipe.execute()
 
     async def enqueue(self, batch_id: str, indexes: Sequence[int]) -> None:
-        """Queue one arq job per item and wake idle workers."""
+        """Queue one arq job per item (JSON envelopes, as `ArqRedis.enqueue_job` writes
+        them, but pipelined: a batch's job ids are new, so arq's per-job existence check
+        and transaction are not needed) and wake idle workers."""
+        queue = self._keys.queue()
+        expires_ms = getattr(self._redis, "expires_extra_ms", 86_400_000)
         async with translate_errors("enqueue batch"):
-            for index in indexes:
-                await self._redis.enqueue_job(
-                    RUN_BATCH_ITEM,
-                    {"batch_id": batch_id, "index": index},
-                    _job_id=item_job_id(batch_id, index),
-                    _queue_name=self._keys.queue(),
-                )
+            for start in range(0, len(indexes), _ITEMS_PER_WRITE):
+                now = timestamp_ms()
+                pipe = self._redis.pipeline(transaction=False)
+                for index in indexes[start : start + _ITEMS_PER_WRITE]:
+                    jid = item_job_id(batch_id, index)
+                    payload = {"batch_id": batch_id, "index": index}
+                    envelope = serialize_job(
+                        RUN_BATCH_ITEM, (payload,), {}, None, now, serializer=jsonserial.dumps
+                    )
+                    pipe.psetex(job_key_prefix + jid, expires_ms, envelope)
+                    pipe.zadd(queue, {jid: now})
+                await pipe.execute()
             await self._redis.publish(self._keys.wake(), f"batch:{batch_id}")
 
     async def spec(self, batch_id: str) -> str | None:
