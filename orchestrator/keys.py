@@ -65,6 +65,8 @@ Rate limits shared by every worker (owner store/rate_limits.py):
     orc:ratelimit:{<name>}      zset: "<request id>:<tokens>" -> sent at (ms, Redis TIME),
                                 the requests of the last period; TTL one period,
                                 refreshed by every request
+    orc:ratelimit:{<name>}:tokens  string: the tokens of those requests; TTL one period,
+                                refreshed by every call
 
 Process-wide:
 
@@ -267,6 +269,10 @@ class Keys:
     def rate_window(self, name: str) -> str:
         """Zset: the requests sent under one shared rate limit in the last period."""
         return f"{self.prefix}:ratelimit:{{{_tag_part(name, 'rate limit name')}}}"
+
+    def rate_tokens(self, name: str) -> str:
+        """String: the tokens of the requests in one shared rate limit's window."""
+        return f"{self.rate_window(name)}:tokens"
 
     # -- queue and wake-ups -----------------------------------------------------------
 

@@ -8,6 +8,8 @@
     baseline   `LLMClient.process_prompts_async` of the same N prompts in this process,
                with as many concurrent requests as the two workers have slots.
 
+Each side runs `reps` times, interleaved (the order alternating); the median is shown.
+
 Both talk to one scripted model process answering every prompt after `llm_ms`. Keys live
 under `<prefix>:batches` and are deleted at the end with the arq keys of every item job.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -52,10 +55,11 @@ class BatchPlan:
     llm_ms: int = 20
     concurrency: int = 50  # per worker; the in-process client gets 2x
     workers: int = 2
+    reps: int = 3  # each side, interleaved; the median is reported
 
     @classmethod
     def quick(cls) -> BatchPlan:
-        return cls(prompts=200)
+        return cls(prompts=200, reps=1)
 
 
 def _registry(base_url: str) -> ModelRegistry:
@@ -74,6 +78,7 @@ class BatchBench:
         self.children: list[Child] = []
         self.base_url = ""
         self.job_ids: list[str] = []
+        self.samples: dict[str, list[float]] = {}
 
     def start(self) -> None:
         port = free_port()
@@ -160,14 +165,21 @@ class BatchBench:
             await asyncio.sleep(0.1)
 
     async def measure(self) -> list[Row]:
-        ours = await self.on_workers()
-        baseline = await self.in_process()
+        walls: dict[str, list[float]] = {"ours": [], "baseline": []}
+        for rep in range(self.plan.reps):
+            # alternate which side goes first, so neither always meets a warmer machine
+            sides = ("ours", "baseline") if rep % 2 == 0 else ("baseline", "ours")
+            for side in sides:
+                run = self.on_workers if side == "ours" else self.in_process
+                walls[side].append(await run())
+        self.samples = walls
+        ours, baseline = statistics.median(walls["ours"]), statistics.median(walls["baseline"])
         n = self.plan.prompts
         return [
             Row(
                 GROUP,
                 "batches.wall",
-                f"{n} prompts: {self.plan.workers} workers vs 1 process",
+                f"{n} prompts: {self.plan.workers} workers vs 1 process (median)",
                 ours * 1000,
                 baseline * 1000,
                 "ms",
@@ -197,7 +209,11 @@ def run_batch_bench(
     bench = BatchBench(url, BenchKeys(f"{prefix}:batches"), plan, logdir)
     try:
         bench.start()
-        return asyncio.run(bench.measure())
+        rows = asyncio.run(bench.measure())
+        for side, walls in bench.samples.items():
+            shown = ", ".join(f"{wall:.2f}" for wall in walls)
+            console.print(f"[dim]batches {side}: wall seconds per rep: {shown}[/]")
+        return rows
     finally:
         bench.stop()
         deleted = asyncio.run(delete_bench_keys(url, bench.names, bench.job_ids))

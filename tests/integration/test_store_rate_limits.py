@@ -60,5 +60,17 @@ async def test_tokens_are_limited_too_and_a_huge_request_goes_alone(
 async def test_the_window_key_expires_after_one_period_and_margin(redis: Redis, keys: Keys) -> None:
     one = limiter(redis, keys, period_s=0.5, margin_s=0.25)
     await one.acquire(5)
-    ttl_ms = await redis.pttl(keys.rate_window("shared"))
-    assert 0 < ttl_ms <= 750
+    for key in (keys.rate_window("shared"), keys.rate_tokens("shared")):
+        ttl_ms = await redis.pttl(key)
+        assert 0 < ttl_ms <= 750
+    assert await redis.get(keys.rate_tokens("shared")) == b"5"
+
+
+async def test_the_token_sum_follows_requests_leaving_the_window(redis: Redis, keys: Keys) -> None:
+    one = limiter(redis, keys, max_tokens=100, period_s=0.3)
+    await one.acquire(60)
+    await asyncio.sleep(0.35)  # the first request has left the window
+    started = time.monotonic()
+    await one.acquire(60)  # 60 + 0 <= 100: no wait
+    assert time.monotonic() - started < 0.2
+    assert await redis.get(keys.rate_tokens("shared")) == b"60"
