@@ -281,6 +281,44 @@ class LLMClient:
         assert response is not None  # at least one round ran
         return working, response
 
+    async def process_agent_loops_async(
+        self,
+        prompts: Sequence[Prompt],
+        *,
+        tools: Sequence[ToolLike] | None = None,
+        max_rounds: int = 5,
+        max_concurrent_agents: int = 10,
+        show_progress: bool = True,
+    ) -> list[tuple[Conversation, APIResponse]]:
+        """`run_agent_loop` on every prompt, `max_concurrent_agents` at a time; results
+        in input order. A loop that raised comes back as an error response."""
+        progress = make_progress(self.progress if show_progress else "none", len(prompts))
+        slots = asyncio.Semaphore(max(1, max_concurrent_agents))
+
+        async def one(index: int, prompt: Prompt) -> tuple[Conversation, APIResponse]:
+            async with slots:
+                try:
+                    conv, response = await self.run_agent_loop(
+                        prompt, tools=tools, max_rounds=max_rounds
+                    )
+                except (LLMError, ToolError, ConfigError) as exc:
+                    conv = as_conversation(prompt)
+                    response = APIResponse(is_error=True, error_message=str(exc))
+            response.id = index
+            progress.advance(response.cost)
+            return conv, response
+
+        try:
+            async with self._connections():
+                return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
+        finally:
+            progress.close()
+
+    def process_agent_loops_sync(
+        self, prompts: Sequence[Prompt], **kwargs: Any
+    ) -> list[tuple[Conversation, APIResponse]]:
+        return asyncio.run(self.process_agent_loops_async(prompts, **kwargs))
+
     def run_agent_loop_sync(
         self, conversation: Prompt, **kwargs: Any
     ) -> tuple[Conversation, APIResponse]:

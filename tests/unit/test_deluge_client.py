@@ -229,3 +229,18 @@ def test_with_response_records_the_model_even_without_a_message() -> None:
     assert (len(conv), conv.model_used) == (1, "gpt-4.1")
     conv.with_tool_result("a", "1").with_tool_results([("b", "2")])
     assert [r.tool_call_id for r in conv.messages[-1].tool_results] == ["a", "b"]
+
+
+async def test_many_agent_loops_in_input_order(mock_llm: MockLLMFactory) -> None:
+    use_scripted({"gpt-4.1": mock_llm(WEATHER)})
+    client = LLMClient("gpt-4.1")
+    prompts = ["weather in Paris?", "hello", "weather again?"]
+    results = await client.process_agent_loops_async(
+        prompts, tools=[get_weather], max_concurrent_agents=2, show_progress=False
+    )
+    assert [r.completion for _, r in results] == [
+        "So: sunny in Paris",
+        "echo hello",
+        "So: sunny in Paris",
+    ]
+    assert [len(conv) for conv, _ in results] == [4, 2, 4]
