@@ -59,6 +59,12 @@ batch's hash tag and expire batch_retention_s after the batch was submitted):
                                 input_tokens, output_tokens, cost, created_at
     orc:{batch:<id>}:items      hash: item index -> the item (OpenAI message list JSON)
     orc:{batch:<id>}:results    hash: item index -> APIResponse JSON (written once)
+    orc:{batch:<id>}:claims     hash: item index -> {worker, run, at} while a worker runs it
+                                (removed when its result is recorded)
+    orc:batches:active          zset: batch id -> submitted at (ms), the batches whose lost
+                                items the workers' sweepers look for; TTL
+                                batch_retention_s, refreshed by every submit; finished and
+                                expired batches are removed by the sweepers
 
 Rate limits shared by every worker (owner store/rate_limits.py):
 
@@ -265,6 +271,14 @@ class Keys:
     def batch_results(self, batch_id: str) -> str:
         """Hash: item index -> the item's APIResponse (JSON), written once."""
         return f"{self._batch(batch_id)}:results"
+
+    def batch_claims(self, batch_id: str) -> str:
+        """Hash: item index -> the claim of the worker running it."""
+        return f"{self._batch(batch_id)}:claims"
+
+    def batches_active(self) -> str:
+        """Zset: unfinished batches, by submission time (ms)."""
+        return f"{self.prefix}:batches:active"
 
     def rate_window(self, name: str) -> str:
         """Zset: the requests sent under one shared rate limit in the last period."""

@@ -40,6 +40,7 @@ from workers.batches import (
     BATCH_ITEM_TRIES,
     BATCHES,
     BatchRunner,
+    BatchSweeper,
     run_batch_item,
 )
 from workers.jobs import EXECUTOR, RECORDER, run_turn
@@ -81,7 +82,9 @@ class WorkerServices:
         self.recorder = LatencyRecorder()
         self.latencies = LatencyHistograms(pool, self.keys)
         # Batch items read model keys from the worker's environment (this is its edge).
-        self.batches = BatchRunner(pool, self.keys, dict(os.environ), registry.modules)
+        self.batches = BatchRunner(
+            pool, self.keys, dict(os.environ), registry.modules, worker_id=worker_id
+        )
         self.executor = TurnExecutor(
             pool,
             self.keys,
@@ -96,6 +99,12 @@ class WorkerServices:
         self.decoder = JobDecoder()
         self.reaper = Reaper(pool, self.keys, settings, self.queue)
         self.heartbeats = WorkerRegistry(pool, self.keys)
+        self.batch_sweeper = BatchSweeper(
+            self.batches.store,
+            self.heartbeats,
+            interval_s=settings.reap_interval_s,
+            grace_s=settings.heartbeat_s * 5,
+        )
         self.state = WorkerState.from_settings(settings)
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -114,6 +123,7 @@ class WorkerServices:
         self._tasks = [
             asyncio.create_task(self.reaper.run_forever()),
             asyncio.create_task(self._beat_forever(ctx)),
+            asyncio.create_task(self.batch_sweeper.run_forever()),
         ]
         if self.state.directory is not None:
             self._tasks.append(asyncio.create_task(self._drain_when_asked(ctx)))

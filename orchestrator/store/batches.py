@@ -25,8 +25,9 @@ RUN_BATCH_ITEM = "run_batch_item"
 DEFAULT_BATCH_RETENTION_S = 86_400
 _ITEMS_PER_WRITE = 500
 
-# KEYS meta, results; ARGV index, result, failed (0/1), input, output, cost
+# KEYS meta, results, claims; ARGV index, result, failed (0/1), input, output, cost
 _RECORD = """
+redis.call('HDEL', KEYS[3], ARGV[1])
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
 if ARGV[3] == '1' then
   redis.call('HINCRBY', KEYS[1], 'failed', 1)
@@ -40,9 +41,19 @@ return 1
 """
 
 
-def item_job_id(batch_id: str, index: int) -> str:
-    """The arq job id of one item (deterministic: submitting twice queues it once)."""
-    return f"batch:{batch_id}:{index}"
+# KEYS claims; ARGV index, the claim read. Takes the claim away if it is unchanged (so of
+# several sweepers that found it, exactly one re-queues the item).
+_TAKE_CLAIM = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+def item_job_id(batch_id: str, index: int, run: int = 1) -> str:
+    """The arq job id of one run of an item (deterministic: submitting twice, or two
+    sweepers re-queueing it, queue it once)."""
+    return f"batch:{batch_id}:{index}" if run == 1 else f"batch:{batch_id}:{index}:r{run}"
 
 
 class BatchStore:
@@ -50,6 +61,7 @@ class BatchStore:
         self._redis = redis
         self._keys = keys
         self._record = redis.register_script(_RECORD)
+        self._take_claim = redis.register_script(_TAKE_CLAIM)
 
     async def create(
         self,
@@ -81,9 +93,11 @@ class BatchStore:
                 pipe.hset(stored, mapping={str(start + i): item for i, item in enumerate(chunk)})
             for key in (meta, stored, self._keys.batch_results(batch_id)):
                 pipe.expire(key, retention_s)
+            pipe.zadd(self._keys.batches_active(), {batch_id: int(time.time() * 1000)})
+            pipe.expire(self._keys.batches_active(), retention_s)
             await pipe.execute()
 
-    async def enqueue(self, batch_id: str, indexes: Sequence[int]) -> None:
+    async def enqueue(self, batch_id: str, indexes: Sequence[int], *, run: int = 1) -> None:
         """Queue one arq job per item (JSON envelopes, as `ArqRedis.enqueue_job` writes
         them, but pipelined: a batch's job ids are new, so arq's per-job existence check
         and transaction are not needed) and wake idle workers."""
@@ -94,8 +108,8 @@ class BatchStore:
                 now = timestamp_ms()
                 pipe = self._redis.pipeline(transaction=False)
                 for index in indexes[start : start + _ITEMS_PER_WRITE]:
-                    jid = item_job_id(batch_id, index)
-                    payload = {"batch_id": batch_id, "index": index}
+                    jid = item_job_id(batch_id, index, run)
+                    payload = {"batch_id": batch_id, "index": index, "run": run}
                     envelope = serialize_job(
                         RUN_BATCH_ITEM, (payload,), {}, None, now, serializer=jsonserial.dumps
                     )
@@ -128,10 +142,42 @@ class BatchStore:
         """Store an item's result and count it; False if it had one already."""
         async with translate_errors("record batch result"):
             written = await self._record(
-                keys=[self._keys.batch_meta(batch_id), self._keys.batch_results(batch_id)],
+                keys=[
+                    self._keys.batch_meta(batch_id),
+                    self._keys.batch_results(batch_id),
+                    self._keys.batch_claims(batch_id),
+                ],
                 args=[index, result_json, int(failed), input_tokens, output_tokens, repr(cost)],
             )
         return bool(written)
+
+    async def claim(self, batch_id: str, index: int, claim_json: str) -> None:
+        """Note which worker runs an item (what a sweeper checks when workers die)."""
+        async with translate_errors("claim batch item"):
+            await self._redis.hset(self._keys.batch_claims(batch_id), str(index), claim_json)
+
+    async def claims(self, batch_id: str) -> dict[int, str]:
+        async with translate_errors("read batch claims"):
+            raw = await self._redis.hgetall(self._keys.batch_claims(batch_id))
+        return _by_index(raw)
+
+    async def take_claim(self, batch_id: str, index: int, claim_json: str) -> bool:
+        """Remove a claim if it is still the one read; True for the caller that did."""
+        async with translate_errors("take batch claim"):
+            taken = await self._take_claim(
+                keys=[self._keys.batch_claims(batch_id)], args=[index, claim_json]
+            )
+        return bool(taken)
+
+    async def active(self) -> list[str]:
+        async with translate_errors("list active batches"):
+            raw = await self._redis.zrange(self._keys.batches_active(), 0, -1)
+        return [t for t in (_text(item) for item in raw) if t]
+
+    async def forget(self, batch_id: str) -> None:
+        """The batch finished or expired: no more sweeping for it."""
+        async with translate_errors("forget batch"):
+            await self._redis.zrem(self._keys.batches_active(), batch_id)
 
     async def counters(self, batch_id: str) -> dict[str, str]:
         """The batch's counters as stored (empty when the batch is unknown or expired)."""
@@ -142,13 +188,17 @@ class BatchStore:
     async def results(self, batch_id: str) -> dict[int, str]:
         async with translate_errors("read batch results"):
             raw = await self._redis.hgetall(self._keys.batch_results(batch_id))
-        found: dict[int, str] = {}
-        for key, value in raw.items():
-            try:
-                found[int(_text(key) or "")] = _text(value) or ""
-            except ValueError:
-                continue  # not ours: ignored
-        return found
+        return _by_index(raw)
+
+
+def _by_index(raw: dict[Any, Any]) -> dict[int, str]:
+    found: dict[int, str] = {}
+    for key, value in raw.items():
+        try:
+            found[int(_text(key) or "")] = _text(value) or ""
+        except ValueError:
+            continue  # not ours: ignored
+    return found
 
 
 def _text(raw: Any) -> str | None:

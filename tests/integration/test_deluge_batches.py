@@ -60,7 +60,9 @@ async def workers(
 
 
 async def _cleanup(client: Client, batch_id: str, total: int) -> None:
-    await drop_job_keys(client.redis, [item_job_id(batch_id, i) for i in range(total)])
+    runs = range(1, 4)
+    jobs = [item_job_id(batch_id, i, run) for i in range(total) for run in runs]
+    await drop_job_keys(client.redis, jobs)
 
 
 def _arrivals(llm: MockLLMThread) -> list[float]:
@@ -262,3 +264,49 @@ async def test_a_batch_cannot_make_workers_import_or_call_other_things(
             assert result.is_error
             assert refusal in (result.error_message or "")
     assert llm.requests() == []
+
+
+async def test_an_item_whose_worker_dies_is_run_again_elsewhere(
+    client: Client, workers: WorkerPool, mock_llm: MockLLMFactory
+) -> None:
+    script = {
+        "rules": [
+            {"match": {"last_user_contains": "slow"}, "reply": {"content": "ok {last_user}"},
+             "latency": {"first_token_ms": 3000}},
+        ],
+        "fallback": {"content": "ok {last_user}"},
+    }  # fmt: skip
+    llm = mock_llm(script)
+    use_scripted({"gpt-4o-mini": llm})
+    prompts = ["fast 0", "slow 1", "fast 2"]
+    batch = await client.submit_batch(prompts, model="gpt-4o-mini")
+    try:
+        claim = await _claim_of(client, batch.batch_id, 1)
+        async with asyncio.timeout(15):  # killed while the model is answering it
+            while True:
+                if _slow_requests(llm):
+                    break
+                await asyncio.sleep(0.05)
+        workers.owner_of(str(claim["worker"])).kill()
+        progress = await batch.wait(timeout=40)
+        results = await batch.results()
+    finally:
+        await _cleanup(client, batch.batch_id, len(prompts))
+    assert (progress.done, progress.failed) == (3, 0)
+    assert [r.completion if r else None for r in results] == [f"ok {p}" for p in prompts]
+    assert len(_slow_requests(llm)) == 2  # the lost run, and the one that answered
+    assert await client.batches.claims(batch.batch_id) == {}
+
+
+async def _claim_of(client: Client, batch_id: str, index: int) -> dict[str, object]:
+    async with asyncio.timeout(15):
+        while True:
+            claims = await client.batches.claims(batch_id)
+            if index in claims:
+                claim: dict[str, object] = json.loads(claims[index])
+                return claim
+            await asyncio.sleep(0.05)
+
+
+def _slow_requests(llm: MockLLMThread) -> list[dict[str, object]]:
+    return [r for r in llm.requests() if "slow" in r["body"]["messages"][-1]["content"]]
