@@ -511,6 +511,16 @@ class Client:
             raise RunNotFound(f"no batch {batch_id!r} (unknown, or expired)")
         return BatchProgress.from_counters(batch_id, counters)
 
+    async def recent_batches(self, limit: int = 100) -> list[BatchProgress]:
+        """The progress of the latest batches (at most 100), newest first; batches that
+        expired meanwhile are left out."""
+        found: list[BatchProgress] = []
+        for batch_id in await self.batches.recent(limit):
+            counters = await self.batches.counters(batch_id)
+            if counters:
+                found.append(BatchProgress.from_counters(batch_id, counters))
+        return found
+
     async def batch_results(self, batch_id: str) -> list[APIResponse | None]:
         """Every item's response in input order; None for an item not answered yet."""
         progress = await self.batch_progress(batch_id)

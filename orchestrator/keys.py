@@ -65,6 +65,9 @@ batch's hash tag and expire batch_retention_s after the batch was submitted):
                                 items the workers' sweepers look for; TTL
                                 batch_retention_s, refreshed by every submit; finished and
                                 expired batches are removed by the sweepers
+    orc:batches:recent          zset: batch id -> submitted at (ms), the last 100 batches
+                                (the dashboard's list); trimmed by every submit, TTL as
+                                batches:active
 
 Rate limits shared by every worker (owner store/rate_limits.py):
 
@@ -279,6 +282,10 @@ class Keys:
     def batches_active(self) -> str:
         """Zset: unfinished batches, by submission time (ms)."""
         return f"{self.prefix}:batches:active"
+
+    def batches_recent(self) -> str:
+        """Zset: the most recent batches (at most 100), by submission time (ms)."""
+        return f"{self.prefix}:batches:recent"
 
     def rate_window(self, name: str) -> str:
         """Zset: the requests sent under one shared rate limit in the last period."""

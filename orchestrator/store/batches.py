@@ -22,6 +22,7 @@ from orchestrator.store import jsonserial
 from orchestrator.store.connection import translate_errors
 
 RUN_BATCH_ITEM = "run_batch_item"
+RECENT_BATCHES = 100
 DEFAULT_BATCH_RETENTION_S = 86_400
 _ITEMS_PER_WRITE = 500
 
@@ -93,8 +94,11 @@ class BatchStore:
                 pipe.hset(stored, mapping={str(start + i): item for i, item in enumerate(chunk)})
             for key in (meta, stored, self._keys.batch_results(batch_id)):
                 pipe.expire(key, retention_s)
-            pipe.zadd(self._keys.batches_active(), {batch_id: int(time.time() * 1000)})
-            pipe.expire(self._keys.batches_active(), retention_s)
+            now_ms = int(time.time() * 1000)
+            for index_key in (self._keys.batches_active(), self._keys.batches_recent()):
+                pipe.zadd(index_key, {batch_id: now_ms})
+                pipe.expire(index_key, retention_s)
+            pipe.zremrangebyrank(self._keys.batches_recent(), 0, -RECENT_BATCHES - 1)
             await pipe.execute()
 
     async def enqueue(self, batch_id: str, indexes: Sequence[int], *, run: int = 1) -> None:
@@ -172,6 +176,12 @@ class BatchStore:
     async def active(self) -> list[str]:
         async with translate_errors("list active batches"):
             raw = await self._redis.zrange(self._keys.batches_active(), 0, -1)
+        return [t for t in (_text(item) for item in raw) if t]
+
+    async def recent(self, limit: int = RECENT_BATCHES) -> list[str]:
+        """The latest batches submitted, newest first."""
+        async with translate_errors("list recent batches"):
+            raw = await self._redis.zrevrange(self._keys.batches_recent(), 0, limit - 1)
         return [t for t in (_text(item) for item in raw) if t]
 
     async def forget(self, batch_id: str) -> None:

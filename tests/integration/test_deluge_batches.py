@@ -201,6 +201,8 @@ async def test_batch_cost_is_registry_price_times_reported_usage(
     assert answer.json()["input_tokens"] == expected_in
     assert answer.json()["cost"] == pytest.approx(expected)
     assert (await api.get("/v1/batches/no-such-batch")).status_code == 404
+    listed = (await api.get("/v1/batches")).json()["batches"]
+    assert listed[0]["batch_id"] == batch.batch_id  # newest first
 
 
 async def test_agent_loops_run_on_the_workers(
