@@ -26,10 +26,14 @@ RECENT_BATCHES = 100
 DEFAULT_BATCH_RETENTION_S = 86_400
 _ITEMS_PER_WRITE = 500
 
-# KEYS meta, results, claims; ARGV index, result, failed (0/1), input, output, cost
+# KEYS meta, results, claims; ARGV index, result, failed (0/1), input, output, cost.
+# The results expire with the batch's meta (the hash did not exist when it was created).
 _RECORD = """
 redis.call('HDEL', KEYS[3], ARGV[1])
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl <= 0 then ttl = 86400000 end
+redis.call('PEXPIRE', KEYS[2], ttl)
 if ARGV[3] == '1' then
   redis.call('HINCRBY', KEYS[1], 'failed', 1)
 else
@@ -41,6 +45,15 @@ redis.call('HINCRBYFLOAT', KEYS[1], 'cost', ARGV[6])
 return 1
 """
 
+
+# KEYS claims, meta; ARGV index, claim. The claims expire with the batch.
+_CLAIM = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl <= 0 then ttl = 86400000 end
+redis.call('PEXPIRE', KEYS[1], ttl)
+return 1
+"""
 
 # KEYS claims; ARGV index, the claim read. Takes the claim away if it is unchanged (so of
 # several sweepers that found it, exactly one re-queues the item).
@@ -63,6 +76,7 @@ class BatchStore:
         self._keys = keys
         self._record = redis.register_script(_RECORD)
         self._take_claim = redis.register_script(_TAKE_CLAIM)
+        self._claim = redis.register_script(_CLAIM)
 
     async def create(
         self,
@@ -157,8 +171,9 @@ class BatchStore:
 
     async def claim(self, batch_id: str, index: int, claim_json: str) -> None:
         """Note which worker runs an item (what a sweeper checks when workers die)."""
+        keys = [self._keys.batch_claims(batch_id), self._keys.batch_meta(batch_id)]
         async with translate_errors("claim batch item"):
-            await self._redis.hset(self._keys.batch_claims(batch_id), str(index), claim_json)
+            await self._claim(keys=keys, args=[index, claim_json])
 
     async def claims(self, batch_id: str) -> dict[int, str]:
         async with translate_errors("read batch claims"):

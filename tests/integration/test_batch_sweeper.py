@@ -42,6 +42,7 @@ async def test_lost_items_are_requeued_once_or_failed(
         }
         for index, raw in claims.items():
             await store.claim("b1", index, raw)
+        assert 0 < await arq.ttl(keys.batch_claims("b1")) <= await arq.ttl(keys.batch_meta("b1"))
         sweepers = [BatchSweeper(store, registry, interval_s=1, grace_s=5) for _ in range(2)]
         assert [await s.sweep_once() for s in sweepers] == [1, 0]
         assert await arq.exists(job_key_prefix + item_job_id("b1", 0, run=2))
@@ -52,6 +53,7 @@ async def test_lost_items_are_requeued_once_or_failed(
         assert failed.is_error
         assert "died 3 times" in (failed.error_message or "")
         assert (await store.counters("b1"))["failed"] == "1"
+        assert 0 < await arq.ttl(keys.batch_results("b1")) <= await arq.ttl(keys.batch_meta("b1"))
         # once every item has a result the batch leaves the sweep list
         for index in (0, 2, 3, 4):
             await store.record("b1", index, "{}", failed=False, input_tokens=0,

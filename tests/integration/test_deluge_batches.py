@@ -204,6 +204,12 @@ async def test_batch_cost_is_registry_price_times_reported_usage(
     listed = (await api.get("/v1/batches")).json()["batches"]
     assert listed[0]["batch_id"] == batch.batch_id  # newest first
 
+    # every key the batch made expires (only the bounded process-wide ones do not)
+    async for name in client.redis.scan_iter(match=client.keys.pattern()):
+        key = name.decode()
+        if key not in client.keys.bounded():
+            assert await client.redis.ttl(key) > 0, key
+
 
 async def test_agent_loops_run_on_the_workers(
     client: Client, workers: WorkerPool, mock_llm: MockLLMFactory
