@@ -25,6 +25,8 @@ from orchestrator.deluge.tool import Tool
 from orchestrator.errors import ConfigError, PayloadError
 
 BATCH_SPEC_VERSION = 1
+# Answers another run of the item would get again: not retried.
+PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 413, 422})
 
 
 class BatchSpec(BaseModel):
@@ -132,7 +134,8 @@ def client_for(spec: BatchSpec, limiter: RequestLimiter, environ: dict[str, str]
 async def run_item(
     client: LLMClient, spec: BatchSpec, item: Conversation, tools: Sequence[Tool] = ()
 ) -> tuple[APIResponse, Conversation | None]:
-    """Answer one item: up to `item_attempts` runs while the answer is an error. Returns
+    """Answer one item: up to `item_attempts` runs while the answer is an error (one that
+    another run would get again, a 400 say, ends it at once). Returns
     the response and, for agent loops, the conversation with every message added."""
     response = APIResponse(is_error=True, error_message="not run")
     conversation: Conversation | None = None
@@ -145,7 +148,7 @@ async def run_item(
             )
         else:
             response = await client.start(item)
-        if not response.is_error:
+        if not response.is_error or response.status_code in PERMANENT_STATUSES:
             break
     return response, conversation
 

@@ -6,7 +6,9 @@ for many prompts (results in input order), and `run_agent_loop` with tools.
 
 Retries live here (`max_attempts` in all, across models): each attempt is one HTTP
 request (the adapters are built with `max_retries=0`), so every attempt passes the rate
-limiter, and an attempt after a failure goes to another model when there is one.
+limiter, and an attempt after a failure goes to another model when there is one. A
+status retrying cannot fix (`LLMHTTPError`: 400, 401, 404, ...) is not sent to the same
+model again.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from orchestrator.deluge.models import ModelRegistry, ModelSpec, default_registr
 from orchestrator.deluge.progress import ProgressMode, make_progress
 from orchestrator.deluge.response import APIResponse, Usage
 from orchestrator.deluge.tool import Tool
-from orchestrator.errors import ConfigError, LLMError, ToolError
+from orchestrator.errors import ConfigError, LLMError, LLMHTTPError, ToolError
 from orchestrator.llm.anthropic import AnthropicMessages
 from orchestrator.llm.openai_compatible import OpenAICompatible
 from orchestrator.llm.retry import RetryPolicy
@@ -146,6 +148,8 @@ class LLMClient:
             except LLMError as exc:
                 error = exc
                 failures.append(model)
+                if isinstance(exc, LLMHTTPError) and not self._untried(failures):
+                    break  # a 4xx the same model would answer again: do not spend the limit
                 model = await self._next_model(model, failures)
                 continue
             return self._response(model, completion, attempt)
@@ -175,10 +179,13 @@ class LLMClient:
                 accumulator.add(chunk)
             return accumulator.completion()
 
+    def _untried(self, failures: list[str]) -> list[str]:
+        return [m for m in self.models if m not in failures]
+
     async def _next_model(self, failed: str, failures: list[str]) -> str:
         """Another model when there is one not failed yet in this call; else the same
         one again, after a backoff."""
-        others = [m for m in self.models if m not in failures]
+        others = self._untried(failures)
         if others:
             return self._pick(others)
         await asyncio.sleep(self._retry.delay(failures.count(failed) - 1))

@@ -244,3 +244,16 @@ async def test_many_agent_loops_in_input_order(mock_llm: MockLLMFactory) -> None
         "So: sunny in Paris",
     ]
     assert [len(conv) for conv, _ in results] == [4, 2, 4]
+
+
+async def test_a_bad_request_is_not_repeated_but_tried_on_the_other_model(
+    mock_llm: MockLLMFactory,
+) -> None:
+    bad = {"rules": [{"reply": {"content": "x"}, "fault": {"type": "http_400", "times": None}}]}
+    claude, gpt = mock_llm(bad), mock_llm(bad)
+    use_scripted({"claude-4-sonnet": claude, "gpt-4.1": gpt})
+    client = LLMClient(["claude-4-sonnet", "gpt-4.1"], max_attempts=5)
+    response = await client.start("hi")
+    assert response.is_error
+    assert response.status_code == 400
+    assert (len(claude.requests()), len(gpt.requests())) == (1, 1)
