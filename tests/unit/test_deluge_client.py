@@ -257,3 +257,37 @@ async def test_a_bad_request_is_not_repeated_but_tried_on_the_other_model(
     assert response.is_error
     assert response.status_code == 400
     assert (len(claude.requests()), len(gpt.requests())) == (1, 1)
+
+
+async def test_conversations_and_llm_chat_histories_are_interchangeable(
+    mock_llm: MockLLMFactory,
+) -> None:
+    """An llm_chat turn's history reads as a Conversation that LLMClient continues, and a
+    Conversation's OpenAI list is a history llm_chat continues."""
+    from orchestrator import OpenAICompatible, llm_chat
+
+    llm = mock_llm(WEATHER)
+    use_scripted({"gpt-4.1": llm})
+    model = OpenAICompatible("", "gpt-4.1", llm.base_url, retry_delay=0.01)
+
+    @llm_chat(llm_interface=model, toolkit=[Tool.from_function(get_weather)], stream=False)
+    async def agent(message: str, history: list[dict[str, Any]] | None = None) -> None:
+        """You are a helpful assistant."""
+
+    outputs = [pair async for pair in agent("weather in Paris?", [])]
+    conv = Conversation.from_openai(outputs[-1][1])
+    assert [m.role for m in conv.messages] == ["system", "user", "assistant", "tool", "assistant"]
+    conv.user("thanks")
+    response = await LLMClient("gpt-4.1").start(conv)
+    assert response.completion == "echo thanks"
+    sent = llm.requests()[-1]["body"]["messages"]
+    assert sent[:5] == outputs[-1][1]  # the history went out as llm_chat wrote it
+
+    conv = conv.with_response(response)
+    again = [pair async for pair in agent("more", conv.to_openai())]
+    assert [m["role"] for m in again[-1][1]][-3:] == ["assistant", "user", "assistant"]
+    assert llm.requests()[-1]["body"]["messages"][6] == {
+        "role": "assistant",
+        "content": "echo thanks",
+    }
+    await model.aclose()
