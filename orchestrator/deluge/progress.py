@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from typing import Any, Literal, Protocol, TextIO
+from typing import Literal, Protocol, TextIO
 
 ProgressMode = Literal["auto", "rich", "plain", "none"] | bool | None
 
@@ -55,7 +55,9 @@ class PlainProgress:
 
 
 class RichProgress:
-    def __init__(self, total: int, rich_progress: Any) -> None:
+    def __init__(self, total: int, stream: TextIO) -> None:
+        rich_progress = importlib.import_module("rich.progress")
+        console = importlib.import_module("rich.console").Console(file=stream)
         self._bar = rich_progress.Progress(
             rich_progress.TextColumn("Processing prompts"),
             rich_progress.BarColumn(),
@@ -63,6 +65,7 @@ class RichProgress:
             rich_progress.TextColumn("${task.fields[cost]:.4f}"),
             rich_progress.TimeElapsedColumn(),
             transient=False,
+            console=console,
         )
         self._cost = 0.0
         self._task = self._bar.add_task("prompts", total=total, cost=0.0)
@@ -86,5 +89,5 @@ def make_progress(mode: ProgressMode, total: int, stream: TextIO | None = None) 
         return NoProgress()
     wants_rich = mode in ("auto", True, "rich")
     if wants_rich and importlib.util.find_spec("rich") is not None:
-        return RichProgress(total, importlib.import_module("rich.progress"))
+        return RichProgress(total, out)
     return PlainProgress(total, out)

@@ -17,7 +17,7 @@ from orchestrator.deluge.batch import (
     read_result,
     result_json,
 )
-from orchestrator.deluge.progress import NoProgress, PlainProgress, make_progress
+from orchestrator.deluge.progress import NoProgress, PlainProgress, RichProgress, make_progress
 from orchestrator.errors import PayloadError
 
 pytestmark = pytest.mark.timeout(10)
@@ -39,6 +39,17 @@ def test_no_bar_when_not_on_a_terminal_unless_asked() -> None:
     bar.close()
     assert "2/2" in out.getvalue()
     assert "$0.7500" in out.getvalue()
+
+
+def test_rich_bar_on_a_terminal_when_rich_is_installed() -> None:
+    out = Terminal()
+    bar = make_progress("auto", 3, out)
+    assert isinstance(bar, RichProgress)
+    for _ in range(3):
+        bar.advance(0.1)
+    bar.close()
+    assert "3/3" in out.getvalue()
+    assert "$0.3000" in out.getvalue()
 
 
 def test_items_round_trip_and_bad_items_are_payload_errors() -> None:
