@@ -49,6 +49,9 @@ def to_messages_request(body: JSON) -> JSON:
     for name in _PASSED:
         if body.get(name) is not None:
             request[name] = body[name]
+    if request.get("top_p") == 1.0:
+        # top_p 1 changes nothing, and newer Claude models refuse temperature with top_p
+        del request["top_p"]
     stop = body.get("stop")
     if stop:
         request["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)

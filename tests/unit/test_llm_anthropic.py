@@ -53,10 +53,12 @@ async def test_tool_call_and_usage_in_both_modes(mock_llm: MockLLMFactory, strea
     accumulator = ChunkAccumulator()
     async with model(llm.base_url) as claude:
         if stream:
-            async for chunk in claude.chat_stream(messages, tools=TOOLS, max_tokens=100):
+            stream_args = {"tools": TOOLS, "max_tokens": 100, "top_p": 1.0}
+            async for chunk in claude.chat_stream(messages, **stream_args):
                 accumulator.add(chunk)
         else:
-            accumulator.add_completion(await claude.chat(messages, tools=TOOLS, max_tokens=100))
+            answer = await claude.chat(messages, tools=TOOLS, max_tokens=100, top_p=1.0)
+            accumulator.add_completion(answer)
     message = accumulator.message()
     assert message["content"] == "Looking it up."
     call = message["tool_calls"][0]
@@ -65,6 +67,7 @@ async def test_tool_call_and_usage_in_both_modes(mock_llm: MockLLMFactory, strea
     assert accumulator.usage is not None
     assert (accumulator.usage["prompt_tokens"], accumulator.usage["completion_tokens"]) == (40, 12)
     sent = llm.requests()[0]["body"]
+    assert "top_p" not in sent
     assert sent["system"] == "be brief"
     assert sent["max_tokens"] == 100
 
