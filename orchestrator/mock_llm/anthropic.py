@@ -4,7 +4,8 @@ The request is read into the same `ChatRequest` the OpenAI route builds (system 
 `tool_result` blocks as `tool` messages, `tool_use` blocks as tool calls), so every match
 condition, placeholder, fault and latency of a script works on both wire formats. The
 answer is a Messages API `message`, or its SSE events (message_start, content_block_*,
-message_delta, message_stop). The key comes from `x-api-key`.
+message_delta, message_stop). The key comes from `x-api-key` (or, as newer SDKs send
+it, `Authorization: Bearer`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.mock_llm.chat import MALFORMED_LINE
 from orchestrator.mock_llm.reply import ARGUMENT_PIECE_CHARS, RenderedReply, render, split_words
-from orchestrator.mock_llm.request import ChatRequest, InvalidRequest, Message
+from orchestrator.mock_llm.request import ChatRequest, InvalidRequest, Message, bearer_key
 from orchestrator.mock_llm.script import Fault, Latency, describe_validation_error
 from orchestrator.mock_llm.state import Decision, ScriptState
 from orchestrator.mock_llm.wire import Request, ResponseWriter
@@ -263,7 +264,8 @@ async def answer(out: ResponseWriter, request: ChatRequest, decision: Decision, 
 async def handle_messages(state: ScriptState, request: Request, out: ResponseWriter) -> None:
     """The `/v1/messages` route."""
     try:
-        chat = parse_messages_request(request.body, api_key=request.headers.get("x-api-key"))
+        key = request.headers.get("x-api-key") or bearer_key(request.headers.get("authorization"))
+        chat = parse_messages_request(request.body, api_key=key)
     except InvalidRequest as exc:
         await out.send_json(400, error_body(str(exc), "invalid_request_error"))
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from orchestrator.errors import LLMHTTPError
 from orchestrator.llm.anthropic import AnthropicMessages
@@ -118,8 +119,11 @@ async def test_a_dropped_stream_is_resumed_without_repeats(mock_llm: MockLLMFact
 async def test_overloaded_is_retried_and_a_bad_request_is_not(mock_llm: MockLLMFactory) -> None:
     llm = mock_llm({"rules": [{"reply": {"content": "ok"}, "fault": {"type": "http_503"}}]})
     async with model(llm.base_url, max_retries=2) as claude:
-        answer = await claude.chat([{"role": "user", "content": "go"}])
+        with capture_logs() as logs:
+            answer = await claude.chat([{"role": "user", "content": "go"}])
     assert answer["choices"][0]["message"]["content"] == "ok"  # 529 then success
+    retries = [entry for entry in logs if entry["event"] == "llm.retry"]
+    assert [entry["status"] for entry in retries] == [529]
     llm.set_script({"rules": [{"reply": {"content": "x"}, "fault": {"type": "http_400"}}]})
     async with model(llm.base_url, max_retries=2) as claude:
         with pytest.raises(LLMHTTPError) as caught:
