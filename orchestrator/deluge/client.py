@@ -150,6 +150,8 @@ class LLMClient:
                 failures.append(model)
                 if isinstance(exc, LLMHTTPError) and not self._untried(failures):
                     break  # a 4xx the same model would answer again: do not spend the limit
+                if attempt == self.max_attempts:
+                    break
                 model = await self._next_model(model, failures)
                 continue
             return self._response(model, completion, attempt)
