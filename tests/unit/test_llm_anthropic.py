@@ -144,3 +144,31 @@ def test_the_route_answers_invalid_requests_in_anthropic_shape(mock_llm: MockLLM
     assert body["type"] == "error"
     assert body["error"]["type"] == "invalid_request_error"
     assert "max_tokens" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_llm_chat_agents_run_on_claude_natively(
+    mock_llm: MockLLMFactory, stream: bool
+) -> None:
+    """`AnthropicMessages` is an `LLMInterface`: an `llm_chat` agent with tools runs on
+    the Messages API as it does on an OpenAI-compatible server."""
+    from orchestrator import llm_chat, tool
+
+    @tool(name="lookup", description="Look a word up.")
+    async def lookup(word: str) -> str:
+        return f"a happy accident ({word})"
+
+    llm = mock_llm(SCRIPT)
+    async with model(llm.base_url) as claude:
+
+        @llm_chat(llm_interface=claude, toolkit=[lookup], stream=stream)
+        async def agent(message: str, history: list[dict[str, object]] | None = None) -> None:
+            """You are a dictionary."""
+
+        outputs = [pair async for pair in agent("serendipity", [])]
+    history = outputs[-1][1]
+    assert [m["role"] for m in history] == ["system", "user", "assistant", "tool", "assistant"]
+    assert history[-1]["content"] == "It means a happy accident (message: serendipity)."
+    first = llm.requests()[0]["body"]
+    assert first["system"] == "You are a dictionary."
+    assert first["tools"][0]["name"] == "lookup"
