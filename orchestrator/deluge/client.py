@@ -36,7 +36,7 @@ from orchestrator.deluge.tool import Tool
 from orchestrator.errors import ConfigError, LLMError, LLMHTTPError, ToolError
 from orchestrator.llm.anthropic import AnthropicMessages
 from orchestrator.llm.openai_compatible import OpenAICompatible
-from orchestrator.llm.retry import RetryPolicy
+from orchestrator.llm.retry import RetryableFailure, RetryPolicy
 from orchestrator.ports import ChunkAccumulator, LLMInterface
 from orchestrator.runtime.tools import format_tool_result
 
@@ -152,7 +152,7 @@ class LLMClient:
                     break  # a 4xx the same model would answer again: do not spend the limit
                 if attempt == self.max_attempts:
                     break
-                model = await self._next_model(model, failures)
+                model = await self._next_model(model, failures, _retry_after(exc))
                 continue
             return self._response(model, completion, attempt)
         return APIResponse(
@@ -184,13 +184,15 @@ class LLMClient:
     def _untried(self, failures: list[str]) -> list[str]:
         return [m for m in self.models if m not in failures]
 
-    async def _next_model(self, failed: str, failures: list[str]) -> str:
+    async def _next_model(
+        self, failed: str, failures: list[str], retry_after: float | None = None
+    ) -> str:
         """Another model when there is one not failed yet in this call; else the same
-        one again, after a backoff."""
+        one again, after a backoff (the server's Retry-After when it sent one)."""
         others = self._untried(failures)
         if others:
             return self._pick(others)
-        await asyncio.sleep(self._retry.delay(failures.count(failed) - 1))
+        await asyncio.sleep(self._retry.delay(failures.count(failed) - 1, retry_after))
         return failed
 
     def _response(self, model: str, completion: dict[str, Any], attempts: int) -> APIResponse:
@@ -401,6 +403,12 @@ def build_adapter(spec: ModelSpec, environ: Mapping[str, str], timeout: float) -
     key = spec.api_key(environ)
     kind = AnthropicMessages if spec.provider == "anthropic" else OpenAICompatible
     return kind(key, spec.provider_model, spec.api_base, max_retries=0, timeout=timeout)
+
+
+def _retry_after(exc: LLMError) -> float | None:
+    """The Retry-After of the 429/503 behind a failed attempt, if the server sent one."""
+    cause = exc.__cause__
+    return cause.retry_after if isinstance(cause, RetryableFailure) else None
 
 
 def _weights(names: list[str], weights: Sequence[float] | None) -> list[float]:

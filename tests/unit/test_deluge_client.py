@@ -291,3 +291,19 @@ async def test_conversations_and_llm_chat_histories_are_interchangeable(
         "content": "echo thanks",
     }
     await model.aclose()
+
+
+async def test_a_429_retry_after_is_waited_for(mock_llm: MockLLMFactory) -> None:
+    script = {
+        "rules": [
+            {"reply": {"content": "ok"}, "fault": {"type": "http_429", "retry_after": 0.4}},
+        ]
+    }
+    llm = mock_llm(script)
+    use_scripted({"gpt-4.1": llm})
+    client = LLMClient("gpt-4.1", retry_delay=0.001)
+    started = time.monotonic()
+    response = await client.start("hi")
+    assert response.completion == "ok"
+    assert response.attempts == 2
+    assert time.monotonic() - started >= 0.4  # not the 1 ms backoff
