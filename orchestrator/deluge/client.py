@@ -21,6 +21,8 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any
 
+import structlog
+
 from orchestrator.deluge.conversation import (
     Conversation,
     Message,
@@ -40,6 +42,7 @@ from orchestrator.llm.retry import RetryableFailure, RetryPolicy
 from orchestrator.ports import ChunkAccumulator, LLMInterface
 from orchestrator.runtime.tools import format_tool_result
 
+_log = structlog.get_logger(__name__)
 ToolLike = Tool | Any  # a Tool, or a plain function (wrapped with Tool.from_function)
 _CHARS_PER_TOKEN = 4
 # The HTTP adapters of the top-level call running in this task (and the tasks it starts):
@@ -440,4 +443,5 @@ async def _run_tool(toolkit: dict[str, Tool], name: str, arguments: dict[str, An
     except ToolError as exc:
         return f"Error: {exc}"
     except Exception as exc:  # the model sees the failure and may try otherwise
+        _log.warning("deluge.tool_failed", tool=name, error=repr(exc))
         return f"Error: {type(exc).__name__}: {exc}"
