@@ -307,3 +307,16 @@ async def test_a_429_retry_after_is_waited_for(mock_llm: MockLLMFactory) -> None
     assert response.completion == "ok"
     assert response.attempts == 2
     assert time.monotonic() - started >= 0.4  # not the 1 ms backoff
+
+
+async def test_a_failing_tool_is_reported_to_the_model(mock_llm: MockLLMFactory) -> None:
+    def get_weather(city: str) -> str:
+        """Get the current weather for a city."""
+        raise ValueError(f"no station in {city}")
+
+    use_scripted({"gpt-4.1": mock_llm(WEATHER)})
+    conv, response = await LLMClient("gpt-4.1").run_agent_loop(
+        "weather in Paris?", tools=[get_weather]
+    )
+    assert response.completion == "So: Error: ValueError: no station in Paris"
+    assert conv.messages[2].tool_results[0].result.startswith("Error: ValueError")
