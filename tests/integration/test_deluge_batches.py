@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.client import Client
-from orchestrator.deluge import Conversation, default_registry
+from orchestrator.deluge import Conversation, default_registry, register_model
 from orchestrator.keys import Keys
 from orchestrator.mock_llm.testing import MockLLMThread
 from orchestrator.store.batches import item_job_id
@@ -319,3 +319,21 @@ async def _claim_of(client: Client, batch_id: str, index: int) -> dict[str, obje
 
 def _slow_requests(llm: MockLLMThread) -> list[dict[str, object]]:
     return [r for r in llm.requests() if "slow" in r["body"]["messages"][-1]["content"]]
+
+
+async def test_a_key_missing_on_the_workers_fails_items_with_its_name(
+    client: Client, workers: WorkerPool, mock_llm: MockLLMFactory
+) -> None:
+    llm = mock_llm({"fallback": {"content": "hi"}})
+    register_model("keyed", api_base=llm.base_url, api_key_env="DELUGE_TEST_UNSET_KEY")
+    batch = await client.submit_batch(["a", "b"], model="keyed")
+    try:
+        progress = await batch.wait(timeout=30)
+        results = await batch.results()
+    finally:
+        await _cleanup(client, batch.batch_id, 2)
+    assert progress.failed == 2
+    for result in results:
+        assert result is not None
+        assert "set DELUGE_TEST_UNSET_KEY" in (result.error_message or "")
+    assert llm.requests() == []
