@@ -20,12 +20,22 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from pydantic import BaseModel
 
-from orchestrator.errors import RunError, RunNotFound, SessionNotOwned
+from orchestrator.deluge.batch import (
+    BatchProgress,
+    BatchSpec,
+    decode_spec,
+    encode_item,
+    read_result,
+)
+from orchestrator.deluge.conversation import Conversation, Prompt
+from orchestrator.deluge.models import ModelRegistry, default_registry
+from orchestrator.deluge.response import APIResponse
+from orchestrator.errors import ConfigError, RunError, RunNotFound, SessionNotOwned
 from orchestrator.events import (
     EventYield,
     LLMChunkArriveEvent,
@@ -37,6 +47,7 @@ from orchestrator.keys import Keys
 from orchestrator.runs import RunRecord, RunRequest, RunStatus, StreamEntry, fork_run_id
 from orchestrator.settings import Settings
 from orchestrator.store.abort import AbortFlags
+from orchestrator.store.batches import BatchStore
 from orchestrator.store.connection import connect_arq, translate_errors
 from orchestrator.store.forks import ForkTable
 from orchestrator.store.latency import LatencyHistograms
@@ -186,6 +197,7 @@ class Client:
         self.workers = WorkerRegistry(redis, self.keys)
         self.sessions = SessionTable(redis, self.keys)
         self.latencies = LatencyHistograms(redis, self.keys)
+        self.batches = BatchStore(redis, self.keys)
 
     async def submit(
         self,
@@ -418,6 +430,147 @@ class Client:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    # -- batches: lm-deluge's client on the cluster (orchestrator.deluge, docs/deluge.md) --
+
+    async def submit_batch(
+        self,
+        prompts: Sequence[Prompt],
+        *,
+        model: str | Sequence[str] = "gpt-4o-mini",
+        model_weights: Sequence[float] | None = None,
+        max_new_tokens: int = 512,
+        temperature: float = 0.75,
+        top_p: float = 1.0,
+        max_requests_per_minute: int = 1_000,
+        max_tokens_per_minute: int = 100_000,
+        limit_period_s: float = 60.0,
+        limit_margin_s: float = 0.25,
+        limiter_name: str | None = None,
+        max_attempts: int = 5,
+        item_attempts: int = 2,
+        retry_delay: float = 0.5,
+        stream: bool = False,
+        tools: Sequence[str] = (),
+        max_rounds: int = 5,
+        registry: ModelRegistry | None = None,
+        retention_s: int | None = None,
+    ) -> Batch:
+        """Answer many prompts (texts or `Conversation`s) on the workers, one job per
+        item, with the requests/tokens-per-minute limits enforced across all workers
+        together. Returns at once with a `Batch` handle (progress, results).
+
+        Models are registered names (their registry entries travel with the batch; keys
+        are read from each worker's environment). The limit is shared by every batch
+        with the same `limiter_name` (default: the model names). `tools` ("module:name"
+        of `Tool`s in the workers' agent modules) makes each item an agent loop.
+        `limit_period_s` is the limits' window (60: per minute); `limit_margin_s` widens
+        it to absorb the variation of the HTTP hop (requests arrive at the provider at
+        least a period apart, not just leave here so).
+        """
+        names = [model] if isinstance(model, str) else list(model)
+        registry = registry or default_registry
+        if not prompts:
+            raise ConfigError("submit_batch needs at least one prompt")
+        spec = BatchSpec(
+            models=[registry.get(name) for name in names],
+            model_weights=list(model_weights) if model_weights is not None else None,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            max_requests_per_minute=max_requests_per_minute,
+            max_tokens_per_minute=max_tokens_per_minute,
+            limit_period_s=limit_period_s,
+            limit_margin_s=limit_margin_s,
+            limiter_name=limiter_name or "+".join(sorted(names)),
+            max_attempts=max_attempts,
+            item_attempts=item_attempts,
+            retry_delay=retry_delay,
+            stream=stream,
+            tools=list(tools),
+            max_rounds=max_rounds,
+        )
+        batch_id = uuid.uuid4().hex
+        await self.batches.create(
+            batch_id,
+            spec.model_dump_json(),
+            [encode_item(prompt) for prompt in prompts],
+            retention_s=retention_s or self.settings.run_retention_s,
+        )
+        await self.batches.enqueue(batch_id, list(range(len(prompts))))
+        return Batch(self, batch_id)
+
+    def batch(self, batch_id: str) -> Batch:
+        """A handle on a batch submitted earlier (by anyone)."""
+        return Batch(self, batch_id)
+
+    async def batch_progress(self, batch_id: str) -> BatchProgress:
+        """Counts, usage and cost so far (`RunNotFound` for an unknown or expired id)."""
+        counters = await self.batches.counters(batch_id)
+        if not counters:
+            raise RunNotFound(f"no batch {batch_id!r} (unknown, or expired)")
+        return BatchProgress.from_counters(batch_id, counters)
+
+    async def recent_batches(self, limit: int = 100) -> list[BatchProgress]:
+        """The progress of the latest batches (at most 100), newest first; batches that
+        expired meanwhile are left out."""
+        found: list[BatchProgress] = []
+        for batch_id in await self.batches.recent(limit):
+            counters = await self.batches.counters(batch_id)
+            if counters:
+                found.append(BatchProgress.from_counters(batch_id, counters))
+        return found
+
+    async def batch_results(self, batch_id: str) -> list[APIResponse | None]:
+        """Every item's response in input order; None for an item not answered yet."""
+        progress = await self.batch_progress(batch_id)
+        stored = await self.batches.results(batch_id)
+        return [
+            read_result(stored[index])[0] if index in stored else None
+            for index in range(progress.total)
+        ]
+
+    async def batch_conversations(self, batch_id: str) -> list[Conversation | None]:
+        """For an agent-loop batch: each item's conversation with every message added."""
+        progress = await self.batch_progress(batch_id)
+        stored = await self.batches.results(batch_id)
+        return [
+            read_result(stored[index])[1] if index in stored else None
+            for index in range(progress.total)
+        ]
+
+    async def batch_spec(self, batch_id: str) -> BatchSpec:
+        raw = await self.batches.spec(batch_id)
+        if raw is None:
+            raise RunNotFound(f"no batch {batch_id!r} (unknown, or expired)")
+        return decode_spec(raw)
+
+
+class Batch:
+    """A handle on one submitted batch; cheap to create, safe to share."""
+
+    def __init__(self, client: Client, batch_id: str) -> None:
+        self._client = client
+        self.batch_id = batch_id
+
+    def __repr__(self) -> str:
+        return f"Batch(batch_id={self.batch_id!r})"
+
+    async def progress(self) -> BatchProgress:
+        return await self._client.batch_progress(self.batch_id)
+
+    async def results(self) -> list[APIResponse | None]:
+        return await self._client.batch_results(self.batch_id)
+
+    async def wait(self, timeout: float | None = None, poll_s: float = 0.1) -> BatchProgress:
+        """Return the progress once every item is done or failed (TimeoutError after
+        `timeout` seconds)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                progress = await self.progress()
+                if progress.finished:
+                    return progress
+                await asyncio.sleep(poll_s)
 
 
 def _check_tenant(tenant: str | None) -> None:

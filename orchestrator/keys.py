@@ -52,6 +52,31 @@ stays on one slot). Workers always use the scoped names; the unscoped one is for
         Bounded (settings memory_max_*) and expiring memory_retention_s after its last
         write.
 
+Batches (lm-deluge's client on the cluster; owner store/batches.py; all three share the
+batch's hash tag and expire batch_retention_s after the batch was submitted):
+
+    orc:{batch:<id>}:meta       hash: spec (BatchSpec JSON), total, done, failed,
+                                input_tokens, output_tokens, cost, created_at
+    orc:{batch:<id>}:items      hash: item index -> the item (OpenAI message list JSON)
+    orc:{batch:<id>}:results    hash: item index -> APIResponse JSON (written once)
+    orc:{batch:<id>}:claims     hash: item index -> {worker, run, at} while a worker runs it
+                                (removed when its result is recorded)
+    orc:batches:active          zset: batch id -> submitted at (ms), the batches whose lost
+                                items the workers' sweepers look for; TTL
+                                batch_retention_s, refreshed by every submit; finished and
+                                expired batches are removed by the sweepers
+    orc:batches:recent          zset: batch id -> submitted at (ms), the last 100 batches
+                                (the dashboard's list); trimmed by every submit, TTL as
+                                batches:active
+
+Rate limits shared by every worker (owner store/rate_limits.py):
+
+    orc:ratelimit:{<name>}      zset: "<request id>:<tokens>" -> sent at (ms, Redis TIME),
+                                the requests of the last period; TTL one period,
+                                refreshed by every request
+    orc:ratelimit:{<name>}:tokens  string: the tokens of those requests; TTL one period,
+                                refreshed by every call
+
 Process-wide:
 
     orc:queue                   the arq queue
@@ -232,6 +257,43 @@ class Keys:
         owner = "t-" if tenant is None else _counted("t", _tag_part(tenant, "tenant"))
         where = "*" if session_id is None else _counted("s", _tag_part(session_id, "session_id"))
         return f"{self.prefix}:selfref:{{{owner},{where},{memory_key}}}"
+
+    # -- batches and shared rate limits ------------------------------------------------
+
+    def _batch(self, batch_id: str) -> str:
+        return f"{self.prefix}:{{batch:{_tag_part(batch_id, 'batch_id')}}}"
+
+    def batch_meta(self, batch_id: str) -> str:
+        """Hash: a batch's spec and its counters (total, done, failed, usage, cost)."""
+        return f"{self._batch(batch_id)}:meta"
+
+    def batch_items(self, batch_id: str) -> str:
+        """Hash: item index -> the item's messages (JSON)."""
+        return f"{self._batch(batch_id)}:items"
+
+    def batch_results(self, batch_id: str) -> str:
+        """Hash: item index -> the item's APIResponse (JSON), written once."""
+        return f"{self._batch(batch_id)}:results"
+
+    def batch_claims(self, batch_id: str) -> str:
+        """Hash: item index -> the claim of the worker running it."""
+        return f"{self._batch(batch_id)}:claims"
+
+    def batches_active(self) -> str:
+        """Zset: unfinished batches, by submission time (ms)."""
+        return f"{self.prefix}:batches:active"
+
+    def batches_recent(self) -> str:
+        """Zset: the most recent batches (at most 100), by submission time (ms)."""
+        return f"{self.prefix}:batches:recent"
+
+    def rate_window(self, name: str) -> str:
+        """Zset: the requests sent under one shared rate limit in the last period."""
+        return f"{self.prefix}:ratelimit:{{{_tag_part(name, 'rate limit name')}}}"
+
+    def rate_tokens(self, name: str) -> str:
+        """String: the tokens of the requests in one shared rate limit's window."""
+        return f"{self.rate_window(name)}:tokens"
 
     # -- queue and wake-ups -----------------------------------------------------------
 

@@ -14,7 +14,8 @@ class AgentRegistry:
 
     def __init__(self, modules: Iterable[str] = ()) -> None:
         self._agents: dict[str, AgentSpec] = {}
-        for module in modules:
+        self.modules: list[str] = list(modules)
+        for module in self.modules:
             self.add_module(module)
 
     def add_module(self, module_name: str) -> list[str]:

@@ -29,11 +29,20 @@ from orchestrator.llm.benched import INFO_FIELD, report_benched_keys
 from orchestrator.settings import Settings
 from orchestrator.store import jsonserial as serialization
 from orchestrator.store.abort import AbortWatcher
+from orchestrator.store.batches import RUN_BATCH_ITEM
 from orchestrator.store.jsonserial import JobDecoder
 from orchestrator.store.latency import LatencyHistograms, LatencyRecorder
 from orchestrator.store.queue import RUN_TURN, JobQueue, connect_queue
 from orchestrator.store.runs import WorkerRegistry
 from workers.arq_worker import WakeableWorker
+from workers.batches import (
+    BATCH_ITEM_TIMEOUT_S,
+    BATCH_ITEM_TRIES,
+    BATCHES,
+    BatchRunner,
+    BatchSweeper,
+    run_batch_item,
+)
 from workers.jobs import EXECUTOR, RECORDER, run_turn
 from workers.leases import LeaseKeeper
 from workers.outage import Outage, until_available
@@ -72,6 +81,10 @@ class WorkerServices:
         self.keeper = LeaseKeeper(settings, self.keys, worker_id)
         self.recorder = LatencyRecorder()
         self.latencies = LatencyHistograms(pool, self.keys)
+        # Batch items read model keys from the worker's environment (this is its edge).
+        self.batches = BatchRunner(
+            pool, self.keys, dict(os.environ), registry.modules, worker_id=worker_id
+        )
         self.executor = TurnExecutor(
             pool,
             self.keys,
@@ -86,6 +99,12 @@ class WorkerServices:
         self.decoder = JobDecoder()
         self.reaper = Reaper(pool, self.keys, settings, self.queue)
         self.heartbeats = WorkerRegistry(pool, self.keys)
+        self.batch_sweeper = BatchSweeper(
+            self.batches.store,
+            self.heartbeats,
+            interval_s=settings.reap_interval_s,
+            grace_s=settings.heartbeat_s * 5,
+        )
         self.state = WorkerState.from_settings(settings)
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -98,11 +117,13 @@ class WorkerServices:
     async def start(self, ctx: dict[str, Any]) -> None:
         ctx[EXECUTOR] = self.executor
         ctx[RECORDER] = self.recorder
+        ctx[BATCHES] = self.batches
         self.keeper.start()
         await self.watcher.start()
         self._tasks = [
             asyncio.create_task(self.reaper.run_forever()),
             asyncio.create_task(self._beat_forever(ctx)),
+            asyncio.create_task(self.batch_sweeper.run_forever()),
         ]
         if self.state.directory is not None:
             self._tasks.append(asyncio.create_task(self._drain_when_asked(ctx)))
@@ -119,6 +140,8 @@ class WorkerServices:
             await cancel_and_wait(task)
         await self.watcher.stop()
         await self.keeper.stop()
+        with contextlib.suppress(Exception):
+            await self.batches.close()
         with contextlib.suppress(Exception):
             await self.latencies.add(self.recorder.take())
         with contextlib.suppress(Exception):
@@ -210,7 +233,15 @@ async def create_worker(
         await services.stop(ctx)
 
     worker = WakeableWorker(
-        functions=[func(run_turn, name=RUN_TURN, max_tries=1, timeout=settings.job_timeout_s)],
+        functions=[
+            func(run_turn, name=RUN_TURN, max_tries=1, timeout=settings.job_timeout_s),
+            func(
+                run_batch_item,
+                name=RUN_BATCH_ITEM,
+                max_tries=BATCH_ITEM_TRIES,
+                timeout=BATCH_ITEM_TIMEOUT_S,
+            ),
+        ],
         queue_name=services.keys.queue(),
         redis_pool=pool,
         max_jobs=settings.concurrency,

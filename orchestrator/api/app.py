@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from orchestrator.api import cluster, events, ops, runs, sessions, trees
+from orchestrator.api import batches, cluster, events, ops, runs, sessions, trees
 from orchestrator.api.auth import ApiKeys
 from orchestrator.api.limits import BodySizeLimit
 from orchestrator.api.ops import OPEN_WARNING
@@ -70,6 +70,7 @@ def create_app(
     app.include_router(events.router)
     app.include_router(ops.router)
     app.include_router(cluster.router)
+    app.include_router(batches.router)
     _mount_dashboard(app)
     return app
 

@@ -13,8 +13,11 @@
                                    by a reader (arq has no equivalent: no baseline)
     6. fork fan-out                in `orchestrator.bench.forks`: N forks gathered by one
                                    parent on 1 and 2 workers; baseline: N no-op arq jobs
+    7. batches                     in `orchestrator.bench.batches`: 1,000 prompts through
+                                   Client.submit_batch on 2 workers; baseline: the same
+                                   through LLMClient.process_prompts_async in one process
 
-`--only core` runs 1-5, `--only forks` runs 6; the default runs both.
+`--only core` runs 1-5, `--only forks` runs 6, `--only batches` runs 7; the default runs all.
 
 Every worker (ours and arq's) and the scripted model run as subprocesses so the measuring
 process shares no event loop with them. Local intervals use time.perf_counter; intervals
@@ -41,6 +44,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from orchestrator.bench.batches import BATCH_LEGEND, run_batch_bench
 from orchestrator.bench.core import LEGEND, run_core
 from orchestrator.bench.forks import FORK_LEGEND, run_fork_bench
 from orchestrator.bench.procs import BenchError
@@ -53,7 +57,7 @@ def _unique_prefix(base: str | None) -> str:
     return f"{base or 'bench'}-{uuid.uuid4().hex[:10]}"
 
 
-SECTIONS = ("core", "forks")
+SECTIONS = ("core", "forks", "batches")
 
 
 def _measure(
@@ -64,6 +68,8 @@ def _measure(
         rows.extend(run_core(url, prefix, quick, console, logdir))
     if "forks" in sections:
         rows.extend(run_fork_bench(url, prefix, quick, console, logdir))
+    if "batches" in sections:
+        rows.extend(run_batch_bench(url, prefix, quick, console, logdir))
     return rows
 
 
@@ -73,6 +79,8 @@ def _legend(sections: Sequence[str]) -> list[str]:
         lines.extend(LEGEND)
     if "forks" in sections:
         lines.extend(FORK_LEGEND)
+    if "batches" in sections:
+        lines.extend(BATCH_LEGEND)
     return lines
 
 

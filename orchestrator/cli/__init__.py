@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from orchestrator.cli.commands import abort, runs, submit, tail
+from orchestrator.cli.commands import abort, batch, runs, submit, tail
 from orchestrator.cli.embedded import choose_redis
 from orchestrator.cli.extras import translate_missing
 from orchestrator.cli.health import check_workers, probe
@@ -147,6 +147,10 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_batch(args: argparse.Namespace) -> int:
+    return asyncio.run(batch(_settings(args), args.id, follow=args.follow, as_json=args.json))
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from orchestrator.bench import run_bench  # rich: the cli extra
 
@@ -275,13 +279,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_runs)
 
+    p = sub.add_parser("batch", help="show a batch's progress (Client.submit_batch)")
+    _add_redis(p)
+    p.add_argument("id", help="batch id")
+    p.add_argument("--follow", action="store_true", help="print again every second until done")
+    p.add_argument("--json", action="store_true", help="print one JSON object per line")
+    p.set_defaults(func=_cmd_batch)
+
     p = sub.add_parser("bench", help="run the benchmarks and print figures beside baselines")
     _add_redis(p)
     p.add_argument("--quick", action="store_true", help="fewer samples")
     p.add_argument(
         "--only",
-        choices=["core", "forks"],
-        help="run one part: core (dispatch, turns, events, abort) or forks (fan-out)",
+        choices=["core", "forks", "batches"],
+        help="run one part: core (dispatch, turns, events, abort), forks (fan-out) or "
+        "batches (lm-deluge's client: one process vs 2 workers)",
     )
     p.set_defaults(func=_cmd_bench)
     return parser

@@ -7,6 +7,7 @@ needs nothing beyond the library.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -180,3 +181,30 @@ async def runs(
 
 def _ms(value: float | None) -> str:
     return "" if value is None else f"{value:.0f}"
+
+
+async def batch(
+    settings: Settings, batch_id: str, *, follow: bool = False, as_json: bool = False
+) -> int:
+    """Print a batch's progress (counts, usage, cost); with `follow`, until it finishes."""
+    client = await connect(settings=settings)
+    async with client:
+        while True:
+            progress = await client.batch_progress(batch_id)
+            if as_json:
+                view = progress.model_dump() | {
+                    "pending": progress.pending,
+                    "finished": progress.finished,
+                }
+                print(json.dumps(view), flush=True)
+            else:
+                print(
+                    f"batch {batch_id}: {progress.done + progress.failed}/{progress.total} "
+                    f"({progress.done} done, {progress.failed} failed, {progress.pending} "
+                    f"pending); tokens {progress.input_tokens} in / {progress.output_tokens} "
+                    f"out; cost ${progress.cost:.4f}",
+                    flush=True,
+                )
+            if not follow or progress.finished:
+                return 0
+            await asyncio.sleep(1.0)

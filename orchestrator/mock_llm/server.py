@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from orchestrator.mock_llm.anthropic import handle_messages
 from orchestrator.mock_llm.chat import answer, error_body
 from orchestrator.mock_llm.request import InvalidRequest, bearer_key, parse_chat_request
 from orchestrator.mock_llm.script import (
@@ -49,6 +50,7 @@ class MockLLMServer:
         self._connections: set[asyncio.Task[None]] = set()
         self._routes: dict[tuple[str, str], _Handler] = {
             ("POST", "/v1/chat/completions"): self._chat,
+            ("POST", "/v1/messages"): self._messages,
             ("GET", "/v1/models"): self._models,
             ("GET", "/_mock/requests"): self._requests,
             ("POST", "/_mock/reset"): self._reset,
@@ -145,6 +147,9 @@ class MockLLMServer:
             return
         decision = self.state.decide(chat)
         await answer(out, chat, decision, self.state.script.model)
+
+    async def _messages(self, request: Request, out: ResponseWriter) -> None:
+        await handle_messages(self.state, request, out)
 
     async def _models(self, request: Request, out: ResponseWriter) -> None:
         model = {"id": self.state.script.model, "object": "model", "created": 0}

@@ -4,6 +4,7 @@ log. It lives on one event loop, so it needs no locks.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,7 @@ class ScriptState:
                 "fault": decision.fault.type if decision.fault else None,
                 "stream": request.stream,
                 "api_key": request.api_key,
+                "at": time.time(),  # when it arrived (rate-limit tests measure here)
             }
         )
         return decision

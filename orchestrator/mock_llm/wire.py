@@ -102,6 +102,16 @@ async def read_request(reader: asyncio.StreamReader) -> Request | None:
     return Request(method.upper(), target.split("?", 1)[0], headers, body)
 
 
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:  # 529, Anthropic's "overloaded", is not in the standard list
+        return _EXTRA_PHRASES.get(status, "Unknown")
+
+
+_EXTRA_PHRASES = {529: "Overloaded"}
+
+
 class ResponseWriter:
     """Writes responses on one connection; `closed` once the connection is finished."""
 
@@ -110,7 +120,7 @@ class ResponseWriter:
         self.closed = False
 
     def _head(self, status: int, headers: dict[str, str]) -> bytes:
-        lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+        lines = [f"HTTP/1.1 {status} {_phrase(status)}"]
         lines += [f"{name}: {value}" for name, value in (ALWAYS_HEADERS | headers).items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 

@@ -84,13 +84,18 @@ function route() {
   hideList();
   if (current) { current.close(); current = null; }
   const match = window.location.hash.match(/^#\/runs\/([^/]+)$/);
-  document.body.dataset.page = match ? "run" : window.location.hash === "#/cluster" ? "cluster" : "list";
+  const named = { "#/cluster": "cluster", "#/batches": "batches" }[window.location.hash];
+  document.body.dataset.page = match ? "run" : named || "list";
+  document.getElementById("batches-view").hidden = true;
   if (match) {
     current = new RunView(decodeURIComponent(match[1]));
     window.currentRunView = current;  // for debugging and browser tests
     current.open();
   } else if (window.location.hash === "#/cluster") {
     current = new ClusterView();
+    current.open();
+  } else if (window.location.hash === "#/batches") {
+    current = new BatchesView();
     current.open();
   } else {
     showList();

@@ -1,0 +1,232 @@
+"""Batch records in Redis: a batch's spec, its items, their results and its counters,
+and the arq jobs (one per item) that run them.
+
+Everything here is JSON text and integers; `orchestrator.deluge.batch` validates it
+(Redis contents are untrusted). A result is written once per item (`HSETNX`), and the
+counters move in the same script, so an item run twice (a worker died after recording
+it) is counted once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from arq.constants import job_key_prefix
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
+
+from orchestrator.keys import Keys
+from orchestrator.store import jsonserial
+from orchestrator.store.connection import translate_errors
+
+RUN_BATCH_ITEM = "run_batch_item"
+RECENT_BATCHES = 100
+DEFAULT_BATCH_RETENTION_S = 86_400
+_ITEMS_PER_WRITE = 500
+
+# KEYS meta, results, claims; ARGV index, result, failed (0/1), input, output, cost.
+# The results expire with the batch's meta (the hash did not exist when it was created).
+_RECORD = """
+redis.call('HDEL', KEYS[3], ARGV[1])
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl <= 0 then ttl = 86400000 end
+redis.call('PEXPIRE', KEYS[2], ttl)
+if ARGV[3] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'failed', 1)
+else
+  redis.call('HINCRBY', KEYS[1], 'done', 1)
+end
+redis.call('HINCRBY', KEYS[1], 'input_tokens', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'output_tokens', ARGV[5])
+redis.call('HINCRBYFLOAT', KEYS[1], 'cost', ARGV[6])
+return 1
+"""
+
+
+# KEYS claims, meta; ARGV index, claim. The claims expire with the batch.
+_CLAIM = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local ttl = redis.call('PTTL', KEYS[2])
+if ttl <= 0 then ttl = 86400000 end
+redis.call('PEXPIRE', KEYS[1], ttl)
+return 1
+"""
+
+# KEYS claims; ARGV index, the claim read. Takes the claim away if it is unchanged (so of
+# several sweepers that found it, exactly one re-queues the item).
+_TAKE_CLAIM = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+def item_job_id(batch_id: str, index: int, run: int = 1) -> str:
+    """The arq job id of one run of an item (deterministic: submitting twice, or two
+    sweepers re-queueing it, queue it once)."""
+    return f"batch:{batch_id}:{index}" if run == 1 else f"batch:{batch_id}:{index}:r{run}"
+
+
+class BatchStore:
+    def __init__(self, redis: Any, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._record = redis.register_script(_RECORD)
+        self._take_claim = redis.register_script(_TAKE_CLAIM)
+        self._claim = redis.register_script(_CLAIM)
+
+    async def create(
+        self,
+        batch_id: str,
+        spec_json: str,
+        items: Sequence[str],
+        *,
+        retention_s: int = DEFAULT_BATCH_RETENTION_S,
+    ) -> None:
+        meta = self._keys.batch_meta(batch_id)
+        stored = self._keys.batch_items(batch_id)
+        async with translate_errors("create batch"):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hset(
+                meta,
+                mapping={
+                    "spec": spec_json,
+                    "total": len(items),
+                    "done": 0,
+                    "failed": 0,
+                    "input_tokens": 0,
+                    "output_tokens": 0,
+                    "cost": 0,
+                    "created_at": time.time(),
+                },
+            )
+            for start in range(0, len(items), _ITEMS_PER_WRITE):
+                chunk = items[start : start + _ITEMS_PER_WRITE]
+                pipe.hset(stored, mapping={str(start + i): item for i, item in enumerate(chunk)})
+            for key in (meta, stored, self._keys.batch_results(batch_id)):
+                pipe.expire(key, retention_s)
+            now_ms = int(time.time() * 1000)
+            for index_key in (self._keys.batches_active(), self._keys.batches_recent()):
+                pipe.zadd(index_key, {batch_id: now_ms})
+                pipe.expire(index_key, retention_s)
+            pipe.zremrangebyrank(self._keys.batches_recent(), 0, -RECENT_BATCHES - 1)
+            await pipe.execute()
+
+    async def enqueue(self, batch_id: str, indexes: Sequence[int], *, run: int = 1) -> None:
+        """Queue one arq job per item (JSON envelopes, as `ArqRedis.enqueue_job` writes
+        them, but pipelined: a batch's job ids are new, so arq's per-job existence check
+        and transaction are not needed) and wake idle workers."""
+        queue = self._keys.queue()
+        expires_ms = getattr(self._redis, "expires_extra_ms", 86_400_000)
+        async with translate_errors("enqueue batch"):
+            for start in range(0, len(indexes), _ITEMS_PER_WRITE):
+                now = timestamp_ms()
+                pipe = self._redis.pipeline(transaction=False)
+                for index in indexes[start : start + _ITEMS_PER_WRITE]:
+                    jid = item_job_id(batch_id, index, run)
+                    payload = {"batch_id": batch_id, "index": index, "run": run}
+                    envelope = serialize_job(
+                        RUN_BATCH_ITEM, (payload,), {}, None, now, serializer=jsonserial.dumps
+                    )
+                    pipe.psetex(job_key_prefix + jid, expires_ms, envelope)
+                    pipe.zadd(queue, {jid: now})
+                await pipe.execute()
+            await self._redis.publish(self._keys.wake(), f"batch:{batch_id}")
+
+    async def spec(self, batch_id: str) -> str | None:
+        async with translate_errors("read batch"):
+            raw = await self._redis.hget(self._keys.batch_meta(batch_id), "spec")
+        return _text(raw)
+
+    async def item(self, batch_id: str, index: int) -> str | None:
+        async with translate_errors("read batch item"):
+            raw = await self._redis.hget(self._keys.batch_items(batch_id), str(index))
+        return _text(raw)
+
+    async def record(
+        self,
+        batch_id: str,
+        index: int,
+        result_json: str,
+        *,
+        failed: bool,
+        input_tokens: int,
+        output_tokens: int,
+        cost: float,
+    ) -> bool:
+        """Store an item's result and count it; False if it had one already."""
+        async with translate_errors("record batch result"):
+            written = await self._record(
+                keys=[
+                    self._keys.batch_meta(batch_id),
+                    self._keys.batch_results(batch_id),
+                    self._keys.batch_claims(batch_id),
+                ],
+                args=[index, result_json, int(failed), input_tokens, output_tokens, repr(cost)],
+            )
+        return bool(written)
+
+    async def claim(self, batch_id: str, index: int, claim_json: str) -> None:
+        """Note which worker runs an item (what a sweeper checks when workers die)."""
+        keys = [self._keys.batch_claims(batch_id), self._keys.batch_meta(batch_id)]
+        async with translate_errors("claim batch item"):
+            await self._claim(keys=keys, args=[index, claim_json])
+
+    async def claims(self, batch_id: str) -> dict[int, str]:
+        async with translate_errors("read batch claims"):
+            raw = await self._redis.hgetall(self._keys.batch_claims(batch_id))
+        return _by_index(raw)
+
+    async def take_claim(self, batch_id: str, index: int, claim_json: str) -> bool:
+        """Remove a claim if it is still the one read; True for the caller that did."""
+        async with translate_errors("take batch claim"):
+            taken = await self._take_claim(
+                keys=[self._keys.batch_claims(batch_id)], args=[index, claim_json]
+            )
+        return bool(taken)
+
+    async def active(self) -> list[str]:
+        async with translate_errors("list active batches"):
+            raw = await self._redis.zrange(self._keys.batches_active(), 0, -1)
+        return [t for t in (_text(item) for item in raw) if t]
+
+    async def recent(self, limit: int = RECENT_BATCHES) -> list[str]:
+        """The latest batches submitted, newest first."""
+        async with translate_errors("list recent batches"):
+            raw = await self._redis.zrevrange(self._keys.batches_recent(), 0, limit - 1)
+        return [t for t in (_text(item) for item in raw) if t]
+
+    async def forget(self, batch_id: str) -> None:
+        """The batch finished or expired: no more sweeping for it."""
+        async with translate_errors("forget batch"):
+            await self._redis.zrem(self._keys.batches_active(), batch_id)
+
+    async def counters(self, batch_id: str) -> dict[str, str]:
+        """The batch's counters as stored (empty when the batch is unknown or expired)."""
+        async with translate_errors("read batch progress"):
+            raw = await self._redis.hgetall(self._keys.batch_meta(batch_id))
+        return {_text(k) or "": _text(v) or "" for k, v in raw.items() if _text(k) != "spec"}
+
+    async def results(self, batch_id: str) -> dict[int, str]:
+        async with translate_errors("read batch results"):
+            raw = await self._redis.hgetall(self._keys.batch_results(batch_id))
+        return _by_index(raw)
+
+
+def _by_index(raw: dict[Any, Any]) -> dict[int, str]:
+    found: dict[int, str] = {}
+    for key, value in raw.items():
+        try:
+            found[int(_text(key) or "")] = _text(value) or ""
+        except ValueError:
+            continue  # not ours: ignored
+    return found
+
+
+def _text(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
