@@ -455,6 +455,7 @@ class Client:
         max_rounds: int = 5,
         registry: ModelRegistry | None = None,
         retention_s: int | None = None,
+        tenant: str | None = None,
     ) -> Batch:
         """Answer many prompts (texts or `Conversation`s) on the workers, one job per
         item, with the requests/tokens-per-minute limits enforced across all workers
@@ -462,14 +463,21 @@ class Client:
 
         Models are registered names (their registry entries travel with the batch; keys
         are read from each worker's environment). The limit is shared by every batch
-        with the same `limiter_name` (default: the model names). `tools` ("module:name"
+        with the same `limiter_name` (default: the model names, within the tenant: two
+        tenants share a limit only if they pass the same `limiter_name`). The batch
+        belongs to `tenant`: only that tenant and the operator (no tenant) can read its
+        progress and results. `tools` ("module:name"
         of `Tool`s in the workers' agent modules) makes each item an agent loop.
         `limit_period_s` is the limits' window (60: per minute); `limit_margin_s` widens
         it to absorb the variation of the HTTP hop (requests arrive at the provider at
         least a period apart, not just leave here so).
         """
+        _check_tenant(tenant)
         names = [model] if isinstance(model, str) else list(model)
         registry = registry or default_registry
+        default_limiter = "+".join(sorted(names))
+        if tenant is not None:
+            default_limiter = f"tenant:{tenant}:{default_limiter}"
         if not prompts:
             raise ConfigError("submit_batch needs at least one prompt")
         spec = BatchSpec(
@@ -482,7 +490,7 @@ class Client:
             max_tokens_per_minute=max_tokens_per_minute,
             limit_period_s=limit_period_s,
             limit_margin_s=limit_margin_s,
-            limiter_name=limiter_name or "+".join(sorted(names)),
+            limiter_name=limiter_name or default_limiter,
             max_attempts=max_attempts,
             item_attempts=item_attempts,
             retry_delay=retry_delay,
@@ -496,43 +504,58 @@ class Client:
             spec.model_dump_json(),
             [encode_item(prompt) for prompt in prompts],
             retention_s=retention_s or self.settings.run_retention_s,
+            tenant=tenant,
         )
         await self.batches.enqueue(batch_id, list(range(len(prompts))))
-        return Batch(self, batch_id)
+        return Batch(self, batch_id, tenant=tenant)
 
-    def batch(self, batch_id: str) -> Batch:
-        """A handle on a batch submitted earlier (by anyone)."""
-        return Batch(self, batch_id)
+    def batch(self, batch_id: str, *, tenant: str | None = None) -> Batch:
+        """A handle on a batch submitted earlier, read as `tenant` (None: the operator)."""
+        return Batch(self, batch_id, tenant=tenant)
 
-    async def batch_progress(self, batch_id: str) -> BatchProgress:
-        """Counts, usage and cost so far (`RunNotFound` for an unknown or expired id)."""
+    async def batch_progress(self, batch_id: str, *, tenant: str | None = None) -> BatchProgress:
+        """Counts, usage and cost so far. `RunNotFound` for an unknown or expired id,
+        and for another tenant's batch (indistinguishable from a missing one)."""
         counters = await self.batches.counters(batch_id)
         if not counters:
             raise RunNotFound(f"no batch {batch_id!r} (unknown, or expired)")
-        return BatchProgress.from_counters(batch_id, counters)
+        progress = BatchProgress.from_counters(batch_id, counters)
+        if not progress.visible_to(tenant):
+            raise RunNotFound(f"no batch {batch_id!r} (unknown, or expired)")
+        return progress
 
-    async def recent_batches(self, limit: int = 100) -> list[BatchProgress]:
-        """The progress of the latest batches (at most 100), newest first; batches that
-        expired meanwhile are left out."""
+    async def recent_batches(
+        self, limit: int = 100, *, tenant: str | None = None
+    ) -> list[BatchProgress]:
+        """The progress of the latest batches (at most 100 are kept), newest first;
+        batches that expired meanwhile are left out, and a tenant sees only its own."""
         found: list[BatchProgress] = []
-        for batch_id in await self.batches.recent(limit):
+        for batch_id in await self.batches.recent():
             counters = await self.batches.counters(batch_id)
             if counters:
-                found.append(BatchProgress.from_counters(batch_id, counters))
+                progress = BatchProgress.from_counters(batch_id, counters)
+                if progress.visible_to(tenant):
+                    found.append(progress)
+            if len(found) >= limit:
+                break
         return found
 
-    async def batch_results(self, batch_id: str) -> list[APIResponse | None]:
+    async def batch_results(
+        self, batch_id: str, *, tenant: str | None = None
+    ) -> list[APIResponse | None]:
         """Every item's response in input order; None for an item not answered yet."""
-        progress = await self.batch_progress(batch_id)
+        progress = await self.batch_progress(batch_id, tenant=tenant)
         stored = await self.batches.results(batch_id)
         return [
             read_result(stored[index])[0] if index in stored else None
             for index in range(progress.total)
         ]
 
-    async def batch_conversations(self, batch_id: str) -> list[Conversation | None]:
+    async def batch_conversations(
+        self, batch_id: str, *, tenant: str | None = None
+    ) -> list[Conversation | None]:
         """For an agent-loop batch: each item's conversation with every message added."""
-        progress = await self.batch_progress(batch_id)
+        progress = await self.batch_progress(batch_id, tenant=tenant)
         stored = await self.batches.results(batch_id)
         return [
             read_result(stored[index])[1] if index in stored else None
@@ -549,18 +572,19 @@ class Client:
 class Batch:
     """A handle on one submitted batch; cheap to create, safe to share."""
 
-    def __init__(self, client: Client, batch_id: str) -> None:
+    def __init__(self, client: Client, batch_id: str, *, tenant: str | None = None) -> None:
         self._client = client
         self.batch_id = batch_id
+        self.tenant = tenant
 
     def __repr__(self) -> str:
         return f"Batch(batch_id={self.batch_id!r})"
 
     async def progress(self) -> BatchProgress:
-        return await self._client.batch_progress(self.batch_id)
+        return await self._client.batch_progress(self.batch_id, tenant=self.tenant)
 
     async def results(self) -> list[APIResponse | None]:
-        return await self._client.batch_results(self.batch_id)
+        return await self._client.batch_results(self.batch_id, tenant=self.tenant)
 
     async def wait(self, timeout: float | None = None, poll_s: float = 0.1) -> BatchProgress:
         """Return the progress once every item is done or failed (TimeoutError after

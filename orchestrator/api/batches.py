@@ -1,7 +1,8 @@
 """/v1/batches/{id}: where a batch submitted with `Client.submit_batch` stands.
 
-Progress only (counts, usage, cost), never the answers: batch ids are random, and a batch
-has no tenant, so any caller with a valid key may read the progress of an id it knows.
+Progress only (counts, usage, cost), never the answers. A batch belongs to the tenant
+whose submit made it: a tenant's key sees only its own batches (another tenant's is a 404,
+like a missing one); the operator's key sees every batch.
 """
 
 from __future__ import annotations
@@ -52,11 +53,15 @@ async def recent_batches(
     limit: Annotated[int, Query(ge=1, le=100, description="How many, newest first.")] = 50,
 ) -> BatchList:
     """The latest batches (at most 100 are kept in the list), newest first."""
-    return BatchList(batches=[_view(p) for p in await state.client.recent_batches(limit)])
+    return BatchList(
+        batches=[
+            _view(p) for p in await state.client.recent_batches(limit, tenant=principal.tenant)
+        ]
+    )
 
 
 @router.get("/{batch_id}", response_model=BatchView)
 async def batch_progress(batch_id: str, state: StateDep, principal: Caller) -> BatchView:
     """Items answered, failed and pending, with the usage and cost so far (404 for an
     unknown or expired batch)."""
-    return _view(await state.client.batch_progress(batch_id))
+    return _view(await state.client.batch_progress(batch_id, tenant=principal.tenant))

@@ -14,7 +14,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from orchestrator.deluge.client import LLMClient
 from orchestrator.deluge.conversation import Conversation, Prompt, as_conversation
@@ -71,6 +71,18 @@ class BatchProgress(BaseModel):
     output_tokens: int = 0
     cost: float = 0.0
     created_at: float = 0.0
+    # The tenant whose submit made the batch (None: the operator's). Only that tenant
+    # and the operator see it.
+    tenant: str | None = None
+
+    @field_validator("tenant", mode="before")
+    @classmethod
+    def _no_tenant(cls, value: object) -> object:
+        return None if value == "" else value
+
+    def visible_to(self, tenant: str | None) -> bool:
+        """The operator (None) sees every batch; a tenant only its own."""
+        return tenant is None or self.tenant == tenant
 
     @property
     def pending(self) -> int:

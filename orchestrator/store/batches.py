@@ -85,6 +85,7 @@ class BatchStore:
         items: Sequence[str],
         *,
         retention_s: int = DEFAULT_BATCH_RETENTION_S,
+        tenant: str | None = None,
     ) -> None:
         meta = self._keys.batch_meta(batch_id)
         stored = self._keys.batch_items(batch_id)
@@ -101,6 +102,7 @@ class BatchStore:
                     "output_tokens": 0,
                     "cost": 0,
                     "created_at": time.time(),
+                    "tenant": tenant or "",  # "" = the operator's batch
                 },
             )
             for start in range(0, len(items), _ITEMS_PER_WRITE):

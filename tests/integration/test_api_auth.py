@@ -7,7 +7,11 @@ from typing import Any
 import httpx
 import pytest
 
+from orchestrator.client import Client
+from orchestrator.errors import RunNotFound
+from orchestrator.store.batches import item_job_id
 from tests.fixtures_api import AGENT, ApiFactory, bearer, parse_sse
+from tests.integration.workerproc import drop_job_keys
 
 pytestmark = pytest.mark.integration
 
@@ -100,3 +104,28 @@ async def test_an_open_api_serves_everyone_and_says_it_is_open(make_api: ApiFact
     assert health["auth"] == "open"
     assert "without API keys" in health["warning"]
     assert (await keyed.get("/healthz")).json() == {"status": "ok", "auth": "api_keys"}
+
+
+async def test_a_tenant_sees_only_its_own_batches(make_api: ApiFactory, client: Client) -> None:
+    """Batches belong to the tenant that submitted them, on the API and the client."""
+    api = make_api(api_keys=KEYS)
+    mine = await client.submit_batch(["a", "b"], tenant="tenant-a")
+    theirs = await client.submit_batch(["c"], tenant="tenant-b")
+    try:
+        listed = (await api.get("/v1/batches", headers=A)).json()["batches"]
+        assert [b["batch_id"] for b in listed] == [mine.batch_id]
+        assert (await api.get(f"/v1/batches/{mine.batch_id}", headers=A)).status_code == 200
+        assert (await api.get(f"/v1/batches/{theirs.batch_id}", headers=A)).status_code == 404
+
+        assert (await mine.progress()).total == 2
+        with pytest.raises(RunNotFound):
+            await client.batch_results(theirs.batch_id, tenant="tenant-a")
+        operator = {b.batch_id for b in await client.recent_batches()}
+        assert operator == {mine.batch_id, theirs.batch_id}
+        # and they do not share a rate limit unless asked to (same limiter_name)
+        spec_a = await client.batch_spec(mine.batch_id)
+        spec_b = await client.batch_spec(theirs.batch_id)
+        assert spec_a.limiter_name != spec_b.limiter_name
+    finally:
+        jobs = [item_job_id(b.batch_id, i) for b in (mine, theirs) for i in range(2)]
+        await drop_job_keys(client.redis, jobs)
