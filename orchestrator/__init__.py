@@ -49,7 +49,7 @@ from orchestrator.events import (
     ResponseYield,
 )
 from orchestrator.llm import APIKeyPool, OpenAICompatible
-from orchestrator.runtime.chat import llm_chat
+from orchestrator.runtime.chat import DEFAULT_MAX_TOOL_CALLS, async_llm_chat, llm_chat
 from orchestrator.runtime.selfref import SelfReference
 from orchestrator.runtime.tools import Tool, tool
 from orchestrator.settings import Settings
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ABORT_SIGNAL_PARAM",
+    "DEFAULT_MAX_TOOL_CALLS",
     "APIKeyPool",
     "AbortSignal",
     "AbortedError",
@@ -92,6 +93,7 @@ __all__ = [
     "Tool",
     "ToolError",
     "UnknownAgent",
+    "async_llm_chat",
     "connect",
     "llm_chat",
     "tool",

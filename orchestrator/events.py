@@ -15,7 +15,15 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    TypeAdapter,
+    model_validator,
+)
+from pydantic_core import core_schema
 
 WIRE_VERSION = 1
 
@@ -45,13 +53,87 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _attr_view(value: Any) -> Any:
+    """Dicts (also inside lists) seen through `Payload`, so attributes reach their keys."""
+    if isinstance(value, dict) and not isinstance(value, Payload):
+        return Payload(value)
+    if isinstance(value, list):
+        return [_attr_view(item) for item in value]
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """A provider object (an openai/pydantic model, a dataclass-like) as plain JSON data."""
+    dump = getattr(value, "model_dump", None)
+    if callable(dump) and not isinstance(value, type):
+        return dump(mode="json", exclude_unset=True)
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict) and not isinstance(value, type):
+        return to_dict()
+    return value
+
+
+class Payload(dict[str, Any]):
+    """A JSON object that also reads like the provider's object: `usage.prompt_tokens`,
+    `chunk.choices[0].delta.content`, as well as `usage["prompt_tokens"]`.
+
+    It is a dict (it serializes, compares and copies as one); attribute reads go to its
+    keys, nested objects and lists of objects included. A missing key is an
+    AttributeError, so `getattr(usage, "cached_tokens", 0)` works.
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        try:
+            return _attr_view(self[name])
+        except KeyError:
+            raise AttributeError(f"payload has no field {name!r}") from None
+
+    @classmethod
+    def of(cls, value: Any) -> Payload:
+        """Validate a dict, an existing Payload or a provider model into a Payload."""
+        value = _plain(value)
+        if not isinstance(value, Mapping):
+            raise TypeError(f"expected a JSON object, not {type(value).__name__}")
+        return value if isinstance(value, Payload) else cls(value)
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_before_validator_function(
+            cls._validate_input,
+            core_schema.no_info_after_validator_function(cls, handler(dict[str, Any])),
+        )
+
+    @classmethod
+    def _validate_input(cls, value: Any) -> Any:
+        return _plain(value)
+
+
+def _error_text(value: Any) -> Any:
+    if isinstance(value, BaseException):
+        return str(value) or type(value).__name__
+    return value
+
+
 class _Model(BaseModel):
     # Redis contents are untrusted input: unknown fields are ignored, not trusted.
     model_config = ConfigDict(extra="ignore", frozen=False, arbitrary_types_allowed=False)
 
 
 class ReActEvent(_Model):
-    """Fields every event carries."""
+    """Fields every event carries.
+
+    Events accept what SimpleLLMFunc's accept: `None` for a list or dict field (it reads
+    back as empty), an exception object as `error` (stored as its text, with
+    `error_type` / `error_message` filled in when left out), and provider objects (an
+    openai `CompletionUsage`, a chunk) for the JSON payloads, which then read both ways:
+    `event.usage.prompt_tokens` and `event.usage["prompt_tokens"]`.
+    """
 
     event_type: ReActEventType
     timestamp: datetime = Field(default_factory=_now)
@@ -59,6 +141,28 @@ class ReActEvent(_Model):
     func_name: str = ""
     iteration: int = 0
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _permissive(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        out = dict(data)
+        for name, value in data.items():
+            field = fields.get(name)
+            if field is None:
+                continue
+            if value is None and field.default_factory is not None:
+                del out[name]  # SimpleLLMFunc passes None for "no tools"/"no messages"
+            elif isinstance(value, BaseException):
+                out[name] = _error_text(value)
+                if name == "error":
+                    if "error_type" in fields and not data.get("error_type"):
+                        out["error_type"] = type(value).__name__
+                    if "error_message" in fields and not data.get("error_message"):
+                        out["error_message"] = str(value)
+        return out
 
 
 class ReactStartEvent(ReActEvent):
@@ -83,18 +187,18 @@ class LLMCallStartEvent(ReActEvent):
 
 class LLMChunkArriveEvent(ReActEvent):
     event_type: Literal[ReActEventType.LLM_CHUNK_ARRIVE] = ReActEventType.LLM_CHUNK_ARRIVE
-    chunk: dict[str, Any] = Field(default_factory=dict)
+    chunk: Payload = Field(default_factory=Payload)
     accumulated_content: str = ""
     chunk_index: int = 0
 
 
 class LLMCallEndEvent(ReActEvent):
     event_type: Literal[ReActEventType.LLM_CALL_END] = ReActEventType.LLM_CALL_END
-    response: dict[str, Any] = Field(default_factory=dict)
+    response: Payload = Field(default_factory=Payload)
     messages: MessageList = Field(default_factory=list)
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
     execution_time: float = 0.0
-    usage: dict[str, Any] | None = None
+    usage: Payload | None = None
     content: str = ""
 
 
@@ -165,6 +269,13 @@ class ToolCallResult(_Model):
     success: bool = True
     error: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _error_as_text(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("error"), BaseException):
+            return {**data, "error": _error_text(data["error"])}
+        return data
+
 
 class ToolCallsBatchEndEvent(ReActEvent):
     event_type: Literal[ReActEventType.TOOL_CALLS_BATCH_END] = ReActEventType.TOOL_CALLS_BATCH_END
@@ -190,7 +301,7 @@ class ReactEndEvent(ReActEvent):
     total_execution_time: float = 0.0
     total_tool_calls: int = 0
     total_llm_calls: int = 0
-    total_token_usage: dict[str, Any] | None = None
+    total_token_usage: Payload | None = None
 
 
 class CustomEvent(ReActEvent):

@@ -37,6 +37,7 @@ from orchestrator.events import (
     ToolCallStartEvent,
 )
 from orchestrator.runtime.agent import AGENT_ATTRIBUTE, AgentSpec
+from orchestrator.runtime.emitter import NoOpEventEmitter, ToolEventEmitter
 from orchestrator.signals import ABORT_SIGNAL_PARAM, EVENT_OBSERVER_PARAM, AbortSignal
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "LLMCallErrorEvent",
     "LLMCallStartEvent",
     "LLMChunkArriveEvent",
+    "NoOpEventEmitter",
     "ReActEvent",
     "ReActEventType",
     "ReactEndEvent",
@@ -64,6 +66,7 @@ __all__ = [
     "ToolCallStartEvent",
     "ToolCallsBatchEndEvent",
     "ToolCallsBatchStartEvent",
+    "ToolEventEmitter",
     "events_only",
     "filter_events",
     "is_event_yield",

@@ -47,7 +47,10 @@ from orchestrator.runtime.selfref import SelfReference
 from orchestrator.runtime.tools import Tool
 from orchestrator.signals import ABORT_SIGNAL_PARAM, EVENT_OBSERVER_PARAM, AbortSignal
 
-__all__ = ["EVENT_OBSERVER_PARAM", "llm_chat"]
+__all__ = ["DEFAULT_MAX_TOOL_CALLS", "EVENT_OBSERVER_PARAM", "async_llm_chat", "llm_chat"]
+
+# SimpleLLMFunc's default: no cap on tool batches per turn.
+DEFAULT_MAX_TOOL_CALLS: int | None = None
 
 
 _log = structlog.get_logger(__name__)
@@ -77,7 +80,7 @@ def _check_function(fn: Callable[..., Any], strict_signature: bool) -> inspect.S
 def llm_chat(
     llm_interface: LLMInterface,
     toolkit: Sequence[Tool] | None = None,
-    max_tool_calls: int | None = None,
+    max_tool_calls: int | None = DEFAULT_MAX_TOOL_CALLS,
     stream: bool = True,
     return_mode: ReturnMode = "text",
     enable_event: bool = False,
@@ -219,3 +222,7 @@ def _raw_of(event: Any, stream: bool) -> Any:
     if not stream and isinstance(event, LLMCallEndEvent) and event.response:
         return event.response
     return None
+
+
+# SimpleLLMFunc's alias (its decorators are async-native under both names).
+async_llm_chat = llm_chat

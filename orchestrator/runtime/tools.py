@@ -34,6 +34,7 @@ from pydantic_core import ErrorDetails, PydanticSerializationError, to_jsonable_
 
 from orchestrator.errors import AgentError, ToolError
 from orchestrator.ports import SelfRefPrimitives, ToolSession
+from orchestrator.runtime.emitter import NoOpEventEmitter
 
 __all__ = [
     "SPECIAL_PARAMETERS",
@@ -86,13 +87,6 @@ def _schema_for(
     if key is not None and len(_SCHEMAS) < _SCHEMA_CACHE_LIMIT:
         _SCHEMAS[key] = built
     return built
-
-
-class _NoOpEmitter:
-    """Stands in for the emitter when a tool is invoked outside an event-streaming turn."""
-
-    async def emit(self, event_name: str, data: Any = None) -> None:
-        return None
 
 
 class Tool:
@@ -233,7 +227,9 @@ class Tool:
         self, values: dict[str, Any], event_emitter: Any, runtime: Any
     ) -> tuple[list[Any], dict[str, Any]]:
         if "event_emitter" in self._injected:
-            values["event_emitter"] = event_emitter if event_emitter is not None else _NoOpEmitter()
+            values["event_emitter"] = (
+                event_emitter if event_emitter is not None else NoOpEventEmitter()
+            )
         if "runtime" in self._injected:
             values["runtime"] = runtime if runtime is not None else _detached_runtime()
         args: list[Any] = []

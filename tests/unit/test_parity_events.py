@@ -1,0 +1,141 @@
+"""SimpleLLMFunc code that reads events, builds them or imports their helpers keeps working.
+
+Payloads read like provider objects (`event.usage.prompt_tokens`) yet travel as the same
+JSON; events accept the loose inputs SimpleLLMFunc's accept; the names its users import
+exist where they import them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from orchestrator.events import (
+    EventOrigin,
+    EventYield,
+    LLMCallEndEvent,
+    LLMCallErrorEvent,
+    LLMChunkArriveEvent,
+    Payload,
+    ReactEndEvent,
+    ReactStartEvent,
+    ToolCallErrorEvent,
+    ToolCallResult,
+    output_from_json,
+    output_to_json,
+)
+
+CHUNK: dict[str, Any] = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion.chunk",
+    "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}],
+}
+
+
+def origin() -> EventOrigin:
+    return EventOrigin(session_id="s", agent_call_id="a", event_seq=0)
+
+
+def test_usage_chunk_and_response_read_as_attributes_and_as_dicts() -> None:
+    usage = {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}
+    end = LLMCallEndEvent(
+        usage=usage, response={"choices": [{"message": {"content": "hi", "role": "assistant"}}]}
+    )
+    assert end.usage is not None
+    assert end.usage.total_tokens == 30
+    assert end.usage["prompt_tokens"] == 10
+    assert end.usage == usage
+    assert end.response.choices[0].message.content == "hi"
+    chunk = LLMChunkArriveEvent(chunk=CHUNK)
+    assert chunk.chunk.id == "chatcmpl-1"
+    assert chunk.chunk.choices[0].delta.content == "Hel"
+    assert chunk.chunk.choices[0].finish_reason is None
+    assert getattr(end.usage, "cached_tokens", 0) == 0  # a missing field: AttributeError
+
+
+def test_typed_payloads_serialize_to_the_same_json_and_decode_typed() -> None:
+    end = ReactEndEvent(total_token_usage={"prompt_tokens": 1, "completion_tokens": 2})
+    wire = output_to_json(EventYield(event=end, origin=origin()))
+    body = json.loads(wire)["event"]
+    assert body["total_token_usage"] == {"prompt_tokens": 1, "completion_tokens": 2}
+    back = output_from_json(wire)
+    assert isinstance(back.event, ReactEndEvent)
+    assert back.event.total_token_usage is not None
+    assert back.event.total_token_usage.completion_tokens == 2
+    assert output_to_json(back) == wire
+    chunk_wire = output_to_json(EventYield(event=LLMChunkArriveEvent(chunk=CHUNK), origin=origin()))
+    assert json.loads(chunk_wire)["event"]["chunk"] == CHUNK
+
+
+class CompletionUsage(BaseModel):
+    """Stands in for openai's CompletionUsage: a pydantic model with attributes."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+def test_provider_objects_are_accepted_as_payloads() -> None:
+    end = LLMCallEndEvent(
+        usage=CompletionUsage(prompt_tokens=1, completion_tokens=2, total_tokens=3)
+    )
+    assert isinstance(end.usage, Payload)
+    assert end.usage.total_tokens == 3
+
+
+def test_none_lists_and_exception_errors_are_accepted() -> None:
+    start = ReactStartEvent(available_tools=None, initial_messages=None)
+    assert start.available_tools == []
+    assert start.initial_messages == []
+    failed = ToolCallErrorEvent(tool_name="t", error=ValueError("bad city"))
+    assert failed.error == "bad city"
+    assert failed.error_type == "ValueError"
+    assert failed.error_message == "bad city"
+    llm_failed = LLMCallErrorEvent(error=TimeoutError(), error_type="Custom")
+    assert llm_failed.error == "TimeoutError"
+    assert llm_failed.error_type == "Custom"  # given values win
+    result = ToolCallResult(tool_name="t", tool_call_id="c", error=RuntimeError("x"))
+    assert result.error == "x"
+    wire = output_to_json(EventYield(event=failed, origin=origin()))
+    assert json.loads(wire)["event"]["error"] == "bad city"
+
+
+def test_simplellmfunc_hook_names_import_from_hooks() -> None:
+    from orchestrator import hooks
+    from orchestrator.runtime import emitter
+
+    assert hooks.ToolEventEmitter is emitter.ToolEventEmitter
+    assert hooks.NoOpEventEmitter is emitter.NoOpEventEmitter
+    assert {"ToolEventEmitter", "NoOpEventEmitter"} <= set(hooks.__all__)
+
+
+async def test_a_standalone_emitter_keeps_events_and_noop_drops_them() -> None:
+    from orchestrator.hooks import CustomEvent, NoOpEventEmitter, ToolEventEmitter
+
+    emitter = ToolEventEmitter(tool_name="search", tool_call_id="call_1")
+    await emitter.emit("progress", {"percent": 50})
+    await emitter.emit_batch([("a", 1), ("b", 2)])
+    assert emitter.has_events()
+    kept = await emitter.get_events()
+    names = [e.event.event_name for e in kept if isinstance(e.event, CustomEvent)]
+    assert names == ["progress", "a", "b"]
+    assert kept[0].event.tool_call_id == "call_1"
+    assert not emitter.has_events()
+    noop = NoOpEventEmitter()
+    await noop.emit("x", 1)
+    await noop.emit_batch([("y", 2)])
+    assert await noop.get_events() == []
+    assert not noop.has_events()
+
+
+@pytest.mark.parametrize(
+    "name", ["Tool", "APIKeyPool", "connect", "llm_chat", "tool", "DEFAULT_MAX_TOOL_CALLS"]
+)
+def test_top_level_names_simplellmfunc_users_import(name: str) -> None:
+    import orchestrator
+
+    assert name in orchestrator.__all__
+    getattr(orchestrator, name)
