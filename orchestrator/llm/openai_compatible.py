@@ -35,6 +35,7 @@ from orchestrator.llm.key_pool import (
     format_wait,
     scrub,
 )
+from orchestrator.llm.messages import wire_messages
 from orchestrator.llm.rate_limit import RateLimiter, TokenBucket, Unlimited
 from orchestrator.llm.retry import (
     KEY_REJECTED_STATUSES,
@@ -44,6 +45,7 @@ from orchestrator.llm.retry import (
     RetryableFailure,
     RetryPolicy,
     parse_retry_after,
+    rejected_as_invalid,
 )
 from orchestrator.llm.sse import decode_data, iter_sse_events
 from orchestrator.llm.stream import StreamResumer
@@ -399,7 +401,7 @@ class OpenAICompatible:
         stream: bool = False,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {**self.default_llm_kwargs, **kwargs}
-        body.update(model=self.model_name, messages=messages)
+        body.update(model=self.model_name, messages=wire_messages(messages))
         if tools:
             body["tools"] = tools
         if stream:
@@ -421,7 +423,9 @@ class OpenAICompatible:
             raise _KeyRejected(status, message)
         if sent_stream_options and status in (400, 422) and "stream_options" in response.text:
             raise _StreamOptionsRejected(message)
-        if status in RETRYABLE_STATUSES:
+        if status in RETRYABLE_STATUSES and not rejected_as_invalid(
+            status, message, _error_kinds(response)
+        ):
             retry_after = None
             if status in RETRY_AFTER_STATUSES:
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
@@ -545,6 +549,18 @@ def _error_message(response: httpx.Response) -> str:
     except ValueError:
         text = None
     return text or response.text[:500] or response.reason_phrase
+
+
+def _error_kinds(response: httpx.Response) -> set[str]:
+    """The error body's `type` and `code` values (OpenAI-style), as strings."""
+    try:
+        data = response.json()
+    except ValueError:
+        return set()
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return set()
+    return {str(error[k]) for k in ("type", "code") if error.get(k) is not None}
 
 
 def _error_text(data: Any) -> str | None:

@@ -838,7 +838,8 @@ class LLMCallResult:
     def assistant_message(self, tool_calls: list[dict[str, Any]]) -> dict[str, Any] | None:
         """The assistant message to append (None when the model said nothing at all)."""
         if tool_calls:
-            return {"role": "assistant", "content": self.content or None, "tool_calls": tool_calls}
+            # "" not None: strict servers (llama.cpp) refuse content null beside tool_calls.
+            return {"role": "assistant", "content": self.content, "tool_calls": tool_calls}
         if self.content:
             return {"role": "assistant", "content": self.content}
         return None
