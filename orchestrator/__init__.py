@@ -31,6 +31,7 @@ from orchestrator.errors import (
     LLMRetriesExhausted,
     MemoryLimitError,
     OrchestratorError,
+    OutputParseError,
     PayloadError,
     RunError,
     RunNotFound,
@@ -50,6 +51,7 @@ from orchestrator.events import (
 )
 from orchestrator.llm import APIKeyPool, OpenAICompatible
 from orchestrator.runtime.chat import DEFAULT_MAX_TOOL_CALLS, async_llm_chat, llm_chat
+from orchestrator.runtime.function import async_llm_function, llm_function
 from orchestrator.runtime.selfref import SelfReference
 from orchestrator.runtime.tools import Tool, tool
 from orchestrator.settings import Settings
@@ -77,6 +79,7 @@ __all__ = [
     "MemoryLimitError",
     "OpenAICompatible",
     "OrchestratorError",
+    "OutputParseError",
     "PayloadError",
     "ReActEvent",
     "ReActEventType",
@@ -94,8 +97,10 @@ __all__ = [
     "ToolError",
     "UnknownAgent",
     "async_llm_chat",
+    "async_llm_function",
     "connect",
     "llm_chat",
+    "llm_function",
     "tool",
 ]
 

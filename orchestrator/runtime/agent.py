@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from orchestrator.errors import AgentError
-from orchestrator.events import MessageList
+from orchestrator.events import Message, MessageList
 from orchestrator.ports import (
     ForkPrimitives,
     LLMInterface,
@@ -118,7 +118,7 @@ class AgentSpec:
         history_name = prompt.history_param_name(self.signature)
         raw_history = arguments.pop(history_name, None) if history_name else None
         history = prompt.valid_history(raw_history, func_name=self.name)
-        system = prompt.format_system_prompt(self.docstring, template_params)
+        system = self.system_prompt(template_params)
         context = self.bind_memory(self.memory_key, memory)
         from_memory = history is None
         revision = 0
@@ -128,7 +128,7 @@ class AgentSpec:
         override, rest = prompt.split_system(history or [])
         if override is not None and not from_memory:
             system = override
-        user_message = prompt.render_user_message(arguments)
+        user_message = self.user_message(arguments)
         messages = prompt.build_messages(system, rest, user_message)
         base = None
         if context is not None:
@@ -186,6 +186,26 @@ class AgentSpec:
             memory_key=memory_key if selfref is not None else None,
             memory_base=base,
         )
+
+    # -- what a kind of agent decides (llm_function overrides these) ----------------------
+
+    def system_prompt(self, template_params: dict[str, Any] | None) -> str:
+        """The system prompt of a new turn: the docstring, formatted."""
+        return prompt.format_system_prompt(self.docstring, template_params)
+
+    def user_message(self, arguments: dict[str, Any]) -> str:
+        """The user message of a new turn, from the call's arguments (history removed)."""
+        return prompt.render_user_message(arguments)
+
+    def review_answer(self, state: TurnState) -> Message | None:
+        """Called when the model answers without tool calls: None accepts the answer
+        (the turn ends); a message is appended and the model is asked again. A reviewer
+        that gives up sets `state.error`."""
+        return None
+
+    def final_response(self, state: TurnState) -> Any:
+        """What the turn's `ResponseYield.response` carries: the answer's text."""
+        return state.final_response
 
     def _bind(self, args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
         try:

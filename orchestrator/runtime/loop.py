@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from orchestrator.errors import LLMError, StoreUnavailable, ToolError
+from orchestrator.errors import LLMError, OutputParseError, StoreUnavailable, ToolError
 from orchestrator.events import (
     CustomEvent,
     EventOrigin,
@@ -216,7 +216,8 @@ class _Turn:
                 return  # suspended in a gather; resumed by running the turn again
         if st.error is not None:
             raise _resumed_error(st.error)
-        yield ResponseYield(response=st.final_response, messages=copy.deepcopy(st.messages))
+        response = self.spec.final_response(st)
+        yield ResponseYield(response=response, messages=copy.deepcopy(st.messages))
 
     def _tools_exhausted(self) -> bool:
         limit = self.spec.max_tool_calls
@@ -356,7 +357,11 @@ class _Turn:
             st.batch_started = False
             st.batch_execution_time = 0.0
         else:
-            st.phase = "done"
+            retry = self.spec.review_answer(st)  # llm_function: did it parse?
+            if retry is None:
+                st.phase = "done"
+            else:
+                st.messages.append(retry)
         return tool_calls
 
     def _abort_reason(self) -> str:
@@ -924,4 +929,6 @@ def _result_summary(outcome: ToolOutcome) -> ToolCallResult:
 
 
 def _resumed_error(error: TurnError) -> Exception:
+    if error.type == OutputParseError.__name__:
+        return OutputParseError(error.message)
     return LLMError(f"{error.type}: {error.message}")
