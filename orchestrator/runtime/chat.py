@@ -42,7 +42,8 @@ from orchestrator.events import (
 from orchestrator.ports import LLMInterface
 from orchestrator.runtime import prompt
 from orchestrator.runtime.agent import AGENT_ATTRIBUTE, AgentSpec, ReturnMode
-from orchestrator.runtime.loop import Output, run_turn
+from orchestrator.runtime.local_forks import run_in_process
+from orchestrator.runtime.loop import Output
 from orchestrator.runtime.selfref import SelfReference
 from orchestrator.runtime.tools import Tool
 from orchestrator.signals import ABORT_SIGNAL_PARAM, EVENT_OBSERVER_PARAM, AbortSignal
@@ -122,7 +123,7 @@ def llm_chat(
             state = await spec.initial_state(
                 args, kwargs, session_id=uuid.uuid4().hex, agent_call_id=uuid.uuid4().hex
             )
-            outputs = run_turn(spec, state, abort=abort, origin=spec.origin(state))
+            outputs = run_in_process(spec, state, abort=abort, origin=spec.origin(state))
             if observer is not None:
                 outputs = _observed(outputs, observer)
             adapt = _event_outputs if spec.enable_event else _tuple_outputs

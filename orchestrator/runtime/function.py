@@ -36,7 +36,8 @@ from orchestrator.ports import LLMInterface
 from orchestrator.runtime import prompt
 from orchestrator.runtime.agent import AGENT_ATTRIBUTE, AgentSpec
 from orchestrator.runtime.chat import DEFAULT_MAX_TOOL_CALLS
-from orchestrator.runtime.loop import Output, run_turn
+from orchestrator.runtime.local_forks import run_in_process
+from orchestrator.runtime.loop import Output
 from orchestrator.runtime.output import OutputParser
 from orchestrator.runtime.selfref import SelfReference
 from orchestrator.runtime.state import TurnError, TurnState
@@ -200,7 +201,7 @@ def llm_function(
             state = await spec.initial_state(
                 args, kwargs, session_id=uuid.uuid4().hex, agent_call_id=uuid.uuid4().hex
             )
-            async for output in run_turn(spec, state, abort=abort, origin=spec.origin(state)):
+            async for output in run_in_process(spec, state, abort=abort, origin=spec.origin(state)):
                 yield output
 
         async def call(*args: Any, **kwargs: Any) -> Any:
