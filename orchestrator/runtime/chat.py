@@ -131,6 +131,8 @@ def llm_chat(
                 yield item
 
         setattr(agent, AGENT_ATTRIBUTE, spec)
+        if self_reference is not None:
+            self_reference.bind_agent_instance(agent)
         return agent
 
     return decorate

@@ -31,7 +31,7 @@ from typing import Any, get_type_hints
 from pydantic_core import to_jsonable_python
 
 from orchestrator.errors import AbortedError, AgentError
-from orchestrator.events import EventYield, Message, ReactEndEvent, ResponseYield
+from orchestrator.events import Message, ReactEndEvent, ResponseYield
 from orchestrator.ports import LLMInterface
 from orchestrator.runtime import prompt
 from orchestrator.runtime.agent import AGENT_ATTRIBUTE, AgentSpec
@@ -195,33 +195,18 @@ def llm_function(
         )
 
         async def events(*args: Any, **kwargs: Any) -> AsyncIterator[Output]:
-            abort = kwargs.pop(ABORT_SIGNAL_PARAM, None)
-            if abort is not None and not isinstance(abort, AbortSignal):
-                raise AgentError(f"{ABORT_SIGNAL_PARAM} must be an AbortSignal")
-            state = await spec.initial_state(
-                args, kwargs, session_id=uuid.uuid4().hex, agent_call_id=uuid.uuid4().hex
-            )
-            async for output in run_in_process(spec, state, abort=abort, origin=spec.origin(state)):
+            async for output in _run(spec, args, kwargs):
                 yield output
 
         async def call(*args: Any, **kwargs: Any) -> Any:
-            final: ResponseYield | None = None
-            end: ReactEndEvent | None = None
-            async for output in events(*args, **kwargs):
-                if isinstance(output, ResponseYield):
-                    final = output
-                elif isinstance(output, EventYield) and isinstance(output.event, ReactEndEvent):
-                    end = output.event
-            if end is not None and end.extra.get("aborted"):
-                raise AbortedError(str(end.extra.get("abort_reason") or ""))
-            if final is None:
-                raise AgentError(f"{spec.name}: the turn ended without a response")
-            return final.response
+            return await _value(spec, _run(spec, args, kwargs))
 
         stream_fn: Any = functools.wraps(fn)(events)
         wrapper: Any = stream_fn if enable_event else functools.wraps(fn)(call)
         wrapper.stream = stream_fn
         setattr(wrapper, AGENT_ATTRIBUTE, spec)
+        if self_reference is not None:
+            self_reference.bind_agent_instance(wrapper)
         return wrapper
 
     return decorate
@@ -229,6 +214,35 @@ def llm_function(
 
 # SimpleLLMFunc's alias.
 async_llm_function = llm_function
+
+
+async def _run(
+    spec: FunctionSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> AsyncIterator[Output]:
+    abort = kwargs.pop(ABORT_SIGNAL_PARAM, None)
+    if abort is not None and not isinstance(abort, AbortSignal):
+        raise AgentError(f"{ABORT_SIGNAL_PARAM} must be an AbortSignal")
+    state = await spec.initial_state(
+        args, kwargs, session_id=uuid.uuid4().hex, agent_call_id=uuid.uuid4().hex
+    )
+    async for output in run_in_process(spec, state, abort=abort, origin=spec.origin(state)):
+        yield output
+
+
+async def _value(spec: FunctionSpec, outputs: AsyncIterator[Output]) -> Any:
+    """The typed value at the end of a call's outputs (AbortedError if it was aborted)."""
+    final: ResponseYield | None = None
+    end: ReactEndEvent | None = None
+    async for output in outputs:
+        if isinstance(output, ResponseYield):
+            final = output
+        elif isinstance(output.event, ReactEndEvent) and output.origin.fork_id is None:
+            end = output.event
+    if end is not None and end.extra.get("aborted"):
+        raise AbortedError(str(end.extra.get("abort_reason") or ""))
+    if final is None:
+        raise AgentError(f"{spec.name}: the turn ended without a response")
+    return final.response
 
 
 def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:

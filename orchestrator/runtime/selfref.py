@@ -52,6 +52,7 @@ from orchestrator.ports import (
 )
 from orchestrator.runtime.forks import FORK_GUIDE, TurnForks, fork_tools
 from orchestrator.runtime.memory import InMemoryMemoryStore
+from orchestrator.runtime.selfref_sync import SyncMemoryAPI
 from orchestrator.runtime.tools import Tool, ToolRuntime
 
 __all__ = [
@@ -402,8 +403,12 @@ def _guide_tool(context: SelfRefContext) -> Tool:
 # -- SelfReference and the per-turn context --------------------------------------------
 
 
-class SelfReference:
+class SelfReference(SyncMemoryAPI):
     """Durable agent memory shared by the agents it is passed to.
+
+    Besides the async, per-turn API (`bind(key)` -> `SelfRefContext`) it has
+    SimpleLLMFunc's synchronous one (`bind_history`, `snapshot_history`,
+    `memory[key]`, `instance`; `runtime/selfref_sync.py`) for the in-process store.
 
     `store` defaults to a fresh in-process `InMemoryMemoryStore`: in an in-process call
     this instance's store is the one memory every call shares (SimpleLLMFunc semantics).
