@@ -23,7 +23,7 @@ from orchestrator.ports import (
     ToolSession,
     TranscriptBase,
 )
-from orchestrator.runtime import prompt
+from orchestrator.runtime import multimodal, prompt
 from orchestrator.runtime.forks import fork_user_message
 from orchestrator.runtime.selfref import (
     SelfRefContext,
@@ -128,8 +128,10 @@ class AgentSpec:
         override, rest = prompt.split_system(history or [])
         if override is not None and not from_memory:
             system = override
-        user_message = self.user_message(arguments)
-        messages = prompt.build_messages(system, rest, user_message)
+        plain, images = multimodal.split_images(arguments)
+        user_message = self.user_message(plain)
+        content = multimodal.user_content(user_message, images)
+        messages = prompt.build_messages(system, rest, content)
         base = None
         if context is not None:
             addendum = await context.system_addendum(messages)
@@ -137,7 +139,7 @@ class AgentSpec:
             # Everything before the user message stands for what memory held.
             base = TranscriptBase(
                 revision=revision,
-                count=len(messages) - (1 if user_message else 0),
+                count=len(messages) - (1 if content else 0),
                 writer=agent_call_id,
             )
         return TurnState(
