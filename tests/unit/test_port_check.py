@@ -13,13 +13,14 @@ import importlib
 import json
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
+from orchestrator import OpenAICompatible
 from tests.fixtures_llm import MockLLMFactory
 
 pytestmark = pytest.mark.timeout(30)
@@ -34,9 +35,9 @@ def renamed(source: str) -> str:
 
 
 @pytest.fixture
-def port(
+async def port(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mock_llm: MockLLMFactory
-) -> Iterator[Any]:
+) -> AsyncIterator[Any]:
     loaded: list[str] = []
 
     def load(program: str, script: dict[str, Any]) -> ModuleType:
@@ -62,7 +63,12 @@ def port(
 
     yield load
     for name in loaded:
-        sys.modules.pop(name, None)
+        module = sys.modules.pop(name, None)
+        # The programs never close their model clients (SimpleLLMFunc users do not):
+        # close them here, so no socket outlives the test.
+        for value in vars(module or ModuleType(name)).values():
+            if isinstance(value, OpenAICompatible):
+                await value.aclose()
 
 
 TRIAGE_SCRIPT: dict[str, Any] = {
