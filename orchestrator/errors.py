@@ -11,7 +11,8 @@ OrchestratorError
 │   └── SandboxError            PyRepl's sandbox could not run the code (did not start)
 │       └── SandboxLimitError   the code hit a sandbox limit and was stopped (limit named)
 ├── AgentError                  agent definition or invocation problems
-│   └── OutputParseError        an llm_function's answer never parsed into its return type
+│   ├── OutputParseError        an llm_function's answer never parsed into its return type
+│   └── SignatureError          strict_signature refused the function (also a TypeError)
 ├── AbortedError                the turn was aborted (reason attached)
 ├── StoreError                  a storage backend (Redis) failed; chained to the cause
 │   ├── StoreUnavailable        the backend could not be reached (dropped connection, timeout)
@@ -89,6 +90,11 @@ class SandboxLimitError(SandboxError):
 
 class AgentError(OrchestratorError):
     """An agent function is defined or called in a way that cannot work."""
+
+
+class SignatureError(AgentError, TypeError):
+    """`llm_chat(strict_signature=True)` refused the function's signature. Also a
+    TypeError, which is what SimpleLLMFunc raises there."""
 
 
 class OutputParseError(AgentError):

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from functools import wraps
 from typing import Any, TypeGuard, TypeVar
 
@@ -58,6 +58,7 @@ __all__ = [
     "ReactIterationStartEvent",
     "ReactOutput",
     "ReactStartEvent",
+    "ResponsePair",
     "ResponseYield",
     "ToolCallArgumentsDeltaEvent",
     "ToolCallEndEvent",
@@ -90,11 +91,32 @@ def is_event_yield(output: object) -> TypeGuard[EventYield]:
     return isinstance(output, EventYield)
 
 
-async def responses_only(stream: AsyncIterator[Output]) -> AsyncIterator[ResponseYield]:
-    """Keep the responses, drop the events."""
+class ResponsePair(ResponseYield):
+    """A `ResponseYield` that also unpacks as SimpleLLMFunc's `(response, messages)`
+    tuple: `resp.response` (the seed documents' form) and `response, messages = resp`
+    (SimpleLLMFunc's source) both work."""
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return iter((self.response, self.messages))
+
+    def __getitem__(self, index: int) -> Any:
+        return (self.response, self.messages)[index]
+
+    def __len__(self) -> int:
+        return 2
+
+
+async def responses_only(stream: AsyncIterator[Output]) -> AsyncIterator[ResponsePair]:
+    """Keep the responses, drop the events. Each is a `ResponseYield` that also unpacks
+    as a `(response, messages)` tuple."""
     async for output in stream:
         if isinstance(output, ResponseYield):
-            yield output
+            yield ResponsePair.model_construct(
+                response=output.response,
+                messages=output.messages,
+                origin=output.origin,
+                stream_id=output.stream_id,
+            )
 
 
 async def events_only(stream: AsyncIterator[Output]) -> AsyncIterator[EventYield]:

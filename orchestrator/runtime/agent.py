@@ -112,6 +112,7 @@ class AgentSpec:
         Handles `_template_params` (formats the docstring) and drops `_abort_signal`.
         """
         kwargs = dict(kwargs)
+        args = self._message_first(args, kwargs)
         template_params = kwargs.pop(TEMPLATE_PARAMS, None)
         kwargs.pop(ABORT_SIGNAL_PARAM, None)
         arguments = self._bind(args, kwargs)
@@ -208,6 +209,20 @@ class AgentSpec:
     def final_response(self, state: TurnState) -> Any:
         """What the turn's `ResponseYield.response` carries: the answer's text."""
         return state.final_response
+
+    def _message_first(self, args: Sequence[Any], kwargs: dict[str, Any]) -> Sequence[Any]:
+        """A strict-signature agent is `agent(history, message)`; a call (or a worker's
+        job) giving the message positionally and the history by name means the message."""
+        history_name = prompt.history_param_name(self.signature)
+        if (
+            self.strict_signature
+            and len(args) == 1
+            and history_name in kwargs
+            and "message" not in kwargs
+        ):
+            kwargs["message"] = args[0]
+            return ()
+        return args
 
     def _bind(self, args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
         try:

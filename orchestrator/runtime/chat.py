@@ -30,7 +30,7 @@ from typing import Any
 
 import structlog
 
-from orchestrator.errors import AgentError
+from orchestrator.errors import AgentError, SignatureError
 from orchestrator.events import (
     EventYield,
     LLMCallEndEvent,
@@ -41,7 +41,7 @@ from orchestrator.events import (
 )
 from orchestrator.ports import LLMInterface
 from orchestrator.runtime import prompt
-from orchestrator.runtime.agent import AGENT_ATTRIBUTE, AgentSpec, ReturnMode
+from orchestrator.runtime.agent import AGENT_ATTRIBUTE, TEMPLATE_PARAMS, AgentSpec, ReturnMode
 from orchestrator.runtime.local_forks import run_in_process
 from orchestrator.runtime.loop import Output
 from orchestrator.runtime.selfref import SelfReference
@@ -62,20 +62,44 @@ def _check_function(fn: Callable[..., Any], strict_signature: bool) -> inspect.S
         name = getattr(fn, "__name__", repr(fn))
         raise AgentError(f"llm_chat only supports functions defined with async def ({name})")
     signature = inspect.signature(fn)
-    history_name = prompt.history_param_name(signature)
-    if history_name is None:
-        if strict_signature:
-            raise AgentError(f"{fn.__name__}: strict_signature needs a `history` parameter")
+    if strict_signature:
+        check_strict_signature(signature)
+    elif prompt.history_param_name(signature) is None:
         _log.warning(
             "llm_chat function has no history parameter (history or chat_history); "
             "no history will be passed",
             func_name=fn.__name__,
         )
-    if strict_signature and any(
-        p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values()
-    ):
-        raise AgentError(f"{fn.__name__}: strict_signature does not allow *args or **kwargs")
     return signature
+
+
+def check_strict_signature(signature: inspect.Signature) -> None:
+    """SimpleLLMFunc's canonical signature: `agent(history, message: str,
+    _template_params=None)` (history may be named chat_history); SignatureError if not."""
+    parameters = list(signature.parameters.values())
+    where = "llm_chat(strict_signature=True)"
+    if len(parameters) < 2:
+        raise SignatureError(
+            f"{where} requires the signature `agent(history, message: str, ...)` "
+            "with at least two parameters"
+        )
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters):
+        raise SignatureError(f"{where} does not allow *args/**kwargs")
+    history, message, *extra = parameters
+    if history.name not in prompt.HISTORY_PARAM_NAMES:
+        raise SignatureError(
+            f"{where} requires the first parameter to be `history` or `chat_history`"
+        )
+    if message.annotation not in (str, "str"):
+        raise SignatureError(f"{where} requires the second parameter to be annotated as `str`")
+    if message.name != "message":
+        raise SignatureError(f"{where} requires the second parameter to be named `message`")
+    for parameter in extra:
+        if parameter.name != TEMPLATE_PARAMS:
+            raise SignatureError(
+                f"{where} only allows an optional `{TEMPLATE_PARAMS}` parameter besides "
+                f"(history, message: str); unexpected parameter {parameter.name!r}"
+            )
 
 
 def llm_chat(

@@ -139,3 +139,67 @@ def test_top_level_names_simplellmfunc_users_import(name: str) -> None:
 
     assert name in orchestrator.__all__
     getattr(orchestrator, name)
+
+
+async def test_responses_only_items_are_responses_and_tuples() -> None:
+    from orchestrator.events import ResponseYield
+    from orchestrator.hooks import responses_only
+
+    async def outputs() -> Any:
+        yield EventYield(event=ReactStartEvent(), origin=origin())
+        yield ResponseYield(response="done", messages=[{"role": "assistant", "content": "done"}])
+
+    (item,) = [r async for r in responses_only(outputs())]
+    assert item.response == "done"
+    response, messages = item
+    assert response == "done"
+    assert messages == [{"role": "assistant", "content": "done"}]
+    assert isinstance(item, ResponseYield)
+
+
+def test_strict_signature_follows_simplellmfunc_rules() -> None:
+    from orchestrator import OpenAICompatible, llm_chat
+    from orchestrator.errors import AgentError, SignatureError
+
+    llm = OpenAICompatible(api_keys="k", model_name="m", base_url="http://127.0.0.1:9/v1")
+    strict = llm_chat(llm_interface=llm, strict_signature=True)
+
+    @strict
+    async def good(history: list[Any], message: str, _template_params: Any = None) -> None:
+        """Sys."""
+
+    async def message_first(message: str, history: list[Any]) -> None:
+        """Sys."""
+
+    async def untyped(history: list[Any], message) -> None:  # type: ignore[no-untyped-def]
+        """Sys."""
+
+    async def extra(history: list[Any], message: str, city: str) -> None:
+        """Sys."""
+
+    for bad, reason in [
+        (message_first, "first parameter"),
+        (untyped, "annotated as `str`"),
+        (extra, "unexpected parameter 'city'"),
+    ]:
+        with pytest.raises(SignatureError, match=reason) as caught:
+            strict(bad)
+        assert isinstance(caught.value, TypeError)  # what SimpleLLMFunc raises
+        assert isinstance(caught.value, AgentError)
+
+
+async def test_a_strict_agent_takes_the_message_positionally_with_history_by_name() -> None:
+    from orchestrator import OpenAICompatible, llm_chat
+    from orchestrator.runtime import agent_spec
+
+    llm = OpenAICompatible(api_keys="k", model_name="m", base_url="http://127.0.0.1:9/v1")
+
+    @llm_chat(llm_interface=llm, strict_signature=True)
+    async def agent(history: list[Any], message: str) -> None:
+        """Sys."""
+
+    # How a worker calls an agent: the message positionally, the history by name.
+    state = await agent_spec(agent).initial_state(
+        ("hello",), {"history": []}, session_id="s", agent_call_id="a"
+    )
+    assert state.messages[-1] == {"role": "user", "content": "message: hello"}
