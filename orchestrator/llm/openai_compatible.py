@@ -27,7 +27,7 @@ from orchestrator.errors import (
     LLMRetriesExhausted,
 )
 from orchestrator.events import MessageList
-from orchestrator.llm.config import ModelConfig, load_provider_file
+from orchestrator.llm.config import DEFAULT_CONTEXT_WINDOW, ModelConfig, load_provider_file
 from orchestrator.llm.key_pool import (
     DEFAULT_COOLDOWN_S,
     APIKeyPool,
@@ -108,7 +108,7 @@ class OpenAICompatible:
             raise ConfigError("OpenAICompatible needs a model_name and a base_url")
         self.model_name = model_name
         self.base_url = base_url.rstrip("/")
-        self.context_window = context_window
+        self.context_window = context_window or DEFAULT_CONTEXT_WINDOW
         self.key_pool = _build_key_pool(api_key_pool or api_keys, model_name, key_cooldown_s)
         self.rate_limiter = rate_limiter or _build_limiter(
             rate_limit_capacity, rate_limit_refill_rate

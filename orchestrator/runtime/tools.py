@@ -35,6 +35,7 @@ from pydantic_core import ErrorDetails, PydanticSerializationError, to_jsonable_
 from orchestrator.errors import AgentError, ToolError
 from orchestrator.ports import SelfRefPrimitives, ToolSession
 from orchestrator.runtime.emitter import NoOpEventEmitter
+from orchestrator.runtime.long_output import spill_long_result
 
 __all__ = [
     "SPECIAL_PARAMETERS",
@@ -105,6 +106,7 @@ class Tool:
         best_practices: Sequence[str] | None = None,
         barrier: bool = False,
         on_abort: Callable[[dict[str, Any]], Awaitable[Any]] | None = None,
+        too_long_to_file: bool = False,
     ) -> None:
         if func is None:
             if type(self).run is Tool.run:
@@ -125,6 +127,8 @@ class Tool:
         # If the turn is aborted before this call finishes, its result is what this
         # returns for the call's arguments (instead of a "cancelled" error).
         self.on_abort = on_abort
+        # A text result over TOO_LONG_TO_FILE_MAX_TOKENS goes to a file (runtime/long_output.py).
+        self.too_long_to_file = too_long_to_file
         self._signature = inspect.signature(func)
         self._is_async = _is_async_callable(func)
         self._injected = SPECIAL_PARAMETERS & set(self._signature.parameters)
@@ -188,17 +192,23 @@ class Tool:
         values = self._validate(arguments)
         args, kwargs = self._call_arguments(values, event_emitter, runtime)
         if self._is_async:
-            return await self.func(*args, **kwargs)
-        result = await asyncio.to_thread(self.func, *args, **kwargs)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+            result = await self.func(*args, **kwargs)
+        else:
+            result = await asyncio.to_thread(self.func, *args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+        return await self._spill(result)
 
     async def run(self, *args: Any, **kwargs: Any) -> Any:
         """Call the function directly (no validation); subclasses may override this."""
         result = self.func(*args, **kwargs)
         if inspect.isawaitable(result):
             result = await result
+        return await self._spill(result)
+
+    async def _spill(self, result: Any) -> Any:
+        if self.too_long_to_file and isinstance(result, str):
+            return await asyncio.to_thread(spill_long_result, self.name, result)
         return result
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -279,6 +289,7 @@ def tool(
     description: str | None = None,
     *,
     best_practices: Sequence[str] | None = None,
+    too_long_to_file: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -287,6 +298,7 @@ def tool(
     description: str | None = None,
     *,
     best_practices: Sequence[str] | None = None,
+    too_long_to_file: bool = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Turn a sync or async function into a `Tool` (`@tool` or `@tool(name=..., ...)`).
 
@@ -296,7 +308,13 @@ def tool(
         return Tool(func=name)
 
     def decorate(func: Callable[..., Any]) -> Tool:
-        return Tool(name=name, description=description, func=func, best_practices=best_practices)
+        return Tool(
+            name=name,
+            description=description,
+            func=func,
+            best_practices=best_practices,
+            too_long_to_file=too_long_to_file,
+        )
 
     return decorate
 

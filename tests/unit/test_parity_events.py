@@ -8,6 +8,7 @@ exist where they import them.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -203,3 +204,42 @@ async def test_a_strict_agent_takes_the_message_positionally_with_history_by_nam
         ("hello",), {"history": []}, session_id="s", agent_call_id="a"
     )
     assert state.messages[-1] == {"role": "user", "content": "message: hello"}
+
+
+def read_and_remove(path: Path) -> str:
+    text = path.read_text(encoding="utf-8")
+    path.unlink()
+    return text
+
+
+async def test_too_long_to_file_spills_a_long_text_result(tmp_path: Any) -> None:
+    from orchestrator import TOO_LONG_TO_FILE_MAX_TOKENS, Tool
+    from orchestrator.runtime.long_output import estimate_tokens, spill_long_result
+
+    assert TOO_LONG_TO_FILE_MAX_TOKENS == 20_000
+    long_text = "word " * 30_000
+
+    async def dump() -> str:
+        return long_text
+
+    spilled = await Tool(name="dump", func=dump, too_long_to_file=True).invoke({})
+    head, _, note = spilled.partition("\n\n<system-reminder>")
+    assert long_text.startswith(head)
+    assert estimate_tokens(head) <= TOO_LONG_TO_FILE_MAX_TOKENS
+    assert "Tool output was too long" in note
+    assert read_and_remove(Path(note.split("saved to ", 1)[1].split(". ", 1)[0])) == long_text
+    # Without the option, or for a short text, the result is unchanged.
+    assert await Tool(name="dump2", func=dump).invoke({}) == long_text
+    assert spill_long_result("t", "short", directory=tmp_path) == "short"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_context_window_defaults_like_simplellmfunc() -> None:
+    from orchestrator import DEFAULT_CONTEXT_WINDOW, OpenAICompatible
+
+    llm = OpenAICompatible(api_keys="k", model_name="m", base_url="http://127.0.0.1:9/v1")
+    assert llm.context_window == DEFAULT_CONTEXT_WINDOW == 200_000
+    sized = OpenAICompatible(
+        api_keys="k", model_name="m", base_url="http://127.0.0.1:9/v1", context_window=8192
+    )
+    assert sized.context_window == 8192
