@@ -52,7 +52,12 @@ from orchestrator.ports import (
 )
 from orchestrator.runtime.forks import FORK_GUIDE, TurnForks, fork_tools
 from orchestrator.runtime.memory import InMemoryMemoryStore
-from orchestrator.runtime.selfref_sync import SyncMemoryAPI
+from orchestrator.runtime.selfref_sync import (
+    SelfReferenceInstanceHandle,
+    SelfReferenceMemoryHandle,
+    SelfReferenceMemoryProxy,
+    SyncMemoryAPI,
+)
 from orchestrator.runtime.tools import Tool, ToolRuntime
 
 __all__ = [
@@ -63,6 +68,9 @@ __all__ = [
     "SelfRefRuntime",
     "SelfRefToolProvider",
     "SelfReference",
+    "SelfReferenceInstanceHandle",
+    "SelfReferenceMemoryHandle",
+    "SelfReferenceMemoryProxy",
     "UnavailableForks",
     "apply_system_addendum",
     "make_tool_runtime",

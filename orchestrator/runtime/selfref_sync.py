@@ -24,7 +24,16 @@ from orchestrator.errors import AgentError
 from orchestrator.events import Message, MessageList
 from orchestrator.ports import MemoryStore
 
-__all__ = ["MemoryHandle", "MemoryProxy", "SyncMemoryAPI", "run_now"]
+__all__ = [
+    "InstanceHandle",
+    "MemoryHandle",
+    "MemoryProxy",
+    "SelfReferenceInstanceHandle",
+    "SelfReferenceMemoryHandle",
+    "SelfReferenceMemoryProxy",
+    "SyncMemoryAPI",
+    "run_now",
+]
 
 T = TypeVar("T")
 
@@ -265,3 +274,9 @@ class SyncMemoryAPI:
 
     def get_agent_instance(self) -> Any:
         return self._sync_state()[1][0]
+
+
+# SimpleLLMFunc's names for the handles.
+SelfReferenceMemoryHandle = MemoryHandle
+SelfReferenceMemoryProxy = MemoryProxy
+SelfReferenceInstanceHandle = InstanceHandle
