@@ -5,10 +5,11 @@ TEST_LLM_URL is the scripted model's base URL."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from pydantic import BaseModel
 
-from orchestrator import OpenAICompatible, llm_function, tool
+from orchestrator import OpenAICompatible, SelfReference, llm_chat, llm_function, tool
 
 llm = OpenAICompatible(
     "sk-scripted",
@@ -37,3 +38,14 @@ async def classify(text: str) -> Sentiment:
 @llm_function(llm_interface=llm, toolkit=[word_count])
 async def count_words(text: str) -> int:
     """Count the words of the text with the tool."""
+
+
+# Forks: the same agent runs its fork tree in-process (a plain call) and on workers.
+@llm_chat(
+    llm_interface=llm,
+    self_reference=SelfReference(),
+    self_reference_key="planner",
+    enable_event=True,
+)
+async def planner(message: str, history: list[dict[str, Any]] | None = None) -> None:
+    """You plan by splitting work into forks."""
