@@ -38,14 +38,22 @@ from orchestrator.events import (
 )
 from orchestrator.runtime.agent import AGENT_ATTRIBUTE, AgentSpec
 from orchestrator.runtime.emitter import NoOpEventEmitter, ToolEventEmitter
+from orchestrator.runtime.input_stream import (
+    AgentInputRouter,
+    InputRouteResult,
+    ToolInputRequest,
+    UserInputEvent,
+)
 from orchestrator.signals import ABORT_SIGNAL_PARAM, EVENT_OBSERVER_PARAM, AbortSignal
 
 __all__ = [
     "ABORT_SIGNAL_PARAM",
     "AbortSignal",
+    "AgentInputRouter",
     "CustomEvent",
     "EventOrigin",
     "EventYield",
+    "InputRouteResult",
     "LLMCallEndEvent",
     "LLMCallErrorEvent",
     "LLMCallStartEvent",
@@ -68,6 +76,8 @@ __all__ = [
     "ToolCallsBatchEndEvent",
     "ToolCallsBatchStartEvent",
     "ToolEventEmitter",
+    "ToolInputRequest",
+    "UserInputEvent",
     "events_only",
     "filter_events",
     "is_event_yield",
