@@ -38,6 +38,7 @@ from orchestrator.events import (
 )
 from orchestrator.runtime.agent import AGENT_ATTRIBUTE, AgentSpec
 from orchestrator.runtime.emitter import NoOpEventEmitter, ToolEventEmitter
+from orchestrator.runtime.function import FunctionSpec, value_of
 from orchestrator.runtime.input_stream import (
     AgentInputRouter,
     InputRouteResult,
@@ -211,6 +212,9 @@ def with_event_observer(
 
     def decorate(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
         spec = getattr(fn, AGENT_ATTRIBUTE, None)
+        if isinstance(spec, FunctionSpec):
+            observed: Callable[..., AsyncIterator[Any]] = _observed_function(fn, spec, notify)
+            return observed
         tuple_mode = isinstance(spec, AgentSpec) and not spec.enable_event
 
         @wraps(fn)
@@ -228,3 +232,22 @@ def with_event_observer(
         return wrapper
 
     return decorate
+
+
+def _observed_function(
+    fn: Any, spec: FunctionSpec, notify: Callable[[EventYield], Awaitable[None]]
+) -> Any:
+    """An `llm_function` whose events (of calls and of `.stream`) reach the observer."""
+
+    async def stream(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        async for output in fn.stream(*args, **kwargs):
+            if isinstance(output, EventYield):
+                await notify(output)
+            yield output
+
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        return await value_of(spec, stream(*args, **kwargs))
+
+    observed: Any = wraps(fn)(stream if spec.enable_event else call)
+    observed.stream = wraps(fn)(stream)
+    return observed

@@ -51,6 +51,7 @@ __all__ = [
     "FunctionSpec",
     "async_llm_function",
     "llm_function",
+    "value_of",
 ]
 
 DEFAULT_OUTPUT_RETRIES = 2
@@ -199,7 +200,7 @@ def llm_function(
                 yield output
 
         async def call(*args: Any, **kwargs: Any) -> Any:
-            return await _value(spec, _run(spec, args, kwargs))
+            return await value_of(spec, _run(spec, args, kwargs))
 
         stream_fn: Any = functools.wraps(fn)(events)
         wrapper: Any = stream_fn if enable_event else functools.wraps(fn)(call)
@@ -229,7 +230,7 @@ async def _run(
         yield output
 
 
-async def _value(spec: FunctionSpec, outputs: AsyncIterator[Output]) -> Any:
+async def value_of(spec: FunctionSpec, outputs: AsyncIterator[Output]) -> Any:
     """The typed value at the end of a call's outputs (AbortedError if it was aborted)."""
     final: ResponseYield | None = None
     end: ReactEndEvent | None = None

@@ -222,3 +222,27 @@ async def test_tool_events_reach_the_stream(mock_llm: MockLLMFactory) -> None:
     await llm.aclose()
     assert [e.tool_name for e in ends] == ["lookup_price"]
     assert value == 350
+
+
+async def test_an_event_observer_sees_an_llm_functions_events(mock_llm: MockLLMFactory) -> None:
+    from orchestrator.hooks import ReActEvent, with_event_observer
+
+    llm, _ = model_on(mock_llm, answering("12"))
+    seen: list[str] = []
+
+    def observe(event: ReActEvent) -> None:
+        seen.append(event.event_type.value)
+
+    @with_event_observer(observe)
+    @llm_function(llm_interface=llm)
+    async def dozen() -> int:
+        """Say twelve."""
+
+    assert await dozen() == 12
+    assert seen[0] == "react_start"
+    assert seen[-1] == "react_end"
+    seen.clear()
+    outputs = [o async for o in dozen.stream()]
+    await llm.aclose()
+    assert outputs[-1].response == 12
+    assert "llm_call_end" in seen
