@@ -177,8 +177,8 @@ async def _event_outputs(spec: AgentSpec, outputs: AsyncIterator[Output]) -> Asy
     """Events as they come, with SimpleLLMFunc's per-chunk ResponseYields added."""
     sent: MessageList = []
     async for output in outputs:
-        if not isinstance(output, EventYield):
-            yield output
+        if not isinstance(output, EventYield) or output.origin.fork_id is not None:
+            yield output  # responses, and forks' events (no per-chunk responses for them)
             continue
         event = output.event
         if isinstance(event, LLMCallStartEvent):
@@ -203,6 +203,8 @@ async def _tuple_outputs(
         if isinstance(output, ResponseYield):
             yield "", output.messages
             continue
+        if output.origin.fork_id is not None:
+            continue  # a fork's text is its own (its result reaches the model by gather)
         event = output.event
         if isinstance(event, LLMCallStartEvent):
             sent = event.messages
@@ -233,6 +235,8 @@ async def _raw_tuples(
             if held is not None:
                 yield held[0], output.messages
             return
+        if output.origin.fork_id is not None:
+            continue
         event = output.event
         raw = _raw_of(event, spec.stream)
         if isinstance(event, LLMCallStartEvent):

@@ -163,3 +163,20 @@ async def test_depth_and_fan_out_limits_refuse_with_a_tool_error(
     forks = {o.origin.fork_id for o in outputs if isinstance(o, EventYield)}
     assert forks == {None, "fork_1"}
     assert isinstance(outputs[-1], ResponseYield)
+
+
+async def test_tuple_mode_text_is_the_roots_only(mock_llm: MockLLMFactory) -> None:
+    server = mock_llm(tree_script())
+    llm = OpenAICompatible(api_keys="k", model_name="scripted", base_url=server.base_url)
+
+    @llm_chat(llm_interface=llm, self_reference=SelfReference(), self_reference_key="p")
+    async def planner(message: str, history: list[dict[str, Any]] | None = None) -> None:
+        """You plan by splitting work into forks."""
+
+    pairs = [pair async for pair in planner("plan a trip", history=[])]
+    await llm.aclose()
+    text = "".join(chunk for chunk, _ in pairs)
+    assert text == "merged"  # the root's answer; the forks' "leaf done"/"merged" stay theirs
+    final_history = pairs[-1][1]
+    assert final_history[-1] == {"role": "assistant", "content": "merged"}
+    assert final_history[1]["content"] == "message: plan a trip"
