@@ -43,7 +43,9 @@ _log = structlog.get_logger(__name__)
 Output = ResponseYield | EventYield
 # How long an aborted call waits for its forks to wind down before cancelling them.
 _ABORT_GRACE_S = 5.0
-_QUEUE_SIZE = 256
+# Small, so the agents run barely ahead of the consumer (an abort the consumer sends on
+# seeing an output stops them with little already produced).
+_QUEUE_SIZE = 4
 
 
 @dataclass
