@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     GetCoreSchemaHandler,
@@ -64,6 +65,8 @@ def _attr_view(value: Any) -> Any:
 
 def _plain(value: Any) -> Any:
     """A provider object (an openai/pydantic model, a dataclass-like) as plain JSON data."""
+    if isinstance(value, dict):
+        return value  # the common case, first: this runs for every streamed chunk
     dump = getattr(value, "model_dump", None)
     if callable(dump) and not isinstance(value, type):
         return dump(mode="json", exclude_unset=True)
@@ -104,20 +107,62 @@ class Payload(dict[str, Any]):
     def __get_pydantic_core_schema__(
         cls, source: Any, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
-        return core_schema.no_info_before_validator_function(
-            cls._validate_input,
-            core_schema.no_info_after_validator_function(cls, handler(dict[str, Any])),
+        # One plain validator (this runs for every streamed chunk); serialized as a dict.
+        # One Python call per value (this runs for every streamed chunk); serialized by
+        # the dict schema, as plain dicts are.
+        return core_schema.no_info_wrap_validator_function(
+            cls._validate, core_schema.dict_schema(core_schema.str_schema())
         )
 
     @classmethod
-    def _validate_input(cls, value: Any) -> Any:
-        return _plain(value)
+    def _validate(cls, value: Any, handler: core_schema.ValidatorFunctionWrapHandler) -> Payload:
+        if type(value) is cls:
+            return value
+        if type(value) is dict:
+            return cls(value)
+        if value is None:
+            return cls()  # SimpleLLMFunc's "no chunk/response yet"
+        return cls(handler(_plain(value)))
 
 
 def _error_text(value: Any) -> Any:
     if isinstance(value, BaseException):
         return str(value) or type(value).__name__
-    return value
+    return "" if value is None else value
+
+
+def _exception_as_text(value: Any) -> Any:
+    return _error_text(value) if isinstance(value, BaseException) else value
+
+
+def _none_as_list(value: Any) -> Any:
+    return [] if value is None else value
+
+
+def _none_as_dict(value: Any) -> Any:
+    return {} if value is None else value
+
+
+# SimpleLLMFunc passes None for "no tools" / "no messages" and exceptions as `error`.
+# Field-level validators (they run only for values actually given, so the hot path of
+# building chunk events pays nothing for them).
+Messages = Annotated[MessageList, BeforeValidator(_none_as_list)]
+Items = Annotated[list[dict[str, Any]], BeforeValidator(_none_as_list)]
+JSONObject = Annotated[dict[str, Any], BeforeValidator(_none_as_dict)]
+ErrorText = Annotated[str, BeforeValidator(_error_text)]
+
+
+def _fill_error_details(data: Any) -> Any:
+    """An exception given as `error`: its type and text fill `error_type` and
+    `error_message` when those are left out."""
+    if isinstance(data, dict) and isinstance(data.get("error"), BaseException):
+        exc = data["error"]
+        return {
+            **data,
+            "error_type": data.get("error_type") or type(exc).__name__,
+            "error_message": data.get("error_message") or str(exc),
+        }
+    return data
 
 
 class _Model(BaseModel):
@@ -140,48 +185,26 @@ class ReActEvent(_Model):
     trace_id: str = ""
     func_name: str = ""
     iteration: int = 0
-    extra: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _permissive(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        fields = cls.model_fields
-        out = dict(data)
-        for name, value in data.items():
-            field = fields.get(name)
-            if field is None:
-                continue
-            if value is None and field.default_factory is not None:
-                del out[name]  # SimpleLLMFunc passes None for "no tools"/"no messages"
-            elif isinstance(value, BaseException):
-                out[name] = _error_text(value)
-                if name == "error":
-                    if "error_type" in fields and not data.get("error_type"):
-                        out["error_type"] = type(value).__name__
-                    if "error_message" in fields and not data.get("error_message"):
-                        out["error_message"] = str(value)
-        return out
+    extra: JSONObject = Field(default_factory=dict)
 
 
 class ReactStartEvent(ReActEvent):
     event_type: Literal[ReActEventType.REACT_START] = ReActEventType.REACT_START
     user_task_prompt: str = ""
-    initial_messages: MessageList = Field(default_factory=list)
-    available_tools: list[dict[str, Any]] = Field(default_factory=list)
+    initial_messages: Messages = Field(default_factory=list)
+    available_tools: Items = Field(default_factory=list)
 
 
 class ReactIterationStartEvent(ReActEvent):
     event_type: Literal[ReActEventType.REACT_ITERATION_START] = ReActEventType.REACT_ITERATION_START
-    current_messages: MessageList = Field(default_factory=list)
+    current_messages: Messages = Field(default_factory=list)
 
 
 class LLMCallStartEvent(ReActEvent):
     event_type: Literal[ReActEventType.LLM_CALL_START] = ReActEventType.LLM_CALL_START
-    messages: MessageList = Field(default_factory=list)
-    tools: list[dict[str, Any]] = Field(default_factory=list)
-    llm_kwargs: dict[str, Any] = Field(default_factory=dict)
+    messages: Messages = Field(default_factory=list)
+    tools: Items = Field(default_factory=list)
+    llm_kwargs: JSONObject = Field(default_factory=dict)
     stream: bool = False
 
 
@@ -195,8 +218,8 @@ class LLMChunkArriveEvent(ReActEvent):
 class LLMCallEndEvent(ReActEvent):
     event_type: Literal[ReActEventType.LLM_CALL_END] = ReActEventType.LLM_CALL_END
     response: Payload = Field(default_factory=Payload)
-    messages: MessageList = Field(default_factory=list)
-    tool_calls: list[dict[str, Any]] = Field(default_factory=list)
+    messages: Messages = Field(default_factory=list)
+    tool_calls: Items = Field(default_factory=list)
     execution_time: float = 0.0
     usage: Payload | None = None
     content: str = ""
@@ -204,18 +227,20 @@ class LLMCallEndEvent(ReActEvent):
 
 class LLMCallErrorEvent(ReActEvent):
     event_type: Literal[ReActEventType.LLM_CALL_ERROR] = ReActEventType.LLM_CALL_ERROR
-    error: str = ""
+    error: ErrorText = ""
     error_message: str = ""
     error_type: str = ""
-    messages: MessageList = Field(default_factory=list)
-    llm_kwargs: dict[str, Any] = Field(default_factory=dict)
+    messages: Messages = Field(default_factory=list)
+    llm_kwargs: JSONObject = Field(default_factory=dict)
+
+    _error_details = model_validator(mode="before")(_fill_error_details)
 
 
 class ToolCallsBatchStartEvent(ReActEvent):
     event_type: Literal[ReActEventType.TOOL_CALLS_BATCH_START] = (
         ReActEventType.TOOL_CALLS_BATCH_START
     )
-    tool_calls: list[dict[str, Any]] = Field(default_factory=list)
+    tool_calls: Items = Field(default_factory=list)
     batch_size: int = 0
 
 
@@ -223,8 +248,8 @@ class ToolCallStartEvent(ReActEvent):
     event_type: Literal[ReActEventType.TOOL_CALL_START] = ReActEventType.TOOL_CALL_START
     tool_name: str = ""
     tool_call_id: str = ""
-    arguments: dict[str, Any] = Field(default_factory=dict)
-    tool_call: dict[str, Any] = Field(default_factory=dict)
+    arguments: JSONObject = Field(default_factory=dict)
+    tool_call: JSONObject = Field(default_factory=dict)
 
 
 class ToolCallArgumentsDeltaEvent(ReActEvent):
@@ -244,7 +269,7 @@ class ToolCallEndEvent(ReActEvent):
     event_type: Literal[ReActEventType.TOOL_CALL_END] = ReActEventType.TOOL_CALL_END
     tool_name: str = ""
     tool_call_id: str = ""
-    arguments: dict[str, Any] = Field(default_factory=dict)
+    arguments: JSONObject = Field(default_factory=dict)
     result: Any = None
     execution_time: float = 0.0
     success: bool = True
@@ -254,11 +279,13 @@ class ToolCallErrorEvent(ReActEvent):
     event_type: Literal[ReActEventType.TOOL_CALL_ERROR] = ReActEventType.TOOL_CALL_ERROR
     tool_name: str = ""
     tool_call_id: str = ""
-    arguments: dict[str, Any] = Field(default_factory=dict)
-    error: str = ""
+    arguments: JSONObject = Field(default_factory=dict)
+    error: ErrorText = ""
     error_message: str = ""
     error_type: str = ""
     execution_time: float = 0.0
+
+    _error_details = model_validator(mode="before")(_fill_error_details)
 
 
 class ToolCallResult(_Model):
@@ -267,19 +294,14 @@ class ToolCallResult(_Model):
     result: Any = None
     execution_time: float = 0.0
     success: bool = True
-    error: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _error_as_text(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("error"), BaseException):
-            return {**data, "error": _error_text(data["error"])}
-        return data
+    error: Annotated[str | None, BeforeValidator(_exception_as_text)] = None
 
 
 class ToolCallsBatchEndEvent(ReActEvent):
     event_type: Literal[ReActEventType.TOOL_CALLS_BATCH_END] = ReActEventType.TOOL_CALLS_BATCH_END
-    tool_results: list[ToolCallResult] = Field(default_factory=list)
+    tool_results: Annotated[list[ToolCallResult], BeforeValidator(_none_as_list)] = Field(
+        default_factory=list
+    )
     batch_size: int = 0
     total_execution_time: float = 0.0
     success_count: int = 0
@@ -288,7 +310,7 @@ class ToolCallsBatchEndEvent(ReActEvent):
 
 class ReactIterationEndEvent(ReActEvent):
     event_type: Literal[ReActEventType.REACT_ITERATION_END] = ReActEventType.REACT_ITERATION_END
-    messages: MessageList = Field(default_factory=list)
+    messages: Messages = Field(default_factory=list)
     iteration_time: float = 0.0
     tool_calls_count: int = 0
 
@@ -296,7 +318,7 @@ class ReactIterationEndEvent(ReActEvent):
 class ReactEndEvent(ReActEvent):
     event_type: Literal[ReActEventType.REACT_END] = ReActEventType.REACT_END
     final_response: str = ""
-    final_messages: MessageList = Field(default_factory=list)
+    final_messages: Messages = Field(default_factory=list)
     total_iterations: int = 0
     total_execution_time: float = 0.0
     total_tool_calls: int = 0
@@ -374,7 +396,7 @@ class ResponseYield(_Model):
     """The agent's answer: the response (text, or the provider's raw JSON) and the history."""
 
     response: Any = None
-    messages: MessageList = Field(default_factory=list)
+    messages: Messages = Field(default_factory=list)
     type: Literal["response"] = "response"
     # Present when the response came from a run (distributed path): which call produced it.
     origin: EventOrigin | None = None

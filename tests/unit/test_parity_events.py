@@ -88,6 +88,8 @@ def test_provider_objects_are_accepted_as_payloads() -> None:
 
 
 def test_none_lists_and_exception_errors_are_accepted() -> None:
+    assert LLMChunkArriveEvent(chunk=None).chunk == {}
+    assert LLMCallEndEvent(usage=None).usage is None
     start = ReactStartEvent(available_tools=None, initial_messages=None)
     assert start.available_tools == []
     assert start.initial_messages == []
