@@ -12,7 +12,8 @@ OrchestratorError
 │       └── SandboxLimitError   the code hit a sandbox limit and was stopped (limit named)
 ├── AgentError                  agent definition or invocation problems
 │   ├── OutputParseError        an llm_function's answer never parsed into its return type
-│   └── SignatureError          strict_signature refused the function (also a TypeError)
+│   ├── SignatureError          strict_signature refused the function (also a TypeError)
+│   └── InstanceNotBound        selfref.instance.fork with no agent bound (also a RuntimeError)
 ├── AbortedError                the turn was aborted (reason attached)
 ├── StoreError                  a storage backend (Redis) failed; chained to the cause
 │   ├── StoreUnavailable        the backend could not be reached (dropped connection, timeout)
@@ -95,6 +96,11 @@ class AgentError(OrchestratorError):
 class SignatureError(AgentError, TypeError):
     """`llm_chat(strict_signature=True)` refused the function's signature. Also a
     TypeError, which is what SimpleLLMFunc raises there."""
+
+
+class InstanceNotBound(AgentError, RuntimeError):
+    """`selfref.instance.fork*` on a SelfReference no agent is bound to (a RuntimeError
+    too, as in SimpleLLMFunc)."""
 
 
 class OutputParseError(AgentError):

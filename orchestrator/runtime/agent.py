@@ -35,11 +35,20 @@ from orchestrator.runtime.state import OriginContext, TurnState
 from orchestrator.runtime.tools import Tool, ToolRuntime, toolkit_by_name
 from orchestrator.signals import ABORT_SIGNAL_PARAM
 
-__all__ = ["AGENT_ATTRIBUTE", "TEMPLATE_PARAMS", "AgentSpec", "ReturnMode", "agent_spec"]
+__all__ = [
+    "AGENT_ATTRIBUTE",
+    "SELF_REFERENCE_KEY_OVERRIDE",
+    "TEMPLATE_PARAMS",
+    "AgentSpec",
+    "ReturnMode",
+    "agent_spec",
+]
 
 # Where `@llm_chat` keeps the AgentSpec on the function it returns.
 AGENT_ATTRIBUTE = "__orchestrator_agent__"
 TEMPLATE_PARAMS = "_template_params"
+# In `_template_params`: run this call on another SelfReference memory key.
+SELF_REFERENCE_KEY_OVERRIDE = "__self_reference_key_override"
 ReturnMode = Literal["text", "raw"]
 
 
@@ -113,14 +122,14 @@ class AgentSpec:
         """
         kwargs = dict(kwargs)
         args = self._message_first(args, kwargs)
-        template_params = kwargs.pop(TEMPLATE_PARAMS, None)
+        memory_key, template_params = self._memory_key_for(kwargs.pop(TEMPLATE_PARAMS, None))
         kwargs.pop(ABORT_SIGNAL_PARAM, None)
         arguments = self._bind(args, kwargs)
         history_name = prompt.history_param_name(self.signature)
         raw_history = arguments.pop(history_name, None) if history_name else None
         history = prompt.valid_history(raw_history, func_name=self.name)
         system = self.system_prompt(template_params)
-        context = self.bind_memory(self.memory_key, memory)
+        context = self.bind_memory(memory_key, memory)
         from_memory = history is None
         revision = 0
         if context is not None:
@@ -150,9 +159,21 @@ class AgentSpec:
             trace_id=f"{self.name}_{agent_call_id}",
             messages=messages,
             user_task_prompt=user_message,
-            memory_key=self.memory_key if context is not None else None,
+            memory_key=memory_key if context is not None else None,
             memory_base=base,
         )
+
+    def _memory_key_for(
+        self, template_params: dict[str, Any] | None
+    ) -> tuple[str, dict[str, Any] | None]:
+        """The memory key of a call: the agent's, unless the call's `_template_params`
+        name another (SimpleLLMFunc's `SELF_REFERENCE_KEY_OVERRIDE_TEMPLATE_PARAM`, which
+        `selfref.instance.fork` uses to run the agent on a fork's key)."""
+        if not template_params or SELF_REFERENCE_KEY_OVERRIDE not in template_params:
+            return self.memory_key, template_params
+        rest = dict(template_params)
+        key = str(rest.pop(SELF_REFERENCE_KEY_OVERRIDE))
+        return key, rest
 
     async def fork_state(
         self,

@@ -16,11 +16,15 @@ bound here is the memory the next call of the agent with that key continues from
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import copy
+import inspect
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from orchestrator.errors import AgentError
+from orchestrator.errors import AgentError, InstanceNotBound
 from orchestrator.events import Message, MessageList
 from orchestrator.ports import MemoryStore
 
@@ -155,7 +159,14 @@ class MemoryProxy:
 
 class InstanceHandle:
     """`selfref.instance`: the agent this SelfReference serves (bound by `llm_chat` /
-    `llm_function`, or by `bind_agent_instance`)."""
+    `llm_function`, or by `bind_agent_instance`), and forks of it run from code.
+
+    `await instance.fork(*args, **kwargs)` calls the agent on a new memory key
+    (`<source key>::fork::N`) that starts as a copy of the source key's messages, and
+    returns its ForkResult; `fork_spawn` starts one without waiting and
+    `fork_gather_all` collects them. Called inside a fork, the source defaults to that
+    fork's key (nested forks). In-process: these are asyncio tasks.
+    """
 
     def __init__(self, owner: SyncMemoryAPI) -> None:
         self._owner = owner
@@ -165,6 +176,42 @@ class InstanceHandle:
 
     def get(self) -> Any:
         return self._owner.get_agent_instance()
+
+    async def fork(
+        self,
+        *agent_args: Any,
+        source_memory_key: str | None = None,
+        fork_memory_key: str | None = None,
+        include_history: bool = False,
+        **agent_kwargs: Any,
+    ) -> dict[str, Any]:
+        handle = await self.fork_spawn(
+            *agent_args,
+            source_memory_key=source_memory_key,
+            fork_memory_key=fork_memory_key,
+            **agent_kwargs,
+        )
+        results = await self.fork_gather_all(handle["fork_id"], include_history=include_history)
+        return results[handle["fork_id"]]
+
+    async def fork_spawn(
+        self,
+        *agent_args: Any,
+        source_memory_key: str | None = None,
+        fork_memory_key: str | None = None,
+        **agent_kwargs: Any,
+    ) -> dict[str, Any]:
+        return await self._owner.instance_forks().spawn(
+            agent_args, agent_kwargs, source_memory_key, fork_memory_key
+        )
+
+    async def fork_gather_all(
+        self, fork_ids: Any = None, include_history: bool = False
+    ) -> dict[str, dict[str, Any]]:
+        return await self._owner.instance_forks().gather(fork_ids, include_history)
+
+    def has_pending_fork_tasks(self) -> bool:
+        return self._owner.instance_forks().pending()
 
 
 class SyncMemoryAPI:
@@ -266,17 +313,175 @@ class SyncMemoryAPI:
     def instance(self) -> InstanceHandle:
         return InstanceHandle(self)
 
-    def bind_agent_instance(self, agent: Any, *, replace: bool = False) -> None:
-        """Note the agent this SelfReference serves (the first one, unless `replace`)."""
+    def bind_agent_instance(
+        self, agent: Any, *, default_memory_key: str | None = None, replace: bool = False
+    ) -> None:
+        """Note the agent this SelfReference serves (the first one, unless `replace`) and
+        the memory key its forks start from by default."""
         slot = self._sync_state()[1]
         if slot[0] is None or replace:
             slot[0] = agent
+            self.__dict__["_sync_default_key"] = default_memory_key
 
     def get_agent_instance(self) -> Any:
         return self._sync_state()[1][0]
+
+    def get_agent_default_memory_key(self) -> str | None:
+        key: str | None = self.__dict__.get("_sync_default_key")
+        if key is None:
+            spec = getattr(self.get_agent_instance(), AGENT_ATTRIBUTE, None)
+            key = getattr(spec, "memory_key", None)
+        return key
+
+    def instance_forks(self) -> InstanceForks:
+        forks = self.__dict__.get("_sync_instance_forks")
+        if forks is None:
+            forks = self.__dict__["_sync_instance_forks"] = InstanceForks(self)
+        assert isinstance(forks, InstanceForks)
+        return forks
 
 
 # SimpleLLMFunc's names for the handles.
 SelfReferenceMemoryHandle = MemoryHandle
 SelfReferenceMemoryProxy = MemoryProxy
 SelfReferenceInstanceHandle = InstanceHandle
+
+
+# -- forks of the bound agent, from code -----------------------------------------------
+
+# The memory key of the instance fork running in this task (nested forks start from it).
+_ACTIVE_FORK: contextvars.ContextVar[tuple[str, str, int] | None] = contextvars.ContextVar(
+    "orchestrator_instance_fork", default=None
+)
+# The agent attribute of llm_chat / llm_function (runtime/agent.py), and the template
+# parameter that runs a call on another memory key; named here to keep this module free
+# of the loop (agent.py imports SelfReference).
+AGENT_ATTRIBUTE = "__orchestrator_agent__"
+_KEY_OVERRIDE = "__self_reference_key_override"
+
+
+@dataclass
+class _InstanceFork:
+    handle: dict[str, Any]
+    task: asyncio.Task[tuple[Any, MessageList]]
+
+
+class InstanceForks:
+    """The forks `selfref.instance` started (asyncio tasks in this process)."""
+
+    def __init__(self, owner: SyncMemoryAPI) -> None:
+        self._owner = owner
+        self._count = 0
+        self._forks: dict[str, _InstanceFork] = {}
+
+    def pending(self) -> bool:
+        return any(not f.task.done() for f in self._forks.values())
+
+    async def spawn(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        source_memory_key: str | None,
+        fork_memory_key: str | None,
+    ) -> dict[str, Any]:
+        agent = self._owner.get_agent_instance()
+        if agent is None:
+            raise InstanceNotBound(
+                "No agent instance is bound to this SelfReference: pass it to llm_chat / "
+                "llm_function (self_reference=...) or call bind_agent_instance(agent)"
+            )
+        active = _ACTIVE_FORK.get()
+        source = source_memory_key or (active[0] if active else None)
+        source = source or self._owner.get_agent_default_memory_key()
+        if source is None:
+            raise AgentError("instance.fork: no source memory key (pass source_memory_key)")
+        self._count += 1
+        fork_id = f"fork_{self._count}"
+        key = fork_memory_key or f"{source}::fork::{self._count}"
+        history = self._owner.snapshot_history(source)
+        self._owner.replace_history(key, history)
+        depth = (active[2] if active else 0) + 1
+        handle = {
+            "fork_id": fork_id,
+            "parent_fork_id": active[1] if active else None,
+            "depth": depth,
+            "source_memory_key": source,
+            "memory_key": key,
+            "status": "running",
+        }
+        context = contextvars.copy_context()
+        context.run(_ACTIVE_FORK.set, (key, fork_id, depth))
+        task = asyncio.get_running_loop().create_task(
+            _call_agent(agent, args, kwargs, key, history), context=context
+        )
+        self._forks[fork_id] = _InstanceFork(handle, task)
+        return dict(handle)
+
+    async def gather(self, fork_ids: Any, include_history: bool) -> dict[str, dict[str, Any]]:
+        wanted = _fork_ids(fork_ids, list(self._forks))
+        unknown = [f for f in wanted if f not in self._forks]
+        if unknown:
+            raise AgentError(f"fork_gather_all: unknown fork id(s) {', '.join(unknown)}")
+        forks = [self._forks[f] for f in wanted]
+        await asyncio.wait([f.task for f in forks])
+        return {f.handle["fork_id"]: self._result(f, include_history) for f in forks}
+
+    def _result(self, fork: _InstanceFork, include_history: bool) -> dict[str, Any]:
+        result = {**fork.handle, "error_type": None, "error_message": None}
+        history: MessageList = []
+        if fork.task.cancelled():
+            result.update(status="aborted", response=None, error_type="CancelledError")
+        elif (exc := fork.task.exception()) is not None:
+            result.update(status="error", response=None, error_type=type(exc).__name__)
+            result["error_message"] = str(exc)
+        else:
+            response, history = fork.task.result()
+            if history:
+                self._owner.replace_history(fork.handle["memory_key"], history)
+            result.update(status="completed", response=response)
+        result["result"] = result["response"]
+        result["history_count"] = len(history)
+        result["history_included"] = include_history
+        if include_history:
+            result["history"] = copy.deepcopy(history)
+        return result
+
+
+async def _call_agent(
+    agent: Any, args: tuple[Any, ...], kwargs: dict[str, Any], key: str, history: MessageList
+) -> tuple[Any, MessageList]:
+    """Run the agent on the fork's key: (its response, its final history)."""
+    kwargs = dict(kwargs)
+    kwargs.setdefault("history", history)
+    if getattr(agent, AGENT_ATTRIBUTE, None) is not None:
+        params = dict(kwargs.pop("_template_params", None) or {})
+        kwargs["_template_params"] = {**params, _KEY_OVERRIDE: key}
+    outcome = agent(*args, **kwargs)
+    if inspect.isawaitable(outcome):
+        return _response_and_history(await outcome, history)
+    text: list[str] = []
+    last: Any = None
+    async for item in outcome:
+        last = item
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+            text.append(item[0])
+    if isinstance(last, tuple) and last and last[0] == "" and text:
+        return "".join(text), list(last[1])  # llm_chat text mode: chunks, then the marker
+    return _response_and_history(last, history)
+
+
+def _response_and_history(value: Any, history: MessageList) -> tuple[Any, MessageList]:
+    messages = getattr(value, "messages", None)
+    if messages is not None and hasattr(value, "response"):
+        return value.response, list(messages)  # a ResponseYield
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], list):
+        return value[0], list(value[1])
+    return value, history
+
+
+def _fork_ids(value: Any, default: list[str]) -> list[str]:
+    if value is None:
+        return default
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
