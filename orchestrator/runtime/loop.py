@@ -278,6 +278,8 @@ class _Turn:
         if st.phase == "done" and not st.aborted:
             async for output in self._finish(wrapped):
                 yield output
+        elif wrapped and st.phase == "llm":  # the answer was sent back (llm_function)
+            yield self._iteration_end(0)
 
     async def _stream(
         self, call: LLMCallResult, sent: list[dict[str, Any]], tools: list[dict[str, Any]] | None

@@ -246,3 +246,41 @@ async def test_an_event_observer_sees_an_llm_functions_events(mock_llm: MockLLMF
     await llm.aclose()
     assert outputs[-1].response == 12
     assert "llm_call_end" in seen
+
+
+async def test_a_retry_after_tools_keeps_iterations_balanced(mock_llm: MockLLMFactory) -> None:
+    from orchestrator.hooks import ReactIterationEndEvent, ReactIterationStartEvent
+
+    script = {
+        "rules": [
+            {
+                "match": {"last_role": "user", "last_user_contains": "items"},
+                "reply": {
+                    "tool_calls": [{"name": "lookup_price", "arguments": {"product": "tea"}}]
+                },
+            },
+            {"match": {"last_role": "tool"}, "reply": {"content": "three-fifty"}},
+            {"match": {"last_user_contains": "could not be read"}, "reply": {"content": "350"}},
+        ]
+    }
+    llm, _ = model_on(mock_llm, script)
+
+    @llm_function(llm_interface=llm, toolkit=[lookup_price])
+    async def price(items: str) -> int:
+        """Price of the items."""
+
+    outputs = [o async for o in price.stream("items: tea")]
+    await llm.aclose()
+    assert outputs[-1].response == 350
+    marks = [
+        (type(o.event).__name__, o.event.iteration)
+        for o in outputs
+        if isinstance(o, EventYield)
+        and isinstance(o.event, ReactIterationStartEvent | ReactIterationEndEvent)
+    ]
+    assert marks == [
+        ("ReactIterationStartEvent", 2),
+        ("ReactIterationEndEvent", 2),
+        ("ReactIterationStartEvent", 2),
+        ("ReactIterationEndEvent", 2),
+    ]
