@@ -180,3 +180,39 @@ async def test_the_research_program_ports(port: Any, capsys: pytest.CaptureFixtu
         "remembers Atlas: True",
         "memory keys: researcher",
     ]
+
+
+GALLERY_SCRIPT: dict[str, Any] = {
+    "strict": True,
+    "rules": [
+        {
+            "match": {"system_contains": "Describe the photo"},
+            "reply": {"content": '{"subject": "a red lighthouse", "mood": "calm"}'},
+        },
+        {"match": {"last_user_contains": "English"}, "reply": {"content": "Red light, calm sea."}},
+        {"match": {"last_user_contains": "French"}, "reply": {"content": "Phare rouge."}},
+        {"match": {"last_user_contains": "German"}, "reply": {"content": "Roter Leuchtturm."}},
+    ],
+}
+
+
+async def test_the_gallery_program_ports(
+    port: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "photo.png").write_bytes(PNG)
+    program = port("gallery_program", GALLERY_SCRIPT)
+    await program.main()
+    assert capsys.readouterr().out.splitlines() == [
+        "subject: a red lighthouse",
+        "english: Red light, calm sea. from curator::fork::1",
+        "completed Phare rouge.",
+        "completed Roter Leuchtturm.",
+        "curator memory untouched: True",
+    ]
+
+
+# A 1x1 PNG.
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c63f8cfc0f01f0005000201a5e3b0e50000000049454e44ae426082"
+)
