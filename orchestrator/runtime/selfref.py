@@ -447,6 +447,7 @@ class SelfReference(SyncMemoryAPI):
         self.memory_scope: MemoryScopeName = memory_scope
         self.store: MemoryStore = store if store is not None else InMemoryMemoryStore()
         self.instance_id: str = uuid.uuid4().hex
+        self._init_sync_api()
         # Bounds of forks in in-process calls (workers use Settings).
         self.fork_limits: ForkLimits = fork_limits or ForkLimits()
         self._providers: list[SelfRefToolProvider] = (

@@ -219,11 +219,12 @@ class SyncMemoryAPI:
 
     store: MemoryStore
 
-    def _sync_state(self) -> tuple[set[str], list[Any]]:
-        state = self.__dict__.setdefault("_sync_bound", (set(), [None]))
-        bound: set[str] = state[0]
-        agent: list[Any] = state[1]
-        return bound, agent
+    def _init_sync_api(self) -> None:
+        """Called by SelfReference.__init__."""
+        self._bound_keys: set[str] = set()
+        self._agent: Any = None
+        self._agent_default_key: str | None = None
+        self._instance_forks = InstanceForks(self)
 
     # -- keys ----------------------------------------------------------------------------
 
@@ -231,17 +232,17 @@ class SyncMemoryAPI:
         """Make `history` the memory of `key` (it replaces what the key held)."""
         key = _normalize(key)
         run_now(self.store.save_messages(key, check_history(list(history))))
-        self._sync_state()[0].add(key)
+        self._bound_keys.add(key)
 
     def unbind_history(self, key: str) -> None:
-        self._sync_state()[0].discard(_normalize(key))
+        self._bound_keys.discard(_normalize(key))
 
     def list_history_keys(self) -> list[str]:
-        return sorted(self._sync_state()[0])
+        return sorted(self._bound_keys)
 
     def has_history(self, key: str) -> bool:
         key = _normalize(key)
-        if key in self._sync_state()[0]:
+        if key in self._bound_keys:
             return True
         return run_now(self.store.load(key)).revision > 0
 
@@ -263,7 +264,7 @@ class SyncMemoryAPI:
     def replace_history(self, key: str, messages: MessageList) -> None:
         key = _normalize(key)
         run_now(self.store.save_messages(key, check_history(list(messages))))
-        self._sync_state()[0].add(key)
+        self._bound_keys.add(key)
 
     def append_message(self, key: str, message: Message) -> None:
         self._edit(key, lambda messages: messages.append(dict(message)))
@@ -318,33 +319,22 @@ class SyncMemoryAPI:
     ) -> None:
         """Note the agent this SelfReference serves (the first one, unless `replace`) and
         the memory key its forks start from by default."""
-        slot = self._sync_state()[1]
-        if slot[0] is None or replace:
-            slot[0] = agent
-            self.__dict__["_sync_default_key"] = default_memory_key
+        if self._agent is None or replace:
+            self._agent = agent
+            self._agent_default_key = default_memory_key
 
     def get_agent_instance(self) -> Any:
-        return self._sync_state()[1][0]
+        return self._agent
 
     def get_agent_default_memory_key(self) -> str | None:
-        key: str | None = self.__dict__.get("_sync_default_key")
-        if key is None:
-            spec = getattr(self.get_agent_instance(), AGENT_ATTRIBUTE, None)
-            key = getattr(spec, "memory_key", None)
-        return key
+        if self._agent_default_key is not None:
+            return self._agent_default_key
+        spec = getattr(self._agent, AGENT_ATTRIBUTE, None)
+        key = getattr(spec, "memory_key", None)
+        return key if isinstance(key, str) else None
 
     def instance_forks(self) -> InstanceForks:
-        forks = self.__dict__.get("_sync_instance_forks")
-        if forks is None:
-            forks = self.__dict__["_sync_instance_forks"] = InstanceForks(self)
-        assert isinstance(forks, InstanceForks)
-        return forks
-
-
-# SimpleLLMFunc's names for the handles.
-SelfReferenceMemoryHandle = MemoryHandle
-SelfReferenceMemoryProxy = MemoryProxy
-SelfReferenceInstanceHandle = InstanceHandle
+        return self._instance_forks
 
 
 # -- forks of the bound agent, from code -----------------------------------------------
@@ -485,3 +475,9 @@ def _fork_ids(value: Any, default: list[str]) -> list[str]:
     if isinstance(value, str):
         return [value]
     return [str(v) for v in value]
+
+
+# SimpleLLMFunc's names for the handles.
+SelfReferenceMemoryHandle = MemoryHandle
+SelfReferenceMemoryProxy = MemoryProxy
+SelfReferenceInstanceHandle = InstanceHandle
