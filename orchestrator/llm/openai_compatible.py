@@ -459,7 +459,8 @@ class OpenAICompatible:
     def _raise_stream_error(self, chunk: dict[str, Any]) -> None:
         message = _error_text(chunk) or str(chunk)[:200]
         code = _error_code(chunk)
-        if code in RETRYABLE_STATUSES:
+        kinds = _kinds_of(chunk)
+        if code in RETRYABLE_STATUSES and not rejected_as_invalid(code, message, kinds):
             raise RetryableFailure(f"error in stream: {message}", status=code)
         raise LLMResponseError(
             f"{self.model_name}: the server reported an error mid-stream: {message}",
@@ -552,11 +553,14 @@ def _error_message(response: httpx.Response) -> str:
 
 
 def _error_kinds(response: httpx.Response) -> set[str]:
-    """The error body's `type` and `code` values (OpenAI-style), as strings."""
     try:
-        data = response.json()
+        return _kinds_of(response.json())
     except ValueError:
         return set()
+
+
+def _kinds_of(data: Any) -> set[str]:
+    """An error body's `type` and `code` values (OpenAI-style), as strings."""
     error = data.get("error") if isinstance(data, dict) else None
     if not isinstance(error, dict):
         return set()

@@ -188,3 +188,24 @@ def test_strict_mode_checks_messages_like_llama_cpp(
     else:
         assert found is not None
         assert problem in found
+
+
+async def test_an_error_in_the_stream_that_says_invalid_is_not_retried() -> None:
+    from orchestrator.errors import LLMResponseError
+    from orchestrator.llm.testing import ReplayTransport, Reply
+
+    invalid = {"error": {"message": "Invalid request: bad template", "code": 500}}
+    transient = {"error": {"message": "upstream hiccup", "code": 500}}
+    ok = {"choices": [{"index": 0, "delta": {"content": "fine"}, "finish_reason": "stop"}]}
+    transport = ReplayTransport([Reply.sse([invalid]), Reply.sse([transient]), Reply.sse([ok])])
+    llm = OpenAICompatible(
+        "k", "m", "http://llm.test/v1", transport=transport, retry_delay=0.01, max_retries=3
+    )
+    with pytest.raises(LLMResponseError, match="bad template"):
+        async for _ in llm.chat_stream([{"role": "user", "content": "hi"}]):
+            pass
+    assert len(transport.requests) == 1
+    chunks = [c async for c in llm.chat_stream([{"role": "user", "content": "hi"}])]
+    assert len(transport.requests) == 3  # the transient one was retried
+    assert any(c.get("choices") for c in chunks)
+    await llm.aclose()
