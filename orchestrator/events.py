@@ -325,6 +325,11 @@ class ReactEndEvent(ReActEvent):
     total_llm_calls: int = 0
     total_token_usage: Payload | None = None
 
+    @property
+    def response(self) -> str:
+        """The final answer's text (the seed documents' name for `final_response`)."""
+        return self.final_response
+
 
 class CustomEvent(ReActEvent):
     event_type: Literal[ReActEventType.CUSTOM_EVENT] = ReActEventType.CUSTOM_EVENT

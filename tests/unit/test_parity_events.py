@@ -245,3 +245,9 @@ def test_context_window_defaults_like_simplellmfunc() -> None:
         api_keys="k", model_name="m", base_url="http://127.0.0.1:9/v1", context_window=8192
     )
     assert sized.context_window == 8192
+
+
+def test_react_end_reads_response_as_the_seed_documents_name_it() -> None:
+    end = ReactEndEvent(final_response="all done")
+    assert end.response == "all done"
+    assert "response" not in json.loads(end.model_dump_json())  # the wire is unchanged
