@@ -31,6 +31,7 @@ from orchestrator.errors import (
     LLMRetriesExhausted,
     MemoryLimitError,
     OrchestratorError,
+    OutputParseError,
     PayloadError,
     RunError,
     RunNotFound,
@@ -48,8 +49,11 @@ from orchestrator.events import (
     ReActEventType,
     ResponseYield,
 )
-from orchestrator.llm import APIKeyPool, OpenAICompatible
-from orchestrator.runtime.chat import llm_chat
+from orchestrator.llm import DEFAULT_CONTEXT_WINDOW, APIKeyPool, OpenAICompatible
+from orchestrator.runtime.chat import DEFAULT_MAX_TOOL_CALLS, async_llm_chat, llm_chat
+from orchestrator.runtime.function import async_llm_function, llm_function
+from orchestrator.runtime.long_output import TOO_LONG_TO_FILE_MAX_TOKENS
+from orchestrator.runtime.prompt import HISTORY_PARAM_NAMES
 from orchestrator.runtime.selfref import SelfReference
 from orchestrator.runtime.tools import Tool, tool
 from orchestrator.settings import Settings
@@ -60,6 +64,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ABORT_SIGNAL_PARAM",
+    "DEFAULT_CONTEXT_WINDOW",
+    "DEFAULT_MAX_TOOL_CALLS",
+    "HISTORY_PARAM_NAMES",
+    "TOO_LONG_TO_FILE_MAX_TOKENS",
     "APIKeyPool",
     "AbortSignal",
     "AbortedError",
@@ -76,6 +84,7 @@ __all__ = [
     "MemoryLimitError",
     "OpenAICompatible",
     "OrchestratorError",
+    "OutputParseError",
     "PayloadError",
     "ReActEvent",
     "ReActEventType",
@@ -92,8 +101,11 @@ __all__ = [
     "Tool",
     "ToolError",
     "UnknownAgent",
+    "async_llm_chat",
+    "async_llm_function",
     "connect",
     "llm_chat",
+    "llm_function",
     "tool",
 ]
 

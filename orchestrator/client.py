@@ -18,6 +18,7 @@ submit into a tenant's session belongs to that tenant.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -45,6 +46,9 @@ from orchestrator.events import (
 )
 from orchestrator.keys import Keys
 from orchestrator.runs import RunRecord, RunRequest, RunStatus, StreamEntry, fork_run_id
+from orchestrator.runtime.agent import AGENT_ATTRIBUTE
+from orchestrator.runtime.function import FunctionSpec
+from orchestrator.runtime.output import OutputParser
 from orchestrator.settings import Settings
 from orchestrator.store.abort import AbortFlags
 from orchestrator.store.batches import BatchStore
@@ -61,11 +65,16 @@ Output = ResponseYield | EventYield
 
 
 class RunResult(BaseModel):
-    """How a run ended."""
+    """How a run ended.
+
+    `response` is the answer's text; for an `llm_function` it is the typed result as
+    JSON text, and `value` gives it back typed.
+    """
 
     run_id: str
     session_id: str
     status: RunStatus
+    agent: str | None = None
     response: str | None = None
     messages: MessageList | None = None
     usage: dict[str, Any] | None = None
@@ -76,6 +85,31 @@ class RunResult(BaseModel):
     @property
     def ok(self) -> bool:
         return self.status is RunStatus.COMPLETED
+
+    @property
+    def value(self) -> Any:
+        """The result as the agent returns it: for an `llm_function`, the value parsed
+        into its return annotation (its module is imported here to learn the type, as
+        `submit(fn)` already did); for any other agent, or when the module cannot be
+        imported, the response text. Use `value_as(T)` to name the type yourself."""
+        if self.response is None or self.agent is None:
+            return self.response
+        spec = _function_spec(self.agent)
+        return self.response if spec is None else spec.output.from_json(self.response)
+
+    def value_as(self, type_: Any) -> Any:
+        """The response (JSON text, or plain text for `str`) validated as `type_`."""
+        return OutputParser(type_).from_json(self.response)
+
+
+def _function_spec(address: str) -> FunctionSpec | None:
+    module_name, _, attr = address.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    spec = getattr(getattr(module, attr, None), AGENT_ATTRIBUTE, None)
+    return spec if isinstance(spec, FunctionSpec) else None
 
 
 def agent_address(agent: str | Callable[..., Any]) -> str:
@@ -159,6 +193,7 @@ class Run:
             run_id=record.run_id,
             session_id=record.session_id,
             status=record.status,
+            agent=record.agent,
             response=record.response,
             messages=record.messages,
             usage=record.usage,

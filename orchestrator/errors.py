@@ -11,6 +11,9 @@ OrchestratorError
 │   └── SandboxError            PyRepl's sandbox could not run the code (did not start)
 │       └── SandboxLimitError   the code hit a sandbox limit and was stopped (limit named)
 ├── AgentError                  agent definition or invocation problems
+│   ├── OutputParseError        an llm_function's answer never parsed into its return type
+│   ├── SignatureError          strict_signature refused the function (also a TypeError)
+│   └── InstanceNotBound        selfref.instance.fork with no agent bound (also a RuntimeError)
 ├── AbortedError                the turn was aborted (reason attached)
 ├── StoreError                  a storage backend (Redis) failed; chained to the cause
 │   ├── StoreUnavailable        the backend could not be reached (dropped connection, timeout)
@@ -88,6 +91,25 @@ class SandboxLimitError(SandboxError):
 
 class AgentError(OrchestratorError):
     """An agent function is defined or called in a way that cannot work."""
+
+
+class SignatureError(AgentError, TypeError):
+    """`llm_chat(strict_signature=True)` refused the function's signature. Also a
+    TypeError, which is what SimpleLLMFunc raises there."""
+
+
+class InstanceNotBound(AgentError, RuntimeError):
+    """`selfref.instance.fork*` on a SelfReference no agent is bound to (a RuntimeError
+    too, as in SimpleLLMFunc)."""
+
+
+class OutputParseError(AgentError):
+    """An `llm_function`'s answer could not be parsed into its annotated return type,
+    after the bounded retries. `text` is the model's last answer."""
+
+    def __init__(self, message: str, *, text: str = "") -> None:
+        super().__init__(message)
+        self.text = text
 
 
 class AbortedError(OrchestratorError):

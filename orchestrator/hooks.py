@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from functools import wraps
 from typing import Any, TypeGuard, TypeVar
 
@@ -37,18 +37,29 @@ from orchestrator.events import (
     ToolCallStartEvent,
 )
 from orchestrator.runtime.agent import AGENT_ATTRIBUTE, AgentSpec
+from orchestrator.runtime.emitter import NoOpEventEmitter, ToolEventEmitter
+from orchestrator.runtime.function import FunctionSpec, value_of
+from orchestrator.runtime.input_stream import (
+    AgentInputRouter,
+    InputRouteResult,
+    ToolInputRequest,
+    UserInputEvent,
+)
 from orchestrator.signals import ABORT_SIGNAL_PARAM, EVENT_OBSERVER_PARAM, AbortSignal
 
 __all__ = [
     "ABORT_SIGNAL_PARAM",
     "AbortSignal",
+    "AgentInputRouter",
     "CustomEvent",
     "EventOrigin",
     "EventYield",
+    "InputRouteResult",
     "LLMCallEndEvent",
     "LLMCallErrorEvent",
     "LLMCallStartEvent",
     "LLMChunkArriveEvent",
+    "NoOpEventEmitter",
     "ReActEvent",
     "ReActEventType",
     "ReactEndEvent",
@@ -56,6 +67,7 @@ __all__ = [
     "ReactIterationStartEvent",
     "ReactOutput",
     "ReactStartEvent",
+    "ResponsePair",
     "ResponseYield",
     "ToolCallArgumentsDeltaEvent",
     "ToolCallEndEvent",
@@ -64,6 +76,9 @@ __all__ = [
     "ToolCallStartEvent",
     "ToolCallsBatchEndEvent",
     "ToolCallsBatchStartEvent",
+    "ToolEventEmitter",
+    "ToolInputRequest",
+    "UserInputEvent",
     "events_only",
     "filter_events",
     "is_event_yield",
@@ -87,11 +102,32 @@ def is_event_yield(output: object) -> TypeGuard[EventYield]:
     return isinstance(output, EventYield)
 
 
-async def responses_only(stream: AsyncIterator[Output]) -> AsyncIterator[ResponseYield]:
-    """Keep the responses, drop the events."""
+class ResponsePair(ResponseYield):
+    """A `ResponseYield` that also unpacks as SimpleLLMFunc's `(response, messages)`
+    tuple: `resp.response` (the seed documents' form) and `response, messages = resp`
+    (SimpleLLMFunc's source) both work."""
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return iter((self.response, self.messages))
+
+    def __getitem__(self, index: int) -> Any:
+        return (self.response, self.messages)[index]
+
+    def __len__(self) -> int:
+        return 2
+
+
+async def responses_only(stream: AsyncIterator[Output]) -> AsyncIterator[ResponsePair]:
+    """Keep the responses, drop the events. Each is a `ResponseYield` that also unpacks
+    as a `(response, messages)` tuple."""
     async for output in stream:
         if isinstance(output, ResponseYield):
-            yield output
+            yield ResponsePair.model_construct(
+                response=output.response,
+                messages=output.messages,
+                origin=output.origin,
+                stream_id=output.stream_id,
+            )
 
 
 async def events_only(stream: AsyncIterator[Output]) -> AsyncIterator[EventYield]:
@@ -176,6 +212,9 @@ def with_event_observer(
 
     def decorate(fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
         spec = getattr(fn, AGENT_ATTRIBUTE, None)
+        if isinstance(spec, FunctionSpec):
+            observed: Callable[..., AsyncIterator[Any]] = _observed_function(fn, spec, notify)
+            return observed
         tuple_mode = isinstance(spec, AgentSpec) and not spec.enable_event
 
         @wraps(fn)
@@ -193,3 +232,22 @@ def with_event_observer(
         return wrapper
 
     return decorate
+
+
+def _observed_function(
+    fn: Any, spec: FunctionSpec, notify: Callable[[EventYield], Awaitable[None]]
+) -> Any:
+    """An `llm_function` whose events (of calls and of `.stream`) reach the observer."""
+
+    async def stream(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        async for output in fn.stream(*args, **kwargs):
+            if isinstance(output, EventYield):
+                await notify(output)
+            yield output
+
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        return await value_of(spec, stream(*args, **kwargs))
+
+    observed: Any = wraps(fn)(stream if spec.enable_event else call)
+    observed.stream = wraps(fn)(stream)
+    return observed

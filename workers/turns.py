@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pydantic_core
 import structlog
 from redis.asyncio import Redis
 
@@ -562,9 +563,16 @@ def _outcome_from(
     messages = final.messages if final is not None else (end.final_messages if end else None)
     return Outcome(
         status=status,
-        response=response if isinstance(response, str) or response is None else str(response),
+        response=_response_text(response),
         messages=messages,
         usage=end.total_token_usage if end else None,
         error=str(exc) if exc is not None else None,
         error_type=type(exc).__name__ if exc is not None else None,
     )
+
+
+def _response_text(response: Any) -> str | None:
+    """The run record's response: text as is, a typed result (llm_function) as JSON."""
+    if response is None or isinstance(response, str):
+        return response
+    return pydantic_core.to_json(response).decode()

@@ -44,7 +44,7 @@ def _add_redis(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_mock_llm(args: argparse.Namespace) -> int:
-    serve_mock_llm(args.host, args.port, args.script)
+    serve_mock_llm(args.host, args.port, args.script, strict=args.strict)
     return 0
 
 
@@ -245,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--script", help="script JSON (default: the demo script)")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse requests the way llama.cpp's servers do (HTTP 500), e.g. content:null "
+        "beside tool_calls",
+    )
     p.set_defaults(func=_cmd_mock_llm)
 
     p = sub.add_parser("submit", help="submit an agent turn")

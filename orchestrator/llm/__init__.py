@@ -8,7 +8,7 @@ ModelConfig         one provider.json entry; `load_provider_file` validates a wh
 ChunkAccumulator    assembles chat.completion.chunk dicts into a message (from ports)
 """
 
-from orchestrator.llm.config import ModelConfig, load_provider_file
+from orchestrator.llm.config import DEFAULT_CONTEXT_WINDOW, ModelConfig, load_provider_file
 from orchestrator.llm.fallback import FallbackLLM
 from orchestrator.llm.key_pool import APIKeyPool, BenchedKey
 from orchestrator.llm.openai_compatible import OpenAICompatible
@@ -19,6 +19,7 @@ from orchestrator.llm.stream import StreamResumer
 from orchestrator.ports import ChunkAccumulator
 
 __all__ = [
+    "DEFAULT_CONTEXT_WINDOW",
     "APIKeyPool",
     "BenchedKey",
     "ChunkAccumulator",

@@ -27,6 +27,9 @@ from orchestrator.llm.key_pool import DEFAULT_COOLDOWN_S
 
 _log = structlog.get_logger(__name__)
 
+# SimpleLLMFunc's default context window (tokens) for a model that does not give one.
+DEFAULT_CONTEXT_WINDOW = 200_000
+
 
 class ModelConfig(BaseModel):
     """One model entry of provider.json: what `OpenAICompatible` needs to reach it."""

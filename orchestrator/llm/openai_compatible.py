@@ -27,7 +27,7 @@ from orchestrator.errors import (
     LLMRetriesExhausted,
 )
 from orchestrator.events import MessageList
-from orchestrator.llm.config import ModelConfig, load_provider_file
+from orchestrator.llm.config import DEFAULT_CONTEXT_WINDOW, ModelConfig, load_provider_file
 from orchestrator.llm.key_pool import (
     DEFAULT_COOLDOWN_S,
     APIKeyPool,
@@ -35,6 +35,7 @@ from orchestrator.llm.key_pool import (
     format_wait,
     scrub,
 )
+from orchestrator.llm.messages import wire_messages
 from orchestrator.llm.rate_limit import RateLimiter, TokenBucket, Unlimited
 from orchestrator.llm.retry import (
     KEY_REJECTED_STATUSES,
@@ -44,6 +45,7 @@ from orchestrator.llm.retry import (
     RetryableFailure,
     RetryPolicy,
     parse_retry_after,
+    rejected_as_invalid,
 )
 from orchestrator.llm.sse import decode_data, iter_sse_events
 from orchestrator.llm.stream import StreamResumer
@@ -106,7 +108,7 @@ class OpenAICompatible:
             raise ConfigError("OpenAICompatible needs a model_name and a base_url")
         self.model_name = model_name
         self.base_url = base_url.rstrip("/")
-        self.context_window = context_window
+        self.context_window = context_window or DEFAULT_CONTEXT_WINDOW
         self.key_pool = _build_key_pool(api_key_pool or api_keys, model_name, key_cooldown_s)
         self.rate_limiter = rate_limiter or _build_limiter(
             rate_limit_capacity, rate_limit_refill_rate
@@ -399,7 +401,7 @@ class OpenAICompatible:
         stream: bool = False,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {**self.default_llm_kwargs, **kwargs}
-        body.update(model=self.model_name, messages=messages)
+        body.update(model=self.model_name, messages=wire_messages(messages))
         if tools:
             body["tools"] = tools
         if stream:
@@ -421,7 +423,9 @@ class OpenAICompatible:
             raise _KeyRejected(status, message)
         if sent_stream_options and status in (400, 422) and "stream_options" in response.text:
             raise _StreamOptionsRejected(message)
-        if status in RETRYABLE_STATUSES:
+        if status in RETRYABLE_STATUSES and not rejected_as_invalid(
+            status, message, _error_kinds(response)
+        ):
             retry_after = None
             if status in RETRY_AFTER_STATUSES:
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
@@ -455,7 +459,8 @@ class OpenAICompatible:
     def _raise_stream_error(self, chunk: dict[str, Any]) -> None:
         message = _error_text(chunk) or str(chunk)[:200]
         code = _error_code(chunk)
-        if code in RETRYABLE_STATUSES:
+        kinds = _kinds_of(chunk)
+        if code in RETRYABLE_STATUSES and not rejected_as_invalid(code, message, kinds):
             raise RetryableFailure(f"error in stream: {message}", status=code)
         raise LLMResponseError(
             f"{self.model_name}: the server reported an error mid-stream: {message}",
@@ -545,6 +550,21 @@ def _error_message(response: httpx.Response) -> str:
     except ValueError:
         text = None
     return text or response.text[:500] or response.reason_phrase
+
+
+def _error_kinds(response: httpx.Response) -> set[str]:
+    try:
+        return _kinds_of(response.json())
+    except ValueError:
+        return set()
+
+
+def _kinds_of(data: Any) -> set[str]:
+    """An error body's `type` and `code` values (OpenAI-style), as strings."""
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return set()
+    return {str(error[k]) for k in ("type", "code") if error.get(k) is not None}
 
 
 def _error_text(data: Any) -> str | None:

@@ -6,13 +6,14 @@ The loop that uses this lives in `OpenAICompatible._with_retries` and nowhere el
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import httpx
 
-RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 KEY_REJECTED_STATUSES = frozenset({401, 403})
 # Failures of the connection itself. A read timeout mid-stream is a TimeoutException; a
@@ -22,6 +23,32 @@ RETRYABLE_TRANSPORT_ERRORS: tuple[type[Exception], ...] = (
     httpx.NetworkError,
     httpx.RemoteProtocolError,
 )
+
+
+# A 5xx whose error says the *request* is wrong fails the same way every time: llama.cpp's
+# servers answer 500 when the chat template cannot render the messages. These are the
+# OpenAI-style error types/codes and message phrases that mark such a rejection.
+INVALID_REQUEST_KINDS = frozenset(
+    {"invalid_request_error", "invalid_request", "invalid_value", "context_length_exceeded"}
+)
+INVALID_REQUEST_PHRASES = re.compile(
+    r"\binvalid\b|\bmust (?:be|have|contain|alternate|not)\b|can only concatenate|"
+    r"NoneType|\bjinja\b|\btemplate\b|not supported|unsupported",
+    re.IGNORECASE,
+)
+
+
+def rejected_as_invalid(status: int, message: str, kinds: set[str] | frozenset[str]) -> bool:
+    """Did the server refuse this request as invalid (so sending it again cannot help)?
+
+    The rule: a 4xx other than 408, 409 and 429 is always the request's fault; a 5xx is
+    the request's fault when its error `type` or `code` is one of INVALID_REQUEST_KINDS
+    or its message matches INVALID_REQUEST_PHRASES; any other 5xx is the server's and
+    is retried. `kinds` are the error body's `type` and `code` values.
+    """
+    if status < 500:
+        return status not in RETRYABLE_STATUSES
+    return bool(kinds & INVALID_REQUEST_KINDS) or bool(INVALID_REQUEST_PHRASES.search(message))
 
 
 class RetryableFailure(Exception):

@@ -117,6 +117,8 @@ class Script(_Strict):
     """A whole script: rules tried in order, then the fallback reply."""
 
     model: str = "scripted"
+    # Validate requests like llama.cpp's servers (orchestrator/mock_llm/strict.py).
+    strict: bool = False
     latency: Latency = Field(default_factory=Latency)
     rules: list[Rule] = Field(default_factory=list)
     fallback: Reply = Field(

@@ -22,6 +22,7 @@ from orchestrator.mock_llm.script import (
     parse_script,
 )
 from orchestrator.mock_llm.state import ScriptState
+from orchestrator.mock_llm.strict import STRICT_STATUS, strict_error_body, strict_problem
 from orchestrator.mock_llm.wire import BadHTTP, Request, ResponseWriter, read_request
 
 OWNED_BY = "orchestrator-scripted"
@@ -145,6 +146,11 @@ class MockLLMServer:
         except InvalidRequest as exc:
             await out.send_json(400, error_body(str(exc), "invalid_request_error", exc.code))
             return
+        problem = strict_problem(chat.body) if self.state.script.strict else None
+        if problem is not None:
+            self.state.note_rejected(chat, problem)
+            await out.send_json(STRICT_STATUS, strict_error_body(problem))
+            return
         decision = self.state.decide(chat)
         await answer(out, chat, decision, self.state.script.model)
 
@@ -188,11 +194,15 @@ async def _serve_until_signalled(server: MockLLMServer) -> None:
     _log.info("scripted model stopped")
 
 
-def serve(host: str, port: int, script_path: str) -> None:
+def serve(host: str, port: int, script_path: str, *, strict: bool = False) -> None:
     """Run the scripted model until SIGINT or SIGTERM (blocking).
 
     `script_path` is a JSON script file, or the name of a packaged script (`demo`).
+    `strict` turns on strict mode (as `"strict": true` in the script does).
     """
-    server = MockLLMServer(load_script(script_path), host=host, port=port)
+    script = load_script(script_path)
+    if strict:
+        script = script.model_copy(update={"strict": True})
+    server = MockLLMServer(script, host=host, port=port)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_until_signalled(server))

@@ -64,6 +64,20 @@ class ScriptState:
         )
         return decision
 
+    def note_rejected(self, request: ChatRequest, problem: str) -> None:
+        """Log a request strict mode refused (`fault: "strict"`, no rule answered)."""
+        self._records.append(
+            {
+                "body": request.body,
+                "rule": None,
+                "rule_index": None,
+                "fault": "strict",
+                "stream": request.stream,
+                "api_key": request.api_key,
+                "problem": problem,
+            }
+        )
+
     def _choose(self, request: ChatRequest) -> Decision:
         for index, rule in enumerate(self.script.rules):
             if self._budget_spent(index, rule) or not matches(rule.match, request):

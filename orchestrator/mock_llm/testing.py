@@ -19,6 +19,9 @@ from orchestrator.mock_llm.script import Script, parse_script
 from orchestrator.mock_llm.server import MockLLMServer
 
 _START_TIMEOUT_S = 10.0
+# Loop turns given to closing transports before the loop closes (each close takes one
+# or two callbacks; no waiting on a clock).
+_CLOSE_TURNS = 5
 
 
 class MockLLMThread:
@@ -70,6 +73,10 @@ class MockLLMThread:
             loop.run_forever()
         finally:
             loop.run_until_complete(self.server.stop())
+            # Transports closed by stop() finish closing on later loop turns; without
+            # them a connection cut mid-response (an aborted client) is still open when
+            # the loop closes, and its socket warns (ResourceWarning) at garbage collection.
+            loop.run_until_complete(_let_transports_close())
             loop.close()
 
     def stop(self) -> None:
@@ -117,3 +124,8 @@ class MockLLMThread:
             "/_mock/script",
             json=parse_script(script).model_dump(mode="json", exclude_unset=True),
         )
+
+
+async def _let_transports_close() -> None:
+    for _ in range(_CLOSE_TURNS):
+        await asyncio.sleep(0)

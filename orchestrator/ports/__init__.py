@@ -8,6 +8,7 @@ arq or httpx.
     Checkpointer      where a turn's state is saved between steps (nothing, or Redis)
     ForkBackend       starts forks and collects their results (Redis and arq on a worker),
                       asked with a SpawnRequest
+    ForkLimits        depth and fan-out bounds of in-process forks
     ForkPrimitives    `runtime.selfref.fork` as tool code sees it (spawn, gather_all)
     SelfRefPrimitives `runtime.selfref` as tool code sees it (context, fork, guide)
     SessionJournal    bounded records a tool keeps per session across turns and workers
@@ -38,6 +39,7 @@ from orchestrator.ports.memory import (
 )
 from orchestrator.ports.selfref import (
     ForkBackend,
+    ForkLimits,
     ForkPrimitives,
     SelfRefPrimitives,
     SpawnRequest,
@@ -48,6 +50,7 @@ __all__ = [
     "ChunkAccumulator",
     "Experience",
     "ForkBackend",
+    "ForkLimits",
     "ForkPrimitives",
     "JournalHead",
     "JournalLimits",

@@ -8,7 +8,17 @@ from typing import Any, Protocol, runtime_checkable
 
 from orchestrator.events import MessageList
 
-__all__ = ["ForkBackend", "ForkPrimitives", "SelfRefPrimitives", "SpawnRequest"]
+__all__ = ["ForkBackend", "ForkLimits", "ForkPrimitives", "SelfRefPrimitives", "SpawnRequest"]
+
+
+@dataclass(frozen=True)
+class ForkLimits:
+    """How deep a fork tree may grow (the root is depth 0) and how many forks one agent
+    call may spawn, for in-process calls (workers take theirs from Settings:
+    `max_fork_depth`, `max_forks_per_agent`, whose defaults these are)."""
+
+    max_depth: int = 3
+    max_forks_per_agent: int = 64
 
 
 @dataclass

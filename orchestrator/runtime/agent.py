@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from orchestrator.errors import AgentError
-from orchestrator.events import MessageList
+from orchestrator.events import Message, MessageList
 from orchestrator.ports import (
     ForkPrimitives,
     LLMInterface,
@@ -23,7 +23,7 @@ from orchestrator.ports import (
     ToolSession,
     TranscriptBase,
 )
-from orchestrator.runtime import prompt
+from orchestrator.runtime import multimodal, prompt
 from orchestrator.runtime.forks import fork_user_message
 from orchestrator.runtime.selfref import (
     SelfRefContext,
@@ -35,11 +35,20 @@ from orchestrator.runtime.state import OriginContext, TurnState
 from orchestrator.runtime.tools import Tool, ToolRuntime, toolkit_by_name
 from orchestrator.signals import ABORT_SIGNAL_PARAM
 
-__all__ = ["AGENT_ATTRIBUTE", "TEMPLATE_PARAMS", "AgentSpec", "ReturnMode", "agent_spec"]
+__all__ = [
+    "AGENT_ATTRIBUTE",
+    "SELF_REFERENCE_KEY_OVERRIDE",
+    "TEMPLATE_PARAMS",
+    "AgentSpec",
+    "ReturnMode",
+    "agent_spec",
+]
 
 # Where `@llm_chat` keeps the AgentSpec on the function it returns.
 AGENT_ATTRIBUTE = "__orchestrator_agent__"
 TEMPLATE_PARAMS = "_template_params"
+# In `_template_params`: run this call on another SelfReference memory key.
+SELF_REFERENCE_KEY_OVERRIDE = "__self_reference_key_override"
 ReturnMode = Literal["text", "raw"]
 
 
@@ -112,14 +121,15 @@ class AgentSpec:
         Handles `_template_params` (formats the docstring) and drops `_abort_signal`.
         """
         kwargs = dict(kwargs)
-        template_params = kwargs.pop(TEMPLATE_PARAMS, None)
+        args = self._message_first(args, kwargs)
+        memory_key, template_params = self._memory_key_for(kwargs.pop(TEMPLATE_PARAMS, None))
         kwargs.pop(ABORT_SIGNAL_PARAM, None)
         arguments = self._bind(args, kwargs)
         history_name = prompt.history_param_name(self.signature)
         raw_history = arguments.pop(history_name, None) if history_name else None
         history = prompt.valid_history(raw_history, func_name=self.name)
-        system = prompt.format_system_prompt(self.docstring, template_params)
-        context = self.bind_memory(self.memory_key, memory)
+        system = self.system_prompt(template_params)
+        context = self.bind_memory(memory_key, memory)
         from_memory = history is None
         revision = 0
         if context is not None:
@@ -128,8 +138,10 @@ class AgentSpec:
         override, rest = prompt.split_system(history or [])
         if override is not None and not from_memory:
             system = override
-        user_message = prompt.render_user_message(arguments)
-        messages = prompt.build_messages(system, rest, user_message)
+        plain, images = multimodal.split_images(arguments)
+        user_message = self.user_message(plain)
+        content = multimodal.user_content(user_message, images)
+        messages = prompt.build_messages(system, rest, content)
         base = None
         if context is not None:
             addendum = await context.system_addendum(messages)
@@ -137,7 +149,7 @@ class AgentSpec:
             # Everything before the user message stands for what memory held.
             base = TranscriptBase(
                 revision=revision,
-                count=len(messages) - (1 if user_message else 0),
+                count=len(messages) - (1 if content else 0),
                 writer=agent_call_id,
             )
         return TurnState(
@@ -147,9 +159,21 @@ class AgentSpec:
             trace_id=f"{self.name}_{agent_call_id}",
             messages=messages,
             user_task_prompt=user_message,
-            memory_key=self.memory_key if context is not None else None,
+            memory_key=memory_key if context is not None else None,
             memory_base=base,
         )
+
+    def _memory_key_for(
+        self, template_params: dict[str, Any] | None
+    ) -> tuple[str, dict[str, Any] | None]:
+        """The memory key of a call: the agent's, unless the call's `_template_params`
+        name another (SimpleLLMFunc's `SELF_REFERENCE_KEY_OVERRIDE_TEMPLATE_PARAM`, which
+        `selfref.instance.fork` uses to run the agent on a fork's key)."""
+        if not template_params or SELF_REFERENCE_KEY_OVERRIDE not in template_params:
+            return self.memory_key, template_params
+        rest = dict(template_params)
+        key = str(rest.pop(SELF_REFERENCE_KEY_OVERRIDE))
+        return key, rest
 
     async def fork_state(
         self,
@@ -186,6 +210,40 @@ class AgentSpec:
             memory_key=memory_key if selfref is not None else None,
             memory_base=base,
         )
+
+    # -- what a kind of agent decides (llm_function overrides these) ----------------------
+
+    def system_prompt(self, template_params: dict[str, Any] | None) -> str:
+        """The system prompt of a new turn: the docstring, formatted."""
+        return prompt.format_system_prompt(self.docstring, template_params)
+
+    def user_message(self, arguments: dict[str, Any]) -> str:
+        """The user message of a new turn, from the call's arguments (history removed)."""
+        return prompt.render_user_message(arguments)
+
+    def review_answer(self, state: TurnState) -> Message | None:
+        """Called when the model answers without tool calls: None accepts the answer
+        (the turn ends); a message is appended and the model is asked again. A reviewer
+        that gives up sets `state.error`."""
+        return None
+
+    def final_response(self, state: TurnState) -> Any:
+        """What the turn's `ResponseYield.response` carries: the answer's text."""
+        return state.final_response
+
+    def _message_first(self, args: Sequence[Any], kwargs: dict[str, Any]) -> Sequence[Any]:
+        """A strict-signature agent is `agent(history, message)`; a call (or a worker's
+        job) giving the message positionally and the history by name means the message."""
+        history_name = prompt.history_param_name(self.signature)
+        if (
+            self.strict_signature
+            and len(args) == 1
+            and history_name in kwargs
+            and "message" not in kwargs
+        ):
+            kwargs["message"] = args[0]
+            return ()
+        return args
 
     def _bind(self, args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
         try:

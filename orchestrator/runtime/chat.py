@@ -30,7 +30,7 @@ from typing import Any
 
 import structlog
 
-from orchestrator.errors import AgentError
+from orchestrator.errors import AgentError, SignatureError
 from orchestrator.events import (
     EventYield,
     LLMCallEndEvent,
@@ -41,13 +41,17 @@ from orchestrator.events import (
 )
 from orchestrator.ports import LLMInterface
 from orchestrator.runtime import prompt
-from orchestrator.runtime.agent import AGENT_ATTRIBUTE, AgentSpec, ReturnMode
-from orchestrator.runtime.loop import Output, run_turn
+from orchestrator.runtime.agent import AGENT_ATTRIBUTE, TEMPLATE_PARAMS, AgentSpec, ReturnMode
+from orchestrator.runtime.local_forks import run_in_process
+from orchestrator.runtime.loop import Output
 from orchestrator.runtime.selfref import SelfReference
 from orchestrator.runtime.tools import Tool
 from orchestrator.signals import ABORT_SIGNAL_PARAM, EVENT_OBSERVER_PARAM, AbortSignal
 
-__all__ = ["EVENT_OBSERVER_PARAM", "llm_chat"]
+__all__ = ["DEFAULT_MAX_TOOL_CALLS", "EVENT_OBSERVER_PARAM", "async_llm_chat", "llm_chat"]
+
+# SimpleLLMFunc's default: no cap on tool batches per turn.
+DEFAULT_MAX_TOOL_CALLS: int | None = None
 
 
 _log = structlog.get_logger(__name__)
@@ -58,26 +62,50 @@ def _check_function(fn: Callable[..., Any], strict_signature: bool) -> inspect.S
         name = getattr(fn, "__name__", repr(fn))
         raise AgentError(f"llm_chat only supports functions defined with async def ({name})")
     signature = inspect.signature(fn)
-    history_name = prompt.history_param_name(signature)
-    if history_name is None:
-        if strict_signature:
-            raise AgentError(f"{fn.__name__}: strict_signature needs a `history` parameter")
+    if strict_signature:
+        check_strict_signature(signature)
+    elif prompt.history_param_name(signature) is None:
         _log.warning(
             "llm_chat function has no history parameter (history or chat_history); "
             "no history will be passed",
             func_name=fn.__name__,
         )
-    if strict_signature and any(
-        p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values()
-    ):
-        raise AgentError(f"{fn.__name__}: strict_signature does not allow *args or **kwargs")
     return signature
+
+
+def check_strict_signature(signature: inspect.Signature) -> None:
+    """SimpleLLMFunc's canonical signature: `agent(history, message: str,
+    _template_params=None)` (history may be named chat_history); SignatureError if not."""
+    parameters = list(signature.parameters.values())
+    where = "llm_chat(strict_signature=True)"
+    if len(parameters) < 2:
+        raise SignatureError(
+            f"{where} requires the signature `agent(history, message: str, ...)` "
+            "with at least two parameters"
+        )
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters):
+        raise SignatureError(f"{where} does not allow *args/**kwargs")
+    history, message, *extra = parameters
+    if history.name not in prompt.HISTORY_PARAM_NAMES:
+        raise SignatureError(
+            f"{where} requires the first parameter to be `history` or `chat_history`"
+        )
+    if message.annotation not in (str, "str"):
+        raise SignatureError(f"{where} requires the second parameter to be annotated as `str`")
+    if message.name != "message":
+        raise SignatureError(f"{where} requires the second parameter to be named `message`")
+    for parameter in extra:
+        if parameter.name != TEMPLATE_PARAMS:
+            raise SignatureError(
+                f"{where} only allows an optional `{TEMPLATE_PARAMS}` parameter besides "
+                f"(history, message: str); unexpected parameter {parameter.name!r}"
+            )
 
 
 def llm_chat(
     llm_interface: LLMInterface,
     toolkit: Sequence[Tool] | None = None,
-    max_tool_calls: int | None = None,
+    max_tool_calls: int | None = DEFAULT_MAX_TOOL_CALLS,
     stream: bool = True,
     return_mode: ReturnMode = "text",
     enable_event: bool = False,
@@ -119,7 +147,7 @@ def llm_chat(
             state = await spec.initial_state(
                 args, kwargs, session_id=uuid.uuid4().hex, agent_call_id=uuid.uuid4().hex
             )
-            outputs = run_turn(spec, state, abort=abort, origin=spec.origin(state))
+            outputs = run_in_process(spec, state, abort=abort, origin=spec.origin(state))
             if observer is not None:
                 outputs = _observed(outputs, observer)
             adapt = _event_outputs if spec.enable_event else _tuple_outputs
@@ -127,6 +155,8 @@ def llm_chat(
                 yield item
 
         setattr(agent, AGENT_ATTRIBUTE, spec)
+        if self_reference is not None:
+            self_reference.bind_agent_instance(agent)
         return agent
 
     return decorate
@@ -147,8 +177,8 @@ async def _event_outputs(spec: AgentSpec, outputs: AsyncIterator[Output]) -> Asy
     """Events as they come, with SimpleLLMFunc's per-chunk ResponseYields added."""
     sent: MessageList = []
     async for output in outputs:
-        if not isinstance(output, EventYield):
-            yield output
+        if not isinstance(output, EventYield) or output.origin.fork_id is not None:
+            yield output  # responses, and forks' events (no per-chunk responses for them)
             continue
         event = output.event
         if isinstance(event, LLMCallStartEvent):
@@ -173,6 +203,8 @@ async def _tuple_outputs(
         if isinstance(output, ResponseYield):
             yield "", output.messages
             continue
+        if output.origin.fork_id is not None:
+            continue  # a fork's text is its own (its result reaches the model by gather)
         event = output.event
         if isinstance(event, LLMCallStartEvent):
             sent = event.messages
@@ -203,6 +235,8 @@ async def _raw_tuples(
             if held is not None:
                 yield held[0], output.messages
             return
+        if output.origin.fork_id is not None:
+            continue
         event = output.event
         raw = _raw_of(event, spec.stream)
         if isinstance(event, LLMCallStartEvent):
@@ -219,3 +253,7 @@ def _raw_of(event: Any, stream: bool) -> Any:
     if not stream and isinstance(event, LLMCallEndEvent) and event.response:
         return event.response
     return None
+
+
+# SimpleLLMFunc's alias (its decorators are async-native under both names).
+async_llm_chat = llm_chat

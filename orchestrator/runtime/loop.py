@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from orchestrator.errors import LLMError, StoreUnavailable, ToolError
+from orchestrator.errors import LLMError, OutputParseError, StoreUnavailable, ToolError
 from orchestrator.events import (
     CustomEvent,
     EventOrigin,
@@ -216,7 +216,8 @@ class _Turn:
                 return  # suspended in a gather; resumed by running the turn again
         if st.error is not None:
             raise _resumed_error(st.error)
-        yield ResponseYield(response=st.final_response, messages=copy.deepcopy(st.messages))
+        response = self.spec.final_response(st)
+        yield ResponseYield(response=response, messages=copy.deepcopy(st.messages))
 
     def _tools_exhausted(self) -> bool:
         limit = self.spec.max_tool_calls
@@ -277,6 +278,8 @@ class _Turn:
         if st.phase == "done" and not st.aborted:
             async for output in self._finish(wrapped):
                 yield output
+        elif wrapped and st.phase == "llm":  # the answer was sent back (llm_function)
+            yield self._iteration_end(0)
 
     async def _stream(
         self, call: LLMCallResult, sent: list[dict[str, Any]], tools: list[dict[str, Any]] | None
@@ -356,7 +359,11 @@ class _Turn:
             st.batch_started = False
             st.batch_execution_time = 0.0
         else:
-            st.phase = "done"
+            retry = self.spec.review_answer(st)  # llm_function: did it parse?
+            if retry is None:
+                st.phase = "done"
+            else:
+                st.messages.append(retry)
         return tool_calls
 
     def _abort_reason(self) -> str:
@@ -838,7 +845,8 @@ class LLMCallResult:
     def assistant_message(self, tool_calls: list[dict[str, Any]]) -> dict[str, Any] | None:
         """The assistant message to append (None when the model said nothing at all)."""
         if tool_calls:
-            return {"role": "assistant", "content": self.content or None, "tool_calls": tool_calls}
+            # "" not None: strict servers (llama.cpp) refuse content null beside tool_calls.
+            return {"role": "assistant", "content": self.content, "tool_calls": tool_calls}
         if self.content:
             return {"role": "assistant", "content": self.content}
         return None
@@ -923,4 +931,6 @@ def _result_summary(outcome: ToolOutcome) -> ToolCallResult:
 
 
 def _resumed_error(error: TurnError) -> Exception:
+    if error.type == OutputParseError.__name__:
+        return OutputParseError(error.message)
     return LLMError(f"{error.type}: {error.message}")

@@ -81,7 +81,7 @@ def render_user_message(arguments: Mapping[str, Any]) -> str:
 def build_messages(
     system_prompt: str,
     history: MessageList,
-    user_message: str,
+    user_message: str | list[dict[str, Any]],
 ) -> MessageList:
     """system + history + user, leaving out an empty system prompt or user message."""
     messages: MessageList = []

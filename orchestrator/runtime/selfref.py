@@ -43,6 +43,7 @@ from orchestrator.errors import AgentError, MemoryLimitError, ToolError
 from orchestrator.events import Message, MessageList
 from orchestrator.ports import (
     Experience,
+    ForkLimits,
     ForkPrimitives,
     MemorySnapshot,
     MemoryStore,
@@ -51,6 +52,12 @@ from orchestrator.ports import (
 )
 from orchestrator.runtime.forks import FORK_GUIDE, TurnForks, fork_tools
 from orchestrator.runtime.memory import InMemoryMemoryStore
+from orchestrator.runtime.selfref_sync import (
+    SelfReferenceInstanceHandle,
+    SelfReferenceMemoryHandle,
+    SelfReferenceMemoryProxy,
+    SyncMemoryAPI,
+)
 from orchestrator.runtime.tools import Tool, ToolRuntime
 
 __all__ = [
@@ -61,6 +68,9 @@ __all__ = [
     "SelfRefRuntime",
     "SelfRefToolProvider",
     "SelfReference",
+    "SelfReferenceInstanceHandle",
+    "SelfReferenceMemoryHandle",
+    "SelfReferenceMemoryProxy",
     "UnavailableForks",
     "apply_system_addendum",
     "make_tool_runtime",
@@ -75,9 +85,9 @@ _log = structlog.get_logger(__name__)
 MemoryScopeName = Literal["session", "tenant"]
 
 FORKS_UNAVAILABLE = (
-    "forks run on workers: selfref fork.spawn / fork.gather_all need a distributed run "
-    "(submit the agent with orchestrator.connect(...).submit); they are not available "
-    "in an in-process call"
+    "selfref fork.spawn / fork.gather_all need a fork backend: this context was bound "
+    "without one. Calling the agent runs its forks in-process (asyncio tasks); "
+    "submitting it (orchestrator.connect(...).submit) runs them on workers"
 )
 
 _EXPERIENCE_START = "<experience>"
@@ -265,7 +275,8 @@ def _normalize_key(key: Any) -> str:
 
 
 class UnavailableForks:
-    """Forks outside a worker (an in-process call): every call raises AgentError saying so."""
+    """Forks of a context bound by hand, without a fork backend: every call raises
+    AgentError saying so (an agent call or a worker always provides a backend)."""
 
     async def spawn(self, message: str, **kwargs: Any) -> dict[str, Any]:
         raise AgentError(FORKS_UNAVAILABLE)
@@ -400,8 +411,12 @@ def _guide_tool(context: SelfRefContext) -> Tool:
 # -- SelfReference and the per-turn context --------------------------------------------
 
 
-class SelfReference:
+class SelfReference(SyncMemoryAPI):
     """Durable agent memory shared by the agents it is passed to.
+
+    Besides the async, per-turn API (`bind(key)` -> `SelfRefContext`) it has
+    SimpleLLMFunc's synchronous one (`bind_history`, `snapshot_history`,
+    `memory[key]`, `instance`; `runtime/selfref_sync.py`) for the in-process store.
 
     `store` defaults to a fresh in-process `InMemoryMemoryStore`: in an in-process call
     this instance's store is the one memory every call shares (SimpleLLMFunc semantics).
@@ -425,12 +440,16 @@ class SelfReference:
         *,
         tool_providers: Sequence[SelfRefToolProvider] | None = None,
         memory_scope: MemoryScopeName = "session",
+        fork_limits: ForkLimits | None = None,
     ) -> None:
         if memory_scope not in get_args(MemoryScopeName):
             raise AgentError(f"memory_scope must be 'session' or 'tenant', not {memory_scope!r}")
         self.memory_scope: MemoryScopeName = memory_scope
         self.store: MemoryStore = store if store is not None else InMemoryMemoryStore()
         self.instance_id: str = uuid.uuid4().hex
+        self._init_sync_api()
+        # Bounds of forks in in-process calls (workers use Settings).
+        self.fork_limits: ForkLimits = fork_limits or ForkLimits()
         self._providers: list[SelfRefToolProvider] = (
             list(tool_providers) if tool_providers is not None else [ContextTools()]
         )

@@ -105,6 +105,8 @@ class TurnState(_Model):
 
     llm_calls: int = 0
     tool_calls: int = 0
+    # llm_function: answers sent back because they did not parse into the return type.
+    output_retries: int = 0
     token_usage: dict[str, int] | None = None
 
     started: bool = False

@@ -34,6 +34,8 @@ from pydantic_core import ErrorDetails, PydanticSerializationError, to_jsonable_
 
 from orchestrator.errors import AgentError, ToolError
 from orchestrator.ports import SelfRefPrimitives, ToolSession
+from orchestrator.runtime.emitter import NoOpEventEmitter
+from orchestrator.runtime.long_output import spill_long_result
 
 __all__ = [
     "SPECIAL_PARAMETERS",
@@ -88,13 +90,6 @@ def _schema_for(
     return built
 
 
-class _NoOpEmitter:
-    """Stands in for the emitter when a tool is invoked outside an event-streaming turn."""
-
-    async def emit(self, event_name: str, data: Any = None) -> None:
-        return None
-
-
 class Tool:
     """A function the model can call.
 
@@ -111,6 +106,7 @@ class Tool:
         best_practices: Sequence[str] | None = None,
         barrier: bool = False,
         on_abort: Callable[[dict[str, Any]], Awaitable[Any]] | None = None,
+        too_long_to_file: bool = False,
     ) -> None:
         if func is None:
             if type(self).run is Tool.run:
@@ -131,6 +127,8 @@ class Tool:
         # If the turn is aborted before this call finishes, its result is what this
         # returns for the call's arguments (instead of a "cancelled" error).
         self.on_abort = on_abort
+        # A text result over TOO_LONG_TO_FILE_MAX_TOKENS goes to a file (runtime/long_output.py).
+        self.too_long_to_file = too_long_to_file
         self._signature = inspect.signature(func)
         self._is_async = _is_async_callable(func)
         self._injected = SPECIAL_PARAMETERS & set(self._signature.parameters)
@@ -194,17 +192,23 @@ class Tool:
         values = self._validate(arguments)
         args, kwargs = self._call_arguments(values, event_emitter, runtime)
         if self._is_async:
-            return await self.func(*args, **kwargs)
-        result = await asyncio.to_thread(self.func, *args, **kwargs)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+            result = await self.func(*args, **kwargs)
+        else:
+            result = await asyncio.to_thread(self.func, *args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+        return await self._spill(result)
 
     async def run(self, *args: Any, **kwargs: Any) -> Any:
         """Call the function directly (no validation); subclasses may override this."""
         result = self.func(*args, **kwargs)
         if inspect.isawaitable(result):
             result = await result
+        return await self._spill(result)
+
+    async def _spill(self, result: Any) -> Any:
+        if self.too_long_to_file and isinstance(result, str):
+            return await asyncio.to_thread(spill_long_result, self.name, result)
         return result
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -233,7 +237,9 @@ class Tool:
         self, values: dict[str, Any], event_emitter: Any, runtime: Any
     ) -> tuple[list[Any], dict[str, Any]]:
         if "event_emitter" in self._injected:
-            values["event_emitter"] = event_emitter if event_emitter is not None else _NoOpEmitter()
+            values["event_emitter"] = (
+                event_emitter if event_emitter is not None else NoOpEventEmitter()
+            )
         if "runtime" in self._injected:
             values["runtime"] = runtime if runtime is not None else _detached_runtime()
         args: list[Any] = []
@@ -283,6 +289,7 @@ def tool(
     description: str | None = None,
     *,
     best_practices: Sequence[str] | None = None,
+    too_long_to_file: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -291,6 +298,7 @@ def tool(
     description: str | None = None,
     *,
     best_practices: Sequence[str] | None = None,
+    too_long_to_file: bool = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Turn a sync or async function into a `Tool` (`@tool` or `@tool(name=..., ...)`).
 
@@ -300,7 +308,13 @@ def tool(
         return Tool(func=name)
 
     def decorate(func: Callable[..., Any]) -> Tool:
-        return Tool(name=name, description=description, func=func, best_practices=best_practices)
+        return Tool(
+            name=name,
+            description=description,
+            func=func,
+            best_practices=best_practices,
+            too_long_to_file=too_long_to_file,
+        )
 
     return decorate
 

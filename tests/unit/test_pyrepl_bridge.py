@@ -70,11 +70,12 @@ async def test_listing_filters_by_prefix_and_substring() -> None:
     assert len(context["value"]) == 4
 
 
-async def test_in_process_forks_are_refused_with_the_reason() -> None:
+async def test_forks_without_a_backend_are_refused_with_the_reason() -> None:
+    """A runtime bound by hand has no fork backend (an agent call or a worker has one)."""
     _, runtime = with_memory()
     reply = await LiveBridge(runtime)(call("selfref.fork.spawn", "a sub-task"))
     assert reply["ok"] is False
-    assert "forks run on workers" in reply["error"]["message"]
+    assert "need a fork backend" in reply["error"]["message"]
 
 
 async def test_a_replay_plays_the_recorded_replies_back_without_performing_them() -> None:

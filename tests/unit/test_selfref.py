@@ -446,12 +446,13 @@ async def test_runtime_exposes_context_guide_and_fork(ctx: SelfRefContext) -> No
 
 
 async def test_forks_say_they_are_not_available(ctx: SelfRefContext) -> None:
-    """fork.spawn / gather_all raise an AgentError that says so plainly."""
+    """On a context bound without a fork backend, fork.spawn / gather_all raise an
+    AgentError that says so plainly."""
     runtime = make_tool_runtime(ctx)
-    with pytest.raises(AgentError, match="need a distributed run") as caught:
+    with pytest.raises(AgentError, match="need a fork backend") as caught:
         await runtime.selfref.fork.spawn("sub task")
     assert str(caught.value) == FORKS_UNAVAILABLE
-    with pytest.raises(AgentError, match="not available"):
+    with pytest.raises(AgentError, match="need a fork backend"):
         await runtime.selfref.fork.gather_all()
 
 
