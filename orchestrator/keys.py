@@ -284,6 +284,11 @@ class BenchKeys:
         """The fork section's names."""
         return BenchKeys(f"{self.prefix}:forks")
 
+    @property
+    def loops(self) -> BenchKeys:
+        """The agent-loop section's names."""
+        return BenchKeys(f"{self.prefix}:loops")
+
     def arq_queue(self) -> str:
         """The stock arq worker's queue."""
         return f"{self.prefix}:arq-queue"

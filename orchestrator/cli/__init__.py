@@ -280,8 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer samples")
     p.add_argument(
         "--only",
-        choices=["core", "forks"],
-        help="run one part: core (dispatch, turns, events, abort) or forks (fan-out)",
+        choices=["core", "forks", "loops"],
+        help=(
+            "run one part: core (dispatch, turns, events, abort), forks (fan-out, abort "
+            "tree, added latency) or loops (many agent loops beside lm-deluge)"
+        ),
     )
     p.set_defaults(func=_cmd_bench)
     return parser
