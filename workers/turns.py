@@ -65,31 +65,16 @@ _log = structlog.get_logger(__name__)
 
 
 class RunCheckpointer:
-    """Checkpointer port on Redis: events first, then the state that follows them."""
+    """Checkpointer port on Redis: the state rides in the publisher's next batch, written
+    atomically with (never ahead of) the events published before it, fenced by the
+    attempt: one round trip per checkpoint, events included."""
 
-    def __init__(
-        self,
-        publisher: EventPublisher,
-        checkpoints: CheckpointStore,
-        *,
-        session_id: str,
-        agent_call_id: str,
-        attempt: int,
-    ) -> None:
+    def __init__(self, publisher: EventPublisher) -> None:
         self._publisher = publisher
-        self._checkpoints = checkpoints
-        self._session_id = session_id
-        self._agent_call_id = agent_call_id
-        self._attempt = attempt
 
     async def save(self, state: Any) -> None:
-        # A checkpoint must never point past events that are not yet in the stream, or a
-        # resumed attempt would skip them: snapshot, flush, then save.
-        snapshot = state.model_dump_json().encode()
+        self._publisher.save_checkpoint(state.model_dump_json().encode())
         await self._publisher.flush()
-        await self._checkpoints.save(
-            self._session_id, self._agent_call_id, attempt=self._attempt, state=snapshot
-        )
 
 
 @dataclass
@@ -359,13 +344,7 @@ class TurnExecutor:
                 self._redis, self._keys, session_id=request.session_id, limits=self._journal_limits
             ),
         )
-        checkpointer = RunCheckpointer(
-            publisher,
-            self._checkpoints,
-            session_id=request.session_id,
-            agent_call_id=request.run_id,
-            attempt=request.attempt,
-        )
+        checkpointer = RunCheckpointer(publisher)
         end: ReactEndEvent | None = None
         final: ResponseYield | None = None
         last_origin: EventOrigin | None = None

@@ -14,8 +14,10 @@ from redis.asyncio import Redis
 
 from orchestrator.errors import PayloadError, RunNotFound
 from orchestrator.keys import Keys
-from orchestrator.runs import RunRecord, RunRequest, RunStatus, StatusEntry
+from orchestrator.runs import RunRecord, RunRequest, RunStatus, StatusEntry, fork_run_id
 from orchestrator.settings import Settings
+from orchestrator.store.connection import translate_errors
+from orchestrator.store.forks import ForkTable
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import RunStore
 from orchestrator.store.sessions import SessionTable
@@ -106,6 +108,8 @@ async def announce_end(
     # The session's owner outlives its stream: nobody else can take the session over
     # while its entries can still be read.
     await SessionTable(redis, keys).touch(record.session_id, settings.stream_retention_s)
+    async with translate_errors("announce run end"):
+        await redis.publish(keys.run_ends(), record.run_id)  # wakes Run.result()
     if queue is not None and record.fork is not None:
         parent = record.fork.parent_run_id
         if await runs.fork_ended(parent, record.run_id):  # the last fork it waited for
@@ -137,6 +141,26 @@ async def resume_if_ready(runs: RunStore, queue: JobQueue, run_id: str) -> bool:
     waiting-run sweep; normally the last fork's `end_run` does it)."""
     record = await runs.ready_to_resume(run_id)
     return record is not None and await _resume(queue, record)
+
+
+async def resume_waiting_tree(
+    runs: RunStore, queue: JobQueue, forks: ForkTable, session_id: str, root_run_id: str
+) -> int:
+    """Resume at once every run of a tree that waits in a gather (the tree was aborted:
+    each resumed segment sees the flag and ends aborted, all levels together, instead of
+    each parent waiting for its last fork to end first). Returns how many were resumed."""
+    count = await forks.allocated(session_id)
+    ids = [root_run_id, *(fork_run_id(root_run_id, f"fork_{n}") for n in range(1, count + 1))]
+    resumed = 0
+    for start in range(0, len(ids), _RESUME_CHUNK):
+        records = await runs.get_many(ids[start : start + _RESUME_CHUNK])
+        for record in records.values():
+            if record.status is RunStatus.WAITING and await _resume(queue, record):
+                resumed += 1
+    return resumed
+
+
+_RESUME_CHUNK = 500
 
 
 async def _resume(queue: JobQueue, record: RunRecord) -> bool:

@@ -6,10 +6,13 @@ and `data` (the output's JSON, or a `StatusEntry`'s JSON), plus `root` (the root
 the fork tree) on the entries of fork runs.
 
 Publishing never waits for Redis: `publish()` appends to a buffer and a background task
-sends whatever has accumulated in one MULTI/EXEC. While a send is in flight new outputs
-pile up for the next one, so an idle publisher adds no latency and a busy one batches
-by itself. Each batch also records its number under the publisher's id in the same
-transaction, so a batch retried after a dropped connection is never written twice.
+sends whatever has accumulated in one script call (`_PUBLISH_LUA`: atomic, one round
+trip, one command). While a send is in flight new outputs pile up for the next one, so an
+idle publisher adds no latency and a busy one batches by itself. Each batch also records
+its number under the publisher's id in the same script, so a batch retried after a
+dropped connection is never written twice. A turn's checkpoint rides in the batch that
+carries the events before it (`save_checkpoint`): events and the state that follows them
+are written together, never a checkpoint ahead of its events.
 
 A turn's publisher is fenced by its run attempt (`attempt=`): `take_over()` makes the
 attempt the owner of the run's writes, and a batch of an older attempt (one that was
@@ -42,11 +45,11 @@ from orchestrator.keys import Keys
 from orchestrator.runs import StatusEntry, StreamEntry, TreeProgress
 from orchestrator.store._codec import parse_int, resolve, text
 from orchestrator.store.connection import (
-    Pipeline,
     Redis,
     begin,
     connect,
     read_timeout,
+    run_script,
     to_store_error,
     translate_errors,
 )
@@ -93,9 +96,70 @@ class PublisherStats:
 
 @dataclass(frozen=True)
 class _Pending:
-    kind: Literal["event", "response", "status"]
+    kind: Literal["event", "response", "status", "checkpoint"]
     data: bytes
     call_seq: tuple[str, int] | None = None
+
+
+# One batch of a publisher, atomically: refuse it if a newer attempt owns the run's writes
+# (or saved the checkpoint), else append the entries, note the highest event_seq per agent
+# call and the batch number, save the checkpoint if the batch carries one, and (now and
+# then) push the idle TTLs back.
+# KEYS: stream, seqs, publishers, fence, checkpoint
+# ARGV: attempt ("" = unfenced), publisher id, batch number, maxlen, idle ttl ("" = none),
+#       refresh ("1": set the TTLs), fence ttl, run id, root ("" = the run), n seqs,
+#       (call, seq) x n, n entries, (kind, data) x n, checkpoint state ("" = none)
+_PUBLISH_LUA = """
+local attempt = tonumber(ARGV[1])
+local nseqs = tonumber(ARGV[10])
+local at = 11 + 2 * nseqs
+local nentries = tonumber(ARGV[at])
+local state = ARGV[at + 1 + 2 * nentries]
+if attempt then
+  local owner = tonumber(redis.call('GET', KEYS[4]))
+  if owner and owner > attempt then return {0, owner} end
+  if state ~= '' then
+    local saved = tonumber(redis.call('HGET', KEYS[5], 'attempt'))
+    if saved and saved > attempt then return {0, saved} end
+  end
+end
+local root = ARGV[9]
+for i = 0, nentries - 1 do
+  local kind = ARGV[at + 1 + 2 * i]
+  local data = ARGV[at + 2 + 2 * i]
+  if root == '' then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*',
+      'v', '1', 'kind', kind, 'run', ARGV[8], 'data', data)
+  else
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*',
+      'v', '1', 'kind', kind, 'run', ARGV[8], 'data', data, 'root', root)
+  end
+end
+if nseqs > 0 then
+  local pairs_ = {}
+  for i = 0, nseqs - 1 do
+    pairs_[#pairs_ + 1] = ARGV[11 + 2 * i]
+    pairs_[#pairs_ + 1] = ARGV[12 + 2 * i]
+  end
+  redis.call('HSET', KEYS[2], unpack(pairs_))
+end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+if state ~= '' then
+  redis.call('HSET', KEYS[5], 'attempt', ARGV[1], 'state', state)
+  redis.call('PERSIST', KEYS[5])
+end
+if ARGV[6] == '1' then
+  if ARGV[5] ~= '' then
+    redis.call('EXPIRE', KEYS[1], ARGV[5])
+    redis.call('EXPIRE', KEYS[2], ARGV[5])
+    redis.call('EXPIRE', KEYS[3], ARGV[5])
+  end
+  if attempt then redis.call('EXPIRE', KEYS[4], ARGV[7]) end
+end
+return {1}
+"""
+# A busy publisher pushes its keys' idle TTLs back at most this often (they are days).
+_REFRESH_EVERY_S = 60.0
 
 
 @dataclass
@@ -140,6 +204,9 @@ class EventPublisher:
         self._seqs = keys.seqs(session_id)
         self._publishers = keys.publishers(session_id)
         self._fence = keys.run_fence(session_id, run_id)
+        self._checkpoint = keys.checkpoint(session_id, run_id)
+        self._script = redis.register_script(_PUBLISH_LUA)
+        self._refreshed_at: float | None = None
         self.attempt = attempt
         self._maxlen = maxlen
         self._ttl_after_end_s = ttl_after_end_s
@@ -176,6 +243,15 @@ class EventPublisher:
     def publish_status(self, status: StatusEntry) -> None:
         """Queue a run status marker for the stream. Never blocks."""
         self._enqueue(_Pending("status", status.to_json()))
+
+    def save_checkpoint(self, state: bytes) -> None:
+        """Queue the run's checkpoint (fenced by `attempt`): it is written in the same
+        atomic batch as every output published before it, so it never points past an
+        undelivered event. `await flush()` to know it is saved; a newer attempt's fence
+        refuses it with `StaleAttempt`. Never blocks."""
+        if self.attempt is None:
+            raise ValueError("save_checkpoint() needs a publisher made with attempt=")
+        self._enqueue(_Pending("checkpoint", state))
 
     async def flush(self) -> None:
         """Return once everything published before this call is in Redis.
@@ -277,7 +353,8 @@ class EventPublisher:
             raise StoreError(f"publisher of run {self.run_id!r} is closed")
         self._pending.append(entry)
         self._accepted += 1
-        self.stats.published += 1
+        if entry.kind != "checkpoint":
+            self.stats.published += 1
         if entry.call_seq is not None:
             call, seq = entry.call_seq
             if seq > self._local_seqs.get(call, seq - 1):
@@ -308,9 +385,10 @@ class EventPublisher:
                 return
             self._unconfirmed = None
             self._delivered += len(batch)
-            self.stats.delivered += len(batch)
+            entries = sum(1 for e in batch if e.kind != "checkpoint")
+            self.stats.delivered += entries
             self.stats.batches += 1
-            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+            self.stats.largest_batch = max(self.stats.largest_batch, entries)
             self._wake_waiters()
 
     async def _deliver(self, batch: list[_Pending]) -> None:
@@ -361,36 +439,45 @@ class EventPublisher:
             )
 
     async def _send(self, batch: list[_Pending]) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            if self.attempt is not None:
-                await pipe.watch(self._fence)
-                self._check_fence(await pipe.get(self._fence))
-                begin(pipe)
-                pipe.expire(self._fence, self._fence_ttl_s())
-            self._queue_batch(pipe, batch)
-            await pipe.execute()
+        now = asyncio.get_running_loop().time()
+        refresh = self._refreshed_at is None or now - self._refreshed_at >= _REFRESH_EVERY_S
+        keys = [self._stream, self._seqs, self._publishers, self._fence, self._checkpoint]
+        reply = await run_script(self._redis, self._script, keys, self._script_args(batch, refresh))
+        if int(reply[0]) == 0:
+            self._check_fence(str(reply[1]))
+        if refresh:
+            self._refreshed_at = now
 
-    def _queue_batch(self, pipe: Pipeline, batch: list[_Pending]) -> None:
+    def _script_args(self, batch: list[_Pending], refresh: bool) -> list[Any]:
         seqs: dict[str, int] = {}
+        entries: list[Any] = []
+        state: bytes = b""
         for entry in batch:
-            fields: dict[Any, Any] = {
-                "v": WIRE_VERSION,
-                "kind": entry.kind,
-                "run": self.run_id,
-                "data": entry.data,
-            }
-            if self.root_run_id != self.run_id:
-                fields["root"] = self.root_run_id
-            pipe.xadd(self._stream, fields, maxlen=self._maxlen, approximate=True)
+            if entry.kind == "checkpoint":
+                state = entry.data  # the last one wins: it follows all the others
+                continue
+            entries += [entry.kind, entry.data]
             if entry.call_seq is not None:
                 call, seq = entry.call_seq
                 seqs[call] = max(seq, seqs.get(call, seq))
-        if seqs:
-            pipe.hset(self._seqs, mapping={c: str(s) for c, s in seqs.items()})
-        pipe.hset(self._publishers, self.publisher_id, str(self._batch_no))
-        if self._idle_ttl_s is not None:
-            for key in (self._stream, self._seqs, self._publishers):
-                pipe.expire(key, self._idle_ttl_s)
+        args: list[Any] = [
+            "" if self.attempt is None else str(self.attempt),
+            self.publisher_id,
+            str(self._batch_no),
+            str(self._maxlen),
+            "" if self._idle_ttl_s is None else str(self._idle_ttl_s),
+            "1" if refresh else "0",
+            str(self._fence_ttl_s()),
+            self.run_id,
+            "" if self.root_run_id == self.run_id else self.root_run_id,
+            str(len(seqs)),
+        ]
+        for call, seq in seqs.items():
+            args += [call, str(seq)]
+        args.append(str(len(entries) // 2))
+        args += entries
+        args.append(state)
+        return args
 
     def _give_up(self, exc: OrchestratorError) -> None:
         self.last_error = exc
