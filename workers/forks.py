@@ -13,7 +13,6 @@ turn was resumed) finds the fork it started before instead of starting another.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -23,15 +22,15 @@ import structlog
 from orchestrator.errors import RunNotFound, ToolError
 from orchestrator.keys import Keys
 from orchestrator.ports import SpawnRequest
-from orchestrator.runs import ForkInfo, RunRecord, RunRequest, RunStatus, fork_run_id
+from orchestrator.runs import ForkInfo, RunRecord, RunRequest, RunStatus, StatusEntry, fork_run_id
 from orchestrator.runtime.forks import fork_result
 from orchestrator.settings import Settings
-from orchestrator.store.connection import Redis
+from orchestrator.store.connection import Redis, run_scripts, translate_errors
 from orchestrator.store.forks import Allocation, ForkTable
-from orchestrator.store.lifecycle import announce_status
 from orchestrator.store.memory import RedisMemoryStore
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import RunStore
+from orchestrator.store.streams import status_call
 
 __all__ = ["RedisForkBackend", "result_of"]
 
@@ -87,9 +86,6 @@ class RedisForkBackend:
         self._runs = RunStore(redis, keys)
         # The parent's memory scope: its forks' keys live in the same one.
         self._memory = memory
-        # One turn's spawns allocate one at a time (a batch may spawn hundreds at once):
-        # no optimistic-transaction conflicts between siblings.
-        self._allocating = asyncio.Lock()
 
     @property
     def depth(self) -> int:
@@ -105,13 +101,12 @@ class RedisForkBackend:
                 f"may nest at most {limit} deep (setting max_fork_depth); do this work "
                 "yourself instead"
             )
-        async with self._allocating:
-            allocation = await self._forks.allocate(
-                parent.session_id,
-                request.parent_agent_call_id,
-                request.spawn_key,
-                limit=self._settings.max_forks_per_agent,
-            )
+        allocation = await self._forks.allocate(  # one atomic script: no lock needed
+            parent.session_id,
+            request.parent_agent_call_id,
+            request.spawn_key,
+            limit=self._settings.max_forks_per_agent,
+        )
         if allocation is None:
             raise ToolError(
                 "fork limit reached: an agent may spawn at most "
@@ -175,9 +170,24 @@ class RedisForkBackend:
             request=request.model_dump(mode="json"),
             fork=info,
         )
+        calls = []
         if await self._runs.create(record):
-            await self._announce(request)
-        await self._queue.enqueue(request)
+            # Readers learn of the fork (a "queued" entry) before any later event of its
+            # parent, so they know to wait for its end; sent with the job, one round trip.
+            status = StatusEntry(run_id=run_id, status=RunStatus.QUEUED, fork=info)
+            calls.append(
+                status_call(
+                    self._redis,
+                    self._keys,
+                    status,
+                    session_id=request.session_id,
+                    root_run_id=info.root_run_id,
+                    maxlen=self._settings.stream_maxlen,
+                )
+            )
+        calls.append(self._queue.enqueue_call(request))
+        async with translate_errors("fork start"):
+            await run_scripts(self._redis, calls)
         _log.info("fork spawned", run_id=run_id, depth=info.depth, parent=info.parent_run_id)
 
     async def _inherit_experiences(self, info: ForkInfo) -> None:
@@ -187,11 +197,6 @@ class RedisForkBackend:
         parent = await self._memory.load(info.source_memory_key)
         for experience in parent.experiences:
             await self._memory.add_experience(info.memory_key, experience.text)
-
-    async def _announce(self, request: RunRequest) -> None:
-        """Readers learn of the fork (a "queued" entry) before any later event of its
-        parent, so they know to wait for its end."""
-        await announce_status(self._redis, self._keys, self._settings, request, RunStatus.QUEUED)
 
     async def collect(
         self,

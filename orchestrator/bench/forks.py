@@ -764,7 +764,7 @@ class ForkBench:
             f"[dim]  done in {elapsed:.1f} s; forks ran on {used} worker process(es), "
             f"{on_root:.0f} % on the one running the spawn loop; "
             f"{per_fork:.1f} stream entries per fork; this process used {bench_cpu:.2f} s "
-            "CPU per fan-out (reading the session stream in run.result())[/]",
+            "CPU per fan-out[/]",
             highlight=False,
         )
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from orchestrator.errors import PayloadError, RunNotFound
 from orchestrator.keys import Keys
@@ -19,8 +20,7 @@ from orchestrator.settings import Settings
 from orchestrator.store.connection import translate_errors
 from orchestrator.store.forks import ForkTable
 from orchestrator.store.queue import JobQueue
-from orchestrator.store.runs import RunStore
-from orchestrator.store.sessions import SessionTable
+from orchestrator.store.runs import RunStore, fork_was_last
 from orchestrator.store.streams import EventPublisher
 
 _log = structlog.get_logger(__name__)
@@ -55,9 +55,11 @@ async def end_run(
         from_status=set(from_status),
         to=status,
         check=None if attempt is None else (lambda record: record.attempt == attempt),
+        expire_s=settings.run_retention_s,
         finished_at=time.time(),
         **fields,
     )
+    expired = updated is not None
     if updated is None:
         if attempt is None:
             return None
@@ -68,7 +70,7 @@ async def end_run(
         if current.status is not status or current.attempt != attempt:
             return None
         updated = current  # ended by an earlier try of this same call
-    await announce_end(redis, keys, settings, updated, queue=queue)
+    await announce_end(redis, keys, settings, updated, queue=queue, expired=expired)
     return updated
 
 
@@ -79,9 +81,11 @@ async def announce_end(
     record: RunRecord,
     *,
     queue: JobQueue | None = None,
+    expired: bool = False,
 ) -> None:
     """The rest of ending a run whose record is terminal: its terminal status entry (one,
-    however often this is called), the retention clocks, and its waiting parent."""
+    however often this is called), the retention clocks, and its waiting parent.
+    `expired`: the record's own retention clock was started with its terminal write."""
     publisher = EventPublisher(
         redis,
         keys,
@@ -102,21 +106,51 @@ async def announce_end(
             at=record.finished_at or time.time(),
         )
     )
-    await publisher.close(expire=True)
+    await publisher.close(expire=False)
     runs = RunStore(redis, keys)
-    await runs.expire(record.run_id, settings.run_retention_s)
-    # The session's owner outlives its stream: nobody else can take the session over
-    # while its entries can still be read.
-    await SessionTable(redis, keys).touch(record.session_id, settings.stream_retention_s)
-    async with translate_errors("announce run end"):
-        await redis.publish(keys.run_ends(), record.run_id)  # wakes Run.result()
-    if queue is not None and record.fork is not None:
-        parent = record.fork.parent_run_id
-        if await runs.fork_ended(parent, record.run_id):  # the last fork it waited for
-            with contextlib.suppress(RunNotFound, PayloadError):
-                waiting = await runs.get(parent)
-                if waiting.status is RunStatus.WAITING:
-                    await _resume(queue, waiting)
+    parent = record.fork.parent_run_id if queue is not None and record.fork else None
+    # The rest in one round trip: the stream's and the record's retention clocks, the
+    # session's owner (it outlives its stream: nobody else can take the session over
+    # while its entries can still be read), the end announcement that wakes
+    # Run.result(), and (a fork) its parent's awaited set.
+    stream_ttl = settings.stream_retention_s
+    session_ms = max(1, int(stream_ttl * 1000))
+    run_ms = max(1, int(settings.run_retention_s * 1000))
+    session = record.session_id
+    async with translate_errors("end run"):
+        for attempt in range(2):
+            async with redis.pipeline(transaction=False) as pipe:
+                for key in (
+                    keys.events(session),
+                    keys.seqs(session),
+                    keys.publishers(session),
+                    keys.run_fence(session, record.run_id),
+                ):
+                    pipe.expire(key, stream_ttl)
+                if not expired:
+                    pipe.pexpire(keys.run(record.run_id), run_ms)
+                    pipe.zadd(keys.runs_expiring(), {record.run_id: time.time() * 1000 + run_ms})
+                pipe.pexpire(keys.session_owner(session), session_ms)
+                pipe.pexpire(keys.session_runs(session), session_ms)
+                pipe.publish(keys.run_ends(), record.run_id)
+                if parent is not None:
+                    script, names, args = runs.fork_ended_call(parent, record.run_id)
+                    pipe.execute_command("EVALSHA", script.sha, len(names), *names, *args)
+                replies = await pipe.execute(raise_on_error=False)
+            last = replies[-1]
+            if parent is not None and isinstance(last, NoScriptError) and attempt == 0:
+                script.sha = await redis.script_load(script.script)
+                continue
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            break
+    if parent is not None and fork_was_last(replies[-1]):  # the last fork it waited for
+        assert queue is not None
+        with contextlib.suppress(RunNotFound, PayloadError):
+            waiting = await runs.get(parent)
+            if waiting.status is RunStatus.WAITING:
+                await _resume(queue, waiting)
 
 
 async def announce_status(

@@ -46,7 +46,6 @@ from orchestrator.runs import StatusEntry, StreamEntry, TreeProgress
 from orchestrator.store._codec import parse_int, resolve, text
 from orchestrator.store.connection import (
     Redis,
-    begin,
     connect,
     read_timeout,
     run_script,
@@ -63,6 +62,7 @@ __all__ = [
     "StreamReader",
     "connect_blocking",
     "decode_entry",
+    "status_call",
 ]
 
 log = structlog.get_logger(__name__)
@@ -158,6 +158,15 @@ if ARGV[6] == '1' then
 end
 return {1}
 """
+# `take_over` in one atomic script: refuse if a newer attempt owns the run's writes, else
+# own them and return the highest event_seq published for the run ("" = none).
+# KEYS: fence, seqs; ARGV: attempt, fence ttl, run id. Reply: {1, seq} or {0, owner}
+_TAKE_OVER_LUA = """
+local owner = tonumber(redis.call('GET', KEYS[1]))
+if owner and owner > tonumber(ARGV[1]) then return {0, owner} end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return {1, redis.call('HGET', KEYS[2], ARGV[3]) or ''}
+"""
 # A busy publisher pushes its keys' idle TTLs back at most this often (they are days).
 _REFRESH_EVERY_S = 60.0
 
@@ -206,6 +215,7 @@ class EventPublisher:
         self._fence = keys.run_fence(session_id, run_id)
         self._checkpoint = keys.checkpoint(session_id, run_id)
         self._script = redis.register_script(_PUBLISH_LUA)
+        self._take_over = redis.register_script(_TAKE_OVER_LUA)
         self._refreshed_at: float | None = None
         self.attempt = attempt
         self._maxlen = maxlen
@@ -275,21 +285,13 @@ class EventPublisher:
         """
         if self.attempt is None:
             raise ValueError("take_over() needs a publisher made with attempt=")
+        keys = [self._fence, self._seqs]
+        args = [str(self.attempt), str(self._fence_ttl_s()), self.run_id]
         async with translate_errors("take over the run's writes"):
-            for _ in range(100):
-                try:
-                    async with self._redis.pipeline(transaction=True) as pipe:
-                        await pipe.watch(self._fence)
-                        self._check_fence(await pipe.get(self._fence))
-                        begin(pipe)
-                        pipe.set(self._fence, str(self.attempt), ex=self._fence_ttl_s())
-                        pipe.hget(self._seqs, self.run_id)
-                        _, raw = await pipe.execute()
-                    break
-                except redis_errors.WatchError:
-                    continue
-            else:
-                raise StoreError("taking over the run's writes kept conflicting")
+            reply = await run_script(self._redis, self._take_over, keys, args)
+        if int(reply[0]) == 0:
+            self._check_fence(str(reply[1]))
+        raw = reply[1] if reply[1] != b"" and reply[1] != "" else None
         remote = None if raw is None else parse_int(raw, f"event_seq of {self.run_id!r}")
         local = self._local_seqs.get(self.run_id)
         candidates = [s for s in (remote, local) if s is not None]
@@ -497,6 +499,38 @@ class EventPublisher:
             else:
                 still.append(waiter)
         self._waiters = still
+
+
+def status_call(
+    redis: Redis,
+    keys: Keys,
+    status: StatusEntry,
+    *,
+    session_id: str,
+    root_run_id: str | None = None,
+    maxlen: int = 100_000,
+) -> tuple[Any, list[str], list[Any]]:
+    """The script call that appends one status entry for `status.run_id` (what a fresh
+    `EventPublisher` would send), for a caller batching it with other writes in one
+    round trip (`connection.run_scripts`)."""
+    publisher = EventPublisher(
+        redis,
+        keys,
+        session_id=session_id,
+        run_id=status.run_id,
+        root_run_id=root_run_id,
+        maxlen=maxlen,
+    )
+    publisher._batch_no = 1
+    names = [
+        publisher._stream,
+        publisher._seqs,
+        publisher._publishers,
+        publisher._fence,
+        publisher._checkpoint,
+    ]
+    args = publisher._script_args([_Pending("status", status.to_json())], refresh=True)
+    return publisher._script, names, args
 
 
 @dataclass(frozen=True)
