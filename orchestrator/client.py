@@ -321,9 +321,12 @@ class Client:
         ):
             raise SessionNotOwned(session_id, tenant=tenant)
         await self.flags.request_run(session_id, record.root_run_id, reason)
-        # A run still in the queue ends right here, so nobody waits for a worker.
-        ended = await self._end_queued(record, reason)
-        await self._resume_waiting(session_id, record.root_run_id)
+        # A run still in the queue ends right here, so nobody waits for a worker; the
+        # tree's runs waiting in a gather are resumed meanwhile, to end aborted.
+        ended, _ = await asyncio.gather(
+            self._end_queued(record, reason),
+            self._resume_waiting(session_id, record.root_run_id),
+        )
         return ended or record
 
     async def abort_session(

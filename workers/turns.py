@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,7 +159,11 @@ class TurnExecutor:
         """Move the run to RUNNING and take its lease: `(record, abort reason)`, or the
         job's result if the run is not this job's to run. Safe to repeat after a failure."""
         try:
-            record = await self._runs.get(request.run_id)
+            # The record and the abort flags, read together (one round trip's wait).
+            (raw, record), reason = await asyncio.gather(
+                self._runs.get_raw(request.run_id),
+                self._flags.get_for(request.session_id, request.root_run_id),
+            )
         except RunNotFound:
             _log.warning("job for an unknown run", run_id=request.run_id)
             return {"run_id": request.run_id, "status": "rejected", "error": "unknown run"}
@@ -171,7 +175,6 @@ class TurnExecutor:
                 segment=request.segment,
             )
             return {"run_id": request.run_id, "status": "superseded", "error": None}
-        reason = await self._flags.get_for(request.session_id, request.root_run_id)
         if reason is not None and record.started_at is None:
             # Aborted before it ever started: it never starts (a started turn is driven
             # to its aborted end instead, so its history and ReactEnd are complete).
@@ -187,6 +190,7 @@ class TurnExecutor:
             worker_id=self._worker_id,
             segment=request.segment,
             waiting_for=[],
+            known=(raw, record),
         )
         if started is None or not await self._leases.renew(
             request.run_id,
@@ -205,8 +209,7 @@ class TurnExecutor:
             if outcome.status is RunStatus.WAITING:
                 await self._leases.park(request.run_id, request.attempt, self._worker_id)
                 return outcome.result(request.run_id)
-            await self._finish(started, outcome, attempt=request.attempt)
-            await self._leases.release(request.run_id, request.attempt)
+            await self._finish(started, outcome, attempt=request.attempt, release=True)
         except _LeaseLost:
             _log.warning("lease lost; another attempt owns the run", run_id=request.run_id)
             return {"run_id": request.run_id, "status": "superseded", "error": "lease lost"}
@@ -428,8 +431,7 @@ class TurnExecutor:
     ) -> TurnState:
         # From here on this attempt owns the run's writes (an older one is refused), and
         # events an older attempt published after its last checkpoint are numbered on from.
-        last = await publisher.take_over()
-        saved = await self._checkpoints.load(request.session_id, request.run_id)
+        last, saved = await publisher.take_over_and_load()
         state = await self._saved_or_fresh_state(request, spec, saved, memory)
         if last is not None and last + 1 > state.next_event_seq:
             state.next_event_seq = last + 1
@@ -477,8 +479,15 @@ class TurnExecutor:
         return fresh
 
     async def _finish(
-        self, record: RunRecord, outcome: Outcome, *, attempt: int | None = None
+        self,
+        record: RunRecord,
+        outcome: Outcome,
+        *,
+        attempt: int | None = None,
+        release: bool = False,
     ) -> None:
+        """End the run; then drop its checkpoint and (`release`) give up the lease of
+        `attempt`, both at once."""
         ended = await end_run(
             self._redis,
             self._keys,
@@ -495,8 +504,12 @@ class TurnExecutor:
             queue=self._queue,
             attempt=attempt,
         )
+        after: list[Awaitable[Any]] = []
         if ended is not None:  # None: it had already ended (e.g. aborted while queued)
-            await self._checkpoints.delete(record.session_id, record.run_id)
+            after.append(self._checkpoints.delete(record.session_id, record.run_id))
+        if release and attempt is not None:
+            after.append(self._leases.release(record.run_id, attempt))
+        await asyncio.gather(*after)
 
 
 def _ignore(output: EventYield) -> None:

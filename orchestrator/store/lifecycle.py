@@ -17,7 +17,7 @@ from orchestrator.errors import PayloadError, RunNotFound
 from orchestrator.keys import Keys
 from orchestrator.runs import RunRecord, RunRequest, RunStatus, StatusEntry, fork_run_id
 from orchestrator.settings import Settings
-from orchestrator.store.connection import translate_errors
+from orchestrator.store.connection import run_scripts, translate_errors
 from orchestrator.store.forks import ForkTable
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import RunStore, fork_was_last
@@ -188,27 +188,37 @@ async def resume_waiting_tree(
     resumed = 0
     for start in range(0, len(ids), _RESUME_CHUNK):
         records = await runs.get_many(ids[start : start + _RESUME_CHUNK])
-        for record in records.values():
-            if record.status is RunStatus.WAITING and await _resume(queue, record):
-                resumed += 1
+        waiting = [r for r in records.values() if r.status is RunStatus.WAITING]
+        requests = [q for q in map(_next_segment, waiting) if q is not None]
+        if requests:  # every job in one round trip
+            async with translate_errors("resume waiting runs"):
+                await run_scripts(queue.redis, [queue.enqueue_call(q) for q in requests])
+            resumed += len(requests)
     return resumed
 
 
 _RESUME_CHUNK = 500
 
 
-async def _resume(queue: JobQueue, record: RunRecord) -> bool:
-    """Enqueue the next segment of a waiting run. Safe to call any number of times, from
-    anywhere: the segment's job id is fixed, so however many callers race here the run is
-    resumed once."""
+def _next_segment(record: RunRecord) -> RunRequest | None:
+    """The request of a waiting run's next segment (None: its stored request is unusable)."""
     if record.request is None:
-        return False
+        return None
     try:
-        request = RunRequest.from_dict(record.request).model_copy(
+        return RunRequest.from_dict(record.request).model_copy(
             update={"attempt": record.attempt, "segment": record.segment + 1}
         )
     except PayloadError as exc:
         _log.error("cannot resume a waiting run: its stored request is corrupt", error=str(exc))
+        return None
+
+
+async def _resume(queue: JobQueue, record: RunRecord) -> bool:
+    """Enqueue the next segment of a waiting run. Safe to call any number of times, from
+    anywhere: the segment's job id is fixed, so however many callers race here the run is
+    resumed once."""
+    request = _next_segment(record)
+    if request is None:
         return False
     await queue.enqueue(request)
     _log.info("run resumed after its forks", run_id=record.run_id, segment=request.segment)

@@ -60,6 +60,11 @@ class JobQueue:
         self._keys = keys
         self._script = arq.register_script(_ENQUEUE_LUA)
 
+    @property
+    def redis(self) -> ArqRedis:
+        """The client the queue enqueues with (to batch `enqueue_call`s on)."""
+        return self._arq
+
     async def enqueue(self, request: RunRequest) -> str:
         """Queue one attempt (or resumed segment) of a run and wake idle workers.
         Returns the arq job id; enqueueing a job id arq already holds does nothing."""

@@ -152,11 +152,16 @@ class RunStore:
         *,
         what: str,
         expire_ms: int | None = None,
+        known: tuple[bytes, RunRecord] | None = None,
     ) -> RunRecord | None:
-        """Read, `change` (None: leave it), write if nobody wrote meanwhile; retried."""
+        """Read (or start from `known`), `change` (None: leave it), write if nobody wrote
+        meanwhile; retried."""
         async with translate_errors(what):
             for _ in range(_CAS_RETRIES):
-                raw, current = await self._read_raw(run_id)
+                if known is not None:
+                    (raw, current), known = known, None
+                else:
+                    raw, current = await self._read_raw(run_id)
                 updated = change(current)
                 if updated is None:
                     return None
@@ -189,11 +194,13 @@ class RunStore:
         to: RunStatus,
         check: Callable[[RunRecord], bool] | None = None,
         expire_s: float | None = None,
+        known: tuple[bytes, RunRecord] | None = None,
         **fields: Any,
     ) -> RunRecord | None:
         """Move the run to `to` (and set `fields`) only if its status is in `from_status`
         (and `check(record)` holds, when given). With `expire_s`, the record also starts
-        expiring, in the same atomic write (as `expire` does).
+        expiring, in the same atomic write (as `expire` does). `known`: the raw record
+        and its decoding as last read (`get_raw`), tried first without reading again.
 
         Atomic: of two concurrent transitions out of the same status, exactly one wins.
         Returns the new record, or None (nothing changed) if the status did not match.
@@ -208,8 +215,14 @@ class RunStore:
 
         expire_ms = None if expire_s is None else max(1, int(expire_s * 1000))
         return await self._compare_and_set(
-            run_id, change, what="run transition", expire_ms=expire_ms
+            run_id, change, what="run transition", expire_ms=expire_ms, known=known
         )
+
+    async def get_raw(self, run_id: str) -> tuple[bytes, RunRecord]:
+        """`get`, with the stored JSON (pass both as `transition(known=...)` to save a
+        read when nothing changed meanwhile)."""
+        async with translate_errors("run get"):
+            return await self._read_raw(run_id)
 
     async def get_many(self, run_ids: Iterable[str]) -> dict[str, RunRecord]:
         """The records that exist among `run_ids` (one MGET; corrupt ones skipped)."""

@@ -108,13 +108,19 @@ class _Pending:
 # KEYS: stream, seqs, publishers, fence, checkpoint
 # ARGV: attempt ("" = unfenced), publisher id, batch number, maxlen, idle ttl ("" = none),
 #       refresh ("1": set the TTLs), fence ttl, run id, root ("" = the run), n seqs,
-#       (call, seq) x n, n entries, (kind, data) x n, checkpoint state ("" = none)
+#       (call, seq) x n, n entries, (kind, data) x n, checkpoint state ("" = none),
+#       check ("1": a batch this publisher may have delivered already; its marker says)
+# Reply: {1} written, {2} written before, {0, fence} refused.
 _PUBLISH_LUA = """
 local attempt = tonumber(ARGV[1])
 local nseqs = tonumber(ARGV[10])
 local at = 11 + 2 * nseqs
 local nentries = tonumber(ARGV[at])
 local state = ARGV[at + 1 + 2 * nentries]
+if ARGV[at + 2 + 2 * nentries] == '1' then
+  local done = tonumber(redis.call('HGET', KEYS[3], ARGV[2]))
+  if done and done >= tonumber(ARGV[3]) then return {2} end
+end
 if attempt then
   local owner = tonumber(redis.call('GET', KEYS[4]))
   if owner and owner > attempt then return {0, owner} end
@@ -160,12 +166,15 @@ return {1}
 """
 # `take_over` in one atomic script: refuse if a newer attempt owns the run's writes, else
 # own them and return the highest event_seq published for the run ("" = none).
-# KEYS: fence, seqs; ARGV: attempt, fence ttl, run id. Reply: {1, seq} or {0, owner}
+# and the run's checkpoint ("" = none), read after the take-over, so no older attempt
+# can change it in between.
+# KEYS: fence, seqs, checkpoint; ARGV: attempt, fence ttl, run id.
+# Reply: {1, seq, checkpoint} or {0, owner}
 _TAKE_OVER_LUA = """
 local owner = tonumber(redis.call('GET', KEYS[1]))
 if owner and owner > tonumber(ARGV[1]) then return {0, owner} end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return {1, redis.call('HGET', KEYS[2], ARGV[3]) or ''}
+return {1, redis.call('HGET', KEYS[2], ARGV[3]) or '', redis.call('HGET', KEYS[3], 'state') or ''}
 """
 # A busy publisher pushes its keys' idle TTLs back at most this often (they are days).
 _REFRESH_EVERY_S = 60.0
@@ -285,17 +294,28 @@ class EventPublisher:
         """
         if self.attempt is None:
             raise ValueError("take_over() needs a publisher made with attempt=")
-        keys = [self._fence, self._seqs]
+        last, _ = await self.take_over_and_load()
+        return last
+
+    async def take_over_and_load(self) -> tuple[int | None, bytes | None]:
+        """`take_over()`, and the run's checkpoint as it is once this attempt owns the
+        writes (None: there is none): one round trip."""
+        if self.attempt is None:
+            raise ValueError("take_over() needs a publisher made with attempt=")
+        keys = [self._fence, self._seqs, self._checkpoint]
         args = [str(self.attempt), str(self._fence_ttl_s()), self.run_id]
         async with translate_errors("take over the run's writes"):
             reply = await run_script(self._redis, self._take_over, keys, args)
         if int(reply[0]) == 0:
             self._check_fence(str(reply[1]))
-        raw = reply[1] if reply[1] != b"" and reply[1] != "" else None
+        raw = reply[1] if reply[1] not in (b"", "") else None
+        state = reply[2] if reply[2] not in (b"", "") else None
+        if isinstance(state, str):
+            state = state.encode()
         remote = None if raw is None else parse_int(raw, f"event_seq of {self.run_id!r}")
         local = self._local_seqs.get(self.run_id)
         candidates = [s for s in (remote, local) if s is not None]
-        return max(candidates) if candidates else None
+        return (max(candidates) if candidates else None), state
 
     def abandon(self) -> None:
         """Drop whatever is not delivered yet and write nothing more (the run was handed
@@ -400,11 +420,10 @@ class EventPublisher:
                 self.stats.retries += 1
                 await asyncio.sleep(delay)
             try:
-                # After an ambiguous failure the transaction may have run: its marker says.
-                if self._check_marker and await self._already_delivered():
-                    return
-                self._check_marker = True
-                await self._send(batch)
+                # After an ambiguous failure the script may have run: its marker says
+                # (checked by the script itself, in the same round trip).
+                check, self._check_marker = self._check_marker, True
+                await self._send(batch, check)
                 return
             except redis_errors.WatchError as exc:
                 # A take-over raced this batch (it was not written): the retry says who won.
@@ -422,10 +441,6 @@ class EventPublisher:
         assert last is not None
         raise to_store_error(last, "event publish") from last
 
-    async def _already_delivered(self) -> bool:
-        raw = await resolve(self._redis.hget(self._publishers, self.publisher_id))
-        return raw is not None and parse_int(raw, "publisher batch marker") >= self._batch_no
-
     def _fence_ttl_s(self) -> int:
         return self._idle_ttl_s if self._idle_ttl_s is not None else self._ttl_after_end_s
 
@@ -440,17 +455,18 @@ class EventPublisher:
                 current_attempt=owner,
             )
 
-    async def _send(self, batch: list[_Pending]) -> None:
+    async def _send(self, batch: list[_Pending], check: bool) -> None:
         now = asyncio.get_running_loop().time()
         refresh = self._refreshed_at is None or now - self._refreshed_at >= _REFRESH_EVERY_S
         keys = [self._stream, self._seqs, self._publishers, self._fence, self._checkpoint]
-        reply = await run_script(self._redis, self._script, keys, self._script_args(batch, refresh))
+        args = self._script_args(batch, refresh, check)
+        reply = await run_script(self._redis, self._script, keys, args)
         if int(reply[0]) == 0:
             self._check_fence(str(reply[1]))
         if refresh:
             self._refreshed_at = now
 
-    def _script_args(self, batch: list[_Pending], refresh: bool) -> list[Any]:
+    def _script_args(self, batch: list[_Pending], refresh: bool, check: bool = False) -> list[Any]:
         seqs: dict[str, int] = {}
         entries: list[Any] = []
         state: bytes = b""
@@ -479,6 +495,7 @@ class EventPublisher:
         args.append(str(len(entries) // 2))
         args += entries
         args.append(state)
+        args.append("1" if check else "0")
         return args
 
     def _give_up(self, exc: OrchestratorError) -> None:
