@@ -135,23 +135,22 @@ class Run:
     async def result(self, timeout: float | None = None) -> RunResult:
         """Wait for the run to end and return it: woken by the run's end announcement
         (one pub/sub subscription per client), never by reading the session stream."""
-        record = await self.status()
-        if not record.status.terminal:
-            ended: list[RunRecord] = []
+        ended: list[RunRecord] = []
 
-            async def is_ended() -> bool:
-                current = await self.status()
-                if current.status.terminal:
-                    ended.append(current)
-                    return True
-                return False
+        async def is_ended() -> bool:
+            current = await self.status()
+            if current.status.terminal:
+                ended.append(current)
+                return True
+            return False
 
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._client.ends.wait(self.run_id, is_ended)
-            except TimeoutError:
-                raise TimeoutError(f"run {self.run_id} still running after {timeout}s") from None
-            record = ended[-1]
+        try:
+            async with asyncio.timeout(timeout):
+                # Listening first, then the record: an end after the read is heard.
+                await self._client.ends.wait(self.run_id, is_ended)
+        except TimeoutError:
+            raise TimeoutError(f"run {self.run_id} still running after {timeout}s") from None
+        record = ended[-1]
         return RunResult(
             run_id=record.run_id,
             session_id=record.session_id,
