@@ -4,6 +4,7 @@ its last awaited fork has ended."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Collection
@@ -11,7 +12,6 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 from orchestrator.errors import PayloadError, RunNotFound
 from orchestrator.keys import Keys
@@ -21,7 +21,7 @@ from orchestrator.store.connection import run_scripts, translate_errors
 from orchestrator.store.forks import ForkTable
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import RunStore, fork_was_last
-from orchestrator.store.streams import EventPublisher
+from orchestrator.store.streams import EventPublisher, status_call
 
 _log = structlog.get_logger(__name__)
 
@@ -86,71 +86,64 @@ async def announce_end(
     """The rest of ending a run whose record is terminal: its terminal status entry (one,
     however often this is called), the retention clocks, and its waiting parent.
     `expired`: the record's own retention clock was started with its terminal write."""
-    publisher = EventPublisher(
-        redis,
-        keys,
-        session_id=record.session_id,
+    status = StatusEntry(
         run_id=record.run_id,
-        root_run_id=record.root_run_id,
-        maxlen=settings.stream_maxlen,
-        ttl_after_end_s=settings.stream_retention_s,
-        publisher_id=f"end:{record.run_id}",
+        status=record.status,
+        error=record.error,
+        error_type=record.error_type,
+        abort_reason=record.abort_reason,
+        at=record.finished_at or time.time(),
     )
-    publisher.publish_status(
-        StatusEntry(
-            run_id=record.run_id,
-            status=record.status,
-            error=record.error,
-            error_type=record.error_type,
-            abort_reason=record.abort_reason,
-            at=record.finished_at or time.time(),
-        )
-    )
-    await publisher.close(expire=False)
     runs = RunStore(redis, keys)
     parent = record.fork.parent_run_id if queue is not None and record.fork else None
-    # The rest in one round trip: the stream's and the record's retention clocks, the
-    # session's owner (it outlives its stream: nobody else can take the session over
-    # while its entries can still be read), the end announcement that wakes
-    # Run.result(), and (a fork) its parent's awaited set.
-    stream_ttl = settings.stream_retention_s
-    session_ms = max(1, int(stream_ttl * 1000))
-    run_ms = max(1, int(settings.run_retention_s * 1000))
-    session = record.session_id
+    # Its terminal status entry (written once however often this runs: the end
+    # publisher's batch marker) and, a fork, its parent's awaited set, as scripts ...
+    scripts = [
+        status_call(
+            redis,
+            keys,
+            status,
+            session_id=record.session_id,
+            root_run_id=record.root_run_id,
+            maxlen=settings.stream_maxlen,
+            publisher_id=f"end:{record.run_id}",
+            ttl_s=settings.stream_retention_s,  # the stream's retention starts here
+        )
+    ]
+    if parent is not None:
+        scripts.append(runs.fork_ended_call(parent, record.run_id))
+    # ... and, meanwhile, the run fence's and the record's retention clocks, the session's
+    # owner (it outlives its stream: nobody else can take the session over while its
+    # entries can still be read) and the end announcement that wakes Run.result().
     async with translate_errors("end run"):
-        for attempt in range(2):
-            async with redis.pipeline(transaction=False) as pipe:
-                for key in (
-                    keys.events(session),
-                    keys.seqs(session),
-                    keys.publishers(session),
-                    keys.run_fence(session, record.run_id),
-                ):
-                    pipe.expire(key, stream_ttl)
-                if not expired:
-                    pipe.pexpire(keys.run(record.run_id), run_ms)
-                    pipe.zadd(keys.runs_expiring(), {record.run_id: time.time() * 1000 + run_ms})
-                pipe.pexpire(keys.session_owner(session), session_ms)
-                pipe.pexpire(keys.session_runs(session), session_ms)
-                pipe.publish(keys.run_ends(), record.run_id)
-                if parent is not None:
-                    script, names, args = runs.fork_ended_call(parent, record.run_id)
-                    pipe.execute_command("EVALSHA", script.sha, len(names), *names, *args)
-                replies = await pipe.execute(raise_on_error=False)
-            last = replies[-1]
-            if parent is not None and isinstance(last, NoScriptError) and attempt == 0:
-                script.sha = await redis.script_load(script.script)
-                continue
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
-            break
+        replies, _ = await asyncio.gather(
+            run_scripts(redis, scripts), _end_clocks(redis, keys, settings, record, expired)
+        )
     if parent is not None and fork_was_last(replies[-1]):  # the last fork it waited for
         assert queue is not None
         with contextlib.suppress(RunNotFound, PayloadError):
             waiting = await runs.get(parent)
             if waiting.status is RunStatus.WAITING:
                 await _resume(queue, waiting)
+
+
+async def _end_clocks(
+    redis: Redis, keys: Keys, settings: Settings, record: RunRecord, expired: bool
+) -> None:
+    stream_ttl = settings.stream_retention_s
+    session_ms = max(1, int(stream_ttl * 1000))
+    run_ms = max(1, int(settings.run_retention_s * 1000))
+    session = record.session_id
+    async with redis.pipeline(transaction=False) as pipe:
+        # (The stream's own keys get theirs from the status entry's script.)
+        pipe.expire(keys.run_fence(session, record.run_id), stream_ttl)
+        if not expired:
+            pipe.pexpire(keys.run(record.run_id), run_ms)
+            pipe.zadd(keys.runs_expiring(), {record.run_id: time.time() * 1000 + run_ms})
+        pipe.pexpire(keys.session_owner(session), session_ms)
+        pipe.pexpire(keys.session_runs(session), session_ms)
+        pipe.publish(keys.run_ends(), record.run_id)
+        await pipe.execute()
 
 
 async def announce_status(

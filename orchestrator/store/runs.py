@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -66,12 +67,48 @@ end
 return 1
 """
 _CAS_RETRIES = 100
+# Park a running run until its forks have ended, atomically with their ends: refused (0)
+# if the record changed since it was read, or if one of the forks it is to wait for has
+# ended meanwhile (its id is in a terminal status index); else the record goes to
+# WAITING and the awaited set holds the forks. One script: no WATCH on a thousand forks'
+# records that keep changing while they end.
+# KEYS: record, running index, waiting index, awaited set, terminal indexes...
+# ARGV: expected raw, new raw, run id, score, awaited ttl, n terminal, fork ids...
+_SUSPEND_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local nterm = tonumber(ARGV[6])
+for i = 7, #ARGV do
+  for t = 1, nterm do
+    if redis.call('ZSCORE', KEYS[4 + t], ARGV[i]) then return 0 end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+redis.call('DEL', KEYS[4])
+for i = 7, #ARGV do redis.call('SADD', KEYS[4], ARGV[i]) end
+redis.call('EXPIRE', KEYS[4], ARGV[5])
+return 1
+"""
 # A fork ended: drop it from its parent's awaited set and say how many are left (atomic,
 # so exactly one fork's end sees the set emptied). KEYS: awaited; ARGV: fork run id
 _FORK_ENDED_LUA = """
 local removed = redis.call('SREM', KEYS[1], ARGV[1])
 return {removed, redis.call('SCARD', KEYS[1])}
 """
+
+
+# What this process last wrote per run (raw JSON, record): the first guess of the next
+# compare-and-set, saving its read when nobody else wrote meanwhile. Bounded, LRU.
+_LAST_WRITTEN: OrderedDict[str, tuple[Any, RunRecord]] = OrderedDict()
+_LAST_WRITTEN_MAX = 4096
+
+
+def _remember(run_id: str, raw: Any, record: RunRecord) -> None:
+    _LAST_WRITTEN[run_id] = (raw, record)
+    _LAST_WRITTEN.move_to_end(run_id)
+    while len(_LAST_WRITTEN) > _LAST_WRITTEN_MAX:
+        _LAST_WRITTEN.popitem(last=False)
 
 
 def _decode_record(run_id: str, raw: Any) -> RunRecord:
@@ -89,6 +126,7 @@ class RunStore:
         self._keys = keys
         self._cas = redis.register_script(_CAS_LUA)
         self._fork_ended = redis.register_script(_FORK_ENDED_LUA)
+        self._suspend = redis.register_script(_SUSPEND_LUA)
 
     # -- single records ---------------------------------------------------------------
 
@@ -102,7 +140,11 @@ class RunStore:
         calls = [self._cas_call(None, None, r) for r in records]
         async with translate_errors("run create"):
             replies = await run_scripts(self._redis, calls)
-        return [bool(int(r)) for r in replies]
+        created = [bool(int(r)) for r in replies]
+        for (_, _, args), record, new in zip(calls, records, created, strict=True):
+            if new:
+                _remember(record.run_id, args[1], record)
+        return created
 
     def _cas_call(
         self,
@@ -137,7 +179,10 @@ class RunStore:
         expire_ms: int | None = None,
     ) -> bool:
         script, keys, args = self._cas_call(old_raw, old, new, expire_ms)
-        return bool(int(await run_script(self._redis, script, keys, args)))
+        written = bool(int(await run_script(self._redis, script, keys, args)))
+        if written:
+            _remember(new.run_id, args[1], new)
+        return written
 
     async def _read_raw(self, run_id: str) -> tuple[bytes, RunRecord]:
         raw = await self._redis.get(self._keys.run(run_id))
@@ -154,19 +199,31 @@ class RunStore:
         expire_ms: int | None = None,
         known: tuple[bytes, RunRecord] | None = None,
     ) -> RunRecord | None:
-        """Read (or start from `known`), `change` (None: leave it), write if nobody wrote
-        meanwhile; retried."""
+        """Read (or start from `known`, else from what this process last wrote), `change`
+        (None: leave it), write if nobody wrote meanwhile; retried. A guess that turns
+        out stale costs one refused write, never a wrong result: a refusal, or a `change`
+        that declines a guessed record, reads the record for real."""
+        guessed = known is None
+        if known is None:
+            known = _LAST_WRITTEN.get(run_id)
         async with translate_errors(what):
             for _ in range(_CAS_RETRIES):
                 if known is not None:
                     (raw, current), known = known, None
                 else:
                     raw, current = await self._read_raw(run_id)
+                    guessed = False
                 updated = change(current)
                 if updated is None:
+                    if guessed:
+                        guessed = False
+                        continue
                     return None
-                if await self._write(raw, current, updated, expire_ms):
+                script, keys, args = self._cas_call(raw, current, updated, expire_ms)
+                if int(await run_script(self._redis, script, keys, args)):
+                    _remember(run_id, args[1], updated)
                     return updated
+                _LAST_WRITTEN.pop(run_id, None)
         raise StoreError(f"{what} kept conflicting")
 
     async def get(self, run_id: str) -> RunRecord:
@@ -238,31 +295,41 @@ class RunStore:
         transitions: a fork that ends meanwhile is either seen here or sees WAITING.
         """
         forks = builtins.list(dict.fromkeys(waiting_for))
-        key = self._keys.run(run_id)
-
-        async def suspend(pipe: Pipeline) -> bool:
-            current = await self._read(pipe, run_id)
-            if (
-                current.status is not RunStatus.RUNNING
-                or current.attempt != attempt
-                or current.segment != segment
-            ):
-                return False
-            raws = await pipe.mget([self._keys.run(f) for f in forks]) if forks else []
-            running = [f for f, raw in zip(forks, raws, strict=True) if _is_live(f, raw)]
-            if not running:
-                return False
-            begin(pipe)
-            updated = _apply(current, {"status": RunStatus.WAITING, "waiting_for": running})
-            self._queue_write(pipe, current, updated)
-            awaited = self._keys.awaited(run_id)
-            pipe.delete(awaited)
-            pipe.sadd(awaited, *running)
-            pipe.expire(awaited, _AWAITED_TTL_S)
-            return True
-
-        watched = [key, *(self._keys.run(f) for f in forks)]
-        return await optimistic(self._redis, watched, suspend, what="run suspend")
+        terminal = [self._keys.runs_by_status(s) for s in RunStatus if s.terminal]
+        async with translate_errors("run suspend"):
+            for _ in range(_CAS_RETRIES):
+                raw, current = await self._read_raw(run_id)
+                if (
+                    current.status is not RunStatus.RUNNING
+                    or current.attempt != attempt
+                    or current.segment != segment
+                ):
+                    return False
+                raws = await self._redis.mget([self._keys.run(f) for f in forks]) if forks else []
+                running = [f for f, r in zip(forks, raws, strict=True) if _is_live(f, r)]
+                if not running:
+                    return False
+                updated = _apply(current, {"status": RunStatus.WAITING, "waiting_for": running})
+                keys = [
+                    self._keys.run(run_id),
+                    self._keys.runs_by_status(RunStatus.RUNNING),
+                    self._keys.runs_by_status(RunStatus.WAITING),
+                    self._keys.awaited(run_id),
+                    *terminal,
+                ]
+                args = [
+                    raw,
+                    updated.model_dump_json(),
+                    run_id,
+                    repr(updated.submitted_at * 1000.0),
+                    str(_AWAITED_TTL_S),
+                    str(len(terminal)),
+                    *running,
+                ]
+                if int(await run_script(self._redis, self._suspend, keys, args)):
+                    _remember(run_id, args[1], updated)
+                    return True
+        raise StoreError("run suspend kept conflicting")
 
     async def fork_ended(self, run_id: str, fork_run_id: str) -> bool:
         """Note that `fork_run_id` ended; True if `run_id` was waiting for it and it was
@@ -368,20 +435,6 @@ class RunStore:
         return {status.value: int(n) for status, n in zip(RunStatus, counts, strict=True)}
 
     # -- internals --------------------------------------------------------------------
-
-    async def _read(self, pipe: Pipeline, run_id: str) -> RunRecord:
-        raw = await pipe.get(self._keys.run(run_id))
-        if raw is None:
-            raise RunNotFound(f"no run {run_id!r}", run_id=run_id)
-        return _decode_record(run_id, raw)
-
-    def _queue_write(self, pipe: Pipeline, old: RunRecord | None, new: RunRecord) -> None:
-        score = new.submitted_at * 1000.0
-        pipe.set(self._keys.run(new.run_id), new.model_dump_json(), keepttl=True)
-        pipe.zadd(self._keys.runs_index(), {new.run_id: score})
-        if old is not None and old.status != new.status:
-            pipe.zrem(self._keys.runs_by_status(old.status), new.run_id)
-        pipe.zadd(self._keys.runs_by_status(new.status), {new.run_id: score})
 
     async def _load_many(self, run_ids: builtins.list[str]) -> builtins.list[RunRecord]:
         async with translate_errors("run list"):

@@ -457,7 +457,10 @@ class EventPublisher:
 
     async def _send(self, batch: list[_Pending], check: bool) -> None:
         now = asyncio.get_running_loop().time()
-        refresh = self._refreshed_at is None or now - self._refreshed_at >= _REFRESH_EVERY_S
+        # Another run's end may have cut the stream's TTL to its retention meanwhile: push
+        # it back well within that (and at least once a minute).
+        every = min(_REFRESH_EVERY_S, self._ttl_after_end_s / 2)
+        refresh = self._refreshed_at is None or now - self._refreshed_at >= every
         keys = [self._stream, self._seqs, self._publishers, self._fence, self._checkpoint]
         args = self._script_args(batch, refresh, check)
         reply = await run_script(self._redis, self._script, keys, args)
@@ -526,10 +529,14 @@ def status_call(
     session_id: str,
     root_run_id: str | None = None,
     maxlen: int = 100_000,
+    publisher_id: str | None = None,
+    ttl_s: int = 7 * 86_400,
 ) -> tuple[Any, list[str], list[Any]]:
     """The script call that appends one status entry for `status.run_id` (what a fresh
     `EventPublisher` would send), for a caller batching it with other writes in one
-    round trip (`connection.run_scripts`)."""
+    round trip (`connection.run_scripts`). With `publisher_id` it is written once
+    however often it is sent (the publisher's batch marker says it was). The session's
+    stream keys get `ttl_s` in the same script."""
     publisher = EventPublisher(
         redis,
         keys,
@@ -537,6 +544,8 @@ def status_call(
         run_id=status.run_id,
         root_run_id=root_run_id,
         maxlen=maxlen,
+        publisher_id=publisher_id,
+        idle_ttl_s=ttl_s,
     )
     publisher._batch_no = 1
     names = [
@@ -546,7 +555,8 @@ def status_call(
         publisher._fence,
         publisher._checkpoint,
     ]
-    args = publisher._script_args([_Pending("status", status.to_json())], refresh=True)
+    entry = _Pending("status", status.to_json())
+    args = publisher._script_args([entry], refresh=True, check=publisher_id is not None)
     return publisher._script, names, args
 
 
