@@ -488,7 +488,20 @@ class TurnExecutor:
     ) -> None:
         """End the run; then drop its checkpoint and (`release`) give up the lease of
         `attempt`, both at once."""
-        ended = await end_run(
+        cleaned = False
+
+        async def cleanup() -> None:
+            # The record is terminal now: the checkpoint and the lease can go.
+            nonlocal cleaned
+            cleaned = True
+            parts: list[Awaitable[Any]] = [
+                self._checkpoints.delete(record.session_id, record.run_id)
+            ]
+            if release and attempt is not None:
+                parts.append(self._leases.release(record.run_id, attempt))
+            await asyncio.gather(*parts)
+
+        await end_run(
             self._redis,
             self._keys,
             self._settings,
@@ -503,13 +516,12 @@ class TurnExecutor:
             abort_reason=outcome.abort_reason,
             queue=self._queue,
             attempt=attempt,
+            cleanup=cleanup,
         )
-        after: list[Awaitable[Any]] = []
-        if ended is not None:  # None: it had already ended (e.g. aborted while queued)
-            after.append(self._checkpoints.delete(record.session_id, record.run_id))
-        if release and attempt is not None:
-            after.append(self._leases.release(record.run_id, attempt))
-        await asyncio.gather(*after)
+        # Not cleaned: it had already ended (e.g. aborted while queued); the lease of this
+        # attempt still goes.
+        if not cleaned and release and attempt is not None:
+            await self._leases.release(record.run_id, attempt)
 
 
 def _ignore(output: EventYield) -> None:

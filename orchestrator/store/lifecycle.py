@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import structlog
@@ -37,11 +37,16 @@ async def end_run(
     from_status: Collection[RunStatus] = (RunStatus.QUEUED, RunStatus.RUNNING),
     queue: JobQueue | None = None,
     attempt: int | None = None,
+    cleanup: Callable[[], Awaitable[Any]] | None = None,
     **fields: Any,
 ) -> RunRecord | None:
     """Record how a run ended, append its terminal status entry to the session stream (so
     readers know it ended) and start the retention clocks. Returns None, writing nothing,
     if the run was no longer in `from_status` (it had already ended).
+
+    `cleanup` (the ending worker's own bookkeeping: its checkpoint, its lease) runs once
+    the record is terminal and before the terminal entry is written, so a reader woken
+    by that entry finds the attempt done.
 
     With `attempt`, only that attempt of the run may end it, and ending it again with the
     same status (a retry after Redis failed part-way) completes whatever the first try
@@ -70,7 +75,7 @@ async def end_run(
         if current.status is not status or current.attempt != attempt:
             return None
         updated = current  # ended by an earlier try of this same call
-    await announce_end(redis, keys, settings, updated, queue=queue, expired=expired)
+    await announce_end(redis, keys, settings, updated, queue=queue, expired=expired, before=cleanup)
     return updated
 
 
@@ -82,10 +87,12 @@ async def announce_end(
     *,
     queue: JobQueue | None = None,
     expired: bool = False,
+    before: Callable[[], Awaitable[Any]] | None = None,
 ) -> None:
     """The rest of ending a run whose record is terminal: its terminal status entry (one,
     however often this is called), the retention clocks, and its waiting parent.
-    `expired`: the record's own retention clock was started with its terminal write."""
+    `expired`: the record's own retention clock was started with its terminal write.
+    `before` runs with the retention clocks, before the terminal entry is written."""
     status = StatusEntry(
         run_id=record.run_id,
         status=record.status,
@@ -97,7 +104,8 @@ async def announce_end(
     runs = RunStore(redis, keys)
     parent = record.fork.parent_run_id if queue is not None and record.fork else None
     # Its terminal status entry (written once however often this runs: the end
-    # publisher's batch marker) and, a fork, its parent's awaited set, as scripts ...
+    # publisher's batch marker) and then, a fork, its parent's awaited set, as scripts,
+    # in one round trip after ...
     scripts = [
         status_call(
             redis,
@@ -112,13 +120,16 @@ async def announce_end(
     ]
     if parent is not None:
         scripts.append(runs.fork_ended_call(parent, record.run_id))
-    # ... and, meanwhile, the run fence's and the record's retention clocks, the session's
-    # owner (it outlives its stream: nobody else can take the session over while its
-    # entries can still be read) and the end announcement that wakes Run.result().
+    # ... the run fence's and the record's retention clocks, the session's owner (it
+    # outlives its stream: nobody else can take the session over while its entries can
+    # still be read), the end announcement that wakes Run.result() (the record is
+    # terminal already) and `before`, all at once.
     async with translate_errors("end run"):
-        replies, _ = await asyncio.gather(
-            run_scripts(redis, scripts), _end_clocks(redis, keys, settings, record, expired)
-        )
+        first: list[Awaitable[Any]] = [_end_clocks(redis, keys, settings, record, expired)]
+        if before is not None:
+            first.append(before())
+        await asyncio.gather(*first)
+        replies = await run_scripts(redis, scripts)
     if parent is not None and fork_was_last(replies[-1]):  # the last fork it waited for
         assert queue is not None
         with contextlib.suppress(RunNotFound, PayloadError):
