@@ -53,9 +53,10 @@ from orchestrator.settings import Settings
 from orchestrator.store.abort import AbortFlags
 from orchestrator.store.batches import BatchStore
 from orchestrator.store.connection import connect_arq, translate_errors
+from orchestrator.store.ends import EndWatcher
 from orchestrator.store.forks import ForkTable
 from orchestrator.store.latency import LatencyHistograms
-from orchestrator.store.lifecycle import end_run
+from orchestrator.store.lifecycle import end_run, resume_waiting_tree
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import RunStore, WorkerRegistry
 from orchestrator.store.sessions import SessionTable
@@ -177,18 +178,24 @@ class Run:
         return await self._client.runs.get(self.run_id)
 
     async def result(self, timeout: float | None = None) -> RunResult:
-        """Wait for the run to end (pushed through the stream, not polled) and return it."""
-        # The stream's end is noted before the record is read: an end written after the
-        # read is after this point in the stream, so only the new entries are read.
-        seen = await self._client.reader.last_id(self.session_id)
-        record = await self.status()
-        if not record.status.terminal:
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._wait_for_end(seen)
-            except TimeoutError:
-                raise TimeoutError(f"run {self.run_id} still running after {timeout}s") from None
-            record = await self.status()
+        """Wait for the run to end and return it: woken by the run's end announcement
+        (one pub/sub subscription per client), never by reading the session stream."""
+        ended: list[RunRecord] = []
+
+        async def is_ended() -> bool:
+            current = await self.status()
+            if current.status.terminal:
+                ended.append(current)
+                return True
+            return False
+
+        try:
+            async with asyncio.timeout(timeout):
+                # Listening first, then the record: an end after the read is heard.
+                await self._client.ends.wait(self.run_id, is_ended)
+        except TimeoutError:
+            raise TimeoutError(f"run {self.run_id} still running after {timeout}s") from None
+        record = ended[-1]
         return RunResult(
             run_id=record.run_id,
             session_id=record.session_id,
@@ -205,14 +212,6 @@ class Run:
     async def abort(self, reason: str = "") -> None:
         """Stop this run and every fork of it (other runs of the session go on)."""
         await self._client.abort(self.session_id, reason, run_id=self.run_id)
-
-    async def _wait_for_end(self, after: str) -> None:
-        async for entry in self._client.reader.tail(
-            self.session_id, after=after, run_id=self.run_id
-        ):
-            status = entry.status
-            if entry.run_id == self.run_id and status is not None and status.status.terminal:
-                return
 
 
 class Client:
@@ -233,6 +232,7 @@ class Client:
         self.sessions = SessionTable(redis, self.keys)
         self.latencies = LatencyHistograms(redis, self.keys)
         self.batches = BatchStore(redis, self.keys)
+        self.ends = EndWatcher(redis, self.keys)
 
     async def submit(
         self,
@@ -367,8 +367,12 @@ class Client:
         ):
             raise SessionNotOwned(session_id, tenant=tenant)
         await self.flags.request_run(session_id, record.root_run_id, reason)
-        # A run still in the queue ends right here, so nobody waits for a worker.
-        ended = await self._end_queued(record, reason)
+        # A run still in the queue ends right here, so nobody waits for a worker; the
+        # tree's runs waiting in a gather are resumed meanwhile, to end aborted.
+        ended, _ = await asyncio.gather(
+            self._end_queued(record, reason),
+            self._resume_waiting(session_id, record.root_run_id),
+        )
         return ended or record
 
     async def abort_session(
@@ -390,7 +394,13 @@ class Client:
             await self.flags.request_run(session_id, record.run_id, reason)
         for record in live:
             await self._end_queued(record, reason)
+            await self._resume_waiting(session_id, record.run_id)
         return [record.run_id for record in live]
+
+    async def _resume_waiting(self, session_id: str, root_run_id: str) -> None:
+        """The tree's runs waiting in a gather end now, not after their forks."""
+        forks = ForkTable(self.redis, self.keys)
+        await resume_waiting_tree(self.runs, self.queue, forks, session_id, root_run_id)
 
     async def _end_queued(self, record: RunRecord, reason: str) -> RunRecord | None:
         if record.status is not RunStatus.QUEUED:
@@ -455,6 +465,7 @@ class Client:
 
     async def close(self) -> None:
         try:
+            await self.ends.close()
             if self.blocking is not None:
                 await self.blocking.aclose()
         finally:

@@ -81,6 +81,8 @@ Process-wide:
 
     orc:queue                   the arq queue
     orc:wake                    pub/sub channel that wakes idle workers
+    orc:run-ends                pub/sub channel: a run's id once its record is terminal
+    orc:aborts                  pub/sub channel: an abort flag was just set
     orc:workers                 hash: worker_id -> heartbeat JSON
     orc:metrics:latency         hash: latency histogram buckets, sums and counts that
                                 workers add to (a fixed set of fields); TTL 7 days,
@@ -305,6 +307,17 @@ class Keys:
         """Pub/sub channel that wakes idle workers when a job is enqueued."""
         return f"{self.prefix}:wake"
 
+    def aborts(self) -> str:
+        """Pub/sub channel (no key, nothing stored): an abort flag was just set
+        (`{"session", "root"?}`); workers' `AbortWatcher`s fire at once (the poll of
+        the flags stays as the fallback)."""
+        return f"{self.prefix}:aborts"
+
+    def run_ends(self) -> str:
+        """Pub/sub channel (no key, nothing stored): a run's id once its record is terminal
+        (`lifecycle.announce_end`); `Run.result()` waits on it (`store/ends.py`)."""
+        return f"{self.prefix}:run-ends"
+
     def bounded(self) -> frozenset[str]:
         """The keys written without a TTL, each bounded otherwise (module docstring)."""
         statuses = ("queued", "running", "waiting", "completed", "error", "aborted")
@@ -345,6 +358,11 @@ class BenchKeys:
     def forks(self) -> BenchKeys:
         """The fork section's names."""
         return BenchKeys(f"{self.prefix}:forks")
+
+    @property
+    def loops(self) -> BenchKeys:
+        """The agent-loop section's names."""
+        return BenchKeys(f"{self.prefix}:loops")
 
     def arq_queue(self) -> str:
         """The stock arq worker's queue."""

@@ -27,8 +27,18 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from orchestrator.aio import cancel_and_wait
-from orchestrator.store.connection import begin, is_unavailable, translate_errors
+from orchestrator.store.connection import is_unavailable, run_script, translate_errors
 from workers.outage import Outage, until_available
+
+# Mark a job in progress unless it already is, or left the queue, or is not due yet: its
+# queue score, else -1. KEYS: in-progress key, queue; ARGV: job id, now ms, timeout ms
+_PICK_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if (not score) or tonumber(score) > tonumber(ARGV[2]) then return -1 end
+redis.call('PSETEX', KEYS[1], ARGV[3], '1')
+return score
+"""
 
 _log = structlog.get_logger(__name__)
 
@@ -51,6 +61,7 @@ class WakeableWorker(Worker):
                 await on_job_start(ctx)
 
         super().__init__(*args, on_job_start=job_started, **kwargs)
+        self._pick_lua: Any = None
         self._wake_channel = wake_channel
         self._wake = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
@@ -146,7 +157,9 @@ class WakeableWorker(Worker):
         self.sem.release()
 
     async def _pick(self, raw_id: bytes) -> int | None:
-        """Mark the job in progress; its queue score, or None if it is not ours to run."""
+        """Mark the job in progress; its queue score, or None if it is not ours to run.
+        One atomic script (arq's WATCH/EXISTS/ZSCORE/MULTI/PSETEX/EXEC took 4 round
+        trips, one job after the other)."""
         try:
             job_id = raw_id.decode()
         except UnicodeDecodeError:
@@ -154,20 +167,21 @@ class WakeableWorker(Worker):
             _log.warning("queue entry that is not a job id removed", entry=repr(raw_id[:100]))
             await self.pool.zrem(self.queue_name, raw_id)
             return None
-        in_progress_key = in_progress_key_prefix + job_id
-        async with self.pool.pipeline(transaction=True) as pipe:
-            await pipe.watch(in_progress_key)
-            ongoing = await pipe.exists(in_progress_key)
-            score = await pipe.zscore(self.queue_name, job_id)
-            if ongoing or not score or score > timestamp_ms():
-                return None  # running elsewhere, finished, or re-queued for later
-            begin(pipe)
-            pipe.psetex(in_progress_key, int(self.in_progress_timeout_s * 1000), b"1")
-            try:
-                await pipe.execute()
-            except (redis_errors.ResponseError, redis_errors.WatchError):
-                return None  # another worker picked it meanwhile
-        return int(score)
+        keys = [in_progress_key_prefix + job_id, self.queue_name]
+        args = [job_id, str(timestamp_ms()), str(int(self.in_progress_timeout_s * 1000))]
+        try:
+            reply = await run_script(self.pool, self._pick_script, keys, args)
+        except redis_errors.ResponseError:
+            return None  # a queue or key of the wrong type: not a job to run
+        if reply is None or reply == -1:
+            return None  # running elsewhere, finished, or re-queued for later
+        return int(float(reply))
+
+    @property
+    def _pick_script(self) -> Any:
+        if self._pick_lua is None:
+            self._pick_lua = self.pool.register_script(_PICK_LUA)
+        return self._pick_lua
 
     async def run_job(self, job_id: str, score: int) -> None:
         try:

@@ -15,23 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 import structlog
 
 from orchestrator.errors import RunNotFound, ToolError
 from orchestrator.keys import Keys
 from orchestrator.ports import SpawnRequest
-from orchestrator.runs import ForkInfo, RunRecord, RunRequest, RunStatus, fork_run_id
+from orchestrator.runs import ForkInfo, RunRecord, RunRequest, RunStatus, StatusEntry, fork_run_id
 from orchestrator.runtime.forks import fork_result
 from orchestrator.settings import Settings
-from orchestrator.store.connection import Redis
+from orchestrator.store.connection import Redis, run_scripts, translate_errors
 from orchestrator.store.forks import Allocation, ForkTable
-from orchestrator.store.lifecycle import announce_status
 from orchestrator.store.memory import RedisMemoryStore
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import RunStore
+from orchestrator.store.streams import status_call
 
 __all__ = ["RedisForkBackend", "result_of"]
 
@@ -87,9 +87,10 @@ class RedisForkBackend:
         self._runs = RunStore(redis, keys)
         # The parent's memory scope: its forks' keys live in the same one.
         self._memory = memory
-        # One turn's spawns allocate one at a time (a batch may spawn hundreds at once):
-        # no optimistic-transaction conflicts between siblings.
-        self._allocating = asyncio.Lock()
+        self._allocations: Batcher[tuple[str, str], Allocation | None] = Batcher(
+            self._allocate_batch
+        )
+        self._starts: Batcher[RunRequest, None] = Batcher(self._start_batch)
 
     @property
     def depth(self) -> int:
@@ -105,13 +106,11 @@ class RedisForkBackend:
                 f"may nest at most {limit} deep (setting max_fork_depth); do this work "
                 "yourself instead"
             )
-        async with self._allocating:
-            allocation = await self._forks.allocate(
-                parent.session_id,
-                request.parent_agent_call_id,
-                request.spawn_key,
-                limit=self._settings.max_forks_per_agent,
-            )
+        # Spawns arriving while a batch is in flight go out together: one round trip for
+        # all their allocations, one for their records, one for their jobs.
+        allocation = await self._allocations.submit(
+            (request.parent_agent_call_id, request.spawn_key)
+        )
         if allocation is None:
             raise ToolError(
                 "fork limit reached: an agent may spawn at most "
@@ -153,7 +152,6 @@ class RedisForkBackend:
                     # ignores the enqueue if the job is there.
                     await self._queue.enqueue(RunRequest.model_validate(existing.request))
                 return
-        await self._inherit_experiences(info)
         request = RunRequest(
             run_id=run_id,
             session_id=self._request.session_id,
@@ -164,8 +162,59 @@ class RedisForkBackend:
             options=dict(self._request.options),
             fork=info,
         )
-        record = RunRecord(
-            run_id=run_id,
+        await self._starts.submit(request)
+        _log.info("fork spawned", run_id=run_id, depth=info.depth, parent=info.parent_run_id)
+
+    async def _allocate_batch(self, spawns: list[tuple[str, str]]) -> list[Allocation | None]:
+        session = self._request.session_id
+        limit = self._settings.max_forks_per_agent
+        by_parent: dict[str, list[int]] = {}
+        for i, (parent, _) in enumerate(spawns):
+            by_parent.setdefault(parent, []).append(i)
+        results: list[Allocation | None] = [None] * len(spawns)
+        for parent, places in by_parent.items():
+            keys = [spawns[i][1] for i in places]
+            got = await self._forks.allocate_many(session, parent, keys, limit=limit)
+            for i, allocation in zip(places, got, strict=True):
+                results[i] = allocation
+        return results
+
+    async def _start_batch(self, requests: list[RunRequest]) -> list[None]:
+        """Inherit experiences, create the records (one round trip), then announce the
+        new ones and enqueue every job (one round trip)."""
+        loaded: dict[str, Any] = {}
+        for request in requests:
+            assert request.fork is not None
+            await self._inherit_experiences(request.fork, loaded)
+        records = [self._record_of(r) for r in requests]
+        created = await self._runs.create_many(records)
+        calls = []
+        for request, new in zip(requests, created, strict=True):
+            if new:
+                # Readers learn of the fork (a "queued" entry) before any later event of
+                # its parent, so they know to wait for its end.
+                assert request.fork is not None
+                status = StatusEntry(
+                    run_id=request.run_id, status=RunStatus.QUEUED, fork=request.fork
+                )
+                calls.append(
+                    status_call(
+                        self._redis,
+                        self._keys,
+                        status,
+                        session_id=request.session_id,
+                        root_run_id=request.fork.root_run_id,
+                        maxlen=self._settings.stream_maxlen,
+                    )
+                )
+        calls += [self._queue.enqueue_call(r) for r in requests]
+        async with translate_errors("fork start"):
+            await run_scripts(self._redis, calls)
+        return [None] * len(requests)
+
+    def _record_of(self, request: RunRequest) -> RunRecord:
+        return RunRecord(
+            run_id=request.run_id,
             session_id=request.session_id,
             agent=request.agent,
             status=RunStatus.QUEUED,
@@ -173,25 +222,21 @@ class RedisForkBackend:
             submitted_at=request.submitted_at,
             tenant=self._tenant,
             request=request.model_dump(mode="json"),
-            fork=info,
+            fork=request.fork,
         )
-        if await self._runs.create(record):
-            await self._announce(request)
-        await self._queue.enqueue(request)
-        _log.info("fork spawned", run_id=run_id, depth=info.depth, parent=info.parent_run_id)
 
-    async def _inherit_experiences(self, info: ForkInfo) -> None:
-        """The fork starts with its parent's durable experiences (its own key from now)."""
+    async def _inherit_experiences(self, info: ForkInfo, loaded: dict[str, Any]) -> None:
+        """The fork starts with its parent's durable experiences (its own key from now);
+        `loaded` keeps the parents' memories read for this batch."""
         if info.source_memory_key is None or info.memory_key is None:
             return
-        parent = await self._memory.load(info.source_memory_key)
+        parent = loaded.get(info.source_memory_key)
+        if parent is None:
+            parent = loaded[info.source_memory_key] = await self._memory.load(
+                info.source_memory_key
+            )
         for experience in parent.experiences:
             await self._memory.add_experience(info.memory_key, experience.text)
-
-    async def _announce(self, request: RunRequest) -> None:
-        """Readers learn of the fork (a "queued" entry) before any later event of its
-        parent, so they know to wait for its end."""
-        await announce_status(self._redis, self._keys, self._settings, request, RunStatus.QUEUED)
 
     async def collect(
         self,
@@ -220,6 +265,47 @@ class RedisForkBackend:
             else:
                 running.append(fork_id)
         return results, running
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Batcher(Generic[T, R]):
+    """Items submitted while a batch is being processed form the next batch (nothing
+    waits for a timer): `await submit(item)` returns its result, or raises the batch's
+    error."""
+
+    def __init__(self, run: Callable[[list[T]], Awaitable[list[R]]]) -> None:
+        self._run = run
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            live = [(item, future) for item, future in batch if not future.done()]
+            if not live:
+                continue
+            try:
+                results = await self._run([item for item, _ in live])
+            except BaseException as exc:  # every caller of the batch sees its failure
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for (_, future), result in zip(live, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
 
 
 def _lost(fork_id: str) -> dict[str, Any]:

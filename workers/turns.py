@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,31 +66,16 @@ _log = structlog.get_logger(__name__)
 
 
 class RunCheckpointer:
-    """Checkpointer port on Redis: events first, then the state that follows them."""
+    """Checkpointer port on Redis: the state rides in the publisher's next batch, written
+    atomically with (never ahead of) the events published before it, fenced by the
+    attempt: one round trip per checkpoint, events included."""
 
-    def __init__(
-        self,
-        publisher: EventPublisher,
-        checkpoints: CheckpointStore,
-        *,
-        session_id: str,
-        agent_call_id: str,
-        attempt: int,
-    ) -> None:
+    def __init__(self, publisher: EventPublisher) -> None:
         self._publisher = publisher
-        self._checkpoints = checkpoints
-        self._session_id = session_id
-        self._agent_call_id = agent_call_id
-        self._attempt = attempt
 
     async def save(self, state: Any) -> None:
-        # A checkpoint must never point past events that are not yet in the stream, or a
-        # resumed attempt would skip them: snapshot, flush, then save.
-        snapshot = state.model_dump_json().encode()
+        self._publisher.save_checkpoint(state.model_dump_json().encode())
         await self._publisher.flush()
-        await self._checkpoints.save(
-            self._session_id, self._agent_call_id, attempt=self._attempt, state=snapshot
-        )
 
 
 @dataclass
@@ -175,7 +160,11 @@ class TurnExecutor:
         """Move the run to RUNNING and take its lease: `(record, abort reason)`, or the
         job's result if the run is not this job's to run. Safe to repeat after a failure."""
         try:
-            record = await self._runs.get(request.run_id)
+            # The record and the abort flags, read together (one round trip's wait).
+            (raw, record), reason = await asyncio.gather(
+                self._runs.get_raw(request.run_id),
+                self._flags.get_for(request.session_id, request.root_run_id),
+            )
         except RunNotFound:
             _log.warning("job for an unknown run", run_id=request.run_id)
             return {"run_id": request.run_id, "status": "rejected", "error": "unknown run"}
@@ -187,7 +176,6 @@ class TurnExecutor:
                 segment=request.segment,
             )
             return {"run_id": request.run_id, "status": "superseded", "error": None}
-        reason = await self._flags.get_for(request.session_id, request.root_run_id)
         if reason is not None and record.started_at is None:
             # Aborted before it ever started: it never starts (a started turn is driven
             # to its aborted end instead, so its history and ReactEnd are complete).
@@ -203,6 +191,7 @@ class TurnExecutor:
             worker_id=self._worker_id,
             segment=request.segment,
             waiting_for=[],
+            known=(raw, record),
         )
         if started is None or not await self._leases.renew(
             request.run_id,
@@ -221,8 +210,7 @@ class TurnExecutor:
             if outcome.status is RunStatus.WAITING:
                 await self._leases.park(request.run_id, request.attempt, self._worker_id)
                 return outcome.result(request.run_id)
-            await self._finish(started, outcome, attempt=request.attempt)
-            await self._leases.release(request.run_id, request.attempt)
+            await self._finish(started, outcome, attempt=request.attempt, release=True)
         except _LeaseLost:
             _log.warning("lease lost; another attempt owns the run", run_id=request.run_id)
             return {"run_id": request.run_id, "status": "superseded", "error": "lease lost"}
@@ -360,13 +348,7 @@ class TurnExecutor:
                 self._redis, self._keys, session_id=request.session_id, limits=self._journal_limits
             ),
         )
-        checkpointer = RunCheckpointer(
-            publisher,
-            self._checkpoints,
-            session_id=request.session_id,
-            agent_call_id=request.run_id,
-            attempt=request.attempt,
-        )
+        checkpointer = RunCheckpointer(publisher)
         end: ReactEndEvent | None = None
         final: ResponseYield | None = None
         last_origin: EventOrigin | None = None
@@ -450,8 +432,7 @@ class TurnExecutor:
     ) -> TurnState:
         # From here on this attempt owns the run's writes (an older one is refused), and
         # events an older attempt published after its last checkpoint are numbered on from.
-        last = await publisher.take_over()
-        saved = await self._checkpoints.load(request.session_id, request.run_id)
+        last, saved = await publisher.take_over_and_load()
         state = await self._saved_or_fresh_state(request, spec, saved, memory)
         if last is not None and last + 1 > state.next_event_seq:
             state.next_event_seq = last + 1
@@ -499,9 +480,29 @@ class TurnExecutor:
         return fresh
 
     async def _finish(
-        self, record: RunRecord, outcome: Outcome, *, attempt: int | None = None
+        self,
+        record: RunRecord,
+        outcome: Outcome,
+        *,
+        attempt: int | None = None,
+        release: bool = False,
     ) -> None:
-        ended = await end_run(
+        """End the run; then drop its checkpoint and (`release`) give up the lease of
+        `attempt`, both at once."""
+        cleaned = False
+
+        async def cleanup() -> None:
+            # The record is terminal now: the checkpoint and the lease can go.
+            nonlocal cleaned
+            cleaned = True
+            parts: list[Awaitable[Any]] = [
+                self._checkpoints.delete(record.session_id, record.run_id)
+            ]
+            if release and attempt is not None:
+                parts.append(self._leases.release(record.run_id, attempt))
+            await asyncio.gather(*parts)
+
+        await end_run(
             self._redis,
             self._keys,
             self._settings,
@@ -516,9 +517,12 @@ class TurnExecutor:
             abort_reason=outcome.abort_reason,
             queue=self._queue,
             attempt=attempt,
+            cleanup=cleanup,
         )
-        if ended is not None:  # None: it had already ended (e.g. aborted while queued)
-            await self._checkpoints.delete(record.session_id, record.run_id)
+        # Not cleaned: it had already ended (e.g. aborted while queued); the lease of this
+        # attempt still goes.
+        if not cleaned and release and attempt is not None:
+            await self._leases.release(record.run_id, attempt)
 
 
 def _ignore(output: EventYield) -> None:

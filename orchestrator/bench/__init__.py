@@ -12,12 +12,18 @@
     5. abort latency               run.abort() -> the run's ReactEnd / terminal status seen
                                    by a reader (arq has no equivalent: no baseline)
     6. fork fan-out                in `orchestrator.bench.forks`: N forks gathered by one
-                                   parent on 1 and 2 workers; baseline: N no-op arq jobs
-    7. batches                     in `orchestrator.bench.batches`: 1,000 prompts through
+                                   parent on 1 and 2 workers; baseline: N no-op arq jobs;
+                                   the abort of a depth-3 fork tree; 300 forks with 1 ms
+                                   added each way between the workers and Redis
+    7. agent loops                 in `orchestrator.bench.loops`: 1,000 loops (2 model
+                                   calls + 1 tool) in-process and on 2 workers; baseline:
+                                   lm-deluge's process_agent_loops_async
+    8. batches                     in `orchestrator.bench.batches`: 1,000 prompts through
                                    Client.submit_batch on 2 workers; baseline: the same
                                    through LLMClient.process_prompts_async in one process
 
-`--only core` runs 1-5, `--only forks` runs 6, `--only batches` runs 7; the default runs all.
+`--only core` runs 1-5, `--only forks` 6, `--only loops` 7, `--only batches` 8; the
+default runs all.
 
 Every worker (ours and arq's) and the scripted model run as subprocesses so the measuring
 process shares no event loop with them. Local intervals use time.perf_counter; intervals
@@ -47,6 +53,7 @@ from rich.console import Console
 from orchestrator.bench.batches import BATCH_LEGEND, run_batch_bench
 from orchestrator.bench.core import LEGEND, run_core
 from orchestrator.bench.forks import FORK_LEGEND, run_fork_bench
+from orchestrator.bench.loops import LOOP_LEGEND, run_loop_bench
 from orchestrator.bench.procs import BenchError
 from orchestrator.bench.report import RATIO_NOTE, Row, render
 
@@ -57,7 +64,7 @@ def _unique_prefix(base: str | None) -> str:
     return f"{base or 'bench'}-{uuid.uuid4().hex[:10]}"
 
 
-SECTIONS = ("core", "forks", "batches")
+SECTIONS = ("core", "forks", "loops", "batches")
 
 
 def _measure(
@@ -68,6 +75,8 @@ def _measure(
         rows.extend(run_core(url, prefix, quick, console, logdir))
     if "forks" in sections:
         rows.extend(run_fork_bench(url, prefix, quick, console, logdir))
+    if "loops" in sections:
+        rows.extend(run_loop_bench(url, prefix, quick, console, logdir))
     if "batches" in sections:
         rows.extend(run_batch_bench(url, prefix, quick, console, logdir))
     return rows
@@ -79,6 +88,8 @@ def _legend(sections: Sequence[str]) -> list[str]:
         lines.extend(LEGEND)
     if "forks" in sections:
         lines.extend(FORK_LEGEND)
+    if "loops" in sections:
+        lines.extend(LOOP_LEGEND)
     if "batches" in sections:
         lines.extend(BATCH_LEGEND)
     return lines

@@ -21,6 +21,11 @@ LLM_URL_ENV = "ORCHESTRATOR_BENCH_LLM_URL"
 # The task every fork of `bench_fan_out` gets, numbered; the scripted model's fork rule
 # matches "Task: <this>" in the fork's last user message.
 FORK_TASK = "bench-leaf"
+# The task of a node of `bench_tree`'s fork tree: "<this> <level>" (level 1..TREE_DEPTH).
+TREE_TASK = "bench-tree-node"
+TREE_DEPTH = 3
+# The message that makes `bench_loop` call its tool once, then answer.
+LOOP_TASK = "bench-loop"
 
 llm = OpenAICompatible(
     api_keys="scripted-no-key-needed",
@@ -63,9 +68,39 @@ async def bench_fan_out(count: int, runtime: Any) -> dict[str, Any]:
     return {"gathered": len(results), "completed": completed}
 
 
+@tool(name="bench_tree", description="Spawn the next level of a fork tree and gather it")
+async def bench_tree(level: int, width: int, runtime: Any) -> dict[str, Any]:
+    """Spawn `width` forks one level down (tasks "bench-tree-node <level+1>"), gather them.
+
+    Args:
+        level: This agent's level in the tree (the root is 0).
+        width: How many forks each agent spawns.
+    """
+    for _ in range(width):
+        await runtime.selfref.fork.spawn(f"{TREE_TASK} {level + 1} {width}")
+    results = await runtime.selfref.fork.gather_all()
+    return {"gathered": len(results)}
+
+
+@tool(name="bench_lookup", description="Look a key up (the loop bench's one tool call)")
+async def bench_lookup(key: str) -> str:
+    """Return a value for the key.
+
+    Args:
+        key: What to look up.
+    """
+    return f"value-of-{key}"
+
+
+@llm_chat(llm_interface=llm, toolkit=[bench_lookup], stream=True, enable_event=True)
+async def bench_loop(message: str, history: list[dict[str, Any]] | None = None) -> None:
+    """You are the loop benchmark agent: call bench_lookup once, then answer."""
+    pass  # the body never runs: the docstring is the prompt
+
+
 @llm_chat(
     llm_interface=llm,
-    toolkit=[bench_fan_out],
+    toolkit=[bench_fan_out, bench_tree],
     self_reference=SelfReference(),
     self_reference_key="bench",
     stream=True,

@@ -3,6 +3,7 @@
     noop-worker   a real `orchestrator worker` whose job function is a no-op
     arq-worker    a stock arq worker (the baseline), running a no-op job
     xadd-writer   raw XADDs of timestamped payloads (the delivery baseline)
+    delay-proxy   a TCP proxy adding a fixed delay each way (workers -> Redis latency)
 
 The baselines are stock arq and raw redis-py by definition, so this module (and only
 this one in the bench) imports arq and redis itself; `connect_stock_arq` is the stock
@@ -24,6 +25,7 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.worker import func, run_worker
 
 from orchestrator.bench.agents import MODULE as AGENT_MODULE
+from orchestrator.bench.proxy import serve_delay_proxy
 from orchestrator.settings import Settings
 from orchestrator.store.queue import RUN_TURN
 from workers.worker import create_worker
@@ -120,11 +122,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--interval-ms", type=float, required=True)
     p.add_argument("--pad", type=int, default=0)
+    p = sub.add_parser("delay-proxy")
+    p.add_argument("--listen", type=int, required=True)
+    p.add_argument("--target", required=True, help="host:port")
+    p.add_argument("--delay-ms", type=float, required=True)
     args = parser.parse_args(argv)
     if args.role == "noop-worker":
         asyncio.run(_serve_noop_worker(args.redis, args.prefix, args.starts))
     elif args.role == "arq-worker":
         _serve_arq_worker(args.redis, args.queue, args.max_jobs)
+    elif args.role == "delay-proxy":
+        serve_delay_proxy(args.listen, args.target, args.delay_ms)
     else:
         _write_raw(args.redis, args.stream, args.count, args.interval_ms, args.pad)
     return 0

@@ -32,11 +32,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from rich.console import Console
 
 from orchestrator.aio import cancel_and_wait
-from orchestrator.bench.agents import FORK_TASK, LLM_URL_ENV
+from orchestrator.bench.agents import FORK_TASK, LLM_URL_ENV, TREE_DEPTH, TREE_TASK
 from orchestrator.bench.agents import MODULE as AGENT_MODULE
 from orchestrator.bench.children import ARQ_NOOP, connect_stock_arq
 from orchestrator.bench.procs import (
@@ -71,6 +72,7 @@ __all__ = [
 
 FORK_AGENT = f"{AGENT_MODULE}:bench_forker"
 ROOT_MESSAGE = "bench-fan-out"
+TREE_ROOT = "bench-tree-root"
 GROUP = "6 forks"
 
 FORK_LEGEND = (
@@ -103,6 +105,14 @@ class ForkPlan:
     workers: tuple[int, ...]
     reps: int
     warmup_forks: int
+    # The abort tree: every agent spawns `tree_width` forks, TREE_DEPTH levels deep.
+    tree_width: int = 3
+    tree_reps: int = 5
+    # The round-trip case: `latency_forks` forks on 2 workers, direct and through a proxy
+    # adding `added_ms` each way between the workers and Redis.
+    latency_forks: int = 300
+    latency_reps: int = 2
+    added_ms: float = 1.0
 
     @classmethod
     def full(cls) -> ForkPlan:
@@ -110,7 +120,22 @@ class ForkPlan:
 
     @classmethod
     def quick(cls) -> ForkPlan:
-        return cls(forks=50, concurrency=10, llm_ms=50, workers=(1, 2), reps=1, warmup_forks=10)
+        return cls(
+            forks=50,
+            concurrency=10,
+            llm_ms=50,
+            workers=(1, 2),
+            reps=1,
+            warmup_forks=10,
+            tree_width=2,
+            tree_reps=2,
+            latency_forks=50,
+            latency_reps=1,
+        )
+
+    @property
+    def tree_agents(self) -> int:
+        return sum(self.tree_width**level for level in range(TREE_DEPTH + 1))
 
     def ideal_s(self, workers: int) -> float:
         """N x latency / total slots: the wall time if slots were all that mattered."""
@@ -134,6 +159,40 @@ def fork_script(plan: ForkPlan) -> dict[str, Any]:
                 "match": {"last_user_contains": f"Task: {FORK_TASK}"},
                 "reply": {"content": "done"},
                 "latency": {"first_token_ms": plan.llm_ms, "token_ms": 0},
+            },
+            {
+                "name": "tree-leaf",
+                "match": {"regex": rf"{TREE_TASK} {TREE_DEPTH} ", "last_role": "user"},
+                "reply": {"content": " ".join(f"w{i % 1000}" for i in range(4000))},
+                "latency": {"first_token_ms": 0, "token_ms": 5},
+            },
+            {
+                "name": "tree-node",
+                "match": {"regex": rf"{TREE_TASK} (\d) (\d+)", "last_role": "user"},
+                "reply": {
+                    "content": "Branching.",
+                    "tool_calls": [
+                        {
+                            "name": "bench_tree",
+                            "arguments": '{"level": {regex_1}, "width": {regex_2}}',
+                        }
+                    ],
+                },
+            },
+            {
+                "name": "tree-root",
+                "match": {"regex": rf"{TREE_ROOT} (\d+)", "last_role": "user"},
+                "reply": {
+                    "content": "Branching.",
+                    "tool_calls": [
+                        {"name": "bench_tree", "arguments": '{"level": 0, "width": {regex_1}}'}
+                    ],
+                },
+            },
+            {
+                "name": "tree-in",
+                "match": {"last_user_contains": "bench-tree", "last_role": "tool"},
+                "reply": {"content": "tree done"},
             },
             {
                 "name": "fan-out",
@@ -310,9 +369,10 @@ class _Procs:
     llm: Child | None = None
     ours: list[Child] = field(default_factory=list)
     arq: list[Child] = field(default_factory=list)
+    proxy: Child | None = None
 
     def all(self) -> list[Child]:
-        return [c for c in (self.llm, *self.ours, *self.arq) if c is not None]
+        return [c for c in (self.llm, self.proxy, *self.ours, *self.arq) if c is not None]
 
 
 class ForkBench:
@@ -360,8 +420,8 @@ class ForkBench:
                 raise BenchError("the scripted model did not start")
             time.sleep(0.05)
 
-    def _add_workers(self, count: int) -> None:
-        redis = ["--redis", self.url]
+    def _add_workers(self, count: int, url: str | None = None) -> None:
+        redis = ["--redis", url or self.url]
         while len(self.procs.ours) < count:
             i = len(self.procs.ours) + 1
             argv = [
@@ -524,9 +584,158 @@ class ForkBench:
             rows: list[Row] = []
             for workers in self.plan.workers:
                 rows.extend(await self._measure_with(workers))
+            rows.extend(await self._measure_tree())
+            rows.extend(await self._measure_latency())
             return rows
         finally:
             await self.disconnect()
+
+    # -- the abort tree ---------------------------------------------------------------------
+
+    async def _measure_tree(self) -> list[Row]:
+        plan = self.plan
+        self.console.print(
+            f"[dim]… 6 forks: abort of a depth-{TREE_DEPTH} tree, {plan.tree_width} forks per "
+            f"agent ({plan.tree_agents} agents), on {len(self.procs.ours)} worker(s)[/]",
+            highlight=False,
+        )
+        t0 = time.perf_counter()
+        whole: list[float] = []
+        each: list[float] = []
+        for _ in range(plan.tree_reps):
+            ends = await self._abort_tree()
+            whole.append(max(ends))
+            each.extend(ends)
+            await asyncio.sleep(self.rng.uniform(*GAP_S))
+        self.console.print(f"[dim]  done in {time.perf_counter() - t0:.1f} s[/]", highlight=False)
+        group = f"6 forks, abort of a depth-{TREE_DEPTH} tree"
+        n = plan.tree_agents
+        label = f"abort→every agent ended ({n} agents)"
+        rows = []
+        for q in (50, 99):
+            rows.append(
+                Row(
+                    group,
+                    f"forks.tree_abort.all_p{q}",
+                    f"{label} p{q}",
+                    percentile(whole, q) * 1000,
+                    None,
+                    "ms",
+                    len(whole),
+                )
+            )
+        for q in (50, 99):
+            rows.append(
+                Row(
+                    group,
+                    f"forks.tree_abort.each_p{q}",
+                    f"abort→an agent ended p{q}",
+                    percentile(each, q) * 1000,
+                    None,
+                    "ms",
+                    len(each),
+                )
+            )
+        return rows
+
+    async def _abort_tree(self) -> list[float]:
+        """Submit a tree, abort it once every leaf runs: each agent's end - the abort."""
+        plan = self.plan
+        run = await self.client.submit(FORK_AGENT, f"{TREE_ROOT} {plan.tree_width}", history=[])
+        ids = [fork_run_id(run.run_id, f"fork_{i}") for i in range(1, plan.tree_agents)]
+        leaves = plan.tree_width**TREE_DEPTH
+        deadline = time.monotonic() + plan.timeout_s
+        while True:
+            forks = await self.client.runs.get_many(ids)
+            ended = [f.run_id for f in forks.values() if f.status.terminal]
+            if ended:
+                raise BenchError(f"abort tree {run.run_id}: {ended[0]} ended before the abort")
+            running = [
+                f
+                for f in forks.values()
+                if f.fork is not None
+                and f.fork.depth == TREE_DEPTH
+                and f.status is RunStatus.RUNNING
+            ]
+            if len(running) == leaves:
+                break
+            if time.monotonic() > deadline:
+                self.check()
+                raise BenchError(f"abort tree {run.run_id}: {len(running)}/{leaves} leaves ran")
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(self.rng.uniform(0.05, 0.3))
+        aborted_at = time.time()
+        await run.abort("bench")
+        while True:
+            records = await self.client.runs.get_many([run.run_id, *ids])
+            if len(records) == plan.tree_agents and all(
+                r.status.terminal for r in records.values()
+            ):
+                break
+            if time.monotonic() > deadline:
+                self.check()
+                raise BenchError(f"abort tree {run.run_id} did not end")
+            await asyncio.sleep(0.005)
+        self._remember_jobs(records.values())
+        wrong = [r.run_id for r in records.values() if r.status is not RunStatus.ABORTED]
+        if wrong:
+            raise BenchError(f"abort tree {run.run_id}: {wrong[0]} did not end aborted")
+        return [(r.finished_at or aborted_at) - aborted_at for r in records.values()]
+
+    # -- added latency ----------------------------------------------------------------------
+
+    async def _measure_latency(self) -> list[Row]:
+        plan = self.plan
+        workers = max(plan.workers)
+        n = plan.latency_forks
+        self.console.print(
+            f"[dim]… 6 forks: {n} forks on {workers} workers, direct, then with "
+            f"{plan.added_ms:g} ms added each way between the workers and Redis[/]",
+            highlight=False,
+        )
+        t0 = time.perf_counter()
+        direct = [(await self._fan_out(n)).wall_s for _ in range(plan.latency_reps)]
+        proxy_port = free_port()
+        target = urlsplit(self.url)
+        argv = [
+            *("-m", "orchestrator.bench", "delay-proxy", "--listen", str(proxy_port)),
+            *("--target", f"{target.hostname or '127.0.0.1'}:{target.port or 6379}"),
+            *("--delay-ms", str(plan.added_ms)),
+        ]
+        self.procs.proxy = self._spawn("delay-proxy", argv)
+        wait_until = time.monotonic() + 30
+        while not port_open(proxy_port):
+            self.procs.proxy.check()
+            if time.monotonic() > wait_until:
+                raise BenchError("the delaying proxy did not start")
+            await asyncio.sleep(0.05)
+        proxied_url = target._replace(netloc=f"127.0.0.1:{proxy_port}").geturl()
+        old, self.procs.ours = self.procs.ours, []
+        for child in old:
+            await asyncio.to_thread(child.stop)
+        self._add_workers(workers, proxied_url)
+        deadline = time.monotonic() + FIRST_START_TIMEOUT_S
+        while len(await self.client.workers.list()) != workers:
+            self.check()
+            if time.monotonic() > deadline:
+                raise BenchError("the workers behind the delaying proxy did not register")
+            await asyncio.sleep(0.1)
+        await self._fan_out(plan.warmup_forks)
+        delayed = [(await self._fan_out(n)).wall_s for _ in range(plan.latency_reps)]
+        self.console.print(f"[dim]  done in {time.perf_counter() - t0:.1f} s[/]", highlight=False)
+        group = "6 forks, round trips"
+        label = f"{n} forks, {workers} workers, +{plan.added_ms:g} ms each way (base: direct)"
+        return [
+            Row(
+                group,
+                "forks.latency.wall",
+                label,
+                percentile(delayed, 50),
+                percentile(direct, 50),
+                "s",
+                n,
+            )
+        ]
 
     async def _measure_with(self, workers: int) -> list[Row]:
         t0 = time.perf_counter()
@@ -555,7 +764,7 @@ class ForkBench:
             f"[dim]  done in {elapsed:.1f} s; forks ran on {used} worker process(es), "
             f"{on_root:.0f} % on the one running the spawn loop; "
             f"{per_fork:.1f} stream entries per fork; this process used {bench_cpu:.2f} s "
-            "CPU per fan-out (reading the session stream in run.result())[/]",
+            "CPU per fan-out[/]",
             highlight=False,
         )
 

@@ -24,7 +24,7 @@ from orchestrator.logs import configure_logging
 from orchestrator.mock_llm import serve as serve_mock_llm
 from orchestrator.settings import Settings
 from workers.state import WorkerState
-from workers.worker import serve as serve_worker
+from workers.worker import run as run_worker
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -65,7 +65,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    asyncio.run(serve_worker(settings, agents))
+    run_worker(settings, agents)
     return 0
 
 
@@ -297,9 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer samples")
     p.add_argument(
         "--only",
-        choices=["core", "forks", "batches"],
-        help="run one part: core (dispatch, turns, events, abort), forks (fan-out) or "
-        "batches (lm-deluge's client: one process vs 2 workers)",
+        choices=["core", "forks", "loops", "batches"],
+        help=(
+            "run one part: core (dispatch, turns, events, abort), forks (fan-out, abort "
+            "tree, added latency), loops (many agent loops beside lm-deluge) or batches "
+            "(lm-deluge's client: one process vs 2 workers)"
+        ),
     )
     p.set_defaults(func=_cmd_bench)
     return parser

@@ -50,6 +50,9 @@ from orchestrator.llm.retry import (
 from orchestrator.llm.sse import decode_data, iter_sse_events
 from orchestrator.llm.stream import StreamResumer
 
+# Requests in flight at once per model instance (the HTTP pool keeps as many connections).
+DEFAULT_MAX_CONCURRENT_REQUESTS = 256
+
 log = structlog.get_logger(__name__)
 
 Chunk = dict[str, Any]
@@ -81,6 +84,11 @@ class OpenAICompatible:
     Extra keyword arguments are default request parameters (`temperature=0.2`, ...), which
     the keyword arguments of each call override.
 
+    `max_concurrent_requests` bounds the requests in flight at once (streams included):
+    the HTTP pool keeps that many connections alive, and a request beyond the bound waits
+    for a free slot (no pool timeout, no retry), so thousands of concurrent agents queue
+    instead of failing.
+
     Nothing here reads the environment; `transport=` swaps the HTTP transport (tests use
     `httpx.MockTransport`).
     """
@@ -102,10 +110,14 @@ class OpenAICompatible:
         transport: httpx.AsyncBaseTransport | None = None,
         api_key_pool: APIKeyPool | None = None,
         key_cooldown_s: float | None = None,
+        max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
         **default_llm_kwargs: Any,
     ) -> None:
         if not model_name or not base_url:
             raise ConfigError("OpenAICompatible needs a model_name and a base_url")
+        if max_concurrent_requests < 1:
+            raise ConfigError(f"{model_name}: max_concurrent_requests must be at least 1")
+        self.max_concurrent_requests = max_concurrent_requests
         self.model_name = model_name
         self.base_url = base_url.rstrip("/")
         self.context_window = context_window or DEFAULT_CONTEXT_WINDOW
@@ -120,10 +132,18 @@ class OpenAICompatible:
         self.default_llm_kwargs = default_llm_kwargs
         self.stream_options_supported = True
         self.malformed_chunks = 0
-        self._timeout = httpx.Timeout(timeout)
+        # No pool timeout: the slots below bound the requests, so one waiting for a
+        # connection only waits for another request to finish.
+        self._timeout = httpx.Timeout(timeout, pool=None)
+        self._limits = httpx.Limits(
+            max_connections=max_concurrent_requests,
+            max_keepalive_connections=max_concurrent_requests,
+        )
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._slots_loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def from_config(
@@ -238,8 +258,9 @@ class OpenAICompatible:
             await self.rate_limiter.acquire()
             key = self._acquire_key(rejected, failures + len(rejected))
             try:
-                async for item in attempt(key):
-                    yield item
+                async with self._slot():
+                    async for item in attempt(key):
+                        yield item
                 return
             except RetryableFailure as exc:
                 failure, cause = exc, exc
@@ -387,10 +408,19 @@ class OpenAICompatible:
                 base_url=self.base_url + "/",
                 transport=self._transport,
                 timeout=self._timeout,
+                limits=self._limits,
                 trust_env=False,  # no environment reads in the library (proxies are config)
             )
             self._client_loop = loop
         return self._client
+
+    def _slot(self) -> asyncio.Semaphore:
+        """The bound on requests in flight, of the running loop (like the pool)."""
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots_loop is not loop:
+            self._slots = asyncio.Semaphore(self.max_concurrent_requests)
+            self._slots_loop = loop
+        return self._slots
 
     def _body(
         self,

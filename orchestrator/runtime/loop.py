@@ -4,7 +4,9 @@ One turn alternates LLM calls and tool batches until the model answers without t
 (or `max_tool_calls` batches have run, then one last call without tools ends it). The
 loop starts from whatever phase `state` is in, so the same code runs a fresh turn and a
 turn resumed from a checkpoint on another worker. After every completed step (an LLM
-call, a single tool result, a folded batch) it hands the state to the `Checkpointer`.
+call that asked for tools, a single tool result, a folded batch, the end) it hands the
+state to the `Checkpointer`; the model call that ends the turn is checkpointed once,
+with the turn's end.
 
 It yields `EventYield`s (every one with a gap-free `origin.event_seq`) and ends with
 exactly one `ResponseYield` carrying the final text and the whole turn's messages. The
@@ -274,12 +276,15 @@ class _Turn:
                 extra={"aborted": True} if call.aborted else {},
             )
         )
-        await self._save()
         if st.phase == "done" and not st.aborted:
+            # The turn ends here: its one checkpoint is the one after ReactEnd (a crash
+            # before it redoes this model call, which runs no tool).
             async for output in self._finish(wrapped):
                 yield output
-        elif wrapped and st.phase == "llm":  # the answer was sent back (llm_function)
-            yield self._iteration_end(0)
+        else:
+            await self._save()
+            if wrapped and st.phase == "llm":  # the answer was sent back (llm_function)
+                yield self._iteration_end(0)
 
     async def _stream(
         self, call: LLMCallResult, sent: list[dict[str, Any]], tools: list[dict[str, Any]] | None

@@ -7,10 +7,13 @@ Two flags, both in the session's hash tag:
     session    `Keys.abort(session)`: every run of the session stops (`abort_session`);
                cleared by the next submit into the session, which starts afresh
 
-`AbortFlags` sets, reads and clears them. `AbortWatcher` runs one polling task per
-process for all the turns that process is running: every `interval_s` it reads the flags
-of every watched session and run tree with a single MGET, and aborts the signals whose
-flag has appeared. With nothing watched there is no task and no Redis traffic.
+`AbortFlags` sets, reads and clears them, and pushes each abort on `Keys.aborts()`
+(pub/sub). `AbortWatcher` listens there (one subscription per process) and fires the
+matching signals at once; as a fallback for a lost message it also runs one polling task
+per process for all the turns that process is running: every `interval_s` it reads the
+flags of every watched session and run tree with a single MGET, and aborts the signals
+whose flag has appeared. With nothing watched there is no polling and no Redis traffic
+but the idle subscription.
 """
 
 from __future__ import annotations
@@ -72,8 +75,10 @@ class AbortFlags:
         success: the session is being aborted either way).
         """
         value = dump_json({"reason": reason, "at": time.time()})
-        async with translate_errors("abort request"):
-            created = await self._redis.set(self._keys.abort(session_id), value, nx=True, ex=ttl_s)
+        async with translate_errors("abort request"), self._redis.pipeline(False) as pipe:
+            pipe.set(self._keys.abort(session_id), value, nx=True, ex=ttl_s)
+            pipe.publish(self._keys.aborts(), dump_json({"session": session_id}))
+            created, _ = await pipe.execute()
         return bool(created)
 
     async def request_run(
@@ -84,8 +89,11 @@ class AbortFlags:
         Returns True if this call set the flag."""
         value = dump_json({"reason": reason, "at": time.time()})
         key = self._keys.run_abort(session_id, root_run_id)
-        async with translate_errors("abort request"):
-            created = await self._redis.set(key, value, nx=True, ex=ttl_s)
+        push = dump_json({"session": session_id, "root": root_run_id})
+        async with translate_errors("abort request"), self._redis.pipeline(False) as pipe:
+            pipe.set(key, value, nx=True, ex=ttl_s)
+            pipe.publish(self._keys.aborts(), push)
+            created, _ = await pipe.execute()
         return bool(created)
 
     async def get(self, session_id: str) -> str | None:
@@ -123,8 +131,10 @@ class AbortWatcher:
         self._interval_s = interval_s
         self._watched: dict[_Watch, list[AbortSignal]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
         self._running = False
         self.polls = 0  # MGETs issued (for tests and benchmarks)
+        self.pushes = 0  # abort messages heard that concerned a watched signal
 
     def watch(self, session_id: str, signal: AbortSignal, root_run_id: str | None = None) -> None:
         """Abort `signal` when the session's flag appears, or (given `root_run_id`) the
@@ -150,8 +160,13 @@ class AbortWatcher:
         return list(dict.fromkeys(session for session, _ in self._watched))
 
     async def start(self) -> None:
-        """Begin polling (a task runs only while something is watched)."""
+        """Begin listening for pushed aborts, and polling (a task runs only while
+        something is watched)."""
         self._running = True
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(
+                self._listen(), name="abort-listener"
+            )
         self._ensure_task()
 
     async def stop(self) -> None:
@@ -159,6 +174,46 @@ class AbortWatcher:
         self._running = False
         task, self._task = self._task, None
         await cancel_and_wait(task)
+        listener, self._listener = self._listener, None
+        await cancel_and_wait(listener)
+
+    async def _listen(self) -> None:
+        """Fire watched signals as soon as their abort is pushed. The message only says
+        which flag was set: the flag itself (one MGET) gives the reason."""
+        failures = 0
+        while self._running:
+            pubsub: Any = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._keys.aborts())
+                failures = 0
+                while self._running:
+                    message = await pubsub.get_message(timeout=1.0)
+                    pushed = message is not None and message.get("type") == "message"
+                    if pushed and self._concerns(message.get("data")):
+                        self.pushes += 1
+                        await self.poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away or a bad message: the poll goes on
+                failures += 1
+                if failures == 1:
+                    log.warning("abort.listen_failed", error=str(exc))
+                await asyncio.sleep(min(1.0, self._interval_s * 2**failures))
+            finally:
+                try:
+                    await pubsub.aclose()
+                except Exception as exc:  # closing a broken connection
+                    log.debug("abort.listen_close_failed", error=str(exc))
+
+    def _concerns(self, raw: Any) -> bool:
+        """Does a pushed abort (untrusted JSON) name a watched session or run tree?"""
+        try:
+            data = json.loads(raw)
+            session = data["session"]
+            root = data.get("root")
+        except (ValueError, TypeError, KeyError):
+            return False
+        return any(s == session and (root is None or r == root) for s, r in self._watched)
 
     async def poll_once(self) -> int:
         """Check every watched flag now (one MGET); returns how many signals were fired."""

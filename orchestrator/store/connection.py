@@ -49,6 +49,8 @@ __all__ = [
     "optimistic",
     "parse_sentinel_url",
     "read_timeout",
+    "run_script",
+    "run_scripts",
     "translate_errors",
 ]
 
@@ -239,6 +241,55 @@ async def translate_errors(what: str = "operation") -> AsyncIterator[None]:
         yield
     except (redis_errors.RedisError, OSError) as exc:
         raise to_store_error(exc, what) from exc
+
+
+async def run_script(redis: Redis, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    """One EVALSHA of a registered script (`redis.register_script(...)`), sent as a
+    one-command pipeline (one round trip, no MULTI); loaded first if Redis lacks it.
+    Redis errors are raised as redis-py's (callers translate them)."""
+    for loaded in (False, True):
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            try:
+                (reply,) = await pipe.execute()
+            except redis_errors.NoScriptError:
+                if loaded:
+                    raise
+                script.sha = await redis.script_load(script.script)
+                continue
+            return reply
+    raise AssertionError("unreachable")
+
+
+async def run_scripts(
+    redis: Redis, calls: Sequence[tuple[Any, Sequence[Any], Sequence[Any]]]
+) -> list[Any]:
+    """Several EVALSHAs (`(script, keys, args)` each) in one pipeline: one round trip
+    for all of them. Each script is atomic on its own, not the set. A script Redis lacks
+    is loaded and only its calls are sent again. The first other error is raised (as
+    redis-py's); the replies come in the order of `calls`."""
+    replies: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for attempt in range(2):
+        async with redis.pipeline(transaction=False) as pipe:
+            for i in todo:
+                script, keys, args = calls[i]
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+        missing: list[int] = []
+        for i, result in zip(todo, results, strict=True):
+            if isinstance(result, redis_errors.NoScriptError) and attempt == 0:
+                missing.append(i)
+            elif isinstance(result, Exception):
+                raise result
+            else:
+                replies[i] = result
+        if not missing:
+            return replies
+        for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+            script.sha = await redis.script_load(script.script)
+        todo = missing
+    return replies
 
 
 def begin(pipe: Pipeline) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from arq.connections import ArqRedis
 from arq.constants import (
     in_progress_key_prefix,
@@ -9,6 +11,8 @@ from arq.constants import (
     result_key_prefix,
     retry_key_prefix,
 )
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
 
 from orchestrator.keys import Keys
 from orchestrator.runs import RunRequest
@@ -16,8 +20,20 @@ from orchestrator.store.connection import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
     connect_arq,
+    run_scripts,
     translate_errors,
 )
+
+# arq's enqueue_job (WATCH job; EXISTS job, result; MULTI PSETEX ZADD EXEC) as one atomic
+# script, plus the wake-up: the same keys and the same job bytes as arq writes.
+# KEYS: job, result, queue, wake channel; ARGV: job bytes, expires ms, score, job id
+_ENQUEUE_LUA = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+redis.call('PUBLISH', KEYS[4], ARGV[4])
+return 1
+"""
 
 RUN_TURN = "run_turn"
 
@@ -42,20 +58,40 @@ class JobQueue:
     def __init__(self, arq: ArqRedis, keys: Keys) -> None:
         self._arq = arq
         self._keys = keys
+        self._script = arq.register_script(_ENQUEUE_LUA)
+
+    @property
+    def redis(self) -> ArqRedis:
+        """The client the queue enqueues with (to batch `enqueue_call`s on)."""
+        return self._arq
 
     async def enqueue(self, request: RunRequest) -> str:
         """Queue one attempt (or resumed segment) of a run and wake idle workers.
         Returns the arq job id; enqueueing a job id arq already holds does nothing."""
-        jid = job_id(request.run_id, request.attempt, request.segment)
         async with translate_errors("enqueue run"):
-            await self._arq.enqueue_job(
-                RUN_TURN,
-                request.model_dump(mode="json"),
-                _job_id=jid,
-                _queue_name=self._keys.queue(),
-            )
-            await self._arq.publish(self._keys.wake(), jid)
-        return jid
+            await run_scripts(self._arq, [self.enqueue_call(request)])
+        return job_id(request.run_id, request.attempt, request.segment)
+
+    def enqueue_call(self, request: RunRequest) -> tuple[Any, list[str], list[Any]]:
+        """The script call `enqueue` makes, for a caller batching it with others
+        (`connection.run_scripts`): one round trip for many."""
+        jid = job_id(request.run_id, request.attempt, request.segment)
+        now = timestamp_ms()
+        job = serialize_job(
+            RUN_TURN,
+            (request.model_dump(mode="json"),),
+            {},
+            None,
+            now,
+            serializer=self._arq.job_serializer,
+        )
+        keys = [
+            job_key_prefix + jid,
+            result_key_prefix + jid,
+            self._keys.queue(),
+            self._keys.wake(),
+        ]
+        return self._script, keys, [job, str(self._arq.expires_extra_ms), str(now), jid]
 
     async def discard(self, run_id: str, attempt: int, segment: int = 0) -> None:
         """Drop an attempt's arq job (its worker died): arq would otherwise rerun it when

@@ -12,19 +12,28 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Callable, Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import structlog
 from pydantic import ValidationError
 
-from orchestrator.errors import PayloadError, RunNotFound
+from orchestrator.errors import PayloadError, RunNotFound, StoreError
 from orchestrator.keys import Keys
 from orchestrator.runs import RunRecord, RunStatus
 from orchestrator.store._codec import dump_json, load_json, parse_int, resolve, text
-from orchestrator.store.connection import Pipeline, Redis, begin, optimistic, translate_errors
+from orchestrator.store.connection import (
+    Pipeline,
+    Redis,
+    begin,
+    optimistic,
+    run_script,
+    run_scripts,
+    translate_errors,
+)
 
-__all__ = ["LeaseTable", "RunStore", "WorkerRegistry"]
+__all__ = ["LeaseTable", "RunStore", "WorkerRegistry", "fork_was_last"]
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +42,73 @@ _FIXED_FIELDS = frozenset({"v", "run_id"})
 
 def _now_ms() -> float:
     return time.time() * 1000.0
+
+
+# Write a run record if it is still what the caller read (compare-and-set on the raw
+# JSON; "" = only if there is none), with its indexes and, optionally, its expiry: one
+# atomic script instead of WATCH/GET/MULTI/EXEC. Reply: 1 written, 0 conflict.
+# KEYS: record, time index, old status index, new status index, expiring index
+# ARGV: expected raw ("" = absent), new raw, run id, score, ttl ms ("" = keep), now ms
+_CAS_LUA = """
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '' then
+  if current then return 0 end
+elseif current ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+if KEYS[3] ~= KEYS[4] then redis.call('ZREM', KEYS[3], ARGV[3]) end
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
+if ARGV[5] ~= '' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  redis.call('ZADD', KEYS[5], tonumber(ARGV[6]) + tonumber(ARGV[5]), ARGV[3])
+end
+return 1
+"""
+_CAS_RETRIES = 100
+# Park a running run until its forks have ended, atomically with their ends: refused (0)
+# if the record changed since it was read, or if one of the forks it is to wait for has
+# ended meanwhile (its id is in a terminal status index); else the record goes to
+# WAITING and the awaited set holds the forks. One script: no WATCH on a thousand forks'
+# records that keep changing while they end.
+# KEYS: record, running index, waiting index, awaited set, terminal indexes...
+# ARGV: expected raw, new raw, run id, score, awaited ttl, n terminal, fork ids...
+_SUSPEND_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local nterm = tonumber(ARGV[6])
+for i = 7, #ARGV do
+  for t = 1, nterm do
+    if redis.call('ZSCORE', KEYS[4 + t], ARGV[i]) then return 0 end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+redis.call('DEL', KEYS[4])
+for i = 7, #ARGV do redis.call('SADD', KEYS[4], ARGV[i]) end
+redis.call('EXPIRE', KEYS[4], ARGV[5])
+return 1
+"""
+# A fork ended: drop it from its parent's awaited set and say how many are left (atomic,
+# so exactly one fork's end sees the set emptied). KEYS: awaited; ARGV: fork run id
+_FORK_ENDED_LUA = """
+local removed = redis.call('SREM', KEYS[1], ARGV[1])
+return {removed, redis.call('SCARD', KEYS[1])}
+"""
+
+
+# What this process last wrote per run (raw JSON, record): the first guess of the next
+# compare-and-set, saving its read when nobody else wrote meanwhile. Bounded, LRU.
+_LAST_WRITTEN: OrderedDict[str, tuple[Any, RunRecord]] = OrderedDict()
+_LAST_WRITTEN_MAX = 4096
+
+
+def _remember(run_id: str, raw: Any, record: RunRecord) -> None:
+    _LAST_WRITTEN[run_id] = (raw, record)
+    _LAST_WRITTEN.move_to_end(run_id)
+    while len(_LAST_WRITTEN) > _LAST_WRITTEN_MAX:
+        _LAST_WRITTEN.popitem(last=False)
 
 
 def _decode_record(run_id: str, raw: Any) -> RunRecord:
@@ -48,21 +124,107 @@ class RunStore:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
+        self._cas = redis.register_script(_CAS_LUA)
+        self._fork_ended = redis.register_script(_FORK_ENDED_LUA)
+        self._suspend = redis.register_script(_SUSPEND_LUA)
 
     # -- single records ---------------------------------------------------------------
 
     async def create(self, record: RunRecord) -> bool:
         """Store a new run record. Returns False (and changes nothing) if the id exists."""
-        key = self._keys.run(record.run_id)
+        async with translate_errors("run create"):
+            return await self._write(None, None, record)
 
-        async def create(pipe: Pipeline) -> bool:
-            if await pipe.exists(key):
-                return False
-            begin(pipe)
-            self._queue_write(pipe, None, record)
-            return True
+    async def create_many(self, records: Sequence[RunRecord]) -> list[bool]:
+        """`create` for several records in one round trip (each atomic on its own)."""
+        calls = [self._cas_call(None, None, r) for r in records]
+        async with translate_errors("run create"):
+            replies = await run_scripts(self._redis, calls)
+        created = [bool(int(r)) for r in replies]
+        for (_, _, args), record, new in zip(calls, records, created, strict=True):
+            if new:
+                _remember(record.run_id, args[1], record)
+        return created
 
-        return await optimistic(self._redis, [key], create, what="run create")
+    def _cas_call(
+        self,
+        old_raw: bytes | None,
+        old: RunRecord | None,
+        new: RunRecord,
+        expire_ms: int | None = None,
+    ) -> tuple[Any, list[str], list[Any]]:
+        status = new.status if old is None else old.status
+        keys = [
+            self._keys.run(new.run_id),
+            self._keys.runs_index(),
+            self._keys.runs_by_status(status),
+            self._keys.runs_by_status(new.status),
+            self._keys.runs_expiring(),
+        ]
+        args = [
+            b"" if old_raw is None else old_raw,
+            new.model_dump_json(),
+            new.run_id,
+            repr(new.submitted_at * 1000.0),
+            "" if expire_ms is None else str(expire_ms),
+            repr(_now_ms()),
+        ]
+        return self._cas, keys, args
+
+    async def _write(
+        self,
+        old_raw: bytes | None,
+        old: RunRecord | None,
+        new: RunRecord,
+        expire_ms: int | None = None,
+    ) -> bool:
+        script, keys, args = self._cas_call(old_raw, old, new, expire_ms)
+        written = bool(int(await run_script(self._redis, script, keys, args)))
+        if written:
+            _remember(new.run_id, args[1], new)
+        return written
+
+    async def _read_raw(self, run_id: str) -> tuple[bytes, RunRecord]:
+        raw = await self._redis.get(self._keys.run(run_id))
+        if raw is None:
+            raise RunNotFound(f"no run {run_id!r}", run_id=run_id)
+        return raw, _decode_record(run_id, raw)
+
+    async def _compare_and_set(
+        self,
+        run_id: str,
+        change: Callable[[RunRecord], RunRecord | None],
+        *,
+        what: str,
+        expire_ms: int | None = None,
+        known: tuple[bytes, RunRecord] | None = None,
+    ) -> RunRecord | None:
+        """Read (or start from `known`, else from what this process last wrote), `change`
+        (None: leave it), write if nobody wrote meanwhile; retried. A guess that turns
+        out stale costs one refused write, never a wrong result: a refusal, or a `change`
+        that declines a guessed record, reads the record for real."""
+        guessed = known is None
+        if known is None:
+            known = _LAST_WRITTEN.get(run_id)
+        async with translate_errors(what):
+            for _ in range(_CAS_RETRIES):
+                if known is not None:
+                    (raw, current), known = known, None
+                else:
+                    raw, current = await self._read_raw(run_id)
+                    guessed = False
+                updated = change(current)
+                if updated is None:
+                    if guessed:
+                        guessed = False
+                        continue
+                    return None
+                script, keys, args = self._cas_call(raw, current, updated, expire_ms)
+                if int(await run_script(self._redis, script, keys, args)):
+                    _remember(run_id, args[1], updated)
+                    return updated
+                _LAST_WRITTEN.pop(run_id, None)
+        raise StoreError(f"{what} kept conflicting")
 
     async def get(self, run_id: str) -> RunRecord:
         """The run's record; `RunNotFound` if there is none, `PayloadError` if corrupt."""
@@ -75,16 +237,11 @@ class RunStore:
     async def update(self, run_id: str, **fields: Any) -> RunRecord:
         """Change some fields (atomic read-modify-write, retried on conflict)."""
         _check_fields(fields)
-        key = self._keys.run(run_id)
-
-        async def update(pipe: Pipeline) -> RunRecord:
-            current = await self._read(pipe, run_id)
-            updated = _apply(current, fields)
-            begin(pipe)
-            self._queue_write(pipe, current, updated)
-            return updated
-
-        return await optimistic(self._redis, [key], update, what="run update")
+        updated = await self._compare_and_set(
+            run_id, lambda current: _apply(current, fields), what="run update"
+        )
+        assert updated is not None
+        return updated
 
     async def transition(
         self,
@@ -93,28 +250,36 @@ class RunStore:
         from_status: Iterable[RunStatus] | RunStatus,
         to: RunStatus,
         check: Callable[[RunRecord], bool] | None = None,
+        expire_s: float | None = None,
+        known: tuple[bytes, RunRecord] | None = None,
         **fields: Any,
     ) -> RunRecord | None:
         """Move the run to `to` (and set `fields`) only if its status is in `from_status`
-        (and `check(record)` holds, when given).
+        (and `check(record)` holds, when given). With `expire_s`, the record also starts
+        expiring, in the same atomic write (as `expire` does). `known`: the raw record
+        and its decoding as last read (`get_raw`), tried first without reading again.
 
         Atomic: of two concurrent transitions out of the same status, exactly one wins.
         Returns the new record, or None (nothing changed) if the status did not match.
         """
         _check_fields(fields)
         allowed = {from_status} if isinstance(from_status, RunStatus) else set(from_status)
-        key = self._keys.run(run_id)
 
-        async def transition(pipe: Pipeline) -> RunRecord | None:
-            current = await self._read(pipe, run_id)
+        def change(current: RunRecord) -> RunRecord | None:
             if current.status not in allowed or (check is not None and not check(current)):
                 return None
-            updated = _apply(current, {**fields, "status": to})
-            begin(pipe)
-            self._queue_write(pipe, current, updated)
-            return updated
+            return _apply(current, {**fields, "status": to})
 
-        return await optimistic(self._redis, [key], transition, what="run transition")
+        expire_ms = None if expire_s is None else max(1, int(expire_s * 1000))
+        return await self._compare_and_set(
+            run_id, change, what="run transition", expire_ms=expire_ms, known=known
+        )
+
+    async def get_raw(self, run_id: str) -> tuple[bytes, RunRecord]:
+        """`get`, with the stored JSON (pass both as `transition(known=...)` to save a
+        read when nothing changed meanwhile)."""
+        async with translate_errors("run get"):
+            return await self._read_raw(run_id)
 
     async def get_many(self, run_ids: Iterable[str]) -> dict[str, RunRecord]:
         """The records that exist among `run_ids` (one MGET; corrupt ones skipped)."""
@@ -130,44 +295,52 @@ class RunStore:
         transitions: a fork that ends meanwhile is either seen here or sees WAITING.
         """
         forks = builtins.list(dict.fromkeys(waiting_for))
-        key = self._keys.run(run_id)
-
-        async def suspend(pipe: Pipeline) -> bool:
-            current = await self._read(pipe, run_id)
-            if (
-                current.status is not RunStatus.RUNNING
-                or current.attempt != attempt
-                or current.segment != segment
-            ):
-                return False
-            raws = await pipe.mget([self._keys.run(f) for f in forks]) if forks else []
-            running = [f for f, raw in zip(forks, raws, strict=True) if _is_live(f, raw)]
-            if not running:
-                return False
-            begin(pipe)
-            updated = _apply(current, {"status": RunStatus.WAITING, "waiting_for": running})
-            self._queue_write(pipe, current, updated)
-            awaited = self._keys.awaited(run_id)
-            pipe.delete(awaited)
-            pipe.sadd(awaited, *running)
-            pipe.expire(awaited, _AWAITED_TTL_S)
-            return True
-
-        watched = [key, *(self._keys.run(f) for f in forks)]
-        return await optimistic(self._redis, watched, suspend, what="run suspend")
+        terminal = [self._keys.runs_by_status(s) for s in RunStatus if s.terminal]
+        async with translate_errors("run suspend"):
+            for _ in range(_CAS_RETRIES):
+                raw, current = await self._read_raw(run_id)
+                if (
+                    current.status is not RunStatus.RUNNING
+                    or current.attempt != attempt
+                    or current.segment != segment
+                ):
+                    return False
+                raws = await self._redis.mget([self._keys.run(f) for f in forks]) if forks else []
+                running = [f for f, r in zip(forks, raws, strict=True) if _is_live(f, r)]
+                if not running:
+                    return False
+                updated = _apply(current, {"status": RunStatus.WAITING, "waiting_for": running})
+                keys = [
+                    self._keys.run(run_id),
+                    self._keys.runs_by_status(RunStatus.RUNNING),
+                    self._keys.runs_by_status(RunStatus.WAITING),
+                    self._keys.awaited(run_id),
+                    *terminal,
+                ]
+                args = [
+                    raw,
+                    updated.model_dump_json(),
+                    run_id,
+                    repr(updated.submitted_at * 1000.0),
+                    str(_AWAITED_TTL_S),
+                    str(len(terminal)),
+                    *running,
+                ]
+                if int(await run_script(self._redis, self._suspend, keys, args)):
+                    _remember(run_id, args[1], updated)
+                    return True
+        raise StoreError("run suspend kept conflicting")
 
     async def fork_ended(self, run_id: str, fork_run_id: str) -> bool:
         """Note that `fork_run_id` ended; True if `run_id` was waiting for it and it was
         the last one (exactly one fork's end gets True, without reading the others)."""
-        awaited = self._keys.awaited(run_id)
-        async with (
-            translate_errors("fork ended"),
-            self._redis.pipeline(transaction=True) as pipe,
-        ):
-            pipe.srem(awaited, fork_run_id)
-            pipe.scard(awaited)
-            removed, left = await pipe.execute()
-        return bool(removed) and int(left) == 0
+        async with translate_errors("fork ended"):
+            (reply,) = await run_scripts(self._redis, [self.fork_ended_call(run_id, fork_run_id)])
+        return fork_was_last(reply)
+
+    def fork_ended_call(self, run_id: str, fork_run_id: str) -> tuple[Any, list[str], list[Any]]:
+        """The script call of `fork_ended`, to batch with other writes (`run_scripts`)."""
+        return self._fork_ended, [self._keys.awaited(run_id)], [fork_run_id]
 
     async def ready_to_resume(self, run_id: str) -> RunRecord | None:
         """The record of a WAITING run whose awaited forks have all ended, else None."""
@@ -263,20 +436,6 @@ class RunStore:
 
     # -- internals --------------------------------------------------------------------
 
-    async def _read(self, pipe: Pipeline, run_id: str) -> RunRecord:
-        raw = await pipe.get(self._keys.run(run_id))
-        if raw is None:
-            raise RunNotFound(f"no run {run_id!r}", run_id=run_id)
-        return _decode_record(run_id, raw)
-
-    def _queue_write(self, pipe: Pipeline, old: RunRecord | None, new: RunRecord) -> None:
-        score = new.submitted_at * 1000.0
-        pipe.set(self._keys.run(new.run_id), new.model_dump_json(), keepttl=True)
-        pipe.zadd(self._keys.runs_index(), {new.run_id: score})
-        if old is not None and old.status != new.status:
-            pipe.zrem(self._keys.runs_by_status(old.status), new.run_id)
-        pipe.zadd(self._keys.runs_by_status(new.status), {new.run_id: score})
-
     async def _load_many(self, run_ids: builtins.list[str]) -> builtins.list[RunRecord]:
         async with translate_errors("run list"):
             raws = await self._redis.mget([self._keys.run(r) for r in run_ids])
@@ -312,6 +471,12 @@ class RunStore:
                     pipe.zrem(self._keys.runs_by_status(status), *gone)
                 pipe.zrem(expiring, *gone)
                 await pipe.execute()
+
+
+def fork_was_last(reply: Any) -> bool:
+    """The reply of a `fork_ended_call`: was that fork the last one awaited?"""
+    removed, left = reply
+    return bool(int(removed)) and int(left) == 0
 
 
 def _is_live(run_id: str, raw: Any) -> bool:
@@ -361,6 +526,33 @@ _HELD = "held"
 _HANDED_BACK = "handed_back"
 
 
+# `LeaseTable.renew` as one atomic script. KEYS: owner, deadlines
+# ARGV: attempt, worker id, deadline ms, extend only ("1"/"0"), run id. Reply: 1/0
+_RENEW_LUA = """
+local f = redis.call('HMGET', KEYS[1], 'attempt', 'fence', 'state')
+local attempt = tonumber(ARGV[1])
+local held = tonumber(f[1])
+local fence = tonumber(f[2])
+if (f[1] and not held) or (f[2] and not fence) then return -1 end
+if (fence and attempt < fence) or (held and held > attempt) then return 0 end
+if ARGV[4] == '1' and (held ~= attempt or f[3] ~= 'held') then return 0 end
+redis.call('HSET', KEYS[1], 'attempt', ARGV[1], 'worker', ARGV[2], 'state', 'held')
+redis.call('PERSIST', KEYS[1])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
+return 1
+"""
+# `LeaseTable.release` as one atomic script. KEYS: owner, deadlines
+# ARGV: attempt, run id, fence, fence ttl. Reply: 1/0
+_RELEASE_LUA = """
+local held = redis.call('HGET', KEYS[1], 'attempt')
+if (not held) or tonumber(held) ~= tonumber(ARGV[1]) then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[1], 'fence', ARGV[3], 'state', 'released')
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+
 def _opt_int(raw: Any, what: str) -> int | None:
     return None if raw is None else parse_int(raw, what)
 
@@ -382,6 +574,8 @@ class LeaseTable:
         self._redis = redis
         self._keys = keys
         self._fence_ttl_s = fence_ttl_s
+        self._renew = redis.register_script(_RENEW_LUA)
+        self._release = redis.register_script(_RELEASE_LUA)
 
     async def renew(
         self,
@@ -399,38 +593,21 @@ class LeaseTable:
         `extend_only`, also if the attempt does not hold it right now (it was parked or
         handed back meanwhile): a background renewal never takes a lease back.
         """
-        owner = self._keys.lease(run_id)
+        keys = [self._keys.lease(run_id), self._keys.leases()]
         deadline = _now_ms() + ttl_s * 1000.0
-
-        async def renew(pipe: Pipeline) -> bool:
-            fields = await resolve(pipe.hmget(owner, [_ATTEMPT, _FENCE, _STATE]))
-            held = _opt_int(fields[0], "lease attempt")
-            fence = _opt_int(fields[1], "lease fence")
-            if (fence is not None and attempt < fence) or (held is not None and held > attempt):
-                return False
-            if extend_only and (held != attempt or fields[2] is None or text(fields[2]) != _HELD):
-                return False
-            begin(pipe)
-            pipe.hset(owner, mapping={_ATTEMPT: str(attempt), _WORKER: worker_id, _STATE: _HELD})
-            pipe.persist(owner)
-            pipe.zadd(self._keys.leases(), {run_id: deadline})
-            return True
-
-        return await optimistic(self._redis, [owner], renew, what="lease renew")
+        args = [str(attempt), worker_id, repr(deadline), "1" if extend_only else "0", run_id]
+        async with translate_errors("lease renew"):
+            reply = int(await run_script(self._redis, self._renew, keys, args))
+        if reply < 0:
+            raise PayloadError(f"lease owner record of {run_id!r} is corrupt")
+        return reply == 1
 
     async def release(self, run_id: str, attempt: int) -> bool:
         """Give the lease up at the end of the attempt. False if `attempt` did not hold it."""
-        owner = self._keys.lease(run_id)
-
-        async def release(pipe: Pipeline) -> bool:
-            held = _opt_int(await resolve(pipe.hget(owner, _ATTEMPT)), "lease attempt")
-            if held != attempt:
-                return False
-            begin(pipe)
-            self._queue_end(pipe, run_id, fence=attempt + 1, state="released")
-            return True
-
-        return await optimistic(self._redis, [owner], release, what="lease release")
+        keys = [self._keys.lease(run_id), self._keys.leases()]
+        args = [str(attempt), run_id, str(attempt + 1), str(self._fence_ttl_s)]
+        async with translate_errors("lease release"):
+            return bool(int(await run_script(self._redis, self._release, keys, args)))
 
     async def hand_back(self, run_id: str, attempt: int) -> bool:
         """Give the run back for another attempt to resume from its checkpoint, because

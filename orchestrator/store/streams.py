@@ -6,10 +6,13 @@ and `data` (the output's JSON, or a `StatusEntry`'s JSON), plus `root` (the root
 the fork tree) on the entries of fork runs.
 
 Publishing never waits for Redis: `publish()` appends to a buffer and a background task
-sends whatever has accumulated in one MULTI/EXEC. While a send is in flight new outputs
-pile up for the next one, so an idle publisher adds no latency and a busy one batches
-by itself. Each batch also records its number under the publisher's id in the same
-transaction, so a batch retried after a dropped connection is never written twice.
+sends whatever has accumulated in one script call (`_PUBLISH_LUA`: atomic, one round
+trip, one command). While a send is in flight new outputs pile up for the next one, so an
+idle publisher adds no latency and a busy one batches by itself. Each batch also records
+its number under the publisher's id in the same script, so a batch retried after a
+dropped connection is never written twice. A turn's checkpoint rides in the batch that
+carries the events before it (`save_checkpoint`): events and the state that follows them
+are written together, never a checkpoint ahead of its events.
 
 A turn's publisher is fenced by its run attempt (`attempt=`): `take_over()` makes the
 attempt the owner of the run's writes, and a batch of an older attempt (one that was
@@ -42,11 +45,10 @@ from orchestrator.keys import Keys
 from orchestrator.runs import StatusEntry, StreamEntry, TreeProgress
 from orchestrator.store._codec import parse_int, resolve, text
 from orchestrator.store.connection import (
-    Pipeline,
     Redis,
-    begin,
     connect,
     read_timeout,
+    run_script,
     to_store_error,
     translate_errors,
 )
@@ -60,6 +62,7 @@ __all__ = [
     "StreamReader",
     "connect_blocking",
     "decode_entry",
+    "status_call",
 ]
 
 log = structlog.get_logger(__name__)
@@ -93,9 +96,88 @@ class PublisherStats:
 
 @dataclass(frozen=True)
 class _Pending:
-    kind: Literal["event", "response", "status"]
+    kind: Literal["event", "response", "status", "checkpoint"]
     data: bytes
     call_seq: tuple[str, int] | None = None
+
+
+# One batch of a publisher, atomically: refuse it if a newer attempt owns the run's writes
+# (or saved the checkpoint), else append the entries, note the highest event_seq per agent
+# call and the batch number, save the checkpoint if the batch carries one, and (now and
+# then) push the idle TTLs back.
+# KEYS: stream, seqs, publishers, fence, checkpoint
+# ARGV: attempt ("" = unfenced), publisher id, batch number, maxlen, idle ttl ("" = none),
+#       refresh ("1": set the TTLs), fence ttl, run id, root ("" = the run), n seqs,
+#       (call, seq) x n, n entries, (kind, data) x n, checkpoint state ("" = none),
+#       check ("1": a batch this publisher may have delivered already; its marker says)
+# Reply: {1} written, {2} written before, {0, fence} refused.
+_PUBLISH_LUA = """
+local attempt = tonumber(ARGV[1])
+local nseqs = tonumber(ARGV[10])
+local at = 11 + 2 * nseqs
+local nentries = tonumber(ARGV[at])
+local state = ARGV[at + 1 + 2 * nentries]
+if ARGV[at + 2 + 2 * nentries] == '1' then
+  local done = tonumber(redis.call('HGET', KEYS[3], ARGV[2]))
+  if done and done >= tonumber(ARGV[3]) then return {2} end
+end
+if attempt then
+  local owner = tonumber(redis.call('GET', KEYS[4]))
+  if owner and owner > attempt then return {0, owner} end
+  if state ~= '' then
+    local saved = tonumber(redis.call('HGET', KEYS[5], 'attempt'))
+    if saved and saved > attempt then return {0, saved} end
+  end
+end
+local root = ARGV[9]
+for i = 0, nentries - 1 do
+  local kind = ARGV[at + 1 + 2 * i]
+  local data = ARGV[at + 2 + 2 * i]
+  if root == '' then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*',
+      'v', '1', 'kind', kind, 'run', ARGV[8], 'data', data)
+  else
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*',
+      'v', '1', 'kind', kind, 'run', ARGV[8], 'data', data, 'root', root)
+  end
+end
+if nseqs > 0 then
+  local pairs_ = {}
+  for i = 0, nseqs - 1 do
+    pairs_[#pairs_ + 1] = ARGV[11 + 2 * i]
+    pairs_[#pairs_ + 1] = ARGV[12 + 2 * i]
+  end
+  redis.call('HSET', KEYS[2], unpack(pairs_))
+end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+if state ~= '' then
+  redis.call('HSET', KEYS[5], 'attempt', ARGV[1], 'state', state)
+  redis.call('PERSIST', KEYS[5])
+end
+if ARGV[6] == '1' then
+  if ARGV[5] ~= '' then
+    redis.call('EXPIRE', KEYS[1], ARGV[5])
+    redis.call('EXPIRE', KEYS[2], ARGV[5])
+    redis.call('EXPIRE', KEYS[3], ARGV[5])
+  end
+  if attempt then redis.call('EXPIRE', KEYS[4], ARGV[7]) end
+end
+return {1}
+"""
+# `take_over` in one atomic script: refuse if a newer attempt owns the run's writes, else
+# own them and return the highest event_seq published for the run ("" = none).
+# and the run's checkpoint ("" = none), read after the take-over, so no older attempt
+# can change it in between.
+# KEYS: fence, seqs, checkpoint; ARGV: attempt, fence ttl, run id.
+# Reply: {1, seq, checkpoint} or {0, owner}
+_TAKE_OVER_LUA = """
+local owner = tonumber(redis.call('GET', KEYS[1]))
+if owner and owner > tonumber(ARGV[1]) then return {0, owner} end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return {1, redis.call('HGET', KEYS[2], ARGV[3]) or '', redis.call('HGET', KEYS[3], 'state') or ''}
+"""
+# A busy publisher pushes its keys' idle TTLs back at most this often (they are days).
+_REFRESH_EVERY_S = 60.0
 
 
 @dataclass
@@ -140,6 +222,10 @@ class EventPublisher:
         self._seqs = keys.seqs(session_id)
         self._publishers = keys.publishers(session_id)
         self._fence = keys.run_fence(session_id, run_id)
+        self._checkpoint = keys.checkpoint(session_id, run_id)
+        self._script = redis.register_script(_PUBLISH_LUA)
+        self._take_over = redis.register_script(_TAKE_OVER_LUA)
+        self._refreshed_at: float | None = None
         self.attempt = attempt
         self._maxlen = maxlen
         self._ttl_after_end_s = ttl_after_end_s
@@ -177,6 +263,15 @@ class EventPublisher:
         """Queue a run status marker for the stream. Never blocks."""
         self._enqueue(_Pending("status", status.to_json()))
 
+    def save_checkpoint(self, state: bytes) -> None:
+        """Queue the run's checkpoint (fenced by `attempt`): it is written in the same
+        atomic batch as every output published before it, so it never points past an
+        undelivered event. `await flush()` to know it is saved; a newer attempt's fence
+        refuses it with `StaleAttempt`. Never blocks."""
+        if self.attempt is None:
+            raise ValueError("save_checkpoint() needs a publisher made with attempt=")
+        self._enqueue(_Pending("checkpoint", state))
+
     async def flush(self) -> None:
         """Return once everything published before this call is in Redis.
 
@@ -199,25 +294,28 @@ class EventPublisher:
         """
         if self.attempt is None:
             raise ValueError("take_over() needs a publisher made with attempt=")
+        last, _ = await self.take_over_and_load()
+        return last
+
+    async def take_over_and_load(self) -> tuple[int | None, bytes | None]:
+        """`take_over()`, and the run's checkpoint as it is once this attempt owns the
+        writes (None: there is none): one round trip."""
+        if self.attempt is None:
+            raise ValueError("take_over() needs a publisher made with attempt=")
+        keys = [self._fence, self._seqs, self._checkpoint]
+        args = [str(self.attempt), str(self._fence_ttl_s()), self.run_id]
         async with translate_errors("take over the run's writes"):
-            for _ in range(100):
-                try:
-                    async with self._redis.pipeline(transaction=True) as pipe:
-                        await pipe.watch(self._fence)
-                        self._check_fence(await pipe.get(self._fence))
-                        begin(pipe)
-                        pipe.set(self._fence, str(self.attempt), ex=self._fence_ttl_s())
-                        pipe.hget(self._seqs, self.run_id)
-                        _, raw = await pipe.execute()
-                    break
-                except redis_errors.WatchError:
-                    continue
-            else:
-                raise StoreError("taking over the run's writes kept conflicting")
+            reply = await run_script(self._redis, self._take_over, keys, args)
+        if int(reply[0]) == 0:
+            self._check_fence(str(reply[1]))
+        raw = reply[1] if reply[1] not in (b"", "") else None
+        state = reply[2] if reply[2] not in (b"", "") else None
+        if isinstance(state, str):
+            state = state.encode()
         remote = None if raw is None else parse_int(raw, f"event_seq of {self.run_id!r}")
         local = self._local_seqs.get(self.run_id)
         candidates = [s for s in (remote, local) if s is not None]
-        return max(candidates) if candidates else None
+        return (max(candidates) if candidates else None), state
 
     def abandon(self) -> None:
         """Drop whatever is not delivered yet and write nothing more (the run was handed
@@ -277,7 +375,8 @@ class EventPublisher:
             raise StoreError(f"publisher of run {self.run_id!r} is closed")
         self._pending.append(entry)
         self._accepted += 1
-        self.stats.published += 1
+        if entry.kind != "checkpoint":
+            self.stats.published += 1
         if entry.call_seq is not None:
             call, seq = entry.call_seq
             if seq > self._local_seqs.get(call, seq - 1):
@@ -308,9 +407,10 @@ class EventPublisher:
                 return
             self._unconfirmed = None
             self._delivered += len(batch)
-            self.stats.delivered += len(batch)
+            entries = sum(1 for e in batch if e.kind != "checkpoint")
+            self.stats.delivered += entries
             self.stats.batches += 1
-            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+            self.stats.largest_batch = max(self.stats.largest_batch, entries)
             self._wake_waiters()
 
     async def _deliver(self, batch: list[_Pending]) -> None:
@@ -320,11 +420,10 @@ class EventPublisher:
                 self.stats.retries += 1
                 await asyncio.sleep(delay)
             try:
-                # After an ambiguous failure the transaction may have run: its marker says.
-                if self._check_marker and await self._already_delivered():
-                    return
-                self._check_marker = True
-                await self._send(batch)
+                # After an ambiguous failure the script may have run: its marker says
+                # (checked by the script itself, in the same round trip).
+                check, self._check_marker = self._check_marker, True
+                await self._send(batch, check)
                 return
             except redis_errors.WatchError as exc:
                 # A take-over raced this batch (it was not written): the retry says who won.
@@ -342,10 +441,6 @@ class EventPublisher:
         assert last is not None
         raise to_store_error(last, "event publish") from last
 
-    async def _already_delivered(self) -> bool:
-        raw = await resolve(self._redis.hget(self._publishers, self.publisher_id))
-        return raw is not None and parse_int(raw, "publisher batch marker") >= self._batch_no
-
     def _fence_ttl_s(self) -> int:
         return self._idle_ttl_s if self._idle_ttl_s is not None else self._ttl_after_end_s
 
@@ -360,37 +455,51 @@ class EventPublisher:
                 current_attempt=owner,
             )
 
-    async def _send(self, batch: list[_Pending]) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            if self.attempt is not None:
-                await pipe.watch(self._fence)
-                self._check_fence(await pipe.get(self._fence))
-                begin(pipe)
-                pipe.expire(self._fence, self._fence_ttl_s())
-            self._queue_batch(pipe, batch)
-            await pipe.execute()
+    async def _send(self, batch: list[_Pending], check: bool) -> None:
+        now = asyncio.get_running_loop().time()
+        # Another run's end may have cut the stream's TTL to its retention meanwhile: push
+        # it back well within that (and at least once a minute).
+        every = min(_REFRESH_EVERY_S, self._ttl_after_end_s / 2)
+        refresh = self._refreshed_at is None or now - self._refreshed_at >= every
+        keys = [self._stream, self._seqs, self._publishers, self._fence, self._checkpoint]
+        args = self._script_args(batch, refresh, check)
+        reply = await run_script(self._redis, self._script, keys, args)
+        if int(reply[0]) == 0:
+            self._check_fence(str(reply[1]))
+        if refresh:
+            self._refreshed_at = now
 
-    def _queue_batch(self, pipe: Pipeline, batch: list[_Pending]) -> None:
+    def _script_args(self, batch: list[_Pending], refresh: bool, check: bool = False) -> list[Any]:
         seqs: dict[str, int] = {}
+        entries: list[Any] = []
+        state: bytes = b""
         for entry in batch:
-            fields: dict[Any, Any] = {
-                "v": WIRE_VERSION,
-                "kind": entry.kind,
-                "run": self.run_id,
-                "data": entry.data,
-            }
-            if self.root_run_id != self.run_id:
-                fields["root"] = self.root_run_id
-            pipe.xadd(self._stream, fields, maxlen=self._maxlen, approximate=True)
+            if entry.kind == "checkpoint":
+                state = entry.data  # the last one wins: it follows all the others
+                continue
+            entries += [entry.kind, entry.data]
             if entry.call_seq is not None:
                 call, seq = entry.call_seq
                 seqs[call] = max(seq, seqs.get(call, seq))
-        if seqs:
-            pipe.hset(self._seqs, mapping={c: str(s) for c, s in seqs.items()})
-        pipe.hset(self._publishers, self.publisher_id, str(self._batch_no))
-        if self._idle_ttl_s is not None:
-            for key in (self._stream, self._seqs, self._publishers):
-                pipe.expire(key, self._idle_ttl_s)
+        args: list[Any] = [
+            "" if self.attempt is None else str(self.attempt),
+            self.publisher_id,
+            str(self._batch_no),
+            str(self._maxlen),
+            "" if self._idle_ttl_s is None else str(self._idle_ttl_s),
+            "1" if refresh else "0",
+            str(self._fence_ttl_s()),
+            self.run_id,
+            "" if self.root_run_id == self.run_id else self.root_run_id,
+            str(len(seqs)),
+        ]
+        for call, seq in seqs.items():
+            args += [call, str(seq)]
+        args.append(str(len(entries) // 2))
+        args += entries
+        args.append(state)
+        args.append("1" if check else "0")
+        return args
 
     def _give_up(self, exc: OrchestratorError) -> None:
         self.last_error = exc
@@ -410,6 +519,45 @@ class EventPublisher:
             else:
                 still.append(waiter)
         self._waiters = still
+
+
+def status_call(
+    redis: Redis,
+    keys: Keys,
+    status: StatusEntry,
+    *,
+    session_id: str,
+    root_run_id: str | None = None,
+    maxlen: int = 100_000,
+    publisher_id: str | None = None,
+    ttl_s: int = 7 * 86_400,
+) -> tuple[Any, list[str], list[Any]]:
+    """The script call that appends one status entry for `status.run_id` (what a fresh
+    `EventPublisher` would send), for a caller batching it with other writes in one
+    round trip (`connection.run_scripts`). With `publisher_id` it is written once
+    however often it is sent (the publisher's batch marker says it was). The session's
+    stream keys get `ttl_s` in the same script."""
+    publisher = EventPublisher(
+        redis,
+        keys,
+        session_id=session_id,
+        run_id=status.run_id,
+        root_run_id=root_run_id,
+        maxlen=maxlen,
+        publisher_id=publisher_id,
+        idle_ttl_s=ttl_s,
+    )
+    publisher._batch_no = 1
+    names = [
+        publisher._stream,
+        publisher._seqs,
+        publisher._publishers,
+        publisher._fence,
+        publisher._checkpoint,
+    ]
+    entry = _Pending("status", status.to_json())
+    args = publisher._script_args([entry], refresh=True, check=publisher_id is not None)
+    return publisher._script, names, args
 
 
 @dataclass(frozen=True)

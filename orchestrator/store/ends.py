@@ -1,0 +1,110 @@
+"""Waiting for runs to end: one pub/sub subscription per client, not a stream read per run.
+
+`lifecycle.announce_end` publishes the run id on `Keys.run_ends()` once the run's record
+is terminal. `EndWatcher.wait(run_id, ended)` registers the run, makes sure the client's
+one subscription is listening, then checks `ended()` (the record) and waits for the
+run's message, re-checking `ended()` every `poll_s` in case a message was lost (pub/sub
+is fire-and-forget: a dropped connection loses what was published meanwhile). The order
+(subscribed, then read) means an end written after the read is always heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from redis import exceptions as redis_errors
+
+from orchestrator.aio import cancel_and_wait
+from orchestrator.keys import Keys
+from orchestrator.store._codec import text
+from orchestrator.store.connection import Redis
+
+__all__ = ["EndWatcher"]
+
+log = structlog.get_logger(__name__)
+
+_FAILURES: tuple[type[BaseException], ...] = (redis_errors.RedisError, OSError)
+
+
+class EndWatcher:
+    """Futures for runs' ends, woken by `Keys.run_ends()` messages."""
+
+    def __init__(self, redis: Redis, keys: Keys, *, poll_s: float = 1.0) -> None:
+        self._redis = redis
+        self._channel = keys.run_ends()
+        self._poll_s = poll_s
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._listening: asyncio.Event | None = None
+
+    async def wait(self, run_id: str, ended: Callable[[], Awaitable[bool]]) -> None:
+        """Return once `ended()` holds, checking it whenever `run_id`'s end is announced
+        (and every `poll_s` regardless)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        waiters = self._waiters.setdefault(run_id, set())
+        waiters.add(future)
+        try:
+            await self._listen()
+            while not await ended():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._poll_s):
+                        await asyncio.shield(future)
+                if future.done():  # heard, or spurious: wait for the next one
+                    waiters.discard(future)
+                    future = loop.create_future()
+                    waiters.add(future)
+        finally:
+            waiters.discard(future)
+            if not waiters:
+                self._waiters.pop(run_id, None)
+
+    async def close(self) -> None:
+        task, self._listener = self._listener, None
+        await cancel_and_wait(task)
+
+    async def _listen(self) -> None:
+        """Start the subscription if needed; return once it listens (or has failed: the
+        poll covers that)."""
+        if self._listener is None or self._listener.done():
+            self._listening = asyncio.Event()
+            self._listener = asyncio.get_running_loop().create_task(
+                self._run(self._listening), name="run-end-watcher"
+            )
+        assert self._listening is not None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._poll_s):
+                await self._listening.wait()
+
+    async def _run(self, listening: asyncio.Event) -> None:
+        failures = 0
+        while True:
+            pubsub: Any = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                listening.set()
+                failures = 0
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        self._wake(text(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except _FAILURES as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning("ends.listen_failed", error=str(exc))
+                listening.set()  # the waiters poll meanwhile
+                await asyncio.sleep(min(1.0, 0.05 * 2**failures))
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def _wake(self, run_id: str) -> None:
+        for future in self._waiters.get(run_id, ()):
+            if not future.done():
+                future.set_result(None)
