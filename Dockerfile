@@ -6,7 +6,7 @@
 
 ARG PYTHON_VERSION=3.12
 
-# -- build: a virtualenv with the package, the api and metrics extras (no compilers) -----
+# -- build: a virtualenv with the package and the api, metrics and fast (uvloop) extras --
 FROM python:${PYTHON_VERSION}-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -18,7 +18,7 @@ COPY orchestrator ./orchestrator
 COPY workers ./workers
 # A path install pins nothing: the versions are the ranges pyproject.toml allows.
 # hadolint ignore=DL3013
-RUN /opt/orchestrator/bin/pip install --no-cache-dir ".[api,metrics]" \
+RUN /opt/orchestrator/bin/pip install --no-cache-dir ".[api,metrics,fast]" \
     && /opt/orchestrator/bin/python -m compileall -q /opt/orchestrator/lib
 
 # -- runtime: the virtualenv on a clean slim base, as an unprivileged user ---------------
