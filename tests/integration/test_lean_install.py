@@ -31,7 +31,9 @@ from tests.fixtures_llm import MockLLMFactory
 from tests.integration.workerproc import drop_arq_keys
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CORE = {"arq", "redis", "httpx", "pydantic", "structlog"}
+# sniffio: httpx's stack retries a failed `import sniffio` on every request without it
+# (a filesystem search per model call; pyproject.toml says more).
+CORE = {"arq", "redis", "httpx", "pydantic", "structlog", "sniffio"}
 EXTRA_MODULES = ("fastapi", "uvicorn", "starlette", "rich", "fakeredis")
 AGENTS = "orchestrator.demo_agents"
 
@@ -59,6 +61,7 @@ def test_a_plain_install_depends_on_the_library_and_worker_needs_only() -> None:
     assert {_name(r) for r in extras["cli"]} == {"rich"}
     assert {_name(r) for r in extras["embedded"]} == {"fakeredis"}
     assert "orchestrator[api,cli,embedded]" in extras["all"]
+    assert {_name(r) for r in extras["fast"]} == {"uvloop"}  # optional: workers run without
     assert "orchestrator[all]" in extras["dev"]
 
 
