@@ -52,6 +52,7 @@ from orchestrator.events import (
 from orchestrator.ports import (
     Checkpointer,
     ChunkAccumulator,
+    DeferringCheckpointer,
     ForkBackend,
     MemoryStore,
     ToolSession,
@@ -122,6 +123,9 @@ class _Turn:
         self.state = state
         self.abort = abort
         self.checkpointer = checkpointer
+        # Where a crash before the write repeats no tool, the state may ride with the
+        # next outputs instead of costing a write of its own (see DeferringCheckpointer).
+        self._defer = checkpointer if isinstance(checkpointer, DeferringCheckpointer) else None
         self.origin = origin
         self._origin_fields = origin.model_dump()  # once per turn, not once per event
         fork = None
@@ -163,9 +167,13 @@ class _Turn:
         )
         return EventYield(event=event, origin=origin)
 
-    async def _save(self) -> None:
+    async def _save(self, *, later: bool = False) -> None:
+        """Checkpoint the state. `later`: queue it with the outputs that follow instead of
+        waiting for it (only where a crash before it is written repeats no tool)."""
         self.state.execution_time = self._time_base + (time.monotonic() - self._clock)
-        if self.checkpointer is not None:
+        if later and self._defer is not None:
+            self._defer.save_later(self.state)
+        elif self.checkpointer is not None:
             await self.checkpointer.save(self.state)
 
     def _aborted(self) -> bool:
@@ -205,7 +213,9 @@ class _Turn:
                     available_tools=copy.deepcopy(self.definitions),
                 )
             )
-            await self._save()
+            # The next step is a model call, which a crash redoes anyway: this state
+            # rides with that call's first events.
+            await self._save(later=True)
         while st.phase != "done":
             if self._aborted():
                 async for output in self._finish_aborted():
@@ -683,7 +693,7 @@ class _Turn:
         await self._apply_compaction()
         await self._save_memory()
         yield self._react_end({})
-        await self._save()
+        await self._save(later=True)  # written with the turn's response, which follows
 
     async def _finish_aborted(self) -> AsyncIterator[Output]:
         st = self.state
@@ -695,7 +705,7 @@ class _Turn:
         await self._save_memory()
         st.phase = "done"
         yield self._react_end({"aborted": True, "abort_reason": st.abort_reason})
-        await self._save()
+        await self._save(later=True)  # written with the turn's response, which follows
 
     async def _close_batch(self) -> AsyncIterator[Output]:
         """Give every unanswered tool call a 'cancelled' result so the history stays valid."""
