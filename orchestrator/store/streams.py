@@ -63,6 +63,7 @@ __all__ = [
     "connect_blocking",
     "decode_entry",
     "status_call",
+    "statuses_call",
 ]
 
 log = structlog.get_logger(__name__)
@@ -558,6 +559,48 @@ def status_call(
     entry = _Pending("status", status.to_json())
     args = publisher._script_args([entry], refresh=True, check=publisher_id is not None)
     return publisher._script, names, args
+
+
+# Status entries of several runs of one session (a batch of forks queued), atomically,
+# unfenced and without a batch marker (sent once: nothing retries them by publisher).
+# KEYS: stream, seqs, publishers; ARGV: maxlen, idle ttl, n, (run, root, data) x n
+# ("" root = the run). The session's stream keys get the idle TTL, as a first batch does.
+_STATUSES_LUA = """
+local n = tonumber(ARGV[3])
+for i = 0, n - 1 do
+  local run, root, data = ARGV[4 + 3 * i], ARGV[5 + 3 * i], ARGV[6 + 3 * i]
+  if root == '' then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+      'v', '1', 'kind', 'status', 'run', run, 'data', data)
+  else
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+      'v', '1', 'kind', 'status', 'run', run, 'data', data, 'root', root)
+  end
+end
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+return n
+"""
+
+
+def statuses_call(
+    redis: Redis,
+    keys: Keys,
+    statuses: Sequence[tuple[StatusEntry, str]],
+    *,
+    session_id: str,
+    maxlen: int = 100_000,
+    ttl_s: int = 7 * 86_400,
+) -> tuple[Any, list[str], list[Any]]:
+    """The script call that appends the status entries of several runs of one session
+    (each with its root run id), in order, in one command: what `status_call` sends for
+    each of them, without a batch marker (so, not for a write that may be repeated).
+    For a caller batching it with other writes in one round trip (`run_scripts`)."""
+    script = redis.register_script(_STATUSES_LUA)
+    names = [keys.events(session_id), keys.seqs(session_id), keys.publishers(session_id)]
+    args: list[Any] = [str(maxlen), str(ttl_s), str(len(statuses))]
+    for status, root in statuses:
+        args += [status.run_id, "" if root == status.run_id else root, status.to_json()]
+    return script, names, args
 
 
 @dataclass(frozen=True)
