@@ -209,8 +209,8 @@ class _Turn:
                 ReactStartEvent(
                     iteration=0,
                     user_task_prompt=st.user_task_prompt,
-                    initial_messages=copy.deepcopy(st.messages),
-                    available_tools=copy.deepcopy(self.definitions),
+                    initial_messages=_copy(st.messages),
+                    available_tools=_copy(self.definitions),
                 )
             )
             # The next step is a model call, which a crash redoes anyway: this state
@@ -229,7 +229,7 @@ class _Turn:
         if st.error is not None:
             raise _resumed_error(st.error)
         response = self.spec.final_response(st)
-        yield ResponseYield(response=response, messages=copy.deepcopy(st.messages))
+        yield ResponseYield(response=response, messages=_copy(st.messages))
 
     def _tools_exhausted(self) -> bool:
         limit = self.spec.max_tool_calls
@@ -244,17 +244,17 @@ class _Turn:
             self._iteration_clock = time.monotonic()
             yield self._event(
                 ReactIterationStartEvent(
-                    iteration=st.iteration, current_messages=copy.deepcopy(st.messages)
+                    iteration=st.iteration, current_messages=_copy(st.messages)
                 )
             )
         tools = None if final_call or not self.definitions else self.definitions
-        sent = copy.deepcopy(st.messages)
+        sent = _copy(st.messages)
         call = LLMCallResult()
         yield self._event(
             LLMCallStartEvent(
                 iteration=st.iteration,
                 messages=sent,
-                tools=copy.deepcopy(tools or []),
+                tools=_copy(tools or []),
                 llm_kwargs=dict(self.spec.llm_kwargs),
                 stream=self.spec.stream,
             )
@@ -279,7 +279,7 @@ class _Turn:
                 iteration=st.iteration,
                 response=call.response,
                 messages=sent,
-                tool_calls=copy.deepcopy(tool_calls),
+                tool_calls=_copy(tool_calls),
                 execution_time=time.monotonic() - started,
                 usage=call.usage,
                 content=call.content,
@@ -368,7 +368,7 @@ class _Turn:
             return tool_calls
         if tool_calls:
             st.phase = "tools"
-            st.pending_tool_calls = copy.deepcopy(tool_calls)
+            st.pending_tool_calls = _copy(tool_calls)
             st.tool_results = {}
             st.tool_calls_started = []
             st.batch_started = False
@@ -414,7 +414,7 @@ class _Turn:
             yield self._event(
                 ToolCallsBatchStartEvent(
                     iteration=st.iteration,
-                    tool_calls=copy.deepcopy(st.pending_tool_calls),
+                    tool_calls=_copy(st.pending_tool_calls),
                     batch_size=len(st.pending_tool_calls),
                 )
             )
@@ -513,7 +513,7 @@ class _Turn:
     def _announce(self, call: dict[str, Any]) -> EventYield:
         """The call's ToolCallStartEvent (once per call, however often the batch resumes)."""
         self.state.tool_calls_started.append(_call_id(call))
-        return self._tool_event(call, ToolCallStartEvent, tool_call=copy.deepcopy(call))
+        return self._tool_event(call, ToolCallStartEvent, tool_call=_copy(call))
 
     def _split_barriers(
         self, calls: list[dict[str, Any]]
@@ -662,7 +662,7 @@ class _Turn:
         return self._event(
             ReactIterationEndEvent(
                 iteration=self.state.iteration,
-                messages=copy.deepcopy(self.state.messages),
+                messages=_copy(self.state.messages),
                 iteration_time=time.monotonic() - self._iteration_clock,
                 tool_calls_count=tool_calls_count,
             )
@@ -754,7 +754,7 @@ class _Turn:
             ReactEndEvent(
                 iteration=st.iteration,
                 final_response=st.final_response,
-                final_messages=copy.deepcopy(st.messages),
+                final_messages=_copy(st.messages),
                 total_iterations=st.iteration,
                 total_execution_time=st.execution_time,
                 total_tool_calls=st.tool_calls,
@@ -763,6 +763,22 @@ class _Turn:
                 extra=extra,
             )
         )
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _copy(value: T) -> T:
+    """A deep copy of JSON-shaped data (the transcript, tool calls, tool definitions),
+    about three times cheaper than `copy.deepcopy` on it; anything else is deep-copied."""
+    kind = type(value)
+    if kind is dict:
+        return {k: _copy(v) for k, v in value.items()}  # type: ignore[attr-defined,return-value]
+    if kind is list:
+        return [_copy(v) for v in value]  # type: ignore[attr-defined,return-value]
+    if kind in _SCALARS:
+        return value
+    return copy.deepcopy(value)
 
 
 def _drain(queue: asyncio.Queue[_Item]) -> list[_Item]:
