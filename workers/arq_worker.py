@@ -98,10 +98,9 @@ class WakeableWorker(Worker):
         await cancel_and_wait(self._listener)
         # arq's close cancels the job tasks still running and then gathers them, which
         # raises CancelledError out of close() for a job that was only finishing its
-        # bookkeeping (its result written a moment later). Give such tasks a moment.
-        pending = [t for t in self.tasks.values() if not t.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=_CLOSE_GRACE_S)
+        # bookkeeping (its result written a moment later). Take no new job and give
+        # those a moment.
+        await self.drain(_CLOSE_GRACE_S)
         await super().close()
 
     async def main(self) -> None:
