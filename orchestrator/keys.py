@@ -6,8 +6,11 @@ Per session (all carry the `{session_id}` hash tag, so one session stays on one
 cluster slot and MULTI/EXEC over its keys is allowed):
 
     orc:{S}:events              stream: the session's events, responses and run status entries
-    orc:{S}:seqs                hash: agent_call_id -> last published event_seq
-    orc:{S}:publishers          hash: publisher id -> last delivered batch (exactly-once retries)
+    orc:{S}:seqs                hash: agent_call_id -> last published event_seq, and
+                                "batch:<publisher id>" -> its last delivered batch
+                                (exactly-once retries)
+    orc:{S}:publishers          hash: publisher id -> last delivered batch, where earlier
+                                builds kept it (read by retries, no longer written)
     orc:{S}:abort               string: JSON {reason, at}; the whole session is to stop
                                 (TTL 1 day; a later submit into the session clears it)
     orc:{S}:abort:<root_run>    string: JSON {reason, at}; one run and its forks are to stop
@@ -157,7 +160,8 @@ class Keys:
         return f"{self._session(session_id)}:seqs"
 
     def publishers(self, session_id: str) -> str:
-        """Hash publisher id -> number of its last delivered batch."""
+        """Hash publisher id -> number of its last delivered batch, where older versions
+        kept it (read by retries, no longer written: the seqs hash holds it now)."""
         return f"{self._session(session_id)}:publishers"
 
     def abort(self, session_id: str) -> str:

@@ -47,6 +47,8 @@ _log = structlog.get_logger(__name__)
 _REDIS_FAILURES: tuple[type[BaseException], ...] = (redis_errors.RedisError, OSError)
 # How long the wake listener waits for one message before checking its connection.
 _LISTEN_S = 1.0
+# How long close() lets job tasks that are still running finish before arq cancels them.
+_CLOSE_GRACE_S = 1.0
 
 
 class WakeableWorker(Worker):
@@ -94,6 +96,11 @@ class WakeableWorker(Worker):
 
     async def close(self) -> None:
         await cancel_and_wait(self._listener)
+        # arq's close cancels the job tasks still running and then gathers them, which
+        # raises CancelledError out of close() for a job that was only finishing its
+        # bookkeeping (its result written a moment later). Take no new job and give
+        # those a moment.
+        await self.drain(_CLOSE_GRACE_S)
         await super().close()
 
     async def main(self) -> None:

@@ -31,7 +31,7 @@ from orchestrator.store.forks import Allocation, ForkTable
 from orchestrator.store.memory import RedisMemoryStore
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import RunStore
-from orchestrator.store.streams import status_call
+from orchestrator.store.streams import statuses_call
 
 __all__ = ["RedisForkBackend", "result_of"]
 
@@ -188,25 +188,26 @@ class RedisForkBackend:
             await self._inherit_experiences(request.fork, loaded)
         records = [self._record_of(r) for r in requests]
         created = await self._runs.create_many(records)
-        calls = []
+        # Readers learn of each new fork (a "queued" entry) before any later event of its
+        # parent, so they know to wait for its end: one script per session for the batch.
+        queued: dict[str, list[tuple[StatusEntry, str]]] = {}
         for request, new in zip(requests, created, strict=True):
             if new:
-                # Readers learn of the fork (a "queued" entry) before any later event of
-                # its parent, so they know to wait for its end.
                 assert request.fork is not None
                 status = StatusEntry(
                     run_id=request.run_id, status=RunStatus.QUEUED, fork=request.fork
                 )
-                calls.append(
-                    status_call(
-                        self._redis,
-                        self._keys,
-                        status,
-                        session_id=request.session_id,
-                        root_run_id=request.fork.root_run_id,
-                        maxlen=self._settings.stream_maxlen,
-                    )
-                )
+                queued.setdefault(request.session_id, []).append((status, request.fork.root_run_id))
+        calls = [
+            statuses_call(
+                self._redis,
+                self._keys,
+                statuses,
+                session_id=session,
+                maxlen=self._settings.stream_maxlen,
+            )
+            for session, statuses in queued.items()
+        ]
         calls += [self._queue.enqueue_call(r) for r in requests]
         async with translate_errors("fork start"):
             await run_scripts(self._redis, calls)

@@ -66,16 +66,21 @@ _log = structlog.get_logger(__name__)
 
 
 class RunCheckpointer:
-    """Checkpointer port on Redis: the state rides in the publisher's next batch, written
-    atomically with (never ahead of) the events published before it, fenced by the
-    attempt: one round trip per checkpoint, events included."""
+    """Checkpointer port on Redis (a DeferringCheckpointer): the state rides in the
+    publisher's next batch, written atomically with (never ahead of) the events published
+    before it, fenced by the attempt: one round trip per checkpoint, events included."""
 
     def __init__(self, publisher: EventPublisher) -> None:
         self._publisher = publisher
 
     async def save(self, state: Any) -> None:
-        self._publisher.save_checkpoint(state.model_dump_json().encode())
+        self.save_later(state)
         await self._publisher.flush()
+
+    def save_later(self, state: Any) -> None:
+        """Queue the state with the outputs that follow; `_drive` flushes them all before
+        the run ends or parks, so it is durable by then."""
+        self._publisher.save_checkpoint(state.model_dump_json().encode())
 
 
 @dataclass

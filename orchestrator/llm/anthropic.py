@@ -44,9 +44,11 @@ class AnthropicMessages(OpenAICompatible):
     def __repr__(self) -> str:
         return f"AnthropicMessages(model_name={self.model_name!r}, base_url={self.base_url!r})"
 
-    async def _attempt_chat(self, body: dict[str, Any], key: str) -> AsyncIterator[Chunk]:
+    async def _attempt_chat(
+        self, body: dict[str, Any], key: str, client: httpx.AsyncClient
+    ) -> AsyncIterator[Chunk]:
         request = to_messages_request(body)
-        response = await self._http().post("messages", json=request, headers=_headers(key))
+        response = await client.post("messages", json=request, headers=_headers(key))
         self._check_overloaded(response)
         self._check_status(response, key, sent_stream_options=False)
         yield to_chat_completion(self._decode_message(response))
@@ -58,10 +60,11 @@ class AnthropicMessages(OpenAICompatible):
         kwargs: dict[str, Any],
         resumer: StreamResumer,
         key: str,
+        client: httpx.AsyncClient,
     ) -> AsyncIterator[Chunk]:
         request = to_messages_request(self._body(messages, tools, kwargs, stream=True))
         resumer.new_attempt()
-        stream = self._http().stream("POST", "messages", json=request, headers=_headers(key))
+        stream = client.stream("POST", "messages", json=request, headers=_headers(key))
         async with stream as response:
             if not response.is_success:
                 await response.aread()

@@ -47,6 +47,7 @@ from orchestrator.llm.retry import (
     parse_retry_after,
     rejected_as_invalid,
 )
+from orchestrator.llm.shards import HTTPShards
 from orchestrator.llm.sse import decode_data, iter_sse_events
 from orchestrator.llm.stream import StreamResumer
 
@@ -56,7 +57,7 @@ DEFAULT_MAX_CONCURRENT_REQUESTS = 256
 log = structlog.get_logger(__name__)
 
 Chunk = dict[str, Any]
-_Attempt = Callable[[str], AsyncIterator[Chunk]]
+_Attempt = Callable[[str, httpx.AsyncClient], AsyncIterator[Chunk]]
 
 
 class _KeyRejected(Exception):
@@ -135,15 +136,10 @@ class OpenAICompatible:
         # No pool timeout: the slots below bound the requests, so one waiting for a
         # connection only waits for another request to finish.
         self._timeout = httpx.Timeout(timeout, pool=None)
-        self._limits = httpx.Limits(
-            max_connections=max_concurrent_requests,
-            max_keepalive_connections=max_concurrent_requests,
-        )
         self._transport = transport
-        self._client: httpx.AsyncClient | None = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
-        self._slots: asyncio.Semaphore | None = None
-        self._slots_loop: asyncio.AbstractEventLoop | None = None
+        # Spread over small pools (see HTTPShards: a big pool costs CPU per request).
+        self._shards: HTTPShards | None = None
+        self._shards_loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def from_config(
@@ -197,9 +193,9 @@ class OpenAICompatible:
 
     async def aclose(self) -> None:
         """Close the HTTP connections. The instance reconnects if used again."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        shards, self._shards = self._shards, None
+        if shards is not None:
+            await shards.aclose()
 
     async def __aenter__(self) -> OpenAICompatible:
         return self
@@ -258,8 +254,8 @@ class OpenAICompatible:
             await self.rate_limiter.acquire()
             key = self._acquire_key(rejected, failures + len(rejected))
             try:
-                async with self._slot():
-                    async for item in attempt(key):
+                async with self._pools().lease() as client:
+                    async for item in attempt(key, client):
                         yield item
                 return
             except RetryableFailure as exc:
@@ -348,8 +344,10 @@ class OpenAICompatible:
 
     # ----------------------------------------------------------------- one attempt
 
-    async def _attempt_chat(self, body: dict[str, Any], key: str) -> AsyncIterator[Chunk]:
-        response = await self._http().post("chat/completions", json=body, headers=_auth(key))
+    async def _attempt_chat(
+        self, body: dict[str, Any], key: str, client: httpx.AsyncClient
+    ) -> AsyncIterator[Chunk]:
+        response = await client.post("chat/completions", json=body, headers=_auth(key))
         self._check_status(response, key, sent_stream_options=False)
         yield self._decode_completion(response)
 
@@ -360,10 +358,11 @@ class OpenAICompatible:
         kwargs: dict[str, Any],
         resumer: StreamResumer,
         key: str,
+        client: httpx.AsyncClient,
     ) -> AsyncIterator[Chunk]:
         body = self._body(messages, tools, kwargs, stream=True)
         resumer.new_attempt()
-        request = self._http().stream("POST", "chat/completions", json=body, headers=_auth(key))
+        request = client.stream("POST", "chat/completions", json=body, headers=_auth(key))
         async with request as response:
             if not response.is_success:
                 await response.aread()
@@ -399,28 +398,24 @@ class OpenAICompatible:
 
     # ----------------------------------------------------------------- helpers
 
-    def _http(self) -> httpx.AsyncClient:
-        # Pooled connections belong to one event loop; an instance built at import time may
-        # be used from several loops over its life.
+    def _pools(self) -> HTTPShards:
+        """The request slots and HTTP pools of the running loop. Pooled connections belong
+        to one event loop; an instance built at import time may be used from several
+        loops over its life."""
         loop = asyncio.get_running_loop()
-        if self._client is None or self._client.is_closed or self._client_loop is not loop:
-            self._client = httpx.AsyncClient(
-                base_url=self.base_url + "/",
-                transport=self._transport,
-                timeout=self._timeout,
-                limits=self._limits,
-                trust_env=False,  # no environment reads in the library (proxies are config)
-            )
-            self._client_loop = loop
-        return self._client
+        if self._shards is None or self._shards_loop is not loop:
+            self._shards = HTTPShards(self._new_client, self.max_concurrent_requests)
+            self._shards_loop = loop
+        return self._shards
 
-    def _slot(self) -> asyncio.Semaphore:
-        """The bound on requests in flight, of the running loop (like the pool)."""
-        loop = asyncio.get_running_loop()
-        if self._slots is None or self._slots_loop is not loop:
-            self._slots = asyncio.Semaphore(self.max_concurrent_requests)
-            self._slots_loop = loop
-        return self._slots
+    def _new_client(self, connections: int) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.base_url + "/",
+            transport=self._transport,
+            timeout=self._timeout,
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            trust_env=False,  # no environment reads in the library (proxies are config)
+        )
 
     def _body(
         self,

@@ -5,7 +5,8 @@ arq or httpx.
                       and ChunkAccumulator, the one assembler of what it returns
     MemoryStore       SelfReference memory per key (in-process dict, or Redis), with the
                       values it trades in: MemorySnapshot, TranscriptBase, MemoryLimits
-    Checkpointer      where a turn's state is saved between steps (nothing, or Redis)
+    Checkpointer      where a turn's state is saved between steps (nothing, or Redis);
+                      DeferringCheckpointer also queues one without waiting for it
     ForkBackend       starts forks and collects their results (Redis and arq on a worker),
                       asked with a SpawnRequest
     ForkLimits        depth and fan-out bounds of in-process forks
@@ -31,6 +32,7 @@ from orchestrator.ports.journal import (
 from orchestrator.ports.llm import ChunkAccumulator, LLMInterface
 from orchestrator.ports.memory import (
     Checkpointer,
+    DeferringCheckpointer,
     Experience,
     MemoryLimits,
     MemorySnapshot,
@@ -48,6 +50,7 @@ from orchestrator.ports.selfref import (
 __all__ = [
     "Checkpointer",
     "ChunkAccumulator",
+    "DeferringCheckpointer",
     "Experience",
     "ForkBackend",
     "ForkLimits",

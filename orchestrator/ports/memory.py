@@ -12,6 +12,7 @@ from orchestrator.settings import Settings
 
 __all__ = [
     "Checkpointer",
+    "DeferringCheckpointer",
     "Experience",
     "MemoryLimits",
     "MemorySnapshot",
@@ -129,3 +130,18 @@ class Checkpointer(Protocol):
     """
 
     async def save(self, state: Any) -> None: ...
+
+
+@runtime_checkable
+class DeferringCheckpointer(Checkpointer, Protocol):
+    """A Checkpointer that can also queue a state without waiting for it to be durable.
+
+    `save_later(state)` returns at once; the state is written with (never ahead of) the
+    events yielded before it, and is durable once a later `save` returns or the turn's
+    owner has flushed its outputs (a worker does before it ends or parks the run). The
+    loop uses it only where a crash before the write repeats no tool: after ReactStart
+    (the next step is a model call, which a crash redoes anyway) and after ReactEnd (the
+    turn's last output follows in the same write).
+    """
+
+    def save_later(self, state: Any) -> None: ...

@@ -9,7 +9,8 @@ Publishing never waits for Redis: `publish()` appends to a buffer and a backgrou
 sends whatever has accumulated in one script call (`_PUBLISH_LUA`: atomic, one round
 trip, one command). While a send is in flight new outputs pile up for the next one, so an
 idle publisher adds no latency and a busy one batches by itself. Each batch also records
-its number under the publisher's id in the same script, so a batch retried after a
+its number under the publisher's id in the same script (in the seqs hash, with the
+batch's event_seqs), so a batch retried after a
 dropped connection is never written twice. A turn's checkpoint rides in the batch that
 carries the events before it (`save_checkpoint`): events and the state that follows them
 are written together, never a checkpoint ahead of its events.
@@ -63,6 +64,7 @@ __all__ = [
     "connect_blocking",
     "decode_entry",
     "status_call",
+    "statuses_call",
 ]
 
 log = structlog.get_logger(__name__)
@@ -103,8 +105,10 @@ class _Pending:
 
 # One batch of a publisher, atomically: refuse it if a newer attempt owns the run's writes
 # (or saved the checkpoint), else append the entries, note the highest event_seq per agent
-# call and the batch number, save the checkpoint if the batch carries one, and (now and
-# then) push the idle TTLs back.
+# call and the batch number (one HSET: the number is field "batch:<publisher id>" of the
+# seqs hash), save the checkpoint if the batch carries one, and (now and then) push the
+# idle TTLs back. The publishers hash is only read, for the batch markers older versions
+# kept there.
 # KEYS: stream, seqs, publishers, fence, checkpoint
 # ARGV: attempt ("" = unfenced), publisher id, batch number, maxlen, idle ttl ("" = none),
 #       refresh ("1": set the TTLs), fence ttl, run id, root ("" = the run), n seqs,
@@ -118,7 +122,8 @@ local at = 11 + 2 * nseqs
 local nentries = tonumber(ARGV[at])
 local state = ARGV[at + 1 + 2 * nentries]
 if ARGV[at + 2 + 2 * nentries] == '1' then
-  local done = tonumber(redis.call('HGET', KEYS[3], ARGV[2]))
+  local done = tonumber(redis.call('HGET', KEYS[2], 'batch:' .. ARGV[2])
+    or redis.call('HGET', KEYS[3], ARGV[2]))
   if done and done >= tonumber(ARGV[3]) then return {2} end
 end
 if attempt then
@@ -141,15 +146,12 @@ for i = 0, nentries - 1 do
       'v', '1', 'kind', kind, 'run', ARGV[8], 'data', data, 'root', root)
   end
 end
-if nseqs > 0 then
-  local pairs_ = {}
-  for i = 0, nseqs - 1 do
-    pairs_[#pairs_ + 1] = ARGV[11 + 2 * i]
-    pairs_[#pairs_ + 1] = ARGV[12 + 2 * i]
-  end
-  redis.call('HSET', KEYS[2], unpack(pairs_))
+local pairs_ = {'batch:' .. ARGV[2], ARGV[3]}
+for i = 0, nseqs - 1 do
+  pairs_[#pairs_ + 1] = ARGV[11 + 2 * i]
+  pairs_[#pairs_ + 1] = ARGV[12 + 2 * i]
 end
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[2], unpack(pairs_))
 if state ~= '' then
   redis.call('HSET', KEYS[5], 'attempt', ARGV[1], 'state', state)
   redis.call('PERSIST', KEYS[5])
@@ -158,7 +160,6 @@ if ARGV[6] == '1' then
   if ARGV[5] ~= '' then
     redis.call('EXPIRE', KEYS[1], ARGV[5])
     redis.call('EXPIRE', KEYS[2], ARGV[5])
-    redis.call('EXPIRE', KEYS[3], ARGV[5])
   end
   if attempt then redis.call('EXPIRE', KEYS[4], ARGV[7]) end
 end
@@ -558,6 +559,48 @@ def status_call(
     entry = _Pending("status", status.to_json())
     args = publisher._script_args([entry], refresh=True, check=publisher_id is not None)
     return publisher._script, names, args
+
+
+# Status entries of several runs of one session (a batch of forks queued), atomically,
+# unfenced and without a batch marker (sent once: nothing retries them by publisher).
+# KEYS: stream, seqs; ARGV: maxlen, idle ttl, n, (run, root, data) x n
+# ("" root = the run). The session's stream keys get the idle TTL, as a first batch does.
+_STATUSES_LUA = """
+local n = tonumber(ARGV[3])
+for i = 0, n - 1 do
+  local run, root, data = ARGV[4 + 3 * i], ARGV[5 + 3 * i], ARGV[6 + 3 * i]
+  if root == '' then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+      'v', '1', 'kind', 'status', 'run', run, 'data', data)
+  else
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+      'v', '1', 'kind', 'status', 'run', run, 'data', data, 'root', root)
+  end
+end
+for i = 1, 2 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+return n
+"""
+
+
+def statuses_call(
+    redis: Redis,
+    keys: Keys,
+    statuses: Sequence[tuple[StatusEntry, str]],
+    *,
+    session_id: str,
+    maxlen: int = 100_000,
+    ttl_s: int = 7 * 86_400,
+) -> tuple[Any, list[str], list[Any]]:
+    """The script call that appends the status entries of several runs of one session
+    (each with its root run id), in order, in one command: what `status_call` sends for
+    each of them, without a batch marker (so, not for a write that may be repeated).
+    For a caller batching it with other writes in one round trip (`run_scripts`)."""
+    script = redis.register_script(_STATUSES_LUA)
+    names = [keys.events(session_id), keys.seqs(session_id)]
+    args: list[Any] = [str(maxlen), str(ttl_s), str(len(statuses))]
+    for status, root in statuses:
+        args += [status.run_id, "" if root == status.run_id else root, status.to_json()]
+    return script, names, args
 
 
 @dataclass(frozen=True)
