@@ -368,6 +368,11 @@ class BenchKeys:
         """The agent-loop section's names."""
         return BenchKeys(f"{self.prefix}:loops")
 
+    @property
+    def batches(self) -> BenchKeys:
+        """The batch section's names."""
+        return BenchKeys(f"{self.prefix}:batches")
+
     def arq_queue(self) -> str:
         """The stock arq worker's queue."""
         return f"{self.prefix}:arq-queue"

@@ -206,7 +206,7 @@ def run_batch_bench(
         f"[bold]batches:[/] {plan.prompts} prompts, scripted model at {plan.llm_ms} ms; "
         f"{plan.workers} workers x {plan.concurrency} slots vs one process"
     )
-    bench = BatchBench(url, BenchKeys(f"{prefix}:batches"), plan, logdir)
+    bench = BatchBench(url, BenchKeys(prefix).batches, plan, logdir)
     try:
         bench.start()
         rows = asyncio.run(bench.measure())
