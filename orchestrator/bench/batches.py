@@ -17,7 +17,6 @@ under `<prefix>:batches` and are deleted at the end with the arq keys of every i
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 from rich.console import Console
 
 from orchestrator.bench.agents import MODULE as AGENT_MODULE
-from orchestrator.bench.procs import BenchError, Child, delete_bench_keys, free_port, port_open
+from orchestrator.bench.procs import BenchError, Child, delete_bench_keys, start_scripted_model
 from orchestrator.bench.report import Row
 from orchestrator.client import connect
 from orchestrator.deluge import LLMClient, ModelRegistry, ModelSpec
@@ -81,26 +80,12 @@ class BatchBench:
         self.samples: dict[str, list[float]] = {}
 
     def start(self) -> None:
-        port = free_port()
-        script = self.logdir / "batch-script.json"
-        script.write_text(
-            json.dumps(
-                {
-                    "latency": {"first_token_ms": self.plan.llm_ms},
-                    "fallback": {"content": "ok {last_user}"},
-                }
-            )
-        )
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-        argv = ["-m", "orchestrator.cli", "mock-llm", "--port", str(port), "--script", str(script)]
-        llm = Child("batch-mock-llm", [sys.executable, *argv], self.logdir, self.env)
+        script = {
+            "latency": {"first_token_ms": self.plan.llm_ms},
+            "fallback": {"content": "ok {last_user}"},
+        }
+        llm, self.base_url = start_scripted_model("batch-mock-llm", script, self.logdir, self.env)
         self.children.append(llm)
-        deadline = time.monotonic() + 30
-        while not port_open(port):
-            llm.check()
-            if time.monotonic() > deadline:
-                raise BenchError("the scripted model did not start")
-            time.sleep(0.05)
         for i in range(self.plan.workers):
             argv = [
                 *("-m", "orchestrator.cli", "worker", "--redis", self.url),

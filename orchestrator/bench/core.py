@@ -29,8 +29,7 @@ from orchestrator.bench.procs import (
     BenchError,
     Child,
     delete_bench_keys,
-    free_port,
-    port_open,
+    start_scripted_model,
 )
 from orchestrator.bench.report import Row, Summary, percentile
 from orchestrator.client import connect
@@ -252,27 +251,20 @@ class Bench:
         return child
 
     def start_children(self) -> None:
-        port = free_port()
-        script = self.logdir / "script.json"
-        script.write_text(json.dumps(bench_script(self.plan)))
-        self.llm_url = f"http://127.0.0.1:{port}/v1"
+        llm, self.llm_url = start_scripted_model(
+            "mock-llm", bench_script(self.plan), self.logdir, self.env
+        )
+        self.children.append(llm)
         self.env[LLM_URL_ENV] = self.llm_url
         cli = ["-m", "orchestrator.cli"]
         here = ["-m", "orchestrator.bench"]
         redis = ["--redis", self.url]
-        self._spawn("mock-llm", [*cli, "mock-llm", "--port", str(port), "--script", str(script)])
         self._spawn(
             "worker", [*cli, "worker", *redis, "--prefix", self.prefix, "--agents", AGENT_MODULE]
         )
         prefix = ["--prefix", self.noop_keys.prefix, "--starts", self.starts_ours]
         self._spawn("noop-worker", [*here, "noop-worker", *redis, *prefix])
         self._spawn("arq-worker", [*here, "arq-worker", *redis, "--queue", self.arq_queue])
-        deadline = time.monotonic() + 30
-        while not port_open(port):
-            self.children[0].check()
-            if time.monotonic() > deadline:
-                raise BenchError("the scripted model did not start")
-            time.sleep(0.05)
 
     def stop_children(self) -> None:
         for child in reversed(self.children):

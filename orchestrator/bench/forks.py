@@ -48,6 +48,7 @@ from orchestrator.bench.procs import (
     delete_bench_keys,
     free_port,
     port_open,
+    start_scripted_model,
 )
 from orchestrator.bench.report import Row, percentile
 from orchestrator.client import connect
@@ -407,18 +408,10 @@ class ForkBench:
         return Child(name, [sys.executable, *argv], self.logdir, self.env)
 
     def start_llm(self) -> None:
-        port = free_port()
-        script = self.logdir / "fork-script.json"
-        script.write_text(json.dumps(fork_script(self.plan)))
-        self.env[LLM_URL_ENV] = f"http://127.0.0.1:{port}/v1"
-        argv = ["-m", "orchestrator.cli", "mock-llm", "--port", str(port), "--script", str(script)]
-        self.procs.llm = llm = self._spawn("fork-mock-llm", argv)
-        deadline = time.monotonic() + 30
-        while not port_open(port):
-            llm.check()
-            if time.monotonic() > deadline:
-                raise BenchError("the scripted model did not start")
-            time.sleep(0.05)
+        self.procs.llm, url = start_scripted_model(
+            "fork-mock-llm", fork_script(self.plan), self.logdir, self.env
+        )
+        self.env[LLM_URL_ENV] = url
 
     def _add_workers(self, count: int, url: str | None = None) -> None:
         redis = ["--redis", url or self.url]

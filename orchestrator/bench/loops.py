@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import json
 import os
 import sys
 import time
@@ -37,8 +36,7 @@ from orchestrator.bench.procs import (
     BenchError,
     Child,
     delete_bench_keys,
-    free_port,
-    port_open,
+    start_scripted_model,
 )
 from orchestrator.bench.report import Row
 from orchestrator.client import connect
@@ -172,19 +170,10 @@ class LoopBench:
         return Child(name, [sys.executable, *argv], self.logdir, self.env)
 
     def start_llm(self) -> None:
-        port = free_port()
-        script = self.logdir / "loop-script.json"
-        script.write_text(json.dumps(loop_script(self.plan)))
-        self.llm_url = f"http://127.0.0.1:{port}/v1"
+        self.llm, self.llm_url = start_scripted_model(
+            "loop-mock-llm", loop_script(self.plan), self.logdir, self.env
+        )
         self.env[LLM_URL_ENV] = self.llm_url
-        argv = ["-m", "orchestrator.cli", "mock-llm", "--port", str(port), "--script", str(script)]
-        self.llm = self._spawn("loop-mock-llm", argv)
-        deadline = time.monotonic() + 30
-        while not port_open(port):
-            self.llm.check()
-            if time.monotonic() > deadline:
-                raise BenchError("the scripted model did not start")
-            time.sleep(0.05)
 
     def stop(self) -> None:
         for child in reversed([*self.workers, *([self.llm] if self.llm else [])]):

@@ -4,9 +4,12 @@ and delete what they wrote under the bench's prefix afterwards."""
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import socket
 import subprocess
+import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -78,6 +81,30 @@ def port_open(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
         return True
     return False
+
+
+def start_scripted_model(
+    name: str, script: dict[str, Any], logdir: Path, env: dict[str, str]
+) -> tuple[Child, str]:
+    """Run `orchestrator mock-llm` with `script` on a free port, as child `name`, and
+    wait until it listens: (the child, its base URL). A child that did not start is
+    stopped before `BenchError` is raised."""
+    port = free_port()
+    path = logdir / f"{name}-script.json"
+    path.write_text(json.dumps(script))
+    argv = ["-m", "orchestrator.cli", "mock-llm", "--port", str(port), "--script", str(path)]
+    llm = Child(name, [sys.executable, *argv], logdir, env)
+    try:
+        deadline = time.monotonic() + 30
+        while not port_open(port):
+            llm.check()
+            if time.monotonic() > deadline:
+                raise BenchError("the scripted model did not start")
+            time.sleep(0.05)
+    except BaseException:
+        llm.stop()
+        raise
+    return llm, f"http://127.0.0.1:{port}/v1"
 
 
 async def delete_bench_keys(url: str, keys: BenchKeys, job_ids: Iterable[str]) -> int:
