@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -27,18 +28,31 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from orchestrator.aio import cancel_and_wait
+from orchestrator.store.batches import PICK_CLAIM_LUA
 from orchestrator.store.connection import is_unavailable, run_script, translate_errors
 from workers.outage import Outage, until_available
 
 # Mark a job in progress unless it already is, or left the queue, or is not due yet: its
-# queue score, else -1. KEYS: in-progress key, queue; ARGV: job id, now ms, timeout ms
-_PICK_LUA = """
+# queue score, else -1.
+# KEYS in-progress, queue[, claims, meta]; ARGV job id, now (ms), in-progress ttl (ms)[,
+# index, claim]: a batch item's job is claimed in the same step (PICK_CLAIM_LUA).
+_PICK_LUA = (
+    """
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if (not score) or tonumber(score) > tonumber(ARGV[2]) then return -1 end
 redis.call('PSETEX', KEYS[1], ARGV[3], '1')
+if #KEYS == 4 then
+"""
+    + PICK_CLAIM_LUA
+    + """
+end
 return score
 """
+)
+
+# The keys and args a job's pick adds (a batch item's claim), or None.
+PickClaim = Callable[[str], "tuple[list[str], list[str]] | None"]
 
 _log = structlog.get_logger(__name__)
 
@@ -54,7 +68,10 @@ _CLOSE_GRACE_S = 1.0
 class WakeableWorker(Worker):
     """arq Worker + wake-ups on a pub/sub channel + surviving Redis outages."""
 
-    def __init__(self, *args: Any, wake_channel: str, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, wake_channel: str, pick_claim: PickClaim | None = None, **kwargs: Any
+    ) -> None:
+        """`pick_claim(job_id)`: what picking that job also claims (a batch item)."""
         on_job_start = kwargs.pop("on_job_start", None)
 
         async def job_started(ctx: dict[str, Any]) -> None:
@@ -64,6 +81,7 @@ class WakeableWorker(Worker):
 
         super().__init__(*args, on_job_start=job_started, **kwargs)
         self._pick_lua: Any = None
+        self._pick_claim = pick_claim
         self._wake_channel = wake_channel
         self._wake = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
@@ -176,6 +194,10 @@ class WakeableWorker(Worker):
             return None
         keys = [in_progress_key_prefix + job_id, self.queue_name]
         args = [job_id, str(timestamp_ms()), str(int(self.in_progress_timeout_s * 1000))]
+        claim = self._pick_claim(job_id) if self._pick_claim is not None else None
+        if claim is not None:
+            keys += claim[0]
+            args += claim[1]
         try:
             reply = await run_script(self.pool, self._pick_script, keys, args)
         except redis_errors.ResponseError:

@@ -3,10 +3,13 @@
 Every worker answering a batch shares its rate limit through `RedisRateLimiter` (one
 name per batch spec). An item whose answer is still an error after its retries, or that
 ran out of `BATCH_ITEM_TIMEOUT_S`, is recorded as failed, with the error, never dropped.
-A worker claims each item it runs (`{batch}:claims`); every worker's `BatchSweeper`
-re-queues the items claimed by workers whose heartbeat has lapsed (one sweeper wins each,
-by an atomic take of the claim), up to `MAX_ITEM_RUNS` runs, then records the item as
-failed. A result is counted once however many runs there were.
+A worker claims each item as it picks its job, in the same script that marks the job in
+progress (`{batch}:claims`, `WakeableWorker`'s pick). Every worker's `BatchSweeper`
+re-queues the items whose claim is lost: claimed by a worker whose heartbeat has lapsed,
+or whose job is no longer in progress with no result recorded (it ended with an error
+before recording one). One sweeper wins each, by an atomic take of the claim; up to
+`MAX_ITEM_RUNS` runs, then the item is recorded as failed. A result is counted once
+however many runs there were.
 """
 
 from __future__ import annotations
@@ -72,9 +75,8 @@ class BatchRunner:
 
     async def run(self, payload: Any) -> dict[str, Any]:
         batch_id, index, run = _decode_payload(payload)
-        with structlog.contextvars.bound_contextvars(batch_id=batch_id, item=index):
-            claim = {"worker": self.worker_id, "run": run, "at": time.time()}
-            await self.store.claim(batch_id, index, json.dumps(claim))
+        with structlog.contextvars.bound_contextvars(batch_id=batch_id, item=index, run=run):
+            # Claimed already: the pick of this job wrote the claim.
             try:
                 spec, client, tools = await self._batch(batch_id)
                 raw = await self.store.item(batch_id, index)
@@ -149,6 +151,15 @@ class BatchRunner:
             await client.aclose()
 
 
+def _read_claim(raw: str) -> tuple[str, int, float]:
+    """(worker, run, at) of a claim; an unreadable one reads as lost for good."""
+    try:
+        claim = json.loads(raw)
+        return str(claim["worker"]), int(claim["run"]), float(claim["at"])
+    except (ValueError, KeyError, TypeError):
+        return "", MAX_ITEM_RUNS, 0.0
+
+
 def _as_deluge_tool(tool: RuntimeTool) -> Tool:
     return Tool.from_function(tool.func, name=tool.name, description=tool.description)
 
@@ -167,8 +178,10 @@ def _decode_payload(payload: Any) -> tuple[str, int, int]:
 class BatchSweeper:
     """Finds items whose worker died while running them and queues them again.
 
-    A claim counts as lost when its worker has no live heartbeat and the claim is older
-    than `grace_s` (so a worker that has not beaten yet is not taken for dead)."""
+    A claim older than `grace_s` counts as lost when its worker has no live heartbeat, or
+    when arq no longer has its job in progress (the job ended without recording a result:
+    it raised, say, because Redis went away mid-record). Fresher claims are left alone, so
+    a worker that has not beaten yet is not taken for dead."""
 
     def __init__(
         self, store: BatchStore, workers: WorkerRegistry, *, interval_s: float, grace_s: float
@@ -202,23 +215,33 @@ class BatchSweeper:
             if not counters or BatchProgress.from_counters(batch_id, counters).finished:
                 await self.store.forget(batch_id)
                 continue
-            for index, raw in (await self.store.claims(batch_id)).items():
-                requeued += await self._recover(batch_id, index, raw, live)
+            requeued += await self._sweep_batch(batch_id, live)
         self.requeued += requeued
         return requeued
 
-    async def _recover(self, batch_id: str, index: int, raw: str, live: set[str]) -> int:
-        try:
-            claim = json.loads(raw)
-            worker, run, at = str(claim["worker"]), int(claim["run"]), float(claim["at"])
-        except (ValueError, KeyError, TypeError):
-            worker, run, at = "", MAX_ITEM_RUNS, 0.0  # unreadable: treat as lost for good
-        if worker in live or time.time() - at < self.grace_s:
-            return 0
+    async def _sweep_batch(self, batch_id: str, live: set[str]) -> int:
+        claims = await self.store.claims(batch_id)
+        now = time.time()
+        old = {i: _read_claim(raw) for i, raw in claims.items()}
+        old = {i: claim for i, claim in old.items() if now - claim[2] >= self.grace_s}
+        # A live worker's claim is still lost when its job is no longer in progress.
+        running = await self.store.in_progress(
+            batch_id, {i: run for i, (worker, run, _) in old.items() if worker in live}
+        )
+        requeued = 0
+        for index, (worker, run, _) in old.items():
+            if worker not in live or index not in running:
+                requeued += await self._recover(batch_id, index, claims[index], run, worker, live)
+        return requeued
+
+    async def _recover(
+        self, batch_id: str, index: int, raw: str, run: int, worker: str, live: set[str]
+    ) -> int:
         if not await self.store.take_claim(batch_id, index, raw):
             return 0  # another sweeper took it (or the result came in)
+        lost = "its worker died" if worker not in live else "its job ended without a result"
         if run >= MAX_ITEM_RUNS:
-            message = f"its worker died {run} times while running it"
+            message = f"{lost} {run} times while running it"
             response = APIResponse(is_error=True, error_message=message)
             await self.store.record(
                 batch_id,
@@ -230,7 +253,7 @@ class BatchSweeper:
                 cost=0.0,
             )
             return 0
-        _log.warning("batch item lost with its worker: queued again", batch_id=batch_id,
+        _log.warning(f"batch item lost ({lost}): queued again", batch_id=batch_id,
                      item=index, worker=worker, run=run + 1)  # fmt: skip
         await self.store.enqueue(batch_id, [index], run=run + 1)
         return 1

@@ -243,6 +243,7 @@ async def create_worker(
             ),
         ],
         queue_name=services.keys.queue(),
+        pick_claim=lambda job_id: services.batches.store.pick_claim(job_id, services.worker_id),
         redis_pool=pool,
         max_jobs=settings.concurrency,
         poll_delay=settings.poll_delay_s,

@@ -9,11 +9,12 @@ it) is counted once.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from arq.constants import job_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 
@@ -46,14 +47,24 @@ return 1
 """
 
 
-# KEYS claims, meta; ARGV index, claim. The claims expire with the batch.
-_CLAIM = """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local ttl = redis.call('PTTL', KEYS[2])
-if ttl <= 0 then ttl = 86400000 end
-redis.call('PEXPIRE', KEYS[1], ttl)
-return 1
+def _claim_lua(claims: str, meta: str, index: str, claim: str) -> str:
+    """Lua that writes a claim; the claims expire with the batch's meta."""
+    return f"""
+redis.call('HSET', {claims}, {index}, {claim})
+local claims_ttl = redis.call('PTTL', {meta})
+if claims_ttl <= 0 then claims_ttl = 86400000 end
+redis.call('PEXPIRE', {claims}, claims_ttl)
 """
+
+
+# KEYS claims, meta; ARGV index, claim.
+_CLAIM = _claim_lua("KEYS[1]", "KEYS[2]", "ARGV[1]", "ARGV[2]") + "return 1\n"
+
+# The worker's job pick (workers/arq_worker.py) claims a batch item in the same script
+# that marks its job in progress: KEYS[3] claims, KEYS[4] meta; ARGV[4] index, ARGV[5]
+# claim. (Claiming later, from the job, left a gap: a worker dying between the pick and
+# the claim left the item in progress with no claim for the sweeper to see.)
+PICK_CLAIM_LUA = _claim_lua("KEYS[3]", "KEYS[4]", "ARGV[4]", "ARGV[5]")
 
 # KEYS claims; ARGV index, the claim read. Takes the claim away if it is unchanged (so of
 # several sweepers that found it, exactly one re-queues the item).
@@ -68,6 +79,22 @@ def item_job_id(batch_id: str, index: int, run: int = 1) -> str:
     """The arq job id of one run of an item (deterministic: submitting twice, or two
     sweepers re-queueing it, queue it once)."""
     return f"batch:{batch_id}:{index}" if run == 1 else f"batch:{batch_id}:{index}:r{run}"
+
+
+def parse_item_job_id(job_id: str) -> tuple[str, int, int] | None:
+    """`(batch_id, index, run)` of an item's job id, None for any other job id."""
+    if not job_id.startswith("batch:"):
+        return None
+    parts = job_id.split(":")
+    if len(parts) == 4 and parts[3].startswith("r") and parts[3][1:].isdigit():
+        run = int(parts[3][1:])
+    elif len(parts) == 3:
+        run = 1
+    else:
+        return None
+    if not parts[1] or not parts[2].isdigit() or run < 1:
+        return None
+    return parts[1], int(parts[2]), run
 
 
 class BatchStore:
@@ -176,6 +203,29 @@ class BatchStore:
         keys = [self._keys.batch_claims(batch_id), self._keys.batch_meta(batch_id)]
         async with translate_errors("claim batch item"):
             await self._claim(keys=keys, args=[index, claim_json])
+
+    def pick_claim(self, job_id: str, worker_id: str) -> tuple[list[str], list[str]] | None:
+        """The extra keys and args of `PICK_CLAIM_LUA` that claim an item for `worker_id`
+        as its job is picked; None when `job_id` is not a batch item's."""
+        parsed = parse_item_job_id(job_id)
+        if parsed is None:
+            return None
+        batch_id, index, run = parsed
+        claim = json.dumps({"worker": worker_id, "run": run, "at": time.time()})
+        keys = [self._keys.batch_claims(batch_id), self._keys.batch_meta(batch_id)]
+        return keys, [str(index), claim]
+
+    async def in_progress(self, batch_id: str, runs: dict[int, int]) -> set[int]:
+        """Of `runs` (item index -> run), the items whose job arq has in progress."""
+        if not runs:
+            return set()
+        indexes = sorted(runs)
+        async with translate_errors("read batch jobs"):
+            pipe = self._redis.pipeline(transaction=False)
+            for index in indexes:
+                pipe.exists(in_progress_key_prefix + item_job_id(batch_id, index, runs[index]))
+            found = await pipe.execute()
+        return {index for index, exists in zip(indexes, found, strict=True) if exists}
 
     async def claims(self, batch_id: str) -> dict[int, str]:
         async with translate_errors("read batch claims"):
