@@ -576,8 +576,10 @@ class Client:
         """The progress of the latest batches (at most 100 are kept), newest first;
         batches that expired meanwhile are left out, and a tenant sees only its own."""
         found: list[BatchProgress] = []
-        for batch_id in await self.batches.recent():
-            counters = await self.batches.counters(batch_id)
+        recent = await self.batches.recent()
+        for batch_id, counters in zip(
+            recent, await self.batches.counters_many(recent), strict=True
+        ):
             if counters:
                 progress = BatchProgress.from_counters(batch_id, counters)
                 if progress.visible_to(tenant):

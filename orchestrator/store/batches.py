@@ -26,6 +26,10 @@ RUN_BATCH_ITEM = "run_batch_item"
 RECENT_BATCHES = 100
 DEFAULT_BATCH_RETENTION_S = 86_400
 _ITEMS_PER_WRITE = 500
+# The fields of a batch's meta hash that `counters` reads (all but the spec).
+_COUNTERS = (
+    "total", "done", "failed", "input_tokens", "output_tokens", "cost", "created_at", "tenant"
+)  # fmt: skip
 
 # KEYS meta, results, claims; ARGV index, result, failed (0/1), input, output, cost.
 # The results expire with the batch's meta (the hash did not exist when it was created).
@@ -258,9 +262,23 @@ class BatchStore:
 
     async def counters(self, batch_id: str) -> dict[str, str]:
         """The batch's counters as stored (empty when the batch is unknown or expired)."""
+        return (await self.counters_many([batch_id]))[0]
+
+    async def counters_many(self, batch_ids: Sequence[str]) -> list[dict[str, str]]:
+        """`counters` of each batch, in one round trip (the spec is not read)."""
         async with translate_errors("read batch progress"):
-            raw = await self._redis.hgetall(self._keys.batch_meta(batch_id))
-        return {_text(k) or "": _text(v) or "" for k, v in raw.items() if _text(k) != "spec"}
+            pipe = self._redis.pipeline(transaction=False)
+            for batch_id in batch_ids:
+                pipe.hmget(self._keys.batch_meta(batch_id), _COUNTERS)
+            replies = await pipe.execute() if batch_ids else []
+        return [
+            {
+                name: text
+                for name, raw in zip(_COUNTERS, values, strict=True)
+                if (text := _text(raw)) is not None
+            }
+            for values in replies
+        ]
 
     async def results(self, batch_id: str) -> dict[int, str]:
         async with translate_errors("read batch results"):
