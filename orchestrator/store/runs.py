@@ -1000,6 +1000,33 @@ class LeaseTable:
             raise PayloadError(f"lease owner record of {run_id!r} is corrupt")
         return reply == 1
 
+    async def renew_many(
+        self,
+        leases: Sequence[tuple[str, int]],
+        *,
+        worker_id: str,
+        ttl_s: float,
+        extend_only: bool = False,
+    ) -> builtins.list[bool | None]:
+        """`renew` for several `(run_id, attempt)` leases in one round trip (each atomic
+        on its own): True or False for each as `renew` says, None for a lease whose owner
+        record is corrupt."""
+        if not leases:
+            return []
+        deadline = repr(_now_ms() + ttl_s * 1000.0)
+        only = "1" if extend_only else "0"
+        calls = [
+            (
+                self._renew,
+                [self._keys.lease(run_id), self._keys.leases()],
+                [str(attempt), worker_id, deadline, only, run_id],
+            )
+            for run_id, attempt in leases
+        ]
+        async with translate_errors("lease renew"):
+            replies = await run_scripts(self._redis, calls)
+        return [None if int(r) < 0 else int(r) == 1 for r in replies]
+
     async def release(self, run_id: str, attempt: int) -> bool:
         """Give the lease up at the end of the attempt. False if `attempt` did not hold it."""
         keys = [self._keys.lease(run_id), self._keys.leases()]

@@ -236,3 +236,19 @@ async def test_finishing_an_ended_run_again_announces_it_and_changes_nothing_els
     assert message["data"] == b"r1"
     assert await runs.get("r1") == record
     assert 0 < await fake_redis.pttl(keys.run("r1")) <= 600_000
+
+
+async def test_leases_are_renewed_together_each_as_renew_would(fake_redis: Any, keys: Keys) -> None:
+    leases = LeaseTable(fake_redis, keys)
+    assert await leases.renew("held", attempt=1, worker_id="w", ttl_s=0.001)
+    assert await leases.renew("replaced", attempt=2, worker_id="w2", ttl_s=60)
+    await fake_redis.hset(keys.lease("corrupt"), "attempt", "many")
+    renewed = await leases.renew_many(
+        [("held", 1), ("replaced", 1), ("corrupt", 1)],
+        worker_id="w",
+        ttl_s=60,
+        extend_only=True,
+    )
+    assert renewed == [True, False, None]
+    assert await leases.expired() == []
+    assert await leases.renew_many([], worker_id="w", ttl_s=60) == []
