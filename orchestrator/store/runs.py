@@ -694,15 +694,22 @@ class RunStore:
         """
         forks = builtins.list(dict.fromkeys(waiting_for))
         terminal = [self._keys.runs_by_status(s) for s in RunStatus if s.terminal]
+        # What this process wrote last (it started the run) saves the read; a stale
+        # guess costs one refused script.
+        guess = _LAST_WRITTEN.get(run_id)
         async with translate_errors("run suspend"):
             for _ in range(_CAS_RETRIES):
-                raw, current = await self._read_raw(run_id)
+                raw, current = guess or await self._read_raw(run_id)
                 if (
                     current.status is not RunStatus.RUNNING
                     or current.attempt != attempt
                     or current.segment != segment
                 ):
+                    if guess is not None:
+                        guess = None
+                        continue
                     return False
+                guess = None
                 raws = await self._redis.mget([self._keys.run(f) for f in forks]) if forks else []
                 running = [f for f, r in zip(forks, raws, strict=True) if _is_live(f, r)]
                 if not running:

@@ -252,3 +252,22 @@ async def test_leases_are_renewed_together_each_as_renew_would(fake_redis: Any, 
     assert renewed == [True, False, None]
     assert await leases.expired() == []
     assert await leases.renew_many([], worker_id="w", ttl_s=60) == []
+
+
+async def test_a_suspend_on_a_stale_guess_of_the_record_reads_it_again(
+    runs: RunStore,
+) -> None:
+    await runs.create(_record("p", status=RunStatus.RUNNING))
+    await runs.create(_record("p.fork_1", status=RunStatus.RUNNING))
+    await runs.update("p", tenant="acme")  # the guess below is stale:
+    runs_module._LAST_WRITTEN["p"] = (b"{}", _record("p", status=RunStatus.RUNNING))
+    assert await runs.suspend("p", attempt=1, segment=0, waiting_for=["p.fork_1"])
+    parked = await runs.get("p")
+    assert parked.status is RunStatus.WAITING
+    assert parked.tenant == "acme"
+    assert parked.waiting_for == ["p.fork_1"]
+    # A guess that is not this attempt's is checked against the real record too.
+    await runs.create(_record("q", status=RunStatus.RUNNING))
+    await runs.create(_record("q.fork_1", status=RunStatus.RUNNING))
+    runs_module._LAST_WRITTEN["q"] = (b"{}", _record("q", status=RunStatus.RUNNING, attempt=9))
+    assert await runs.suspend("q", attempt=1, segment=0, waiting_for=["q.fork_1"])
