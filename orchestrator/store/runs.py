@@ -922,7 +922,6 @@ def _matches(
 _AWAITED_TTL_S = 7 * 86_400
 
 _ATTEMPT = "attempt"
-_WORKER = "worker"
 _FENCE = "fence"
 _STATE = "state"
 # How many attempts of the run were handed back (not lost): they do not count as failures.
@@ -957,6 +956,20 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 
+# `LeaseTable.park` as one atomic script. KEYS: owner, deadlines
+# ARGV: attempt, worker id ("" = any), run id. Reply: 1 parked, 0 not this holder's,
+# -1 corrupt owner record
+_PARK_LUA = """
+local f = redis.call('HMGET', KEYS[1], 'attempt', 'worker')
+local held = tonumber(f[1])
+if f[1] and not held then return -1 end
+if held ~= tonumber(ARGV[1]) then return 0 end
+if ARGV[2] ~= '' and f[2] ~= ARGV[2] then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[1], 'state', 'parked')
+return 1
+"""
+
 
 def _opt_int(raw: Any, what: str) -> int | None:
     return None if raw is None else parse_int(raw, what)
@@ -981,6 +994,7 @@ class LeaseTable:
         self._fence_ttl_s = fence_ttl_s
         self._renew = redis.register_script(_RENEW_LUA)
         self._release = redis.register_script(_RELEASE_LUA)
+        self._park = redis.register_script(_PARK_LUA)
 
     async def renew(
         self,
@@ -1075,21 +1089,13 @@ class LeaseTable:
 
         With `worker_id`, only if that worker still holds it (a resumed segment that
         already took the lease elsewhere keeps it)."""
-        owner = self._keys.lease(run_id)
-
-        async def park(pipe: Pipeline) -> bool:
-            held_raw, worker_raw = await resolve(pipe.hmget(owner, [_ATTEMPT, _WORKER]))
-            held = _opt_int(held_raw, "lease attempt")
-            if held != attempt:
-                return False
-            if worker_id is not None and (worker_raw is None or text(worker_raw) != worker_id):
-                return False
-            begin(pipe)
-            pipe.zrem(self._keys.leases(), run_id)
-            pipe.hset(owner, _STATE, "parked")
-            return True
-
-        return await optimistic(self._redis, [owner], park, what="lease park")
+        keys = [self._keys.lease(run_id), self._keys.leases()]
+        args = [str(attempt), "" if worker_id is None else worker_id, run_id]
+        async with translate_errors("lease park"):
+            reply = int(await run_script(self._redis, self._park, keys, args))
+        if reply < 0:
+            raise PayloadError(f"lease owner record of {run_id!r} is corrupt")
+        return reply == 1
 
     async def expired(self, now_ms: float | None = None) -> builtins.list[str]:
         """Run ids whose lease deadline has passed."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import RunNotFound
+from orchestrator.errors import PayloadError, RunNotFound
 from orchestrator.keys import Keys
 from orchestrator.runs import ForkInfo, RunRecord, RunStatus
 from orchestrator.store import runs as runs_module
@@ -271,3 +271,20 @@ async def test_a_suspend_on_a_stale_guess_of_the_record_reads_it_again(
     await runs.create(_record("q.fork_1", status=RunStatus.RUNNING))
     runs_module._LAST_WRITTEN["q"] = (b"{}", _record("q", status=RunStatus.RUNNING, attempt=9))
     assert await runs.suspend("q", attempt=1, segment=0, waiting_for=["q.fork_1"])
+
+
+async def test_a_parked_lease_is_not_reaped_and_a_corrupt_one_says_so(
+    fake_redis: Any, keys: Keys
+) -> None:
+    leases = LeaseTable(fake_redis, keys)
+    assert await leases.renew("r", attempt=2, worker_id="w1", ttl_s=0.001)
+    assert not await leases.park("r", 1), "not this attempt's lease"
+    assert not await leases.park("none", 2), "no lease at all"
+    assert await leases.park("r", 2)
+    assert await leases.expired(now_ms=10**15) == []
+    owner = await leases.owner("r")
+    assert owner is not None
+    assert owner["state"] == "parked"
+    await fake_redis.hset(keys.lease("bad"), "attempt", "x")
+    with pytest.raises(PayloadError):
+        await leases.park("bad", 1)
