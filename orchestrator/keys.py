@@ -16,7 +16,9 @@ cluster slot and MULTI/EXEC over its keys is allowed):
     orc:{S}:abort:<root_run>    string: JSON {reason, at}; one run and its forks are to stop
                                 (TTL 1 day; never cleared: that run tree stays aborted)
     orc:{S}:owner               string: the tenant that started the session ("-": none);
-                                TTL stream_retention_s, refreshed by every submit and run end
+                                TTL stream_retention_s, refreshed by every submit, and by
+                                a run's end if it would expire before the stream (then a
+                                little longer: up to a minute)
     orc:{S}:runs                zset: root run id -> submitted_at (ms), the session's runs
                                 (what a session abort stops); TTL as the owner's, and
                                 members older than run_retention_s are dropped on submit
@@ -319,7 +321,7 @@ class Keys:
 
     def run_ends(self) -> str:
         """Pub/sub channel (no key, nothing stored): a run's id once its record is terminal
-        (`lifecycle.announce_end`); `Run.result()` waits on it (`store/ends.py`)."""
+        (`RunStore.end`); `Run.result()` waits on it (`store/ends.py`)."""
         return f"{self.prefix}:run-ends"
 
     def bounded(self) -> frozenset[str]:

@@ -155,35 +155,34 @@ class LeaseKeeper:
         return now_stalled
 
     async def _renew_all(self, leases: LeaseTable, outage: Outage) -> float:
-        """One pass over every held lease; returns the delay before the next pass."""
+        """One pass over every held lease, in one round trip; returns the delay before
+        the next pass."""
         with self._lock:
             held = list(self._held.values())
         if not held:
             return self.interval_s
-        results = await asyncio.gather(
-            *(self._renew(leases, hold) for hold in held), return_exceptions=True
-        )
-        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        try:
+            results = await leases.renew_many(
+                [(hold.run_id, hold.attempt) for hold in held],
+                worker_id=self._worker_id,
+                ttl_s=self._settings.lease_ttl_s,
+                extend_only=True,
+            )
+        except StoreUnavailable as exc:
+            return outage.failed(exc)  # retry soon: the lease clock keeps running
+        except OrchestratorError as exc:
+            _log.warning("lease renewal failed", error=str(exc))
+            return self.interval_s
         for hold, owned in zip(held, results, strict=True):
             if owned is False:
                 self._lost(hold)
-        if isinstance(failure, StoreUnavailable):
-            return outage.failed(failure)  # retry soon: the lease clock keeps running
-        if failure is not None:
-            _log.warning("lease renewal failed", error=str(failure))
+        corrupt = [hold.run_id for hold, owned in zip(held, results, strict=True) if owned is None]
+        if corrupt:
+            _log.warning("lease renewal failed: corrupt lease owner records", runs=corrupt)
         else:
             outage.recovered()
             self.renewals += 1
         return self.interval_s
-
-    async def _renew(self, leases: LeaseTable, hold: Hold) -> bool:
-        return await leases.renew(
-            hold.run_id,
-            attempt=hold.attempt,
-            worker_id=self._worker_id,
-            ttl_s=self._settings.lease_ttl_s,
-            extend_only=True,
-        )
 
     def _lost(self, hold: Hold) -> None:
         with self._lock:

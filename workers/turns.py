@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,13 +48,12 @@ from orchestrator.runtime.loop import run_turn
 from orchestrator.runtime.state import OriginContext, TurnState
 from orchestrator.settings import Settings
 from orchestrator.signals import AbortSignal
-from orchestrator.store.abort import AbortFlags, AbortWatcher
-from orchestrator.store.checkpoints import CheckpointStore
+from orchestrator.store.abort import AbortWatcher
 from orchestrator.store.journal import RedisSessionJournal
 from orchestrator.store.lifecycle import announce_status, end_run
 from orchestrator.store.memory import MemoryScope, RedisMemoryStore
 from orchestrator.store.queue import JobQueue
-from orchestrator.store.runs import LeaseTable, RunStore
+from orchestrator.store.runs import LeaseTable, RunStore, Started
 from orchestrator.store.streams import EventPublisher
 from workers.forks import RedisForkBackend
 from workers.leases import LeaseKeeper
@@ -130,8 +128,6 @@ class TurnExecutor:
         self._queue = queue
         self._runs = RunStore(redis, keys)
         self._leases = LeaseTable(redis, keys)
-        self._flags = AbortFlags(redis, keys)
-        self._checkpoints = CheckpointStore(redis, keys)
         self._memory_limits = MemoryLimits.from_settings(settings)
         self._journal_limits = JournalLimits.from_settings(settings)
 
@@ -163,17 +159,26 @@ class TurnExecutor:
 
     async def _begin(self, request: RunRequest) -> tuple[RunRecord, str | None] | dict[str, Any]:
         """Move the run to RUNNING and take its lease: `(record, abort reason)`, or the
-        job's result if the run is not this job's to run. Safe to repeat after a failure."""
+        job's result if the run is not this job's to run. Safe to repeat after a failure.
+
+        One script reads the abort flags, checks the record (`_current`), moves it to
+        RUNNING and takes the lease, all or nothing (`RunStore.start`)."""
         try:
-            # The record and the abort flags, read together (one round trip's wait).
-            (raw, record), reason = await asyncio.gather(
-                self._runs.get_raw(request.run_id),
-                self._flags.get_for(request.session_id, request.root_run_id),
+            start = await self._runs.start(
+                request.run_id,
+                session_id=request.session_id,
+                root_run_id=request.root_run_id,
+                attempt=request.attempt,
+                worker_id=self._worker_id,
+                lease_ttl_s=self._settings.lease_ttl_s,
+                check=lambda current: _current(current, request),
+                segment=request.segment,
+                waiting_for=[],
             )
         except RunNotFound:
             _log.warning("job for an unknown run", run_id=request.run_id)
             return {"run_id": request.run_id, "status": "rejected", "error": "unknown run"}
-        if not _current(record, request):
+        if start.outcome is Started.NOT_CURRENT:
             _log.info(
                 "stale attempt skipped",
                 run_id=request.run_id,
@@ -181,31 +186,15 @@ class TurnExecutor:
                 segment=request.segment,
             )
             return {"run_id": request.run_id, "status": "superseded", "error": None}
-        if reason is not None and record.started_at is None:
+        if start.outcome is Started.ABORTED:
             # Aborted before it ever started: it never starts (a started turn is driven
             # to its aborted end instead, so its history and ReactEnd are complete).
-            outcome = Outcome(RunStatus.ABORTED, abort_reason=reason)
-            await self._finish(record, outcome, attempt=request.attempt)
+            outcome = Outcome(RunStatus.ABORTED, abort_reason=start.abort_reason)
+            await self._finish(start.record, outcome, attempt=request.attempt)
             return outcome.result(request.run_id)
-        started = await self._runs.transition(
-            request.run_id,
-            from_status={RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING},
-            to=RunStatus.RUNNING,
-            check=lambda current: _current(current, request),
-            started_at=record.started_at or time.time(),
-            worker_id=self._worker_id,
-            segment=request.segment,
-            waiting_for=[],
-            known=(raw, record),
-        )
-        if started is None or not await self._leases.renew(
-            request.run_id,
-            attempt=request.attempt,
-            worker_id=self._worker_id,
-            ttl_s=self._settings.lease_ttl_s,
-        ):
+        if start.outcome is not Started.STARTED:
             return {"run_id": request.run_id, "status": "superseded", "error": None}
-        return started, reason
+        return start.record, start.abort_reason
 
     async def _run(
         self, request: RunRequest, started: RunRecord, reason: str | None
@@ -492,22 +481,9 @@ class TurnExecutor:
         attempt: int | None = None,
         release: bool = False,
     ) -> None:
-        """End the run; then drop its checkpoint and (`release`) give up the lease of
-        `attempt`, both at once."""
-        cleaned = False
-
-        async def cleanup() -> None:
-            # The record is terminal now: the checkpoint and the lease can go.
-            nonlocal cleaned
-            cleaned = True
-            parts: list[Awaitable[Any]] = [
-                self._checkpoints.delete(record.session_id, record.run_id)
-            ]
-            if release and attempt is not None:
-                parts.append(self._leases.release(record.run_id, attempt))
-            await asyncio.gather(*parts)
-
-        await end_run(
+        """End the run, dropping its checkpoint and (`release`) giving up the lease of
+        `attempt` in the same script (`end_run`)."""
+        ended = await end_run(
             self._redis,
             self._keys,
             self._settings,
@@ -522,11 +498,12 @@ class TurnExecutor:
             abort_reason=outcome.abort_reason,
             queue=self._queue,
             attempt=attempt,
-            cleanup=cleanup,
+            release=release,
+            drop_checkpoint=True,
         )
-        # Not cleaned: it had already ended (e.g. aborted while queued); the lease of this
-        # attempt still goes.
-        if not cleaned and release and attempt is not None:
+        # Not ended here: it had already ended (e.g. aborted while queued); the lease of
+        # this attempt still goes.
+        if ended is None and release and attempt is not None:
             await self._leases.release(record.run_id, attempt)
 
 

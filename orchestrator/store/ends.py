@@ -1,11 +1,12 @@
 """Waiting for runs to end: one pub/sub subscription per client, not a stream read per run.
 
-`lifecycle.announce_end` publishes the run id on `Keys.run_ends()` once the run's record
-is terminal. `EndWatcher.wait(run_id, ended)` registers the run, makes sure the client's
-one subscription is listening, then checks `ended()` (the record) and waits for the
-run's message, re-checking `ended()` every `poll_s` in case a message was lost (pub/sub
-is fire-and-forget: a dropped connection loses what was published meanwhile). The order
-(subscribed, then read) means an end written after the read is always heard.
+A run's end (`RunStore.end`, the script of `lifecycle.end_run`) publishes the run id on
+`Keys.run_ends()` with the terminal write of its record. `EndWatcher.wait(run_id, ended)`
+registers the run, makes sure the client's one subscription is listening, then checks
+`ended()` (the record) and waits for the run's message, re-checking `ended()` every
+`poll_s` in case a message was lost (pub/sub is fire-and-forget: a dropped connection
+loses what was published meanwhile). The order (subscribed, then read) means an end
+written after the read is always heard.
 """
 
 from __future__ import annotations

@@ -4,23 +4,21 @@ its last awaited fork has ended."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Collection
 from typing import Any
 
 import structlog
 from redis.asyncio import Redis
 
-from orchestrator.errors import PayloadError, RunNotFound
+from orchestrator.errors import PayloadError
 from orchestrator.keys import Keys
 from orchestrator.runs import RunRecord, RunRequest, RunStatus, StatusEntry, fork_run_id
 from orchestrator.settings import Settings
 from orchestrator.store.connection import run_scripts, translate_errors
 from orchestrator.store.forks import ForkTable
 from orchestrator.store.queue import JobQueue
-from orchestrator.store.runs import RunStore, fork_was_last
+from orchestrator.store.runs import Ended, EndWrites, RunStore
 from orchestrator.store.streams import EventPublisher, status_call
 
 _log = structlog.get_logger(__name__)
@@ -37,16 +35,18 @@ async def end_run(
     from_status: Collection[RunStatus] = (RunStatus.QUEUED, RunStatus.RUNNING),
     queue: JobQueue | None = None,
     attempt: int | None = None,
-    cleanup: Callable[[], Awaitable[Any]] | None = None,
+    release: bool = False,
+    drop_checkpoint: bool = False,
     **fields: Any,
 ) -> RunRecord | None:
     """Record how a run ended, append its terminal status entry to the session stream (so
     readers know it ended) and start the retention clocks. Returns None, writing nothing,
     if the run was no longer in `from_status` (it had already ended).
 
-    `cleanup` (the ending worker's own bookkeeping: its checkpoint, its lease) runs once
-    the record is terminal and before the terminal entry is written, so a reader woken
-    by that entry finds the attempt done.
+    The ending worker's own bookkeeping (`drop_checkpoint`: its checkpoint's state;
+    `release`: the lease of `attempt`) is written with the terminal record, in one
+    script, so a reader woken by the terminal entry finds the attempt done. The terminal
+    entry follows in a second round trip (with the parent's next segment, below).
 
     With `attempt`, only that attempt of the run may end it, and ending it again with the
     same status (a retry after Redis failed part-way) completes whatever the first try
@@ -54,29 +54,26 @@ async def end_run(
 
     With `queue`, a fork's parent waiting for it is resumed if this was the last fork it
     waited for (without, the waiting-run sweep of the workers does it a little later)."""
-    runs = RunStore(redis, keys)
-    updated = await runs.transition(
+    writes = _end_writes(
+        settings,
+        session_id,
+        release_attempt=attempt if release else None,
+        drop_checkpoint=drop_checkpoint,
+        wake_parent=queue is not None,
+    )
+    ended = await RunStore(redis, keys).end(
         run_id,
-        from_status=set(from_status),
-        to=status,
-        check=None if attempt is None else (lambda record: record.attempt == attempt),
-        expire_s=settings.run_retention_s,
+        status=status,
+        from_status=from_status,
+        writes=writes,
+        attempt=attempt,
         finished_at=time.time(),
         **fields,
     )
-    expired = updated is not None
-    if updated is None:
-        if attempt is None:
-            return None
-        try:
-            current = await runs.get(run_id)
-        except (RunNotFound, PayloadError):
-            return None
-        if current.status is not status or current.attempt != attempt:
-            return None
-        updated = current  # ended by an earlier try of this same call
-    await announce_end(redis, keys, settings, updated, queue=queue, expired=expired, before=cleanup)
-    return updated
+    if ended is None:
+        return None
+    await _announce(redis, keys, settings, ended, queue)
+    return ended.record
 
 
 async def announce_end(
@@ -86,13 +83,41 @@ async def announce_end(
     record: RunRecord,
     *,
     queue: JobQueue | None = None,
-    expired: bool = False,
-    before: Callable[[], Awaitable[Any]] | None = None,
 ) -> None:
-    """The rest of ending a run whose record is terminal: its terminal status entry (one,
-    however often this is called), the retention clocks, and its waiting parent.
-    `expired`: the record's own retention clock was started with its terminal write.
-    `before` runs with the retention clocks, before the terminal entry is written."""
+    """The rest of ending a run whose record is terminal (its end was cut short): its
+    terminal status entry (one, however often this is called), the retention clocks,
+    the run-ends announcement and its waiting parent."""
+    writes = _end_writes(settings, record.session_id, wake_parent=queue is not None)
+    ended = await RunStore(redis, keys).finish(record, writes)
+    await _announce(redis, keys, settings, ended, queue)
+
+
+def _end_writes(
+    settings: Settings,
+    session_id: str,
+    *,
+    release_attempt: int | None = None,
+    drop_checkpoint: bool = False,
+    wake_parent: bool = False,
+) -> EndWrites:
+    return EndWrites(
+        session_id=session_id,
+        run_ttl_s=settings.run_retention_s,
+        stream_ttl_s=settings.stream_retention_s,
+        release_attempt=release_attempt,
+        drop_checkpoint=drop_checkpoint,
+        wake_parent=wake_parent,
+    )
+
+
+async def _announce(
+    redis: Redis, keys: Keys, settings: Settings, ended: Ended, queue: JobQueue | None
+) -> None:
+    """After the terminal record (`RunStore.end`): its terminal status entry (written once
+    however often this runs: the end publisher's batch marker) and, if it was the last
+    fork its waiting parent awaited, the parent's next segment, in one round trip, the
+    entry first."""
+    record = ended.record
     status = StatusEntry(
         run_id=record.run_id,
         status=record.status,
@@ -101,11 +126,6 @@ async def announce_end(
         abort_reason=record.abort_reason,
         at=record.finished_at or time.time(),
     )
-    runs = RunStore(redis, keys)
-    parent = record.fork.parent_run_id if queue is not None and record.fork else None
-    # Its terminal status entry (written once however often this runs: the end
-    # publisher's batch marker) and then, a fork, its parent's awaited set, as scripts,
-    # in one round trip after ...
     scripts = [
         status_call(
             redis,
@@ -118,43 +138,16 @@ async def announce_end(
             ttl_s=settings.stream_retention_s,  # the stream's retention starts here
         )
     ]
-    if parent is not None:
-        scripts.append(runs.fork_ended_call(parent, record.run_id))
-    # ... the run fence's and the record's retention clocks, the session's owner (it
-    # outlives its stream: nobody else can take the session over while its entries can
-    # still be read), the end announcement that wakes Run.result() (the record is
-    # terminal already) and `before`, all at once.
+    waiting = ended.parent
+    resume = None
+    if queue is not None and waiting is not None and waiting.status is RunStatus.WAITING:
+        resume = _next_segment(waiting)
+        if resume is not None:
+            scripts.append(queue.enqueue_call(resume))
     async with translate_errors("end run"):
-        first: list[Awaitable[Any]] = [_end_clocks(redis, keys, settings, record, expired)]
-        if before is not None:
-            first.append(before())
-        await asyncio.gather(*first)
-        replies = await run_scripts(redis, scripts)
-    if parent is not None and fork_was_last(replies[-1]):  # the last fork it waited for
-        assert queue is not None
-        with contextlib.suppress(RunNotFound, PayloadError):
-            waiting = await runs.get(parent)
-            if waiting.status is RunStatus.WAITING:
-                await _resume(queue, waiting)
-
-
-async def _end_clocks(
-    redis: Redis, keys: Keys, settings: Settings, record: RunRecord, expired: bool
-) -> None:
-    stream_ttl = settings.stream_retention_s
-    session_ms = max(1, int(stream_ttl * 1000))
-    run_ms = max(1, int(settings.run_retention_s * 1000))
-    session = record.session_id
-    async with redis.pipeline(transaction=False) as pipe:
-        # (The stream's own keys get theirs from the status entry's script.)
-        pipe.expire(keys.run_fence(session, record.run_id), stream_ttl)
-        if not expired:
-            pipe.pexpire(keys.run(record.run_id), run_ms)
-            pipe.zadd(keys.runs_expiring(), {record.run_id: time.time() * 1000 + run_ms})
-        pipe.pexpire(keys.session_owner(session), session_ms)
-        pipe.pexpire(keys.session_runs(session), session_ms)
-        pipe.publish(keys.run_ends(), record.run_id)
-        await pipe.execute()
+        await run_scripts(redis, scripts)
+    if resume is not None:
+        _log.info("run resumed after its forks", run_id=resume.run_id, segment=resume.segment)
 
 
 async def announce_status(

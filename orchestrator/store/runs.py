@@ -14,6 +14,8 @@ import builtins
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import structlog
@@ -23,6 +25,7 @@ from orchestrator.errors import PayloadError, RunNotFound, StoreError
 from orchestrator.keys import Keys
 from orchestrator.runs import RunRecord, RunStatus
 from orchestrator.store._codec import dump_json, load_json, parse_int, resolve, text
+from orchestrator.store.abort import decode_reason
 from orchestrator.store.connection import (
     Pipeline,
     Redis,
@@ -33,7 +36,16 @@ from orchestrator.store.connection import (
     translate_errors,
 )
 
-__all__ = ["LeaseTable", "RunStore", "WorkerRegistry", "fork_was_last"]
+__all__ = [
+    "EndWrites",
+    "Ended",
+    "LeaseTable",
+    "RunStore",
+    "Start",
+    "Started",
+    "WorkerRegistry",
+    "fork_was_last",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +58,9 @@ def _now_ms() -> float:
 
 # Write a run record if it is still what the caller read (compare-and-set on the raw
 # JSON; "" = only if there is none), with its indexes and, optionally, its expiry: one
-# atomic script instead of WATCH/GET/MULTI/EXEC. Reply: 1 written, 0 conflict.
+# atomic script instead of WATCH/GET/MULTI/EXEC. Reply: 1 written, 0 conflict. The time
+# index is written once, at creation (its score, submitted_at, never changes); a status
+# index only when the status changes (the record's status and its index move together).
 # KEYS: record, time index, old status index, new status index, expiring index
 # ARGV: expected raw ("" = absent), new raw, run id, score, ttl ms ("" = keep), now ms
 _CAS_LUA = """
@@ -57,9 +71,13 @@ elseif current ~= ARGV[1] then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
-if KEYS[3] ~= KEYS[4] then redis.call('ZREM', KEYS[3], ARGV[3]) end
-redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
+if ARGV[1] == '' then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
+elseif KEYS[3] ~= KEYS[4] then
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
+end
 if ARGV[5] ~= '' then
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
   redis.call('ZADD', KEYS[5], tonumber(ARGV[6]) + tonumber(ARGV[5]), ARGV[3])
@@ -69,24 +87,30 @@ return 1
 _CAS_RETRIES = 100
 # Park a running run until its forks have ended, atomically with their ends: refused (0)
 # if the record changed since it was read, or if one of the forks it is to wait for has
-# ended meanwhile (its id is in a terminal status index); else the record goes to
-# WAITING and the awaited set holds the forks. One script: no WATCH on a thousand forks'
-# records that keep changing while they end.
+# ended meanwhile (its id is in a terminal status index: one ZMSCORE per index and
+# thousand forks); else the record goes to WAITING and the awaited set holds the forks.
+# One script: no WATCH on a thousand forks' records that keep changing while they end.
 # KEYS: record, running index, waiting index, awaited set, terminal indexes...
 # ARGV: expected raw, new raw, run id, score, awaited ttl, n terminal, fork ids...
 _SUSPEND_LUA = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local nterm = tonumber(ARGV[6])
-for i = 7, #ARGV do
-  for t = 1, nterm do
-    if redis.call('ZSCORE', KEYS[4 + t], ARGV[i]) then return 0 end
+for t = 1, nterm do
+  for first = 7, #ARGV, 1000 do
+    local last = math.min(first + 999, #ARGV)
+    local scores = redis.call('ZMSCORE', KEYS[4 + t], unpack(ARGV, first, last))
+    for i = 1, #scores do
+      if scores[i] then return 0 end
+    end
   end
 end
 redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
 redis.call('ZREM', KEYS[2], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
 redis.call('DEL', KEYS[4])
-for i = 7, #ARGV do redis.call('SADD', KEYS[4], ARGV[i]) end
+for first = 7, #ARGV, 1000 do
+  redis.call('SADD', KEYS[4], unpack(ARGV, first, math.min(first + 999, #ARGV)))
+end
 redis.call('EXPIRE', KEYS[4], ARGV[5])
 return 1
 """
@@ -97,6 +121,95 @@ local removed = redis.call('SREM', KEYS[1], ARGV[1])
 return {removed, redis.call('SCARD', KEYS[1])}
 """
 
+# The start of a job in one round trip: read the run's abort flags and, if the record is
+# still what the caller expects, move it to RUNNING and take the attempt's lease (the
+# checks of `_RENEW_LUA`), all or nothing. Redis Cluster is not a target: scripts already
+# mix hash tags (the job queue's), so the {runs}, {leases} and {session} keys meet here.
+# KEYS: record, its status index as expected, running index, lease owner, lease
+#       deadlines, the run tree's abort flag, the session's abort flag
+# ARGV: expected raw ("" = none: only read), new raw, run id, score, attempt, worker id,
+#       lease deadline ms, "1" = refuse if an abort flag is set (a run never started)
+# Reply: {code, record raw, tree flag set, tree flag, session flag set, session flag};
+# code 1 started, 0 the record is not the expected one (raw: what it is, "" = none),
+# 2 aborted before it started, 3 the lease belongs to a later attempt, -1 corrupt lease
+_START_LUA = """
+local flags = redis.call('MGET', KEYS[6], KEYS[7])
+local function reply(code, raw)
+  return {code, raw, flags[1] and 1 or 0, flags[1] or '', flags[2] and 1 or 0, flags[2] or ''}
+end
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '' or current ~= ARGV[1] then return reply(0, current or '') end
+if ARGV[8] == '1' and (flags[1] or flags[2]) then return reply(2, '') end
+local f = redis.call('HMGET', KEYS[4], 'attempt', 'fence')
+local attempt = tonumber(ARGV[5])
+local held = tonumber(f[1])
+local fence = tonumber(f[2])
+if (f[1] and not held) or (f[2] and not fence) then return reply(-1, '') end
+if (fence and attempt < fence) or (held and held > attempt) then return reply(3, '') end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+if KEYS[2] ~= KEYS[3] then
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+end
+redis.call('HSET', KEYS[4], 'attempt', ARGV[5], 'worker', ARGV[6], 'state', 'held')
+redis.call('PERSIST', KEYS[4])
+redis.call('ZADD', KEYS[5], ARGV[7], ARGV[3])
+return reply(1, '')
+"""
+# The end of a run in one round trip: its terminal record (compare-and-set, as
+# `_CAS_LUA`, with its retention clock) and everything that follows from it: the
+# checkpoint's state dropped (its fence kept), the attempt's lease released (as
+# `_RELEASE_LUA`), the write fence's retention, the session owner's and run index's
+# retention pushed back when they would expire before the stream (not on every run's
+# end), the announcement that wakes `Run.result()`, and, a fork, its parent's awaited set
+# (`_FORK_ENDED_LUA`), with the parent's record when this was the last fork it awaited.
+# KEYS: record, old status index, new status index, expiring index, checkpoint, write
+#       fence, lease owner, lease deadlines, session owner, session runs, parent's
+#       awaited set, parent's record
+# ARGV: expected raw, new raw ("" = the record is terminal already: only the rest), run
+#       id, score, run ttl ms, now ms, stream ttl s, session ttl ms, session ttl ms to set,
+#       lease attempt to release ("" = none), its fence, lease fence ttl s, drop the
+#       checkpoint ("1"), checkpoint fence ttl s, run-ends channel, a fork ("1")
+# Reply: {0, record raw ("" = none)} not the expected record, nothing written; {1} ended;
+# {1, parent raw} ended, and emptied the waiting parent's awaited set
+_END_LUA = """
+if ARGV[2] ~= '' then
+  local current = redis.call('GET', KEYS[1])
+  if current ~= ARGV[1] then return {0, current or ''} end
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  if KEYS[2] ~= KEYS[3] then
+    redis.call('ZREM', KEYS[2], ARGV[3])
+    redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('ZADD', KEYS[4], tonumber(ARGV[6]) + tonumber(ARGV[5]), ARGV[3])
+if ARGV[13] == '1' then
+  redis.call('HDEL', KEYS[5], 'state')
+  redis.call('EXPIRE', KEYS[5], ARGV[14])
+end
+if ARGV[10] ~= '' then
+  local held = redis.call('HGET', KEYS[7], 'attempt')
+  if held and tonumber(held) == tonumber(ARGV[10]) then
+    redis.call('ZREM', KEYS[8], ARGV[3])
+    redis.call('HSET', KEYS[7], 'fence', ARGV[11], 'state', 'released')
+    redis.call('EXPIRE', KEYS[7], ARGV[12])
+  end
+end
+redis.call('EXPIRE', KEYS[6], ARGV[7])
+local ttl = redis.call('PTTL', KEYS[9])
+if ttl == -1 or (ttl >= 0 and ttl < tonumber(ARGV[8])) then
+  redis.call('PEXPIRE', KEYS[9], ARGV[9])
+  redis.call('PEXPIRE', KEYS[10], ARGV[9])
+end
+redis.call('PUBLISH', ARGV[15], ARGV[3])
+if ARGV[16] ~= '1' then return {1} end
+local removed = redis.call('SREM', KEYS[11], ARGV[3])
+if removed == 1 and redis.call('SCARD', KEYS[11]) == 0 then
+  return {1, redis.call('GET', KEYS[12]) or ''}
+end
+return {1}
+"""
 
 # What this process last wrote per run (raw JSON, record): the first guess of the next
 # compare-and-set, saving its read when nobody else wrote meanwhile. Bounded, LRU.
@@ -118,6 +231,67 @@ def _decode_record(run_id: str, raw: Any) -> RunRecord:
         raise PayloadError(f"run record {run_id!r} is corrupt") from exc
 
 
+class Started(Enum):
+    """How `RunStore.start` went."""
+
+    STARTED = "started"  # RUNNING now, and this attempt holds the lease
+    NOT_CURRENT = "not_current"  # the run does not expect this job (its `check` failed)
+    ABORTED = "aborted"  # its tree or session was aborted before it ever started
+    LEASE_TAKEN = "lease_taken"  # a later attempt owns the run's lease
+
+
+@dataclass(frozen=True)
+class Start:
+    """`RunStore.start`'s answer: the record as it is now (RUNNING if started) and why
+    the run's tree must stop (None: it need not)."""
+
+    outcome: Started
+    record: RunRecord
+    abort_reason: str | None
+
+
+@dataclass(frozen=True)
+class EndWrites:
+    """What ending a run writes besides its record, in the same script (`RunStore.end`)."""
+
+    session_id: str
+    run_ttl_s: float
+    stream_ttl_s: int
+    # Release this attempt's lease.
+    release_attempt: int | None = None
+    drop_checkpoint: bool = False
+    # A fork: note its end in its parent's awaited set (and learn if it was the last).
+    wake_parent: bool = False
+    lease_fence_ttl_s: int = 86_400
+    checkpoint_fence_ttl_s: int = 86_400
+
+
+@dataclass(frozen=True)
+class Ended:
+    """`RunStore.end`'s answer: the terminal record, and, when this was the last fork
+    its parent awaited, the parent's record (None if it has none or it is corrupt)."""
+
+    record: RunRecord
+    last_fork: bool = False
+    parent: RunRecord | None = None
+
+
+def _flag_reason(reply: Any) -> str | None:
+    """The abort reason in a `_START_LUA` reply (the tree's flag first), or None."""
+    if int(reply[2]):
+        return decode_reason(reply[3])
+    if int(reply[4]):
+        return decode_reason(reply[5])
+    return None
+
+
+def _session_refresh_ms(session_ms: int) -> int:
+    """The TTL a run's end gives the session's owner and run index when they would expire
+    before the stream: a little more than the stream's, so that the next ends (for up to
+    a minute) find them outliving it and leave them alone."""
+    return session_ms + max(2_000, min(60_000, session_ms // 10))
+
+
 class RunStore:
     """Run records: create, read, update, conditional transitions, listing, expiry."""
 
@@ -127,6 +301,8 @@ class RunStore:
         self._cas = redis.register_script(_CAS_LUA)
         self._fork_ended = redis.register_script(_FORK_ENDED_LUA)
         self._suspend = redis.register_script(_SUSPEND_LUA)
+        self._start = redis.register_script(_START_LUA)
+        self._end = redis.register_script(_END_LUA)
 
     # -- single records ---------------------------------------------------------------
 
@@ -226,6 +402,228 @@ class RunStore:
                 _LAST_WRITTEN.pop(run_id, None)
         raise StoreError(f"{what} kept conflicting")
 
+    # -- a job's start and a run's end, one round trip each ----------------------------
+
+    async def start(
+        self,
+        run_id: str,
+        *,
+        session_id: str,
+        root_run_id: str,
+        attempt: int,
+        worker_id: str,
+        lease_ttl_s: float,
+        check: Callable[[RunRecord], bool],
+        **fields: Any,
+    ) -> Start:
+        """Start attempt `attempt` of the run: read its tree's and session's abort flags,
+        and, if `check(record)` holds, move the record to RUNNING (with `worker_id`,
+        `started_at` if it never started, and `fields`) and take the attempt's lease
+        (as `LeaseTable.renew`), in one atomic script.
+
+        Nothing is written if `check` fails, if the run never started and an abort flag
+        is set (it is to end ABORTED without starting), or if a later attempt owns the
+        lease. One round trip when this process wrote the record last (it spawned the
+        run), else two (the first reads the record and the flags).
+        """
+        _check_fields(fields)
+        now = time.time()
+        known = _LAST_WRITTEN.get(run_id)
+        real = False  # `known` is what Redis answered, not a guess
+        reason: str | None = None
+        async with translate_errors("run start"):
+            for _ in range(_CAS_RETRIES):
+                updated = None
+                if known is not None:
+                    updated = self._started(known[1], check, worker_id, now, fields)
+                    if updated is None:
+                        if real:
+                            return Start(Started.NOT_CURRENT, known[1], reason)
+                        known = None  # a stale guess, perhaps: read for real
+                new_raw = None if updated is None else updated.model_dump_json()
+                reply = await self._start_call(
+                    run_id, session_id, root_run_id, attempt, worker_id, lease_ttl_s, known, new_raw
+                )
+                code, reason = int(reply[0]), _flag_reason(reply)
+                if code == 0:
+                    _LAST_WRITTEN.pop(run_id, None)
+                    if reply[1] in (b"", ""):
+                        raise RunNotFound(f"no run {run_id!r}", run_id=run_id)
+                    known, real = (reply[1], _decode_record(run_id, reply[1])), True
+                    continue
+                assert known is not None
+                assert updated is not None
+                if code == 1:
+                    _remember(run_id, new_raw, updated)
+                    return Start(Started.STARTED, updated, reason)
+                if code == 2:
+                    return Start(Started.ABORTED, known[1], reason)
+                if code == 3:
+                    return Start(Started.LEASE_TAKEN, known[1], reason)
+                raise PayloadError(f"lease owner record of {run_id!r} is corrupt")
+        raise StoreError("run start kept conflicting")
+
+    @staticmethod
+    def _started(
+        current: RunRecord,
+        check: Callable[[RunRecord], bool],
+        worker_id: str,
+        now: float,
+        fields: dict[str, Any],
+    ) -> RunRecord | None:
+        if current.status.terminal or not check(current):
+            return None
+        started = {"started_at": current.started_at or now, "worker_id": worker_id}
+        return _apply(current, {**started, **fields, "status": RunStatus.RUNNING})
+
+    async def _start_call(
+        self,
+        run_id: str,
+        session_id: str,
+        root_run_id: str,
+        attempt: int,
+        worker_id: str,
+        lease_ttl_s: float,
+        known: tuple[Any, RunRecord] | None,
+        new_raw: str | None,
+    ) -> Any:
+        status = RunStatus.RUNNING if known is None else known[1].status
+        keys = [
+            self._keys.run(run_id),
+            self._keys.runs_by_status(status),
+            self._keys.runs_by_status(RunStatus.RUNNING),
+            self._keys.lease(run_id),
+            self._keys.leases(),
+            self._keys.run_abort(session_id, root_run_id),
+            self._keys.abort(session_id),
+        ]
+        never_started = known is not None and known[1].started_at is None
+        args = [
+            b"" if known is None else known[0],
+            "" if new_raw is None else new_raw,
+            run_id,
+            "0" if known is None else repr(known[1].submitted_at * 1000.0),
+            str(attempt),
+            worker_id,
+            repr(_now_ms() + lease_ttl_s * 1000.0),
+            "1" if never_started else "0",
+        ]
+        return await run_script(self._redis, self._start, keys, args)
+
+    async def end(
+        self,
+        run_id: str,
+        *,
+        status: RunStatus,
+        from_status: Iterable[RunStatus],
+        writes: EndWrites,
+        attempt: int | None = None,
+        **fields: Any,
+    ) -> Ended | None:
+        """Move the run to the terminal `status` (with `fields`) if it is in
+        `from_status` (and is attempt `attempt`, when given), with the rest of its end
+        (`EndWrites`: the record's retention, its checkpoint, its lease, its fences, the
+        run-ends announcement, its parent's awaited set) in the same atomic script.
+
+        Returns None, writing nothing, if the run was not in `from_status`. With
+        `attempt`, a run that this attempt already ended with `status` (a retry after
+        Redis failed part-way) gets the rest of its end again instead. One round trip
+        when this process wrote the record last, else two.
+        """
+        _check_fields(fields)
+        allowed = set(from_status)
+        known = _LAST_WRITTEN.get(run_id)
+        real = False
+        async with translate_errors("run end"):
+            for _ in range(_CAS_RETRIES):
+                if known is None:
+                    known, real = await self._read_raw(run_id), True
+                raw, current = known
+                if current.status in allowed and (attempt is None or current.attempt == attempt):
+                    updated = _apply(current, {**fields, "status": status})
+                    new_raw = updated.model_dump_json()
+                    reply = await self._end_call(raw, current, updated, new_raw, writes)
+                    if int(reply[0]) == 1:
+                        _remember(run_id, new_raw, updated)
+                        return self._ended(updated, reply)
+                    _LAST_WRITTEN.pop(run_id, None)
+                    if reply[1] in (b"", ""):
+                        raise RunNotFound(f"no run {run_id!r}", run_id=run_id)
+                    known, real = (reply[1], _decode_record(run_id, reply[1])), True
+                    continue
+                if not real:
+                    known = None  # a stale guess, perhaps: read for real
+                    continue
+                if attempt is not None and current.status is status and current.attempt == attempt:
+                    return await self.finish(current, writes)  # ended by an earlier try
+                return None
+        raise StoreError("run end kept conflicting")
+
+    async def finish(self, record: RunRecord, writes: EndWrites) -> Ended:
+        """The rest of the end of a run whose record is terminal already (its end was
+        cut short): what `end` writes besides the record."""
+        async with translate_errors("run end"):
+            reply = await self._end_call(None, record, None, None, writes)
+        return self._ended(record, reply)
+
+    def _ended(self, record: RunRecord, reply: Any) -> Ended:
+        if len(reply) < 2:
+            return Ended(record)
+        parent = record.fork.parent_run_id if record.fork is not None else ""
+        try:
+            return Ended(record, True, _decode_record(parent, reply[1]) if reply[1] else None)
+        except PayloadError as exc:
+            log.warning("runs.corrupt_parent", run_id=parent, error=str(exc))
+            return Ended(record, True)
+
+    async def _end_call(
+        self,
+        raw: Any,
+        current: RunRecord,
+        updated: RunRecord | None,
+        new_raw: str | None,
+        writes: EndWrites,
+    ) -> Any:
+        record = updated or current
+        run_id, session = record.run_id, writes.session_id
+        parent = record.fork.parent_run_id if writes.wake_parent and record.fork else None
+        run_ms = max(1, int(writes.run_ttl_s * 1000))
+        session_ms = max(1, int(writes.stream_ttl_s * 1000))
+        release = writes.release_attempt
+        keys = [
+            self._keys.run(run_id),
+            self._keys.runs_by_status(current.status),
+            self._keys.runs_by_status(record.status),
+            self._keys.runs_expiring(),
+            self._keys.checkpoint(session, run_id),
+            self._keys.run_fence(session, run_id),
+            self._keys.lease(run_id),
+            self._keys.leases(),
+            self._keys.session_owner(session),
+            self._keys.session_runs(session),
+            self._keys.awaited(parent or run_id),
+            self._keys.run(parent or run_id),
+        ]
+        args = [
+            b"" if raw is None else raw,
+            "" if new_raw is None else new_raw,
+            run_id,
+            repr(record.submitted_at * 1000.0),
+            str(run_ms),
+            repr(_now_ms()),
+            str(writes.stream_ttl_s),
+            str(session_ms + 1_000),
+            str(_session_refresh_ms(session_ms)),
+            "" if release is None else str(release),
+            "" if release is None else str(release + 1),
+            str(writes.lease_fence_ttl_s),
+            "1" if writes.drop_checkpoint else "0",
+            str(writes.checkpoint_fence_ttl_s),
+            self._keys.run_ends(),
+            "1" if parent is not None else "0",
+        ]
+        return await run_script(self._redis, self._end, keys, args)
+
     async def get(self, run_id: str) -> RunRecord:
         """The run's record; `RunNotFound` if there is none, `PayloadError` if corrupt."""
         async with translate_errors("run get"):
@@ -296,15 +694,22 @@ class RunStore:
         """
         forks = builtins.list(dict.fromkeys(waiting_for))
         terminal = [self._keys.runs_by_status(s) for s in RunStatus if s.terminal]
+        # What this process wrote last (it started the run) saves the read; a stale
+        # guess costs one refused script.
+        guess = _LAST_WRITTEN.get(run_id)
         async with translate_errors("run suspend"):
             for _ in range(_CAS_RETRIES):
-                raw, current = await self._read_raw(run_id)
+                raw, current = guess or await self._read_raw(run_id)
                 if (
                     current.status is not RunStatus.RUNNING
                     or current.attempt != attempt
                     or current.segment != segment
                 ):
+                    if guess is not None:
+                        guess = None
+                        continue
                     return False
+                guess = None
                 raws = await self._redis.mget([self._keys.run(f) for f in forks]) if forks else []
                 running = [f for f, r in zip(forks, raws, strict=True) if _is_live(f, r)]
                 if not running:
@@ -517,7 +922,6 @@ def _matches(
 _AWAITED_TTL_S = 7 * 86_400
 
 _ATTEMPT = "attempt"
-_WORKER = "worker"
 _FENCE = "fence"
 _STATE = "state"
 # How many attempts of the run were handed back (not lost): they do not count as failures.
@@ -552,6 +956,20 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 
+# `LeaseTable.park` as one atomic script. KEYS: owner, deadlines
+# ARGV: attempt, worker id ("" = any), run id. Reply: 1 parked, 0 not this holder's,
+# -1 corrupt owner record
+_PARK_LUA = """
+local f = redis.call('HMGET', KEYS[1], 'attempt', 'worker')
+local held = tonumber(f[1])
+if f[1] and not held then return -1 end
+if held ~= tonumber(ARGV[1]) then return 0 end
+if ARGV[2] ~= '' and f[2] ~= ARGV[2] then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[1], 'state', 'parked')
+return 1
+"""
+
 
 def _opt_int(raw: Any, what: str) -> int | None:
     return None if raw is None else parse_int(raw, what)
@@ -576,6 +994,7 @@ class LeaseTable:
         self._fence_ttl_s = fence_ttl_s
         self._renew = redis.register_script(_RENEW_LUA)
         self._release = redis.register_script(_RELEASE_LUA)
+        self._park = redis.register_script(_PARK_LUA)
 
     async def renew(
         self,
@@ -601,6 +1020,33 @@ class LeaseTable:
         if reply < 0:
             raise PayloadError(f"lease owner record of {run_id!r} is corrupt")
         return reply == 1
+
+    async def renew_many(
+        self,
+        leases: Sequence[tuple[str, int]],
+        *,
+        worker_id: str,
+        ttl_s: float,
+        extend_only: bool = False,
+    ) -> builtins.list[bool | None]:
+        """`renew` for several `(run_id, attempt)` leases in one round trip (each atomic
+        on its own): True or False for each as `renew` says, None for a lease whose owner
+        record is corrupt."""
+        if not leases:
+            return []
+        deadline = repr(_now_ms() + ttl_s * 1000.0)
+        only = "1" if extend_only else "0"
+        calls = [
+            (
+                self._renew,
+                [self._keys.lease(run_id), self._keys.leases()],
+                [str(attempt), worker_id, deadline, only, run_id],
+            )
+            for run_id, attempt in leases
+        ]
+        async with translate_errors("lease renew"):
+            replies = await run_scripts(self._redis, calls)
+        return [None if int(r) < 0 else int(r) == 1 for r in replies]
 
     async def release(self, run_id: str, attempt: int) -> bool:
         """Give the lease up at the end of the attempt. False if `attempt` did not hold it."""
@@ -643,21 +1089,13 @@ class LeaseTable:
 
         With `worker_id`, only if that worker still holds it (a resumed segment that
         already took the lease elsewhere keeps it)."""
-        owner = self._keys.lease(run_id)
-
-        async def park(pipe: Pipeline) -> bool:
-            held_raw, worker_raw = await resolve(pipe.hmget(owner, [_ATTEMPT, _WORKER]))
-            held = _opt_int(held_raw, "lease attempt")
-            if held != attempt:
-                return False
-            if worker_id is not None and (worker_raw is None or text(worker_raw) != worker_id):
-                return False
-            begin(pipe)
-            pipe.zrem(self._keys.leases(), run_id)
-            pipe.hset(owner, _STATE, "parked")
-            return True
-
-        return await optimistic(self._redis, [owner], park, what="lease park")
+        keys = [self._keys.lease(run_id), self._keys.leases()]
+        args = [str(attempt), "" if worker_id is None else worker_id, run_id]
+        async with translate_errors("lease park"):
+            reply = int(await run_script(self._redis, self._park, keys, args))
+        if reply < 0:
+            raise PayloadError(f"lease owner record of {run_id!r} is corrupt")
+        return reply == 1
 
     async def expired(self, now_ms: float | None = None) -> builtins.list[str]:
         """Run ids whose lease deadline has passed."""
