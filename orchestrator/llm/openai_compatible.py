@@ -53,6 +53,10 @@ from orchestrator.llm.stream import StreamResumer
 
 # Requests in flight at once per model instance (the HTTP pool keeps as many connections).
 DEFAULT_MAX_CONCURRENT_REQUESTS = 256
+# After `[DONE]`, how long and how much the client reads towards the body's end (to reuse
+# the connection) before it gives the connection up (see _read_to_end).
+DRAIN_TIMEOUT_S = 0.25
+DRAIN_MAX_EVENTS = 16
 
 log = structlog.get_logger(__name__)
 
@@ -380,7 +384,8 @@ class OpenAICompatible:
 
     async def _read_stream(self, response: httpx.Response) -> AsyncIterator[Chunk]:
         finished = False
-        async for event in iter_sse_events(response.aiter_lines()):
+        events = iter_sse_events(response.aiter_lines())
+        async for event in events:
             if event.event == "error":
                 self._raise_stream_error({"error": event.data})
             decoded = decode_data(event.data)
@@ -392,6 +397,7 @@ class OpenAICompatible:
                 finished = finished or _is_final(chunk)
                 yield chunk
             if decoded.done:
+                await _read_to_end(events)
                 return
         if not finished:
             raise RetryableFailure("stream ended before [DONE] and before any finish_reason")
@@ -530,6 +536,26 @@ def _build_limiter(capacity: int | None, refill_rate: float | None) -> RateLimit
         return TokenBucket(capacity, refill_rate)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+async def _read_to_end(events: AsyncGenerator[object, None]) -> None:
+    """Read what follows `[DONE]` (the body's last bytes, normally just the end of the
+    chunked encoding), so that the connection goes back to the pool: a response closed
+    before its end closes its connection, and every stream would open a new one. A
+    server that keeps the body open longer than `DRAIN_TIMEOUT_S` after `[DONE]`, or
+    sends more than `DRAIN_MAX_EVENTS` events after it, loses the connection instead;
+    nothing after `[DONE]` is read as part of the answer."""
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            count = 0
+            async for _ in events:
+                count += 1
+                if count >= DRAIN_MAX_EVENTS:
+                    return
+    except (TimeoutError, httpx.TransportError):
+        pass  # the answer is complete; only the connection is not reused
+    finally:
+        await events.aclose()
 
 
 def _auth(key: str) -> dict[str, str]:
