@@ -22,7 +22,7 @@ from orchestrator.llm.anthropic_wire import (
     to_chat_completion,
     to_messages_request,
 )
-from orchestrator.llm.openai_compatible import OpenAICompatible
+from orchestrator.llm.openai_compatible import OpenAICompatible, read_to_end
 from orchestrator.llm.retry import RetryableFailure
 from orchestrator.llm.sse import iter_sse_events
 from orchestrator.llm.stream import StreamResumer
@@ -77,7 +77,8 @@ class AnthropicMessages(OpenAICompatible):
 
     async def _read_events(self, response: httpx.Response) -> AsyncIterator[Chunk]:
         translator = StreamTranslator()
-        async for event in iter_sse_events(response.aiter_lines()):
+        events = iter_sse_events(response.aiter_lines())
+        async for event in events:
             try:
                 data = json.loads(event.data)
             except json.JSONDecodeError:
@@ -91,6 +92,7 @@ class AnthropicMessages(OpenAICompatible):
             for chunk in translator.feed(event.event or "", data):
                 yield chunk
             if translator.finished:
+                await read_to_end(events)  # so the connection is reused
                 return
         raise RetryableFailure("stream ended before message_stop")
 

@@ -10,6 +10,7 @@ in) and a retry policy. Every retry decision is taken in `_with_retries`; both `
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from functools import partial
@@ -54,7 +55,7 @@ from orchestrator.llm.stream import StreamResumer
 # Requests in flight at once per model instance (the HTTP pool keeps as many connections).
 DEFAULT_MAX_CONCURRENT_REQUESTS = 256
 # After `[DONE]`, how long and how much the client reads towards the body's end (to reuse
-# the connection) before it gives the connection up (see _read_to_end).
+# the connection) before it gives the connection up (see read_to_end).
 DRAIN_TIMEOUT_S = 0.25
 DRAIN_MAX_EVENTS = 16
 
@@ -141,6 +142,10 @@ class OpenAICompatible:
         # connection only waits for another request to finish.
         self._timeout = httpx.Timeout(timeout, pool=None)
         self._transport = transport
+        # Absolute, parsed once: httpx parses a relative URL against base_url per request.
+        self._chat_url = httpx.URL(f"{self.base_url}/chat/completions")
+        # One TLS context for every pool (building one reads the CA bundle: ~40 ms).
+        self._ssl_context: ssl.SSLContext | None = None
         # Spread over small pools (see HTTPShards: a big pool costs CPU per request).
         self._shards: HTTPShards | None = None
         self._shards_loop: asyncio.AbstractEventLoop | None = None
@@ -351,7 +356,7 @@ class OpenAICompatible:
     async def _attempt_chat(
         self, body: dict[str, Any], key: str, client: httpx.AsyncClient
     ) -> AsyncIterator[Chunk]:
-        response = await client.post("chat/completions", json=body, headers=_auth(key))
+        response = await client.post(self._chat_url, json=body, headers=_auth(key))
         self._check_status(response, key, sent_stream_options=False)
         yield self._decode_completion(response)
 
@@ -366,7 +371,7 @@ class OpenAICompatible:
     ) -> AsyncIterator[Chunk]:
         body = self._body(messages, tools, kwargs, stream=True)
         resumer.new_attempt()
-        request = client.stream("POST", "chat/completions", json=body, headers=_auth(key))
+        request = client.stream("POST", self._chat_url, json=body, headers=_auth(key))
         async with request as response:
             if not response.is_success:
                 await response.aread()
@@ -397,7 +402,7 @@ class OpenAICompatible:
                 finished = finished or _is_final(chunk)
                 yield chunk
             if decoded.done:
-                await _read_to_end(events)
+                await read_to_end(events)
                 return
         if not finished:
             raise RetryableFailure("stream ended before [DONE] and before any finish_reason")
@@ -418,10 +423,16 @@ class OpenAICompatible:
         return httpx.AsyncClient(
             base_url=self.base_url + "/",
             transport=self._transport,
+            verify=self._tls() if self._transport is None else True,
             timeout=self._timeout,
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             trust_env=False,  # no environment reads in the library (proxies are config)
         )
+
+    def _tls(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            self._ssl_context = httpx.create_ssl_context(trust_env=False)
+        return self._ssl_context
 
     def _body(
         self,
@@ -538,7 +549,7 @@ def _build_limiter(capacity: int | None, refill_rate: float | None) -> RateLimit
         raise ConfigError(str(exc)) from exc
 
 
-async def _read_to_end(events: AsyncGenerator[object, None]) -> None:
+async def read_to_end(events: AsyncGenerator[object, None]) -> None:
     """Read what follows `[DONE]` (the body's last bytes, normally just the end of the
     chunked encoding), so that the connection goes back to the pool: a response closed
     before its end closes its connection, and every stream would open a new one. A
