@@ -22,6 +22,7 @@ from orchestrator.llm.anthropic_wire import (
     to_chat_completion,
     to_messages_request,
 )
+from orchestrator.llm.http import HTTPPool
 from orchestrator.llm.openai_compatible import OpenAICompatible, read_to_end
 from orchestrator.llm.retry import RetryableFailure
 from orchestrator.llm.sse import iter_sse_events
@@ -45,7 +46,7 @@ class AnthropicMessages(OpenAICompatible):
         return f"AnthropicMessages(model_name={self.model_name!r}, base_url={self.base_url!r})"
 
     async def _attempt_chat(
-        self, body: dict[str, Any], key: str, client: httpx.AsyncClient
+        self, body: dict[str, Any], key: str, client: HTTPPool
     ) -> AsyncIterator[Chunk]:
         request = to_messages_request(body)
         response = await client.post("messages", json=request, headers=_headers(key))
@@ -60,7 +61,7 @@ class AnthropicMessages(OpenAICompatible):
         kwargs: dict[str, Any],
         resumer: StreamResumer,
         key: str,
-        client: httpx.AsyncClient,
+        client: HTTPPool,
     ) -> AsyncIterator[Chunk]:
         request = to_messages_request(self._body(messages, tools, kwargs, stream=True))
         resumer.new_attempt()

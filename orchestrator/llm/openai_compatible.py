@@ -29,6 +29,7 @@ from orchestrator.errors import (
 )
 from orchestrator.events import MessageList
 from orchestrator.llm.config import DEFAULT_CONTEXT_WINDOW, ModelConfig, load_provider_file
+from orchestrator.llm.http import HTTPPool
 from orchestrator.llm.key_pool import (
     DEFAULT_COOLDOWN_S,
     APIKeyPool,
@@ -62,7 +63,7 @@ DRAIN_MAX_EVENTS = 16
 log = structlog.get_logger(__name__)
 
 Chunk = dict[str, Any]
-_Attempt = Callable[[str, httpx.AsyncClient], AsyncIterator[Chunk]]
+_Attempt = Callable[[str, HTTPPool], AsyncIterator[Chunk]]
 
 
 class _KeyRejected(Exception):
@@ -147,7 +148,7 @@ class OpenAICompatible:
         # One TLS context for every pool (building one reads the CA bundle: ~40 ms).
         self._ssl_context: ssl.SSLContext | None = None
         # Spread over small pools (see HTTPShards: a big pool costs CPU per request).
-        self._shards: HTTPShards | None = None
+        self._shards: HTTPShards[HTTPPool] | None = None
         self._shards_loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
@@ -354,7 +355,7 @@ class OpenAICompatible:
     # ----------------------------------------------------------------- one attempt
 
     async def _attempt_chat(
-        self, body: dict[str, Any], key: str, client: httpx.AsyncClient
+        self, body: dict[str, Any], key: str, client: HTTPPool
     ) -> AsyncIterator[Chunk]:
         response = await client.post(self._chat_url, json=body, headers=_auth(key))
         self._check_status(response, key, sent_stream_options=False)
@@ -367,7 +368,7 @@ class OpenAICompatible:
         kwargs: dict[str, Any],
         resumer: StreamResumer,
         key: str,
-        client: httpx.AsyncClient,
+        client: HTTPPool,
     ) -> AsyncIterator[Chunk]:
         body = self._body(messages, tools, kwargs, stream=True)
         resumer.new_attempt()
@@ -409,7 +410,7 @@ class OpenAICompatible:
 
     # ----------------------------------------------------------------- helpers
 
-    def _pools(self) -> HTTPShards:
+    def _pools(self) -> HTTPShards[HTTPPool]:
         """The request slots and HTTP pools of the running loop. Pooled connections belong
         to one event loop; an instance built at import time may be used from several
         loops over its life."""
@@ -419,15 +420,13 @@ class OpenAICompatible:
             self._shards_loop = loop
         return self._shards
 
-    def _new_client(self, connections: int) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=self.base_url + "/",
-            transport=self._transport,
-            verify=self._tls() if self._transport is None else True,
-            timeout=self._timeout,
+    def _new_client(self, connections: int) -> HTTPPool:
+        transport = self._transport or httpx.AsyncHTTPTransport(
+            verify=self._tls(),
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             trust_env=False,  # no environment reads in the library (proxies are config)
         )
+        return HTTPPool(transport, self.base_url + "/", self._timeout)
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl_context is None:

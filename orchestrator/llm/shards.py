@@ -15,21 +15,32 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-
-import httpx
+from typing import Generic, Protocol, TypeVar
 
 __all__ = ["SHARD_SIZE", "HTTPShards"]
 
 SHARD_SIZE = 4
 
 
-class HTTPShards:
+class Pool(Protocol):
+    """What HTTPShards needs of a pool (an `HTTPPool`, an `httpx.AsyncClient`)."""
+
+    @property
+    def is_closed(self) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+
+P = TypeVar("P", bound=Pool)
+
+
+class HTTPShards(Generic[P]):
     """`total` request slots over ceil(total / shard_size) pools made by `make(size)`.
     Belongs to the event loop it is first used in (as httpx pools do)."""
 
     def __init__(
         self,
-        make: Callable[[int], httpx.AsyncClient],
+        make: Callable[[int], P],
         total: int,
         shard_size: int = SHARD_SIZE,
     ) -> None:
@@ -40,7 +51,7 @@ class HTTPShards:
             sizes.append(total % shard_size)
         self._make = make
         self._sizes = sizes
-        self._clients: list[httpx.AsyncClient | None] = [None] * len(sizes)
+        self._clients: list[P | None] = [None] * len(sizes)
         self._busy = [0] * len(sizes)
         self._slots = asyncio.Semaphore(total)
 
@@ -49,7 +60,7 @@ class HTTPShards:
         return len(self._sizes)
 
     @asynccontextmanager
-    async def lease(self) -> AsyncIterator[httpx.AsyncClient]:
+    async def lease(self) -> AsyncIterator[P]:
         """Wait for a slot; the client of the pool with the most free connections, for
         one request."""
         async with self._slots:
