@@ -29,6 +29,7 @@ from orchestrator.errors import (
 )
 from orchestrator.events import MessageList
 from orchestrator.llm.config import DEFAULT_CONTEXT_WINDOW, ModelConfig, load_provider_file
+from orchestrator.llm.h11_transport import H11Transport
 from orchestrator.llm.http import HTTPPool
 from orchestrator.llm.key_pool import (
     DEFAULT_COOLDOWN_S,
@@ -421,11 +422,7 @@ class OpenAICompatible:
         return self._shards
 
     def _new_client(self, connections: int) -> HTTPPool:
-        transport = self._transport or httpx.AsyncHTTPTransport(
-            verify=self._tls(),
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-            trust_env=False,  # no environment reads in the library (proxies are config)
-        )
+        transport = self._transport or H11Transport(ssl_context=self._tls(), max_idle=connections)
         return HTTPPool(transport, self.base_url + "/", self._timeout)
 
     def _tls(self) -> ssl.SSLContext:
