@@ -148,7 +148,7 @@ class OpenAICompatible:
         self._chat_url = httpx.URL(f"{self.base_url}/chat/completions")
         # One TLS context for every pool (building one reads the CA bundle: ~40 ms).
         self._ssl_context: ssl.SSLContext | None = None
-        # Spread over small pools (see HTTPShards: a big pool costs CPU per request).
+        # The request slots and the connection pool (one HTTPShards pool: see _pools).
         self._shards: HTTPShards[HTTPPool] | None = None
         self._shards_loop: asyncio.AbstractEventLoop | None = None
 
@@ -417,7 +417,10 @@ class OpenAICompatible:
         loops over its life."""
         loop = asyncio.get_running_loop()
         if self._shards is None or self._shards_loop is not loop:
-            self._shards = HTTPShards(self._new_client, self.max_concurrent_requests)
+            # One pool: H11Transport keeps idle connections in a list, so a big pool costs
+            # nothing per request (httpcore's did; see HTTPShards).
+            total = self.max_concurrent_requests
+            self._shards = HTTPShards(self._new_client, total, shard_size=total)
             self._shards_loop = loop
         return self._shards
 

@@ -8,6 +8,9 @@ agent loop's CPU at 300 loops at once with pools of 32 that kept no connection).
 Several pools of at most `SHARD_SIZE` connections each keep that scan short: a request
 waits for one of `total` slots, then takes the pool with the most free connections,
 which has one (the pools' sizes add up to `total`), so it never waits in a pool.
+
+`OpenAICompatible` now sends through `H11Transport`, whose idle connections are a list
+(nothing scanned per request), so it uses one pool of `total`: the slots are what it needs.
 """
 
 from __future__ import annotations
