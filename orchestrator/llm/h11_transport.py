@@ -153,10 +153,13 @@ class H11Transport(httpx.AsyncBaseTransport):
         target = url.raw_path
         head = h11.Request(method=request.method, target=target, headers=list(request.headers.raw))
         content = request.content
-        data = connection.h11.send(head) or b""
-        if content:
-            data += connection.h11.send(h11.Data(data=content)) or b""
-        data += connection.h11.send(h11.EndOfMessage()) or b""
+        try:
+            data = connection.h11.send(head) or b""
+            if content:
+                data += connection.h11.send(h11.Data(data=content)) or b""
+            data += connection.h11.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError as exc:
+            raise httpx.LocalProtocolError(str(exc), request=request) from exc
         try:
             connection.writer.write(data)
             async with asyncio.timeout(timeout):
