@@ -10,7 +10,10 @@ exceptions (`ConnectError`, `ReadTimeout`, `RemoteProtocolError`, ...), so the r
 policy sees exactly what it saw before. h11 parses the wire, as it does under httpcore.
 
 The number of connections in use is bounded by the caller (`HTTPShards` leases one
-request per connection); the transport keeps at most `max_idle` idle ones.
+request per connection); the transport keeps at most `max_idle` idle ones. Idle
+connections do not outlive their event loop: when the loop shuts down (`asyncio.run`'s
+end, which closes the loop's async generators) they are closed, so a model built at
+import and used by several `asyncio.run` calls leaves no socket behind.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import h11
@@ -70,10 +73,22 @@ class H11Transport(httpx.AsyncBaseTransport):
         self._max_idle = max_idle
         self._idle: dict[_Origin, list[_Connection]] = {}
         self._closed = False
+        self._keeper: AsyncGenerator[None, None] | None = None
+
+    async def _keep_until_loop_shutdown(self) -> AsyncGenerator[None, None]:
+        # Started once and never resumed: the loop closes it at shutdown
+        # (shutdown_asyncgens), and then the idle connections go with it.
+        try:
+            yield
+        finally:
+            self._close_idle()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._closed:
             raise httpx.ConnectError("the transport is closed", request=request)
+        if self._keeper is None:
+            self._keeper = self._keep_until_loop_shutdown()
+            await anext(self._keeper)
         origin = (request.url.raw_scheme, request.url.raw_host, request.url.port or 0)
         reused = self._take_idle(origin)
         if reused is not None:
@@ -172,6 +187,12 @@ class H11Transport(httpx.AsyncBaseTransport):
             raise httpx.WriteError(str(exc) or type(exc).__name__, request=request) from exc
 
     async def aclose(self) -> None:
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            await keeper.aclose()
+        self._close_idle()
+
+    def _close_idle(self) -> None:
         self._closed = True
         idle, self._idle = self._idle, {}
         for connections in idle.values():

@@ -6,14 +6,18 @@ and refused connections reach the retry policy as httpx's errors; TLS works."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import shutil
 import ssl
 import subprocess
+import sys
 import time
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,6 +28,7 @@ from orchestrator.llm import OpenAICompatible
 from orchestrator.llm.h11_transport import H11Transport
 from orchestrator.llm.http import HTTPPool
 from orchestrator.llm.openai_compatible import DRAIN_TIMEOUT_S
+from orchestrator.mock_llm.testing import MockLLMThread
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -214,3 +219,23 @@ async def test_tls_streams_and_reuses_its_connection(tmp_path: Path) -> None:
             assert lines[-1] == "data: [DONE]"
         await pool.aclose()
     assert server.connections == 1
+
+
+def test_a_model_used_by_two_event_loops_leaves_no_socket_behind() -> None:
+    """An instance built at import serves several `asyncio.run` calls: each loop's idle
+    connections are closed when that loop shuts down (no 'unclosed transport')."""
+    server = MockLLMThread({"model": "m", "rules": [{"reply": {"content": "Hello"}}]}).start()
+    leaks: list[Any] = []
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = leaks.append
+    try:
+        model = OpenAICompatible("", "m", server.base_url)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", ResourceWarning)
+            assert asyncio.run(_text(model)) == "Hello"
+            assert asyncio.run(_text(model)) == "Hello"
+            gc.collect()
+    finally:
+        sys.unraisablehook = previous_hook
+        server.stop()
+    assert leaks == []
