@@ -22,7 +22,8 @@ from orchestrator.llm.anthropic_wire import (
     to_chat_completion,
     to_messages_request,
 )
-from orchestrator.llm.openai_compatible import OpenAICompatible
+from orchestrator.llm.http import HTTPPool
+from orchestrator.llm.openai_compatible import OpenAICompatible, read_to_end
 from orchestrator.llm.retry import RetryableFailure
 from orchestrator.llm.sse import iter_sse_events
 from orchestrator.llm.stream import StreamResumer
@@ -45,7 +46,7 @@ class AnthropicMessages(OpenAICompatible):
         return f"AnthropicMessages(model_name={self.model_name!r}, base_url={self.base_url!r})"
 
     async def _attempt_chat(
-        self, body: dict[str, Any], key: str, client: httpx.AsyncClient
+        self, body: dict[str, Any], key: str, client: HTTPPool
     ) -> AsyncIterator[Chunk]:
         request = to_messages_request(body)
         response = await client.post("messages", json=request, headers=_headers(key))
@@ -60,7 +61,7 @@ class AnthropicMessages(OpenAICompatible):
         kwargs: dict[str, Any],
         resumer: StreamResumer,
         key: str,
-        client: httpx.AsyncClient,
+        client: HTTPPool,
     ) -> AsyncIterator[Chunk]:
         request = to_messages_request(self._body(messages, tools, kwargs, stream=True))
         resumer.new_attempt()
@@ -77,7 +78,8 @@ class AnthropicMessages(OpenAICompatible):
 
     async def _read_events(self, response: httpx.Response) -> AsyncIterator[Chunk]:
         translator = StreamTranslator()
-        async for event in iter_sse_events(response.aiter_lines()):
+        events = iter_sse_events(response.aiter_lines())
+        async for event in events:
             try:
                 data = json.loads(event.data)
             except json.JSONDecodeError:
@@ -91,6 +93,7 @@ class AnthropicMessages(OpenAICompatible):
             for chunk in translator.feed(event.event or "", data):
                 yield chunk
             if translator.finished:
+                await read_to_end(events)  # so the connection is reused
                 return
         raise RetryableFailure("stream ended before message_stop")
 

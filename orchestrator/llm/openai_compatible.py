@@ -10,6 +10,7 @@ in) and a retry policy. Every retry decision is taken in `_with_retries`; both `
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from functools import partial
@@ -28,6 +29,8 @@ from orchestrator.errors import (
 )
 from orchestrator.events import MessageList
 from orchestrator.llm.config import DEFAULT_CONTEXT_WINDOW, ModelConfig, load_provider_file
+from orchestrator.llm.h11_transport import H11Transport
+from orchestrator.llm.http import HTTPPool
 from orchestrator.llm.key_pool import (
     DEFAULT_COOLDOWN_S,
     APIKeyPool,
@@ -53,11 +56,15 @@ from orchestrator.llm.stream import StreamResumer
 
 # Requests in flight at once per model instance (the HTTP pool keeps as many connections).
 DEFAULT_MAX_CONCURRENT_REQUESTS = 256
+# After `[DONE]`, how long and how much the client reads towards the body's end (to reuse
+# the connection) before it gives the connection up (see read_to_end).
+DRAIN_TIMEOUT_S = 0.25
+DRAIN_MAX_EVENTS = 16
 
 log = structlog.get_logger(__name__)
 
 Chunk = dict[str, Any]
-_Attempt = Callable[[str, httpx.AsyncClient], AsyncIterator[Chunk]]
+_Attempt = Callable[[str, HTTPPool], AsyncIterator[Chunk]]
 
 
 class _KeyRejected(Exception):
@@ -137,8 +144,12 @@ class OpenAICompatible:
         # connection only waits for another request to finish.
         self._timeout = httpx.Timeout(timeout, pool=None)
         self._transport = transport
-        # Spread over small pools (see HTTPShards: a big pool costs CPU per request).
-        self._shards: HTTPShards | None = None
+        # Absolute, parsed once: httpx parses a relative URL against base_url per request.
+        self._chat_url = httpx.URL(f"{self.base_url}/chat/completions")
+        # One TLS context for every pool (building one reads the CA bundle: ~40 ms).
+        self._ssl_context: ssl.SSLContext | None = None
+        # The request slots and the connection pool (one HTTPShards pool: see _pools).
+        self._shards: HTTPShards[HTTPPool] | None = None
         self._shards_loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
@@ -345,9 +356,9 @@ class OpenAICompatible:
     # ----------------------------------------------------------------- one attempt
 
     async def _attempt_chat(
-        self, body: dict[str, Any], key: str, client: httpx.AsyncClient
+        self, body: dict[str, Any], key: str, client: HTTPPool
     ) -> AsyncIterator[Chunk]:
-        response = await client.post("chat/completions", json=body, headers=_auth(key))
+        response = await client.post(self._chat_url, json=body, headers=_auth(key))
         self._check_status(response, key, sent_stream_options=False)
         yield self._decode_completion(response)
 
@@ -358,11 +369,11 @@ class OpenAICompatible:
         kwargs: dict[str, Any],
         resumer: StreamResumer,
         key: str,
-        client: httpx.AsyncClient,
+        client: HTTPPool,
     ) -> AsyncIterator[Chunk]:
         body = self._body(messages, tools, kwargs, stream=True)
         resumer.new_attempt()
-        request = client.stream("POST", "chat/completions", json=body, headers=_auth(key))
+        request = client.stream("POST", self._chat_url, json=body, headers=_auth(key))
         async with request as response:
             if not response.is_success:
                 await response.aread()
@@ -380,7 +391,8 @@ class OpenAICompatible:
 
     async def _read_stream(self, response: httpx.Response) -> AsyncIterator[Chunk]:
         finished = False
-        async for event in iter_sse_events(response.aiter_lines()):
+        events = iter_sse_events(response.aiter_lines())
+        async for event in events:
             if event.event == "error":
                 self._raise_stream_error({"error": event.data})
             decoded = decode_data(event.data)
@@ -392,30 +404,34 @@ class OpenAICompatible:
                 finished = finished or _is_final(chunk)
                 yield chunk
             if decoded.done:
+                await read_to_end(events)
                 return
         if not finished:
             raise RetryableFailure("stream ended before [DONE] and before any finish_reason")
 
     # ----------------------------------------------------------------- helpers
 
-    def _pools(self) -> HTTPShards:
+    def _pools(self) -> HTTPShards[HTTPPool]:
         """The request slots and HTTP pools of the running loop. Pooled connections belong
         to one event loop; an instance built at import time may be used from several
         loops over its life."""
         loop = asyncio.get_running_loop()
         if self._shards is None or self._shards_loop is not loop:
-            self._shards = HTTPShards(self._new_client, self.max_concurrent_requests)
+            # One pool: H11Transport keeps idle connections in a list, so a big pool costs
+            # nothing per request (httpcore's did; see HTTPShards).
+            total = self.max_concurrent_requests
+            self._shards = HTTPShards(self._new_client, total, shard_size=total)
             self._shards_loop = loop
         return self._shards
 
-    def _new_client(self, connections: int) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=self.base_url + "/",
-            transport=self._transport,
-            timeout=self._timeout,
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-            trust_env=False,  # no environment reads in the library (proxies are config)
-        )
+    def _new_client(self, connections: int) -> HTTPPool:
+        transport = self._transport or H11Transport(ssl_context=self._tls(), max_idle=connections)
+        return HTTPPool(transport, self.base_url + "/", self._timeout)
+
+    def _tls(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            self._ssl_context = httpx.create_ssl_context(trust_env=False)
+        return self._ssl_context
 
     def _body(
         self,
@@ -530,6 +546,26 @@ def _build_limiter(capacity: int | None, refill_rate: float | None) -> RateLimit
         return TokenBucket(capacity, refill_rate)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+async def read_to_end(events: AsyncGenerator[object, None]) -> None:
+    """Read what follows `[DONE]` (the body's last bytes, normally just the end of the
+    chunked encoding), so that the connection goes back to the pool: a response closed
+    before its end closes its connection, and every stream would open a new one. A
+    server that keeps the body open longer than `DRAIN_TIMEOUT_S` after `[DONE]`, or
+    sends more than `DRAIN_MAX_EVENTS` events after it, loses the connection instead;
+    nothing after `[DONE]` is read as part of the answer."""
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            count = 0
+            async for _ in events:
+                count += 1
+                if count >= DRAIN_MAX_EVENTS:
+                    return
+    except (TimeoutError, httpx.TransportError):
+        pass  # the answer is complete; only the connection is not reused
+    finally:
+        await events.aclose()
 
 
 def _auth(key: str) -> dict[str, str]:

@@ -1,11 +1,16 @@
 """`HTTPShards`: a bound on requests in flight, spread over several small HTTP pools.
 
 httpcore's connection pool scans every connection it holds each time a request starts
-or ends, so one pool sized for hundreds of concurrent streams costs CPU in proportion to
-its size on every request (15 % of an in-process agent loop's CPU at 300 loops at once).
+or ends (and, for each idle one, polls its socket and counts the idle ones again), so one
+pool sized for hundreds of concurrent streams costs CPU in proportion to its size, and
+with kept-alive connections to its size squared, on every request (15 % of an in-process
+agent loop's CPU at 300 loops at once with pools of 32 that kept no connection).
 Several pools of at most `SHARD_SIZE` connections each keep that scan short: a request
 waits for one of `total` slots, then takes the pool with the most free connections,
 which has one (the pools' sizes add up to `total`), so it never waits in a pool.
+
+`OpenAICompatible` now sends through `H11Transport`, whose idle connections are a list
+(nothing scanned per request), so it uses one pool of `total`: the slots are what it needs.
 """
 
 from __future__ import annotations
@@ -13,21 +18,32 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-
-import httpx
+from typing import Generic, Protocol, TypeVar
 
 __all__ = ["SHARD_SIZE", "HTTPShards"]
 
-SHARD_SIZE = 32
+SHARD_SIZE = 4
 
 
-class HTTPShards:
+class Pool(Protocol):
+    """What HTTPShards needs of a pool (an `HTTPPool`, an `httpx.AsyncClient`)."""
+
+    @property
+    def is_closed(self) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+
+P = TypeVar("P", bound=Pool)
+
+
+class HTTPShards(Generic[P]):
     """`total` request slots over ceil(total / shard_size) pools made by `make(size)`.
     Belongs to the event loop it is first used in (as httpx pools do)."""
 
     def __init__(
         self,
-        make: Callable[[int], httpx.AsyncClient],
+        make: Callable[[int], P],
         total: int,
         shard_size: int = SHARD_SIZE,
     ) -> None:
@@ -38,7 +54,7 @@ class HTTPShards:
             sizes.append(total % shard_size)
         self._make = make
         self._sizes = sizes
-        self._clients: list[httpx.AsyncClient | None] = [None] * len(sizes)
+        self._clients: list[P | None] = [None] * len(sizes)
         self._busy = [0] * len(sizes)
         self._slots = asyncio.Semaphore(total)
 
@@ -47,7 +63,7 @@ class HTTPShards:
         return len(self._sizes)
 
     @asynccontextmanager
-    async def lease(self) -> AsyncIterator[httpx.AsyncClient]:
+    async def lease(self) -> AsyncIterator[P]:
         """Wait for a slot; the client of the pool with the most free connections, for
         one request."""
         async with self._slots:

@@ -9,7 +9,7 @@ the server never sent the closing blank line.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +54,7 @@ def split_lines(text: str) -> list[str]:
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
-async def iter_sse_events(lines: AsyncIterable[str]) -> AsyncIterator[SSEEvent]:
+async def iter_sse_events(lines: AsyncIterable[str]) -> AsyncGenerator[SSEEvent, None]:
     """Turn a stream of text lines (as `httpx.Response.aiter_lines()` gives) into events.
 
     Lines may still carry a trailing CR; events with no `data:` are dropped.

@@ -77,8 +77,7 @@ async def _stream(
         await out.send_chunk(event)
     if cut >= len(events) and await _fault_at_cut(out, fault):
         return
-    await out.send_chunk(b"data: [DONE]\n\n")
-    await out.end_chunked()
+    await out.end_chunked(b"data: [DONE]\n\n")
 
 
 async def answer(out: ResponseWriter, request: ChatRequest, decision: Decision, model: str) -> None:

@@ -154,8 +154,13 @@ class ResponseWriter:
             self._writer.write(f"{len(data):X}\r\n".encode() + data + b"\r\n")
             await self._writer.drain()
 
-    async def end_chunked(self) -> None:
-        self._writer.write(b"0\r\n\r\n")
+    async def end_chunked(self, last: bytes = b"") -> None:
+        """End the body; `last`, the final chunk, goes out in the same write (so a client
+        that reads it finds the body's end with it, as it does from most servers)."""
+        if last:
+            self._writer.write(f"{len(last):X}\r\n".encode() + last + b"\r\n0\r\n\r\n")
+        else:
+            self._writer.write(b"0\r\n\r\n")
         await self._writer.drain()
 
     def close(self) -> None:
