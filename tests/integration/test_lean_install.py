@@ -33,7 +33,7 @@ from tests.integration.workerproc import drop_arq_keys
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # sniffio: httpx's stack retries a failed `import sniffio` on every request without it
 # (a filesystem search per model call; pyproject.toml says more).
-CORE = {"arq", "redis", "httpx", "pydantic", "structlog", "sniffio"}
+CORE = {"arq", "redis", "httpx", "h11", "pydantic", "structlog", "sniffio"}
 EXTRA_MODULES = ("fastapi", "uvicorn", "starlette", "rich", "fakeredis")
 AGENTS = "orchestrator.demo_agents"
 
