@@ -104,11 +104,12 @@ class _Pending:
 
 
 # One batch of a publisher, atomically: refuse it if a newer attempt owns the run's writes
-# (or saved the checkpoint), else append the entries, note the highest event_seq per agent
-# call and the batch number (one HSET: the number is field "batch:<publisher id>" of the
-# seqs hash), save the checkpoint if the batch carries one (its first one clears any TTL
-# the key had), and (now and then) push the idle TTLs back. The publishers hash is only
-# read, for the batch markers older versions kept there.
+# (or, when the fence is not this attempt's, saved the checkpoint), else append the
+# entries, note the highest event_seq per agent call and the batch number (one HSET: the
+# number is field "batch:<publisher id>" of the seqs hash), save the checkpoint if the
+# batch carries one (its first one clears any TTL the key had), and (now and then) push
+# the idle TTLs back. The publishers hash is only read, for the batch markers older
+# versions kept there.
 # KEYS: stream, seqs, publishers, fence, checkpoint
 # ARGV: attempt ("" = unfenced), publisher id, batch number, maxlen, idle ttl ("" = none),
 #       refresh (two flags: "1?" set the stream's and seqs' TTLs, "?1" the fence's; the
@@ -132,7 +133,9 @@ end
 if attempt then
   local owner = tonumber(redis.call('GET', KEYS[4]))
   if owner and owner > attempt then return {0, owner} end
-  if state ~= '' then
+  -- A newer attempt takes the fence over before it saves: while the fence is this
+  -- attempt's, no newer checkpoint can exist. Without it, the checkpoint's own says.
+  if state ~= '' and owner ~= attempt then
     local saved = tonumber(redis.call('HGET', KEYS[5], 'attempt'))
     if saved and saved > attempt then return {0, saved} end
   end

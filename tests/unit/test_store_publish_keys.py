@@ -68,3 +68,20 @@ async def test_a_checkpoint_clears_a_ttl_the_checkpoint_key_had(
     assert await fake_redis.ttl(checkpoint) == -1  # lives as long as the run
     assert await fake_redis.hget(checkpoint, "state") == b'{"step": 2}'
     await publisher.close(expire=False)
+
+
+async def test_without_the_fence_a_newer_checkpoint_still_refuses_an_older_attempt(
+    fake_redis: Any, keys: Keys
+) -> None:
+    old, new = _publisher(fake_redis, keys, 1), _publisher(fake_redis, keys, 2)
+    await old.take_over()
+    await new.take_over()
+    new.save_checkpoint(b'{"by": 2}')
+    await new.flush()
+    await fake_redis.delete(keys.run_fence("s1", "r1"))  # lost (evicted, say)
+    old.save_checkpoint(b'{"by": "zombie"}')
+    with pytest.raises(StaleAttempt):
+        await old.flush()
+    assert await fake_redis.hget(keys.checkpoint("s1", "r1"), "state") == b'{"by": 2}'
+    old.abandon()
+    await new.close(expire=False)
