@@ -133,8 +133,9 @@ end
 if attempt then
   local owner = tonumber(redis.call('GET', KEYS[4]))
   if owner and owner > attempt then return {0, owner} end
-  -- A newer attempt takes the fence over before it saves: while the fence is this
-  -- attempt's, no newer checkpoint can exist. Without it, the checkpoint's own says.
+  -- While the fence is this attempt's no newer checkpoint exists (a newer attempt takes
+  -- the fence before it saves; a take-over is refused past a newer checkpoint). Without
+  -- it, the checkpoint's own attempt says.
   if state ~= '' and owner ~= attempt then
     local saved = tonumber(redis.call('HGET', KEYS[5], 'attempt'))
     if saved and saved > attempt then return {0, saved} end
@@ -169,21 +170,26 @@ end
 if attempt and string.sub(ARGV[6], 2, 2) == '1' then redis.call('EXPIRE', KEYS[4], ARGV[7]) end
 return {1}
 """
-# `take_over` in one atomic script: refuse if a newer attempt owns the run's writes, else
-# own them and return the highest event_seq published for the run ("" = none) and the
-# run's checkpoint ("" = none), read after the take-over, so no older attempt can change
-# it in between. The fence is read and written by one SET ... GET; a refused take-over
-# puts the newer owner back (its fence then has the fence ttl: it lives no shorter).
+# `take_over` in one atomic script: refuse if a newer attempt owns the run's writes or
+# saved the run's checkpoint, else own them and return the highest event_seq published
+# for the run ("" = none) and the run's checkpoint ("" = none), read after the
+# take-over, so no older attempt can change it in between. So while the fence is an
+# attempt's own, no newer checkpoint exists (a batch then need not read the
+# checkpoint's attempt). The fence is read and written by one SET ... GET; a refused
+# take-over puts back what it found (a fence it found gets the fence ttl again).
 # KEYS: fence, seqs, checkpoint; ARGV: attempt, fence ttl, run id.
-# Reply: {1, seq, checkpoint} or {0, owner}
+# Reply: {1, seq, checkpoint} or {0, newer attempt}
 _TAKE_OVER_LUA = """
+local attempt = tonumber(ARGV[1])
 local old = redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'GET')
-local owner = tonumber(old)
-if owner and owner > tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], old, 'EX', ARGV[2])
-  return {0, owner}
+local saved = redis.call('HMGET', KEYS[3], 'attempt', 'state')
+local newer = tonumber(old)
+if not (newer and newer > attempt) then newer = tonumber(saved[1]) end
+if newer and newer > attempt then
+  if old then redis.call('SET', KEYS[1], old, 'EX', ARGV[2]) else redis.call('DEL', KEYS[1]) end
+  return {0, newer}
 end
-return {1, redis.call('HGET', KEYS[2], ARGV[3]) or '', redis.call('HGET', KEYS[3], 'state') or ''}
+return {1, redis.call('HGET', KEYS[2], ARGV[3]) or '', saved[2] or ''}
 """
 # A busy publisher pushes its keys' idle TTLs back at most this often (they are days).
 _REFRESH_EVERY_S = 60.0

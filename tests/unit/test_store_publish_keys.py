@@ -85,3 +85,24 @@ async def test_without_the_fence_a_newer_checkpoint_still_refuses_an_older_attem
     assert await fake_redis.hget(keys.checkpoint("s1", "r1"), "state") == b'{"by": 2}'
     old.abandon()
     await new.close(expire=False)
+
+
+async def test_an_older_attempt_cannot_retake_a_lost_fence_past_a_newer_checkpoint(
+    fake_redis: Any, keys: Keys
+) -> None:
+    old, new = _publisher(fake_redis, keys, 1), _publisher(fake_redis, keys, 2)
+    await old.take_over()
+    await new.take_over()
+    new.save_checkpoint(b'{"by": 2}')
+    await new.flush()
+    fence = keys.run_fence("s1", "r1")
+    await fake_redis.delete(fence)  # lost (evicted, say)
+    with pytest.raises(StaleAttempt):
+        await old.take_over()
+    assert await fake_redis.exists(fence) == 0  # the refused take-over left no fence
+    old.save_checkpoint(b'{"by": "zombie"}')
+    with pytest.raises(StaleAttempt):
+        await old.flush()
+    assert await fake_redis.hget(keys.checkpoint("s1", "r1"), "state") == b'{"by": 2}'
+    old.abandon()
+    await new.close(expire=False)
