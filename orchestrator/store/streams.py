@@ -61,6 +61,7 @@ __all__ = [
     "PublisherStats",
     "StreamPage",
     "StreamReader",
+    "StreamTtls",
     "connect_blocking",
     "decode_entry",
     "status_call",
@@ -195,6 +196,30 @@ return {1, redis.call('HGET', KEYS[2], ARGV[3]) or '', saved[2] or ''}
 _REFRESH_EVERY_S = 60.0
 
 
+class StreamTtls:
+    """When the idle TTLs of each session's stream keys were last pushed back by the
+    publishers that share this object (one per worker), so the forks of a fan-out, which
+    publish to the same session stream, do not each repeat it in their first batch.
+
+    A publisher without one keeps its own clock (its first batch pushes them back)."""
+
+    _PRUNE_AT = 1024
+
+    def __init__(self) -> None:
+        self._at: dict[str, float] = {}
+
+    def due(self, session_id: str, now: float, every: float) -> bool:
+        """Whether the session's stream TTLs should be pushed back now."""
+        at = self._at.get(session_id)
+        return at is None or now - at >= every
+
+    def note(self, session_id: str, at: float, every: float) -> None:
+        """The session's stream TTLs were pushed back at `at` (loop time)."""
+        if len(self._at) >= self._PRUNE_AT:
+            self._at = {s: t for s, t in self._at.items() if at - t < every}
+        self._at[session_id] = max(at, self._at.get(session_id, at))
+
+
 @dataclass
 class _Waiter:
     target: int
@@ -228,6 +253,7 @@ class EventPublisher:
         retry_delays_s: Sequence[float] = (0.05, 0.1, 0.2, 0.4, 0.8),
         attempt: int | None = None,
         publisher_id: str | None = None,
+        stream_ttls: StreamTtls | None = None,
     ) -> None:
         self._redis = redis
         self.session_id = session_id
@@ -240,9 +266,9 @@ class EventPublisher:
         self._checkpoint = keys.checkpoint(session_id, run_id)
         self._script = redis.register_script(_PUBLISH_LUA)
         self._take_over = redis.register_script(_TAKE_OVER_LUA)
-        # When this publisher last set the stream's and seqs' TTLs, and the fence's (a
-        # take-over sets the fence's).
-        self._refreshed_at: float | None = None
+        # When the stream's and seqs' TTLs were last set (by this publisher, or by any
+        # sharing `stream_ttls`), and the fence's (a take-over sets the fence's).
+        self._stream_ttls = stream_ttls if stream_ttls is not None else StreamTtls()
         self._fence_set_at: float | None = None
         # The publisher's first checkpoint also clears any TTL the checkpoint key had.
         self._checkpointed = False
@@ -482,7 +508,7 @@ class EventPublisher:
         # Another run's end may have cut the stream's TTL to its retention meanwhile: push
         # it back well within that (and at least once a minute).
         every = min(_REFRESH_EVERY_S, self._ttl_after_end_s / 2)
-        refresh = self._refreshed_at is None or now - self._refreshed_at >= every
+        refresh = self._stream_ttls.due(self.session_id, now, every)
         fence = self._fence_set_at is None or now - self._fence_set_at >= every
         keys = [self._stream, self._seqs, self._publishers, self._fence, self._checkpoint]
         args = self._script_args(batch, refresh, check, refresh_fence=fence)
@@ -490,7 +516,7 @@ class EventPublisher:
         if int(reply[0]) == 0:
             self._check_fence(str(reply[1]))
         if refresh:
-            self._refreshed_at = now
+            self._stream_ttls.note(self.session_id, now, every)
         if fence:
             self._fence_set_at = now
         if any(entry.kind == "checkpoint" for entry in batch):

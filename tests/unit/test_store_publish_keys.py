@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator.errors import StaleAttempt
 from orchestrator.keys import Keys
-from orchestrator.store.streams import EventPublisher, StreamReader
+from orchestrator.store.streams import EventPublisher, StreamReader, StreamTtls
 from tests.fixtures_redis import event_output
 
 pytestmark = pytest.mark.timeout(10)
@@ -106,3 +106,41 @@ async def test_an_older_attempt_cannot_retake_a_lost_fence_past_a_newer_checkpoi
     assert await fake_redis.hget(keys.checkpoint("s1", "r1"), "state") == b'{"by": 2}'
     old.abandon()
     await new.close(expire=False)
+
+
+async def test_publishers_sharing_stream_ttls_push_a_sessions_ttls_back_once(
+    fake_redis: Any, keys: Keys
+) -> None:
+    """The forks of a fan-out on one worker publish to one session stream: the first
+    pushes its idle TTLs back, the others (within the refresh period) need not."""
+    shared = StreamTtls()
+
+    def fork(n: int, ttls: StreamTtls | None) -> EventPublisher:
+        return EventPublisher(
+            fake_redis,
+            keys,
+            session_id="s1",
+            run_id=f"r1.fork_{n}",
+            idle_ttl_s=3600,
+            stream_ttls=ttls,
+        )
+
+    first = fork(1, shared)
+    first.publish(event_output(0, call="r1.fork_1"))
+    await first.flush()
+    stream, seqs = keys.events("s1"), keys.seqs("s1")
+    assert await fake_redis.ttl(stream) > 60
+    for key in (stream, seqs):
+        await fake_redis.expire(key, 60)  # as a sibling's end cuts them to its retention
+    second = fork(2, shared)
+    second.publish(event_output(0, call="r1.fork_2"))
+    await second.flush()
+    assert 0 < await fake_redis.ttl(stream) <= 60
+    assert 0 < await fake_redis.ttl(seqs) <= 60
+    alone = fork(3, None)  # its own clock: its first batch pushes them back
+    alone.publish(event_output(0, call="r1.fork_3"))
+    await alone.flush()
+    assert await fake_redis.ttl(stream) > 60
+    assert await fake_redis.ttl(seqs) > 60
+    for publisher in (first, second, alone):
+        await publisher.close(expire=False)
