@@ -54,7 +54,7 @@ from orchestrator.store.lifecycle import announce_status, end_run
 from orchestrator.store.memory import MemoryScope, RedisMemoryStore
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import LeaseTable, RunStore, Started
-from orchestrator.store.streams import EventPublisher
+from orchestrator.store.streams import EventPublisher, StreamTtls
 from workers.forks import RedisForkBackend
 from workers.leases import LeaseKeeper
 from workers.outage import Outage, until_available
@@ -128,6 +128,9 @@ class TurnExecutor:
         self._queue = queue
         self._runs = RunStore(redis, keys)
         self._leases = LeaseTable(redis, keys)
+        # Shared by this worker's publishers: a fan-out's forks push their session
+        # stream's idle TTLs back once a minute between them, not once each.
+        self._stream_ttls = StreamTtls()
         self._memory_limits = MemoryLimits.from_settings(settings)
         self._journal_limits = JournalLimits.from_settings(settings)
 
@@ -300,6 +303,7 @@ class TurnExecutor:
             maxlen=self._settings.stream_maxlen,
             ttl_after_end_s=self._settings.stream_retention_s,
             attempt=request.attempt,
+            stream_ttls=self._stream_ttls,
         )
         try:
             outcome = await self._drive_with(request, publisher, record, abort_reason)

@@ -61,6 +61,7 @@ __all__ = [
     "PublisherStats",
     "StreamPage",
     "StreamReader",
+    "StreamTtls",
     "connect_blocking",
     "decode_entry",
     "status_call",
@@ -104,16 +105,20 @@ class _Pending:
 
 
 # One batch of a publisher, atomically: refuse it if a newer attempt owns the run's writes
-# (or saved the checkpoint), else append the entries, note the highest event_seq per agent
-# call and the batch number (one HSET: the number is field "batch:<publisher id>" of the
-# seqs hash), save the checkpoint if the batch carries one, and (now and then) push the
-# idle TTLs back. The publishers hash is only read, for the batch markers older versions
-# kept there.
+# (or, when the fence is not this attempt's, saved the checkpoint), else append the
+# entries, note the highest event_seq per agent call and the batch number (one HSET: the
+# number is field "batch:<publisher id>" of the seqs hash), save the checkpoint if the
+# batch carries one (its first one clears any TTL the key had), and (now and then) push
+# the idle TTLs back. The publishers hash is only read, for the batch markers older
+# versions kept there.
 # KEYS: stream, seqs, publishers, fence, checkpoint
 # ARGV: attempt ("" = unfenced), publisher id, batch number, maxlen, idle ttl ("" = none),
-#       refresh ("1": set the TTLs), fence ttl, run id, root ("" = the run), n seqs,
-#       (call, seq) x n, n entries, (kind, data) x n, checkpoint state ("" = none),
-#       check ("1": a batch this publisher may have delivered already; its marker says)
+#       refresh (two flags: "1?" set the stream's and seqs' TTLs, "?1" the fence's; the
+#       fence's is fresh after a take-over), fence ttl, run id, root ("" = the run),
+#       n seqs, (call, seq) x n, n entries, (kind, data) x n,
+#       checkpoint state ("" = none),
+#       check ("1": a batch this publisher may have delivered already; its marker says),
+#       persist ("1": the publisher's first checkpoint: clear the key's TTL)
 # Reply: {1} written, {2} written before, {0, fence} refused.
 _PUBLISH_LUA = """
 local attempt = tonumber(ARGV[1])
@@ -129,7 +134,10 @@ end
 if attempt then
   local owner = tonumber(redis.call('GET', KEYS[4]))
   if owner and owner > attempt then return {0, owner} end
-  if state ~= '' then
+  -- While the fence is this attempt's no newer checkpoint exists (a newer attempt takes
+  -- the fence before it saves; a take-over is refused past a newer checkpoint). Without
+  -- it, the checkpoint's own attempt says.
+  if state ~= '' and owner ~= attempt then
     local saved = tonumber(redis.call('HGET', KEYS[5], 'attempt'))
     if saved and saved > attempt then return {0, saved} end
   end
@@ -154,31 +162,62 @@ end
 redis.call('HSET', KEYS[2], unpack(pairs_))
 if state ~= '' then
   redis.call('HSET', KEYS[5], 'attempt', ARGV[1], 'state', state)
-  redis.call('PERSIST', KEYS[5])
+  if ARGV[at + 3 + 2 * nentries] == '1' then redis.call('PERSIST', KEYS[5]) end
 end
-if ARGV[6] == '1' then
-  if ARGV[5] ~= '' then
-    redis.call('EXPIRE', KEYS[1], ARGV[5])
-    redis.call('EXPIRE', KEYS[2], ARGV[5])
-  end
-  if attempt then redis.call('EXPIRE', KEYS[4], ARGV[7]) end
+if ARGV[5] ~= '' and string.sub(ARGV[6], 1, 1) == '1' then
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
 end
+if attempt and string.sub(ARGV[6], 2, 2) == '1' then redis.call('EXPIRE', KEYS[4], ARGV[7]) end
 return {1}
 """
-# `take_over` in one atomic script: refuse if a newer attempt owns the run's writes, else
-# own them and return the highest event_seq published for the run ("" = none).
-# and the run's checkpoint ("" = none), read after the take-over, so no older attempt
-# can change it in between.
+# `take_over` in one atomic script: refuse if a newer attempt owns the run's writes or
+# saved the run's checkpoint, else own them and return the highest event_seq published
+# for the run ("" = none) and the run's checkpoint ("" = none), read after the
+# take-over, so no older attempt can change it in between. So while the fence is an
+# attempt's own, no newer checkpoint exists (a batch then need not read the
+# checkpoint's attempt). The fence is read and written by one SET ... GET; a refused
+# take-over puts back what it found (a fence it found gets the fence ttl again).
 # KEYS: fence, seqs, checkpoint; ARGV: attempt, fence ttl, run id.
-# Reply: {1, seq, checkpoint} or {0, owner}
+# Reply: {1, seq, checkpoint} or {0, newer attempt}
 _TAKE_OVER_LUA = """
-local owner = tonumber(redis.call('GET', KEYS[1]))
-if owner and owner > tonumber(ARGV[1]) then return {0, owner} end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return {1, redis.call('HGET', KEYS[2], ARGV[3]) or '', redis.call('HGET', KEYS[3], 'state') or ''}
+local attempt = tonumber(ARGV[1])
+local old = redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'GET')
+local saved = redis.call('HMGET', KEYS[3], 'attempt', 'state')
+local newer = tonumber(old)
+if not (newer and newer > attempt) then newer = tonumber(saved[1]) end
+if newer and newer > attempt then
+  if old then redis.call('SET', KEYS[1], old, 'EX', ARGV[2]) else redis.call('DEL', KEYS[1]) end
+  return {0, newer}
+end
+return {1, redis.call('HGET', KEYS[2], ARGV[3]) or '', saved[2] or ''}
 """
 # A busy publisher pushes its keys' idle TTLs back at most this often (they are days).
 _REFRESH_EVERY_S = 60.0
+
+
+class StreamTtls:
+    """When the idle TTLs of each session's stream keys were last pushed back by the
+    publishers that share this object (one per worker), so the forks of a fan-out, which
+    publish to the same session stream, do not each repeat it in their first batch.
+
+    A publisher without one keeps its own clock (its first batch pushes them back)."""
+
+    _PRUNE_AT = 1024
+
+    def __init__(self) -> None:
+        self._at: dict[str, float] = {}
+
+    def due(self, session_id: str, now: float, every: float) -> bool:
+        """Whether the session's stream TTLs should be pushed back now."""
+        at = self._at.get(session_id)
+        return at is None or now - at >= every
+
+    def note(self, session_id: str, at: float, every: float) -> None:
+        """The session's stream TTLs were pushed back at `at` (loop time)."""
+        if len(self._at) >= self._PRUNE_AT:
+            self._at = {s: t for s, t in self._at.items() if at - t < every}
+        self._at[session_id] = max(at, self._at.get(session_id, at))
 
 
 @dataclass
@@ -214,6 +253,7 @@ class EventPublisher:
         retry_delays_s: Sequence[float] = (0.05, 0.1, 0.2, 0.4, 0.8),
         attempt: int | None = None,
         publisher_id: str | None = None,
+        stream_ttls: StreamTtls | None = None,
     ) -> None:
         self._redis = redis
         self.session_id = session_id
@@ -226,7 +266,12 @@ class EventPublisher:
         self._checkpoint = keys.checkpoint(session_id, run_id)
         self._script = redis.register_script(_PUBLISH_LUA)
         self._take_over = redis.register_script(_TAKE_OVER_LUA)
-        self._refreshed_at: float | None = None
+        # When the stream's and seqs' TTLs were last set (by this publisher, or by any
+        # sharing `stream_ttls`), and the fence's (a take-over sets the fence's).
+        self._stream_ttls = stream_ttls if stream_ttls is not None else StreamTtls()
+        self._fence_set_at: float | None = None
+        # The publisher's first checkpoint also clears any TTL the checkpoint key had.
+        self._checkpointed = False
         self.attempt = attempt
         self._maxlen = maxlen
         self._ttl_after_end_s = ttl_after_end_s
@@ -305,10 +350,12 @@ class EventPublisher:
             raise ValueError("take_over() needs a publisher made with attempt=")
         keys = [self._fence, self._seqs, self._checkpoint]
         args = [str(self.attempt), str(self._fence_ttl_s()), self.run_id]
+        now = asyncio.get_running_loop().time()
         async with translate_errors("take over the run's writes"):
             reply = await run_script(self._redis, self._take_over, keys, args)
         if int(reply[0]) == 0:
             self._check_fence(str(reply[1]))
+        self._fence_set_at = now
         raw = reply[1] if reply[1] not in (b"", "") else None
         state = reply[2] if reply[2] not in (b"", "") else None
         if isinstance(state, str):
@@ -461,16 +508,29 @@ class EventPublisher:
         # Another run's end may have cut the stream's TTL to its retention meanwhile: push
         # it back well within that (and at least once a minute).
         every = min(_REFRESH_EVERY_S, self._ttl_after_end_s / 2)
-        refresh = self._refreshed_at is None or now - self._refreshed_at >= every
+        refresh = self._stream_ttls.due(self.session_id, now, every)
+        fence = self._fence_set_at is None or now - self._fence_set_at >= every
         keys = [self._stream, self._seqs, self._publishers, self._fence, self._checkpoint]
-        args = self._script_args(batch, refresh, check)
+        args = self._script_args(batch, refresh, check, refresh_fence=fence)
         reply = await run_script(self._redis, self._script, keys, args)
         if int(reply[0]) == 0:
             self._check_fence(str(reply[1]))
         if refresh:
-            self._refreshed_at = now
+            self._stream_ttls.note(self.session_id, now, every)
+        if fence:
+            self._fence_set_at = now
+        if any(entry.kind == "checkpoint" for entry in batch):
+            self._checkpointed = True
 
-    def _script_args(self, batch: list[_Pending], refresh: bool, check: bool = False) -> list[Any]:
+    def _script_args(
+        self,
+        batch: list[_Pending],
+        refresh: bool,
+        check: bool = False,
+        *,
+        refresh_fence: bool | None = None,
+    ) -> list[Any]:
+        fence = refresh if refresh_fence is None else refresh_fence
         seqs: dict[str, int] = {}
         entries: list[Any] = []
         state: bytes = b""
@@ -488,7 +548,7 @@ class EventPublisher:
             str(self._batch_no),
             str(self._maxlen),
             "" if self._idle_ttl_s is None else str(self._idle_ttl_s),
-            "1" if refresh else "0",
+            ("1" if refresh else "0") + ("1" if fence else "0"),
             str(self._fence_ttl_s()),
             self.run_id,
             "" if self.root_run_id == self.run_id else self.root_run_id,
@@ -500,6 +560,7 @@ class EventPublisher:
         args += entries
         args.append(state)
         args.append("1" if check else "0")
+        args.append("0" if self._checkpointed else "1")
         return args
 
     def _give_up(self, exc: OrchestratorError) -> None:
