@@ -214,6 +214,16 @@ class InMemoryMemoryStore:
         )
         return self._store(key, record, stored)
 
+    async def replace_history(
+        self, key: str, messages: MessageList, summary: dict[str, Any] | None
+    ) -> MemorySnapshot:
+        """See `HistoryMemoryStore.replace_history`."""
+        if summary is not None:
+            check_size(summary, "the summary", self.limits)
+        await self.save_messages(key, messages)
+        self._written(key).snapshot.summary = copy.deepcopy(summary)
+        return await self.load(key)
+
     async def save_turn(self, key: str, messages: MessageList, base: TranscriptBase) -> int:
         """See `MemoryStore.save_turn`."""
         record = self._written(key)
@@ -224,6 +234,15 @@ class InMemoryMemoryStore:
         if merged is None:
             return record.snapshot.revision
         return self._store(key, record, merged)
+
+    async def save_turn_unless_pending(
+        self, key: str, messages: MessageList, base: TranscriptBase
+    ) -> int | None:
+        """See `HistoryMemoryStore.save_turn_unless_pending`."""
+        record = self._live(key)
+        if record is not None and record.snapshot.pending_compaction is not None:
+            return None
+        return await self.save_turn(key, messages, base)
 
     def _store(self, key: str, record: _Record, transcript: StoredTranscript) -> int:
         kept = bounded(key, transcript, self.limits)

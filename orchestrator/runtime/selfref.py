@@ -45,6 +45,7 @@ from orchestrator.ports import (
     Experience,
     ForkLimits,
     ForkPrimitives,
+    HistoryMemoryStore,
     MemorySnapshot,
     MemoryStore,
     ToolSession,
@@ -621,13 +622,51 @@ class SelfRefContext:
             return await self.store.save_messages(self.active_key, cleaned)
         return await self.store.save_turn(self.active_key, cleaned, base)
 
+    async def save_turn_unless_compacting(
+        self, messages: Sequence[Message], base: TranscriptBase | None
+    ) -> bool:
+        """`save_turn`, unless a compaction is pending for the active key: then nothing
+        is written and the answer is False (commit it first, then save). One store call
+        on a `HistoryMemoryStore` with a `base`."""
+        if base is not None and isinstance(self.store, HistoryMemoryStore):
+            cleaned = _clean_messages(messages)
+            saved = await self.store.save_turn_unless_pending(self.active_key, cleaned, base)
+            return saved is not None
+        if (await self.store.load(self.active_key)).pending_compaction is not None:
+            return False
+        await self.save_turn(messages, base)
+        return True
+
     async def replace_history(self, history: Sequence[Message]) -> int:
         """Make `history` the active key's memory; the summary follows the transcript.
         Returns the revision written."""
+        return (await self._replace(_clean_messages(history))).revision
+
+    async def _replace(self, cleaned: MessageList) -> MemorySnapshot:
+        """`replace_history` of cleaned messages; the record as it is after the write
+        (one store call on a `HistoryMemoryStore`)."""
+        summary = _transcript_summary(cleaned)
+        if isinstance(self.store, HistoryMemoryStore):
+            return await self.store.replace_history(self.active_key, cleaned, summary)
+        await self.store.save_messages(self.active_key, cleaned)
+        await self.store.set_summary(self.active_key, summary)
+        return await self.store.load(self.active_key)
+
+    async def open_turn(
+        self, history: Sequence[Message] | None
+    ) -> tuple[MessageList, MemorySnapshot]:
+        """`begin_turn`, with the record as the turn found (or made) it instead of just its
+        revision: `addendum(snapshot, messages)` then needs no second read."""
+        if history is None:
+            snapshot = await self.store.load(self.active_key)
+            return snapshot.messages, snapshot
+        # The snapshot holds these very messages (or a copy): it is only read.
         cleaned = _clean_messages(history)
-        revision = await self.store.save_messages(self.active_key, cleaned)
-        await self.store.set_summary(self.active_key, _transcript_summary(cleaned))
-        return revision
+        return cleaned, await self._replace(cleaned)
+
+    def addendum(self, snapshot: MemorySnapshot, messages: Sequence[Message]) -> str:
+        """`system_addendum` for a record already read (`open_turn`'s snapshot)."""
+        return self._addendum(snapshot, messages)
 
     async def resolve_history(self, history: Sequence[Message] | None) -> MessageList:
         """The history a turn starts from.
@@ -641,11 +680,8 @@ class SelfRefContext:
     async def begin_turn(self, history: Sequence[Message] | None) -> tuple[MessageList, int]:
         """`resolve_history`, plus the memory revision the history stands for (what a
         `TranscriptBase` for the turn's `save_turn` is built from)."""
-        if history is None:
-            snapshot = await self.store.load(self.active_key)
-            return snapshot.messages, snapshot.revision
-        revision = await self.replace_history(history)
-        return _clean_messages(history), revision
+        messages, snapshot = await self.open_turn(history)
+        return messages, snapshot.revision
 
     async def system_addendum(self, messages: Sequence[Message] | None = None) -> str:
         """Text to append to the system prompt: the `<experience>` block, plus the summary
