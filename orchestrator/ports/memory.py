@@ -124,8 +124,9 @@ class MemoryStore(Protocol):
 @runtime_checkable
 class HistoryMemoryStore(MemoryStore, Protocol):
     """A MemoryStore that can also replace a key's history, or save a turn unless a
-    compaction is pending, in one step each (both built-in stores can; SelfReference
-    falls back to the plain calls, and a `load` first, for a store that cannot)."""
+    compaction is pending, in one step each, and read just the pending compaction (both
+    built-in stores can; SelfReference falls back to the plain `MemoryStore` calls, and
+    a `load`, for a store that cannot)."""
 
     async def replace_history(
         self, key: str, messages: MessageList, summary: dict[str, Any] | None
@@ -139,6 +140,11 @@ class HistoryMemoryStore(MemoryStore, Protocol):
     ) -> int | None:
         """`save_turn`, unless a compaction is pending for the key: then nothing is
         written and the answer is None (the caller commits the compaction, then saves)."""
+        ...
+
+    async def pending_compaction(self, key: str) -> dict[str, Any] | None:
+        """The key's pending compaction (`load(key).pending_compaction`, without reading
+        the rest of the record)."""
         ...
 
 

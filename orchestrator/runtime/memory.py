@@ -244,6 +244,11 @@ class InMemoryMemoryStore:
             return None
         return await self.save_turn(key, messages, base)
 
+    async def pending_compaction(self, key: str) -> dict[str, Any] | None:
+        """See `HistoryMemoryStore.pending_compaction`."""
+        record = self._live(key)
+        return None if record is None else copy.deepcopy(record.snapshot.pending_compaction)
+
     def _store(self, key: str, record: _Record, transcript: StoredTranscript) -> int:
         kept = bounded(key, transcript, self.limits)
         record.snapshot.messages = kept.messages

@@ -709,8 +709,10 @@ class SelfRefContext:
         """`apply_pending_compaction`, plus the revision the compacted transcript was
         stored at (the turn's new `TranscriptBase`)."""
         key = self.active_key
-        snapshot = await self.store.load(key)
-        pending = snapshot.pending_compaction
+        if isinstance(self.store, HistoryMemoryStore):
+            pending = await self.store.pending_compaction(key)  # not the whole record
+        else:
+            pending = (await self.store.load(key)).pending_compaction
         if pending is None:
             return None
         try:

@@ -309,6 +309,12 @@ class RedisMemoryStore:
         self._note(hash_key, snapshot.revision, fields.get(_WRITERS))
         return snapshot
 
+    async def pending_compaction(self, key: str) -> dict[str, Any] | None:
+        """See `HistoryMemoryStore.pending_compaction`: one HGET."""
+        async with translate_errors("memory load"):
+            raw = await resolve(self._redis.hget(self.record_key(key), _PENDING))
+        return _object(key, _PENDING, raw)
+
     async def save_messages(self, key: str, messages: MessageList) -> int:
         """Replace the key's message history; returns the new revision."""
         revision, _ = await self._write_messages(key, messages, summary=False, record=False)

@@ -403,3 +403,14 @@ class MemoryStoreContract:
         assert second is not None
         assert second > first
         assert (await store.load("k")).messages == [SYSTEM, user("theirs"), user("mine")]
+
+    async def test_the_pending_compaction_reads_alone(self, store: MemoryStore) -> None:
+        assert isinstance(store, HistoryMemoryStore)
+        assert await store.pending_compaction("k") is None
+        await store.set_pending_compaction("k", {"summary": {"goal": "g"}})
+        pending = await store.pending_compaction("k")
+        assert pending == {"summary": {"goal": "g"}}
+        pending["summary"]["goal"] = "changed"
+        assert await store.pending_compaction("k") == {"summary": {"goal": "g"}}
+        await store.set_pending_compaction("k", None)
+        assert await store.pending_compaction("k") is None
