@@ -91,25 +91,32 @@ def trim_messages(messages: MessageList, max_bytes: int) -> tuple[MessageList, i
 
 
 def merge_turn(
-    stored: StoredTranscript, messages: MessageList, base: TranscriptBase
+    stored: StoredTranscript,
+    messages: MessageList,
+    base: TranscriptBase,
+    *,
+    copy_messages: bool = True,
 ) -> StoredTranscript | None:
     """What `save_turn` leaves stored (None: nothing to write).
 
     Unchanged since the turn started: the transcript replaces the record. Changed: only
-    the turn's own messages not added yet are appended to what is there now.
+    the turn's own messages not added yet are appended to what is there now. The
+    result holds deep copies of `messages` (`copy_messages=False`: the messages
+    themselves, for a store that serializes them at once).
     """
+    keep = copy.deepcopy if copy_messages else list
     mark = f"{base.writer}@{base.revision}"
     writers = dict(stored.writers)
     own = max(0, len(messages) - base.count)
     if stored.revision == base.revision:
-        merged = copy.deepcopy(list(messages))
+        merged = keep(list(messages))
         writers[mark] = own
     else:
         done = min(writers.get(mark, 0), own)
         fresh = messages[base.count + done :]
         if not fresh:
             return None
-        merged = [*stored.messages, *copy.deepcopy(list(fresh))]
+        merged = [*stored.messages, *keep(list(fresh))]
         writers[mark] = done + len(fresh)
     while len(writers) > MAX_WRITER_MARKS:
         writers.pop(next(iter(writers)))

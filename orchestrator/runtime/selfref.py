@@ -244,11 +244,16 @@ def _normalize_summary(payload: Mapping[str, Any]) -> dict[str, Any]:
     return normalized
 
 
-def _clean_messages(messages: Iterable[Message]) -> MessageList:
-    """Deep copies fit for memory: no transient fields, no injected system blocks."""
+def _clean_messages(messages: Iterable[Message], *, deep: bool = True) -> MessageList:
+    """Deep copies fit for memory: no transient fields, no injected system blocks.
+
+    `deep=False`: copies of the message dicts only (their values are shared), for
+    messages handed straight to a store's write (every MemoryStore copies what it is
+    given, or serializes it at once).
+    """
     cleaned: MessageList = []
     for message in messages:
-        copied = copy.deepcopy(dict(message))
+        copied = copy.deepcopy(dict(message)) if deep else dict(message)
         for field in _TRANSIENT_MESSAGE_FIELDS:
             copied.pop(field, None)
         if copied.get("role") == "system" and isinstance(copied.get("content"), str):
@@ -622,13 +627,14 @@ class SelfRefContext:
     async def save_messages(self, messages: Sequence[Message]) -> int:
         """Replace the active key's messages (injected system blocks are stripped);
         returns the new revision."""
-        return await self.store.save_messages(self.active_key, _clean_messages(messages))
+        cleaned = _clean_messages(messages, deep=False)
+        return await self.store.save_messages(self.active_key, cleaned)
 
     async def save_turn(self, messages: Sequence[Message], base: TranscriptBase | None) -> int:
         """Store a turn's transcript. With the `base` the turn started from, messages
         other turns saved to the key meanwhile are kept (the turn's own are appended to
         them); without one, the transcript replaces the stored messages."""
-        cleaned = _clean_messages(messages)
+        cleaned = _clean_messages(messages, deep=False)
         if base is None:
             return await self.store.save_messages(self.active_key, cleaned)
         return await self.store.save_turn(self.active_key, cleaned, base)
@@ -641,7 +647,7 @@ class SelfRefContext:
         on a `HistoryMemoryStore` with a `base`."""
         history_store = self._history_store()
         if base is not None and history_store is not None:
-            cleaned = _clean_messages(messages)
+            cleaned = _clean_messages(messages, deep=False)
             saved = await history_store.save_turn_unless_pending(self.active_key, cleaned, base)
             return saved is not None
         if (await self.store.load(self.active_key)).pending_compaction is not None:

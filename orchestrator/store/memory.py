@@ -404,7 +404,7 @@ class RedisMemoryStore:
                 if appending and not stored.have_messages:
                     stored = None  # an append needs the stored messages: read them
                     continue
-                merged = merge_turn(current, transcript, base)
+                merged = merge_turn(current, transcript, base, copy_messages=False)
                 if merged is None:
                     return revision
                 kept, messages_json = self._bounded(key, merged)
