@@ -236,8 +236,8 @@ class RedisForkBackend:
             parent = loaded[info.source_memory_key] = await self._memory.load(
                 info.source_memory_key
             )
-        for experience in parent.experiences:
-            await self._memory.add_experience(info.memory_key, experience.text)
+        texts = [experience.text for experience in parent.experiences]
+        await self._memory.add_experiences(info.memory_key, texts)  # one round trip
 
     async def collect(
         self,

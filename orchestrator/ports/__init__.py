@@ -4,7 +4,8 @@ arq or httpx.
     LLMInterface      a chat-completions model (OpenAICompatible over httpx implements it),
                       and ChunkAccumulator, the one assembler of what it returns
     MemoryStore       SelfReference memory per key (in-process dict, or Redis), with the
-                      values it trades in: MemorySnapshot, TranscriptBase, MemoryLimits
+                      values it trades in: MemorySnapshot, TranscriptBase, MemoryLimits;
+                      HistoryMemoryStore also replaces a history in one step
     Checkpointer      where a turn's state is saved between steps (nothing, or Redis);
                       DeferringCheckpointer also queues one without waiting for it
     ForkBackend       starts forks and collects their results (Redis and arq on a worker),
@@ -34,6 +35,7 @@ from orchestrator.ports.memory import (
     Checkpointer,
     DeferringCheckpointer,
     Experience,
+    HistoryMemoryStore,
     MemoryLimits,
     MemorySnapshot,
     MemoryStore,
@@ -55,6 +57,7 @@ __all__ = [
     "ForkBackend",
     "ForkLimits",
     "ForkPrimitives",
+    "HistoryMemoryStore",
     "JournalHead",
     "JournalLimits",
     "JournalRecord",

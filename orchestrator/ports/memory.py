@@ -14,6 +14,7 @@ __all__ = [
     "Checkpointer",
     "DeferringCheckpointer",
     "Experience",
+    "HistoryMemoryStore",
     "MemoryLimits",
     "MemorySnapshot",
     "MemoryStore",
@@ -118,6 +119,33 @@ class MemoryStore(Protocol):
     async def set_summary(self, key: str, summary: dict[str, Any] | None) -> None: ...
 
     async def set_pending_compaction(self, key: str, compaction: dict[str, Any] | None) -> None: ...
+
+
+@runtime_checkable
+class HistoryMemoryStore(MemoryStore, Protocol):
+    """A MemoryStore that can also replace a key's history, or save a turn unless a
+    compaction is pending, in one step each, and read just the pending compaction (both
+    built-in stores can; SelfReference falls back to the plain `MemoryStore` calls, and
+    a `load`, for a store that cannot)."""
+
+    async def replace_history(
+        self, key: str, messages: MessageList, summary: dict[str, Any] | None
+    ) -> MemorySnapshot:
+        """Replace the key's messages (a new revision, as `save_messages`) and its summary
+        (None: none) atomically; returns the record as it is after the write."""
+        ...
+
+    async def save_turn_unless_pending(
+        self, key: str, messages: MessageList, base: TranscriptBase
+    ) -> int | None:
+        """`save_turn`, unless a compaction is pending for the key: then nothing is
+        written and the answer is None (the caller commits the compaction, then saves)."""
+        ...
+
+    async def pending_compaction(self, key: str) -> dict[str, Any] | None:
+        """The key's pending compaction (`load(key).pending_compaction`, without reading
+        the rest of the record)."""
+        ...
 
 
 @runtime_checkable

@@ -131,10 +131,10 @@ class AgentSpec:
         system = self.system_prompt(template_params)
         context = self.bind_memory(memory_key, memory)
         from_memory = history is None
-        revision = 0
+        snapshot = None
         if context is not None:
             # A history list replaces the stored memory; None reuses it.
-            history, revision = await context.begin_turn(history)
+            history, snapshot = await context.open_turn(history)
         override, rest = prompt.split_system(history or [])
         if override is not None and not from_memory:
             system = override
@@ -143,12 +143,11 @@ class AgentSpec:
         content = multimodal.user_content(user_message, images)
         messages = prompt.build_messages(system, rest, content)
         base = None
-        if context is not None:
-            addendum = await context.system_addendum(messages)
-            messages = apply_system_addendum(messages, addendum)
+        if context is not None and snapshot is not None:
+            messages = apply_system_addendum(messages, context.addendum(snapshot, messages))
             # Everything before the user message stands for what memory held.
             base = TranscriptBase(
-                revision=revision,
+                revision=snapshot.revision,
                 count=len(messages) - (1 if content else 0),
                 writer=agent_call_id,
             )
@@ -197,9 +196,12 @@ class AgentSpec:
         selfref = self.bind_memory(memory_key, memory)
         base = None
         if selfref is not None:
-            revision = await selfref.replace_history(context)
-            messages = apply_system_addendum(messages, await selfref.system_addendum(messages))
-            base = TranscriptBase(revision=revision, count=len(context), writer=agent_call_id)
+            # One write that answers with the record (the experiences the fork inherited).
+            _, snapshot = await selfref.open_turn(context)
+            messages = apply_system_addendum(messages, selfref.addendum(snapshot, messages))
+            base = TranscriptBase(
+                revision=snapshot.revision, count=len(context), writer=agent_call_id
+            )
         return TurnState(
             session_id=session_id,
             agent_call_id=agent_call_id,

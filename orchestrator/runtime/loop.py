@@ -689,11 +689,21 @@ class _Turn:
         if self.selfref is not None:
             await self.selfref.save_turn(self.state.messages, self.state.memory_base)
 
+    async def _end_memory(self) -> None:
+        """Commit a pending compaction, then save the turn: one store call when none is
+        pending (the save checks, and writes nothing if one is)."""
+        st = self.state
+        if self.selfref is None:
+            return
+        if await self.selfref.save_turn_unless_compacting(st.messages, st.memory_base):
+            return
+        await self._apply_compaction()
+        await self._save_memory()
+
     async def _finish(self, wrapped: bool) -> AsyncIterator[Output]:
         if wrapped:
             yield self._iteration_end(0)
-        await self._apply_compaction()
-        await self._save_memory()
+        await self._end_memory()
         yield self._react_end({})
         await self._save(later=True)  # written with the turn's response, which follows
 

@@ -91,25 +91,32 @@ def trim_messages(messages: MessageList, max_bytes: int) -> tuple[MessageList, i
 
 
 def merge_turn(
-    stored: StoredTranscript, messages: MessageList, base: TranscriptBase
+    stored: StoredTranscript,
+    messages: MessageList,
+    base: TranscriptBase,
+    *,
+    copy_messages: bool = True,
 ) -> StoredTranscript | None:
     """What `save_turn` leaves stored (None: nothing to write).
 
     Unchanged since the turn started: the transcript replaces the record. Changed: only
-    the turn's own messages not added yet are appended to what is there now.
+    the turn's own messages not added yet are appended to what is there now. The
+    result holds deep copies of `messages` (`copy_messages=False`: the messages
+    themselves, for a store that serializes them at once).
     """
+    keep = copy.deepcopy if copy_messages else list
     mark = f"{base.writer}@{base.revision}"
     writers = dict(stored.writers)
     own = max(0, len(messages) - base.count)
     if stored.revision == base.revision:
-        merged = copy.deepcopy(list(messages))
+        merged = keep(list(messages))
         writers[mark] = own
     else:
         done = min(writers.get(mark, 0), own)
         fresh = messages[base.count + done :]
         if not fresh:
             return None
-        merged = [*stored.messages, *copy.deepcopy(list(fresh))]
+        merged = [*stored.messages, *keep(list(fresh))]
         writers[mark] = done + len(fresh)
     while len(writers) > MAX_WRITER_MARKS:
         writers.pop(next(iter(writers)))
@@ -214,6 +221,16 @@ class InMemoryMemoryStore:
         )
         return self._store(key, record, stored)
 
+    async def replace_history(
+        self, key: str, messages: MessageList, summary: dict[str, Any] | None
+    ) -> MemorySnapshot:
+        """See `HistoryMemoryStore.replace_history`."""
+        if summary is not None:
+            check_size(summary, "the summary", self.limits)
+        await self.save_messages(key, messages)
+        self._written(key).snapshot.summary = copy.deepcopy(summary)
+        return await self.load(key)
+
     async def save_turn(self, key: str, messages: MessageList, base: TranscriptBase) -> int:
         """See `MemoryStore.save_turn`."""
         record = self._written(key)
@@ -224,6 +241,20 @@ class InMemoryMemoryStore:
         if merged is None:
             return record.snapshot.revision
         return self._store(key, record, merged)
+
+    async def save_turn_unless_pending(
+        self, key: str, messages: MessageList, base: TranscriptBase
+    ) -> int | None:
+        """See `HistoryMemoryStore.save_turn_unless_pending`."""
+        record = self._live(key)
+        if record is not None and record.snapshot.pending_compaction is not None:
+            return None
+        return await self.save_turn(key, messages, base)
+
+    async def pending_compaction(self, key: str) -> dict[str, Any] | None:
+        """See `HistoryMemoryStore.pending_compaction`."""
+        record = self._live(key)
+        return None if record is None else copy.deepcopy(record.snapshot.pending_compaction)
 
     def _store(self, key: str, record: _Record, transcript: StoredTranscript) -> int:
         kept = bounded(key, transcript, self.limits)

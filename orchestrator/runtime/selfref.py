@@ -45,6 +45,7 @@ from orchestrator.ports import (
     Experience,
     ForkLimits,
     ForkPrimitives,
+    HistoryMemoryStore,
     MemorySnapshot,
     MemoryStore,
     ToolSession,
@@ -243,11 +244,16 @@ def _normalize_summary(payload: Mapping[str, Any]) -> dict[str, Any]:
     return normalized
 
 
-def _clean_messages(messages: Iterable[Message]) -> MessageList:
-    """Deep copies fit for memory: no transient fields, no injected system blocks."""
+def _clean_messages(messages: Iterable[Message], *, deep: bool = True) -> MessageList:
+    """Deep copies fit for memory: no transient fields, no injected system blocks.
+
+    `deep=False`: copies of the message dicts only (their values are shared), for
+    messages handed straight to a store's write (every MemoryStore copies what it is
+    given, or serializes it at once).
+    """
     cleaned: MessageList = []
     for message in messages:
-        copied = copy.deepcopy(dict(message))
+        copied = copy.deepcopy(dict(message)) if deep else dict(message)
         for field in _TRANSIENT_MESSAGE_FIELDS:
             copied.pop(field, None)
         if copied.get("role") == "system" and isinstance(copied.get("content"), str):
@@ -504,9 +510,20 @@ class SelfRefContext:
     ) -> None:
         self.active_key = key
         self.store = store
+        # `store` as a HistoryMemoryStore (None: it is not one), checked once per store.
+        self._checked_store: MemoryStore | None = None
+        self._history: HistoryMemoryStore | None = None
         self.instance_id = instance_id
         self.fork = fork
         self._providers = list(providers)
+
+    def _history_store(self) -> HistoryMemoryStore | None:
+        """The store, if it has the one-step calls (a Protocol isinstance costs ~10 µs)."""
+        if self.store is not self._checked_store:
+            self._checked_store = self.store
+            store = self.store
+            self._history = store if isinstance(store, HistoryMemoryStore) else None
+        return self._history
 
     def _key(self, key: str | None) -> str:
         return self.active_key if key is None else _normalize_key(key)
@@ -610,24 +627,65 @@ class SelfRefContext:
     async def save_messages(self, messages: Sequence[Message]) -> int:
         """Replace the active key's messages (injected system blocks are stripped);
         returns the new revision."""
-        return await self.store.save_messages(self.active_key, _clean_messages(messages))
+        cleaned = _clean_messages(messages, deep=False)
+        return await self.store.save_messages(self.active_key, cleaned)
 
     async def save_turn(self, messages: Sequence[Message], base: TranscriptBase | None) -> int:
         """Store a turn's transcript. With the `base` the turn started from, messages
         other turns saved to the key meanwhile are kept (the turn's own are appended to
         them); without one, the transcript replaces the stored messages."""
-        cleaned = _clean_messages(messages)
+        cleaned = _clean_messages(messages, deep=False)
         if base is None:
             return await self.store.save_messages(self.active_key, cleaned)
         return await self.store.save_turn(self.active_key, cleaned, base)
 
+    async def save_turn_unless_compacting(
+        self, messages: Sequence[Message], base: TranscriptBase | None
+    ) -> bool:
+        """`save_turn`, unless a compaction is pending for the active key: then nothing
+        is written and the answer is False (commit it first, then save). One store call
+        on a `HistoryMemoryStore` with a `base`."""
+        history_store = self._history_store()
+        if base is not None and history_store is not None:
+            cleaned = _clean_messages(messages, deep=False)
+            saved = await history_store.save_turn_unless_pending(self.active_key, cleaned, base)
+            return saved is not None
+        if (await self.store.load(self.active_key)).pending_compaction is not None:
+            return False
+        await self.save_turn(messages, base)
+        return True
+
     async def replace_history(self, history: Sequence[Message]) -> int:
         """Make `history` the active key's memory; the summary follows the transcript.
         Returns the revision written."""
+        return (await self._replace(_clean_messages(history))).revision
+
+    async def _replace(self, cleaned: MessageList) -> MemorySnapshot:
+        """`replace_history` of cleaned messages; the record as it is after the write
+        (one store call on a `HistoryMemoryStore`)."""
+        summary = _transcript_summary(cleaned)
+        history_store = self._history_store()
+        if history_store is not None:
+            return await history_store.replace_history(self.active_key, cleaned, summary)
+        await self.store.save_messages(self.active_key, cleaned)
+        await self.store.set_summary(self.active_key, summary)
+        return await self.store.load(self.active_key)
+
+    async def open_turn(
+        self, history: Sequence[Message] | None
+    ) -> tuple[MessageList, MemorySnapshot]:
+        """`begin_turn`, with the record as the turn found (or made) it instead of just its
+        revision: `addendum(snapshot, messages)` then needs no second read."""
+        if history is None:
+            snapshot = await self.store.load(self.active_key)
+            return snapshot.messages, snapshot
+        # The snapshot holds these very messages (or a copy): it is only read.
         cleaned = _clean_messages(history)
-        revision = await self.store.save_messages(self.active_key, cleaned)
-        await self.store.set_summary(self.active_key, _transcript_summary(cleaned))
-        return revision
+        return cleaned, await self._replace(cleaned)
+
+    def addendum(self, snapshot: MemorySnapshot, messages: Sequence[Message]) -> str:
+        """`system_addendum` for a record already read (`open_turn`'s snapshot)."""
+        return self._addendum(snapshot, messages)
 
     async def resolve_history(self, history: Sequence[Message] | None) -> MessageList:
         """The history a turn starts from.
@@ -641,11 +699,8 @@ class SelfRefContext:
     async def begin_turn(self, history: Sequence[Message] | None) -> tuple[MessageList, int]:
         """`resolve_history`, plus the memory revision the history stands for (what a
         `TranscriptBase` for the turn's `save_turn` is built from)."""
-        if history is None:
-            snapshot = await self.store.load(self.active_key)
-            return snapshot.messages, snapshot.revision
-        revision = await self.replace_history(history)
-        return _clean_messages(history), revision
+        messages, snapshot = await self.open_turn(history)
+        return messages, snapshot.revision
 
     async def system_addendum(self, messages: Sequence[Message] | None = None) -> str:
         """Text to append to the system prompt: the `<experience>` block, plus the summary
@@ -673,8 +728,11 @@ class SelfRefContext:
         """`apply_pending_compaction`, plus the revision the compacted transcript was
         stored at (the turn's new `TranscriptBase`)."""
         key = self.active_key
-        snapshot = await self.store.load(key)
-        pending = snapshot.pending_compaction
+        history_store = self._history_store()
+        if history_store is not None:
+            pending = await history_store.pending_compaction(key)  # not the whole record
+        else:
+            pending = (await self.store.load(key)).pending_compaction
         if pending is None:
             return None
         try:

@@ -27,6 +27,7 @@ import pytest
 from orchestrator.errors import MemoryLimitError
 from orchestrator.ports import (
     Experience,
+    HistoryMemoryStore,
     MemoryLimits,
     MemorySnapshot,
     MemoryStore,
@@ -348,3 +349,68 @@ class MemoryStoreContract:
         assert (await store.load("k")).messages == [user("hello")]
         await asyncio.sleep(2.5)
         assert await store.load("k") == MemorySnapshot(key="k")
+
+    # -- the one-step calls of a HistoryMemoryStore (both built-in stores) -----------------
+
+    async def test_replace_history_writes_messages_and_summary_and_answers_the_record(
+        self, store: MemoryStore
+    ) -> None:
+        assert isinstance(store, HistoryMemoryStore)
+        await store.add_experience("k", "a lesson")
+        await store.set_pending_compaction("k", {"upto": 1})
+        await store.set_summary("k", {"goal": "old"})
+        before = await store.save_messages("k", [user("old")])
+        after = await store.replace_history("k", [SYSTEM, user("new")], {"goal": "new"})
+        assert after.revision == before + 1
+        assert after.messages == [SYSTEM, user("new")]
+        assert after.summary == {"goal": "new"}
+        assert [e.text for e in after.experiences] == ["a lesson"]
+        assert after.pending_compaction == {"upto": 1}
+        assert await store.load("k") == after
+        cleared = await store.replace_history("k", [user("newer")], None)
+        assert cleared.summary is None
+        assert await store.load("k") == cleared
+
+    async def test_replace_history_of_a_new_key_starts_it(self, store: MemoryStore) -> None:
+        assert isinstance(store, HistoryMemoryStore)
+        snapshot = await store.replace_history("fresh", [user("hi")], None)
+        assert snapshot == MemorySnapshot(key="fresh", messages=[user("hi")], revision=1)
+        assert await store.load("fresh") == snapshot
+
+    async def test_replace_history_refuses_a_summary_over_the_bound(
+        self, make_store: MakeStore
+    ) -> None:
+        store = make_store(MemoryLimits(max_message_bytes=1024))
+        assert isinstance(store, HistoryMemoryStore)
+        with pytest.raises(MemoryLimitError, match="at most 1024"):
+            await store.replace_history("k", [user("x")], {"goal": "g" * 2000})
+        assert await store.load("k") == MemorySnapshot(key="k")
+
+    async def test_a_turn_save_waits_for_a_pending_compaction(self, store: MemoryStore) -> None:
+        """save_turn_unless_pending writes nothing while a compaction is pending, and is a
+        save_turn otherwise (concurrent saves still all land)."""
+        assert isinstance(store, HistoryMemoryStore)
+        await store.save_messages("k", [SYSTEM])
+        mine, base = await start_turn(store, "k", "turn-1")
+        other, other_base = await start_turn(store, "k", "turn-2")
+        await store.set_pending_compaction("k", {"upto": 1})
+        assert await store.save_turn_unless_pending("k", [*mine, user("mine")], base) is None
+        assert (await store.load("k")).messages == [SYSTEM]
+        await store.set_pending_compaction("k", None)
+        first = await store.save_turn_unless_pending("k", [*other, user("theirs")], other_base)
+        second = await store.save_turn_unless_pending("k", [*mine, user("mine")], base)
+        assert first is not None
+        assert second is not None
+        assert second > first
+        assert (await store.load("k")).messages == [SYSTEM, user("theirs"), user("mine")]
+
+    async def test_the_pending_compaction_reads_alone(self, store: MemoryStore) -> None:
+        assert isinstance(store, HistoryMemoryStore)
+        assert await store.pending_compaction("k") is None
+        await store.set_pending_compaction("k", {"summary": {"goal": "g"}})
+        pending = await store.pending_compaction("k")
+        assert pending == {"summary": {"goal": "g"}}
+        pending["summary"]["goal"] = "changed"
+        assert await store.pending_compaction("k") == {"summary": {"goal": "g"}}
+        await store.set_pending_compaction("k", None)
+        assert await store.pending_compaction("k") is None

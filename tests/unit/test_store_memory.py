@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import PayloadError
+from orchestrator.errors import MemoryLimitError, PayloadError
 from orchestrator.keys import Keys
-from orchestrator.ports import MemoryLimits, MemoryStore
+from orchestrator.ports import MemoryLimits, MemoryStore, TranscriptBase
 from orchestrator.store.memory import MemoryScope, RedisMemoryStore
 from tests.contracts.memory_store_contract import MemoryStoreContract
 
@@ -140,3 +140,87 @@ async def test_a_corrupt_experience_is_skipped(
     await store.add_experience("k", "good")
     await fake_redis.hset(keys.memory("k"), mapping={"exp:x": "bad id", "exp:9": b"\xff"})
     assert [e.text for e in (await store.load("k")).experiences] == ["good"]
+
+
+async def test_a_corrupt_revision_is_reported_and_nothing_is_written(
+    store: RedisMemoryStore, fake_redis: Any, keys: Keys
+) -> None:
+    await fake_redis.hset(keys.memory("k"), mapping={"rev": "x", "messages": "[]"})
+    with pytest.raises(PayloadError, match="revision"):
+        await store.save_messages("k", [{"role": "user", "content": "a"}])
+    with pytest.raises(PayloadError, match="revision"):
+        await store.replace_history("k", [{"role": "user", "content": "a"}], None)
+    assert await fake_redis.hget(keys.memory("k"), "messages") == b"[]"
+
+
+async def test_a_corrupt_experience_counter_is_reported(
+    store: RedisMemoryStore, fake_redis: Any, keys: Keys
+) -> None:
+    await fake_redis.hset(keys.memory("k"), "exp_seq", "many")
+    with pytest.raises(PayloadError, match="experience counter"):
+        await store.add_experience("k", "a")
+    assert await fake_redis.hget(keys.memory("k"), "exp:1") is None
+
+
+async def test_every_write_sets_the_retention(
+    store: RedisMemoryStore, fake_redis: Any, keys: Keys
+) -> None:
+    name = keys.memory("k")
+    base = TranscriptBase(revision=0, count=0, writer="w")
+    writes = [
+        lambda: store.save_messages("k", [{"role": "user", "content": "a"}]),
+        lambda: store.replace_history("k", [{"role": "user", "content": "b"}], {"goal": "g"}),
+        lambda: store.save_turn("k", [{"role": "user", "content": "c"}], base),
+        lambda: store.add_experience("k", "lesson"),
+        lambda: store.remove_experience("k", "exp_1"),
+        lambda: store.set_summary("k", None),
+        lambda: store.set_pending_compaction("k", {"upto": 1}),
+    ]
+    for write in writes:
+        await fake_redis.persist(name)
+        await write()
+        assert await fake_redis.pttl(name) > 0
+
+
+async def test_a_save_from_a_stale_store_still_keeps_what_others_wrote(
+    fake_redis: Any, keys: Keys
+) -> None:
+    """A store's remembered revision is only a guess: a turn whose store last saw the key
+    before another store wrote it still appends instead of overwriting."""
+    mine, theirs = RedisMemoryStore(fake_redis, keys), RedisMemoryStore(fake_redis, keys)
+    system = {"role": "system", "content": "s"}
+    start = await mine.replace_history("k", [system], None)
+    base = TranscriptBase(revision=start.revision, count=1, writer="mine")
+    other = await theirs.load("k")
+    other_base = TranscriptBase(revision=other.revision, count=1, writer="theirs")
+    await theirs.save_turn("k", [system, {"role": "user", "content": "theirs"}], other_base)
+    await mine.save_turn("k", [system, {"role": "user", "content": "mine"}], base)
+    assert [m["content"] for m in (await mine.load("k")).messages] == ["s", "theirs", "mine"]
+
+
+async def test_a_same_revision_with_other_writers_is_not_overwritten(
+    fake_redis: Any, keys: Keys
+) -> None:
+    """The compare-and-set checks the writer marks too: a record rewritten to the same
+    revision behind the store's back (expired and written again) is re-read."""
+    store = RedisMemoryStore(fake_redis, keys)
+    system = {"role": "system", "content": "s"}
+    start = await store.replace_history("k", [system], None)
+    await fake_redis.hset(keys.memory("k"), "writers", '{"other@0":1}')
+    base = TranscriptBase(revision=start.revision, count=1, writer="mine")
+    await store.save_turn("k", [system, {"role": "user", "content": "mine"}], base)
+    writers = (await fake_redis.hget(keys.memory("k"), "writers")).decode()
+    assert '"other@0":1' in writers
+    assert '"mine@1":1' in writers
+
+
+async def test_experiences_added_together_keep_their_order_and_bounds(
+    fake_redis: Any, keys: Keys
+) -> None:
+    store = RedisMemoryStore(fake_redis, keys, limits=MemoryLimits(max_experiences=3))
+    added = await store.add_experiences("k", ["a", "b", "a"])
+    assert [(e.id, e.text) for e in added] == [("exp_1", "a"), ("exp_2", "b"), ("exp_1", "a")]
+    assert await store.add_experiences("k", []) == []
+    with pytest.raises(MemoryLimitError, match="maximum of 3"):
+        await store.add_experiences("k", ["c", "d"])
+    assert [e.text for e in (await store.load("k")).experiences] == ["a", "b", "c"]
