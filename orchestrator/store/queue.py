@@ -97,11 +97,14 @@ class JobQueue:
         """Script calls that enqueue all of `requests` (one per `_CHUNK` jobs, each
         atomic, with one wake-up), for `connection.run_scripts`."""
         now = timestamp_ms()
+        # Scores rise in the batch's order (all within the last millisecond), so workers
+        # take its jobs first come first served, not by job id (equal scores sort so).
+        step = 1.0 / max(1, len(requests))
         calls: list[tuple[Any, list[str], list[Any]]] = []
         for start in range(0, len(requests), _CHUNK):
             keys = [self._keys.queue(), self._keys.wake()]
             args: list[Any] = [str(self._arq.expires_extra_ms)]
-            for request in requests[start : start + _CHUNK]:
+            for i, request in enumerate(requests[start : start + _CHUNK], start):
                 jid = job_id(request.run_id, request.attempt, request.segment)
                 job = serialize_job(
                     RUN_TURN,
@@ -112,7 +115,7 @@ class JobQueue:
                     serializer=self._arq.job_serializer,
                 )
                 keys += [job_key_prefix + jid, result_key_prefix + jid]
-                args += [job, str(now), jid]
+                args += [job, repr(now - 1 + i * step), jid]
             calls.append((self._script, keys, args))
         return calls
 

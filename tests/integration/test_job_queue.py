@@ -59,3 +59,24 @@ async def test_a_batch_of_jobs_is_queued_once_each_with_one_wake_up(
         await pubsub.aclose()
         await redis.delete(*(k for jid in jids for k in arq_keys(jid)))
         await arq.aclose()
+
+
+async def test_a_batchs_jobs_are_taken_in_the_order_they_were_queued(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """Jobs of one batch get rising scores, so the queue hands them out first come first
+    served, not by job id (fork_10 before fork_2 when the scores are equal)."""
+    arq = await connect_queue(redis_url, keys)
+    root = uuid.uuid4().hex
+    requests = [
+        RunRequest(run_id=f"{root}.fork_{n}", session_id="s1", agent="tests.agents:echo")
+        for n in (2, 10, 1, 30, 3)
+    ]
+    jids = [job_id(r.run_id, r.attempt) for r in requests]
+    try:
+        await run_scripts(arq, JobQueue(arq, keys).enqueue_calls(requests))
+        queued = [m.decode() for m in await redis.zrange(keys.queue(), 0, -1)]
+        assert queued == jids
+    finally:
+        await redis.delete(*(k for jid in jids for k in arq_keys(jid)))
+        await arq.aclose()
