@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 
-from orchestrator.errors import RunNotFound, ToolError
+from orchestrator.errors import PayloadError, RunNotFound, ToolError
 from orchestrator.keys import Keys
 from orchestrator.ports import SpawnRequest
 from orchestrator.runs import ForkInfo, RunRecord, RunRequest, RunStatus, StatusEntry, fork_run_id
@@ -91,6 +91,10 @@ class RedisForkBackend:
             self._allocate_batch
         )
         self._starts: Batcher[RunRequest, None] = Batcher(self._start_batch)
+        self._existing: Batcher[str, RunRecord | PayloadError | None] = Batcher(
+            self._existing_batch
+        )
+        self._requeues: Batcher[RunRequest, None] = Batcher(self._requeue_batch)
 
     @property
     def depth(self) -> int:
@@ -142,15 +146,15 @@ class RedisForkBackend:
     async def _start(self, info: ForkInfo, allocation: Allocation, spawn: SpawnRequest) -> None:
         run_id = fork_run_id(info.root_run_id, info.fork_id)
         if not allocation.created:
-            try:
-                existing = await self._runs.get(run_id)
-            except RunNotFound:
-                existing = None
+            # A re-run spawn (one MGET for the batch's records).
+            existing = await self._existing.submit(run_id)
+            if isinstance(existing, PayloadError):
+                raise existing
             if existing is not None:
                 if existing.status is RunStatus.QUEUED:
                     # Its job may have been lost with the worker that spawned it; arq
                     # ignores the enqueue if the job is there.
-                    await self._queue.enqueue(RunRequest.model_validate(existing.request))
+                    await self._requeues.submit(RunRequest.model_validate(existing.request))
                 return
         request = RunRequest(
             run_id=run_id,
@@ -166,18 +170,43 @@ class RedisForkBackend:
         _log.info("fork spawned", run_id=run_id, depth=info.depth, parent=info.parent_run_id)
 
     async def _allocate_batch(self, spawns: list[tuple[str, str]]) -> list[Allocation | None]:
-        session = self._request.session_id
-        limit = self._settings.max_forks_per_agent
+        """The batch's allocations: one script call per parent (normally one), all in one
+        round trip."""
         by_parent: dict[str, list[int]] = {}
         for i, (parent, _) in enumerate(spawns):
             by_parent.setdefault(parent, []).append(i)
+        got = await self._forks.allocate_batches(
+            self._request.session_id,
+            [(parent, [spawns[i][1] for i in places]) for parent, places in by_parent.items()],
+            limit=self._settings.max_forks_per_agent,
+        )
         results: list[Allocation | None] = [None] * len(spawns)
-        for parent, places in by_parent.items():
-            keys = [spawns[i][1] for i in places]
-            got = await self._forks.allocate_many(session, parent, keys, limit=limit)
-            for i, allocation in zip(places, got, strict=True):
+        for places, allocations in zip(by_parent.values(), got, strict=True):
+            for i, allocation in zip(places, allocations, strict=True):
                 results[i] = allocation
         return results
+
+    async def _existing_batch(self, run_ids: list[str]) -> list[RunRecord | PayloadError | None]:
+        """The records of re-run spawns' forks (one MGET); a missing one is None (its
+        spawn starts it), a corrupt one the error its spawn raises."""
+        found = await self._runs.get_many(run_ids)
+        results: list[RunRecord | PayloadError | None] = []
+        for run_id in run_ids:
+            record: RunRecord | PayloadError | None = found.get(run_id)
+            if record is None:  # gone, or corrupt: read it alone to tell which
+                try:
+                    record = await self._runs.get(run_id)
+                except RunNotFound:
+                    record = None
+                except PayloadError as exc:
+                    record = exc
+            results.append(record)
+        return results
+
+    async def _requeue_batch(self, requests: list[RunRequest]) -> list[None]:
+        async with translate_errors("fork requeue"):
+            await run_scripts(self._queue.redis, self._queue.enqueue_calls(requests))
+        return [None] * len(requests)
 
     async def _start_batch(self, requests: list[RunRequest]) -> list[None]:
         """Inherit experiences, create the records (one round trip), then announce the
@@ -208,7 +237,7 @@ class RedisForkBackend:
             )
             for session, statuses in queued.items()
         ]
-        calls += [self._queue.enqueue_call(r) for r in requests]
+        calls += self._queue.enqueue_calls(requests)
         async with translate_errors("fork start"):
             await run_scripts(self._redis, calls)
         return [None] * len(requests)

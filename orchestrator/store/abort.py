@@ -30,11 +30,24 @@ from orchestrator.errors import PayloadError, StoreError
 from orchestrator.keys import Keys
 from orchestrator.signals import AbortSignal
 from orchestrator.store._codec import dump_json, text
-from orchestrator.store.connection import Redis, translate_errors
+from orchestrator.store.connection import Redis, run_script, translate_errors
 
 __all__ = ["AbortFlags", "AbortWatcher", "decode_reason"]
 
 log = structlog.get_logger(__name__)
+
+# Set a run tree's flag unless it is set, and push the abort either way (a watcher that
+# lost the first push polls on the second); the reason rides along only with the push of
+# the call that set the flag. KEYS: flag, aborts channel
+# ARGV: value, ttl s, push with the reason, push without. Reply: 1 set, 0 was set.
+_REQUEST_RUN_LUA = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  redis.call('PUBLISH', KEYS[2], ARGV[3])
+  return 1
+end
+redis.call('PUBLISH', KEYS[2], ARGV[4])
+return 0
+"""
 
 # What a signal is watched for: (session_id, root run id or None for the session only).
 _Watch = tuple[str, str | None]
@@ -67,6 +80,7 @@ class AbortFlags:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
+        self._request_run = redis.register_script(_REQUEST_RUN_LUA)
 
     async def request(self, session_id: str, reason: str, ttl_s: int = 86_400) -> bool:
         """Ask every turn of the session to stop. The first reason wins.
@@ -89,12 +103,14 @@ class AbortFlags:
         Returns True if this call set the flag."""
         value = dump_json({"reason": reason, "at": time.time()})
         key = self._keys.run_abort(session_id, root_run_id)
-        push = dump_json({"session": session_id, "root": root_run_id})
-        async with translate_errors("abort request"), self._redis.pipeline(False) as pipe:
-            pipe.set(key, value, nx=True, ex=ttl_s)
-            pipe.publish(self._keys.aborts(), push)
-            created, _ = await pipe.execute()
-        return bool(created)
+        push = {"session": session_id, "root": root_run_id}
+        # The push carries the reason only if this call set the flag (so it is the
+        # flag's): watchers then fire without reading it back.
+        keys = [key, self._keys.aborts()]
+        args = [value, str(ttl_s), dump_json({**push, "reason": reason}), dump_json(push)]
+        async with translate_errors("abort request"):
+            created = await run_script(self._redis, self._request_run, keys, args)
+        return bool(int(created))
 
     async def get(self, session_id: str) -> str | None:
         """The session's abort reason ("" is a valid reason), or None when no abort of
@@ -189,9 +205,8 @@ class AbortWatcher:
                 while self._running:
                     message = await pubsub.get_message(timeout=1.0)
                     pushed = message is not None and message.get("type") == "message"
-                    if pushed and self._concerns(message.get("data")):
-                        self.pushes += 1
-                        await self.poll_once()
+                    if pushed:
+                        await self._on_push(message.get("data"))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis away or a bad message: the poll goes on
@@ -205,15 +220,24 @@ class AbortWatcher:
                 except Exception as exc:  # closing a broken connection
                     log.debug("abort.listen_close_failed", error=str(exc))
 
-    def _concerns(self, raw: Any) -> bool:
-        """Does a pushed abort (untrusted JSON) name a watched session or run tree?"""
+    async def _on_push(self, raw: Any) -> None:
+        """A pushed abort (untrusted JSON): fire the run tree's signals with the reason it
+        carries, or read the flags it names (one MGET) when it carries none."""
         try:
             data = json.loads(raw)
             session = data["session"]
             root = data.get("root")
-        except (ValueError, TypeError, KeyError):
-            return False
-        return any(s == session and (root is None or r == root) for s, r in self._watched)
+            reason = data.get("reason")
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return
+        if not any(s == session and (root is None or r == root) for s, r in self._watched):
+            return
+        self.pushes += 1
+        if isinstance(root, str) and isinstance(reason, str):
+            # The flag of this tree was just set with this reason: what a poll would read.
+            self._fire((session, root), reason)
+        else:
+            await self.poll_once()
 
     async def poll_once(self) -> int:
         """Check every watched flag now (one MGET); returns how many signals were fired."""

@@ -1,11 +1,12 @@
 """Fork numbering and each agent call's list of forks, in the session's keys.
 
 Fork ids are `fork_N`, N counted per session, so every fork of a tree has its own id and
-its own lane. Allocation is one Lua script per spawn (atomic), and a batch of spawns
-sends its scripts in one pipeline. A spawn is named by a key the runtime derives from
-(agent call, tool call, n-th spawn in that call); allocating the same spawn key again
-returns the fork it got the first time, which is what makes a re-run tool's spawns
-idempotent.
+its own lane. A batch of spawns of one parent is allocated by one Lua script call
+(atomic): one HMGET finds the spawns allocated before, and the new ones get consecutive
+numbers with one HINCRBY, one HSET and one RPUSH, whatever the batch's size. A spawn is
+named by a key the runtime derives from (agent call, tool call, n-th spawn in that call);
+allocating the same spawn key again returns the fork it got the first time, which is what
+makes a re-run tool's spawns idempotent (and a re-run batch costs that one HMGET).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from orchestrator.store.connection import Redis, run_scripts, translate_errors
 __all__ = ["Allocation", "ForkTable"]
 
 _COUNTER = "#n"
+# Spawn keys per script call (Lua's unpack() has a bounded stack); the calls of a larger
+# batch go in one pipeline, in order, so numbering and the limit see the earlier ones.
+_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -33,33 +37,62 @@ class Allocation:
     created: bool
 
 
-# One spawn's fork number, atomically: the one this spawn key got before, else the next
-# session number if the parent has fewer than `limit` forks.
-# KEYS: session counter, parent's spawns, parent's children; ARGV: spawn key, limit, ttl
-# Reply: {0, "n:seq"} known, {1, "n:seq"} new, {-1} over the limit.
+# Several spawns of one parent, atomically and in order, each as if allocated alone: the
+# fork this spawn key got before, else the next session number if the parent has fewer
+# than `limit` forks. Only HMGET when every key is known (a re-run tool's batch).
+# KEYS: session counter, parent's spawns, parent's children; ARGV: limit, ttl, spawn keys...
+# Reply per spawn key: "0:n:seq" known, "1:n:seq" new, "-1" over the limit.
 _ALLOCATE_LUA = """
-local existing = redis.call('HGET', KEYS[2], ARGV[1])
-if existing then return {0, existing} end
+local n = #ARGV - 2
+local known = redis.call('HMGET', KEYS[2], unpack(ARGV, 3))
+local out, fresh, first = {}, {}, {}
+for i = 1, n do
+  local key = ARGV[i + 2]
+  if known[i] then
+    out[i] = '0:' .. known[i]
+  elseif first[key] == nil then
+    first[key] = i
+    fresh[#fresh + 1] = i
+  end
+end
+if #fresh == 0 then return out end
 local count = redis.call('LLEN', KEYS[3])
-if count >= tonumber(ARGV[2]) then return {-1} end
-local number = redis.call('HINCRBY', KEYS[1], '#n', 1)
-local placed = number .. ':' .. (count + 1)
-redis.call('HSET', KEYS[2], ARGV[1], placed)
-redis.call('RPUSH', KEYS[3], 'fork_' .. number)
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
-return {1, placed}
+local take = math.min(#fresh, math.max(0, tonumber(ARGV[1]) - count))
+if take > 0 then
+  local base = redis.call('HINCRBY', KEYS[1], '#n', take) - take
+  local pairs_, ids = {}, {}
+  for j = 1, take do
+    local i = fresh[j]
+    local placed = (base + j) .. ':' .. (count + j)
+    out[i] = '1:' .. placed
+    pairs_[#pairs_ + 1] = ARGV[i + 2]
+    pairs_[#pairs_ + 1] = placed
+    ids[j] = 'fork_' .. (base + j)
+  end
+  redis.call('HSET', KEYS[2], unpack(pairs_))
+  redis.call('RPUSH', KEYS[3], unpack(ids))
+  for k = 1, 3 do redis.call('EXPIRE', KEYS[k], ARGV[2]) end
+end
+for j = take + 1, #fresh do out[fresh[j]] = '-1' end
+for i = 1, n do
+  if out[i] == nil then
+    local again = out[first[ARGV[i + 2]]]
+    out[i] = again == '-1' and '-1' or '0:' .. string.sub(again, 3)
+  end
+end
+return out
 """
 
 
 def _allocation(reply: Any) -> Allocation | None:
-    code = int(reply[0])
-    if code < 0:
+    # "<0 known | 1 new>:<fork number>:<place among the parent's forks>", or "-1"
+    code_text, _, placed = text(reply).partition(":")
+    if code_text != "0" and code_text != "1":
         return None
-    # "<fork number>:<place among the parent's forks>"
-    number_text, _, seq_text = text(reply[1]).partition(":")
+    number_text, _, seq_text = placed.partition(":")
     number = parse_int(number_text, "fork number")
     seq = parse_int(seq_text or "0", "fork seq")
-    return Allocation(f"fork_{number}", number, seq, code == 1)
+    return Allocation(f"fork_{number}", number, seq, code_text == "1")
 
 
 class ForkTable:
@@ -83,15 +116,37 @@ class ForkTable:
         self, session_id: str, parent_call_id: str, spawn_keys: Sequence[str], *, limit: int
     ) -> list[Allocation | None]:
         """`allocate` for several spawns of one parent, in order, in one round trip."""
-        keys = [
-            self._keys.forks(session_id),
-            self._keys.spawns(session_id, parent_call_id),
-            self._keys.children(session_id, parent_call_id),
-        ]
-        calls = [(self._script, keys, [k, str(limit), str(self._ttl_s)]) for k in spawn_keys]
+        (got,) = await self.allocate_batches(
+            session_id, [(parent_call_id, spawn_keys)], limit=limit
+        )
+        return got
+
+    async def allocate_batches(
+        self,
+        session_id: str,
+        batches: Sequence[tuple[str, Sequence[str]]],
+        *,
+        limit: int,
+    ) -> list[list[Allocation | None]]:
+        """`allocate_many` for several parents' (parent call id, spawn keys), in one round
+        trip: one script call per parent (per `_CHUNK` spawns)."""
+        calls = []
+        sizes = []
+        for parent_call_id, spawn_keys in batches:
+            keys = [
+                self._keys.forks(session_id),
+                self._keys.spawns(session_id, parent_call_id),
+                self._keys.children(session_id, parent_call_id),
+            ]
+            head = [str(limit), str(self._ttl_s)]
+            for start in range(0, len(spawn_keys), _CHUNK):
+                chunk = list(spawn_keys[start : start + _CHUNK])
+                calls.append((self._script, keys, [*head, *chunk]))
+            sizes.append(len(spawn_keys))
         async with translate_errors("fork allocate"):
-            replies = await run_scripts(self._redis, calls)
-        return [_allocation(reply) for reply in replies]
+            replies = await run_scripts(self._redis, calls) if calls else []
+        flat = iter([_allocation(item) for reply in replies for item in reply])
+        return [[next(flat) for _ in range(size)] for size in sizes]
 
     async def allocated(self, session_id: str) -> int:
         """How many fork numbers the session has handed out (its highest `fork_N`)."""

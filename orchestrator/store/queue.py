@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -25,15 +26,27 @@ from orchestrator.store.connection import (
 )
 
 # arq's enqueue_job (WATCH job; EXISTS job, result; MULTI PSETEX ZADD EXEC) as one atomic
-# script, plus the wake-up: the same keys and the same job bytes as arq writes.
-# KEYS: job, result, queue, wake channel; ARGV: job bytes, expires ms, score, job id
+# script for a batch of jobs, plus one wake-up: the same keys and the same job bytes as
+# arq writes. A job id arq already holds (its job or its result) is left alone.
+# KEYS: queue, wake channel, then job and result key per job
+# ARGV: expires ms, then job bytes, score and job id per job. Reply: how many were queued.
 _ENQUEUE_LUA = """
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
-redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-redis.call('PUBLISH', KEYS[4], ARGV[4])
-return 1
+local scored = {}
+for j = 1, (#KEYS - 2) / 2 do
+  local k, a = 2 * j + 1, 3 * j - 1
+  if redis.call('EXISTS', KEYS[k], KEYS[k + 1]) == 0 then
+    redis.call('PSETEX', KEYS[k], ARGV[1], ARGV[a])
+    scored[#scored + 1] = ARGV[a + 1]
+    scored[#scored + 1] = ARGV[a + 2]
+  end
+end
+if #scored == 0 then return 0 end
+redis.call('ZADD', KEYS[1], unpack(scored))
+redis.call('PUBLISH', KEYS[2], scored[2])
+return #scored / 2
 """
+# Jobs per script call (Lua's unpack() has a bounded stack).
+_CHUNK = 256
 
 RUN_TURN = "run_turn"
 
@@ -75,23 +88,36 @@ class JobQueue:
     def enqueue_call(self, request: RunRequest) -> tuple[Any, list[str], list[Any]]:
         """The script call `enqueue` makes, for a caller batching it with others
         (`connection.run_scripts`): one round trip for many."""
-        jid = job_id(request.run_id, request.attempt, request.segment)
+        (call,) = self.enqueue_calls([request])
+        return call
+
+    def enqueue_calls(
+        self, requests: Sequence[RunRequest]
+    ) -> list[tuple[Any, list[str], list[Any]]]:
+        """Script calls that enqueue all of `requests` (one per `_CHUNK` jobs, each
+        atomic, with one wake-up), for `connection.run_scripts`."""
         now = timestamp_ms()
-        job = serialize_job(
-            RUN_TURN,
-            (request.model_dump(mode="json"),),
-            {},
-            None,
-            now,
-            serializer=self._arq.job_serializer,
-        )
-        keys = [
-            job_key_prefix + jid,
-            result_key_prefix + jid,
-            self._keys.queue(),
-            self._keys.wake(),
-        ]
-        return self._script, keys, [job, str(self._arq.expires_extra_ms), str(now), jid]
+        # Scores rise in the batch's order (all within the last millisecond), so workers
+        # take its jobs first come first served, not by job id (equal scores sort so).
+        step = 1.0 / max(1, len(requests))
+        calls: list[tuple[Any, list[str], list[Any]]] = []
+        for start in range(0, len(requests), _CHUNK):
+            keys = [self._keys.queue(), self._keys.wake()]
+            args: list[Any] = [str(self._arq.expires_extra_ms)]
+            for i, request in enumerate(requests[start : start + _CHUNK], start):
+                jid = job_id(request.run_id, request.attempt, request.segment)
+                job = serialize_job(
+                    RUN_TURN,
+                    (request.model_dump(mode="json"),),
+                    {},
+                    None,
+                    now,
+                    serializer=self._arq.job_serializer,
+                )
+                keys += [job_key_prefix + jid, result_key_prefix + jid]
+                args += [job, repr(now - 1 + i * step), jid]
+            calls.append((self._script, keys, args))
+        return calls
 
     async def discard(self, run_id: str, attempt: int, segment: int = 0) -> None:
         """Drop an attempt's arq job (its worker died): arq would otherwise rerun it when

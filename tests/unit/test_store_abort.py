@@ -176,3 +176,27 @@ async def test_get_for_reads_the_trees_flag_then_the_sessions(fake_redis: Any, k
     assert await flags.get_for("s1", "run-2") is None
     assert await flags.get_for("s1", "run-1") == "this tree"
     assert 0 < await fake_redis.ttl(keys.run_abort("s1", "run-1")) <= 86_400
+
+
+async def test_a_pushed_tree_abort_fires_with_its_reason_without_reading_the_flag(
+    fake_redis: Any, keys: Keys
+) -> None:
+    """The push of the call that set a tree's flag carries its reason: the watcher fires
+    at once (no MGET). A later request (the flag was set) pushes without it: a poll."""
+    watcher = AbortWatcher(fake_redis, keys, interval_s=30.0)  # one poll, then a long wait
+    await watcher.start()
+    first, later = AbortSignal(), AbortSignal()
+    watcher.watch("s1", first, "root-1")
+    await asyncio.sleep(0.2)  # subscribed, and the first poll found nothing
+    polls = watcher.polls
+    flags = AbortFlags(fake_redis, keys)
+    assert await flags.request_run("s1", "root-1", "stop now")
+    await asyncio.wait_for(first.wait(), 5)
+    assert first.reason == "stop now"
+    assert watcher.polls == polls
+    watcher.watch("s1", later, "root-1")
+    assert not await flags.request_run("s1", "root-1", "another reason")
+    await asyncio.wait_for(later.wait(), 5)
+    assert later.reason == "stop now"  # the flag's, read by a poll
+    assert watcher.polls > polls
+    await watcher.stop()

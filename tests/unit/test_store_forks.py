@@ -49,6 +49,47 @@ async def test_the_fan_out_limit_refuses_new_spawns_but_not_known_ones(
     assert known.fork_id == "fork_1"
 
 
+async def test_a_batch_of_spawns_is_allocated_as_if_one_by_one(fake_redis: Any, keys: Keys) -> None:
+    """Known keys keep their fork, new ones are numbered in order up to the limit, a key
+    repeated in the batch gets one fork, and the parents' batches share the counter."""
+    table = ForkTable(fake_redis, keys)
+    assert await table.allocate("s", "root", "a", limit=4)
+    got = await table.allocate_batches(
+        "s", [("root", ["b", "a", "c", "b", "d", "e"]), ("child", ["x"])], limit=4
+    )
+    root = [(a.fork_id, a.seq, a.created) if a else None for a in got[0]]
+    assert root == [
+        ("fork_2", 2, True),
+        ("fork_1", 1, False),
+        ("fork_3", 3, True),
+        ("fork_2", 2, False),
+        ("fork_4", 4, True),
+        None,  # over the limit of 4
+    ]
+    (child,) = got[1]
+    assert child is not None
+    assert (child.fork_id, child.seq, child.created) == ("fork_5", 1, True)
+    assert await table.children("s", "root") == ["fork_1", "fork_2", "fork_3", "fork_4"]
+    again = await table.allocate_many("s", "root", ["e", "d", "a"], limit=4)
+    assert [(a.fork_id, a.created) if a else None for a in again] == [
+        None,
+        ("fork_4", False),
+        ("fork_1", False),
+    ]
+    assert await table.allocated("s") == 5
+
+
+async def test_a_batch_larger_than_one_script_call_keeps_its_order(
+    fake_redis: Any, keys: Keys
+) -> None:
+    table = ForkTable(fake_redis, keys)
+    spawn_keys = [f"call#{i}" for i in range(600)]
+    got = await table.allocate_many("s", "root", spawn_keys, limit=550)
+    numbers = [a.number if a else None for a in got]
+    assert numbers == [*range(1, 551), *([None] * 50)]
+    assert len(await table.children("s", "root")) == 550
+
+
 async def test_a_run_suspends_only_while_a_fork_it_waits_for_is_live(
     fake_redis: Any, keys: Keys
 ) -> None:

@@ -1,0 +1,82 @@
+"""The job queue's batched enqueue on real Redis: arq reads what it writes, a job id arq
+already holds is left alone, and a batch wakes idle workers once."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from arq.jobs import Job
+
+from orchestrator.keys import Keys
+from orchestrator.runs import RunRequest
+from orchestrator.store.connection import Redis, run_scripts
+from orchestrator.store.queue import JobQueue, arq_keys, connect_queue, job_id
+
+pytestmark = pytest.mark.timeout(20)
+
+
+def _request(n: int) -> RunRequest:
+    return RunRequest(
+        run_id=f"{uuid.uuid4().hex}", session_id="s1", agent="tests.agents:echo", message=f"m{n}"
+    )
+
+
+async def test_a_batch_of_jobs_is_queued_once_each_with_one_wake_up(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    arq = await connect_queue(redis_url, keys)
+    requests = [_request(n) for n in range(3)]
+    jids = [job_id(r.run_id, r.attempt) for r in requests]
+    pubsub: Any = redis.pubsub()
+    try:
+        queue = JobQueue(arq, keys)
+        await queue.enqueue(requests[1])  # already queued: left as it is
+        await pubsub.subscribe(keys.wake())
+        await pubsub.get_message(timeout=1.0)  # the subscribe confirmation
+        replies = await run_scripts(arq, queue.enqueue_calls(requests))
+        assert replies == [2]
+        queued = {m.decode() for m in await redis.zrange(keys.queue(), 0, -1)}
+        assert queued == set(jids)
+        for request, jid in zip(requests, jids, strict=True):
+            info = await Job(
+                jid, arq, _queue_name=keys.queue(), _deserializer=arq.job_deserializer
+            ).info()
+            assert info is not None
+            assert info.function == "run_turn"
+            assert RunRequest.from_dict(info.args[0]) == request
+        wakes = []
+        while (message := await pubsub.get_message(timeout=0.3)) is not None:
+            wakes.append(message)
+        assert len(wakes) == 1
+        # Nothing new: no job and no wake-up.
+        assert await run_scripts(arq, queue.enqueue_calls(requests)) == [0]
+        await asyncio.sleep(0)
+        assert await pubsub.get_message(timeout=0.3) is None
+    finally:
+        await pubsub.aclose()
+        await redis.delete(*(k for jid in jids for k in arq_keys(jid)))
+        await arq.aclose()
+
+
+async def test_a_batchs_jobs_are_taken_in_the_order_they_were_queued(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """Jobs of one batch get rising scores, so the queue hands them out first come first
+    served, not by job id (fork_10 before fork_2 when the scores are equal)."""
+    arq = await connect_queue(redis_url, keys)
+    root = uuid.uuid4().hex
+    requests = [
+        RunRequest(run_id=f"{root}.fork_{n}", session_id="s1", agent="tests.agents:echo")
+        for n in (2, 10, 1, 30, 3)
+    ]
+    jids = [job_id(r.run_id, r.attempt) for r in requests]
+    try:
+        await run_scripts(arq, JobQueue(arq, keys).enqueue_calls(requests))
+        queued = [m.decode() for m in await redis.zrange(keys.queue(), 0, -1)]
+        assert queued == jids
+    finally:
+        await redis.delete(*(k for jid in jids for k in arq_keys(jid)))
+        await arq.aclose()
