@@ -10,6 +10,13 @@ It is also the safety net of fork gathers: a run suspended in a gather is normal
 resumed by its last fork as that fork ends; if that fork's worker died in between, the
 sweep of waiting runs (every waiting_sweep_s) resumes it instead.
 
+And of a worker dying in the few milliseconds between taking a run's job from the queue
+and starting the run: the run is still queued, its job is in progress for arq (for the
+job timeout, 24 h) and there is no lease to lapse. The same sweep finds queued runs whose
+job is in progress; one still so on a sweep at least lease_ttl_s later is re-queued as
+its next attempt, like a run whose lease lapsed (a live worker starts a run it picked
+within milliseconds).
+
 After a Redis outage every lease looks expired: nobody could renew one while Redis was
 away. So a reaper that has just seen an outage claims nothing for one lease_ttl_s, which
 gives the attempts that are still alive time to renew (theirs win); leases still lapsed
@@ -32,7 +39,7 @@ from orchestrator.keys import Keys
 from orchestrator.runs import RunRequest, RunStatus
 from orchestrator.settings import Settings
 from orchestrator.store.lifecycle import announce_end, end_run, resume_if_ready
-from orchestrator.store.queue import JobQueue
+from orchestrator.store.queue import JobQueue, job_id
 from orchestrator.store.runs import LeaseTable, RunStore, WorkerRegistry
 from workers.outage import Outage
 
@@ -52,6 +59,8 @@ class Reaper:
         self.outage = Outage("reaper", max_delay_s=settings.reap_interval_s)
         # No claims before this (monotonic): the grace after an outage.
         self._claims_from = 0.0
+        # Queued runs whose job was seen in progress: (run, attempt) -> first seen at.
+        self._unstarted: dict[tuple[str, int], float] = {}
 
     async def run_forever(self) -> None:
         while True:
@@ -61,6 +70,7 @@ class Reaper:
                 if time.monotonic() >= self._next_sweep:
                     self._next_sweep = time.monotonic() + self._settings.waiting_sweep_s
                     await self.sweep_waiting()
+                    await self.sweep_unstarted()
                     await self.tidy()
             except StoreUnavailable as exc:
                 self._outage_seen()
@@ -87,6 +97,33 @@ class Reaper:
         resumed = []
         for run_id in await self._runs.waiting():
             if await resume_if_ready(self._runs, self._queue, run_id):
+                resumed.append(run_id)
+        return resumed
+
+    async def sweep_unstarted(self) -> list[str]:
+        """Re-queue runs picked by a worker that never started them (see the module
+        docstring); returns their ids."""
+        grace_s = self._settings.lease_ttl_s
+        before_ms = (time.time() - grace_s) * 1000
+        records = await self._runs.get_many(await self._runs.queued_before(before_ms))
+        jobs = {
+            job_id(r.run_id, r.attempt, r.segment): r
+            for r in records.values()
+            if r.status is RunStatus.QUEUED
+        }
+        picked = await self._queue.in_progress(list(jobs))
+        now = time.monotonic()
+        seen = {(jobs[j].run_id, jobs[j].attempt) for j in picked}
+        self._unstarted = {k: self._unstarted.get(k, now) for k in seen}
+        resumed: list[str] = []
+        if not self.claiming:
+            return resumed  # just after an outage: their workers may yet start them
+        for (run_id, attempt), since in list(self._unstarted.items()):
+            if now - since < grace_s:
+                continue
+            del self._unstarted[(run_id, attempt)]
+            _log.warning("run picked by a worker that never started it", run_id=run_id)
+            if await self._recover(run_id, attempt):
                 resumed.append(run_id)
         return resumed
 
@@ -152,6 +189,8 @@ class Reaper:
             run_id,
             from_status={RunStatus.RUNNING, RunStatus.QUEUED},
             to=RunStatus.QUEUED,
+            # Of two reapers recovering the same attempt, one moves it on.
+            check=lambda current: current.attempt == attempt,
             attempt=attempt + 1,
         )
         if updated is None:

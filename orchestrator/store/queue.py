@@ -119,6 +119,17 @@ class JobQueue:
             calls.append((self._script, keys, args))
         return calls
 
+    async def in_progress(self, job_ids: Sequence[str]) -> set[str]:
+        """Those of `job_ids` that a worker has marked in progress (picked)."""
+        if not job_ids:
+            return set()
+        async with translate_errors("jobs in progress"):
+            pipe = self._arq.pipeline(transaction=False)
+            for jid in job_ids:
+                pipe.exists(in_progress_key_prefix + jid)
+            found = await pipe.execute()
+        return {jid for jid, exists in zip(job_ids, found, strict=True) if exists}
+
     async def discard(self, run_id: str, attempt: int, segment: int = 0) -> None:
         """Drop an attempt's arq job (its worker died): arq would otherwise rerun it when
         its in-progress key expires, long after we resumed the run elsewhere."""

@@ -772,6 +772,15 @@ class RunStore:
             )
         return [text(i) for i in ids]
 
+    async def queued_before(self, before_ms: float, limit: int = 200) -> builtins.list[str]:
+        """Ids of queued runs submitted before `before_ms` (oldest first, at most `limit`),
+        for the sweep of runs picked by a worker that never started them."""
+        async with translate_errors("run queued list"):
+            ids = await self._redis.zrangebyscore(
+                self._keys.runs_by_status(RunStatus.QUEUED), "-inf", before_ms, start=0, num=limit
+            )
+        return [text(i) for i in ids]
+
     async def expire(self, run_id: str, ttl_s: float) -> bool:
         """Let the record expire after `ttl_s`; it leaves the indexes once gone.
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from arq.constants import job_key_prefix, result_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 
 from orchestrator.client import Client, Output, Run, connect
 from orchestrator.events import (
@@ -36,6 +36,7 @@ from orchestrator.mock_llm.testing import MockLLMThread
 from orchestrator.runs import RunRecord, RunRequest, RunStatus, StreamEntry
 from orchestrator.settings import Settings
 from orchestrator.store.connection import Redis
+from orchestrator.store.queue import job_id
 from tests.fixtures_llm import MockLLMFactory
 from tests.integration.workerproc import (
     WorkerPool,
@@ -528,6 +529,25 @@ async def test_a_sigkilled_workers_turn_resumes_on_another_worker_without_rerunn
         "tool",
         "assistant",
     ]
+
+
+async def test_a_run_whose_worker_died_between_pick_and_start_runs_again(
+    client: Client, workers: WorkerPool, redis: Redis
+) -> None:
+    """A worker can die in the milliseconds after it took a run's job from the queue and
+    before the run started: the run is still queued, no lease exists yet to lapse, and
+    arq keeps the job in progress for its timeout (24 h). That state is made here exactly
+    as a pick leaves it (the job marked in progress, nobody starting it)."""
+    run = await client.submit(ASSISTANT, "hello")
+    jid = job_id(run.run_id, 1)
+    await redis.psetex(in_progress_key_prefix + jid, 86_400_000, b"1")
+    await workers.start(1)
+
+    result = await asyncio.wait_for(run.result(), 35)
+    assert result.status is RunStatus.COMPLETED, result
+    record = await run.status()
+    assert record.attempt == 2  # the lost attempt counts, like a lost lease
+    assert not await redis.exists(in_progress_key_prefix + jid)
 
 
 async def test_a_turn_that_keeps_losing_its_worker_ends_with_a_clear_error(
