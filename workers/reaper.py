@@ -11,11 +11,12 @@ resumed by its last fork as that fork ends; if that fork's worker died in betwee
 sweep of waiting runs (every waiting_sweep_s) resumes it instead.
 
 And of a worker dying in the few milliseconds between taking a run's job from the queue
-and starting the run: the run is still queued, its job is in progress for arq (for the
-job timeout, 24 h) and there is no lease to lapse. The same sweep finds queued runs whose
-job is in progress; one still so on a sweep at least lease_ttl_s later is re-queued as
-its next attempt, like a run whose lease lapsed (a live worker starts a run it picked
-within milliseconds).
+and starting the run: the run is still queued (or waiting, for a resumed segment), its
+job is in progress for arq (for the job timeout, 24 h) and there is no lease to lapse.
+The same sweep finds such runs; one still so on a sweep at least lease_ttl_s later is
+recovered (a live worker starts a run it picked within milliseconds): a queued run is
+re-queued as its next attempt, like a run whose lease lapsed; a waiting run's segment
+job is discarded and the segment enqueued again.
 
 After a Redis outage every lease looks expired: nobody could renew one while Redis was
 away. So a reaper that has just seen an outage claims nothing for one lease_ttl_s, which
@@ -36,7 +37,7 @@ from redis.asyncio import Redis
 
 from orchestrator.errors import OrchestratorError, RunNotFound, StoreUnavailable
 from orchestrator.keys import Keys
-from orchestrator.runs import RunRequest, RunStatus
+from orchestrator.runs import RunRecord, RunRequest, RunStatus
 from orchestrator.settings import Settings
 from orchestrator.store.lifecycle import announce_end, end_run, resume_if_ready
 from orchestrator.store.queue import JobQueue, job_id
@@ -59,8 +60,9 @@ class Reaper:
         self.outage = Outage("reaper", max_delay_s=settings.reap_interval_s)
         # No claims before this (monotonic): the grace after an outage.
         self._claims_from = 0.0
-        # Queued runs whose job was seen in progress: (run, attempt) -> first seen at.
-        self._unstarted: dict[tuple[str, int], float] = {}
+        # Runs whose job was seen picked but not started:
+        # (run, attempt, segment, status) -> first seen at (monotonic).
+        self._unstarted: dict[tuple[str, int, int, RunStatus], float] = {}
 
     async def run_forever(self) -> None:
         while True:
@@ -101,31 +103,38 @@ class Reaper:
         return resumed
 
     async def sweep_unstarted(self) -> list[str]:
-        """Re-queue runs picked by a worker that never started them (see the module
+        """Recover runs picked by a worker that never started them (see the module
         docstring); returns their ids."""
         grace_s = self._settings.lease_ttl_s
         before_ms = (time.time() - grace_s) * 1000
-        records = await self._runs.get_many(await self._runs.queued_before(before_ms))
-        jobs = {
-            job_id(r.run_id, r.attempt, r.segment): r
-            for r in records.values()
-            if r.status is RunStatus.QUEUED
-        }
+        ids = [*await self._runs.queued_before(before_ms), *await self._runs.waiting()]
+        jobs: dict[str, RunRecord] = {}
+        for record in (await self._runs.get_many(ids)).values():
+            if record.status is RunStatus.QUEUED:
+                jobs[job_id(record.run_id, record.attempt, record.segment)] = record
+            elif record.status is RunStatus.WAITING:  # its next segment's job
+                jobs[job_id(record.run_id, record.attempt, record.segment + 1)] = record
         picked = await self._queue.in_progress(list(jobs))
         now = time.monotonic()
-        seen = {(jobs[j].run_id, jobs[j].attempt) for j in picked}
+        seen = {(jobs[j].run_id, jobs[j].attempt, jobs[j].segment, jobs[j].status) for j in picked}
         self._unstarted = {k: self._unstarted.get(k, now) for k in seen}
-        resumed: list[str] = []
+        recovered: list[str] = []
         if not self.claiming:
-            return resumed  # just after an outage: their workers may yet start them
-        for (run_id, attempt), since in list(self._unstarted.items()):
+            return recovered  # just after an outage: their workers may yet start them
+        for key, since in list(self._unstarted.items()):
             if now - since < grace_s:
                 continue
-            del self._unstarted[(run_id, attempt)]
+            del self._unstarted[key]
+            run_id, attempt, segment, status = key
             _log.warning("run picked by a worker that never started it", run_id=run_id)
-            if await self._recover(run_id, attempt):
-                resumed.append(run_id)
-        return resumed
+            if status is RunStatus.QUEUED:
+                done = await self._recover(run_id, attempt)
+            else:
+                await self._queue.discard(run_id, attempt, segment + 1)
+                done = await resume_if_ready(self._runs, self._queue, run_id)
+            if done:
+                recovered.append(run_id)
+        return recovered
 
     async def tidy(self) -> None:
         """Keep the process-wide indexes bounded: drop index entries of expired run

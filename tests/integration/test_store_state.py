@@ -8,18 +8,23 @@ import time
 from collections.abc import Callable
 
 import pytest
+from arq.constants import in_progress_key_prefix, job_key_prefix
 
 from orchestrator.errors import StaleAttempt
 from orchestrator.keys import Keys
 from orchestrator.ports import MemoryLimits
-from orchestrator.runs import RunRecord, RunStatus
+from orchestrator.runs import RunRecord, RunRequest, RunStatus
+from orchestrator.settings import Settings
 from orchestrator.signals import AbortSignal
 from orchestrator.store.abort import AbortFlags, AbortWatcher
 from orchestrator.store.checkpoints import CheckpointStore
-from orchestrator.store.connection import Redis
+from orchestrator.store.connection import Redis, connect_arq
 from orchestrator.store.memory import MemoryScope, RedisMemoryStore
+from orchestrator.store.queue import JobQueue, job_id
 from orchestrator.store.runs import LeaseTable, RunStore
 from tests.contracts.memory_store_contract import MemoryStoreContract
+from tests.integration.workerproc import drop_job_keys
+from workers.reaper import Reaper
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(20)]
 
@@ -169,3 +174,42 @@ async def test_of_two_reapers_exactly_one_claims_an_expired_lease(
         claims = await asyncio.gather(*(r.claim_expired(run_id) for r in reapers))
         assert sorted(claims, key=str) == [1, None]
     assert await worker.renew("run-0", attempt=1, worker_id="w1", ttl_s=10) is False
+
+
+async def test_a_waiting_runs_segment_picked_by_a_dead_worker_is_enqueued_again(
+    redis_url: str, keys: Keys
+) -> None:
+    """The last fork resumed its parent (the next segment's job was queued), and a worker
+    picked that job and died before starting it: the parent is still waiting, its segment
+    job is in progress for arq's 24 h, and re-enqueueing it under the same job id is
+    refused. Two sweeps lease_ttl_s apart discard that job and queue the segment again."""
+    arq = connect_arq(redis_url, keys.queue())
+    settings = Settings(redis_url=redis_url, key_prefix=keys.prefix, lease_ttl_s=0.2)
+    request = RunRequest(run_id="parent", session_id="s1", agent="m:a", message="hi")
+    jid = job_id("parent", 1, 1)
+    try:
+        queue = JobQueue(arq, keys)
+        runs = RunStore(arq, keys)
+        await runs.create(
+            RunRecord(
+                run_id="parent",
+                session_id="s1",
+                agent="m:a",
+                status=RunStatus.WAITING,
+                request=request.model_dump(mode="json"),
+                waiting_for=[],
+            )
+        )
+        await queue.enqueue(request.model_copy(update={"segment": 1}))
+        await arq.psetex(in_progress_key_prefix + jid, 86_400_000, b"1")  # the dead pick
+        reaper = Reaper(arq, keys, settings, queue)
+        assert await reaper.sweep_unstarted() == []  # seen once: its worker may be alive
+        await asyncio.sleep(0.25)
+        assert await reaper.sweep_unstarted() == ["parent"]
+        assert not await arq.exists(in_progress_key_prefix + jid)
+        assert await arq.exists(job_key_prefix + jid)
+        assert await arq.zscore(keys.queue(), jid) is not None
+        assert (await runs.get("parent")).status is RunStatus.WAITING  # a worker resumes it
+    finally:
+        await drop_job_keys(arq, [jid])
+        await arq.aclose()
