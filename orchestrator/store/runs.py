@@ -85,6 +85,31 @@ end
 return 1
 """
 _CAS_RETRIES = 100
+# Create records that do not exist yet, several in one script (a batch of forks): one
+# SET NX each, then one ZADD on the time index and one on the status index for those
+# created. KEYS: time index, status index, record...; ARGV: (run id, raw, score) per record.
+# Replies 1 (created) or 0 (it existed) per record.
+_CREATE_MANY_LUA = """
+local created = {}
+local scored = {}
+for i = 3, #KEYS do
+  local a = (i - 3) * 3
+  if redis.call('SET', KEYS[i], ARGV[a + 2], 'NX') then
+    created[#created + 1] = 1
+    scored[#scored + 1] = ARGV[a + 3]
+    scored[#scored + 1] = ARGV[a + 1]
+  else
+    created[#created + 1] = 0
+  end
+end
+if #scored > 0 then
+  redis.call('ZADD', KEYS[1], unpack(scored))
+  redis.call('ZADD', KEYS[2], unpack(scored))
+end
+return created
+"""
+# Records per _CREATE_MANY_LUA call (Lua's unpack is bounded by its stack).
+_CREATE_CHUNK = 256
 # Park a running run until its forks have ended, atomically with their ends: refused (0)
 # if the record changed since it was read, or if one of the forks it is to wait for has
 # ended meanwhile (its id is in a terminal status index: one ZMSCORE per index and
@@ -299,6 +324,7 @@ class RunStore:
         self._redis = redis
         self._keys = keys
         self._cas = redis.register_script(_CAS_LUA)
+        self._create_many = redis.register_script(_CREATE_MANY_LUA)
         self._fork_ended = redis.register_script(_FORK_ENDED_LUA)
         self._suspend = redis.register_script(_SUSPEND_LUA)
         self._start = redis.register_script(_START_LUA)
@@ -312,14 +338,33 @@ class RunStore:
             return await self._write(None, None, record)
 
     async def create_many(self, records: Sequence[RunRecord]) -> list[bool]:
-        """`create` for several records in one round trip (each atomic on its own)."""
-        calls = [self._cas_call(None, None, r) for r in records]
+        """`create` for several records in one round trip: one script per status and
+        `_CREATE_CHUNK` records (each record's creation atomic on its own)."""
+        raws = [r.model_dump_json() for r in records]
+        groups: dict[RunStatus, list[int]] = {}
+        for i, record in enumerate(records):
+            groups.setdefault(record.status, []).append(i)
+        calls: list[tuple[Any, list[str], list[Any]]] = []
+        order: list[int] = []
+        for status, members in groups.items():
+            for start in range(0, len(members), _CREATE_CHUNK):
+                chunk = members[start : start + _CREATE_CHUNK]
+                keys = [self._keys.runs_index(), self._keys.runs_by_status(status)]
+                keys += [self._keys.run(records[i].run_id) for i in chunk]
+                args: list[Any] = []
+                for i in chunk:
+                    args += [records[i].run_id, raws[i], repr(records[i].submitted_at * 1000.0)]
+                calls.append((self._create_many, keys, args))
+                order += chunk
+        if not calls:
+            return []
         async with translate_errors("run create"):
             replies = await run_scripts(self._redis, calls)
-        created = [bool(int(r)) for r in replies]
-        for (_, _, args), record, new in zip(calls, records, created, strict=True):
+        created = [False] * len(records)
+        for i, new in zip(order, (int(x) for reply in replies for x in reply), strict=True):
+            created[i] = bool(new)
             if new:
-                _remember(record.run_id, args[1], record)
+                _remember(records[i].run_id, raws[i], records[i])
         return created
 
     def _cas_call(

@@ -213,3 +213,33 @@ async def test_a_waiting_runs_segment_picked_by_a_dead_worker_is_enqueued_again(
     finally:
         await drop_job_keys(arq, [jid])
         await arq.aclose()
+
+
+async def test_creating_a_batch_of_records_creates_each_once_and_indexes_them(
+    redis: Redis, keys: Keys
+) -> None:
+    """A spawn batch's records are written by one script per status and 256 records; a
+    record that exists already is left as it is and reported as not created."""
+    runs = RunStore(redis, keys)
+    records = [
+        RunRecord(
+            run_id=f"r{i}",
+            session_id="s1",
+            agent="m:a",
+            status=RunStatus.QUEUED if i % 3 else RunStatus.RUNNING,
+            submitted_at=1000.0 + i,
+        )
+        for i in range(600)
+    ]
+    existing = records[5].model_copy(update={"agent": "m:earlier"})
+    assert await runs.create(existing)
+    created = await runs.create_many(records)
+    assert created == [i != 5 for i in range(600)]
+    assert (await runs.get("r5")).agent == "m:earlier"
+    assert await redis.zcard(keys.runs_index()) == 600
+    assert await redis.zscore(keys.runs_index(), "r599") == 1_000_000.0 + 599_000.0
+    queued = await redis.zcard(keys.runs_by_status(RunStatus.QUEUED))
+    assert queued == 400
+    assert await redis.zcard(keys.runs_by_status(RunStatus.RUNNING)) == 200
+    assert (await runs.get("r7")).status is RunStatus.QUEUED
+    assert await runs.create_many(records[:3]) == [False, False, False]
