@@ -85,6 +85,8 @@ Rate limits shared by every worker (owner store/rate_limits.py):
 Process-wide:
 
     orc:queue                   the arq queue
+    orc:recovering:<job id>     string: the reaper that re-queues a job picked by a dead
+                                worker (one of them: SET NX); TTL lease_ttl_s
     orc:wake                    pub/sub channel that wakes idle workers
     orc:run-ends                pub/sub channel: a run's id once its record is terminal
     orc:aborts                  pub/sub channel: an abort flag was just set
@@ -308,6 +310,10 @@ class Keys:
     def queue(self) -> str:
         """The arq queue name."""
         return f"{self.prefix}:queue"
+
+    def job_recovery(self, job_id: str) -> str:
+        """String: taken (SET NX, short TTL) by the one reaper that re-queues this job."""
+        return f"{self.prefix}:recovering:{job_id}"
 
     def wake(self) -> str:
         """Pub/sub channel that wakes idle workers when a job is enqueued."""

@@ -129,9 +129,12 @@ class Reaper:
             _log.warning("run picked by a worker that never started it", run_id=run_id)
             if status is RunStatus.QUEUED:
                 done = await self._recover(run_id, attempt)
-            else:
+            elif await self._queue.claim_recovery(job_id(run_id, attempt, segment + 1), grace_s):
+                # One reaper only: another's discard could hit the job queued again here.
                 await self._queue.discard(run_id, attempt, segment + 1)
                 done = await resume_if_ready(self._runs, self._queue, run_id)
+            else:
+                done = False
             if done:
                 recovered.append(run_id)
         return recovered

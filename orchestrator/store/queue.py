@@ -130,6 +130,13 @@ class JobQueue:
             found = await pipe.execute()
         return {jid for jid, exists in zip(job_ids, found, strict=True) if exists}
 
+    async def claim_recovery(self, job_id: str, ttl_s: float) -> bool:
+        """True for the one caller (for `ttl_s`) that is to re-queue this job."""
+        key = self._keys.job_recovery(job_id)
+        async with translate_errors("claim job recovery"):
+            taken = await self._arq.set(key, b"1", nx=True, px=max(1, int(ttl_s * 1000)))
+        return bool(taken)
+
     async def discard(self, run_id: str, attempt: int, segment: int = 0) -> None:
         """Drop an attempt's arq job (its worker died): arq would otherwise rerun it when
         its in-progress key expires, long after we resumed the run elsewhere."""

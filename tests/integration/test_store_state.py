@@ -182,7 +182,8 @@ async def test_a_waiting_runs_segment_picked_by_a_dead_worker_is_enqueued_again(
     """The last fork resumed its parent (the next segment's job was queued), and a worker
     picked that job and died before starting it: the parent is still waiting, its segment
     job is in progress for arq's 24 h, and re-enqueueing it under the same job id is
-    refused. Two sweeps lease_ttl_s apart discard that job and queue the segment again."""
+    refused. Two sweeps lease_ttl_s apart discard that job and queue the segment again,
+    on one reaper of several."""
     arq = connect_arq(redis_url, keys.queue())
     settings = Settings(redis_url=redis_url, key_prefix=keys.prefix, lease_ttl_s=0.2)
     request = RunRequest(run_id="parent", session_id="s1", agent="m:a", message="hi")
@@ -202,13 +203,19 @@ async def test_a_waiting_runs_segment_picked_by_a_dead_worker_is_enqueued_again(
         )
         await queue.enqueue(request.model_copy(update={"segment": 1}))
         await arq.psetex(in_progress_key_prefix + jid, 86_400_000, b"1")  # the dead pick
-        reaper = Reaper(arq, keys, settings, queue)
-        assert await reaper.sweep_unstarted() == []  # seen once: its worker may be alive
+        reapers = [Reaper(arq, keys, settings, queue) for _ in range(2)]
+        for reaper in reapers:
+            assert await reaper.sweep_unstarted() == []  # seen once: its worker may be alive
         await asyncio.sleep(0.25)
-        assert await reaper.sweep_unstarted() == ["parent"]
+        assert await reapers[0].sweep_unstarted() == ["parent"]
         assert not await arq.exists(in_progress_key_prefix + jid)
         assert await arq.exists(job_key_prefix + jid)
         assert await arq.zscore(keys.queue(), jid) is not None
+        # A live worker picks the segment queued again; the other reaper, which saw the
+        # dead pick too, must not discard this one.
+        await arq.psetex(in_progress_key_prefix + jid, 86_400_000, b"1")
+        assert await reapers[1].sweep_unstarted() == []
+        assert await arq.exists(job_key_prefix + jid)
         assert (await runs.get("parent")).status is RunStatus.WAITING  # a worker resumes it
     finally:
         await drop_job_keys(arq, [jid])
