@@ -207,6 +207,7 @@ class StreamTtls:
 
     def __init__(self) -> None:
         self._at: dict[str, float] = {}
+        self._prune_at = self._PRUNE_AT
 
     def due(self, session_id: str, now: float, every: float) -> bool:
         """Whether the session's stream TTLs should be pushed back now."""
@@ -215,8 +216,11 @@ class StreamTtls:
 
     def note(self, session_id: str, at: float, every: float) -> None:
         """The session's stream TTLs were pushed back at `at` (loop time)."""
-        if len(self._at) >= self._PRUNE_AT:
+        if len(self._at) >= self._prune_at:
             self._at = {s: t for s, t in self._at.items() if at - t < every}
+            # Many sessions live at once: prune again only once they have doubled (a
+            # scan on every note would be quadratic in the live sessions).
+            self._prune_at = max(self._PRUNE_AT, 2 * len(self._at))
         self._at[session_id] = max(at, self._at.get(session_id, at))
 
 
