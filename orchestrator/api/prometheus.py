@@ -133,7 +133,7 @@ class SnapshotCollector:
         return [
             _gauge(
                 "orchestrator_queue_depth",
-                "Run attempts waiting in the queue.",
+                "Run attempts waiting in the queue for a worker (running ones not counted).",
                 snapshot.queue_depth,
             ),
             _labelled(

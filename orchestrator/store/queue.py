@@ -25,6 +25,11 @@ from orchestrator.store.connection import (
     translate_errors,
 )
 
+# How many jobs at the queue's head `depth` checks for a worker running them, and how many
+# keys one EXISTS names.
+DEPTH_SCAN = 10_000
+_EXISTS_CHUNK = 1_000
+
 # arq's enqueue_job (WATCH job; EXISTS job, result; MULTI PSETEX ZADD EXEC) as one atomic
 # script for a batch of jobs, plus one wake-up: the same keys and the same job bytes as
 # arq writes. A job id arq already holds (its job or its result) is left alone.
@@ -148,8 +153,26 @@ class JobQueue:
             await pipe.execute()
 
     async def depth(self) -> int:
+        """Run attempts waiting for a worker: queued jobs (due or deferred) that no worker
+        is running. arq keeps a job in its queue until the job returns, so the queue's size
+        counts running jobs too; those are the ones with an in-progress key. Workers pick
+        jobs lowest score first, so running jobs sit at the queue's head: the first
+        `DEPTH_SCAN` are checked (two round trips), and a running job further back (a queue
+        over `DEPTH_SCAN` deep behind older running ones) is counted as waiting."""
+        queue = self._keys.queue()
         async with translate_errors("queue depth"):
-            return int(await self._arq.zcard(self._keys.queue()))
+            async with self._arq.pipeline(transaction=False) as pipe:
+                pipe.zcard(queue)
+                pipe.zrange(queue, 0, DEPTH_SCAN - 1)
+                size, head = await pipe.execute()
+            if not head:
+                return int(size)
+            async with self._arq.pipeline(transaction=False) as pipe:
+                for i in range(0, len(head), _EXISTS_CHUNK):
+                    chunk = head[i : i + _EXISTS_CHUNK]
+                    pipe.exists(*(in_progress_key_prefix.encode() + jid for jid in chunk))
+                running = sum(int(n) for n in await pipe.execute())
+        return max(0, int(size) - running)
 
 
 async def connect_queue(

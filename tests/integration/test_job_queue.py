@@ -4,10 +4,12 @@ already holds is left alone, and a batch wakes idle workers once."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
 import pytest
+from arq.constants import in_progress_key_prefix
 from arq.jobs import Job
 
 from orchestrator.keys import Keys
@@ -77,6 +79,31 @@ async def test_a_batchs_jobs_are_taken_in_the_order_they_were_queued(
         await run_scripts(arq, JobQueue(arq, keys).enqueue_calls(requests))
         queued = [m.decode() for m in await redis.zrange(keys.queue(), 0, -1)]
         assert queued == jids
+    finally:
+        await redis.delete(*(k for jid in jids for k in arq_keys(jid)))
+        await arq.aclose()
+
+
+async def test_queue_depth_counts_waiting_jobs_not_the_ones_workers_are_running(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """arq keeps a running job in its queue until it returns; the depth that autoscaling
+    adds to the busy slots must not count it a second time. A deferred job is waiting."""
+    arq = await connect_queue(redis_url, keys)
+    requests = [_request(n) for n in range(4)]
+    jids = [job_id(r.run_id, r.attempt) for r in requests]
+    try:
+        queue = JobQueue(arq, keys)
+        await run_scripts(arq, queue.enqueue_calls(requests[:3]))
+        await redis.zadd(keys.queue(), {jids[3]: (time.time() + 3600) * 1000})  # deferred
+        assert await queue.depth() == 4
+        # Two taken by a worker (arq's in-progress key), as arq marks them.
+        for jid in jids[:2]:
+            await redis.psetex(in_progress_key_prefix + jid, 60_000, b"1")
+        assert await queue.depth() == 2
+        await redis.delete(in_progress_key_prefix + jids[0])
+        await redis.zrem(keys.queue(), jids[0])  # it returned
+        assert await queue.depth() == 2
     finally:
         await redis.delete(*(k for jid in jids for k in arq_keys(jid)))
         await arq.aclose()
