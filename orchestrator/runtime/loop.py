@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -64,6 +63,7 @@ from orchestrator.runtime.forks import SuspendTurn, TurnForks, current_tool_call
 from orchestrator.runtime.protocols import conforms
 from orchestrator.runtime.selfref import SelfRefContext
 from orchestrator.runtime.state import OriginContext, ToolOutcome, TurnError, TurnState
+from orchestrator.runtime.state import copy_json as _copy
 from orchestrator.runtime.tools import Tool, format_tool_result, parse_arguments
 from orchestrator.signals import AbortSignal
 
@@ -787,26 +787,6 @@ class _Turn:
                 extra=extra,
             )
         )
-
-
-_SCALARS = frozenset({str, int, float, bool, type(None)})
-
-
-def _copy(value: T) -> T:
-    """A deep copy of JSON-shaped data (the transcript, tool calls, tool definitions),
-    several times cheaper than `copy.deepcopy` on it; anything else is deep-copied.
-    (Scalars are taken as they are without a call per value: most values are strings.)"""
-    kind = type(value)
-    if kind is dict:
-        return {  # type: ignore[return-value]
-            k: v if type(v) in _SCALARS else _copy(v)
-            for k, v in value.items()  # type: ignore[attr-defined]
-        }
-    if kind is list:
-        return [v if type(v) in _SCALARS else _copy(v) for v in value]  # type: ignore[attr-defined,return-value]
-    if kind in _SCALARS:
-        return value
-    return copy.deepcopy(value)
 
 
 def _share(value: T) -> T:

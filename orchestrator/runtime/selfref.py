@@ -60,6 +60,7 @@ from orchestrator.runtime.selfref_sync import (
     SelfReferenceMemoryProxy,
     SyncMemoryAPI,
 )
+from orchestrator.runtime.state import copy_json
 from orchestrator.runtime.tools import Tool, ToolRuntime
 
 __all__ = [
@@ -210,7 +211,7 @@ def apply_system_addendum(messages: Sequence[Message], addendum: str) -> Message
     Idempotent: blocks added earlier are replaced, not repeated. With no system message
     and a non-empty addendum, one is inserted at the front.
     """
-    result = copy.deepcopy(list(messages))
+    result = copy_json(list(messages))
     for message in reversed(result):
         if message.get("role") == "system" and isinstance(message.get("content"), str):
             message["content"] = _join(strip_injected_blocks(message["content"]), addendum)
@@ -254,7 +255,7 @@ def _clean_messages(messages: Iterable[Message], *, deep: bool = True) -> Messag
     """
     cleaned: MessageList = []
     for message in messages:
-        copied = copy.deepcopy(dict(message)) if deep else dict(message)
+        copied = copy_json(dict(message)) if deep else dict(message)
         for field in _TRANSIENT_MESSAGE_FIELDS:
             copied.pop(field, None)
         if copied.get("role") == "system" and isinstance(copied.get("content"), str):

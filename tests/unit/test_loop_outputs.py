@@ -22,6 +22,7 @@ from orchestrator.events import (
     output_to_json,
 )
 from orchestrator.runtime import OriginContext, agent_spec, run_turn
+from orchestrator.runtime.state import copy_json
 
 # Values that differ from run to run (clocks); everything else must be byte-equal.
 _CLOCK_FIELDS = frozenset({"timestamp", "execution_time", "iteration_time", "total_execution_time"})
@@ -163,3 +164,29 @@ def test_output_to_json_is_model_dump_json_for_a_response() -> None:
     origin = EventOrigin(session_id="s", agent_call_id="a", event_seq=7)
     output = ResponseYield(response="é", messages=[{"role": "user", "content": "x"}], origin=origin)
     assert output_to_json(output) == output.model_dump_json().encode()
+
+
+class _Blob:
+    def __init__(self, items: list[int]) -> None:
+        self.items = items
+
+
+def test_copy_json_is_a_deep_copy_of_json_and_of_anything_inside_it() -> None:
+    blob = _Blob([1])
+    value: dict[str, Any] = {
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+        "n": 1,
+        "x": 0.5,
+        "ok": True,
+        "none": None,
+        "pair": (1, [2]),
+        "blob": blob,
+    }
+    copied = copy_json(value)
+    assert copied == {**value, "blob": copied["blob"]}
+    copied["messages"][0]["content"][0]["text"] = "changed"
+    copied["pair"][1].append(3)
+    copied["blob"].items.append(2)
+    assert value["messages"][0]["content"][0]["text"] == "hi"
+    assert value["pair"] == (1, [2])
+    assert blob.items == [1]
