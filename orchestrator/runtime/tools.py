@@ -239,6 +239,9 @@ class Tool:
         """`definition()` without a copy per call: one dict per shape, name and description,
         shared by every tool made from the same function (the loop's read-only view; the
         LLM port and events get it or copies of it, never mutate it)."""
+        kind = type(self)
+        if kind.definition is not Tool.definition or kind.parameters is not Tool.parameters:
+            return self.definition()  # a subclass makes its own: ask it every time
         key = (self.name, self.description)
         found = self._shape.definitions.get(key)
         if found is None or found[0] is not self._parameters:

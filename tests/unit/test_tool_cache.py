@@ -157,3 +157,24 @@ async def test_a_tool_changed_between_turns_is_offered_as_it_is_now() -> None:
     call.tools[0]["function"]["description"] = "changed by an observer"
     await one_turn(3)
     assert llm.offered[-1][0]["function"]["description"] == "Now it looks keys up twice."  # type: ignore[index]
+
+
+def test_a_subclass_that_makes_its_own_definition_is_asked_every_time() -> None:
+    class Strict(Tool):
+        calls = 0
+
+        def definition(self) -> dict[str, Any]:
+            Strict.calls += 1
+            made = super().definition()
+            made["function"]["strict"] = True
+            return made
+
+    async def lookup(key: str) -> str:
+        """Look a key up."""
+        return key
+
+    strict = Strict(func=lookup)
+    assert strict.shared_definition()["function"]["strict"] is True
+    assert strict.shared_definition()["function"]["strict"] is True
+    assert Strict.calls == 2
+    assert "strict" not in Tool(func=lookup).shared_definition()["function"]
