@@ -445,8 +445,9 @@ def chunk_text(chunk: Mapping[str, Any]) -> str:
 
 
 def output_to_json(output: ResponseYield | EventYield) -> bytes:
-    """Encode one agent output for the wire."""
-    return output.model_dump_json().encode()
+    """Encode one agent output for the wire (the bytes of `output.model_dump_json()`,
+    without making a str of them first)."""
+    return output.__pydantic_serializer__.to_json(output)
 
 
 def output_from_json(data: bytes | str | Mapping[str, Any]) -> ResponseYield | EventYield:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -26,6 +27,7 @@ __all__ = [
     "RunRecord",
     "RunRequest",
     "RunStatus",
+    "RunStatusView",
     "StatusEntry",
     "StreamEntry",
     "TreeProgress",
@@ -164,6 +166,17 @@ class RunRecord(BaseModel):
     def root_run_id(self) -> str:
         return self.fork.root_run_id if self.fork is not None else self.run_id
 
+    def updated(self, fields: Mapping[str, Any]) -> RunRecord:
+        """A copy with `fields` changed, each validated as this field (ValidationError on
+        a bad value or an unknown field); this record is left as it was. Values it does
+        not change are shared with this record (records are never changed in place)."""
+        copy = self.model_copy()
+        for name, value in fields.items():
+            if name not in RunRecord.model_fields:
+                raise ValueError(f"unknown RunRecord field {name!r}")
+            _RECORD_VALIDATOR.validate_assignment(copy, name, value)
+        return copy
+
     @property
     def queue_ms(self) -> float | None:
         """Milliseconds from submission to start (None until started)."""
@@ -182,6 +195,27 @@ class RunRecord(BaseModel):
     def timings(self) -> dict[str, float | None]:
         """`queue_ms` and `run_ms` together, for dashboards and benchmarks."""
         return {"queue_ms": self.queue_ms, "run_ms": self.run_ms}
+
+
+class RunStatusView(BaseModel):
+    """Just the status of a stored `RunRecord`: for checks over many records (are a
+    parent's forks done?), several times cheaper to decode than the whole record."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: RunStatus = RunStatus.QUEUED
+
+    @classmethod
+    def of_json(cls, run_id: str, raw: bytes | str) -> RunStatusView:
+        """Decode a stored record's status; `PayloadError` if it is not a JSON object
+        with a valid status."""
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            raise PayloadError(f"run record {run_id!r} is corrupt") from exc
+
+
+_RECORD_VALIDATOR = RunRecord.__pydantic_validator__
 
 
 class StatusEntry(BaseModel):

@@ -360,6 +360,7 @@ class TurnExecutor:
                 origin=_origin(request, spec, state),
                 forks=forks,
                 session=session,
+                copy_outputs=False,  # each output is published (encoded) before the next
             ):
                 if isinstance(output, ResponseYield):
                     # Say which agent answered (readers of a fork tree need to know).

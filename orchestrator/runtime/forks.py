@@ -25,13 +25,13 @@ Redis/arq one lives in `workers.forks`). Two properties shape this module:
 from __future__ import annotations
 
 import contextvars
-import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from orchestrator.errors import ToolError
 from orchestrator.events import Message, MessageList
 from orchestrator.ports import ForkBackend, SpawnRequest
+from orchestrator.runtime.state import copy_json
 from orchestrator.runtime.tools import Tool
 
 __all__ = [
@@ -187,7 +187,7 @@ def inherited_context(messages: Sequence[Message]) -> MessageList:
             break
         if message.get("role") in ("user", "system"):
             break
-    return copy.deepcopy(list(messages[:end]))
+    return copy_json(list(messages[:end]))
 
 
 def fork_user_message(message: str, *, fork_id: str, depth: int) -> Message:

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 import structlog
 
@@ -61,8 +60,10 @@ from orchestrator.ports import (
 from orchestrator.runtime.agent import AgentSpec
 from orchestrator.runtime.emitter import ToolEventEmitter
 from orchestrator.runtime.forks import SuspendTurn, TurnForks, current_tool_call
+from orchestrator.runtime.protocols import conforms
 from orchestrator.runtime.selfref import SelfRefContext
 from orchestrator.runtime.state import OriginContext, ToolOutcome, TurnError, TurnState
+from orchestrator.runtime.state import copy_json as _copy
 from orchestrator.runtime.tools import Tool, format_tool_result, parse_arguments
 from orchestrator.signals import AbortSignal
 
@@ -86,6 +87,7 @@ async def run_turn(
     origin: OriginContext | None = None,
     forks: ForkBackend | None = None,
     session: ToolSession | None = None,
+    copy_outputs: bool = True,
 ) -> AsyncIterator[Output]:
     """Run (or resume) one agent turn, yielding its events and then its response.
 
@@ -100,10 +102,17 @@ async def run_turn(
 
     `session` (on a worker) tells tools which distributed session they run in
     (`runtime.session`: its ids and a session journal, e.g. for PyRepl).
+
+    Every output holds its own copies of the transcript, tool calls and definitions, so
+    the consumer may keep and change them. `copy_outputs=False` is for a consumer that
+    encodes each output before it asks for the next and changes none (a worker): the
+    outputs then share the turn's lists, which stay as they were until that next ask.
     """
     turn = _Turn(
         spec, state, abort, checkpointer, memory, origin or OriginContext(), forks, session
     )
+    if not copy_outputs:
+        turn._out = _share
     async for output in turn.run():
         yield output
 
@@ -126,10 +135,9 @@ class _Turn:
         self.checkpointer = checkpointer
         # Where a crash before the write repeats no tool, the state may ride with the
         # next outputs instead of costing a write of its own (see DeferringCheckpointer).
-        # (A Protocol's isinstance costs ~0.1 ms on Python 3.11: not for "no checkpointer".)
         self._defer = (
-            checkpointer
-            if checkpointer is not None and isinstance(checkpointer, DeferringCheckpointer)
+            cast(DeferringCheckpointer, checkpointer)
+            if checkpointer is not None and conforms(checkpointer, DeferringCheckpointer)
             else None
         )
         self.origin = origin
@@ -146,11 +154,15 @@ class _Turn:
         self.tools: dict[str, Tool] = spec.tool_map()
         if self.selfref is not None:
             self.tools.update({t.name: t for t in self.selfref.tools()})
-        self.definitions = [t.definition() for t in self.tools.values()]
+        # The turn's own copy of the (shared, cached) definitions: the model port may
+        # do as it likes with what it is given.
+        self.definitions = _copy([t.shared_definition() for t in self.tools.values()])
         self.runtime = spec.tool_runtime(self.selfref, session)
         self._clock = time.monotonic()
         self._time_base = state.execution_time
         self._iteration_clock = time.monotonic()
+        # How outputs get the transcript, tool calls and definitions (see run_turn).
+        self._out: Callable[[Any], Any] = _copy
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -215,8 +227,8 @@ class _Turn:
                 ReactStartEvent(
                     iteration=0,
                     user_task_prompt=st.user_task_prompt,
-                    initial_messages=_copy(st.messages),
-                    available_tools=_copy(self.definitions),
+                    initial_messages=self._out(st.messages),
+                    available_tools=self._out(self.definitions),
                 )
             )
             # The next step is a model call, which a crash redoes anyway: this state
@@ -235,7 +247,7 @@ class _Turn:
         if st.error is not None:
             raise _resumed_error(st.error)
         response = self.spec.final_response(st)
-        yield ResponseYield(response=response, messages=_copy(st.messages))
+        yield ResponseYield(response=response, messages=self._out(st.messages))
 
     def _tools_exhausted(self) -> bool:
         limit = self.spec.max_tool_calls
@@ -250,17 +262,17 @@ class _Turn:
             self._iteration_clock = time.monotonic()
             yield self._event(
                 ReactIterationStartEvent(
-                    iteration=st.iteration, current_messages=_copy(st.messages)
+                    iteration=st.iteration, current_messages=self._out(st.messages)
                 )
             )
         tools = None if final_call or not self.definitions else self.definitions
-        sent = _copy(st.messages)
+        sent = _copy(st.messages)  # the model's own copy (and both call events')
         call = LLMCallResult()
         yield self._event(
             LLMCallStartEvent(
                 iteration=st.iteration,
                 messages=sent,
-                tools=_copy(tools or []),
+                tools=self._out(tools or []),
                 llm_kwargs=dict(self.spec.llm_kwargs),
                 stream=self.spec.stream,
             )
@@ -285,7 +297,7 @@ class _Turn:
                 iteration=st.iteration,
                 response=call.response,
                 messages=sent,
-                tool_calls=_copy(tool_calls),
+                tool_calls=self._out(tool_calls),
                 execution_time=time.monotonic() - started,
                 usage=call.usage,
                 content=call.content,
@@ -416,7 +428,7 @@ class _Turn:
             yield self._event(
                 ToolCallsBatchStartEvent(
                     iteration=st.iteration,
-                    tool_calls=_copy(st.pending_tool_calls),
+                    tool_calls=self._out(st.pending_tool_calls),
                     batch_size=len(st.pending_tool_calls),
                 )
             )
@@ -515,7 +527,7 @@ class _Turn:
     def _announce(self, call: dict[str, Any]) -> EventYield:
         """The call's ToolCallStartEvent (once per call, however often the batch resumes)."""
         self.state.tool_calls_started.append(_call_id(call))
-        return self._tool_event(call, ToolCallStartEvent, tool_call=_copy(call))
+        return self._tool_event(call, ToolCallStartEvent, tool_call=self._out(call))
 
     def _split_barriers(
         self, calls: list[dict[str, Any]]
@@ -664,7 +676,7 @@ class _Turn:
         return self._event(
             ReactIterationEndEvent(
                 iteration=self.state.iteration,
-                messages=_copy(self.state.messages),
+                messages=self._out(self.state.messages),
                 iteration_time=time.monotonic() - self._iteration_clock,
                 tool_calls_count=tool_calls_count,
             )
@@ -766,7 +778,7 @@ class _Turn:
             ReactEndEvent(
                 iteration=st.iteration,
                 final_response=st.final_response,
-                final_messages=_copy(st.messages),
+                final_messages=self._out(st.messages),
                 total_iterations=st.iteration,
                 total_execution_time=st.execution_time,
                 total_tool_calls=st.tool_calls,
@@ -777,20 +789,10 @@ class _Turn:
         )
 
 
-_SCALARS = (str, int, float, bool, type(None))
-
-
-def _copy(value: T) -> T:
-    """A deep copy of JSON-shaped data (the transcript, tool calls, tool definitions),
-    about three times cheaper than `copy.deepcopy` on it; anything else is deep-copied."""
-    kind = type(value)
-    if kind is dict:
-        return {k: _copy(v) for k, v in value.items()}  # type: ignore[attr-defined,return-value]
-    if kind is list:
-        return [_copy(v) for v in value]  # type: ignore[attr-defined,return-value]
-    if kind in _SCALARS:
-        return value
-    return copy.deepcopy(value)
+def _share(value: T) -> T:
+    """The value itself: outputs of a turn whose consumer encodes each one before asking
+    for the next (see `run_turn(copy_outputs=False)`)."""
+    return value
 
 
 def _drain(queue: asyncio.Queue[_Item]) -> list[_Item]:

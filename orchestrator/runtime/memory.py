@@ -28,6 +28,7 @@ import structlog
 from orchestrator.errors import MemoryLimitError
 from orchestrator.events import MessageList
 from orchestrator.ports import Experience, MemoryLimits, MemorySnapshot, TranscriptBase
+from orchestrator.runtime.state import copy_json
 
 __all__ = [
     "InMemoryMemoryStore",
@@ -104,7 +105,7 @@ def merge_turn(
     result holds deep copies of `messages` (`copy_messages=False`: the messages
     themselves, for a store that serializes them at once).
     """
-    keep = copy.deepcopy if copy_messages else list
+    keep = copy_json if copy_messages else list
     mark = f"{base.writer}@{base.revision}"
     writers = dict(stored.writers)
     own = max(0, len(messages) - base.count)
@@ -217,7 +218,7 @@ class InMemoryMemoryStore:
         """Replace the key's messages; returns the new revision."""
         record = self._written(key)
         stored = StoredTranscript(
-            copy.deepcopy(list(messages)), record.snapshot.revision + 1, record.writers
+            copy_json(list(messages)), record.snapshot.revision + 1, record.writers
         )
         return self._store(key, record, stored)
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, Protocol, get_args, runtime_checkable
+from typing import Any, Literal, Protocol, cast, get_args, runtime_checkable
 
 import structlog
 
@@ -53,12 +53,14 @@ from orchestrator.ports import (
 )
 from orchestrator.runtime.forks import FORK_GUIDE, TurnForks, fork_tools
 from orchestrator.runtime.memory import InMemoryMemoryStore
+from orchestrator.runtime.protocols import conforms
 from orchestrator.runtime.selfref_sync import (
     SelfReferenceInstanceHandle,
     SelfReferenceMemoryHandle,
     SelfReferenceMemoryProxy,
     SyncMemoryAPI,
 )
+from orchestrator.runtime.state import copy_json
 from orchestrator.runtime.tools import Tool, ToolRuntime
 
 __all__ = [
@@ -209,7 +211,7 @@ def apply_system_addendum(messages: Sequence[Message], addendum: str) -> Message
     Idempotent: blocks added earlier are replaced, not repeated. With no system message
     and a non-empty addendum, one is inserted at the front.
     """
-    result = copy.deepcopy(list(messages))
+    result = copy_json(list(messages))
     for message in reversed(result):
         if message.get("role") == "system" and isinstance(message.get("content"), str):
             message["content"] = _join(strip_injected_blocks(message["content"]), addendum)
@@ -253,7 +255,7 @@ def _clean_messages(messages: Iterable[Message], *, deep: bool = True) -> Messag
     """
     cleaned: MessageList = []
     for message in messages:
-        copied = copy.deepcopy(dict(message)) if deep else dict(message)
+        copied = copy_json(dict(message)) if deep else dict(message)
         for field in _TRANSIENT_MESSAGE_FIELDS:
             copied.pop(field, None)
         if copied.get("role") == "system" and isinstance(copied.get("content"), str):
@@ -518,11 +520,13 @@ class SelfRefContext:
         self._providers = list(providers)
 
     def _history_store(self) -> HistoryMemoryStore | None:
-        """The store, if it has the one-step calls (a Protocol isinstance costs ~10 µs)."""
+        """The store, if it has the one-step calls (checked once per store)."""
         if self.store is not self._checked_store:
             self._checked_store = self.store
             store = self.store
-            self._history = store if isinstance(store, HistoryMemoryStore) else None
+            self._history = (
+                cast(HistoryMemoryStore, store) if conforms(store, HistoryMemoryStore) else None
+            )
         return self._history
 
     def _key(self, key: str | None) -> str:

@@ -13,7 +13,8 @@ the tools, the abort signal) come from the `AgentSpec` and the caller.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import copy
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +22,29 @@ from orchestrator.events import MessageList
 from orchestrator.ports import TranscriptBase
 
 TURN_STATE_VERSION = 1
+
+T = TypeVar("T")
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def copy_json(value: T) -> T:
+    """A deep copy of JSON-shaped data (transcripts, tool calls, tool definitions),
+    several times cheaper than `copy.deepcopy` on it; anything else inside is
+    deep-copied. (Scalars are taken as they are, without a call per value: most values
+    are strings.) Unlike deepcopy it keeps no memo: an object met twice is copied twice.
+    """
+    kind = type(value)
+    if kind is dict:
+        return {  # type: ignore[return-value]
+            k: v if type(v) in _SCALARS else copy_json(v)
+            for k, v in value.items()  # type: ignore[attr-defined]
+        }
+    if kind is list:
+        return [v if type(v) in _SCALARS else copy_json(v) for v in value]  # type: ignore[attr-defined,return-value]
+    if kind in _SCALARS:
+        return value
+    return copy.deepcopy(value)
+
 
 Phase = Literal["llm", "tools", "done"]
 

@@ -26,6 +26,7 @@ import copy
 import inspect
 import json
 import re
+import types
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, get_type_hints, overload
 
@@ -74,10 +75,11 @@ def _schema_for(
     code = getattr(func, "__code__", None)
     key: Any = None
     if code is not None:
-        key = (name, code, getattr(func, "__defaults__", None), docstring)
         try:
+            annotations = tuple(getattr(func, "__annotations__", {}).items())
+            key = (name, code, getattr(func, "__defaults__", None), docstring, annotations)
             hash(key)
-        except TypeError:
+        except (TypeError, AttributeError):
             key = None
     if key is not None and key in _SCHEMAS:
         return _SCHEMAS[key]
@@ -88,6 +90,79 @@ def _schema_for(
     if key is not None and len(_SCHEMAS) < _SCHEMA_CACHE_LIMIT:
         _SCHEMAS[key] = built
     return built
+
+
+class _Shape:
+    """What a Tool derives from its function alone (signature, docstring, argument model,
+    schema): the same for every function object made from one `def` with the same
+    defaults, annotations and docstring, so tools made afresh for every turn (the
+    SelfReference closures) share one instead of inspecting the function again."""
+
+    __slots__ = (
+        "accepts_extra",
+        "definitions",
+        "field_names",
+        "injected",
+        "is_async",
+        "model",
+        "parameters",
+        "signature",
+        "summary",
+    )
+
+    def __init__(self, name: str, func: Callable[..., Any]) -> None:
+        docstring = inspect.getdoc(func) or ""
+        self.summary = _docstring_summary(docstring)
+        self.signature = inspect.signature(func)
+        self.is_async = _is_async_callable(func)
+        self.injected = SPECIAL_PARAMETERS & set(self.signature.parameters)
+        self.accepts_extra = any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in self.signature.parameters.values()
+        )
+        self.model, self.field_names, self.parameters = _schema_for(
+            name, func, self.signature, docstring, self.accepts_extra
+        )
+        # (name, description) -> (the parameters it was made from, the definition sent
+        # to the model); a handful per shape at most.
+        self.definitions: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
+
+
+_SHAPES: dict[Any, _Shape] = {}
+_DEFINITIONS_PER_SHAPE = 16
+
+
+def _shape_key(name: str, func: Callable[..., Any]) -> Any:
+    """The cache key of a plain function's shape, or None when it cannot be cached: only
+    a plain `def` with nothing set on it (no `__wrapped__`, `__signature__`, ...) and a
+    docstring is fully described by its code, defaults, annotations and docstring."""
+    if type(func) is not types.FunctionType or func.__dict__ or func.__doc__ is None:
+        return None
+    kwdefaults = func.__kwdefaults__
+    key = (
+        name,
+        func.__code__,
+        func.__defaults__,
+        tuple(kwdefaults.items()) if kwdefaults else None,
+        tuple(func.__annotations__.items()),
+        func.__doc__,
+    )
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _shape_of(name: str, func: Callable[..., Any]) -> _Shape:
+    key = _shape_key(name, func)
+    if key is None:
+        return _Shape(name, func)
+    shape = _SHAPES.get(key)
+    if shape is None:
+        shape = _Shape(name, func)
+        if len(_SHAPES) < _SCHEMA_CACHE_LIMIT:
+            _SHAPES[key] = shape
+    return shape
 
 
 class Tool:
@@ -119,8 +194,9 @@ class Tool:
             raise ToolError(
                 f"tool name {self.name!r} is not usable: use 1-64 letters, digits, '_' or '-'"
             )
-        docstring = inspect.getdoc(func) or ""
-        self.description: str = description or _docstring_summary(docstring)
+        shape = _shape_of(self.name, func)
+        self._shape = shape
+        self.description: str = description or shape.summary
         self.best_practices: list[str] = [p.strip() for p in best_practices or () if p.strip()]
         # A barrier tool runs after the other calls of its batch have finished.
         self.barrier = barrier
@@ -129,14 +205,14 @@ class Tool:
         self.on_abort = on_abort
         # A text result over TOO_LONG_TO_FILE_MAX_TOKENS goes to a file (runtime/long_output.py).
         self.too_long_to_file = too_long_to_file
-        self._signature = inspect.signature(func)
-        self._is_async = _is_async_callable(func)
-        self._injected = SPECIAL_PARAMETERS & set(self._signature.parameters)
-        self._accepts_extra = any(
-            p.kind is inspect.Parameter.VAR_KEYWORD for p in self._signature.parameters.values()
-        )
-        self._model, self._field_names, self._parameters = _schema_for(
-            self.name, func, self._signature, docstring, self._accepts_extra
+        self._signature = shape.signature
+        self._is_async = shape.is_async
+        self._injected = shape.injected
+        self._accepts_extra = shape.accepts_extra
+        self._model, self._field_names, self._parameters = (
+            shape.model,
+            shape.field_names,
+            shape.parameters,
         )
         self.__doc__ = getattr(func, "__doc__", None)
         self.__wrapped__ = func
@@ -158,6 +234,29 @@ class Tool:
                 "parameters": self.parameters,
             },
         }
+
+    def shared_definition(self) -> dict[str, Any]:
+        """`definition()` without a copy per call: one dict per shape, name and description,
+        shared by every tool made from the same function (the loop's read-only view; the
+        LLM port and events get it or copies of it, never mutate it)."""
+        kind = type(self)
+        if kind.definition is not Tool.definition or kind.parameters is not Tool.parameters:
+            return self.definition()  # a subclass makes its own: ask it every time
+        key = (self.name, self.description)
+        found = self._shape.definitions.get(key)
+        if found is None or found[0] is not self._parameters:
+            definition = {
+                "type": "function",
+                "function": {
+                    "name": self.name,
+                    "description": self.description,
+                    "parameters": self.parameters,
+                },
+            }
+            if len(self._shape.definitions) >= _DEFINITIONS_PER_SHAPE:
+                self._shape.definitions.clear()  # descriptions made per call: keep a few
+            found = self._shape.definitions[key] = (self._parameters, definition)
+        return found[1]
 
     def to_openai_tool(self) -> dict[str, Any]:
         """SimpleLLMFunc's name for `definition()`."""

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from orchestrator.errors import PayloadError, RunNotFound, StoreError
 from orchestrator.keys import Keys
-from orchestrator.runs import RunRecord, RunStatus
+from orchestrator.runs import RunRecord, RunStatus, RunStatusView
 from orchestrator.store._codec import dump_json, load_json, parse_int, resolve, text
 from orchestrator.store.abort import decode_reason
 from orchestrator.store.connection import (
@@ -800,10 +800,19 @@ class RunStore:
             return None
         if record.status is not RunStatus.WAITING:
             return None
-        forks = await self.get_many(record.waiting_for)
-        if any(f in forks and not forks[f].status.terminal for f in record.waiting_for):
-            return None
-        missing = [f for f in record.waiting_for if f not in forks]
+        forks = record.waiting_for
+        async with translate_errors("run list"):
+            raws = await self._redis.mget([self._keys.run(f) for f in forks]) if forks else []
+        missing = []
+        for fork, raw in zip(forks, raws, strict=True):
+            try:
+                if raw is not None and not _status_of(fork, raw).terminal:
+                    return None
+            except PayloadError as exc:
+                log.warning("runs.corrupt_record", run_id=fork, error=str(exc))
+                raw = None
+            if raw is None:
+                missing.append(fork)
         if missing:
             # A fork record that vanished (expired) can never end: do not wait on it.
             log.warning("runs.waiting_for_missing_fork", run_id=run_id, forks=missing)
@@ -943,9 +952,19 @@ def _is_live(run_id: str, raw: Any) -> bool:
     if raw is None:
         return False
     try:
-        return not _decode_record(run_id, raw).status.terminal
+        return not _status_of(run_id, raw).terminal
     except PayloadError:
         return False
+
+
+def _status_of(run_id: str, raw: Any) -> RunStatus:
+    """A stored record's status, decoding the whole record only for a run that has not
+    ended (a live run's record must be whole, as a full decode would check); PayloadError
+    if it is corrupt."""
+    status = RunStatusView.of_json(run_id, raw).status
+    if not status.terminal:
+        _decode_record(run_id, raw)
+    return status
 
 
 def _check_fields(fields: dict[str, Any]) -> None:
@@ -958,8 +977,9 @@ def _check_fields(fields: dict[str, Any]) -> None:
 
 
 def _apply(record: RunRecord, fields: dict[str, Any]) -> RunRecord:
-    # Validate the result as a whole, so a bad value fails here rather than on read.
-    return RunRecord.model_validate({**record.model_dump(), **fields})
+    """A copy of `record` with `fields` changed, each validated as the record's field (a
+    bad value fails here rather than on read); the record is left as it was."""
+    return record.updated(fields)
 
 
 def _matches(
