@@ -10,6 +10,7 @@ WorkerRegistry  worker heartbeats with their info, for dashboards and reapers
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import time
 from collections import OrderedDict
@@ -35,6 +36,7 @@ from orchestrator.store.connection import (
     run_scripts,
     translate_errors,
 )
+from orchestrator.store.streams import TAKE_OVER_FUNCTION_LUA, TakenOver, taken_over
 
 __all__ = [
     "EndWrites",
@@ -148,19 +150,30 @@ return {removed, redis.call('SCARD', KEYS[1])}
 
 # The start of a job in one round trip: read the run's abort flags and, if the record is
 # still what the caller expects, move it to RUNNING and take the attempt's lease (the
-# checks of `_RENEW_LUA`), all or nothing. Redis Cluster is not a target: scripts already
-# mix hash tags (the job queue's), so the {runs}, {leases} and {session} keys meet here.
+# checks of `_RENEW_LUA`), all or nothing; with ARGV[9], also take over the run's writes
+# for the attempt (`EventPublisher.take_over`, the same Lua function), after the checks
+# and before any write, so a refused take-over starts nothing. Redis Cluster is not a
+# target: scripts already mix hash tags (the job queue's), so the {runs}, {leases} and
+# {session} keys meet here.
 # KEYS: record, its status index as expected, running index, lease owner, lease
-#       deadlines, the run tree's abort flag, the session's abort flag
+#       deadlines, the run tree's abort flag, the session's abort flag, the run's write
+#       fence, the session's seqs, the run's checkpoint
 # ARGV: expected raw ("" = none: only read), new raw, run id, score, attempt, worker id,
-#       lease deadline ms, "1" = refuse if an abort flag is set (a run never started)
-# Reply: {code, record raw, tree flag set, tree flag, session flag set, session flag};
-# code 1 started, 0 the record is not the expected one (raw: what it is, "" = none),
-# 2 aborted before it started, 3 the lease belongs to a later attempt, -1 corrupt lease
-_START_LUA = """
+#       lease deadline ms, "1" = refuse if an abort flag is set (a run never started),
+#       write fence ttl s ("" = no take-over)
+# Reply: {code, record raw, tree flag set, tree flag, session flag set, session flag,
+#         [take-over reply]};
+# code 1 started (with the take-over's {1, seq, checkpoint, found} when asked), 0 the
+# record is not the expected one (raw: what it is, "" = none), 2 aborted before it
+# started, 3 the lease belongs to a later attempt, 4 a later attempt owns the run's writes
+# or saved its checkpoint (the take-over's {0, newer}), -1 corrupt lease
+_START_LUA = (
+    TAKE_OVER_FUNCTION_LUA
+    + """
 local flags = redis.call('MGET', KEYS[6], KEYS[7])
-local function reply(code, raw)
-  return {code, raw, flags[1] and 1 or 0, flags[1] or '', flags[2] and 1 or 0, flags[2] or ''}
+local function reply(code, raw, taken)
+  return {code, raw, flags[1] and 1 or 0, flags[1] or '', flags[2] and 1 or 0, flags[2] or '',
+    taken}
 end
 local current = redis.call('GET', KEYS[1])
 if ARGV[1] == '' or current ~= ARGV[1] then return reply(0, current or '') end
@@ -171,16 +184,24 @@ local held = tonumber(f[1])
 local fence = tonumber(f[2])
 if (f[1] and not held) or (f[2] and not fence) then return reply(-1, '') end
 if (fence and attempt < fence) or (held and held > attempt) then return reply(3, '') end
+local taken = nil
+if ARGV[9] ~= '' then
+  taken = take_over(KEYS[8], KEYS[9], KEYS[10], ARGV[5], ARGV[9], ARGV[3])
+  if taken[1] == 0 then return reply(4, '', taken) end
+end
 redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
 if KEYS[2] ~= KEYS[3] then
   redis.call('ZREM', KEYS[2], ARGV[3])
   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
 end
 redis.call('HSET', KEYS[4], 'attempt', ARGV[5], 'worker', ARGV[6], 'state', 'held')
-redis.call('PERSIST', KEYS[4])
+-- Only a release, a claim or an end gives the owner record a TTL, and each of them also
+-- sets its fence: with neither attempt nor fence, it has none to clear.
+if f[1] or f[2] then redis.call('PERSIST', KEYS[4]) end
 redis.call('ZADD', KEYS[5], ARGV[7], ARGV[3])
-return reply(1, '')
+return reply(1, '', taken)
 """
+)
 # The end of a run in one round trip: its terminal record (compare-and-set, as
 # `_CAS_LUA`, with its retention clock) and everything that follows from it: the
 # checkpoint's state dropped (its fence kept), the attempt's lease released (as
@@ -263,6 +284,8 @@ class Started(Enum):
     NOT_CURRENT = "not_current"  # the run does not expect this job (its `check` failed)
     ABORTED = "aborted"  # its tree or session was aborted before it ever started
     LEASE_TAKEN = "lease_taken"  # a later attempt owns the run's lease
+    # A later attempt owns the run's writes or saved its checkpoint (`take_over_ttl_s`).
+    WRITES_TAKEN = "writes_taken"
 
 
 @dataclass(frozen=True)
@@ -273,6 +296,9 @@ class Start:
     outcome: Started
     record: RunRecord
     abort_reason: str | None
+    # STARTED with `take_over_ttl_s`: the take-over of the run's writes, for the
+    # attempt's publisher to `adopt`.
+    taken: TakenOver | None = None
 
 
 @dataclass(frozen=True)
@@ -459,12 +485,19 @@ class RunStore:
         worker_id: str,
         lease_ttl_s: float,
         check: Callable[[RunRecord], bool],
+        take_over_ttl_s: int | None = None,
         **fields: Any,
     ) -> Start:
         """Start attempt `attempt` of the run: read its tree's and session's abort flags,
         and, if `check(record)` holds, move the record to RUNNING (with `worker_id`,
         `started_at` if it never started, and `fields`) and take the attempt's lease
         (as `LeaseTable.renew`), in one atomic script.
+
+        With `take_over_ttl_s`, the same script also takes over the run's writes for the
+        attempt (as `EventPublisher.take_over`, its fence getting that TTL): the start's
+        `taken` is for the attempt's publisher to `adopt`, and a take-over refused (a
+        later attempt owns the writes or saved the checkpoint) starts nothing
+        (`Started.WRITES_TAKEN`).
 
         Nothing is written if `check` fails, if the run never started and an abort flag
         is set (it is to end ABORTED without starting), or if a later attempt owns the
@@ -476,6 +509,7 @@ class RunStore:
         known = _LAST_WRITTEN.get(run_id)
         real = False  # `known` is what Redis answered, not a guess
         reason: str | None = None
+        loop = asyncio.get_running_loop()
         async with translate_errors("run start"):
             for _ in range(_CAS_RETRIES):
                 updated = None
@@ -486,8 +520,17 @@ class RunStore:
                             return Start(Started.NOT_CURRENT, known[1], reason)
                         known = None  # a stale guess, perhaps: read for real
                 new_raw = None if updated is None else updated.model_dump_json()
+                at = loop.time()
                 reply = await self._start_call(
-                    run_id, session_id, root_run_id, attempt, worker_id, lease_ttl_s, known, new_raw
+                    run_id,
+                    session_id,
+                    root_run_id,
+                    attempt,
+                    worker_id,
+                    lease_ttl_s,
+                    known,
+                    new_raw,
+                    take_over_ttl_s,
                 )
                 code, reason = int(reply[0]), _flag_reason(reply)
                 if code == 0:
@@ -500,11 +543,16 @@ class RunStore:
                 assert updated is not None
                 if code == 1:
                     _remember(run_id, new_raw, updated)
-                    return Start(Started.STARTED, updated, reason)
+                    taken = None
+                    if take_over_ttl_s is not None:
+                        taken = taken_over(reply[6], run_id, take_over_ttl_s, at)
+                    return Start(Started.STARTED, updated, reason, taken)
                 if code == 2:
                     return Start(Started.ABORTED, known[1], reason)
                 if code == 3:
                     return Start(Started.LEASE_TAKEN, known[1], reason)
+                if code == 4:
+                    return Start(Started.WRITES_TAKEN, known[1], reason)
                 raise PayloadError(f"lease owner record of {run_id!r} is corrupt")
         raise StoreError("run start kept conflicting")
 
@@ -531,6 +579,7 @@ class RunStore:
         lease_ttl_s: float,
         known: tuple[Any, RunRecord] | None,
         new_raw: str | None,
+        take_over_ttl_s: int | None,
     ) -> Any:
         status = RunStatus.RUNNING if known is None else known[1].status
         keys = [
@@ -541,6 +590,9 @@ class RunStore:
             self._keys.leases(),
             self._keys.run_abort(session_id, root_run_id),
             self._keys.abort(session_id),
+            self._keys.run_fence(session_id, run_id),
+            self._keys.seqs(session_id),
+            self._keys.checkpoint(session_id, run_id),
         ]
         never_started = known is not None and known[1].started_at is None
         args = [
@@ -552,6 +604,7 @@ class RunStore:
             worker_id,
             repr(_now_ms() + lease_ttl_s * 1000.0),
             "1" if never_started else "0",
+            "" if take_over_ttl_s is None else str(take_over_ttl_s),
         ]
         return await run_script(self._redis, self._start, keys, args)
 
