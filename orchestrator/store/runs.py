@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from orchestrator.errors import PayloadError, RunNotFound, StoreError
 from orchestrator.keys import Keys
-from orchestrator.runs import RunRecord, RunStatus
+from orchestrator.runs import RunRecord, RunStatus, StatusEntry
 from orchestrator.store._codec import dump_json, load_json, parse_int, resolve, text
 from orchestrator.store.abort import decode_reason
 from orchestrator.store.connection import (
@@ -207,28 +207,36 @@ return reply(1, '', taken)
 # checkpoint's state dropped (its fence kept), the attempt's lease released (as
 # `_RELEASE_LUA`), the write fence's retention, the session owner's and run index's
 # retention pushed back when they would expire before the stream (not on every run's
-# end), the announcement that wakes `Run.result()`, and, a fork, its parent's awaited set
-# (`_FORK_ENDED_LUA`), with the parent's record when this was the last fork it awaited.
+# end), the terminal status entry in the session stream (what `streams.status_call`
+# writes for the publisher "end:<run>": once, however often the end is repeated; the
+# stream's retention starts there), the announcement that wakes `Run.result()`, and, a
+# fork, its parent's awaited set (`_FORK_ENDED_LUA`), with the parent's record when this
+# was the last fork it awaited. A reader woken by the terminal entry (or the
+# announcement) finds all of it done: one script.
 # KEYS: record, old status index, new status index, expiring index, checkpoint, write
 #       fence, lease owner, lease deadlines, session owner, session runs, parent's
-#       awaited set, parent's record
+#       awaited set, parent's record, session stream, session seqs, session publishers
 # ARGV: expected raw, new raw ("" = the record is terminal already: only the rest), run
 #       id, score, run ttl ms, now ms, stream ttl s, session ttl ms, session ttl ms to set,
 #       lease attempt to release ("" = none), its fence, lease fence ttl s, drop the
-#       checkpoint ("1"), checkpoint fence ttl s, run-ends channel, a fork ("1")
+#       checkpoint ("1"), checkpoint fence ttl s, run-ends channel, a fork ("1"),
+#       terminal status entry ("" = none), its root ("" = the run), stream maxlen
 # Reply: {0, record raw ("" = none)} not the expected record, nothing written; {1} ended;
 # {1, parent raw} ended, and emptied the waiting parent's awaited set
 _END_LUA = """
-if ARGV[2] ~= '' then
+local fresh = ARGV[2] ~= ''
+if fresh then
   local current = redis.call('GET', KEYS[1])
   if current ~= ARGV[1] then return {0, current or ''} end
-  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  -- The record and its retention clock in one command (SET KEEPTTL + PEXPIRE).
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[5])
   if KEYS[2] ~= KEYS[3] then
     redis.call('ZREM', KEYS[2], ARGV[3])
     redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
   end
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('ZADD', KEYS[4], tonumber(ARGV[6]) + tonumber(ARGV[5]), ARGV[3])
 if ARGV[13] == '1' then
   redis.call('HDEL', KEYS[5], 'state')
@@ -247,6 +255,29 @@ local ttl = redis.call('PTTL', KEYS[9])
 if ttl == -1 or (ttl >= 0 and ttl < tonumber(ARGV[8])) then
   redis.call('PEXPIRE', KEYS[9], ARGV[9])
   redis.call('PEXPIRE', KEYS[10], ARGV[9])
+end
+if ARGV[17] ~= '' then
+  local marker = 'batch:end:' .. ARGV[3]
+  -- A fresh end has just made the record terminal, and a terminal entry is only ever
+  -- written once it is (here, or by an older version's separate script after it): none
+  -- can exist yet, so only a repeated end reads the marker (and where older versions
+  -- kept it).
+  local done = false
+  if not fresh then
+    done = redis.call('HGET', KEYS[14], marker) or redis.call('HGET', KEYS[15], 'end:' .. ARGV[3])
+  end
+  if not done then
+    if ARGV[18] == '' then
+      redis.call('XADD', KEYS[13], 'MAXLEN', '~', ARGV[19], '*',
+        'v', '1', 'kind', 'status', 'run', ARGV[3], 'data', ARGV[17])
+    else
+      redis.call('XADD', KEYS[13], 'MAXLEN', '~', ARGV[19], '*',
+        'v', '1', 'kind', 'status', 'run', ARGV[3], 'data', ARGV[17], 'root', ARGV[18])
+    end
+    redis.call('HSET', KEYS[14], marker, '1')
+  end
+  redis.call('EXPIRE', KEYS[13], ARGV[7])
+  redis.call('EXPIRE', KEYS[14], ARGV[7])
 end
 redis.call('PUBLISH', ARGV[15], ARGV[3])
 if ARGV[16] ~= '1' then return {1} end
@@ -315,6 +346,10 @@ class EndWrites:
     wake_parent: bool = False
     lease_fence_ttl_s: int = 86_400
     checkpoint_fence_ttl_s: int = 86_400
+    # Append the run's terminal status entry to its session stream (once, however often
+    # the end is repeated), trimmed to about `stream_maxlen` entries.
+    announce: bool = False
+    stream_maxlen: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -334,6 +369,18 @@ def _flag_reason(reply: Any) -> str | None:
     if int(reply[4]):
         return decode_reason(reply[5])
     return None
+
+
+def _terminal_entry(record: RunRecord) -> bytes:
+    """The JSON of the terminal status entry of a run whose record is terminal."""
+    return StatusEntry(
+        run_id=record.run_id,
+        status=record.status,
+        error=record.error,
+        error_type=record.error_type,
+        abort_reason=record.abort_reason,
+        at=record.finished_at or time.time(),
+    ).to_json()
 
 
 def _session_refresh_ms(session_ms: int) -> int:
@@ -701,6 +748,9 @@ class RunStore:
             self._keys.session_runs(session),
             self._keys.awaited(parent or run_id),
             self._keys.run(parent or run_id),
+            self._keys.events(session),
+            self._keys.seqs(session),
+            self._keys.publishers(session),
         ]
         args = [
             b"" if raw is None else raw,
@@ -719,6 +769,9 @@ class RunStore:
             str(writes.checkpoint_fence_ttl_s),
             self._keys.run_ends(),
             "1" if parent is not None else "0",
+            _terminal_entry(record) if writes.announce else "",
+            "" if record.root_run_id == run_id else record.root_run_id,
+            str(writes.stream_maxlen),
         ]
         return await run_script(self._redis, self._end, keys, args)
 
