@@ -54,7 +54,7 @@ from orchestrator.store.lifecycle import announce_status, end_run
 from orchestrator.store.memory import MemoryScope, RedisMemoryStore
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import LeaseTable, RunStore, Started
-from orchestrator.store.streams import EventPublisher, StreamTtls
+from orchestrator.store.streams import IDLE_TTL_S, EventPublisher, StreamTtls, TakenOver
 from workers.forks import RedisForkBackend
 from workers.leases import LeaseKeeper
 from workers.outage import Outage, until_available
@@ -160,12 +160,16 @@ class TurnExecutor:
                 )
         return {"run_id": run_id, "status": "rejected", "error": message}
 
-    async def _begin(self, request: RunRequest) -> tuple[RunRecord, str | None] | dict[str, Any]:
-        """Move the run to RUNNING and take its lease: `(record, abort reason)`, or the
-        job's result if the run is not this job's to run. Safe to repeat after a failure.
+    async def _begin(
+        self, request: RunRequest
+    ) -> tuple[RunRecord, str | None, TakenOver | None] | dict[str, Any]:
+        """Move the run to RUNNING, take its lease and take over its writes: `(record,
+        abort reason, take-over)`, or the job's result if the run is not this job's to
+        run. Safe to repeat after a failure.
 
-        One script reads the abort flags, checks the record (`_current`), moves it to
-        RUNNING and takes the lease, all or nothing (`RunStore.start`)."""
+        One script reads the abort flags, checks the record (`_current`), takes over the
+        run's writes for the attempt, moves it to RUNNING and takes the lease, all or
+        nothing (`RunStore.start`)."""
         try:
             start = await self._runs.start(
                 request.run_id,
@@ -175,6 +179,8 @@ class TurnExecutor:
                 worker_id=self._worker_id,
                 lease_ttl_s=self._settings.lease_ttl_s,
                 check=lambda current: _current(current, request),
+                # The fence TTL of the publisher `_drive` makes (its default idle TTL).
+                take_over_ttl_s=IDLE_TTL_S,
                 segment=request.segment,
                 waiting_for=[],
             )
@@ -197,13 +203,17 @@ class TurnExecutor:
             return outcome.result(request.run_id)
         if start.outcome is not Started.STARTED:
             return {"run_id": request.run_id, "status": "superseded", "error": None}
-        return start.record, start.abort_reason
+        return start.record, start.abort_reason, start.taken
 
     async def _run(
-        self, request: RunRequest, started: RunRecord, reason: str | None
+        self,
+        request: RunRequest,
+        started: RunRecord,
+        reason: str | None,
+        taken: TakenOver | None = None,
     ) -> dict[str, Any]:
         try:
-            outcome = await self._run_leased(request, started, reason)
+            outcome = await self._run_leased(request, started, reason, taken)
             if outcome.status is RunStatus.WAITING:
                 await self._leases.park(request.run_id, request.attempt, self._worker_id)
                 return outcome.result(request.run_id)
@@ -245,9 +255,15 @@ class TurnExecutor:
         return {"run_id": request.run_id, "status": "handed_back", "error": str(exc)}
 
     async def _run_leased(
-        self, request: RunRequest, record: RunRecord, abort_reason: str | None
+        self,
+        request: RunRequest,
+        record: RunRecord,
+        abort_reason: str | None,
+        taken: TakenOver | None = None,
     ) -> Outcome:
-        turn = asyncio.create_task(self._drive_until_done_or_parked(request, record, abort_reason))
+        turn = asyncio.create_task(
+            self._drive_until_done_or_parked(request, record, abort_reason, taken)
+        )
         lost = False
 
         def on_lost() -> None:
@@ -267,12 +283,18 @@ class TurnExecutor:
             self._keeper.drop(hold)
 
     async def _drive_until_done_or_parked(
-        self, request: RunRequest, record: RunRecord, abort_reason: str | None
+        self,
+        request: RunRequest,
+        record: RunRecord,
+        abort_reason: str | None,
+        taken: TakenOver | None = None,
     ) -> Outcome:
         """Drive the turn; if it suspends in a gather, park the run as WAITING, unless its
-        forks have all ended meanwhile, in which case carry straight on."""
+        forks have all ended meanwhile, in which case carry straight on (taking over the
+        run's writes again: `taken`, the start's take-over, is the first drive's)."""
         while True:
-            outcome = await self._drive(request, record, abort_reason)
+            outcome = await self._drive(request, record, abort_reason, taken)
+            taken = None
             if outcome.status is not RunStatus.WAITING:
                 return outcome
             forks = [fork_run_id(request.root_run_id, f) for f in outcome.waiting_for or []]
@@ -292,7 +314,11 @@ class TurnExecutor:
         await announce_status(self._redis, self._keys, self._settings, request, status)
 
     async def _drive(
-        self, request: RunRequest, record: RunRecord, abort_reason: str | None
+        self,
+        request: RunRequest,
+        record: RunRecord,
+        abort_reason: str | None,
+        taken: TakenOver | None = None,
     ) -> Outcome:
         publisher = EventPublisher(
             self._redis,
@@ -304,6 +330,7 @@ class TurnExecutor:
             ttl_after_end_s=self._settings.stream_retention_s,
             attempt=request.attempt,
             stream_ttls=self._stream_ttls,
+            taken=taken,
         )
         try:
             outcome = await self._drive_with(request, publisher, record, abort_reason)

@@ -19,7 +19,7 @@ from orchestrator.store.connection import run_scripts, translate_errors
 from orchestrator.store.forks import ForkTable
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import Ended, EndWrites, RunStore
-from orchestrator.store.streams import EventPublisher, status_call
+from orchestrator.store.streams import EventPublisher
 
 _log = structlog.get_logger(__name__)
 
@@ -44,9 +44,10 @@ async def end_run(
     if the run was no longer in `from_status` (it had already ended).
 
     The ending worker's own bookkeeping (`drop_checkpoint`: its checkpoint's state;
-    `release`: the lease of `attempt`) is written with the terminal record, in one
-    script, so a reader woken by the terminal entry finds the attempt done. The terminal
-    entry follows in a second round trip (with the parent's next segment, below).
+    `release`: the lease of `attempt`) and the terminal status entry are written with
+    the terminal record, in one script (one round trip), so a reader woken by the
+    terminal entry finds the attempt done. Only the parent's next segment (below) takes
+    a second round trip, when this was the last fork it waited for.
 
     With `attempt`, only that attempt of the run may end it, and ending it again with the
     same status (a retry after Redis failed part-way) completes whatever the first try
@@ -72,7 +73,7 @@ async def end_run(
     )
     if ended is None:
         return None
-    await _announce(redis, keys, settings, ended, queue)
+    await _resume_parent(redis, ended, queue)
     return ended.record
 
 
@@ -89,7 +90,7 @@ async def announce_end(
     the run-ends announcement and its waiting parent."""
     writes = _end_writes(settings, record.session_id, wake_parent=queue is not None)
     ended = await RunStore(redis, keys).finish(record, writes)
-    await _announce(redis, keys, settings, ended, queue)
+    await _resume_parent(redis, ended, queue)
 
 
 def _end_writes(
@@ -107,47 +108,23 @@ def _end_writes(
         release_attempt=release_attempt,
         drop_checkpoint=drop_checkpoint,
         wake_parent=wake_parent,
+        announce=True,  # the stream's retention starts with the terminal entry
+        stream_maxlen=settings.stream_maxlen,
     )
 
 
-async def _announce(
-    redis: Redis, keys: Keys, settings: Settings, ended: Ended, queue: JobQueue | None
-) -> None:
-    """After the terminal record (`RunStore.end`): its terminal status entry (written once
-    however often this runs: the end publisher's batch marker) and, if it was the last
-    fork its waiting parent awaited, the parent's next segment, in one round trip, the
-    entry first."""
-    record = ended.record
-    status = StatusEntry(
-        run_id=record.run_id,
-        status=record.status,
-        error=record.error,
-        error_type=record.error_type,
-        abort_reason=record.abort_reason,
-        at=record.finished_at or time.time(),
-    )
-    scripts = [
-        status_call(
-            redis,
-            keys,
-            status,
-            session_id=record.session_id,
-            root_run_id=record.root_run_id,
-            maxlen=settings.stream_maxlen,
-            publisher_id=f"end:{record.run_id}",
-            ttl_s=settings.stream_retention_s,  # the stream's retention starts here
-        )
-    ]
+async def _resume_parent(redis: Redis, ended: Ended, queue: JobQueue | None) -> None:
+    """After the end (`RunStore.end`, terminal entry included): if it was the last fork
+    its waiting parent awaited, the parent's next segment."""
     waiting = ended.parent
-    resume = None
-    if queue is not None and waiting is not None and waiting.status is RunStatus.WAITING:
-        resume = _next_segment(waiting)
-        if resume is not None:
-            scripts.append(queue.enqueue_call(resume))
+    if queue is None or waiting is None or waiting.status is not RunStatus.WAITING:
+        return
+    resume = _next_segment(waiting)
+    if resume is None:
+        return
     async with translate_errors("end run"):
-        await run_scripts(redis, scripts)
-    if resume is not None:
-        _log.info("run resumed after its forks", run_id=resume.run_id, segment=resume.segment)
+        await run_scripts(redis, [queue.enqueue_call(resume)])
+    _log.info("run resumed after its forks", run_id=resume.run_id, segment=resume.segment)
 
 
 async def announce_status(

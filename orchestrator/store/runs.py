@@ -10,6 +10,7 @@ WorkerRegistry  worker heartbeats with their info, for dashboards and reapers
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import time
 from collections import OrderedDict
@@ -23,7 +24,7 @@ from pydantic import ValidationError
 
 from orchestrator.errors import PayloadError, RunNotFound, StoreError
 from orchestrator.keys import Keys
-from orchestrator.runs import RunRecord, RunStatus, RunStatusView
+from orchestrator.runs import RunRecord, RunStatus, RunStatusView, StatusEntry
 from orchestrator.store._codec import dump_json, load_json, parse_int, resolve, text
 from orchestrator.store.abort import decode_reason
 from orchestrator.store.connection import (
@@ -35,6 +36,7 @@ from orchestrator.store.connection import (
     run_scripts,
     translate_errors,
 )
+from orchestrator.store.streams import TAKE_OVER_FUNCTION_LUA, TakenOver, taken_over
 
 __all__ = [
     "EndWrites",
@@ -148,19 +150,30 @@ return {removed, redis.call('SCARD', KEYS[1])}
 
 # The start of a job in one round trip: read the run's abort flags and, if the record is
 # still what the caller expects, move it to RUNNING and take the attempt's lease (the
-# checks of `_RENEW_LUA`), all or nothing. Redis Cluster is not a target: scripts already
-# mix hash tags (the job queue's), so the {runs}, {leases} and {session} keys meet here.
+# checks of `_RENEW_LUA`), all or nothing; with ARGV[9], also take over the run's writes
+# for the attempt (`EventPublisher.take_over`, the same Lua function), after the checks
+# and before any write, so a refused take-over starts nothing. Redis Cluster is not a
+# target: scripts already mix hash tags (the job queue's), so the {runs}, {leases} and
+# {session} keys meet here.
 # KEYS: record, its status index as expected, running index, lease owner, lease
-#       deadlines, the run tree's abort flag, the session's abort flag
+#       deadlines, the run tree's abort flag, the session's abort flag, the run's write
+#       fence, the session's seqs, the run's checkpoint
 # ARGV: expected raw ("" = none: only read), new raw, run id, score, attempt, worker id,
-#       lease deadline ms, "1" = refuse if an abort flag is set (a run never started)
-# Reply: {code, record raw, tree flag set, tree flag, session flag set, session flag};
-# code 1 started, 0 the record is not the expected one (raw: what it is, "" = none),
-# 2 aborted before it started, 3 the lease belongs to a later attempt, -1 corrupt lease
-_START_LUA = """
+#       lease deadline ms, "1" = refuse if an abort flag is set (a run never started),
+#       write fence ttl s ("" = no take-over)
+# Reply: {code, record raw, tree flag set, tree flag, session flag set, session flag,
+#         [take-over reply]};
+# code 1 started (with the take-over's {1, seq, checkpoint, found} when asked), 0 the
+# record is not the expected one (raw: what it is, "" = none), 2 aborted before it
+# started, 3 the lease belongs to a later attempt, 4 a later attempt owns the run's writes
+# or saved its checkpoint (the take-over's {0, newer}), -1 corrupt lease
+_START_LUA = (
+    TAKE_OVER_FUNCTION_LUA
+    + """
 local flags = redis.call('MGET', KEYS[6], KEYS[7])
-local function reply(code, raw)
-  return {code, raw, flags[1] and 1 or 0, flags[1] or '', flags[2] and 1 or 0, flags[2] or ''}
+local function reply(code, raw, taken)
+  return {code, raw, flags[1] and 1 or 0, flags[1] or '', flags[2] and 1 or 0, flags[2] or '',
+    taken}
 end
 local current = redis.call('GET', KEYS[1])
 if ARGV[1] == '' or current ~= ARGV[1] then return reply(0, current or '') end
@@ -171,43 +184,59 @@ local held = tonumber(f[1])
 local fence = tonumber(f[2])
 if (f[1] and not held) or (f[2] and not fence) then return reply(-1, '') end
 if (fence and attempt < fence) or (held and held > attempt) then return reply(3, '') end
+local taken = nil
+if ARGV[9] ~= '' then
+  taken = take_over(KEYS[8], KEYS[9], KEYS[10], ARGV[5], ARGV[9], ARGV[3])
+  if taken[1] == 0 then return reply(4, '', taken) end
+end
 redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
 if KEYS[2] ~= KEYS[3] then
   redis.call('ZREM', KEYS[2], ARGV[3])
   redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
 end
 redis.call('HSET', KEYS[4], 'attempt', ARGV[5], 'worker', ARGV[6], 'state', 'held')
-redis.call('PERSIST', KEYS[4])
+-- Only a release, a claim or an end gives the owner record a TTL, and each of them also
+-- sets its fence: with neither attempt nor fence, it has none to clear.
+if f[1] or f[2] then redis.call('PERSIST', KEYS[4]) end
 redis.call('ZADD', KEYS[5], ARGV[7], ARGV[3])
-return reply(1, '')
+return reply(1, '', taken)
 """
+)
 # The end of a run in one round trip: its terminal record (compare-and-set, as
 # `_CAS_LUA`, with its retention clock) and everything that follows from it: the
 # checkpoint's state dropped (its fence kept), the attempt's lease released (as
 # `_RELEASE_LUA`), the write fence's retention, the session owner's and run index's
 # retention pushed back when they would expire before the stream (not on every run's
-# end), the announcement that wakes `Run.result()`, and, a fork, its parent's awaited set
-# (`_FORK_ENDED_LUA`), with the parent's record when this was the last fork it awaited.
+# end), the terminal status entry in the session stream (what `streams.status_call`
+# writes for the publisher "end:<run>": once, however often the end is repeated; the
+# stream's retention starts there), the announcement that wakes `Run.result()`, and, a
+# fork, its parent's awaited set (`_FORK_ENDED_LUA`), with the parent's record when this
+# was the last fork it awaited. A reader woken by the terminal entry (or the
+# announcement) finds all of it done: one script.
 # KEYS: record, old status index, new status index, expiring index, checkpoint, write
 #       fence, lease owner, lease deadlines, session owner, session runs, parent's
-#       awaited set, parent's record
+#       awaited set, parent's record, session stream, session seqs, session publishers
 # ARGV: expected raw, new raw ("" = the record is terminal already: only the rest), run
 #       id, score, run ttl ms, now ms, stream ttl s, session ttl ms, session ttl ms to set,
 #       lease attempt to release ("" = none), its fence, lease fence ttl s, drop the
-#       checkpoint ("1"), checkpoint fence ttl s, run-ends channel, a fork ("1")
+#       checkpoint ("1"), checkpoint fence ttl s, run-ends channel, a fork ("1"),
+#       terminal status entry ("" = none), its root ("" = the run), stream maxlen
 # Reply: {0, record raw ("" = none)} not the expected record, nothing written; {1} ended;
 # {1, parent raw} ended, and emptied the waiting parent's awaited set
 _END_LUA = """
-if ARGV[2] ~= '' then
+local fresh = ARGV[2] ~= ''
+if fresh then
   local current = redis.call('GET', KEYS[1])
   if current ~= ARGV[1] then return {0, current or ''} end
-  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  -- The record and its retention clock in one command (SET KEEPTTL + PEXPIRE).
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[5])
   if KEYS[2] ~= KEYS[3] then
     redis.call('ZREM', KEYS[2], ARGV[3])
     redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
   end
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('ZADD', KEYS[4], tonumber(ARGV[6]) + tonumber(ARGV[5]), ARGV[3])
 if ARGV[13] == '1' then
   redis.call('HDEL', KEYS[5], 'state')
@@ -226,6 +255,29 @@ local ttl = redis.call('PTTL', KEYS[9])
 if ttl == -1 or (ttl >= 0 and ttl < tonumber(ARGV[8])) then
   redis.call('PEXPIRE', KEYS[9], ARGV[9])
   redis.call('PEXPIRE', KEYS[10], ARGV[9])
+end
+if ARGV[17] ~= '' then
+  local marker = 'batch:end:' .. ARGV[3]
+  -- A fresh end has just made the record terminal, and a terminal entry is only ever
+  -- written once it is (here, or by an older version's separate script after it): none
+  -- can exist yet, so only a repeated end reads the marker (and where older versions
+  -- kept it).
+  local done = false
+  if not fresh then
+    done = redis.call('HGET', KEYS[14], marker) or redis.call('HGET', KEYS[15], 'end:' .. ARGV[3])
+  end
+  if not done then
+    if ARGV[18] == '' then
+      redis.call('XADD', KEYS[13], 'MAXLEN', '~', ARGV[19], '*',
+        'v', '1', 'kind', 'status', 'run', ARGV[3], 'data', ARGV[17])
+    else
+      redis.call('XADD', KEYS[13], 'MAXLEN', '~', ARGV[19], '*',
+        'v', '1', 'kind', 'status', 'run', ARGV[3], 'data', ARGV[17], 'root', ARGV[18])
+    end
+    redis.call('HSET', KEYS[14], marker, '1')
+  end
+  redis.call('EXPIRE', KEYS[13], ARGV[7])
+  redis.call('EXPIRE', KEYS[14], ARGV[7])
 end
 redis.call('PUBLISH', ARGV[15], ARGV[3])
 if ARGV[16] ~= '1' then return {1} end
@@ -263,6 +315,8 @@ class Started(Enum):
     NOT_CURRENT = "not_current"  # the run does not expect this job (its `check` failed)
     ABORTED = "aborted"  # its tree or session was aborted before it ever started
     LEASE_TAKEN = "lease_taken"  # a later attempt owns the run's lease
+    # A later attempt owns the run's writes or saved its checkpoint (`take_over_ttl_s`).
+    WRITES_TAKEN = "writes_taken"
 
 
 @dataclass(frozen=True)
@@ -273,6 +327,9 @@ class Start:
     outcome: Started
     record: RunRecord
     abort_reason: str | None
+    # STARTED with `take_over_ttl_s`: the take-over of the run's writes, for the
+    # attempt's publisher to `adopt`.
+    taken: TakenOver | None = None
 
 
 @dataclass(frozen=True)
@@ -289,6 +346,10 @@ class EndWrites:
     wake_parent: bool = False
     lease_fence_ttl_s: int = 86_400
     checkpoint_fence_ttl_s: int = 86_400
+    # Append the run's terminal status entry to its session stream (once, however often
+    # the end is repeated), trimmed to about `stream_maxlen` entries.
+    announce: bool = False
+    stream_maxlen: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -308,6 +369,18 @@ def _flag_reason(reply: Any) -> str | None:
     if int(reply[4]):
         return decode_reason(reply[5])
     return None
+
+
+def _terminal_entry(record: RunRecord) -> bytes:
+    """The JSON of the terminal status entry of a run whose record is terminal."""
+    return StatusEntry(
+        run_id=record.run_id,
+        status=record.status,
+        error=record.error,
+        error_type=record.error_type,
+        abort_reason=record.abort_reason,
+        at=record.finished_at or time.time(),
+    ).to_json()
 
 
 def _session_refresh_ms(session_ms: int) -> int:
@@ -459,12 +532,19 @@ class RunStore:
         worker_id: str,
         lease_ttl_s: float,
         check: Callable[[RunRecord], bool],
+        take_over_ttl_s: int | None = None,
         **fields: Any,
     ) -> Start:
         """Start attempt `attempt` of the run: read its tree's and session's abort flags,
         and, if `check(record)` holds, move the record to RUNNING (with `worker_id`,
         `started_at` if it never started, and `fields`) and take the attempt's lease
         (as `LeaseTable.renew`), in one atomic script.
+
+        With `take_over_ttl_s`, the same script also takes over the run's writes for the
+        attempt (as `EventPublisher.take_over`, its fence getting that TTL): the start's
+        `taken` is for the attempt's publisher to `adopt`, and a take-over refused (a
+        later attempt owns the writes or saved the checkpoint) starts nothing
+        (`Started.WRITES_TAKEN`).
 
         Nothing is written if `check` fails, if the run never started and an abort flag
         is set (it is to end ABORTED without starting), or if a later attempt owns the
@@ -476,6 +556,7 @@ class RunStore:
         known = _LAST_WRITTEN.get(run_id)
         real = False  # `known` is what Redis answered, not a guess
         reason: str | None = None
+        loop = asyncio.get_running_loop()
         async with translate_errors("run start"):
             for _ in range(_CAS_RETRIES):
                 updated = None
@@ -486,8 +567,17 @@ class RunStore:
                             return Start(Started.NOT_CURRENT, known[1], reason)
                         known = None  # a stale guess, perhaps: read for real
                 new_raw = None if updated is None else updated.model_dump_json()
+                at = loop.time()
                 reply = await self._start_call(
-                    run_id, session_id, root_run_id, attempt, worker_id, lease_ttl_s, known, new_raw
+                    run_id,
+                    session_id,
+                    root_run_id,
+                    attempt,
+                    worker_id,
+                    lease_ttl_s,
+                    known,
+                    new_raw,
+                    take_over_ttl_s,
                 )
                 code, reason = int(reply[0]), _flag_reason(reply)
                 if code == 0:
@@ -500,11 +590,16 @@ class RunStore:
                 assert updated is not None
                 if code == 1:
                     _remember(run_id, new_raw, updated)
-                    return Start(Started.STARTED, updated, reason)
+                    taken = None
+                    if take_over_ttl_s is not None:
+                        taken = taken_over(reply[6], run_id, take_over_ttl_s, at)
+                    return Start(Started.STARTED, updated, reason, taken)
                 if code == 2:
                     return Start(Started.ABORTED, known[1], reason)
                 if code == 3:
                     return Start(Started.LEASE_TAKEN, known[1], reason)
+                if code == 4:
+                    return Start(Started.WRITES_TAKEN, known[1], reason)
                 raise PayloadError(f"lease owner record of {run_id!r} is corrupt")
         raise StoreError("run start kept conflicting")
 
@@ -531,6 +626,7 @@ class RunStore:
         lease_ttl_s: float,
         known: tuple[Any, RunRecord] | None,
         new_raw: str | None,
+        take_over_ttl_s: int | None,
     ) -> Any:
         status = RunStatus.RUNNING if known is None else known[1].status
         keys = [
@@ -541,6 +637,9 @@ class RunStore:
             self._keys.leases(),
             self._keys.run_abort(session_id, root_run_id),
             self._keys.abort(session_id),
+            self._keys.run_fence(session_id, run_id),
+            self._keys.seqs(session_id),
+            self._keys.checkpoint(session_id, run_id),
         ]
         never_started = known is not None and known[1].started_at is None
         args = [
@@ -552,6 +651,7 @@ class RunStore:
             worker_id,
             repr(_now_ms() + lease_ttl_s * 1000.0),
             "1" if never_started else "0",
+            "" if take_over_ttl_s is None else str(take_over_ttl_s),
         ]
         return await run_script(self._redis, self._start, keys, args)
 
@@ -648,6 +748,9 @@ class RunStore:
             self._keys.session_runs(session),
             self._keys.awaited(parent or run_id),
             self._keys.run(parent or run_id),
+            self._keys.events(session),
+            self._keys.seqs(session),
+            self._keys.publishers(session),
         ]
         args = [
             b"" if raw is None else raw,
@@ -666,6 +769,9 @@ class RunStore:
             str(writes.checkpoint_fence_ttl_s),
             self._keys.run_ends(),
             "1" if parent is not None else "0",
+            _terminal_entry(record) if writes.announce else "",
+            "" if record.root_run_id == run_id else record.root_run_id,
+            str(writes.stream_maxlen),
         ]
         return await run_script(self._redis, self._end, keys, args)
 

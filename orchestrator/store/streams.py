@@ -56,16 +56,20 @@ from orchestrator.store.connection import (
 
 __all__ = [
     "DEFAULT_BLOCK_MS",
+    "IDLE_TTL_S",
+    "TAKE_OVER_FUNCTION_LUA",
     "WIRE_VERSION",
     "EventPublisher",
     "PublisherStats",
     "StreamPage",
     "StreamReader",
     "StreamTtls",
+    "TakenOver",
     "connect_blocking",
     "decode_entry",
     "status_call",
     "statuses_call",
+    "taken_over",
 ]
 
 log = structlog.get_logger(__name__)
@@ -171,27 +175,72 @@ end
 if attempt and string.sub(ARGV[6], 2, 2) == '1' then redis.call('EXPIRE', KEYS[4], ARGV[7]) end
 return {1}
 """
-# `take_over` in one atomic script: refuse if a newer attempt owns the run's writes or
-# saved the run's checkpoint, else own them and return the highest event_seq published
-# for the run ("" = none) and the run's checkpoint ("" = none), read after the
-# take-over, so no older attempt can change it in between. So while the fence is an
-# attempt's own, no newer checkpoint exists (a batch then need not read the
-# checkpoint's attempt). The fence is read and written by one SET ... GET; a refused
-# take-over puts back what it found (a fence it found gets the fence ttl again).
-# KEYS: fence, seqs, checkpoint; ARGV: attempt, fence ttl, run id.
-# Reply: {1, seq, checkpoint} or {0, newer attempt}
-_TAKE_OVER_LUA = """
-local attempt = tonumber(ARGV[1])
-local old = redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'GET')
-local saved = redis.call('HMGET', KEYS[3], 'attempt', 'state')
-local newer = tonumber(old)
-if not (newer and newer > attempt) then newer = tonumber(saved[1]) end
-if newer and newer > attempt then
-  if old then redis.call('SET', KEYS[1], old, 'EX', ARGV[2]) else redis.call('DEL', KEYS[1]) end
-  return {0, newer}
+# `take_over` as a Lua function, shared by the publisher's own script (`_TAKE_OVER_LUA`)
+# and the job's start (`RunStore.start(take_over_ttl_s=)`, which runs it after its own
+# checks and before its writes, so a refused take-over starts nothing): refuse if a newer
+# attempt owns the run's writes or saved the run's checkpoint, else own them and return
+# the highest event_seq published for the run ("" = none) and the run's checkpoint
+# ("" = none), read after the take-over, so no older attempt can change it in between.
+# So while the fence is an attempt's own, no newer checkpoint exists (a batch then need
+# not read the checkpoint's attempt). The fence is read and written by one SET ... GET; a
+# refused take-over puts back what it found (a fence it found gets the fence ttl again).
+# Arguments: fence, seqs and checkpoint keys, attempt, fence ttl s, run id.
+# Returns {1, seq, checkpoint, checkpoint key found (1/0)} or {0, newer attempt}.
+TAKE_OVER_FUNCTION_LUA = """
+local function take_over(fence, seqs, checkpoint, attempt_arg, ttl, run_id)
+  local attempt = tonumber(attempt_arg)
+  local old = redis.call('SET', fence, attempt_arg, 'EX', ttl, 'GET')
+  local saved = redis.call('HMGET', checkpoint, 'attempt', 'state')
+  local newer = tonumber(old)
+  if not (newer and newer > attempt) then newer = tonumber(saved[1]) end
+  if newer and newer > attempt then
+    if old then redis.call('SET', fence, old, 'EX', ttl) else redis.call('DEL', fence) end
+    return {0, newer}
+  end
+  local found = (saved[1] or saved[2]) and 1 or 0
+  return {1, redis.call('HGET', seqs, run_id) or '', saved[2] or '', found}
 end
-return {1, redis.call('HGET', KEYS[2], ARGV[3]) or '', saved[2] or ''}
 """
+# `take_over` in one atomic script. KEYS: fence, seqs, checkpoint; ARGV: attempt, fence
+# ttl, run id. Reply: as `take_over` above.
+_TAKE_OVER_LUA = (
+    TAKE_OVER_FUNCTION_LUA
+    + "return take_over(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])\n"
+)
+# A publisher's stream keys (and its write fence) expire this long after their last write.
+IDLE_TTL_S = 7 * 86_400
+
+
+@dataclass(frozen=True)
+class TakenOver:
+    """What a take-over of a run's writes found, made by another script for a publisher
+    to `adopt` (`RunStore.start(take_over_ttl_s=)` folds it into a job's start)."""
+
+    # The highest event_seq published for the run (None: none yet).
+    last_seq: int | None
+    # The run's checkpoint as it was once the attempt owned the writes (None: none).
+    checkpoint: bytes | None
+    # The checkpoint key existed (it may carry a TTL a first save must clear).
+    checkpoint_found: bool
+    # The fence TTL the take-over set, and when (loop time, taken before the script).
+    fence_ttl_s: int
+    at: float
+
+
+def taken_over(reply: Sequence[Any], run_id: str, fence_ttl_s: int, at: float) -> TakenOver:
+    """The `TakenOver` of a successful take-over's reply (`{1, seq, state, found}`)."""
+    raw, state = reply[1], reply[2]
+    if isinstance(state, str):
+        state = state.encode()
+    return TakenOver(
+        last_seq=None if raw in (b"", "") else parse_int(raw, f"event_seq of {run_id!r}"),
+        checkpoint=None if state == b"" else state,
+        checkpoint_found=bool(int(reply[3])),
+        fence_ttl_s=fence_ttl_s,
+        at=at,
+    )
+
+
 # A busy publisher pushes its keys' idle TTLs back at most this often (they are days).
 _REFRESH_EVERY_S = 60.0
 
@@ -238,9 +287,12 @@ class EventPublisher:
     error is retried after `retry_delays_s`; when those run out the batch is kept, the
     error is raised from `flush()`, and the next `publish()` or `flush()` tries again.
 
-    `attempt` fences the writes (see the module docstring). `publisher_id` names the
-    publisher for good: a second publisher with the same id does not repeat a batch the
-    first one delivered (for writes retried by another process, such as a run's end).
+    `attempt` fences the writes (see the module docstring); `taken` is a take-over of
+    the run's writes for that attempt made by another script (`RunStore.start`), which
+    the first `take_over_and_load` adopts instead of taking over again. `publisher_id`
+    names the publisher for good: a second publisher with the same id does not repeat a
+    batch the first one delivered (for writes retried by another process, such as a
+    run's end).
     """
 
     def __init__(
@@ -253,11 +305,12 @@ class EventPublisher:
         root_run_id: str | None = None,
         maxlen: int = 100_000,
         ttl_after_end_s: int = 86_400,
-        idle_ttl_s: int | None = 7 * 86_400,
+        idle_ttl_s: int | None = IDLE_TTL_S,
         retry_delays_s: Sequence[float] = (0.05, 0.1, 0.2, 0.4, 0.8),
         attempt: int | None = None,
         publisher_id: str | None = None,
         stream_ttls: StreamTtls | None = None,
+        taken: TakenOver | None = None,
     ) -> None:
         self._redis = redis
         self.session_id = session_id
@@ -274,8 +327,12 @@ class EventPublisher:
         # sharing `stream_ttls`), and the fence's (a take-over sets the fence's).
         self._stream_ttls = stream_ttls if stream_ttls is not None else StreamTtls()
         self._fence_set_at: float | None = None
-        # The publisher's first checkpoint also clears any TTL the checkpoint key had.
+        # The publisher's first checkpoint also clears any TTL the checkpoint key had
+        # (unless its take-over found no checkpoint key: see `adopt`).
         self._checkpointed = False
+        # A take-over made for this publisher by another script (`adopt`ed by the first
+        # `take_over_and_load`).
+        self._taken = taken
         self.attempt = attempt
         self._maxlen = maxlen
         self._ttl_after_end_s = ttl_after_end_s
@@ -349,25 +406,38 @@ class EventPublisher:
 
     async def take_over_and_load(self) -> tuple[int | None, bytes | None]:
         """`take_over()`, and the run's checkpoint as it is once this attempt owns the
-        writes (None: there is none): one round trip."""
+        writes (None: there is none): one round trip (none the first time if the
+        publisher was made with `taken`)."""
         if self.attempt is None:
             raise ValueError("take_over() needs a publisher made with attempt=")
+        if self._taken is not None:
+            taken, self._taken = self._taken, None
+            return self.adopt(taken)
+        ttl = self._fence_ttl_s()
         keys = [self._fence, self._seqs, self._checkpoint]
-        args = [str(self.attempt), str(self._fence_ttl_s()), self.run_id]
+        args = [str(self.attempt), str(ttl), self.run_id]
         now = asyncio.get_running_loop().time()
         async with translate_errors("take over the run's writes"):
             reply = await run_script(self._redis, self._take_over, keys, args)
         if int(reply[0]) == 0:
             self._check_fence(str(reply[1]))
-        self._fence_set_at = now
-        raw = reply[1] if reply[1] not in (b"", "") else None
-        state = reply[2] if reply[2] not in (b"", "") else None
-        if isinstance(state, str):
-            state = state.encode()
-        remote = None if raw is None else parse_int(raw, f"event_seq of {self.run_id!r}")
+        return self.adopt(taken_over(reply, self.run_id, ttl, now))
+
+    def adopt(self, taken: TakenOver) -> tuple[int | None, bytes | None]:
+        """Carry on from a take-over of this publisher's attempt made by another script
+        (`RunStore.start(take_over_ttl_s=)`): what `take_over_and_load` returns, without
+        its round trip."""
+        if taken.fence_ttl_s == self._fence_ttl_s():
+            self._fence_set_at = taken.at
+        if not taken.checkpoint_found:
+            # No checkpoint key, so none with a TTL: the first save need not PERSIST it.
+            # Only this run's attempts write it; an older one is fenced off from now on, a
+            # newer one refuses this one's saves, and an end's EXPIRE of a missing key is
+            # a no-op.
+            self._checkpointed = True
         local = self._local_seqs.get(self.run_id)
-        candidates = [s for s in (remote, local) if s is not None]
-        return (max(candidates) if candidates else None), state
+        candidates = [s for s in (taken.last_seq, local) if s is not None]
+        return (max(candidates) if candidates else None), taken.checkpoint
 
     def abandon(self) -> None:
         """Drop whatever is not delivered yet and write nothing more (the run was handed
