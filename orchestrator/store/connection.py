@@ -34,7 +34,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from orchestrator.errors import ConfigError, StoreError, StoreUnavailable
 from orchestrator.store import jsonserial
-from orchestrator.store.resp import LeanConnection, call, call_many, lean_pool
+from orchestrator.store.resp import LeanConnection, LeanPool, call, call_many
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_S",
@@ -140,9 +140,9 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     )
 
 
-class _SentinelPool(SentinelConnectionPool):
-    """A Sentinel-backed pool that also closes its sentinel clients when it is closed
-    (redis-py leaves them to the garbage collector)."""
+class _SentinelPool(LeanPool, SentinelConnectionPool):
+    """A Sentinel-backed pool (of lean connections) that also closes its sentinel clients
+    when it is closed (redis-py leaves them to the garbage collector)."""
 
     async def disconnect(self, inuse_connections: bool = True) -> None:
         await super().disconnect(inuse_connections)
@@ -154,7 +154,7 @@ class _SentinelPool(SentinelConnectionPool):
 def _pool(url: str, options: dict[str, Any]) -> aioredis.ConnectionPool:
     """The connection pool for `url`: the one place a URL becomes connections."""
     if not url.startswith(SENTINEL_SCHEME + "://"):
-        return lean_pool(aioredis.ConnectionPool.from_url(url, **options))
+        return LeanPool.from_url(url, **options)
     target = parse_sentinel_url(url)
     sentinel_options = {
         "socket_timeout": options["socket_timeout"],
@@ -164,7 +164,7 @@ def _pool(url: str, options: dict[str, Any]) -> aioredis.ConnectionPool:
     }
     # redis-py's sentinel module is not annotated.
     sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
-    pool = _SentinelPool(  # type: ignore[no-untyped-call]
+    return _SentinelPool(
         target.service_name,
         sentinel,
         is_master=True,
@@ -173,7 +173,6 @@ def _pool(url: str, options: dict[str, Any]) -> aioredis.ConnectionPool:
         password=target.password,
         **options,
     )
-    return lean_pool(pool)
 
 
 def connect(

@@ -46,6 +46,7 @@ from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSL
 __all__ = [
     "HIREDIS_PACKER",
     "LeanConnection",
+    "LeanPool",
     "call",
     "call_many",
     "lean_pool",
@@ -157,14 +158,20 @@ class LeanConnection(AbstractConnection):
             return cast(Any, parser)._reader
         return None
 
-    async def can_read_destructive(self) -> bool:
+    def is_clean(self) -> bool:
+        """True if nothing can be pending on this connection: no parsed reply, no unread
+        bytes, no EOF or error on the stream (False: redis-py's async check decides).
+        redis-py's own check (a read under a zero timeout) could see no more than this:
+        its timeout fires before any newly arrived bytes wake the read."""
         reader = self._hiredis_reader()
         stream = self._reader
-        if reader is not None and stream is not None:
-            if reader.gets() is not NOT_ENOUGH_DATA:
-                return True  # (redis-py's check consumes it too)
-            if not cast(Any, stream)._buffer and not stream.at_eof() and not stream.exception():
-                return False
+        if reader is None or stream is None or reader.has_data():
+            return False
+        return not cast(Any, stream)._buffer and not stream.at_eof() and not stream.exception()
+
+    async def can_read_destructive(self) -> bool:
+        if self.is_clean():
+            return False
         # Pending data, a closed socket or another parser: redis-py reads it.
         result: bool = await super().can_read_destructive()  # type: ignore[no-untyped-call]
         return result
@@ -306,6 +313,29 @@ def lean_pool(pool: ConnectionPool) -> ConnectionPool:
     not ship, e.g. one a caller passed, is left as it is)."""
     pool.connection_class = _LEAN.get(pool.connection_class, pool.connection_class)
     return pool
+
+
+class LeanPool(ConnectionPool):
+    """A connection pool of lean connections that lends an idle, clean, connected one
+    without its lock and checks (redis-py's path otherwise: connecting, a busy lock,
+    pending data)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        lean_pool(self)
+
+    async def get_connection(
+        self, command_name: Any = None, *keys: Any, **options: Any
+    ) -> AbstractConnection:
+        idle = self._available_connections
+        if idle and not self._lock.locked():
+            conn = idle[-1]
+            if isinstance(conn, LeanConnection) and conn.is_connected and conn.is_clean():
+                idle.pop()
+                self._in_use_connections.add(conn)
+                return conn
+        conn = await super().get_connection()
+        return cast(AbstractConnection, conn)
 
 
 async def _disconnect_raise(conn: AbstractConnection, error: BaseException) -> None:

@@ -17,7 +17,7 @@ from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSL
 
 from orchestrator.store import resp
 from orchestrator.store.connection import connect, connect_arq
-from orchestrator.store.resp import HIREDIS_PACKER, LeanConnection, lean_pool
+from orchestrator.store.resp import HIREDIS_PACKER, LeanConnection, LeanPool, lean_pool
 
 
 class _Color(enum.StrEnum):
@@ -144,6 +144,7 @@ def test_a_connection_class_of_the_callers_own_is_kept() -> None:
 )
 async def test_connect_and_connect_arq_make_lean_connections(url: str, plain: type[Any]) -> None:
     for client in (connect(url), connect_arq(url, "q")):
+        assert isinstance(client.connection_pool, LeanPool)
         cls = client.connection_pool.connection_class
         assert issubclass(cls, plain)
         assert issubclass(cls, LeanConnection)
