@@ -21,6 +21,8 @@ pending (a pass through the event loop, and a cancelled read, for every command)
 - `call` and `call_many` send one command, or several in one round trip, on a pooled
   connection without building a `Pipeline` (with the connection's own retry policy, and
   a dropped or timed-out connection closed, as redis-py does).
+- `LeanPool` lends an idle connection that is connected and clean without its lock and
+  checks; anything else goes through redis-py's pool code.
 
 Everything else (connecting, authentication, health checks, Sentinel discovery) is
 redis-py's. `lean_pool` switches a pool made by redis-py to these connection classes.

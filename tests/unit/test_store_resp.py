@@ -76,6 +76,22 @@ def test_hiredis_packs_the_common_commands() -> None:
     assert resp.pack_command(args, _fail) == [HIREDIS_PACKER(args)]
 
 
+@pytest.mark.skipif(HIREDIS_PACKER is None, reason="hiredis is not installed")
+def test_lean_connections_pack_with_hiredis(monkeypatch: pytest.MonkeyPatch) -> None:
+    packed: list[tuple[Any, ...]] = []
+
+    def recording(args: tuple[Any, ...]) -> bytes:
+        packed.append(args)
+        assert HIREDIS_PACKER is not None
+        return HIREDIS_PACKER(args)
+
+    monkeypatch.setattr(resp, "HIREDIS_PACKER", recording)
+    conn = _lean_connection(ConnectionPool())
+    conn.pack_command("GET", "k")
+    conn.pack_commands([("GET", "a"), ("SET", "b", 1)])
+    assert packed == [(b"GET", "k"), (b"GET", "a"), (b"SET", "b", 1)]
+
+
 def _fail(*args: Any) -> list[bytes]:
     raise AssertionError(f"fell back to redis-py for {args!r}")
 
