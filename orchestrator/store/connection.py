@@ -34,6 +34,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from orchestrator.errors import ConfigError, StoreError, StoreUnavailable
 from orchestrator.store import jsonserial
+from orchestrator.store.resp import LeanConnection, LeanPool, call, call_many
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_S",
@@ -139,9 +140,9 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     )
 
 
-class _SentinelPool(SentinelConnectionPool):
-    """A Sentinel-backed pool that also closes its sentinel clients when it is closed
-    (redis-py leaves them to the garbage collector)."""
+class _SentinelPool(LeanPool, SentinelConnectionPool):
+    """A Sentinel-backed pool (of lean connections) that also closes its sentinel clients
+    when it is closed (redis-py leaves them to the garbage collector)."""
 
     async def disconnect(self, inuse_connections: bool = True) -> None:
         await super().disconnect(inuse_connections)
@@ -153,7 +154,7 @@ class _SentinelPool(SentinelConnectionPool):
 def _pool(url: str, options: dict[str, Any]) -> aioredis.ConnectionPool:
     """The connection pool for `url`: the one place a URL becomes connections."""
     if not url.startswith(SENTINEL_SCHEME + "://"):
-        return aioredis.ConnectionPool.from_url(url, **options)
+        return LeanPool.from_url(url, **options)
     target = parse_sentinel_url(url)
     sentinel_options = {
         "socket_timeout": options["socket_timeout"],
@@ -163,7 +164,7 @@ def _pool(url: str, options: dict[str, Any]) -> aioredis.ConnectionPool:
     }
     # redis-py's sentinel module is not annotated.
     sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
-    return _SentinelPool(  # type: ignore[no-untyped-call]
+    return _SentinelPool(
         target.service_name,
         sentinel,
         is_master=True,
@@ -243,39 +244,64 @@ async def translate_errors(what: str = "operation") -> AsyncIterator[None]:
         raise to_store_error(exc, what) from exc
 
 
+def _lean(redis: Redis) -> bool:
+    """True for a client made here: its connections are `resp.LeanConnection`s, and its
+    script calls skip redis-py's `Pipeline` (`resp.call`, `resp.call_many`). Any other
+    client (fakeredis, a caller's own) gets redis-py's pipelines, as it always did."""
+    return issubclass(redis.connection_pool.connection_class, LeanConnection)
+
+
+async def _evalshas(redis: Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """The commands in one round trip (no MULTI), a refused one's error in its place."""
+    if _lean(redis):
+        return await call_many(redis.connection_pool, commands)
+    async with redis.pipeline(transaction=False) as pipe:
+        for command in commands:
+            pipe.execute_command(*command)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
+
 async def run_script(redis: Redis, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-    """One EVALSHA of a registered script (`redis.register_script(...)`), sent as a
-    one-command pipeline (one round trip, no MULTI); loaded first if Redis lacks it.
-    Redis errors are raised as redis-py's (callers translate them)."""
+    """One EVALSHA of a registered script (`redis.register_script(...)`): one round trip,
+    without a MULTI (nor, for a client made here, a `Pipeline`); loaded first if Redis
+    lacks it. Redis errors are raised as redis-py's (callers translate them)."""
     for loaded in (False, True):
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            try:
-                (reply,) = await pipe.execute()
-            except redis_errors.NoScriptError:
-                if loaded:
-                    raise
-                script.sha = await redis.script_load(script.script)
-                continue
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            if _lean(redis):
+                return await call(redis.connection_pool, command)
+            (reply,) = await _pipelined(redis, command)
             return reply
+        except redis_errors.NoScriptError:
+            if loaded:
+                raise
+            script.sha = await redis.script_load(script.script)
     raise AssertionError("unreachable")
+
+
+async def _pipelined(redis: Redis, command: tuple[Any, ...]) -> list[Any]:
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.execute_command(*command)
+        replies: list[Any] = await pipe.execute()
+        return replies
 
 
 async def run_scripts(
     redis: Redis, calls: Sequence[tuple[Any, Sequence[Any], Sequence[Any]]]
 ) -> list[Any]:
-    """Several EVALSHAs (`(script, keys, args)` each) in one pipeline: one round trip
-    for all of them. Each script is atomic on its own, not the set. A script Redis lacks
-    is loaded and only its calls are sent again. The first other error is raised (as
-    redis-py's); the replies come in the order of `calls`."""
+    """Several EVALSHAs (`(script, keys, args)` each) in one round trip for all of them
+    (pipelined, no MULTI). Each script is atomic on its own, not the set. A script Redis
+    lacks is loaded and only its calls are sent again. The first other error is raised
+    (as redis-py's); the replies come in the order of `calls`."""
     replies: list[Any] = [None] * len(calls)
     todo = list(range(len(calls)))
     for attempt in range(2):
-        async with redis.pipeline(transaction=False) as pipe:
-            for i in todo:
-                script, keys, args = calls[i]
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            results = await pipe.execute(raise_on_error=False)
+        commands = []
+        for i in todo:
+            script, keys, args = calls[i]
+            commands.append(("EVALSHA", script.sha, len(keys), *keys, *args))
+        results = await _evalshas(redis, commands)
         missing: list[int] = []
         for i, result in zip(todo, results, strict=True):
             if isinstance(result, redis_errors.NoScriptError) and attempt == 0:

@@ -1,0 +1,170 @@
+"""The lean connections keep redis-py's guarantees: a read that outlasts the timeout fails
+(once, and only then, however many reads came before), a connection with an unread reply
+is never lent again, and everything works without hiredis' parser and packer too.
+
+A private redis-server (`redisproc.RedisServer`): these tests block, flush scripts and
+break connections on purpose, which the shared Redis must not see."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis import exceptions as redis_errors
+from redis._parsers import _AsyncRESP2Parser
+
+from orchestrator.store import resp
+from orchestrator.store.connection import Redis, connect, is_unavailable, run_script, run_scripts
+from tests.integration.redisproc import REDIS_SERVER, BlackHole, RedisServer
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(REDIS_SERVER is None, reason="no redis-server binary on PATH"),
+]
+
+ECHO = "return {KEYS[1], ARGV[1]}"
+TIMEOUT_S = 0.4
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    made = RedisServer(Path(tmp_path_factory.mktemp("resp-redis")))
+    made.start()
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+def _on_loops(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run `scenario` on asyncio's loop and on uvloop (the worker's, when installed)."""
+    asyncio.run(scenario())
+    try:
+        import uvloop
+    except ImportError:
+        return
+    uvloop.run(scenario())
+
+
+async def _blocked_read_fails(client: Redis) -> float:
+    """Seconds until a read Redis answers only after 3 s fails (BLPOP on an empty list)."""
+    started = time.monotonic()
+    with pytest.raises(redis_errors.TimeoutError):
+        await resp.call(client.connection_pool, ("BLPOP", "resp:never", 3))
+    return time.monotonic() - started
+
+
+@pytest.mark.timeout(60)
+def test_a_read_that_outlasts_the_timeout_fails_and_the_connection_recovers(
+    server: RedisServer,
+) -> None:
+    async def scenario() -> None:
+        client = connect(server.url, timeout_s=TIMEOUT_S)
+        try:
+            took = await _blocked_read_fails(client)
+            assert TIMEOUT_S * 0.9 <= took < TIMEOUT_S + 1.0
+            assert await client.ping()  # a fresh connection: the timed-out one was closed
+            script = client.register_script(ECHO)
+            assert await run_script(client, script, ["k"], ["v"]) == [b"k", b"v"]
+        finally:
+            await client.aclose()
+
+    _on_loops(scenario)
+
+
+@pytest.mark.timeout(60)
+def test_many_quick_reads_over_several_timeouts_never_time_out_and_a_slow_one_still_does(
+    server: RedisServer,
+) -> None:
+    """One watchdog timer per connection follows every read's deadline."""
+
+    async def scenario() -> None:
+        client = connect(server.url, timeout_s=TIMEOUT_S)
+        script = client.register_script(ECHO)
+        try:
+            ends = time.monotonic() + TIMEOUT_S * 3
+            while time.monotonic() < ends:
+                assert await run_script(client, script, ["k"], [b"v"]) == [b"k", b"v"]
+                assert await client.ping()
+                await asyncio.sleep(TIMEOUT_S / 7)
+            took = await _blocked_read_fails(client)
+            assert TIMEOUT_S * 0.9 <= took < TIMEOUT_S + 1.0
+        finally:
+            await client.aclose()
+
+    _on_loops(scenario)
+
+
+@pytest.mark.timeout(30)
+def test_a_redis_that_never_answers_is_unavailable_after_the_timeout() -> None:
+    async def scenario() -> None:
+        with BlackHole() as hole:
+            client = connect(hole.url, timeout_s=TIMEOUT_S, connect_timeout_s=TIMEOUT_S)
+            script = client.register_script(ECHO)
+            started = time.monotonic()
+            with pytest.raises((redis_errors.TimeoutError, redis_errors.ConnectionError)) as caught:
+                await run_script(client, script, ["k"], ["v"])
+            assert is_unavailable(caught.value), caught.value
+            assert time.monotonic() - started < TIMEOUT_S * 2 + 1.0
+            await client.aclose()
+
+    _on_loops(scenario)
+
+
+async def test_a_connection_given_back_with_an_unread_reply_is_not_lent_as_it_is(
+    server: RedisServer,
+) -> None:
+    client = connect(server.url, max_connections=1)
+    try:
+        await client.set("resp:k", b"mine")
+        pool = client.connection_pool
+        conn = await pool.get_connection()
+        await conn.send_command("ECHO", "stale")  # never read
+        await pool.release(conn)
+        await asyncio.sleep(0.1)  # the stale reply has arrived
+        assert await client.get("resp:k") == b"mine"
+    finally:
+        await client.delete("resp:k")
+        await client.aclose()
+
+
+async def test_pipelined_scripts_reload_what_redis_lost_and_raise_a_refused_call(
+    server: RedisServer,
+) -> None:
+    client = connect(server.url)
+    try:
+        echo = client.register_script(ECHO)
+        fail = client.register_script("return redis.error_reply('NOPE')")
+        assert await run_scripts(client, [(echo, ["a"], [1]), (echo, ["b"], [2.5])]) == [
+            [b"a", b"1"],
+            [b"b", b"2.5"],
+        ]
+        await client.script_flush()
+        assert await run_script(client, echo, ["c"], ["x"]) == [b"c", b"x"]
+        await client.script_flush()
+        with pytest.raises(redis_errors.ResponseError, match="NOPE"):
+            await run_scripts(client, [(echo, ["d"], ["y"]), (fail, [], [])])
+        assert await client.ping()  # the connection is still in step
+    finally:
+        await client.aclose()
+
+
+async def test_scripts_run_without_hiredis_parser_and_packer(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(resp, "HIREDIS_PACKER", None)
+    client = connect(server.url, parser_class=_AsyncRESP2Parser, timeout_s=TIMEOUT_S)
+    try:
+        script = client.register_script(ECHO)
+        payload: Any = "ü" * 10_000
+        assert await run_script(client, script, ["k"], [payload]) == [b"k", payload.encode()]
+        replies = await run_scripts(client, [(script, ["a"], [1]), (script, ["b"], [b"2"])])
+        assert replies == [[b"a", b"1"], [b"b", b"2"]]
+        took = await _blocked_read_fails(client)
+        assert TIMEOUT_S * 0.9 <= took < TIMEOUT_S + 1.0
+    finally:
+        await client.aclose()
