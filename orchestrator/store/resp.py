@@ -34,6 +34,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, cast
 
+from redis import __version__ as _REDIS_VERSION
 from redis import exceptions as redis_errors
 from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 from redis.asyncio.connection import (
@@ -47,6 +48,7 @@ from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSL
 
 __all__ = [
     "HIREDIS_PACKER",
+    "LEAN_SUPPORTED",
     "LeanConnection",
     "LeanPool",
     "call",
@@ -310,10 +312,18 @@ _LEAN: dict[type[AbstractConnection], type[AbstractConnection]] = {
 }
 
 
+# The lean connections override parts of redis-py's asyncio connection and hiredis parser
+# that are not public API; they are checked against redis-py 5.3. With any other version
+# installed (pyproject admits >=5.0,<6) the pools keep redis-py's own connections.
+LEAN_SUPPORTED = _REDIS_VERSION.startswith("5.3.")
+
+
 def lean_pool(pool: ConnectionPool) -> ConnectionPool:
     """`pool`, making lean connections from now on (a connection class redis-py does
-    not ship, e.g. one a caller passed, is left as it is)."""
-    pool.connection_class = _LEAN.get(pool.connection_class, pool.connection_class)
+    not ship, e.g. one a caller passed, is left as it is; so is every class when the
+    installed redis-py is not one the lean classes were checked against)."""
+    if LEAN_SUPPORTED:
+        pool.connection_class = _LEAN.get(pool.connection_class, pool.connection_class)
     return pool
 
 

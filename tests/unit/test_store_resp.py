@@ -149,6 +149,15 @@ def test_a_connection_class_of_the_callers_own_is_kept() -> None:
     assert lean_pool(ConnectionPool(connection_class=Mine)).connection_class is Mine
 
 
+def test_a_redis_py_the_lean_classes_were_not_checked_against_keeps_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(resp, "LEAN_SUPPORTED", False)
+    assert lean_pool(ConnectionPool(connection_class=Connection)).connection_class is Connection
+    client = connect("redis://127.0.0.1:1/0")
+    assert not issubclass(client.connection_pool.connection_class, LeanConnection)
+
+
 @pytest.mark.parametrize(
     ("url", "plain"),
     [
