@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from json import dumps as json_dumps
 from typing import Any
 
 import httpx
@@ -24,6 +25,7 @@ _DEFAULT_HEADERS = {
     "Connection": "keep-alive",
     "User-Agent": f"python-httpx/{httpx.__version__}",
 }
+_JSON_HEADERS = {**_DEFAULT_HEADERS, "Content-Type": "application/json"}
 
 
 class HTTPPool:
@@ -35,18 +37,29 @@ class HTTPPool:
         self._transport = transport
         self._base = httpx.URL(base_url)
         self._timeout = timeout.as_dict()
+        self._urls: dict[str, httpx.URL] = {}
         self.is_closed = False
 
     def _request(
         self, method: str, url: httpx.URL | str, json: Any, headers: dict[str, str] | None
     ) -> httpx.Request:
+        # The body as httpx encodes `json=` (compact, UTF-8, no NaN), the JSON headers
+        # given up front, and each relative URL joined once: httpx.Request(json=...) with
+        # a fresh join cost about twice as much CPU per model call.
+        content = json_dumps(json, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         return httpx.Request(
             method,
-            url if isinstance(url, httpx.URL) else self._base.join(url),
-            json=json,
-            headers={**_DEFAULT_HEADERS, **headers} if headers else _DEFAULT_HEADERS,
+            url if isinstance(url, httpx.URL) else self._join(url),
+            content=content.encode(),
+            headers={**_JSON_HEADERS, **headers} if headers else _JSON_HEADERS,
             extensions={"timeout": self._timeout},
         )
+
+    def _join(self, url: str) -> httpx.URL:
+        joined = self._urls.get(url)
+        if joined is None:
+            joined = self._urls[url] = self._base.join(url)
+        return joined
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         response = await self._transport.handle_async_request(request)

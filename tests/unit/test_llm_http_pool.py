@@ -45,3 +45,22 @@ async def test_stream_takes_an_absolute_url_and_closes_the_response_on_exit() ->
     assert seen[0].url == url
     await pool.aclose()
     assert pool.is_closed
+
+
+async def test_the_body_and_headers_are_what_httpx_sends_for_json() -> None:
+    seen: list[httpx.Request] = []
+    body = {"messages": [{"role": "user", "content": "héllo ✓ \u2028"}], "n": 1.5, "x": None}
+    await _pool(seen).post("messages", json=body, headers={"x-api-key": "k"})
+    await _pool(seen).post("messages", json=body, headers={"x-api-key": "k"})
+    expected = httpx.Request("POST", "http://llm.test/v1/messages", json=body)
+    for request in seen:
+        assert request.content == expected.content
+        assert request.headers["content-length"] == expected.headers["content-length"]
+        assert request.url == expected.url
+
+
+async def test_a_body_json_cannot_encode_is_refused_before_anything_is_sent() -> None:
+    seen: list[httpx.Request] = []
+    with pytest.raises(ValueError, match="JSON compliant"):
+        await _pool(seen).post("messages", json={"n": float("nan")})
+    assert seen == []
