@@ -167,7 +167,9 @@ class RedisForkBackend:
             fork=info,
         )
         await self._starts.submit(request)
-        _log.info("fork spawned", run_id=run_id, depth=info.depth, parent=info.parent_run_id)
+        # Debug: a fan-out of N forks would log N lines here, and each fork's job logs its
+        # own "job done" (with its run id bound) when it ends.
+        _log.debug("fork spawned", run_id=run_id, depth=info.depth, parent=info.parent_run_id)
 
     async def _allocate_batch(self, spawns: list[tuple[str, str]]) -> list[Allocation | None]:
         """The batch's allocations: one script call per parent (normally one), all in one
