@@ -369,7 +369,7 @@ class Client:
         forks = ForkTable(self.redis, self.keys)
         owner, segments = await asyncio.gather(
             self.sessions.owner(session_id),
-            waiting_segments(self.runs, forks, session_id, record.root_run_id),
+            waiting_segments(self.runs, forks, session_id, record.root_run_id, root=record),
         )
         if tenant is not None and (
             record.tenant != tenant or (owner is not None and not owner.admits(tenant))

@@ -188,12 +188,21 @@ async def resume_waiting_tree(
 
 
 async def waiting_segments(
-    runs: RunStore, forks: ForkTable, session_id: str, root_run_id: str
+    runs: RunStore,
+    forks: ForkTable,
+    session_id: str,
+    root_run_id: str,
+    *,
+    root: RunRecord | None = None,
 ) -> list[RunRequest]:
     """The next segments of the tree's runs that wait in a gather now (one read of the
     session's fork counter, one MGET per 500 runs): what `resume_waiting_tree` enqueues,
-    for a caller that sends them with other writes (`Client.abort`: with the flag)."""
+    for a caller that sends them with other writes (`Client.abort`: with the flag).
+    `root`: the root's record, just read; a session without forks needs no MGET then."""
     count = await forks.allocated(session_id)
+    if count == 0 and root is not None and root.run_id == root_run_id:
+        waiting = [root] if root.status is RunStatus.WAITING else []
+        return [q for q in map(_next_segment, waiting) if q is not None]
     ids = [root_run_id, *(fork_run_id(root_run_id, f"fork_{n}") for n in range(1, count + 1))]
     requests: list[RunRequest] = []
     for start in range(0, len(ids), _RESUME_CHUNK):
