@@ -56,7 +56,7 @@ from orchestrator.store.connection import connect_arq, translate_errors
 from orchestrator.store.ends import EndWatcher
 from orchestrator.store.forks import ForkTable
 from orchestrator.store.latency import LatencyHistograms
-from orchestrator.store.lifecycle import end_run, resume_waiting_tree
+from orchestrator.store.lifecycle import end_run, resume_waiting_tree, waiting_segments
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import RunStore, WorkerRegistry
 from orchestrator.store.sessions import SessionTable
@@ -361,19 +361,28 @@ class Client:
             return None
         if record.session_id != session_id:
             raise RunNotFound(f"no run {run_id!r} in session {session_id!r}", run_id=run_id)
-        owner = await self.sessions.owner(session_id)
+        # The tree's runs waiting in a gather are resumed, to end aborted, in the round
+        # trip that sets the flag (after it: their segments see it) and pushes the abort
+        # (before it: workers are woken for them before the running ones start ending),
+        # at the front of the queue. One that suspends after this read is resumed by its
+        # aborted forks' ends.
+        forks = ForkTable(self.redis, self.keys)
+        owner, segments = await asyncio.gather(
+            self.sessions.owner(session_id),
+            waiting_segments(self.runs, forks, session_id, record.root_run_id, root=record),
+        )
         if tenant is not None and (
             record.tenant != tenant or (owner is not None and not owner.admits(tenant))
         ):
             raise SessionNotOwned(session_id, tenant=tenant)
-        await self.flags.request_run(session_id, record.root_run_id, reason)
-        # A run still in the queue ends right here, so nobody waits for a worker; the
-        # tree's runs waiting in a gather are resumed meanwhile, to end aborted.
-        ended, _ = await asyncio.gather(
-            self._end_queued(record, reason),
-            self._resume_waiting(session_id, record.root_run_id),
+        await self.flags.request_run(
+            session_id,
+            record.root_run_id,
+            reason,
+            then=self.queue.enqueue_calls(segments, front=True),
         )
-        return ended or record
+        # A run still in the queue ends right here, so nobody waits for a worker.
+        return await self._end_queued(record, reason) or record
 
     async def abort_session(
         self, session_id: str, reason: str = "", *, tenant: str | None = None

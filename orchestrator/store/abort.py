@@ -21,16 +21,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
+from redis import exceptions as redis_errors
 
 from orchestrator.aio import cancel_and_wait
 from orchestrator.errors import PayloadError, StoreError
 from orchestrator.keys import Keys
 from orchestrator.signals import AbortSignal
 from orchestrator.store._codec import dump_json, text
-from orchestrator.store.connection import Redis, run_script, translate_errors
+from orchestrator.store.connection import Redis, run_script, run_scripts, translate_errors
 
 __all__ = ["AbortFlags", "AbortWatcher", "decode_reason"]
 
@@ -48,9 +50,23 @@ end
 redis.call('PUBLISH', KEYS[2], ARGV[4])
 return 0
 """
+# The push of `request_run(then=...)`, sent after the flag's SET NX and the caller's writes:
+# with the reason if the flag is the one that call set (its value, with its timestamp, is
+# still there), else without. Sent with EVAL (it is short): it never meets a Redis that
+# lacks it. KEYS: flag, aborts channel; ARGV: value, push with the reason, push without.
+_PUSH_RUN_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PUBLISH', KEYS[2], ARGV[2])
+else
+  redis.call('PUBLISH', KEYS[2], ARGV[3])
+end
+return 0
+"""
 
 # What a signal is watched for: (session_id, root run id or None for the session only).
 _Watch = tuple[str, str | None]
+# A script call (`connection.run_scripts`): script, keys, args.
+_Call = tuple[Any, list[str], list[Any]]
 
 
 def decode_reason(raw: Any) -> str:
@@ -96,21 +112,59 @@ class AbortFlags:
         return bool(created)
 
     async def request_run(
-        self, session_id: str, root_run_id: str, reason: str, ttl_s: int = 86_400
+        self,
+        session_id: str,
+        root_run_id: str,
+        reason: str,
+        ttl_s: int = 86_400,
+        *,
+        then: Sequence[_Call] = (),
     ) -> bool:
         """Ask one run tree (a root run and its forks) to stop; the first reason wins.
 
-        Returns True if this call set the flag."""
+        `then`: script calls (`connection.run_scripts`) sent in the same round trip, run
+        after the flag is set and before the push (`Client.abort` queues the tree's
+        waiting runs there: a worker that picks one sees the flag, and is woken for them
+        before the running ones start ending). Returns True if this call set the flag."""
         value = dump_json({"reason": reason, "at": time.time()})
         key = self._keys.run_abort(session_id, root_run_id)
         push = {"session": session_id, "root": root_run_id}
         # The push carries the reason only if this call set the flag (so it is the
         # flag's): watchers then fire without reading it back.
         keys = [key, self._keys.aborts()]
-        args = [value, str(ttl_s), dump_json({**push, "reason": reason}), dump_json(push)]
+        pushes = [dump_json({**push, "reason": reason}), dump_json(push)]
         async with translate_errors("abort request"):
+            if then:
+                return await self._request_run_then(key, value, ttl_s, pushes, then)
+            args = [value, str(ttl_s), *pushes]
             created = await run_script(self._redis, self._request_run, keys, args)
         return bool(int(created))
+
+    async def _request_run_then(
+        self, key: str, value: str, ttl_s: int, pushes: list[str], then: Sequence[_Call]
+    ) -> bool:
+        """SET NX the flag, the calls of `then`, the push: one round trip, in this order
+        (the flag and the push are a plain command and an EVAL, which Redis always runs;
+        a call of `then` whose script Redis lacks is loaded and sent again: still after
+        the flag, after the push too)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(key, value, nx=True, ex=ttl_s)
+            for script, keys, args in then:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            pipe.eval(_PUSH_RUN_LUA, 2, key, self._keys.aborts(), value, *pushes)
+            replies = await pipe.execute(raise_on_error=False)
+        missing = []
+        for call, reply in zip(then, replies[1:-1], strict=True):
+            if isinstance(reply, redis_errors.NoScriptError):
+                missing.append(call)
+            elif isinstance(reply, Exception):
+                raise reply
+        for reply in (replies[0], replies[-1]):
+            if isinstance(reply, Exception):
+                raise reply
+        if missing:
+            await run_scripts(self._redis, missing)
+        return bool(replies[0])
 
     async def get(self, session_id: str) -> str | None:
         """The session's abort reason ("" is a valid reason), or None when no abort of

@@ -157,18 +157,36 @@ async def resume_waiting_tree(
     """Resume at once every run of a tree that waits in a gather (the tree was aborted:
     each resumed segment sees the flag and ends aborted, all levels together, instead of
     each parent waiting for its last fork to end first). Returns how many were resumed."""
+    requests = await waiting_segments(runs, forks, session_id, root_run_id)
+    if requests:  # every job in one round trip, with one wake-up, ahead of the queue
+        async with translate_errors("resume waiting runs"):
+            await run_scripts(queue.redis, queue.enqueue_calls(requests, front=True))
+    return len(requests)
+
+
+async def waiting_segments(
+    runs: RunStore,
+    forks: ForkTable,
+    session_id: str,
+    root_run_id: str,
+    *,
+    root: RunRecord | None = None,
+) -> list[RunRequest]:
+    """The next segments of the tree's runs that wait in a gather now (one read of the
+    session's fork counter, one MGET per 500 runs): what `resume_waiting_tree` enqueues,
+    for a caller that sends them with other writes (`Client.abort`: with the flag).
+    `root`: the root's record, just read; a session without forks needs no MGET then."""
     count = await forks.allocated(session_id)
+    if count == 0 and root is not None and root.run_id == root_run_id:
+        waiting = [root] if root.status is RunStatus.WAITING else []
+        return [q for q in map(_next_segment, waiting) if q is not None]
     ids = [root_run_id, *(fork_run_id(root_run_id, f"fork_{n}") for n in range(1, count + 1))]
-    resumed = 0
+    requests: list[RunRequest] = []
     for start in range(0, len(ids), _RESUME_CHUNK):
         records = await runs.get_many(ids[start : start + _RESUME_CHUNK])
         waiting = [r for r in records.values() if r.status is RunStatus.WAITING]
-        requests = [q for q in map(_next_segment, waiting) if q is not None]
-        if requests:  # every job in one round trip
-            async with translate_errors("resume waiting runs"):
-                await run_scripts(queue.redis, [queue.enqueue_call(q) for q in requests])
-            resumed += len(requests)
-    return resumed
+        requests += [q for q in map(_next_segment, waiting) if q is not None]
+    return requests
 
 
 _RESUME_CHUNK = 500

@@ -52,6 +52,9 @@ return #scored / 2
 """
 # Jobs per script call (Lua's unpack() has a bounded stack).
 _CHUNK = 256
+# The queue score of a job put at the front: past every real enqueue time, and not 0
+# (arq's own pick takes a zero score for a job that left the queue).
+_FRONT_SCORE_MS = 1.0
 
 RUN_TURN = "run_turn"
 
@@ -97,14 +100,20 @@ class JobQueue:
         return call
 
     def enqueue_calls(
-        self, requests: Sequence[RunRequest]
+        self, requests: Sequence[RunRequest], *, front: bool = False
     ) -> list[tuple[Any, list[str], list[Any]]]:
         """Script calls that enqueue all of `requests` (one per `_CHUNK` jobs, each
-        atomic, with one wake-up), for `connection.run_scripts`."""
+        atomic, with one wake-up), for `connection.run_scripts`.
+
+        `front`: ahead of every job queued or in progress (the resumed segments of an
+        aborted tree, which end at once). arq keeps a job in the queue while it runs and
+        a worker tries the ids in score order, each in-progress one a refused pick, so a
+        job queued behind a tree's running forks waits for one pick per fork."""
         now = timestamp_ms()
         # Scores rise in the batch's order (all within the last millisecond), so workers
         # take its jobs first come first served, not by job id (equal scores sort so).
         step = 1.0 / max(1, len(requests))
+        base = _FRONT_SCORE_MS if front else now - 1
         calls: list[tuple[Any, list[str], list[Any]]] = []
         for start in range(0, len(requests), _CHUNK):
             keys = [self._keys.queue(), self._keys.wake()]
@@ -120,7 +129,7 @@ class JobQueue:
                     serializer=self._arq.job_serializer,
                 )
                 keys += [job_key_prefix + jid, result_key_prefix + jid]
-                args += [job, repr(now - 1 + i * step), jid]
+                args += [job, repr(base + i * step), jid]
             calls.append((self._script, keys, args))
         return calls
 

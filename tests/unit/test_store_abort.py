@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import fakeredis
@@ -200,3 +201,70 @@ async def test_a_pushed_tree_abort_fires_with_its_reason_without_reading_the_fla
     assert later.reason == "stop now"  # the flag's, read by a poll
     assert watcher.polls > polls
     await watcher.stop()
+
+
+# A stand-in for the writes `Client.abort` sends with a tree's flag (its waiting runs'
+# jobs): note whether the flag is there, and say so on the aborts channel.
+_THEN_LUA = """
+redis.call('SET', KEYS[2], redis.call('EXISTS', KEYS[1]))
+redis.call('PUBLISH', KEYS[3], 'then')
+return 1
+"""
+
+
+async def _messages(pubsub: Any, count: int) -> list[bytes]:
+    got: list[bytes] = []
+    while len(got) < count:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+        if message is not None:
+            got.append(message["data"])
+    return got
+
+
+async def test_writes_sent_with_a_tree_abort_land_after_its_flag_and_before_its_push(
+    fake_redis: Any, keys: Keys
+) -> None:
+    """`request_run(then=...)`: one round trip that sets the flag, runs the calls (a
+    worker they wake finds the flag set) and then pushes the abort, with its reason only
+    if this call set the flag."""
+    pubsub = fake_redis.pubsub()
+    await pubsub.subscribe(keys.aborts())
+    then = fake_redis.register_script(_THEN_LUA)
+    await fake_redis.script_load(_THEN_LUA)
+    flag = keys.run_abort("s1", "root-1")
+    call = (then, [flag, f"{keys.prefix}:seen", keys.aborts()], [])
+    flags = AbortFlags(fake_redis, keys)
+
+    assert await flags.request_run("s1", "root-1", "stop now", then=[call]) is True
+    assert await fake_redis.get(f"{keys.prefix}:seen") == b"1"
+    first, push = await _messages(pubsub, 2)
+    assert first == b"then"
+    assert json.loads(push) == {"session": "s1", "root": "root-1", "reason": "stop now"}
+    assert await flags.get_for("s1", "root-1") == "stop now"
+
+    await fake_redis.delete(f"{keys.prefix}:seen")
+    assert await flags.request_run("s1", "root-1", "again", then=[call]) is False
+    assert await fake_redis.get(f"{keys.prefix}:seen") == b"1"
+    first, push = await _messages(pubsub, 2)
+    assert first == b"then"
+    assert json.loads(push) == {"session": "s1", "root": "root-1"}  # not its flag: a poll
+    assert await flags.get_for("s1", "root-1") == "stop now"
+    await pubsub.aclose()
+
+
+async def test_a_write_whose_script_redis_lacks_still_lands_after_the_flag(
+    fake_redis: Any, keys: Keys
+) -> None:
+    """NOSCRIPT for a call of `then` (Redis restarted, its scripts gone): it is loaded
+    and sent again, still after the flag (the push may then come first)."""
+    pubsub = fake_redis.pubsub()
+    await pubsub.subscribe(keys.aborts())
+    then = fake_redis.register_script(_THEN_LUA)  # never loaded
+    flag = keys.run_abort("s1", "root-1")
+    call = (then, [flag, f"{keys.prefix}:seen", keys.aborts()], [])
+
+    assert await AbortFlags(fake_redis, keys).request_run("s1", "root-1", "stop", then=[call])
+    assert await fake_redis.get(f"{keys.prefix}:seen") == b"1"
+    pushed = await _messages(pubsub, 2)
+    assert sorted(pushed) == sorted([b'{"session":"s1","root":"root-1","reason":"stop"}', b"then"])
+    await pubsub.aclose()
