@@ -26,18 +26,23 @@ RETRY_TTL_S = 88400
 # Mark a job in progress unless it already is, or left the queue, or is not due yet (-1
 # then), and read what running it needs: {score, job bytes (nil when gone), try,
 # aborted (1: it was in arq's abort set), broken (1: its job or retry key could not be
-# read)}. The reads come after the PSETEX so that a broken job is ours to remove.
+# read)}. arq's EXISTS + PSETEX is one SET NX here, undone when the job turns out not
+# to be due (rare: the worker listed it a moment ago). The reads come after it so that a
+# broken job is ours to remove.
 # KEYS in-progress, queue, job, retry, abort[, claims, meta]
 # ARGV job id, now (ms), in-progress ttl (ms), picker, check abort ('1'/'0')[, index,
 # claim]: a batch item's job is claimed in the same step (PICK_CLAIM_LUA).
 PICK_LUA = (
     """
-if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if (not score) or tonumber(score) > tonumber(ARGV[2]) then return -1 end
+if not redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[3], 'NX') then return -1 end
+local score = redis.pcall('ZSCORE', KEYS[2], ARGV[1])
+if type(score) == 'table' or (not score) or tonumber(score) > tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1])
+  if type(score) == 'table' then return score end
+  return -1
+end
 local aborted = 0
 if ARGV[5] == '1' then aborted = redis.call('ZREM', KEYS[5], ARGV[1]) end
-redis.call('PSETEX', KEYS[1], ARGV[3], ARGV[4])
 if #KEYS == 7 then
 """
     + PICK_CLAIM_LUA
@@ -64,12 +69,12 @@ return 1
 
 # arq's finish_job and finish_failed_job in one script. With `finish`: the result (if
 # any, with its PX, none for ever), the job, its retry counter and in-progress key go,
-# and it leaves the queue and the abort set; else (a retry) the in-progress key goes and
-# the job's score moves by `incr score` (if any). A cron job keeps its in-progress key
-# for `keep in-progress` ms instead.
+# and it leaves the queue and (on a worker that aborts jobs: nothing else reads it) the
+# abort set; else (a retry) the in-progress key goes and the job's score moves by `incr
+# score` (if any). A cron job keeps its in-progress key for `keep in-progress` ms instead.
 # KEYS in-progress, queue, abort, result, retry, job
 # ARGV job id, finish ('1'/'0'), result ('' none), result px ('' for ever), incr score
-# ('' none), keep in-progress ms ('' none)
+# ('' none), keep in-progress ms ('' none), abort set ('1'/'0')
 FINISH_LUA = """
 local delete = {}
 if ARGV[6] == '' then
@@ -87,7 +92,7 @@ if ARGV[2] == '1' then
   end
   delete[#delete + 1] = KEYS[5]
   delete[#delete + 1] = KEYS[6]
-  redis.call('ZREM', KEYS[3], ARGV[1])
+  if ARGV[7] == '1' then redis.call('ZREM', KEYS[3], ARGV[1]) end
   redis.call('ZREM', KEYS[2], ARGV[1])
 elseif ARGV[5] ~= '' then
   redis.call('ZINCRBY', KEYS[2], ARGV[5], ARGV[1])
@@ -130,8 +135,10 @@ def finish_args(
     result_ms: int | None,
     incr_score: int | None,
     keep_in_progress_ms: int | None,
+    aborts: bool,
 ) -> list[Any]:
-    """The ARGV of FINISH_LUA (`result_ms` None: keep the result for ever)."""
+    """The ARGV of FINISH_LUA (`result_ms` None: keep the result for ever; `aborts`:
+    the worker aborts jobs, so the job leaves arq's abort set too)."""
     return [
         job_id,
         "1" if finish else "0",
@@ -139,4 +146,5 @@ def finish_args(
         "" if result_ms is None else str(max(1, result_ms)),
         "" if not incr_score else str(incr_score),
         "" if keep_in_progress_ms is None else str(keep_in_progress_ms),
+        "1" if aborts else "0",
     ]

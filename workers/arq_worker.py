@@ -525,6 +525,7 @@ class WakeableWorker(Worker):
             result_ms=result_ms,
             incr_score=incr_score,
             keep_in_progress_ms=keep_in_progress_ms,
+            aborts=self.allow_abort_jobs,
         )
         await run_script(self.pool, self._script(FINISH_LUA), keys, args)
 
