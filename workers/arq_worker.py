@@ -194,22 +194,40 @@ class WakeableWorker(Worker):
     # -- picking and running jobs -------------------------------------------------------
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's start_jobs, except that a slot is given back when picking its job fails
-        (arq kept it: every outage cost the worker slots for good), a pick whose reply was
-        lost is undone once Redis answers, and a picked job runs without another read."""
-        for raw_id in job_ids:
-            await self.sem.acquire()
+        """arq's start_jobs, except that the jobs for all the slots free at the moment are
+        picked in one round trip (arq picked them one after the other), a slot is given
+        back when picking its job fails (arq kept it: every outage cost the worker slots
+        for good), a pick whose reply was lost is undone once Redis answers, and a picked
+        job runs without another read."""
+        listed = iter(job_ids)
+        for first in listed:
+            await self.sem.acquire()  # waits for a free slot, like arq
             if self.job_counter >= self.max_jobs:
                 self.sem.release()
                 return
             self.job_counter += 1
-            try:
-                picked = await self._pick(raw_id)
-            except BaseException as exc:
+            batch = [first]
+            while self.job_counter < self.max_jobs and not self.sem.locked():
+                raw_id = next(listed, None)
+                if raw_id is None:
+                    break
+                await self.sem.acquire()  # free: does not wait
+                self.job_counter += 1
+                batch.append(raw_id)
+            await self._start_batch(batch)
+
+    async def _start_batch(self, raw_ids: list[bytes]) -> None:
+        """Pick these jobs (a slot taken for each) and start those that are ours."""
+        try:
+            picks = await self._pick_many(raw_ids)
+        except BaseException as exc:
+            for _ in raw_ids:
                 self._give_slot_back()
-                if isinstance(exc, _REDIS_FAILURES):
+            if isinstance(exc, _REDIS_FAILURES):
+                for raw_id in raw_ids:
                     await self._repair_pick(raw_id)
-                raise
+            raise
+        for raw_id, picked in zip(raw_ids, picks, strict=True):
             if picked is None:
                 self._give_slot_back()
                 continue
@@ -223,16 +241,33 @@ class WakeableWorker(Worker):
         self.sem.release()
 
     async def _pick(self, raw_id: bytes) -> Picked | None:
-        """Mark the job in progress, count its try and read it (`arq_jobs.PICK_LUA`: one
-        round trip where arq took six, one job after the other); None if it is not ours
-        to run."""
-        try:
-            job_id = raw_id.decode()
-        except UnicodeDecodeError:
-            self.malformed_entries += 1
-            _log.warning("queue entry that is not a job id removed", entry=repr(raw_id[:100]))
-            await self.pool.zrem(self.queue_name, raw_id)
-            return None
+        """Mark the job in progress, count its try and read it; None if it is not ours to
+        run (running elsewhere, finished, not due, or not a job)."""
+        (picked,) = await self._pick_many([raw_id])
+        return picked
+
+    async def _pick_many(self, raw_ids: list[bytes]) -> list[Picked | None]:
+        """`_pick` for several jobs in one round trip (`arq_jobs.PICK_LUA` each: arq took
+        six per job, one job after the other). A job whose queue or keys hold the wrong
+        type is not picked."""
+        picks: list[Picked | None] = [None] * len(raw_ids)
+        calls: list[tuple[int, list[str], list[str]]] = []
+        for n, raw_id in enumerate(raw_ids):
+            try:
+                job_id = raw_id.decode()
+            except UnicodeDecodeError:
+                self.malformed_entries += 1
+                _log.warning("queue entry that is not a job id removed", entry=repr(raw_id[:100]))
+                await self.pool.zrem(self.queue_name, raw_id)
+                continue
+            calls.append((n, *self._pick_call(job_id)))
+        replies = await self._eval_many(self._script(PICK_LUA), [(k, a) for _, k, a in calls])
+        for (n, _, _), reply in zip(calls, replies, strict=True):
+            if not isinstance(reply, redis_errors.ResponseError):
+                picks[n] = Picked.from_reply(reply)
+        return picks
+
+    def _pick_call(self, job_id: str) -> tuple[list[str], list[str]]:
         keys = [
             in_progress_key_prefix + job_id,
             self.queue_name,
@@ -251,11 +286,31 @@ class WakeableWorker(Worker):
         if claim is not None:
             keys += claim[0]
             args += claim[1]
-        try:
-            reply = await run_script(self.pool, self._script(PICK_LUA), keys, args)
-        except redis_errors.ResponseError:
-            return None  # a queue or key of the wrong type: not a job to run
-        return Picked.from_reply(reply)  # None: running elsewhere, finished, or not due
+        return keys, args
+
+    async def _eval_many(self, script: Any, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
+        """EVALSHAs of one script in one pipeline: each call's reply, or its ResponseError
+        (loaded first if Redis lacks the script). A failure on the way is raised."""
+        replies: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            if not todo:
+                break
+            async with self.pool.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    keys, args = calls[i]
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                results = await pipe.execute(raise_on_error=False)
+            missing = []
+            for i, result in zip(todo, results, strict=True):
+                if isinstance(result, redis_errors.NoScriptError) and attempt == 0:
+                    missing.append(i)
+                else:
+                    replies[i] = result
+            if missing:
+                script.sha = await self.pool.script_load(script.script)
+            todo = missing
+        return replies
 
     def _script(self, lua: str) -> Any:
         script = self._scripts.get(lua)
