@@ -26,23 +26,20 @@ RETRY_TTL_S = 88400
 # Mark a job in progress unless it already is, or left the queue, or is not due yet (-1
 # then), and read what running it needs: {score, job bytes (nil when gone), try,
 # aborted (1: it was in arq's abort set), broken (1: its job or retry key could not be
-# read)}. arq's EXISTS + PSETEX is one SET NX here, undone when the job turns out not
-# to be due (rare: the worker listed it a moment ago). The reads come after it so that a
-# broken job is ours to remove.
+# read)}. arq's EXISTS + PSETEX is one SET NX here, after the queue's score (a job that
+# has left the queue since it was listed costs one read). The reads of the job come after
+# it so that a broken job is ours to remove.
 # KEYS in-progress, queue, job, retry, abort[, claims, meta]
 # ARGV job id, now (ms), in-progress ttl (ms), picker, check abort ('1'/'0')[, index,
 # claim]: a batch item's job is claimed in the same step (PICK_CLAIM_LUA).
 PICK_LUA = (
     """
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if (not score) or tonumber(score) > tonumber(ARGV[2]) then return -1 end
 if not redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[3], 'NX') then return -1 end
-local score = redis.pcall('ZSCORE', KEYS[2], ARGV[1])
-if type(score) == 'table' or (not score) or tonumber(score) > tonumber(ARGV[2]) then
-  redis.call('DEL', KEYS[1])
-  if type(score) == 'table' then return score end
-  return -1
-end
 local aborted = 0
-if ARGV[5] == '1' then aborted = redis.call('ZREM', KEYS[5], ARGV[1]) end
+if ARGV[5] == '1' then aborted = redis.pcall('ZREM', KEYS[5], ARGV[1]) end
+if type(aborted) ~= 'number' then aborted = 0 end
 if #KEYS == 7 then
 """
     + PICK_CLAIM_LUA
