@@ -198,8 +198,10 @@ class WakeableWorker(Worker):
         picked in one round trip (arq picked them one after the other), a slot is given
         back when picking its job fails (arq kept it: every outage cost the worker slots
         for good), a pick whose reply was lost is undone once Redis answers, and a picked
-        job runs without another read."""
-        listed = iter(job_ids)
+        job runs without another read. The jobs this worker is running (they stay queued
+        until they finish) are not picked again: arq's pick would only refuse them."""
+        running = {job_id.encode() for job_id, task in self.tasks.items() if not task.done()}
+        listed = (raw_id for raw_id in job_ids if raw_id not in running)
         for first in listed:
             await self.sem.acquire()  # waits for a free slot, like arq
             if self.job_counter >= self.max_jobs:

@@ -451,3 +451,31 @@ async def test_the_jobs_for_all_free_slots_are_picked_in_one_round_trip(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_job_this_worker_is_running_is_not_picked_again_when_listed(
+    redis_url: str, jobs: Jobs, proxy: DroppingProxy
+) -> None:
+    """It stays queued until it finishes, so every poll lists it: no round trip for it."""
+    pool = connect_arq(await proxy.start(), jobs.queue, timeout_s=0.3)
+    release = asyncio.Event()
+
+    async def work(ctx: dict[str, Any], payload: Any) -> None:
+        jobs.calls.append({"try": ctx["job_try"]})
+        await release.wait()
+
+    try:
+        jid = await jobs.enqueue()
+        worker = _worker(pool, jobs, work)
+        await worker.start_jobs([jid.encode()])
+        await _wait_for(lambda: _true(len(jobs.calls) == 1), 5, "the job to start")
+        proxy.drop_requests = True  # a pick now would time out
+        await asyncio.wait_for(worker.start_jobs([jid.encode()]), 5)
+        assert worker.job_counter == 1
+        proxy.drop_requests = False
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*worker.tasks.values()), 10)
+        assert jobs.calls == [{"try": 1}]
+        assert await jobs.leftovers(jid) == []
+    finally:
+        await pool.aclose()
