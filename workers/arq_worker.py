@@ -10,51 +10,61 @@ arq lets a Redis error out of its poll loop, which ends the worker, and loses a 
 good when one hits while a job is being picked. Here an outage is weather: the poll loop
 and the wake listener log it once, retry with a capped backoff and carry on when Redis is
 back; a slot is given back if picking its job failed; and a job whose bookkeeping failed
-is repaired once Redis answers (picked again if it never started, removed if it ran).
+is repaired once Redis answers (picked again if it never started, removed if it ran);
+a pick whose reply was lost is undone, if it happened.
+
+arq's run_job reads a job after picking it and finishes it in a transaction of its own,
+one round trip each, and formats every job's arguments for a log line nobody sees. Here
+the pick reads it too and the finish is one script (`workers.arq_jobs`); the run keeps
+arq's semantics (tries and max_tries, Retry, the timeout, aborts, results, hooks,
+counters, arq's log lines when its logger is enabled) in the job's own task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
-from arq.utils import timestamp_ms
-from arq.worker import Worker
+from arq.constants import (
+    abort_jobs_ss,
+    in_progress_key_prefix,
+    job_key_prefix,
+    keep_cronjob_progress,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from arq.jobs import SerializationError, deserialize_job_raw, serialize_result
+from arq.utils import args_to_string, ms_to_datetime, timestamp_ms, to_ms, truncate
+from arq.worker import JobExecutionFailed, Retry, RetryJob, Worker
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from orchestrator.aio import cancel_and_wait
-from orchestrator.store.batches import PICK_CLAIM_LUA
+from orchestrator.errors import StoreError
 from orchestrator.store.connection import is_unavailable, run_script, translate_errors
-from workers.outage import Outage, until_available
-
-# Mark a job in progress unless it already is, or left the queue, or is not due yet: its
-# queue score, else -1.
-# KEYS in-progress, queue[, claims, meta]; ARGV job id, now (ms), in-progress ttl (ms)[,
-# index, claim]: a batch item's job is claimed in the same step (PICK_CLAIM_LUA).
-_PICK_LUA = (
-    """
-if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if (not score) or tonumber(score) > tonumber(ARGV[2]) then return -1 end
-redis.call('PSETEX', KEYS[1], ARGV[3], '1')
-if #KEYS == 4 then
-"""
-    + PICK_CLAIM_LUA
-    + """
-end
-return score
-"""
+from workers.arq_jobs import (
+    FINISH_LUA,
+    PICK_LUA,
+    REPAIR_PICK_LUA,
+    RETRY_TTL_S,
+    Picked,
+    finish_args,
 )
+from workers.outage import Outage, until_available
 
 # The keys and args a job's pick adds (a batch item's claim), or None.
 PickClaim = Callable[[str], "tuple[list[str], list[str]] | None"]
 
 _log = structlog.get_logger(__name__)
+# arq's own logger: the job lines it would write are written the same (when enabled).
+_arq_log = logging.getLogger("arq.worker")
 
 # What a worker's poll loop survives: the path to Redis failing, or Redis refusing for a
 # while (loading its data after a restart, out of memory, a replica not yet promoted).
@@ -63,25 +73,53 @@ _REDIS_FAILURES: tuple[type[BaseException], ...] = (redis_errors.RedisError, OSE
 _LISTEN_S = 1.0
 # How long close() lets job tasks that are still running finish before arq cancels them.
 _CLOSE_GRACE_S = 1.0
+# A job that ended with no result to record (arq's `no_result`: a retry).
+_NO_RESULT: Any = object()
+
+
+@dataclass(slots=True)
+class _Call:
+    """What a picked job calls, as far as it is known (arq's defaults until decoded)."""
+
+    job_try: int
+    name: str = "<unknown>"
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    enqueue_job_try: int | None = None
+    enqueue_time_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    result: Any  # _NO_RESULT when there is none to record
+    success: bool
+    finish: bool  # False: the job stays queued (a retry)
+    incr_score: int | None
+    finished_ms: int
+
+
+def _log_start(call: _Call, ref: str, start_ms: int, score: int) -> None:
+    extra = f" try={call.job_try}" if call.job_try > 1 else ""
+    if (start_ms - score) > 1200:
+        extra += f" delayed={(start_ms - score) / 1000:0.2f}s"
+    shown = args_to_string(call.args, call.kwargs)
+    waited = (start_ms - call.enqueue_time_ms) / 1000
+    _arq_log.info("%6.2fs → %s(%s)%s", waited, ref, shown, extra)
 
 
 class WakeableWorker(Worker):
-    """arq Worker + wake-ups on a pub/sub channel + surviving Redis outages."""
+    """arq Worker + wake-ups on a pub/sub channel + surviving Redis outages + arq's job
+    bookkeeping in two round trips per job (`workers.arq_jobs`)."""
 
     def __init__(
         self, *args: Any, wake_channel: str, pick_claim: PickClaim | None = None, **kwargs: Any
     ) -> None:
         """`pick_claim(job_id)`: what picking that job also claims (a batch item)."""
-        on_job_start = kwargs.pop("on_job_start", None)
-
-        async def job_started(ctx: dict[str, Any]) -> None:
-            self._started.add(ctx["job_id"])
-            if on_job_start is not None:
-                await on_job_start(ctx)
-
-        super().__init__(*args, on_job_start=job_started, **kwargs)
-        self._pick_lua: Any = None
+        super().__init__(*args, **kwargs)
+        self._scripts: dict[str, Any] = {}
         self._pick_claim = pick_claim
+        # What this worker's picks write in the in-progress key (arq writes "1").
+        self._picker = f"w:{uuid.uuid4().hex}"
         self._wake_channel = wake_channel
         self._wake = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
@@ -156,24 +194,47 @@ class WakeableWorker(Worker):
     # -- picking and running jobs -------------------------------------------------------
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's start_jobs, except that a slot is given back when picking its job fails
-        (arq kept it: every outage cost the worker slots for good)."""
-        for raw_id in job_ids:
-            await self.sem.acquire()
+        """arq's start_jobs, except that the jobs for all the slots free at the moment are
+        picked in one round trip (arq picked them one after the other), a slot is given
+        back when picking its job fails (arq kept it: every outage cost the worker slots
+        for good), a pick whose reply was lost is undone once Redis answers, and a picked
+        job runs without another read. The jobs this worker is running (they stay queued
+        until they finish) are not picked again: arq's pick would only refuse them."""
+        running = {job_id.encode() for job_id, task in self.tasks.items() if not task.done()}
+        listed = (raw_id for raw_id in job_ids if raw_id not in running)
+        for first in listed:
+            await self.sem.acquire()  # waits for a free slot, like arq
             if self.job_counter >= self.max_jobs:
                 self.sem.release()
                 return
             self.job_counter += 1
-            try:
-                score = await self._pick(raw_id)
-            except BaseException:
+            batch = [first]
+            while self.job_counter < self.max_jobs and not self.sem.locked():
+                raw_id = next(listed, None)
+                if raw_id is None:
+                    break
+                await self.sem.acquire()  # free: does not wait
+                self.job_counter += 1
+                batch.append(raw_id)
+            await self._start_batch(batch)
+
+    async def _start_batch(self, raw_ids: list[bytes]) -> None:
+        """Pick these jobs (a slot taken for each) and start those that are ours."""
+        try:
+            picks = await self._pick_many(raw_ids)
+        except BaseException as exc:
+            for _ in raw_ids:
                 self._give_slot_back()
-                raise
-            if score is None:
+            if isinstance(exc, _REDIS_FAILURES):
+                for raw_id in raw_ids:
+                    await self._repair_pick(raw_id)
+            raise
+        for raw_id, picked in zip(raw_ids, picks, strict=True):
+            if picked is None:
                 self._give_slot_back()
                 continue
             job_id = raw_id.decode()
-            task = self.loop.create_task(self.run_job(job_id, score))
+            task = self.loop.create_task(self._run_picked(job_id, picked))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
 
@@ -181,49 +242,355 @@ class WakeableWorker(Worker):
         self.job_counter -= 1
         self.sem.release()
 
-    async def _pick(self, raw_id: bytes) -> int | None:
-        """Mark the job in progress; its queue score, or None if it is not ours to run.
-        One atomic script (arq's WATCH/EXISTS/ZSCORE/MULTI/PSETEX/EXEC took 4 round
-        trips, one job after the other)."""
-        try:
-            job_id = raw_id.decode()
-        except UnicodeDecodeError:
-            self.malformed_entries += 1
-            _log.warning("queue entry that is not a job id removed", entry=repr(raw_id[:100]))
-            await self.pool.zrem(self.queue_name, raw_id)
-            return None
-        keys = [in_progress_key_prefix + job_id, self.queue_name]
-        args = [job_id, str(timestamp_ms()), str(int(self.in_progress_timeout_s * 1000))]
+    async def _pick(self, raw_id: bytes) -> Picked | None:
+        """Mark the job in progress, count its try and read it; None if it is not ours to
+        run (running elsewhere, finished, not due, or not a job)."""
+        (picked,) = await self._pick_many([raw_id])
+        return picked
+
+    async def _pick_many(self, raw_ids: list[bytes]) -> list[Picked | None]:
+        """`_pick` for several jobs in one round trip (`arq_jobs.PICK_LUA` each: arq took
+        six per job, one job after the other). A job whose queue or keys hold the wrong
+        type is not picked."""
+        picks: list[Picked | None] = [None] * len(raw_ids)
+        calls: list[tuple[int, list[str], list[str]]] = []
+        for n, raw_id in enumerate(raw_ids):
+            try:
+                job_id = raw_id.decode()
+            except UnicodeDecodeError:
+                self.malformed_entries += 1
+                _log.warning("queue entry that is not a job id removed", entry=repr(raw_id[:100]))
+                await self.pool.zrem(self.queue_name, raw_id)
+                continue
+            calls.append((n, *self._pick_call(job_id)))
+        replies = await self._eval_many(self._script(PICK_LUA), [(k, a) for _, k, a in calls])
+        for (n, _, _), reply in zip(calls, replies, strict=True):
+            if not isinstance(reply, redis_errors.ResponseError):
+                picks[n] = Picked.from_reply(reply)
+        return picks
+
+    def _pick_call(self, job_id: str) -> tuple[list[str], list[str]]:
+        keys = [
+            in_progress_key_prefix + job_id,
+            self.queue_name,
+            job_key_prefix + job_id,
+            retry_key_prefix + job_id,
+            abort_jobs_ss,
+        ]
+        args = [
+            job_id,
+            str(timestamp_ms()),
+            str(int(self.in_progress_timeout_s * 1000)),
+            self._picker,
+            "1" if self.allow_abort_jobs else "0",
+        ]
         claim = self._pick_claim(job_id) if self._pick_claim is not None else None
         if claim is not None:
             keys += claim[0]
             args += claim[1]
-        try:
-            reply = await run_script(self.pool, self._pick_script, keys, args)
-        except redis_errors.ResponseError:
-            return None  # a queue or key of the wrong type: not a job to run
-        if reply is None or reply == -1:
-            return None  # running elsewhere, finished, or re-queued for later
-        return int(float(reply))
+        return keys, args
 
-    @property
-    def _pick_script(self) -> Any:
-        if self._pick_lua is None:
-            self._pick_lua = self.pool.register_script(_PICK_LUA)
-        return self._pick_lua
+    async def _eval_many(self, script: Any, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
+        """EVALSHAs of one script in one pipeline: each call's reply, or its ResponseError
+        (loaded first if Redis lacks the script). A failure on the way is raised."""
+        replies: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            if not todo:
+                break
+            async with self.pool.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    keys, args = calls[i]
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                results = await pipe.execute(raise_on_error=False)
+            missing = []
+            for i, result in zip(todo, results, strict=True):
+                if isinstance(result, redis_errors.NoScriptError) and attempt == 0:
+                    missing.append(i)
+                else:
+                    replies[i] = result
+            if missing:
+                script.sha = await self.pool.script_load(script.script)
+            todo = missing
+        return replies
 
-    async def run_job(self, job_id: str, score: int) -> None:
+    def _script(self, lua: str) -> Any:
+        script = self._scripts.get(lua)
+        if script is None:
+            script = self._scripts[lua] = self.pool.register_script(lua)
+        return script
+
+    async def _repair_pick(self, raw_id: bytes) -> None:
+        """A pick failed on the way to or from Redis: it may have happened. Once Redis
+        answers, undo it if it did and the job is still this worker's (not counted as a
+        try, picked again by whoever comes first)."""
         try:
-            await super().run_job(job_id, score)
-        except Exception as exc:  # arq lets Redis failures out (they ended the worker)
+            job_id = raw_id.decode()
+        except UnicodeDecodeError:
+            return  # never picked: not a job id
+        keys = [in_progress_key_prefix + job_id, retry_key_prefix + job_id]
+
+        async def repair() -> Any:
+            async with translate_errors("job pick repair"):
+                return await run_script(
+                    self.pool, self._script(REPAIR_PICK_LUA), keys, [self._picker]
+                )
+
+        try:
+            undone = await until_available(repair, Outage(f"repair of the pick of {job_id}"))
+        except StoreError as exc:
+            _log.warning("job pick repair failed", job_id=job_id, error=repr(exc))
+            return
+        if undone:
+            _log.warning("a pick whose reply was lost was undone", job_id=job_id)
+            self._wake.set()
+
+    async def _run_picked(self, job_id: str, picked: Picked) -> None:
+        try:
+            await self._run(job_id, picked)
+        except Exception as exc:  # a Redis failure in the bookkeeping, or a broken hook
             await self._repair(job_id, exc)
         finally:
             self._started.discard(job_id)
 
+    async def _run(self, job_id: str, picked: Picked) -> None:
+        """arq's run_job for a job `_pick` has read: the same checks, hooks, counters,
+        logs, timeout, result and finish, without arq's second read of the job."""
+        start_ms = timestamp_ms()
+        call = _Call(job_try=picked.job_try)
+        failure = self._decode(job_id, picked, call)
+        if failure is not None:
+            return await self._fail(job_id, call, failure, start_ms)
+        function = self.functions.get(call.name)
+        if function is None:
+            _arq_log.warning("job %s, function %r not found", job_id, call.name)
+            missing = JobExecutionFailed(f"function {call.name!r} not found")
+            return await self._fail(job_id, call, missing, start_ms)
+        cron = hasattr(function, "next_run")
+        ref = call.name if cron else f"{job_id}:{call.name}"
+        if call.enqueue_job_try and call.enqueue_job_try > call.job_try:
+            call.job_try = call.enqueue_job_try
+            await self.pool.setex(retry_key_prefix + job_id, RETRY_TTL_S, str(call.job_try))
+        max_tries = self.max_tries if function.max_tries is None else function.max_tries
+        if call.job_try > max_tries:
+            waited = (timestamp_ms() - call.enqueue_time_ms) / 1000
+            _arq_log.warning("%6.2fs ! %s max retries %d exceeded", waited, ref, max_tries)
+            exceeded = JobExecutionFailed(f"max {max_tries} retries exceeded")
+            return await self._fail(job_id, call, exceeded, start_ms, ref)
+        await self._call(job_id, picked.score, call, function, ref, cron)
+
+    def _decode(self, job_id: str, picked: Picked, call: _Call) -> BaseException | None:
+        """Fill `call` from the picked job; the failure to record if it cannot run."""
+        if picked.broken:
+            self.malformed_entries += 1
+            _log.warning("job whose keys are not arq's removed", job_id=job_id)
+            return JobExecutionFailed("job keys of the wrong type")
+        if picked.payload is None:
+            _arq_log.warning("job %s expired", job_id)
+            return JobExecutionFailed("job expired")
+        try:
+            name, args, kwargs, enqueue_job_try, enqueued_ms = deserialize_job_raw(
+                picked.payload, deserializer=self.job_deserializer
+            )
+        except SerializationError as exc:
+            _arq_log.warning("deserializing job %s failed: %s", job_id, exc)
+            return exc
+        call.name, call.args, call.kwargs = name, tuple(args), kwargs
+        call.enqueue_job_try, call.enqueue_time_ms = enqueue_job_try, enqueued_ms
+        if picked.aborted:
+            waited = (timestamp_ms() - enqueued_ms) / 1000
+            _arq_log.info("%6.2fs ⊘ %s:%s aborted before start", waited, job_id, name)
+            return asyncio.CancelledError()
+        return None
+
+    async def _fail(
+        self,
+        job_id: str,
+        call: _Call,
+        exc: BaseException,
+        start_ms: int,
+        ref: str | None = None,
+    ) -> None:
+        """arq's finish_failed_job: a job that could not run is recorded as failed and
+        removed (with its result, kept for keep_result)."""
+        self.jobs_failed += 1
+        result = self._result(job_id, call, False, exc, start_ms, timestamp_ms(), ref)
+        keep = self.keep_result_forever or self.keep_result_s > 0
+        await asyncio.shield(
+            self._finish(
+                job_id,
+                finish=True,
+                result=result if keep else None,
+                result_ms=None if self.keep_result_forever else to_ms(self.keep_result_s),
+            )
+        )
+
+    def _result(
+        self,
+        job_id: str,
+        call: _Call,
+        success: bool,
+        result: Any,
+        start_ms: int,
+        finished_ms: int,
+        ref: str | None = None,
+    ) -> bytes | None:
+        return serialize_result(
+            call.name,
+            call.args,
+            call.kwargs,
+            call.job_try,
+            call.enqueue_time_ms,
+            success,
+            result,
+            start_ms,
+            finished_ms,
+            ref or f"{job_id}:{call.name}",
+            self.queue_name,
+            job_id=job_id,
+            serializer=self.job_serializer,
+        )
+
+    async def _call(
+        self, job_id: str, score: int, call: _Call, function: Any, ref: str, cron: bool
+    ) -> None:
+        ctx = {
+            **self.ctx,
+            "job_id": job_id,
+            "job_try": call.job_try,
+            "enqueue_time": ms_to_datetime(call.enqueue_time_ms),
+            "score": score,
+        }
+        self._started.add(job_id)
+        if self.on_job_start:
+            await self.on_job_start(ctx)
+        start_ms = timestamp_ms()
+        if _arq_log.isEnabledFor(logging.INFO):  # arq formats the payload eagerly
+            _log_start(call, ref, start_ms, score)
+        timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
+        outcome = await self._execute(job_id, score, call, function, ref, ctx, timeout_s)
+        forever = (
+            self.keep_result_forever
+            if function.keep_result_forever is None
+            else function.keep_result_forever
+        )
+        keep_s = self.keep_result_s if function.keep_result_s is None else function.keep_result_s
+        result_data = None
+        if outcome.result is not _NO_RESULT and (forever or keep_s > 0):
+            result_data = self._result(
+                job_id, call, outcome.success, outcome.result, start_ms, outcome.finished_ms, ref
+            )
+        if self.on_job_end:
+            await self.on_job_end(ctx)
+        await asyncio.shield(
+            self._finish(
+                job_id,
+                finish=outcome.finish,
+                result=result_data,
+                result_ms=None if forever else to_ms(keep_s),
+                incr_score=outcome.incr_score,
+                keep_in_progress_ms=to_ms(keep_cronjob_progress) if cron else None,
+            )
+        )
+        if self.after_job_end:
+            await self.after_job_end(ctx)
+
+    async def _execute(
+        self,
+        job_id: str,
+        score: int,
+        call: _Call,
+        function: Any,
+        ref: str,
+        ctx: dict[str, Any],
+        timeout_s: float | None,
+    ) -> _Outcome:
+        """Run the function in this task (arq made one more per job), under its timeout;
+        an abort (`job_tasks`) cancels it here."""
+        started = time.monotonic()
+        task = asyncio.current_task()
+        assert task is not None
+        self.job_tasks[job_id] = task
+        try:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    result = await function.coroutine(ctx, *call.args, **call.kwargs)
+            finally:
+                del self.job_tasks[job_id]
+        except (Exception, asyncio.CancelledError) as exc:
+            return self._failed(job_id, score, exc, ref, time.monotonic() - started)
+        self.jobs_complete += 1
+        if _arq_log.isEnabledFor(logging.INFO):
+            shown = "" if result is None or not self.log_results else truncate(repr(result))
+            _arq_log.info("%6.2fs ← %s ● %s", time.monotonic() - started, ref, shown)
+        return _Outcome(result, True, True, None, timestamp_ms())
+
+    def _failed(
+        self, job_id: str, score: int, exc: BaseException, ref: str, took: float
+    ) -> _Outcome:
+        """arq's handling of a job that raised (or was cancelled or timed out)."""
+        finished_ms = timestamp_ms()
+        if self.retry_jobs and isinstance(exc, Retry):
+            incr_score = exc.defer_score
+            _arq_log.info("%6.2fs ↻ %s retrying job in %0.2fs", took, ref, (incr_score or 0) / 1000)
+            if incr_score:
+                incr_score += timestamp_ms() - score
+            self.jobs_retried += 1
+            return _Outcome(_NO_RESULT, False, False, incr_score, finished_ms)
+        if job_id in self.aborting_tasks and isinstance(exc, asyncio.CancelledError):
+            _arq_log.info("%6.2fs ⊘ %s aborted", took, ref)
+            self.aborting_tasks.remove(job_id)
+            self.jobs_failed += 1
+            return _Outcome(exc, False, True, None, finished_ms)
+        if self.retry_jobs and isinstance(exc, asyncio.CancelledError | RetryJob):
+            _arq_log.info("%6.2fs ↻ %s cancelled, will be run again", took, ref)
+            self.jobs_retried += 1
+            return _Outcome(_NO_RESULT, False, False, None, finished_ms)
+        extra = getattr(exc, "extra", None)
+        if callable(extra):
+            extra = extra()
+        _arq_log.error(
+            "%6.2fs ! %s failed, %s: %s", took, ref, type(exc).__name__, exc,
+            exc_info=exc, extra={"extra": extra},
+        )  # fmt: skip
+        self.jobs_failed += 1
+        return _Outcome(exc, False, True, None, finished_ms)
+
+    async def _finish(
+        self,
+        job_id: str,
+        *,
+        finish: bool,
+        result: bytes | None,
+        result_ms: int | None,
+        incr_score: int | None = None,
+        keep_in_progress_ms: int | None = None,
+    ) -> None:
+        """arq's finish_job / finish_failed_job as one script (`arq_jobs.FINISH_LUA`)."""
+        keys = [
+            in_progress_key_prefix + job_id,
+            self.queue_name,
+            abort_jobs_ss,
+            result_key_prefix + job_id,
+            retry_key_prefix + job_id,
+            job_key_prefix + job_id,
+        ]
+        args = finish_args(
+            job_id,
+            finish=finish,
+            result=result,
+            result_ms=result_ms,
+            incr_score=incr_score,
+            keep_in_progress_ms=keep_in_progress_ms,
+            aborts=self.allow_abort_jobs,
+        )
+        await run_script(self.pool, self._script(FINISH_LUA), keys, args)
+
     async def _repair(self, job_id: str, exc: Exception) -> None:
-        """arq's bookkeeping of a job failed. Once Redis answers: a job that never started
-        goes back to the queue (not in progress, tries reset), one that ran is removed, and
-        so is one arq could not handle for any other reason (a broken job)."""
+        """The bookkeeping of a picked job failed. Once Redis answers: a job that never
+        started goes back to the queue (not in progress, tries reset), one that ran is
+        removed, and so is one that could not be handled for any other reason (a broken
+        job)."""
         weather = isinstance(exc, _REDIS_FAILURES)
         remove = job_id in self._started or not weather
         if not weather:

@@ -64,11 +64,11 @@ redis.call('PEXPIRE', {claims}, claims_ttl)
 # KEYS claims, meta; ARGV index, claim.
 _CLAIM = _claim_lua("KEYS[1]", "KEYS[2]", "ARGV[1]", "ARGV[2]") + "return 1\n"
 
-# The worker's job pick (workers/arq_worker.py) claims a batch item in the same script
-# that marks its job in progress: KEYS[3] claims, KEYS[4] meta; ARGV[4] index, ARGV[5]
+# The worker's job pick (workers/arq_jobs.py) claims a batch item in the same script
+# that marks its job in progress: KEYS[6] claims, KEYS[7] meta; ARGV[6] index, ARGV[7]
 # claim. (Claiming later, from the job, left a gap: a worker dying between the pick and
 # the claim left the item in progress with no claim for the sweeper to see.)
-PICK_CLAIM_LUA = _claim_lua("KEYS[3]", "KEYS[4]", "ARGV[4]", "ARGV[5]")
+PICK_CLAIM_LUA = _claim_lua("KEYS[6]", "KEYS[7]", "ARGV[6]", "ARGV[7]")
 
 # KEYS claims; ARGV index, the claim read. Takes the claim away if it is unchanged (so of
 # several sweepers that found it, exactly one re-queues the item).

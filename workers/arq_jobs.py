@@ -1,0 +1,147 @@
+"""arq's per-job bookkeeping in two round trips: the pick and the finish, one script each.
+
+arq 0.28 picks a job (WATCH/EXISTS/ZSCORE/MULTI/PSETEX/EXEC), then reads it (MULTI GET
+job, INCRBY/EXPIRE retry EXEC), runs it and finishes it (MULTI SET result, ZREM abort,
+ZREM queue, DEL in-progress/retry/job EXEC): three round trips or more, one after the
+other, for every job. Here the pick also reads the job and counts the try, and the
+finish is one script with the same effects as arq's `finish_job`/`finish_failed_job`.
+The keys are arq's own (`arq:in-progress:*`, `arq:job:*`, `arq:retry:*`, `arq:result:*`,
+`arq:abort`) and so are their values, so arq's tools and our queue still read them.
+
+The in-progress value names the worker that picked the job (arq writes `1`; only its
+existence is ever read), so a pick whose reply was lost can be undone by exactly that
+worker (`REPAIR_PICK_LUA`) without touching a pick another worker made since.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.store.batches import PICK_CLAIM_LUA
+
+# arq's TTL of a retry counter (run_job's `pipe.expire(retry_key, 88400)`).
+RETRY_TTL_S = 88400
+
+# Mark a job in progress unless it already is, or left the queue, or is not due yet (-1
+# then), and read what running it needs: {score, job bytes (nil when gone), try,
+# aborted (1: it was in arq's abort set), broken (1: its job or retry key could not be
+# read)}. arq's EXISTS + PSETEX is one SET NX here, after the queue's score (a job that
+# has left the queue since it was listed costs one read). The reads of the job come after
+# it so that a broken job is ours to remove.
+# KEYS in-progress, queue, job, retry, abort[, claims, meta]
+# ARGV job id, now (ms), in-progress ttl (ms), picker, check abort ('1'/'0')[, index,
+# claim]: a batch item's job is claimed in the same step (PICK_CLAIM_LUA).
+PICK_LUA = (
+    """
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if (not score) or tonumber(score) > tonumber(ARGV[2]) then return -1 end
+if not redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[3], 'NX') then return -1 end
+local aborted = 0
+if ARGV[5] == '1' then aborted = redis.pcall('ZREM', KEYS[5], ARGV[1]) end
+if type(aborted) ~= 'number' then aborted = 0 end
+if #KEYS == 7 then
+"""
+    + PICK_CLAIM_LUA
+    + f"""
+end
+local job = redis.pcall('GET', KEYS[3])
+local try = redis.pcall('INCR', KEYS[4])
+if type(job) == 'table' or type(try) == 'table' then return {{score, false, 0, aborted, 1}} end
+redis.call('EXPIRE', KEYS[4], {RETRY_TTL_S})
+return {{score, job, try, aborted, 0}}
+"""
+)
+
+# Undo a pick whose reply never came back, if it happened and is still this worker's:
+# the job is no longer in progress and its try is not counted.
+# KEYS in-progress, retry; ARGV picker. Reply: 1 if a pick was undone.
+REPAIR_PICK_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+local tries = redis.pcall('DECR', KEYS[2])
+if type(tries) ~= 'number' or tries <= 0 then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+# arq's finish_job and finish_failed_job in one script. With `finish`: the result (if
+# any, with its PX, none for ever), the job, its retry counter and in-progress key go,
+# and it leaves the queue and (on a worker that aborts jobs: nothing else reads it) the
+# abort set; else (a retry) the in-progress key goes and the job's score moves by `incr
+# score` (if any). A cron job keeps its in-progress key for `keep in-progress` ms instead.
+# KEYS in-progress, queue, abort, result, retry, job
+# ARGV job id, finish ('1'/'0'), result ('' none), result px ('' for ever), incr score
+# ('' none), keep in-progress ms ('' none), abort set ('1'/'0')
+FINISH_LUA = """
+local delete = {}
+if ARGV[6] == '' then
+  delete[1] = KEYS[1]
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+end
+if ARGV[2] == '1' then
+  if ARGV[3] ~= '' then
+    if ARGV[4] == '' then
+      redis.call('SET', KEYS[4], ARGV[3])
+    else
+      redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[4])
+    end
+  end
+  delete[#delete + 1] = KEYS[5]
+  delete[#delete + 1] = KEYS[6]
+  if ARGV[7] == '1' then redis.call('ZREM', KEYS[3], ARGV[1]) end
+  redis.call('ZREM', KEYS[2], ARGV[1])
+elseif ARGV[5] ~= '' then
+  redis.call('ZINCRBY', KEYS[2], ARGV[5], ARGV[1])
+end
+if #delete > 0 then redis.call('DEL', unpack(delete)) end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Picked:
+    """A job this worker has just marked in progress, with what running it needs."""
+
+    score: int
+    payload: bytes | None  # the job's bytes; None when its key is gone (expired)
+    job_try: int  # its try counter, this pick counted (arq's job_try)
+    aborted: bool  # it was in arq's abort set (only read with allow_abort_jobs)
+    broken: bool  # its job or retry key holds something that is not arq's
+
+    @classmethod
+    def from_reply(cls, reply: Any) -> Picked | None:
+        """The pick script's reply, or None when the job was not picked."""
+        if not isinstance(reply, list) or len(reply) != 5:
+            return None
+        score, payload, job_try, aborted, broken = reply
+        return cls(
+            score=int(float(score)),
+            payload=payload if isinstance(payload, bytes) else None,
+            job_try=int(job_try),
+            aborted=bool(aborted),
+            broken=bool(broken),
+        )
+
+
+def finish_args(
+    job_id: str,
+    *,
+    finish: bool,
+    result: bytes | None,
+    result_ms: int | None,
+    incr_score: int | None,
+    keep_in_progress_ms: int | None,
+    aborts: bool,
+) -> list[Any]:
+    """The ARGV of FINISH_LUA (`result_ms` None: keep the result for ever; `aborts`:
+    the worker aborts jobs, so the job leaves arq's abort set too)."""
+    return [
+        job_id,
+        "1" if finish else "0",
+        result or b"",
+        "" if result_ms is None else str(max(1, result_ms)),
+        "" if not incr_score else str(incr_score),
+        "" if keep_in_progress_ms is None else str(keep_in_progress_ms),
+        "1" if aborts else "0",
+    ]
