@@ -23,7 +23,15 @@ import structlog
 from orchestrator.errors import PayloadError, RunNotFound, ToolError
 from orchestrator.keys import Keys
 from orchestrator.ports import SpawnRequest
-from orchestrator.runs import ForkInfo, RunRecord, RunRequest, RunStatus, StatusEntry, fork_run_id
+from orchestrator.runs import (
+    ForkInfo,
+    RunRecord,
+    RunRequest,
+    RunResultView,
+    RunStatus,
+    StatusEntry,
+    fork_run_id,
+)
 from orchestrator.runtime.forks import fork_result
 from orchestrator.settings import Settings
 from orchestrator.store.connection import Redis, run_scripts, translate_errors
@@ -38,8 +46,8 @@ __all__ = ["RedisForkBackend", "result_of"]
 _log = structlog.get_logger(__name__)
 
 
-def result_of(record: RunRecord, include_history: bool) -> dict[str, Any]:
-    """The ForkResult of an ended fork run."""
+def result_of(record: RunRecord | RunResultView, include_history: bool) -> dict[str, Any]:
+    """The ForkResult of an ended fork run (its whole record or its result view)."""
     info = record.fork
     status = {RunStatus.COMPLETED: "completed", RunStatus.ABORTED: "aborted"}.get(
         record.status, "error"
@@ -285,7 +293,7 @@ class RedisForkBackend:
                 f"gather_all: unknown fork id(s) {', '.join(unknown)}; your forks are: {mine}"
             )
         root = self._request.root_run_id
-        records = await self._runs.get_many(fork_run_id(root, f) for f in wanted)
+        records = await self._runs.results_many(fork_run_id(root, f) for f in wanted)
         results: dict[str, dict[str, Any]] = {}
         running: list[str] = []
         for fork_id in wanted:
