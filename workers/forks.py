@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import cached_property
 from typing import Any, Generic, TypeVar
 
 import structlog
@@ -91,8 +92,6 @@ class RedisForkBackend:
         self._queue = queue
         self._request = request
         self._tenant = tenant
-        self._forks = ForkTable(redis, keys, ttl_s=settings.run_retention_s)
-        self._runs = RunStore(redis, keys)
         # The parent's memory scope: its forks' keys live in the same one.
         self._memory = memory
         self._allocations: Batcher[tuple[str, str], Allocation | None] = Batcher(
@@ -103,6 +102,16 @@ class RedisForkBackend:
             self._existing_batch
         )
         self._requeues: Batcher[RunRequest, None] = Batcher(self._requeue_batch)
+
+    # Built on first use: most turns (a leaf fork's) never spawn nor gather, and each
+    # registers its scripts (hashing their source) when built.
+    @cached_property
+    def _forks(self) -> ForkTable:
+        return ForkTable(self._redis, self._keys, ttl_s=self._settings.run_retention_s)
+
+    @cached_property
+    def _runs(self) -> RunStore:
+        return RunStore(self._redis, self._keys)
 
     @property
     def depth(self) -> int:
