@@ -17,10 +17,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from functools import cached_property
 from typing import Any
 
 import structlog
 from pydantic import ValidationError
+from redis.commands.core import AsyncScript
 
 from orchestrator.errors import PayloadError, RunNotFound, StoreError
 from orchestrator.keys import Keys
@@ -417,12 +419,32 @@ class RunStore:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
-        self._cas = redis.register_script(_CAS_LUA)
-        self._create_many = redis.register_script(_CREATE_MANY_LUA)
-        self._fork_ended = redis.register_script(_FORK_ENDED_LUA)
-        self._suspend = redis.register_script(_SUSPEND_LUA)
-        self._start = redis.register_script(_START_LUA)
-        self._end = redis.register_script(_END_LUA)
+
+    # Each script is registered (its source hashed) on first use: a store is often built
+    # for one call (a run's end), which needs one of them.
+    @cached_property
+    def _cas(self) -> AsyncScript:
+        return self._redis.register_script(_CAS_LUA)
+
+    @cached_property
+    def _create_many(self) -> AsyncScript:
+        return self._redis.register_script(_CREATE_MANY_LUA)
+
+    @cached_property
+    def _fork_ended(self) -> AsyncScript:
+        return self._redis.register_script(_FORK_ENDED_LUA)
+
+    @cached_property
+    def _suspend(self) -> AsyncScript:
+        return self._redis.register_script(_SUSPEND_LUA)
+
+    @cached_property
+    def _start(self) -> AsyncScript:
+        return self._redis.register_script(_START_LUA)
+
+    @cached_property
+    def _end(self) -> AsyncScript:
+        return self._redis.register_script(_END_LUA)
 
     # -- single records ---------------------------------------------------------------
 
