@@ -26,6 +26,7 @@ __all__ = [
     "ForkInfo",
     "RunRecord",
     "RunRequest",
+    "RunResultView",
     "RunStatus",
     "RunStatusView",
     "StatusEntry",
@@ -209,6 +210,35 @@ class RunStatusView(BaseModel):
     def of_json(cls, run_id: str, raw: bytes | str) -> RunStatusView:
         """Decode a stored record's status; `PayloadError` if it is not a JSON object
         with a valid status."""
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            raise PayloadError(f"run record {run_id!r} is corrupt") from exc
+
+
+class RunResultView(BaseModel):
+    """What an ended run's result reads of a stored `RunRecord` (a fork's `ForkResult`
+    in a gather): its status, response, error fields, fork info and messages, without
+    the request it carries (the job payload, with its starting context as history).
+
+    Field for field as `RunRecord` validates them; fields it does not read are skipped,
+    and a record corrupt only in one of those reads as its result."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    run_id: str
+    status: RunStatus = RunStatus.QUEUED
+    response: str | None = None
+    messages: MessageList | None = None
+    error: str | None = None
+    error_type: str | None = None
+    abort_reason: str | None = None
+    fork: ForkInfo | None = None
+
+    @classmethod
+    def of_json(cls, run_id: str, raw: bytes | str) -> RunResultView:
+        """Decode a stored record's result fields; `PayloadError` if it is not a JSON
+        object whose result fields are valid."""
         try:
             return cls.model_validate_json(raw)
         except ValidationError as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import cached_property
 from typing import Any, Generic, TypeVar
 
 import structlog
@@ -23,7 +24,15 @@ import structlog
 from orchestrator.errors import PayloadError, RunNotFound, ToolError
 from orchestrator.keys import Keys
 from orchestrator.ports import SpawnRequest
-from orchestrator.runs import ForkInfo, RunRecord, RunRequest, RunStatus, StatusEntry, fork_run_id
+from orchestrator.runs import (
+    ForkInfo,
+    RunRecord,
+    RunRequest,
+    RunResultView,
+    RunStatus,
+    StatusEntry,
+    fork_run_id,
+)
 from orchestrator.runtime.forks import fork_result
 from orchestrator.settings import Settings
 from orchestrator.store.connection import Redis, run_scripts, translate_errors
@@ -38,8 +47,8 @@ __all__ = ["RedisForkBackend", "result_of"]
 _log = structlog.get_logger(__name__)
 
 
-def result_of(record: RunRecord, include_history: bool) -> dict[str, Any]:
-    """The ForkResult of an ended fork run."""
+def result_of(record: RunRecord | RunResultView, include_history: bool) -> dict[str, Any]:
+    """The ForkResult of an ended fork run (its whole record or its result view)."""
     info = record.fork
     status = {RunStatus.COMPLETED: "completed", RunStatus.ABORTED: "aborted"}.get(
         record.status, "error"
@@ -83,8 +92,6 @@ class RedisForkBackend:
         self._queue = queue
         self._request = request
         self._tenant = tenant
-        self._forks = ForkTable(redis, keys, ttl_s=settings.run_retention_s)
-        self._runs = RunStore(redis, keys)
         # The parent's memory scope: its forks' keys live in the same one.
         self._memory = memory
         self._allocations: Batcher[tuple[str, str], Allocation | None] = Batcher(
@@ -95,6 +102,16 @@ class RedisForkBackend:
             self._existing_batch
         )
         self._requeues: Batcher[RunRequest, None] = Batcher(self._requeue_batch)
+
+    # Built on first use: most turns (a leaf fork's) never spawn nor gather, and each
+    # registers its scripts (hashing their source) when built.
+    @cached_property
+    def _forks(self) -> ForkTable:
+        return ForkTable(self._redis, self._keys, ttl_s=self._settings.run_retention_s)
+
+    @cached_property
+    def _runs(self) -> RunStore:
+        return RunStore(self._redis, self._keys)
 
     @property
     def depth(self) -> int:
@@ -285,7 +302,7 @@ class RedisForkBackend:
                 f"gather_all: unknown fork id(s) {', '.join(unknown)}; your forks are: {mine}"
             )
         root = self._request.root_run_id
-        records = await self._runs.get_many(fork_run_id(root, f) for f in wanted)
+        records = await self._runs.results_many(fork_run_id(root, f) for f in wanted)
         results: dict[str, dict[str, Any]] = {}
         running: list[str] = []
         for fork_id in wanted:

@@ -17,14 +17,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from functools import cached_property
 from typing import Any
 
 import structlog
 from pydantic import ValidationError
+from redis.commands.core import AsyncScript
 
 from orchestrator.errors import PayloadError, RunNotFound, StoreError
 from orchestrator.keys import Keys
-from orchestrator.runs import RunRecord, RunStatus, RunStatusView, StatusEntry
+from orchestrator.runs import RunRecord, RunResultView, RunStatus, RunStatusView, StatusEntry
 from orchestrator.store._codec import dump_json, load_json, parse_int, resolve, text
 from orchestrator.store.abort import decode_reason
 from orchestrator.store.connection import (
@@ -308,6 +310,27 @@ def _decode_record(run_id: str, raw: Any) -> RunRecord:
         raise PayloadError(f"run record {run_id!r} is corrupt") from exc
 
 
+def _known(run_id: str, raw: Any) -> RunRecord | None:
+    """The record this process last wrote for `run_id` if `raw` is that very JSON, else
+    None: it was dumped from that (validated) record, so decoding `raw` whole would give
+    it back; a byte comparison instead of a decode (a parent reading the forks it just
+    created, or the runs this worker started and ended)."""
+    known = _LAST_WRITTEN.get(run_id)
+    if known is None or raw is None:
+        return None
+    written, record = known
+    if isinstance(raw, bytes) and isinstance(written, str):
+        written = written.encode()
+    elif isinstance(raw, str) and isinstance(written, bytes):
+        raw = raw.encode()
+    return record if written == raw else None
+
+
+def _read_record(run_id: str, raw: Any) -> RunRecord:
+    """`_decode_record`, or the record this process wrote as `raw` (`_known`)."""
+    return _known(run_id, raw) or _decode_record(run_id, raw)
+
+
 class Started(Enum):
     """How `RunStore.start` went."""
 
@@ -396,12 +419,32 @@ class RunStore:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
-        self._cas = redis.register_script(_CAS_LUA)
-        self._create_many = redis.register_script(_CREATE_MANY_LUA)
-        self._fork_ended = redis.register_script(_FORK_ENDED_LUA)
-        self._suspend = redis.register_script(_SUSPEND_LUA)
-        self._start = redis.register_script(_START_LUA)
-        self._end = redis.register_script(_END_LUA)
+
+    # Each script is registered (its source hashed) on first use: a store is often built
+    # for one call (a run's end), which needs one of them.
+    @cached_property
+    def _cas(self) -> AsyncScript:
+        return self._redis.register_script(_CAS_LUA)
+
+    @cached_property
+    def _create_many(self) -> AsyncScript:
+        return self._redis.register_script(_CREATE_MANY_LUA)
+
+    @cached_property
+    def _fork_ended(self) -> AsyncScript:
+        return self._redis.register_script(_FORK_ENDED_LUA)
+
+    @cached_property
+    def _suspend(self) -> AsyncScript:
+        return self._redis.register_script(_SUSPEND_LUA)
+
+    @cached_property
+    def _start(self) -> AsyncScript:
+        return self._redis.register_script(_START_LUA)
+
+    @cached_property
+    def _end(self) -> AsyncScript:
+        return self._redis.register_script(_END_LUA)
 
     # -- single records ---------------------------------------------------------------
 
@@ -834,6 +877,24 @@ class RunStore:
         """The records that exist among `run_ids` (one MGET; corrupt ones skipped)."""
         return {r.run_id: r for r in await self._load_many(builtins.list(run_ids))}
 
+    async def results_many(self, run_ids: Iterable[str]) -> dict[str, RunRecord | RunResultView]:
+        """What `get_many` answers, for reading ended runs' results (a gather): an ended
+        run's record as its `RunResultView` (its request left undecoded), a live one's
+        record whole (a live record must be whole, as `_status_of` checks); missing and
+        corrupt ones skipped (a corrupt one with a warning), as by `get_many`. One MGET."""
+        ids = builtins.list(run_ids)
+        async with translate_errors("run list"):
+            raws = await self._redis.mget([self._keys.run(r) for r in ids]) if ids else []
+        found: dict[str, RunRecord | RunResultView] = {}
+        for run_id, raw in zip(ids, raws, strict=True):
+            if raw is None:
+                continue
+            try:
+                found[run_id] = _read_result(run_id, raw)
+            except PayloadError as exc:
+                log.warning("runs.corrupt_record", run_id=run_id, error=str(exc))
+        return found
+
     async def suspend(
         self, run_id: str, *, attempt: int, segment: int, waiting_for: Iterable[str]
     ) -> bool:
@@ -1018,7 +1079,7 @@ class RunStore:
             if raw is None:
                 continue  # expired or deleted since it was indexed
             try:
-                records.append(_decode_record(run_id, raw))
+                records.append(_read_record(run_id, raw))
             except PayloadError as exc:
                 log.warning("runs.corrupt_record", run_id=run_id, error=str(exc))
         return records
@@ -1066,11 +1127,27 @@ def _is_live(run_id: str, raw: Any) -> bool:
 def _status_of(run_id: str, raw: Any) -> RunStatus:
     """A stored record's status, decoding the whole record only for a run that has not
     ended (a live run's record must be whole, as a full decode would check); PayloadError
-    if it is corrupt."""
+    if it is corrupt. A record this process wrote as `raw` needs no decode (`_known`)."""
+    known = _known(run_id, raw)
+    if known is not None:
+        return known.status
     status = RunStatusView.of_json(run_id, raw).status
     if not status.terminal:
         _decode_record(run_id, raw)
     return status
+
+
+def _read_result(run_id: str, raw: Any) -> RunRecord | RunResultView:
+    """A stored record for its result: the record this process wrote as `raw`, else an
+    ended run's `RunResultView`, else (a live run) the whole record, as `_status_of`
+    checks it; PayloadError if it is corrupt."""
+    known = _known(run_id, raw)
+    if known is not None:
+        return known
+    view = RunResultView.of_json(run_id, raw)
+    if view.status.terminal:
+        return view
+    return _decode_record(run_id, raw)
 
 
 def _check_fields(fields: dict[str, Any]) -> None:
