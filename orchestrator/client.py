@@ -255,7 +255,20 @@ class Client:
         run_id = uuid.uuid4().hex
         session = session_id or run_id
         keep_s = self.settings.stream_retention_s
-        owner = await self.sessions.claim(session, tenant, keep_s)
+        submitted_at = time.time()
+        # Claimed, and only if that admits the caller: the session's flag cleared (an
+        # abort of the session stops what is running in it now, each of those run trees
+        # has its own flag too; a new turn starts afresh) and the run indexed before it
+        # exists, so a session abort racing this submit still flags it. One round trip.
+        owner = await self.sessions.enter(
+            session,
+            tenant,
+            run_id,
+            submitted_at=submitted_at,
+            ttl_s=keep_s,
+            keep_s=self.settings.run_retention_s,
+            clear_abort=session_id is not None,
+        )
         if not owner.admits(tenant):
             raise SessionNotOwned(session, tenant=tenant)
         options: dict[str, Any] = {}
@@ -269,7 +282,7 @@ class Client:
             args=args or {},
             history=history,
             attempt=1,
-            submitted_at=time.time(),
+            submitted_at=submitted_at,
             options=options,
         )
         record = RunRecord(
@@ -285,20 +298,8 @@ class Client:
             tenant=owner.tenant,
             request=request.model_dump(mode="json"),
         )
-        if session_id is not None:
-            # An abort of the session stops what is running in it now (each of those run
-            # trees has its own flag too); a new turn starts afresh.
-            await self.flags.clear(session)
-        # Indexed before it exists, so a session abort racing this submit still flags it.
-        await self.sessions.add_run(
-            session,
-            run_id,
-            submitted_at=request.submitted_at,
-            ttl_s=keep_s,
-            keep_s=self.settings.run_retention_s,
-        )
-        await self.runs.create(record)
-        await self.queue.enqueue(request)
+        # The record, then the job (a worker picking it finds the record): one round trip.
+        await self.runs.create(record, then=[self.queue.enqueue_call(request)])
         return Run(self, run_id, session)
 
     async def may_access(self, session_id: str, tenant: str | None) -> bool:

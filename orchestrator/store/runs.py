@@ -448,10 +448,23 @@ class RunStore:
 
     # -- single records ---------------------------------------------------------------
 
-    async def create(self, record: RunRecord) -> bool:
-        """Store a new run record. Returns False (and changes nothing) if the id exists."""
+    async def create(
+        self, record: RunRecord, *, then: Sequence[tuple[Any, Sequence[Any], Sequence[Any]]] = ()
+    ) -> bool:
+        """Store a new run record. Returns False (and changes nothing) if the id exists.
+
+        `then`: script calls (`connection.run_scripts`) sent in the same round trip, run
+        after the creation (a submit's enqueue: a worker picking the job finds the
+        record); they run whatever the creation's outcome."""
         async with translate_errors("run create"):
-            return await self._write(None, None, record)
+            if not then:
+                return await self._write(None, None, record)
+            call = self._cas_call(None, None, record)
+            replies = await run_scripts(self._redis, [call, *then])
+        written = bool(int(replies[0]))
+        if written:
+            _remember(record.run_id, call[2][1], record)
+        return written
 
     async def create_many(self, records: Sequence[RunRecord]) -> list[bool]:
         """`create` for several records in one round trip: one script per status and

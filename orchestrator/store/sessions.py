@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 import structlog
+from redis.commands.core import AsyncScript
 
 from orchestrator.errors import PayloadError
 from orchestrator.keys import Keys
 from orchestrator.store._codec import text
-from orchestrator.store.connection import Redis, translate_errors
+from orchestrator.store.connection import Redis, run_script, translate_errors
 
 __all__ = ["SessionOwner", "SessionTable"]
 
@@ -27,6 +29,30 @@ log = structlog.get_logger(__name__)
 
 _NO_TENANT = "-"
 _TENANT = "t:"
+
+# A submit's session part in one atomic round trip: `claim`, and only if the claim admits
+# the caller (the operator, or the owner's own tenant: the same test as
+# `SessionOwner.admits`, on the stored value) the owner's TTL refresh, the session's abort
+# flag cleared (ARGV[7] == '1') and the run noted in the index (`add_run`). A caller the
+# session does not admit changes nothing.
+# KEYS: owner, run index, abort flag
+# ARGV: caller's owner value, '1' for the operator, ttl ms, run id, score, drop-below score,
+#       clear flag. Reply: {1 admitted | 0, the owner value before (nil: new session)}.
+_ENTER_LUA = """
+local previous = redis.call('GET', KEYS[1])
+if not previous then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+elseif ARGV[2] == '1' or previous == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+else
+  return {0, previous}
+end
+if ARGV[7] == '1' then redis.call('DEL', KEYS[3]) end
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return {1, previous}
+"""
 
 
 @dataclass(frozen=True)
@@ -77,6 +103,50 @@ class SessionTable:
         if owner.admits(tenant):
             await self.touch(session_id, ttl_s)
         return owner
+
+    async def enter(
+        self,
+        session_id: str,
+        tenant: str | None,
+        run_id: str,
+        *,
+        submitted_at: float,
+        ttl_s: float,
+        keep_s: float,
+        clear_abort: bool,
+    ) -> SessionOwner:
+        """A submit's `claim`, then (only if the owner admits `tenant`) the session's
+        abort flag cleared if `clear_abort`, and `add_run`: one atomic round trip.
+        Returns the owner; a caller it does not admit has changed nothing."""
+        mine = SessionOwner(tenant)
+        ttl_ms = max(1, int(ttl_s * 1000))
+        keys = [
+            self._keys.session_owner(session_id),
+            self._keys.session_runs(session_id),
+            self._keys.abort(session_id),
+        ]
+        args = [
+            mine.encode(),
+            "1" if tenant is None else "0",
+            str(ttl_ms),
+            run_id,
+            repr(submitted_at * 1000.0),
+            repr((time.time() - keep_s) * 1000.0),
+            "1" if clear_abort else "0",
+        ]
+        async with translate_errors("session enter"):
+            admitted, previous = await run_script(self._redis, self._enter, keys, args)
+        if previous is None:
+            return mine
+        owner = self._decode(session_id, previous)
+        # The script's test is `admits` on the stored value (an unreadable one admits
+        # only the operator, as its decoding to "no tenant" does).
+        assert bool(int(admitted)) == owner.admits(tenant)
+        return owner
+
+    @cached_property
+    def _enter(self) -> AsyncScript:
+        return self._redis.register_script(_ENTER_LUA)
 
     async def owner(self, session_id: str) -> SessionOwner | None:
         """The session's owner; None if it has none (never started, or expired)."""

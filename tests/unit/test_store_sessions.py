@@ -69,3 +69,40 @@ async def test_an_unreadable_owner_admits_only_the_operator(fake_redis: Any, key
     assert owner is not None
     assert owner.admits(None)
     assert not owner.admits("acme")
+
+
+async def test_entering_a_session_claims_it_clears_its_flag_and_indexes_the_run_at_once(
+    fake_redis: Any, keys: Keys
+) -> None:
+    table = SessionTable(fake_redis, keys)
+    enter = {"submitted_at": 4_000_000_000.0, "ttl_s": 60, "keep_s": 3600}
+    assert await table.enter("s1", "acme", "r1", clear_abort=False, **enter) == SessionOwner("acme")
+    await fake_redis.set(keys.abort("s1"), b"x")
+    assert await table.enter("s1", "acme", "r2", clear_abort=True, **enter) == SessionOwner("acme")
+    assert await fake_redis.exists(keys.abort("s1")) == 0
+    assert await table.enter("s1", None, "r3", clear_abort=False, **enter) == SessionOwner("acme")
+    assert sorted(await table.runs("s1")) == ["r1", "r2", "r3"]
+    assert 0 < await fake_redis.ttl(keys.session_owner("s1")) <= 60
+    assert 0 < await fake_redis.ttl(keys.session_runs("s1")) <= 60
+
+
+async def test_a_session_that_does_not_admit_the_caller_is_left_exactly_as_it_was(
+    fake_redis: Any, keys: Keys
+) -> None:
+    table = SessionTable(fake_redis, keys)
+    enter = {"submitted_at": 4_000_000_000.0, "keep_s": 3600}
+    await table.enter("s1", "acme", "r1", clear_abort=False, ttl_s=10, **enter)
+    await fake_redis.set(keys.abort("s1"), b"x")
+    owner = await table.enter("s1", "globex", "r2", clear_abort=True, ttl_s=1000, **enter)
+    assert owner == SessionOwner("acme")
+    assert not owner.admits("globex")
+    assert await fake_redis.exists(keys.abort("s1")) == 1
+    assert await table.runs("s1") == ["r1"]
+    assert await fake_redis.ttl(keys.session_owner("s1")) <= 10
+    await fake_redis.set(keys.session_owner("s2"), b"\xff garbage")
+    assert not (await table.enter("s2", "acme", "r3", clear_abort=False, ttl_s=9, **enter)).admits(
+        "acme"
+    )
+    assert await table.runs("s2") == []
+    assert (await table.enter("s2", None, "r4", clear_abort=False, ttl_s=9, **enter)).admits(None)
+    assert await table.runs("s2") == ["r4"]
