@@ -71,6 +71,9 @@ _arq_log = logging.getLogger("arq.worker")
 _REDIS_FAILURES: tuple[type[BaseException], ...] = (redis_errors.RedisError, OSError)
 # How long the wake listener waits for one message before checking its connection.
 _LISTEN_S = 1.0
+# At most this many job ids named by wake-ups are kept for the next pick (the poll that
+# follows finds any others).
+_HINTS = 64
 # How long close() lets job tasks that are still running finish before arq cancels them.
 _CLOSE_GRACE_S = 1.0
 # A job that ended with no result to record (arq's `no_result`: a retry).
@@ -122,6 +125,9 @@ class WakeableWorker(Worker):
         self._picker = f"w:{uuid.uuid4().hex}"
         self._wake_channel = wake_channel
         self._wake = asyncio.Event()
+        # Job ids the wake-ups named since the last poll: picked straight away, without
+        # the queue read first (one round trip less from an enqueue to the job's start).
+        self._hints: list[bytes] = []
         self._listener: asyncio.Task[None] | None = None
         self._started: set[str] = set()  # job ids whose function has been called
         self.poll_outage = Outage("queue poll")
@@ -170,6 +176,7 @@ class WakeableWorker(Worker):
             while True:
                 self._wake.clear()
                 try:
+                    await self._start_hinted()
                     await self._poll_iteration()
                     if self.burst and await self._burst_done():
                         return
@@ -181,6 +188,14 @@ class WakeableWorker(Worker):
                     await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
         finally:
             await cancel_and_wait(self._listener)
+
+    async def _start_hinted(self) -> None:
+        """Pick the jobs the wake-ups named, if a slot is free (like the poll, whose queue
+        read then skips them as running). A hint that is not a job, not due or taken by
+        another worker is only a refused pick; the poll still reads the queue."""
+        hints, self._hints = self._hints, []
+        if hints and self.allow_pick_jobs and not self.burst and self.job_counter < self.max_jobs:
+            await self.start_jobs(hints)
 
     async def _burst_done(self) -> bool:
         if 0 <= self.max_burst_jobs <= self._jobs_started():
@@ -617,6 +632,17 @@ class WakeableWorker(Worker):
 
     # -- wake-ups -----------------------------------------------------------------------
 
+    def _hint(self, data: object) -> None:
+        """Keep the job id a wake-up names (an enqueue's first job; not a batch's wake)."""
+        if (
+            isinstance(data, bytes)
+            and 0 < len(data) <= 200
+            and not data.startswith(b"batch:")
+            and data not in self._hints
+            and len(self._hints) < _HINTS
+        ):
+            self._hints.append(data)
+
     async def _listen(self) -> None:
         pool: Redis = self.pool
         outage = Outage("wake channel", max_delay_s=2.0)
@@ -632,6 +658,7 @@ class WakeableWorker(Worker):
                         ignore_subscribe_messages=True, timeout=_LISTEN_S
                     )
                     if message is not None and message.get("type") == "message":
+                        self._hint(message.get("data"))
                         self._wake.set()
             except asyncio.CancelledError:
                 raise

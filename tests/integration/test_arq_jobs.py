@@ -479,3 +479,33 @@ async def test_a_job_this_worker_is_running_is_not_picked_again_when_listed(
         assert await jobs.leftovers(jid) == []
     finally:
         await pool.aclose()
+
+
+async def test_a_job_a_wake_up_names_is_picked_without_a_queue_read(
+    redis_url: str, jobs: Jobs, redis: Redis
+) -> None:
+    """The wake-up carries the job id: the worker picks it at once (here its queue reads
+    list nothing, so only the wake-up's job id can start the job)."""
+    pool = connect_arq(redis_url, jobs.queue)
+    started = asyncio.Event()
+
+    async def work(ctx: dict[str, Any], payload: Any) -> None:
+        jobs.calls.append({"id": ctx["job_id"]})
+        started.set()
+
+    worker = _worker(pool, jobs, work, burst=False, poll_delay=30)
+    worker._queue_read_offset = 1_000_000  # every queue read comes back empty
+    running = asyncio.create_task(worker.main())
+    try:
+        await asyncio.sleep(0.3)  # subscribed, first poll done
+        jid = await jobs.enqueue()
+        await redis.publish(jobs.queue + ":wake", b"batch:not-a-job")
+        await redis.publish(jobs.queue + ":wake", jid)
+        await asyncio.wait_for(started.wait(), 5)
+        await asyncio.wait_for(asyncio.gather(*worker.tasks.values()), 10)
+        assert jobs.calls == [{"id": jid}]
+        assert await jobs.leftovers(jid) == []
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await pool.aclose()
