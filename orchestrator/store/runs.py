@@ -38,7 +38,12 @@ from orchestrator.store.connection import (
     run_scripts,
     translate_errors,
 )
-from orchestrator.store.streams import TAKE_OVER_FUNCTION_LUA, TakenOver, taken_over
+from orchestrator.store.streams import (
+    ADD_ENTRY_FUNCTION_LUA,
+    TAKE_OVER_FUNCTION_LUA,
+    TakenOver,
+    taken_over,
+)
 
 __all__ = [
     "EndWrites",
@@ -209,8 +214,8 @@ return reply(1, '', taken)
 # checkpoint's state dropped (its fence kept), the attempt's lease released (as
 # `_RELEASE_LUA`), the write fence's retention, the session owner's and run index's
 # retention pushed back when they would expire before the stream (not on every run's
-# end), the terminal status entry in the session stream (what `streams.status_call`
-# writes for the publisher "end:<run>": once, however often the end is repeated; the
+# end), the terminal status entry in the session stream (`add_entry`, marked as the
+# publisher "end:<run>" would mark it: once, however often the end is repeated; the
 # stream's retention starts there), the announcement that wakes `Run.result()`, and, a
 # fork, its parent's awaited set (`_FORK_ENDED_LUA`), with the parent's record when this
 # was the last fork it awaited. A reader woken by the terminal entry (or the
@@ -225,7 +230,9 @@ return reply(1, '', taken)
 #       terminal status entry ("" = none), its root ("" = the run), stream maxlen
 # Reply: {0, record raw ("" = none)} not the expected record, nothing written; {1} ended;
 # {1, parent raw} ended, and emptied the waiting parent's awaited set
-_END_LUA = """
+_END_LUA = (
+    ADD_ENTRY_FUNCTION_LUA
+    + """
 local fresh = ARGV[2] ~= ''
 if fresh then
   local current = redis.call('GET', KEYS[1])
@@ -269,13 +276,7 @@ if ARGV[17] ~= '' then
     done = redis.call('HGET', KEYS[14], marker) or redis.call('HGET', KEYS[15], 'end:' .. ARGV[3])
   end
   if not done then
-    if ARGV[18] == '' then
-      redis.call('XADD', KEYS[13], 'MAXLEN', '~', ARGV[19], '*',
-        'v', '1', 'kind', 'status', 'run', ARGV[3], 'data', ARGV[17])
-    else
-      redis.call('XADD', KEYS[13], 'MAXLEN', '~', ARGV[19], '*',
-        'v', '1', 'kind', 'status', 'run', ARGV[3], 'data', ARGV[17], 'root', ARGV[18])
-    end
+    add_entry(KEYS[13], ARGV[19], 'status', ARGV[3], ARGV[17], ARGV[18])
     redis.call('HSET', KEYS[14], marker, '1')
   end
   redis.call('EXPIRE', KEYS[13], ARGV[7])
@@ -289,6 +290,7 @@ if removed == 1 and redis.call('SCARD', KEYS[11]) == 0 then
 end
 return {1}
 """
+)
 
 # What this process last wrote per run (raw JSON, record): the first guess of the next
 # compare-and-set, saving its read when nobody else wrote meanwhile. Bounded, LRU.

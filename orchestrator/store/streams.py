@@ -55,6 +55,7 @@ from orchestrator.store.connection import (
 )
 
 __all__ = [
+    "ADD_ENTRY_FUNCTION_LUA",
     "DEFAULT_BLOCK_MS",
     "IDLE_TTL_S",
     "TAKE_OVER_FUNCTION_LUA",
@@ -67,7 +68,6 @@ __all__ = [
     "TakenOver",
     "connect_blocking",
     "decode_entry",
-    "status_call",
     "statuses_call",
     "taken_over",
 ]
@@ -108,6 +108,20 @@ class _Pending:
     call_seq: tuple[str, int] | None = None
 
 
+# One stream entry: the fields every reader parses (`StreamEntry`), written the same way
+# by every script that appends to a session stream (a publisher's batch, a batch of forks'
+# status entries, a run's terminal entry in its end). `root` "" = the run is its own root.
+ADD_ENTRY_FUNCTION_LUA = """
+local function add_entry(stream, maxlen, kind, run, data, root)
+  if root == '' then
+    return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
+      'v', '1', 'kind', kind, 'run', run, 'data', data)
+  end
+  return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
+    'v', '1', 'kind', kind, 'run', run, 'data', data, 'root', root)
+end
+"""
+
 # One batch of a publisher, atomically: refuse it if a newer attempt owns the run's writes
 # (or, when the fence is not this attempt's, saved the checkpoint), else append the
 # entries, note the highest event_seq per agent call and the batch number (one HSET: the
@@ -124,7 +138,9 @@ class _Pending:
 #       check ("1": a batch this publisher may have delivered already; its marker says),
 #       persist ("1": the publisher's first checkpoint: clear the key's TTL)
 # Reply: {1} written, {2} written before, {0, fence} refused.
-_PUBLISH_LUA = """
+_PUBLISH_LUA = (
+    ADD_ENTRY_FUNCTION_LUA
+    + """
 local attempt = tonumber(ARGV[1])
 local nseqs = tonumber(ARGV[10])
 local at = 11 + 2 * nseqs
@@ -146,17 +162,8 @@ if attempt then
     if saved and saved > attempt then return {0, saved} end
   end
 end
-local root = ARGV[9]
 for i = 0, nentries - 1 do
-  local kind = ARGV[at + 1 + 2 * i]
-  local data = ARGV[at + 2 + 2 * i]
-  if root == '' then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*',
-      'v', '1', 'kind', kind, 'run', ARGV[8], 'data', data)
-  else
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*',
-      'v', '1', 'kind', kind, 'run', ARGV[8], 'data', data, 'root', root)
-  end
+  add_entry(KEYS[1], ARGV[4], ARGV[at + 1 + 2 * i], ARGV[8], ARGV[at + 2 + 2 * i], ARGV[9])
 end
 local pairs_ = {'batch:' .. ARGV[2], ARGV[3]}
 for i = 0, nseqs - 1 do
@@ -175,6 +182,7 @@ end
 if attempt and string.sub(ARGV[6], 2, 2) == '1' then redis.call('EXPIRE', KEYS[4], ARGV[7]) end
 return {1}
 """
+)
 # `take_over` as a Lua function, shared by the publisher's own script (`_TAKE_OVER_LUA`)
 # and the job's start (`RunStore.start(take_over_ttl_s=)`, which runs it after its own
 # checks and before its writes, so a refused take-over starts nothing): refuse if a newer
@@ -657,64 +665,21 @@ class EventPublisher:
         self._waiters = still
 
 
-def status_call(
-    redis: Redis,
-    keys: Keys,
-    status: StatusEntry,
-    *,
-    session_id: str,
-    root_run_id: str | None = None,
-    maxlen: int = 100_000,
-    publisher_id: str | None = None,
-    ttl_s: int = 7 * 86_400,
-) -> tuple[Any, list[str], list[Any]]:
-    """The script call that appends one status entry for `status.run_id` (what a fresh
-    `EventPublisher` would send), for a caller batching it with other writes in one
-    round trip (`connection.run_scripts`). With `publisher_id` it is written once
-    however often it is sent (the publisher's batch marker says it was). The session's
-    stream keys get `ttl_s` in the same script."""
-    publisher = EventPublisher(
-        redis,
-        keys,
-        session_id=session_id,
-        run_id=status.run_id,
-        root_run_id=root_run_id,
-        maxlen=maxlen,
-        publisher_id=publisher_id,
-        idle_ttl_s=ttl_s,
-    )
-    publisher._batch_no = 1
-    names = [
-        publisher._stream,
-        publisher._seqs,
-        publisher._publishers,
-        publisher._fence,
-        publisher._checkpoint,
-    ]
-    entry = _Pending("status", status.to_json())
-    args = publisher._script_args([entry], refresh=True, check=publisher_id is not None)
-    return publisher._script, names, args
-
-
 # Status entries of several runs of one session (a batch of forks queued), atomically,
 # unfenced and without a batch marker (sent once: nothing retries them by publisher).
 # KEYS: stream, seqs; ARGV: maxlen, idle ttl, n, (run, root, data) x n
 # ("" root = the run). The session's stream keys get the idle TTL, as a first batch does.
-_STATUSES_LUA = """
+_STATUSES_LUA = (
+    ADD_ENTRY_FUNCTION_LUA
+    + """
 local n = tonumber(ARGV[3])
 for i = 0, n - 1 do
-  local run, root, data = ARGV[4 + 3 * i], ARGV[5 + 3 * i], ARGV[6 + 3 * i]
-  if root == '' then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-      'v', '1', 'kind', 'status', 'run', run, 'data', data)
-  else
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-      'v', '1', 'kind', 'status', 'run', run, 'data', data, 'root', root)
-  end
+  add_entry(KEYS[1], ARGV[1], 'status', ARGV[4 + 3 * i], ARGV[6 + 3 * i], ARGV[5 + 3 * i])
 end
 for i = 1, 2 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
 return n
 """
+)
 
 
 def statuses_call(
@@ -727,7 +692,7 @@ def statuses_call(
     ttl_s: int = 7 * 86_400,
 ) -> tuple[Any, list[str], list[Any]]:
     """The script call that appends the status entries of several runs of one session
-    (each with its root run id), in order, in one command: what `status_call` sends for
+    (each with its root run id), in order, in one command: what a fresh publisher sends for
     each of them, without a batch marker (so, not for a write that may be repeated).
     For a caller batching it with other writes in one round trip (`run_scripts`)."""
     script = redis.register_script(_STATUSES_LUA)
