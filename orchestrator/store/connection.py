@@ -288,19 +288,30 @@ async def _pipelined(redis: Redis, command: tuple[Any, ...]) -> list[Any]:
 
 
 async def run_scripts(
-    redis: Redis, calls: Sequence[tuple[Any, Sequence[Any], Sequence[Any]]]
+    redis: Redis,
+    calls: Sequence[tuple[Any, Sequence[Any], Sequence[Any]]],
+    *,
+    ordered: bool = False,
 ) -> list[Any]:
     """Several EVALSHAs (`(script, keys, args)` each) in one round trip for all of them
     (pipelined, no MULTI). Each script is atomic on its own, not the set. A script Redis
-    lacks is loaded and only its calls are sent again. The first other error is raised
-    (as redis-py's); the replies come in the order of `calls`."""
+    lacks is loaded and only its calls are sent again, after the others. The first other
+    error is raised (as redis-py's); the replies come in the order of `calls`.
+
+    `ordered`: the calls must run in their order even then (a record before the job that
+    names it): every call but the last is sent as EVAL with its source, which Redis never
+    refuses for a missing script, so only the last can be sent again."""
     replies: list[Any] = [None] * len(calls)
     todo = list(range(len(calls)))
+    last = len(calls) - 1
     for attempt in range(2):
         commands = []
         for i in todo:
             script, keys, args = calls[i]
-            commands.append(("EVALSHA", script.sha, len(keys), *keys, *args))
+            if ordered and i != last:
+                commands.append(("EVAL", script.script, len(keys), *keys, *args))
+            else:
+                commands.append(("EVALSHA", script.sha, len(keys), *keys, *args))
         results = await _evalshas(redis, commands)
         missing: list[int] = []
         for i, result in zip(todo, results, strict=True):

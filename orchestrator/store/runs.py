@@ -456,13 +456,14 @@ class RunStore:
         """Store a new run record. Returns False (and changes nothing) if the id exists.
 
         `then`: script calls (`connection.run_scripts`) sent in the same round trip, run
-        after the creation (a submit's enqueue: a worker picking the job finds the
-        record); they run whatever the creation's outcome."""
+        after the creation, also when Redis had lost a script (a submit's enqueue: a
+        worker picking the job finds the record); they run whatever the creation's
+        outcome."""
         async with translate_errors("run create"):
             if not then:
                 return await self._write(None, None, record)
             call = self._cas_call(None, None, record)
-            replies = await run_scripts(self._redis, [call, *then])
+            replies = await run_scripts(self._redis, [call, *then], ordered=True)
         written = bool(int(replies[0]))
         if written:
             _remember(record.run_id, call[2][1], record)

@@ -13,9 +13,10 @@ from arq.constants import in_progress_key_prefix
 from arq.jobs import Job
 
 from orchestrator.keys import Keys
-from orchestrator.runs import RunRequest
+from orchestrator.runs import RunRecord, RunRequest
 from orchestrator.store.connection import Redis, run_scripts
 from orchestrator.store.queue import JobQueue, arq_keys, connect_queue, job_id
+from orchestrator.store.runs import RunStore
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -107,3 +108,41 @@ async def test_queue_depth_counts_waiting_jobs_not_the_ones_workers_are_running(
     finally:
         await redis.delete(*(k for jid in jids for k in arq_keys(jid)))
         await arq.aclose()
+
+
+async def test_ordered_script_calls_keep_their_order_when_redis_lacks_a_script(
+    redis: Redis, keys: Keys
+) -> None:
+    """A script Redis lacks is loaded and sent again after the others; `ordered` calls
+    (a record, then the job naming it) must still run in their order."""
+    seen = keys.prefix + ":order"
+    first = redis.register_script("return redis.call('RPUSH', KEYS[1], 'first')")
+    second = redis.register_script("return redis.call('RPUSH', KEYS[1], 'second')")
+    await redis.script_load(second.script)
+    try:
+        first.sha = "0" * 40  # as after a restart or a failover: Redis lacks it
+        await run_scripts(redis, [(first, [seen], []), (second, [seen], [])])
+        assert await redis.lrange(seen, 0, -1) == [b"second", b"first"]  # reordered
+        await redis.delete(seen)
+        first.sha = "0" * 40
+        await run_scripts(redis, [(first, [seen], []), (second, [seen], [])], ordered=True)
+        assert await redis.lrange(seen, 0, -1) == [b"first", b"second"]
+    finally:
+        await redis.delete(seen)
+
+
+async def test_a_submits_job_is_queued_after_its_record_even_when_redis_lost_the_script(
+    redis: Redis, keys: Keys
+) -> None:
+    record = RunRecord(run_id=uuid.uuid4().hex, session_id="s1", agent="tests.agents:echo")
+    seen = keys.prefix + ":found"
+    probe = redis.register_script(
+        "return redis.call('RPUSH', KEYS[2], redis.call('EXISTS', KEYS[1]))"
+    )
+    store = RunStore(redis, keys)
+    store._cas.sha = "0" * 40  # Redis lacks the create's script
+    try:
+        assert await store.create(record, then=[(probe, [keys.run(record.run_id), seen], [])])
+        assert await redis.lrange(seen, 0, -1) == [b"1"]  # the record existed already
+    finally:
+        await redis.delete(seen)
