@@ -48,7 +48,12 @@ from redis.asyncio import Redis
 
 from orchestrator.aio import cancel_and_wait
 from orchestrator.errors import StoreError
-from orchestrator.store.connection import is_unavailable, run_script, translate_errors
+from orchestrator.store.connection import (
+    is_unavailable,
+    run_script,
+    run_scripts,
+    translate_errors,
+)
 from workers.arq_jobs import (
     FINISH_LUA,
     PICK_LUA,
@@ -266,7 +271,7 @@ class WakeableWorker(Worker):
     async def _pick_many(self, raw_ids: list[bytes]) -> list[Picked | None]:
         """`_pick` for several jobs in one round trip (`arq_jobs.PICK_LUA` each: arq took
         six per job, one job after the other). A job whose queue or keys hold the wrong
-        type is not picked."""
+        type is not picked; any other refusal is raised (the picks are then repaired)."""
         picks: list[Picked | None] = [None] * len(raw_ids)
         calls: list[tuple[int, list[str], list[str]]] = []
         for n, raw_id in enumerate(raw_ids):
@@ -278,10 +283,15 @@ class WakeableWorker(Worker):
                 await self.pool.zrem(self.queue_name, raw_id)
                 continue
             calls.append((n, *self._pick_call(job_id)))
-        replies = await self._eval_many(self._script(PICK_LUA), [(k, a) for _, k, a in calls])
+        script = self._script(PICK_LUA)
+        replies = await run_scripts(
+            self.pool, [(script, k, a) for _, k, a in calls], raise_on_error=False
+        )
         for (n, _, _), reply in zip(calls, replies, strict=True):
             if not isinstance(reply, redis_errors.ResponseError):
                 picks[n] = Picked.from_reply(reply)
+            elif not _wrong_type(reply):
+                raise reply  # Redis refuses writes (out of memory, a read-only replica)
         return picks
 
     def _pick_call(self, job_id: str) -> tuple[list[str], list[str]]:
@@ -304,30 +314,6 @@ class WakeableWorker(Worker):
             keys += claim[0]
             args += claim[1]
         return keys, args
-
-    async def _eval_many(self, script: Any, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
-        """EVALSHAs of one script in one pipeline: each call's reply, or its ResponseError
-        (loaded first if Redis lacks the script). A failure on the way is raised."""
-        replies: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for attempt in range(2):
-            if not todo:
-                break
-            async with self.pool.pipeline(transaction=False) as pipe:
-                for i in todo:
-                    keys, args = calls[i]
-                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                results = await pipe.execute(raise_on_error=False)
-            missing = []
-            for i, result in zip(todo, results, strict=True):
-                if isinstance(result, redis_errors.NoScriptError) and attempt == 0:
-                    missing.append(i)
-                else:
-                    replies[i] = result
-            if missing:
-                script.sha = await self.pool.script_load(script.script)
-            todo = missing
-        return replies
 
     def _script(self, lua: str) -> Any:
         script = self._scripts.get(lua)
@@ -668,3 +654,8 @@ class WakeableWorker(Worker):
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def _wrong_type(error: redis_errors.ResponseError) -> bool:
+    """A script refused because a key holds the wrong kind of value (not arq's)."""
+    return str(error).startswith("WRONGTYPE")

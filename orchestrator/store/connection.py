@@ -292,6 +292,7 @@ async def run_scripts(
     calls: Sequence[tuple[Any, Sequence[Any], Sequence[Any]]],
     *,
     ordered: bool = False,
+    raise_on_error: bool = True,
 ) -> list[Any]:
     """Several EVALSHAs (`(script, keys, args)` each) in one round trip for all of them
     (pipelined, no MULTI). Each script is atomic on its own, not the set. A script Redis
@@ -300,7 +301,13 @@ async def run_scripts(
 
     `ordered`: the calls must run in their order even then (a record before the job that
     names it): every call but the last is sent as EVAL with its source, which Redis never
-    refuses for a missing script, so only the last can be sent again."""
+    refuses for a missing script, so only the last can be sent again.
+
+    `raise_on_error=False`: a call Redis refuses (its script failed: a key of the wrong
+    type, out of memory) gets its `ResponseError` as its reply, and the others theirs. A
+    failure of the connection is raised either way."""
+    if not calls:
+        return []
     replies: list[Any] = [None] * len(calls)
     todo = list(range(len(calls)))
     last = len(calls) - 1
@@ -317,7 +324,7 @@ async def run_scripts(
         for i, result in zip(todo, results, strict=True):
             if isinstance(result, redis_errors.NoScriptError) and attempt == 0:
                 missing.append(i)
-            elif isinstance(result, Exception):
+            elif isinstance(result, Exception) and raise_on_error:
                 raise result
             else:
                 replies[i] = result

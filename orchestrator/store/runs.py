@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 from pydantic import ValidationError
+from redis import exceptions as redis_errors
 from redis.commands.core import AsyncScript
 
 from orchestrator.errors import PayloadError, RunNotFound, StoreError
@@ -1304,7 +1305,7 @@ class LeaseTable:
     ) -> builtins.list[bool | None]:
         """`renew` for several `(run_id, attempt)` leases in one round trip (each atomic
         on its own): True or False for each as `renew` says, None for a lease whose owner
-        record is corrupt."""
+        record is corrupt (unreadable, or a key of another type: the others are renewed)."""
         if not leases:
             return []
         deadline = repr(_now_ms() + ttl_s * 1000.0)
@@ -1318,8 +1319,11 @@ class LeaseTable:
             for run_id, attempt in leases
         ]
         async with translate_errors("lease renew"):
-            replies = await run_scripts(self._redis, calls)
-        return [None if int(r) < 0 else int(r) == 1 for r in replies]
+            replies = await run_scripts(self._redis, calls, raise_on_error=False)
+        return [
+            None if isinstance(r, redis_errors.ResponseError) or int(r) < 0 else int(r) == 1
+            for r in replies
+        ]
 
     async def release(self, run_id: str, attempt: int) -> bool:
         """Give the lease up at the end of the attempt. False if `attempt` did not hold it."""

@@ -254,6 +254,18 @@ async def test_leases_are_renewed_together_each_as_renew_would(fake_redis: Any, 
     assert await leases.renew_many([], worker_id="w", ttl_s=60) == []
 
 
+async def test_a_lease_key_of_another_type_fails_only_its_own_renewal(
+    fake_redis: Any, keys: Keys
+) -> None:
+    leases = LeaseTable(fake_redis, keys)
+    assert await leases.renew("held", attempt=1, worker_id="w", ttl_s=60)
+    await fake_redis.set(keys.lease("broken"), "not a hash")
+    renewed = await leases.renew_many(
+        [("broken", 1), ("held", 1)], worker_id="w", ttl_s=60, extend_only=True
+    )
+    assert renewed == [None, True]
+
+
 async def test_a_suspend_on_a_stale_guess_of_the_record_reads_it_again(
     runs: RunStore,
 ) -> None:
