@@ -77,7 +77,12 @@ def _schema_for(
     if code is not None:
         try:
             annotations = tuple(getattr(func, "__annotations__", {}).items())
-            key = (name, code, getattr(func, "__defaults__", None), docstring, annotations)
+            kwdefaults = getattr(func, "__kwdefaults__", None)
+            defaults = (
+                getattr(func, "__defaults__", None),
+                tuple(kwdefaults.items()) if kwdefaults else None,
+            )
+            key = (name, code, defaults, docstring, annotations)
             hash(key)
         except (TypeError, AttributeError):
             key = None

@@ -48,6 +48,25 @@ def test_a_new_default_is_seen_by_a_tool_made_per_call() -> None:
     }
 
 
+def _kw_only_tool(default: int) -> Tool:
+    async def page(key: str, *, size: int = default) -> str:
+        """Read a page.
+
+        Args:
+            key: The key.
+            size: Entries per page.
+        """
+        return key
+
+    page.custom = True  # type: ignore[attr-defined]  # not a plain def: the older cache
+    return Tool(func=page)
+
+
+def test_a_new_keyword_only_default_is_seen_by_a_tool_made_per_call() -> None:
+    assert _kw_only_tool(5).parameters["properties"]["size"]["default"] == 5
+    assert _kw_only_tool(50).parameters["properties"]["size"]["default"] == 50
+
+
 def test_a_new_docstring_is_seen_by_a_tool_made_per_call() -> None:
     assert _lookup_tool().description == "Look a key up."
     changed = _lookup_tool(doc="Find a key.\n\nArgs:\n    key: Which key to find.\n")
