@@ -924,7 +924,7 @@ def _parse_partial_object(text: str) -> dict[str, Any]:
 class _Failed:
     __slots__ = ("error",)
 
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, error: BaseException) -> None:
         self.error = error
 
 
@@ -960,6 +960,11 @@ class _Chunks:
             self._queue.put_nowait(_END)
         except Exception as exc:  # raised by next(), in the turn's task
             self._queue.put_nowait(_Failed(exc))
+        except asyncio.CancelledError as exc:
+            # aclose() cancelled the reader (nobody waits), or the stream raised it on its
+            # own: then next() must not wait for a chunk that never comes.
+            self._queue.put_nowait(_Failed(exc))
+            raise
         finally:
             await self._close_stream()
 
