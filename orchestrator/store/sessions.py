@@ -61,6 +61,12 @@ class SessionOwner:
 
     tenant: str | None
 
+    def __post_init__(self) -> None:
+        # "" would be stored as a tenant that reads back as unreadable (admitting only
+        # the operator): refused before anything is written.
+        if self.tenant == "":
+            raise ValueError("a tenant is a non-empty name (None: no tenant, the operator)")
+
     def encode(self) -> str:
         return _NO_TENANT if self.tenant is None else _TENANT + self.tenant
 

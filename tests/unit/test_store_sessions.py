@@ -106,3 +106,14 @@ async def test_a_session_that_does_not_admit_the_caller_is_left_exactly_as_it_wa
     assert await table.runs("s2") == []
     assert (await table.enter("s2", None, "r4", clear_abort=False, ttl_s=9, **enter)).admits(None)
     assert await table.runs("s2") == ["r4"]
+
+
+async def test_an_empty_tenant_is_refused_before_anything_is_written(
+    fake_redis: Any, keys: Keys
+) -> None:
+    sessions = SessionTable(fake_redis, keys)
+    with pytest.raises(ValueError, match="non-empty"):
+        await sessions.enter(
+            "s-empty", "", "r1", submitted_at=1.0, ttl_s=60, keep_s=60, clear_abort=True
+        )
+    assert await fake_redis.exists(keys.session_owner("s-empty"), keys.session_runs("s-empty")) == 0
