@@ -562,8 +562,10 @@ async def read_to_end(events: AsyncGenerator[object, None]) -> None:
                 count += 1
                 if count >= DRAIN_MAX_EVENTS:
                     return
-    except (TimeoutError, httpx.TransportError):
-        pass  # the answer is complete; only the connection is not reused
+    except (TimeoutError, httpx.HTTPError):
+        # The answer is complete; only the connection is not reused (a broken tail after
+        # [DONE], even one that fails to decode, must not fail or retry the answer).
+        pass
     finally:
         await events.aclose()
 
