@@ -362,6 +362,8 @@ class Client:
             return None
         if record.session_id != session_id:
             raise RunNotFound(f"no run {run_id!r} in session {session_id!r}", run_id=run_id)
+        if tenant is not None and record.tenant != tenant:
+            raise SessionNotOwned(session_id, tenant=tenant)  # before reading its tree
         # The tree's runs waiting in a gather are resumed, to end aborted, in the round
         # trip that sets the flag (after it: their segments see it) and pushes the abort
         # (before it: workers are woken for them before the running ones start ending),
@@ -372,9 +374,7 @@ class Client:
             self.sessions.owner(session_id),
             waiting_segments(self.runs, forks, session_id, record.root_run_id, root=record),
         )
-        if tenant is not None and (
-            record.tenant != tenant or (owner is not None and not owner.admits(tenant))
-        ):
+        if tenant is not None and owner is not None and not owner.admits(tenant):
             raise SessionNotOwned(session_id, tenant=tenant)
         await self.flags.request_run(
             session_id,
