@@ -54,7 +54,6 @@ __all__ = [
     "Start",
     "Started",
     "WorkerRegistry",
-    "fork_was_last",
 ]
 
 log = structlog.get_logger(__name__)
@@ -149,13 +148,6 @@ end
 redis.call('EXPIRE', KEYS[4], ARGV[5])
 return 1
 """
-# A fork ended: drop it from its parent's awaited set and say how many are left (atomic,
-# so exactly one fork's end sees the set emptied). KEYS: awaited; ARGV: fork run id
-_FORK_ENDED_LUA = """
-local removed = redis.call('SREM', KEYS[1], ARGV[1])
-return {removed, redis.call('SCARD', KEYS[1])}
-"""
-
 # The start of a job in one round trip: read the run's abort flags and, if the record is
 # still what the caller expects, move it to RUNNING and take the attempt's lease (the
 # checks of `_RENEW_LUA`), all or nothing; with ARGV[9], also take over the run's writes
@@ -218,9 +210,9 @@ return reply(1, '', taken)
 # end), the terminal status entry in the session stream (`add_entry`, marked as the
 # publisher "end:<run>" would mark it: once, however often the end is repeated; the
 # stream's retention starts there), the announcement that wakes `Run.result()`, and, a
-# fork, its parent's awaited set (`_FORK_ENDED_LUA`), with the parent's record when this
-# was the last fork it awaited. A reader woken by the terminal entry (or the
-# announcement) finds all of it done: one script.
+# fork, its parent's awaited set (SREM, then SCARD: exactly one fork's end sees it
+# emptied), with the parent's record when this was the last fork it awaited. A reader
+# woken by the terminal entry (or the announcement) finds all of it done: one script.
 # KEYS: record, old status index, new status index, expiring index, checkpoint, write
 #       fence, lease owner, lease deadlines, session owner, session runs, parent's
 #       awaited set, parent's record, session stream, session seqs, session publishers
@@ -432,10 +424,6 @@ class RunStore:
     @cached_property
     def _create_many(self) -> AsyncScript:
         return self._redis.register_script(_CREATE_MANY_LUA)
-
-    @cached_property
-    def _fork_ended(self) -> AsyncScript:
-        return self._redis.register_script(_FORK_ENDED_LUA)
 
     @cached_property
     def _suspend(self) -> AsyncScript:
@@ -965,17 +953,6 @@ class RunStore:
                     return True
         raise StoreError("run suspend kept conflicting")
 
-    async def fork_ended(self, run_id: str, fork_run_id: str) -> bool:
-        """Note that `fork_run_id` ended; True if `run_id` was waiting for it and it was
-        the last one (exactly one fork's end gets True, without reading the others)."""
-        async with translate_errors("fork ended"):
-            (reply,) = await run_scripts(self._redis, [self.fork_ended_call(run_id, fork_run_id)])
-        return fork_was_last(reply)
-
-    def fork_ended_call(self, run_id: str, fork_run_id: str) -> tuple[Any, list[str], list[Any]]:
-        """The script call of `fork_ended`, to batch with other writes (`run_scripts`)."""
-        return self._fork_ended, [self._keys.awaited(run_id)], [fork_run_id]
-
     async def ready_to_resume(self, run_id: str) -> RunRecord | None:
         """The record of a WAITING run whose awaited forks have all ended, else None."""
         try:
@@ -1123,12 +1100,6 @@ class RunStore:
                     pipe.zrem(self._keys.runs_by_status(status), *gone)
                 pipe.zrem(expiring, *gone)
                 await pipe.execute()
-
-
-def fork_was_last(reply: Any) -> bool:
-    """The reply of a `fork_ended_call`: was that fork the last one awaited?"""
-    removed, left = reply
-    return bool(int(removed)) and int(left) == 0
 
 
 def _is_live(run_id: str, raw: Any) -> bool:
