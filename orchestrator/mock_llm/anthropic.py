@@ -228,6 +228,8 @@ async def _stream(
 
 
 async def _send_http_fault(out: ResponseWriter, fault: Fault) -> None:
+    if fault.after_ms:
+        await asyncio.sleep(fault.after_ms / 1000)
     status, type_ = _HTTP_FAULTS[fault.type]
     headers: dict[str, str] = {}
     if fault.type == "http_429":

@@ -30,6 +30,8 @@ def error_body(message: str, type_: str, code: str) -> dict[str, Any]:
 
 
 async def _send_http_fault(out: ResponseWriter, fault: Fault) -> None:
+    if fault.after_ms:
+        await asyncio.sleep(fault.after_ms / 1000)
     status, code, type_ = _HTTP_FAULTS[fault.type]
     headers: dict[str, str] = {}
     if fault.type == "http_429":

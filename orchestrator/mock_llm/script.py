@@ -102,6 +102,8 @@ class Fault(_Strict):
     retry_after: float = Field(default=1, ge=0)
     after_chunks: int = Field(default=2, ge=0)
     delay_s: float = Field(default=30, ge=0)
+    # An HTTP fault (http_4xx/5xx) is answered this many milliseconds after the request.
+    after_ms: float = Field(default=0, ge=0)
 
 
 class Rule(_Strict):

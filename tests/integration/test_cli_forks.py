@@ -44,7 +44,8 @@ SCRIPT: dict[str, Any] = {
             "name": "part-fails",
             "match": {"last_user_contains": "task: cli-part 1"},
             "reply": {"content": "never"},
-            "fault": {"type": "http_400", "times": 100},
+            # Not before the root's gather has started waiting (its first bar is 0/3).
+            "fault": {"type": "http_400", "times": 100, "after_ms": 500},
         },
         {
             "name": "part-forks",
@@ -63,6 +64,7 @@ SCRIPT: dict[str, Any] = {
             "name": "part",
             "match": {"last_user_contains": "task: cli-part"},
             "reply": {"content": "part answer"},
+            "latency": {"first_token_ms": 500},
         },
         {
             "name": "nested",

@@ -444,6 +444,16 @@ def test_http_faults_answer_with_their_status_and_a_json_error(
     assert "message" in response.json()["error"]
 
 
+def test_an_http_fault_can_be_answered_later(
+    mock_llm: MockLLMFactory, client: httpx.Client
+) -> None:
+    llm = mock_llm(fault_rule({"type": "http_400", "after_ms": 300}))
+    started = time.monotonic()
+    response = client.post(f"{llm.base_url}/chat/completions", json={"messages": [user("hi")]})
+    assert response.status_code == 400
+    assert time.monotonic() - started >= 0.3
+
+
 def test_api_key_match_rejects_one_key_of_a_pool_and_the_log_names_the_key_sent(
     mock_llm: MockLLMFactory, client: httpx.Client
 ) -> None:
