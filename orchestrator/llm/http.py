@@ -10,14 +10,14 @@ timeouts and responses are httpx's, as before; the headers sent are httpx's defa
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from json import dumps as json_dumps
 from typing import Any
 
 import httpx
 
-__all__ = ["HTTPPool"]
+__all__ = ["HTTPPool", "body_bytes"]
 
 _DEFAULT_HEADERS = {
     "Accept": "*/*",
@@ -26,6 +26,20 @@ _DEFAULT_HEADERS = {
     "User-Agent": f"python-httpx/{httpx.__version__}",
 }
 _JSON_HEADERS = {**_DEFAULT_HEADERS, "Content-Type": "application/json"}
+
+
+def body_bytes(response: httpx.Response) -> AsyncIterable[bytes]:
+    """A streamed response's body as it arrives, decoded as httpx decodes it (gzip, ...).
+
+    A body sent as it is (no Content-Encoding, as model servers stream) comes straight
+    from the transport's stream, without httpx's layers that only count and re-chunk it;
+    the response still closes as before (`HTTPPool.stream` closes it on exit).
+    """
+    stream = response.stream
+    if "content-encoding" in response.headers or not isinstance(stream, httpx.AsyncByteStream):
+        return response.aiter_bytes()
+    response.is_stream_consumed = True
+    return stream
 
 
 class HTTPPool:

@@ -30,7 +30,7 @@ from orchestrator.errors import (
 from orchestrator.events import MessageList
 from orchestrator.llm.config import DEFAULT_CONTEXT_WINDOW, ModelConfig, load_provider_file
 from orchestrator.llm.h11_transport import H11Transport
-from orchestrator.llm.http import HTTPPool
+from orchestrator.llm.http import HTTPPool, body_bytes
 from orchestrator.llm.key_pool import (
     DEFAULT_COOLDOWN_S,
     APIKeyPool,
@@ -51,7 +51,7 @@ from orchestrator.llm.retry import (
     rejected_as_invalid,
 )
 from orchestrator.llm.shards import HTTPShards
-from orchestrator.llm.sse import decode_data, iter_sse_events
+from orchestrator.llm.sse import decode_data, iter_sse_bytes
 from orchestrator.llm.stream import StreamResumer
 
 # Requests in flight at once per model instance (the HTTP pool keeps as many connections).
@@ -391,7 +391,7 @@ class OpenAICompatible:
 
     async def _read_stream(self, response: httpx.Response) -> AsyncIterator[Chunk]:
         finished = False
-        events = iter_sse_events(response.aiter_lines())
+        events = iter_sse_bytes(body_bytes(response))
         async for event in events:
             if event.event == "error":
                 self._raise_stream_error({"error": event.data})
