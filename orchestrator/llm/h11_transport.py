@@ -7,7 +7,11 @@ a model client use: keep-alive connections to one origin (idle ones are reused
 newest first, dropped after `KEEPALIVE_EXPIRY_S` or when the server closed them), TLS,
 connect/read/write timeouts from the request's `timeout` extension, and httpx's
 exceptions (`ConnectError`, `ReadTimeout`, `RemoteProtocolError`, ...), so the retry
-policy sees exactly what it saw before. h11 parses the wire, as it does under httpcore.
+policy sees exactly what it saw before. h11 writes each request and reads each response's
+head, as it does under httpcore; the body is read here from the connection's buffer
+(Content-Length, chunked, or up to the close). Reading a streamed body through h11 cost
+an event object and a state-machine step per chunk, about a tenth of an agent loop's CPU;
+here the chunks that one network read brings are handed on together.
 
 The number of connections in use is bounded by the caller (`HTTPShards` leases one
 request per connection); the transport keeps at most `max_idle` idle ones. Idle
@@ -19,10 +23,10 @@ import and used by several `asyncio.run` calls leaves no socket behind.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
 
 import h11
 import httpx
@@ -32,6 +36,9 @@ __all__ = ["KEEPALIVE_EXPIRY_S", "H11Transport"]
 # httpx's default keep-alive expiry: servers commonly close idle connections after 5-75 s.
 KEEPALIVE_EXPIRY_S = 5.0
 _READ_SIZE = 64 * 1024
+# h11's bound on a response head (and here on a chunk's size line or a trailer line).
+_MAX_HEAD = 64 * 1024
+_HEAD_END = re.compile(rb"\n\r?\n")
 _Origin = tuple[bytes, bytes, int]
 
 
@@ -40,20 +47,27 @@ class _Stale(Exception):
 
 
 class _Connection:
-    __slots__ = ("h11", "idle_since", "reader", "writer")
+    __slots__ = ("buffer", "h11", "idle_since", "reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
         self.h11 = h11.Connection(our_role=h11.CLIENT)
         self.idle_since = 0.0
+        # What was read from the socket and not parsed yet.
+        self.buffer = bytearray()
 
     def usable(self, now: float) -> bool:
         return (
-            not self.reader.at_eof()
+            not self.buffer
+            and not self.reader.at_eof()
             and not self.writer.is_closing()
             and now - self.idle_since < KEEPALIVE_EXPIRY_S
         )
+
+    def next_exchange(self) -> None:
+        """A fresh h11 state for the next request (h11 never saw the last body)."""
+        self.h11 = h11.Connection(our_role=h11.CLIENT)
 
     def close(self) -> None:
         if not self.writer.is_closing():
@@ -141,14 +155,12 @@ class H11Transport(httpx.AsyncBaseTransport):
         timeouts = _timeouts(request)
         try:
             await self._send(connection, request, timeouts.get("write"), reused=reused)
-            head = await _receive(connection, request, timeouts.get("read"), reused=reused)
+            head = await _receive_head(connection, request, timeouts.get("read"), reused=reused)
+            framing = _framing(request, head)
         except BaseException:
             connection.close()
             raise
-        if not isinstance(head, h11.Response):  # pragma: no cover - h11 gives a Response
-            connection.close()
-            raise httpx.RemoteProtocolError("no response head", request=request)
-        body = _Body(self, connection, origin, request, timeouts.get("read"))
+        body = _Body(self, connection, origin, request, timeouts.get("read"), framing)
         return httpx.Response(
             status_code=head.status_code,
             headers=head.headers.raw_items(),
@@ -200,44 +212,200 @@ class H11Transport(httpx.AsyncBaseTransport):
                 connection.close()
 
 
-async def _receive(
+async def _fill(connection: _Connection, request: httpx.Request, timeout: float | None) -> bool:
+    """One read from the socket into the connection's buffer (False: the server closed
+    the connection); httpx's errors."""
+    try:
+        async with asyncio.timeout(timeout):
+            data = await connection.reader.read(_READ_SIZE)
+    except TimeoutError as exc:
+        raise httpx.ReadTimeout("read timeout", request=request) from exc
+    except OSError as exc:
+        raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
+    connection.buffer += data
+    return bool(data)
+
+
+async def _receive_head(
     connection: _Connection, request: httpx.Request, timeout: float | None, *, reused: bool
-) -> Any:
-    """The next h11 event, reading from the socket as needed; httpx's errors. `reused`: a
-    connection closed before any byte of the answer is `_Stale` (the server had closed it
-    while it was idle, so it never read the request)."""
-    heard = False
+) -> h11.Response:
+    """The response's head, read and checked by h11 (informational responses skipped).
+    `reused`: a connection closed before any byte of the answer is `_Stale` (the server
+    had closed it while it was idle, so it never read the request)."""
+    buffer = connection.buffer
+    heard = bool(buffer)
     while True:
+        end = _HEAD_END.search(buffer)
+        if end is None:
+            if len(buffer) > _MAX_HEAD:
+                raise httpx.RemoteProtocolError("response head too long", request=request)
+            try:
+                more = await _fill(connection, request, timeout)
+            except httpx.ReadError as exc:
+                if reused and not heard:
+                    raise _Stale from exc
+                raise
+            if not more:
+                if reused and not heard:
+                    raise _Stale
+                raise httpx.RemoteProtocolError(
+                    "server disconnected without sending a complete response", request=request
+                )
+            heard = True
+            continue
+        connection.h11.receive_data(bytes(buffer[: end.end()]))
+        del buffer[: end.end()]
         try:
             event = connection.h11.next_event()
         except h11.RemoteProtocolError as exc:
             raise httpx.RemoteProtocolError(str(exc), request=request) from exc
-        if event is h11.NEED_DATA:
-            try:
-                async with asyncio.timeout(timeout):
-                    data = await connection.reader.read(_READ_SIZE)
-            except TimeoutError as exc:
-                raise httpx.ReadTimeout("read timeout", request=request) from exc
-            except OSError as exc:
-                if reused and not heard:
-                    raise _Stale from exc
-                raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
-            if not data and reused and not heard:
-                raise _Stale
-            heard = True
-            connection.h11.receive_data(data)
-            continue
-        if isinstance(event, h11.ConnectionClosed):
-            raise httpx.RemoteProtocolError(
-                "server disconnected without sending a complete response", request=request
-            )
-        if isinstance(event, h11.InformationalResponse):
-            continue
-        return event
+        if isinstance(event, h11.Response):
+            return event
+        if not isinstance(event, h11.InformationalResponse) or event.status_code == 101:
+            raise httpx.RemoteProtocolError("no response head", request=request)
+
+
+class _Malformed(Exception):
+    """A response body that breaks HTTP/1.1's framing (the message says how)."""
+
+
+class _Framing:
+    """How a response body ends, parsed from the connection's buffer: `take` returns the
+    body bytes the buffer holds (and consumes them), `done` is set at the body's end."""
+
+    keep_alive = True
+    done = False
+
+    def take(self, buffer: bytearray) -> bytes:
+        raise NotImplementedError
+
+    def closed(self) -> None:
+        """The server closed the connection: the end of a body that ends so, else an error."""
+        raise _Malformed("peer closed connection without sending complete message body")
+
+
+class _Length(_Framing):
+    def __init__(self, length: int) -> None:
+        self.expected = self.left = length
+        self.done = length == 0
+
+    def take(self, buffer: bytearray) -> bytes:
+        n = min(self.left, len(buffer))
+        data = bytes(buffer[:n])
+        del buffer[:n]
+        self.left -= n
+        self.done = self.left == 0
+        return data
+
+    def closed(self) -> None:
+        raise _Malformed(
+            "peer closed connection without sending complete message body: "
+            f"received {self.expected - self.left} bytes, expected {self.expected}"
+        )
+
+
+class _Chunked(_Framing):
+    _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+    def __init__(self) -> None:
+        self.left = 0  # bytes of the current chunk still to come
+        self.after_data = False  # a chunk's data ended: its CRLF comes next
+        self.trailer = False  # the last chunk came: trailer lines up to a blank one
+
+    def take(self, buffer: bytearray) -> bytes:
+        parts: list[bytes] = []
+        while not self.done:
+            if self.left:
+                if not buffer:
+                    break
+                n = min(self.left, len(buffer))
+                parts.append(bytes(buffer[:n]))
+                del buffer[:n]
+                self.left -= n
+                self.after_data = not self.left
+                continue
+            line = _take_line(buffer)
+            if line is None:
+                break
+            if self.after_data:
+                if line:
+                    raise _Malformed("chunk data not followed by CRLF")
+                self.after_data = False
+            elif self.trailer:
+                self.done = not line
+            else:
+                self._start_chunk(line)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _start_chunk(self, line: bytes) -> None:
+        size = line.split(b";", 1)[0].strip(b" \t")
+        if self._HEX.fullmatch(size) is None:
+            raise _Malformed(f"bad chunk size line {line[:40]!r}")
+        self.left = int(size, 16)
+        self.trailer = self.left == 0
+
+    def closed(self) -> None:
+        raise _Malformed(
+            "peer closed connection without sending complete message body: incomplete chunked read"
+        )
+
+
+class _UntilClose(_Framing):
+    keep_alive = False
+
+    def take(self, buffer: bytearray) -> bytes:
+        data = bytes(buffer)
+        buffer.clear()
+        return data
+
+    def closed(self) -> None:
+        self.done = True
+
+
+def _take_line(buffer: bytearray) -> bytes | None:
+    """The buffer's first line without its LF or CRLF (consumed), or None if it has none."""
+    end = buffer.find(b"\n")
+    if end < 0:
+        if len(buffer) > _MAX_HEAD:
+            raise _Malformed("line too long in a chunked body")
+        return None
+    line = bytes(buffer[: end - 1 if end and buffer[end - 1] == 0x0D else end])
+    del buffer[: end + 1]
+    return line
+
+
+def _framing(request: httpx.Request, head: h11.Response) -> _Framing:
+    """How the body of `head` ends (RFC 9112 6.3; h11 has checked the headers), and
+    whether the connection may carry the next request after it."""
+    length: int | None = None
+    chunked = False
+    keep_alive = head.http_version == b"1.1"
+    for name, value in head.headers:
+        if name == b"transfer-encoding":
+            chunked = True
+        elif name == b"content-length":
+            length = int(value)
+        elif name == b"connection" and b"close" in value.lower():
+            keep_alive = False
+    if b"close" in request.headers.get("connection", "").lower().encode():
+        keep_alive = False
+    framing: _Framing
+    if request.method == "HEAD" or head.status_code in (204, 304):
+        framing = _Length(0)
+    elif chunked:
+        framing = _Chunked()
+    elif length is not None:
+        framing = _Length(length)
+    else:
+        framing = _UntilClose()
+    if not keep_alive:
+        framing.keep_alive = False
+    return framing
 
 
 class _Body(httpx.AsyncByteStream):
-    """A response body as it arrives; the connection goes back to the pool at its end."""
+    """A response body as it arrives; the connection goes back to the pool at its end.
+    Each step hands on all the body bytes that one read from the socket brought."""
 
     def __init__(
         self,
@@ -246,24 +414,35 @@ class _Body(httpx.AsyncByteStream):
         origin: _Origin,
         request: httpx.Request,
         timeout: float | None,
+        framing: _Framing,
     ) -> None:
         self._transport = transport
         self._connection: _Connection | None = connection
         self._origin = origin
         self._request = request
         self._timeout = timeout
+        self._framing = framing
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         connection = self._connection
         if connection is None:
             return
+        framing = self._framing
         try:
             while True:
-                event = await _receive(connection, self._request, self._timeout, reused=False)
-                if isinstance(event, h11.Data):
-                    yield bytes(event.data)
-                elif isinstance(event, h11.EndOfMessage):
+                try:
+                    data = framing.take(connection.buffer)
+                except _Malformed as exc:
+                    raise httpx.RemoteProtocolError(str(exc), request=self._request) from None
+                if data:
+                    yield data
+                if framing.done:
                     break
+                if not await _fill(connection, self._request, self._timeout):
+                    try:
+                        framing.closed()
+                    except _Malformed as exc:
+                        raise httpx.RemoteProtocolError(str(exc), request=self._request) from None
         except BaseException:
             self._drop()
             raise
@@ -273,9 +452,8 @@ class _Body(httpx.AsyncByteStream):
         connection, self._connection = self._connection, None
         if connection is None:
             return
-        state = connection.h11
-        if state.our_state is h11.DONE and state.their_state is h11.DONE:
-            state.start_next_cycle()
+        if self._framing.keep_alive and not connection.buffer:
+            connection.next_exchange()
             self._transport._give_back(self._origin, connection)
         else:
             connection.close()
