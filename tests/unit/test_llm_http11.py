@@ -1,0 +1,166 @@
+"""The model client's HTTP/1.1 bodies, read by `H11Transport` from real sockets: a
+chunked, a Content-Length and a read-to-close body arrive whole however the server's
+bytes are split; chunk extensions and trailers are skipped; a body cut short or a
+broken chunk is httpx's RemoteProtocolError (what the retry policy retries); a
+connection is reused only after a complete keep-alive body; the chunks that arrive
+together are handed on as one piece."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+
+from orchestrator.llm.h11_transport import H11Transport
+from orchestrator.llm.http import HTTPPool
+
+pytestmark = pytest.mark.timeout(10)
+
+Answer = Callable[[int], list[bytes]]  # request number -> the writes of its answer
+
+
+class _RawServer:
+    """Answers the n-th request with `answer(n)`'s byte strings, one write (and drain)
+    each, with a short pause between them; closes the connection after the answer when
+    `close_after` is set. Counts connections."""
+
+    def __init__(self, answer: Answer, *, close_after: bool = False) -> None:
+        self.answer = answer
+        self.close_after = close_after
+        self.connections = 0
+        self.requests = 0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.decode("latin-1").split("\r\n"):
+                    name, _, value = line.partition(":")
+                    if name.lower() == "content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                self.requests += 1
+                for part in self.answer(self.requests):
+                    writer.write(part)
+                    await writer.drain()
+                    await asyncio.sleep(0.005)
+                if self.close_after:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    @asynccontextmanager
+    async def pool(self) -> AsyncIterator[HTTPPool]:
+        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport = H11Transport(ssl_context=httpx.create_ssl_context(), max_idle=4)
+        pool = HTTPPool(transport, f"http://127.0.0.1:{port}/v1/", httpx.Timeout(5))
+        try:
+            yield pool
+        finally:
+            await pool.aclose()
+            server.close()
+
+
+async def _pieces(pool: HTTPPool) -> list[bytes]:
+    async with pool.stream("POST", "chat/completions", json={}) as response:
+        return [piece async for piece in response.aiter_raw()]
+
+
+def _chunk(data: bytes, extension: bytes = b"") -> bytes:
+    return f"{len(data):x}".encode() + extension + b"\r\n" + data + b"\r\n"
+
+
+BODY = b"data: one\n\ndata: two\n\n"
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+WHOLE = _chunk(b"data: one\n\n") + _chunk(b"data: two\n\n", b";ext=1") + b"0\r\nX-T: 1\r\n\r\n"
+
+
+def _byte_by_byte(data: bytes) -> list[bytes]:
+    return [data[i : i + 1] for i in range(len(data))]
+
+
+@pytest.mark.parametrize(
+    "writes",
+    [
+        [CHUNKED + WHOLE],
+        [CHUNKED, *_byte_by_byte(WHOLE)],
+        [CHUNKED[:7], CHUNKED[7:] + WHOLE[:5], WHOLE[5:30], WHOLE[30:]],
+    ],
+    ids=["one-write", "byte-by-byte", "split"],
+)
+async def test_a_chunked_body_arrives_whole_however_it_is_split(writes: list[bytes]) -> None:
+    server = _RawServer(lambda n: writes)
+    async with server.pool() as pool:
+        for _ in range(2):
+            assert b"".join(await _pieces(pool)) == BODY
+    assert server.connections == 1, "a complete chunked body leaves its connection for reuse"
+
+
+async def test_chunks_that_arrive_together_are_handed_on_as_one_piece() -> None:
+    server = _RawServer(lambda n: [CHUNKED, WHOLE])
+    async with server.pool() as pool:
+        assert await _pieces(pool) == [BODY]
+
+
+async def test_a_content_length_body_is_read_to_its_length_and_the_connection_reused() -> None:
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(BODY)}\r\n\r\n".encode()
+    server = _RawServer(lambda n: [head + BODY[:4], BODY[4:]])
+    async with server.pool() as pool:
+        for _ in range(3):
+            assert b"".join(await _pieces(pool)) == BODY
+    assert server.connections == 1
+
+
+async def test_a_body_without_length_ends_at_the_close_and_its_connection_is_not_reused() -> None:
+    server = _RawServer(
+        lambda n: [b"HTTP/1.1 200 OK\r\n\r\n", BODY[:5], BODY[5:]], close_after=True
+    )
+    async with server.pool() as pool:
+        for _ in range(2):
+            assert b"".join(await _pieces(pool)) == BODY
+    assert server.connections == 2
+
+
+async def test_connection_close_and_http_1_0_answers_are_not_reused() -> None:
+    def answer(n: int) -> list[bytes]:
+        version, extra = (b"1.0", b"") if n % 2 else (b"1.1", b"Connection: close\r\n")
+        length = f"Content-Length: {len(BODY)}\r\n".encode()
+        return [b"HTTP/" + version + b" 200 OK\r\n" + length + extra + b"\r\n" + BODY]
+
+    server = _RawServer(answer, close_after=True)
+    async with server.pool() as pool:
+        for _ in range(2):
+            assert b"".join(await _pieces(pool)) == BODY
+    assert server.connections == 2
+
+
+async def test_an_informational_answer_before_the_response_is_skipped() -> None:
+    server = _RawServer(lambda n: [b"HTTP/1.1 100 Continue\r\n\r\n" + CHUNKED + WHOLE])
+    async with server.pool() as pool:
+        assert b"".join(await _pieces(pool)) == BODY
+
+
+@pytest.mark.parametrize(
+    "writes",
+    [
+        [CHUNKED + _chunk(b"data: one\n\n")[:-4]],  # closed inside a chunk
+        [CHUNKED + _chunk(b"data: one\n\n")],  # closed before the last chunk
+        [b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + BODY],  # closed short
+        [CHUNKED + b"zz\r\ndata\r\n0\r\n\r\n"],  # not a chunk size
+        [CHUNKED + b"4\r\ndataXX0\r\n\r\n"],  # chunk data not followed by CRLF
+    ],
+    ids=["mid-chunk", "no-last-chunk", "short-length", "bad-size", "no-crlf"],
+)
+async def test_a_broken_body_is_a_remote_protocol_error(writes: list[bytes]) -> None:
+    server = _RawServer(lambda n: writes, close_after=True)
+    async with server.pool() as pool:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await _pieces(pool)
