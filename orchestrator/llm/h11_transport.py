@@ -1,4 +1,4 @@
-"""`H11Transport`: HTTP/1.1 over asyncio streams and h11, as an httpx transport.
+"""`H11Transport`: HTTP/1.1 over asyncio streams, as an httpx transport.
 
 httpx's own transport (httpcore over anyio) costs about 1 ms of CPU per streamed
 chat completion on loopback, most of it in layers a model client does not need (anyio's
@@ -7,11 +7,17 @@ a model client use: keep-alive connections to one origin (idle ones are reused
 newest first, dropped after `KEEPALIVE_EXPIRY_S` or when the server closed them), TLS,
 connect/read/write timeouts from the request's `timeout` extension, and httpx's
 exceptions (`ConnectError`, `ReadTimeout`, `RemoteProtocolError`, ...), so the retry
-policy sees exactly what it saw before. h11 writes each request and reads each response's
-head, as it does under httpcore; the body is read here from the connection's buffer
-(Content-Length, chunked, or up to the close). Reading a streamed body through h11 cost
-an event object and a state-machine step per chunk, about a tenth of an agent loop's CPU;
-here the chunks that one network read brings are handed on together.
+policy sees exactly what it saw before.
+
+It was named for h11, which parsed the wire here (as it does under httpcore). h11 cost an
+event object and a state-machine step per streamed chunk and a validation pass over
+every head, together about a fifth of an in-process agent loop's CPU; the few forms a
+client needs are parsed here instead, as strictly: a request's header names must be
+tokens and no value may hold CR, LF or NUL (`LocalProtocolError`); a response's status
+line and header lines must be well formed, its framing headers valid
+(`RemoteProtocolError`). Bodies are read from the connection's buffer (Content-Length,
+chunked, or up to the close), and the chunks that one socket read brings are handed on
+as one piece.
 
 The number of connections in use is bounded by the caller (`HTTPShards` leases one
 request per connection); the transport keeps at most `max_idle` idle ones. Idle
@@ -28,7 +34,6 @@ import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
-import h11
 import httpx
 
 __all__ = ["KEEPALIVE_EXPIRY_S", "H11Transport"]
@@ -36,9 +41,14 @@ __all__ = ["KEEPALIVE_EXPIRY_S", "H11Transport"]
 # httpx's default keep-alive expiry: servers commonly close idle connections after 5-75 s.
 KEEPALIVE_EXPIRY_S = 5.0
 _READ_SIZE = 64 * 1024
-# h11's bound on a response head (and here on a chunk's size line or a trailer line).
+# The longest response head (and chunk size or trailer line) accepted.
 _MAX_HEAD = 64 * 1024
 _HEAD_END = re.compile(rb"\n\r?\n")
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(rb"[\x00\r\n]")
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00\r\n]*))?")
+_HEADER_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*([^\x00\r\n]*?)[ \t]*")
+_DIGITS = re.compile(rb"[0-9]{1,18}")
 _Origin = tuple[bytes, bytes, int]
 
 
@@ -47,12 +57,11 @@ class _Stale(Exception):
 
 
 class _Connection:
-    __slots__ = ("buffer", "h11", "idle_since", "reader", "writer")
+    __slots__ = ("buffer", "idle_since", "reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.h11 = h11.Connection(our_role=h11.CLIENT)
         self.idle_since = 0.0
         # What was read from the socket and not parsed yet.
         self.buffer = bytearray()
@@ -64,10 +73,6 @@ class _Connection:
             and not self.writer.is_closing()
             and now - self.idle_since < KEEPALIVE_EXPIRY_S
         )
-
-    def next_exchange(self) -> None:
-        """A fresh h11 state for the next request (h11 never saw the last body)."""
-        self.h11 = h11.Connection(our_role=h11.CLIENT)
 
     def close(self) -> None:
         if not self.writer.is_closing():
@@ -157,15 +162,18 @@ class H11Transport(httpx.AsyncBaseTransport):
             await self._send(connection, request, timeouts.get("write"), reused=reused)
             head = await _receive_head(connection, request, timeouts.get("read"), reused=reused)
             framing = _framing(request, head)
+        except _Malformed as exc:
+            connection.close()
+            raise httpx.RemoteProtocolError(str(exc), request=request) from None
         except BaseException:
             connection.close()
             raise
         body = _Body(self, connection, origin, request, timeouts.get("read"), framing)
         return httpx.Response(
-            status_code=head.status_code,
-            headers=head.headers.raw_items(),
+            status_code=head.status,
+            headers=head.headers,
             stream=body,
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": head.reason},
+            extensions={"http_version": b"HTTP/1." + head.version, "reason_phrase": head.reason},
         )
 
     async def _send(
@@ -176,17 +184,7 @@ class H11Transport(httpx.AsyncBaseTransport):
         *,
         reused: bool,
     ) -> None:
-        url = request.url
-        target = url.raw_path
-        head = h11.Request(method=request.method, target=target, headers=list(request.headers.raw))
-        content = request.content
-        try:
-            data = connection.h11.send(head) or b""
-            if content:
-                data += connection.h11.send(h11.Data(data=content)) or b""
-            data += connection.h11.send(h11.EndOfMessage()) or b""
-        except h11.LocalProtocolError as exc:
-            raise httpx.LocalProtocolError(str(exc), request=request) from exc
+        data = _request_bytes(request)
         try:
             connection.writer.write(data)
             async with asyncio.timeout(timeout):
@@ -226,10 +224,66 @@ async def _fill(connection: _Connection, request: httpx.Request, timeout: float 
     return bool(data)
 
 
+class _Head:
+    __slots__ = ("headers", "reason", "status", "version")
+
+    def __init__(
+        self, version: bytes, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        self.version = version
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+
+
+def _request_bytes(request: httpx.Request) -> bytes:
+    """The request on the wire: its line, its headers (checked), its body."""
+    parts = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
+    chunked = False
+    for name, value in request.headers.raw:
+        if _TOKEN.fullmatch(name) is None or _BAD_VALUE.search(value) is not None:
+            raise httpx.LocalProtocolError(f"illegal header {name!r}", request=request)
+        chunked = chunked or name.lower() == b"transfer-encoding"
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    content = request.content
+    if chunked:
+        parts += (
+            (f"{len(content):x}\r\n".encode(), content, b"\r\n0\r\n\r\n")
+            if content
+            else (b"0\r\n\r\n",)
+        )
+    else:
+        parts.append(content)
+    return b"".join(parts)
+
+
+def _parse_head(data: bytes) -> _Head:
+    """A response head (its status line up to the blank line); `_Malformed` if broken."""
+    lines = data.split(b"\n")
+    status = _STATUS_LINE.fullmatch(lines[0].rstrip(b"\r"))
+    if status is None:
+        raise _Malformed(f"illegal status line {lines[0][:60]!r}")
+    headers: list[tuple[bytes, bytes]] = []
+    for raw in lines[1:]:
+        line = raw[:-1] if raw.endswith(b"\r") else raw
+        if not line:
+            break
+        if line[:1] in (b" ", b"\t") and headers:  # obsolete line folding
+            name, value = headers[-1]
+            headers[-1] = (name, value + b" " + line.strip(b" \t"))
+            continue
+        header = _HEADER_LINE.fullmatch(line)
+        if header is None:
+            raise _Malformed(f"illegal header line {line[:60]!r}")
+        headers.append((header[1], header[2]))
+    return _Head(status[1], int(status[2]), status[3] or b"", headers)
+
+
 async def _receive_head(
     connection: _Connection, request: httpx.Request, timeout: float | None, *, reused: bool
-) -> h11.Response:
-    """The response's head, read and checked by h11 (informational responses skipped).
+) -> _Head:
+    """The response's head, read and checked (informational responses skipped).
     `reused`: a connection closed before any byte of the answer is `_Stale` (the server
     had closed it while it was idle, so it never read the request)."""
     buffer = connection.buffer
@@ -253,16 +307,16 @@ async def _receive_head(
                 )
             heard = True
             continue
-        connection.h11.receive_data(bytes(buffer[: end.end()]))
+        data = bytes(buffer[: end.end()])
         del buffer[: end.end()]
         try:
-            event = connection.h11.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise httpx.RemoteProtocolError(str(exc), request=request) from exc
-        if isinstance(event, h11.Response):
-            return event
-        if not isinstance(event, h11.InformationalResponse) or event.status_code == 101:
-            raise httpx.RemoteProtocolError("no response head", request=request)
+            head = _parse_head(data)
+        except _Malformed as exc:
+            raise httpx.RemoteProtocolError(str(exc), request=request) from None
+        if head.status == 101:
+            raise httpx.RemoteProtocolError("unexpected 101 Switching Protocols", request=request)
+        if head.status >= 200:
+            return head
 
 
 class _Malformed(Exception):
@@ -374,28 +428,33 @@ def _take_line(buffer: bytearray) -> bytes | None:
     return line
 
 
-def _framing(request: httpx.Request, head: h11.Response) -> _Framing:
-    """How the body of `head` ends (RFC 9112 6.3; h11 has checked the headers), and
-    whether the connection may carry the next request after it."""
-    length: int | None = None
+def _framing(request: httpx.Request, head: _Head) -> _Framing:
+    """How the body of `head` ends (RFC 9112 6.3), and whether the connection may carry
+    the next request after it; `_Malformed` for framing headers that do not parse."""
+    lengths: set[bytes] = set()
     chunked = False
-    keep_alive = head.http_version == b"1.1"
+    keep_alive = head.version == b"1"
     for name, value in head.headers:
+        name = name.lower()
         if name == b"transfer-encoding":
+            if value.lower() != b"chunked":
+                raise _Malformed(f"unsupported Transfer-Encoding {value[:40]!r}")
             chunked = True
         elif name == b"content-length":
-            length = int(value)
+            lengths.update(part.strip(b" \t") for part in value.split(b","))
         elif name == b"connection" and b"close" in value.lower():
             keep_alive = False
+    if lengths and (len(lengths) > 1 or _DIGITS.fullmatch(next(iter(lengths))) is None):
+        raise _Malformed(f"bad Content-Length {sorted(lengths)!r}")
     if b"close" in request.headers.get("connection", "").lower().encode():
         keep_alive = False
     framing: _Framing
-    if request.method == "HEAD" or head.status_code in (204, 304):
+    if request.method == "HEAD" or head.status in (204, 304):
         framing = _Length(0)
     elif chunked:
         framing = _Chunked()
-    elif length is not None:
-        framing = _Length(length)
+    elif lengths:
+        framing = _Length(int(lengths.pop()))
     else:
         framing = _UntilClose()
     if not keep_alive:
@@ -453,7 +512,6 @@ class _Body(httpx.AsyncByteStream):
         if connection is None:
             return
         if self._framing.keep_alive and not connection.buffer:
-            connection.next_exchange()
             self._transport._give_back(self._origin, connection)
         else:
             connection.close()

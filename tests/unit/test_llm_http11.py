@@ -164,3 +164,52 @@ async def test_a_broken_body_is_a_remote_protocol_error(writes: list[bytes]) -> 
     async with server.pool() as pool:
         with pytest.raises(httpx.RemoteProtocolError):
             await _pieces(pool)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 OK\r\n\r\n",  # no status code
+        b"HTTP/2 200 OK\r\n\r\n",  # not HTTP/1.x
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+    ],
+    ids=["status", "version", "colon", "name", "lengths", "negative", "coding", "101"],
+)
+async def test_a_broken_response_head_is_a_remote_protocol_error(head: bytes) -> None:
+    server = _RawServer(lambda n: [head + BODY], close_after=True)
+    async with server.pool() as pool:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await _pieces(pool)
+
+
+async def test_response_headers_reach_httpx_as_sent_with_folded_lines_joined() -> None:
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nX-Long: a\r\n  b\r\n"
+        b"Content-Length: 5\r\n\r\nhello"
+    )
+    server = _RawServer(lambda n: [head])
+    async with server.pool() as pool:
+        async with pool.stream("POST", "chat/completions", json={}) as response:
+            assert await response.aread() == b"hello"
+        assert response.headers["content-type"] == "text/event-stream"
+        assert response.headers["x-long"] == "a b"
+        assert response.reason_phrase == "OK"
+
+
+@pytest.mark.parametrize("value", ["a\r\nX-Injected: 1", "a\nb", "a\x00b"])
+async def test_a_header_value_that_would_break_the_request_is_refused(value: str) -> None:
+    server = _RawServer(lambda n: [CHUNKED + WHOLE])
+    async with server.pool() as pool:
+        with pytest.raises(httpx.LocalProtocolError):
+            await _pieces_with(pool, {"X-Key": value})
+    assert server.requests == 0
+
+
+async def _pieces_with(pool: HTTPPool, headers: dict[str, str]) -> list[bytes]:
+    async with pool.stream("POST", "chat/completions", json={}, headers=headers) as response:
+        return [piece async for piece in response.aiter_raw()]
