@@ -159,9 +159,9 @@ class H11Transport(httpx.AsyncBaseTransport):
     ) -> httpx.Response:
         timeouts = _timeouts(request)
         try:
-            await self._send(connection, request, timeouts.get("write"), reused=reused)
+            closing = await self._send(connection, request, timeouts.get("write"), reused=reused)
             head = await _receive_head(connection, request, timeouts.get("read"), reused=reused)
-            framing = _framing(request, head)
+            framing = _framing(request.method, head, closing)
         except _Malformed as exc:
             connection.close()
             raise httpx.RemoteProtocolError(str(exc), request=request) from None
@@ -183,18 +183,24 @@ class H11Transport(httpx.AsyncBaseTransport):
         timeout: float | None,
         *,
         reused: bool,
-    ) -> None:
-        data = _request_bytes(request)
+    ) -> bool:
+        """Write the request; True if it asked the server to close the connection."""
+        data, closing = _request_bytes(request)
+        writer = connection.writer
         try:
-            connection.writer.write(data)
-            async with asyncio.timeout(timeout):
-                await connection.writer.drain()
+            writer.write(data)
+            if writer.transport.get_write_buffer_size():
+                async with asyncio.timeout(timeout):
+                    await writer.drain()
+            else:
+                await writer.drain()  # all sent: it only raises if the connection was lost
         except TimeoutError as exc:
             raise httpx.WriteTimeout("write timeout", request=request) from exc
         except OSError as exc:
             if reused:
                 raise _Stale from exc
             raise httpx.WriteError(str(exc) or type(exc).__name__, request=request) from exc
+        return closing
 
     async def aclose(self) -> None:
         keeper, self._keeper = self._keeper, None
@@ -236,14 +242,19 @@ class _Head:
         self.headers = headers
 
 
-def _request_bytes(request: httpx.Request) -> bytes:
-    """The request on the wire: its line, its headers (checked), its body."""
+def _request_bytes(request: httpx.Request) -> tuple[bytes, bool]:
+    """The request on the wire (its line, its headers checked, its body), and whether it
+    asks the server to close the connection after the answer."""
     parts = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
-    chunked = False
+    chunked = closing = False
     for name, value in request.headers.raw:
         if _TOKEN.fullmatch(name) is None or _BAD_VALUE.search(value) is not None:
             raise httpx.LocalProtocolError(f"illegal header {name!r}", request=request)
-        chunked = chunked or name.lower() == b"transfer-encoding"
+        lowered = name.lower()
+        if lowered == b"transfer-encoding":
+            chunked = True
+        elif lowered == b"connection" and b"close" in value.lower():
+            closing = True
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
     content = request.content
@@ -255,7 +266,7 @@ def _request_bytes(request: httpx.Request) -> bytes:
         )
     else:
         parts.append(content)
-    return b"".join(parts)
+    return b"".join(parts), closing
 
 
 def _parse_head(data: bytes) -> _Head:
@@ -428,12 +439,12 @@ def _take_line(buffer: bytearray) -> bytes | None:
     return line
 
 
-def _framing(request: httpx.Request, head: _Head) -> _Framing:
+def _framing(method: str, head: _Head, closing: bool) -> _Framing:
     """How the body of `head` ends (RFC 9112 6.3), and whether the connection may carry
     the next request after it; `_Malformed` for framing headers that do not parse."""
     lengths: set[bytes] = set()
     chunked = False
-    keep_alive = head.version == b"1"
+    keep_alive = head.version == b"1" and not closing
     for name, value in head.headers:
         name = name.lower()
         if name == b"transfer-encoding":
@@ -446,10 +457,8 @@ def _framing(request: httpx.Request, head: _Head) -> _Framing:
             keep_alive = False
     if lengths and (len(lengths) > 1 or _DIGITS.fullmatch(next(iter(lengths))) is None):
         raise _Malformed(f"bad Content-Length {sorted(lengths)!r}")
-    if b"close" in request.headers.get("connection", "").lower().encode():
-        keep_alive = False
     framing: _Framing
-    if request.method == "HEAD" or head.status in (204, 304):
+    if method == "HEAD" or head.status in (204, 304):
         framing = _Length(0)
     elif chunked:
         framing = _Chunked()

@@ -213,3 +213,11 @@ async def test_a_header_value_that_would_break_the_request_is_refused(value: str
 async def _pieces_with(pool: HTTPPool, headers: dict[str, str]) -> list[bytes]:
     async with pool.stream("POST", "chat/completions", json={}, headers=headers) as response:
         return [piece async for piece in response.aiter_raw()]
+
+
+async def test_a_request_that_asks_to_close_does_not_reuse_its_connection() -> None:
+    server = _RawServer(lambda n: [CHUNKED + WHOLE])
+    async with server.pool() as pool:
+        for _ in range(2):
+            assert b"".join(await _pieces_with(pool, {"Connection": "close"})) == BODY
+    assert server.connections == 2
