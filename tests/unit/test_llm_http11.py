@@ -221,3 +221,35 @@ async def test_a_request_that_asks_to_close_does_not_reuse_its_connection() -> N
         for _ in range(2):
             assert b"".join(await _pieces_with(pool, {"Connection": "close"})) == BODY
     assert server.connections == 2
+
+
+@pytest.mark.parametrize("extra", [None, {"Authorization": "Bearer k"}])
+async def test_a_request_is_sent_with_the_headers_and_body_httpx_gives_a_json_post(
+    extra: dict[str, str] | None,
+) -> None:
+    """The pool builds its requests itself: what a server receives is what
+    `httpx.Request(content=...)` with the same headers would have sent."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=b"{}")
+
+    pool = HTTPPool(httpx.MockTransport(handler), "http://model:8000/v1/", httpx.Timeout(5))
+    await pool.post("chat/completions", json={"text": "h\u00e9"}, headers=extra)
+    expected = httpx.Request(
+        "POST",
+        "http://model:8000/v1/chat/completions",
+        content='{"text":"h\u00e9"}'.encode(),
+        headers={
+            "Accept": "*/*",
+            "Accept-Encoding": "gzip, deflate",
+            "Connection": "keep-alive",
+            "User-Agent": f"python-httpx/{httpx.__version__}",
+            "Content-Type": "application/json",
+            **(extra or {}),
+        },
+    )
+    assert seen[0].headers.raw == expected.headers.raw
+    assert seen[0].content == expected.content
+    assert seen[0].url == expected.url
