@@ -56,8 +56,59 @@ class _Stale(Exception):
     """A reused connection that the server had closed: the request was not read."""
 
 
+class _ReadTimedOut(Exception):
+    """Set on a connection's reader when a read has waited longer than the read timeout."""
+
+
+class _ReadClock:
+    """A connection's read timeout with one timer per request, not one per read.
+
+    A read says when it starts waiting (`begin`) and when it got its bytes (`end`). The
+    timer, armed by the first read, fires at most once per `timeout`: if a read has then
+    been waiting for `timeout` it fails with `_ReadTimedOut` (set on the reader, which
+    wakes it), otherwise the timer is armed again for the waiting read's own deadline.
+    Time between reads (a slow consumer) does not count, as with a timeout per read.
+    A timer per read (asyncio.timeout) cost a heap push and pop among every in-flight
+    read's timer for each network read: a few percent of an agent loop's CPU.
+    """
+
+    __slots__ = ("_handle", "_loop", "_reader", "_since", "timeout")
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._reader = reader
+        self._handle: asyncio.TimerHandle | None = None
+        self._since: float | None = None  # when the waiting read began (None: none waits)
+        self.timeout: float | None = None
+
+    def begin(self) -> None:
+        if self.timeout is None:
+            return
+        self._since = self._loop.time()
+        if self._handle is None:
+            self._handle = self._loop.call_at(self._since + self.timeout, self._check)
+
+    def end(self) -> None:
+        self._since = None
+
+    def _check(self) -> None:
+        self._handle = None
+        if self._since is None or self.timeout is None:
+            return  # no read waits: the next one arms the timer again
+        due = self._since + self.timeout
+        if self._loop.time() >= due:
+            self._reader.set_exception(_ReadTimedOut())
+        else:
+            self._handle = self._loop.call_at(due, self._check)
+
+    def stop(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.cancel()
+
+
 class _Connection:
-    __slots__ = ("buffer", "idle_since", "reader", "writer")
+    __slots__ = ("buffer", "clock", "idle_since", "reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
@@ -65,6 +116,7 @@ class _Connection:
         self.idle_since = 0.0
         # What was read from the socket and not parsed yet.
         self.buffer = bytearray()
+        self.clock = _ReadClock(reader)
 
     def usable(self, now: float) -> bool:
         return (
@@ -75,6 +127,7 @@ class _Connection:
         )
 
     def close(self) -> None:
+        self.clock.stop()
         if not self.writer.is_closing():
             self.writer.close()
 
@@ -159,8 +212,9 @@ class H11Transport(httpx.AsyncBaseTransport):
     ) -> httpx.Response:
         timeouts = _timeouts(request)
         try:
+            connection.clock.timeout = timeouts.get("read")
             closing = await self._send(connection, request, timeouts.get("write"), reused=reused)
-            head = await _receive_head(connection, request, timeouts.get("read"), reused=reused)
+            head = await _receive_head(connection, request, reused=reused)
             framing = _framing(request.method, head, closing)
         except _Malformed as exc:
             connection.close()
@@ -168,7 +222,7 @@ class H11Transport(httpx.AsyncBaseTransport):
         except BaseException:
             connection.close()
             raise
-        body = _Body(self, connection, origin, request, timeouts.get("read"), framing)
+        body = _Body(self, connection, origin, request, framing)
         return httpx.Response(
             status_code=head.status,
             headers=head.headers,
@@ -216,16 +270,19 @@ class H11Transport(httpx.AsyncBaseTransport):
                 connection.close()
 
 
-async def _fill(connection: _Connection, request: httpx.Request, timeout: float | None) -> bool:
+async def _fill(connection: _Connection, request: httpx.Request) -> bool:
     """One read from the socket into the connection's buffer (False: the server closed
-    the connection); httpx's errors."""
+    the connection); httpx's errors, a `ReadTimeout` after the request's read timeout."""
+    clock = connection.clock
+    clock.begin()
     try:
-        async with asyncio.timeout(timeout):
-            data = await connection.reader.read(_READ_SIZE)
-    except TimeoutError as exc:
+        data = await connection.reader.read(_READ_SIZE)
+    except _ReadTimedOut as exc:
         raise httpx.ReadTimeout("read timeout", request=request) from exc
     except OSError as exc:
         raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
+    finally:
+        clock.end()
     connection.buffer += data
     return bool(data)
 
@@ -291,9 +348,7 @@ def _parse_head(data: bytes) -> _Head:
     return _Head(status[1], int(status[2]), status[3] or b"", headers)
 
 
-async def _receive_head(
-    connection: _Connection, request: httpx.Request, timeout: float | None, *, reused: bool
-) -> _Head:
+async def _receive_head(connection: _Connection, request: httpx.Request, *, reused: bool) -> _Head:
     """The response's head, read and checked (informational responses skipped).
     `reused`: a connection closed before any byte of the answer is `_Stale` (the server
     had closed it while it was idle, so it never read the request)."""
@@ -305,7 +360,7 @@ async def _receive_head(
             if len(buffer) > _MAX_HEAD:
                 raise httpx.RemoteProtocolError("response head too long", request=request)
             try:
-                more = await _fill(connection, request, timeout)
+                more = await _fill(connection, request)
             except httpx.ReadError as exc:
                 if reused and not heard:
                     raise _Stale from exc
@@ -481,14 +536,12 @@ class _Body(httpx.AsyncByteStream):
         connection: _Connection,
         origin: _Origin,
         request: httpx.Request,
-        timeout: float | None,
         framing: _Framing,
     ) -> None:
         self._transport = transport
         self._connection: _Connection | None = connection
         self._origin = origin
         self._request = request
-        self._timeout = timeout
         self._framing = framing
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -506,7 +559,7 @@ class _Body(httpx.AsyncByteStream):
                     yield data
                 if framing.done:
                     break
-                if not await _fill(connection, self._request, self._timeout):
+                if not await _fill(connection, self._request):
                     try:
                         framing.closed()
                     except _Malformed as exc:
@@ -521,6 +574,7 @@ class _Body(httpx.AsyncByteStream):
         if connection is None:
             return
         if self._framing.keep_alive and not connection.buffer:
+            connection.clock.stop()
             self._transport._give_back(self._origin, connection)
         else:
             connection.close()

@@ -8,6 +8,7 @@ together are handed on as one piece."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -27,9 +28,10 @@ class _RawServer:
     each, with a short pause between them; closes the connection after the answer when
     `close_after` is set. Counts connections."""
 
-    def __init__(self, answer: Answer, *, close_after: bool = False) -> None:
+    def __init__(self, answer: Answer, *, close_after: bool = False, pause: float = 0.005) -> None:
         self.answer = answer
         self.close_after = close_after
+        self.pause = pause
         self.connections = 0
         self.requests = 0
 
@@ -48,7 +50,7 @@ class _RawServer:
                 for part in self.answer(self.requests):
                     writer.write(part)
                     await writer.drain()
-                    await asyncio.sleep(0.005)
+                    await asyncio.sleep(self.pause)
                 if self.close_after:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -57,11 +59,11 @@ class _RawServer:
             writer.close()
 
     @asynccontextmanager
-    async def pool(self) -> AsyncIterator[HTTPPool]:
+    async def pool(self, timeout: float = 5) -> AsyncIterator[HTTPPool]:
         server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         transport = H11Transport(ssl_context=httpx.create_ssl_context(), max_idle=4)
-        pool = HTTPPool(transport, f"http://127.0.0.1:{port}/v1/", httpx.Timeout(5))
+        pool = HTTPPool(transport, f"http://127.0.0.1:{port}/v1/", httpx.Timeout(timeout))
         try:
             yield pool
         finally:
@@ -253,3 +255,28 @@ async def test_a_request_is_sent_with_the_headers_and_body_httpx_gives_a_json_po
     assert seen[0].headers.raw == expected.headers.raw
     assert seen[0].content == expected.content
     assert seen[0].url == expected.url
+
+
+async def test_a_body_that_stalls_longer_than_the_read_timeout_is_a_read_timeout() -> None:
+    server = _RawServer(lambda n: [CHUNKED + WHOLE[:20], WHOLE[20:]], pause=1.0)
+    async with server.pool(timeout=0.2) as pool:
+        started = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            await _pieces(pool)
+        assert time.monotonic() - started < 0.8
+
+
+async def test_reads_each_within_the_read_timeout_never_time_out_however_long_the_body() -> None:
+    """The timeout bounds each wait for bytes, not the whole body (nor the time the
+    consumer spends between reads)."""
+    writes = [CHUNKED, *(_chunk(b"data: x\n\n") for _ in range(6)), b"0\r\n\r\n"]
+    server = _RawServer(lambda n: writes, pause=0.12)
+    async with server.pool(timeout=0.3) as pool:
+        async with pool.stream("POST", "chat/completions", json={}) as response:
+            received = b""
+            async for piece in response.aiter_raw():
+                received += piece
+                await asyncio.sleep(0.4)  # a slow consumer
+        assert received == b"data: x\n\n" * 6
+        assert b"".join(await _pieces(pool)) == b"data: x\n\n" * 6  # and the connection is reused
+    assert server.connections == 1
