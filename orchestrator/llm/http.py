@@ -10,9 +10,9 @@ timeouts and responses are httpx's, as before; the headers sent are httpx's defa
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable
 from json import dumps as json_dumps
+from types import TracebackType
 from typing import Any
 
 import httpx
@@ -102,22 +102,49 @@ class HTTPPool:
             await response.aclose()
         return response
 
-    @asynccontextmanager
-    async def stream(
+    def stream(
         self,
         method: str,
         url: httpx.URL | str,
         *,
         json: Any,
         headers: dict[str, str] | None = None,
-    ) -> AsyncIterator[httpx.Response]:
-        """Send and hand over the response with its body unread; closed on exit."""
-        response = await self._send(self._request(method, url, json, headers))
-        try:
-            yield response
-        finally:
-            await response.aclose()
+    ) -> _Streamed:
+        """`async with pool.stream(...) as response`: send and hand over the response
+        with its body unread; closed on exit."""
+        return _Streamed(self, method, url, json, headers)
 
     async def aclose(self) -> None:
         self.is_closed = True
         await self._transport.aclose()
+
+
+class _Streamed:
+    """One streamed request (a class, not a generator: see `HTTPShards.lease`)."""
+
+    __slots__ = ("_args", "_pool", "_response")
+
+    def __init__(
+        self,
+        pool: HTTPPool,
+        method: str,
+        url: httpx.URL | str,
+        json: Any,
+        headers: dict[str, str] | None,
+    ) -> None:
+        self._pool = pool
+        self._args = (method, url, json, headers)
+        self._response: httpx.Response | None = None
+
+    async def __aenter__(self) -> httpx.Response:
+        self._response = await self._pool._send(self._pool._request(*self._args))
+        return self._response
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._response is not None:
+            await self._response.aclose()
