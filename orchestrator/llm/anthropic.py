@@ -22,10 +22,10 @@ from orchestrator.llm.anthropic_wire import (
     to_chat_completion,
     to_messages_request,
 )
-from orchestrator.llm.http import HTTPPool
+from orchestrator.llm.http import HTTPPool, body_bytes
 from orchestrator.llm.openai_compatible import OpenAICompatible, read_to_end
 from orchestrator.llm.retry import RetryableFailure
-from orchestrator.llm.sse import iter_sse_events
+from orchestrator.llm.sse import iter_sse_bytes
 from orchestrator.llm.stream import StreamResumer
 
 Chunk = dict[str, Any]
@@ -78,7 +78,7 @@ class AnthropicMessages(OpenAICompatible):
 
     async def _read_events(self, response: httpx.Response) -> AsyncIterator[Chunk]:
         translator = StreamTranslator()
-        events = iter_sse_events(response.aiter_lines())
+        events = iter_sse_bytes(body_bytes(response))
         async for event in events:
             try:
                 data = json.loads(event.data)

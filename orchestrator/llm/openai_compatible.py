@@ -30,7 +30,7 @@ from orchestrator.errors import (
 from orchestrator.events import MessageList
 from orchestrator.llm.config import DEFAULT_CONTEXT_WINDOW, ModelConfig, load_provider_file
 from orchestrator.llm.h11_transport import H11Transport
-from orchestrator.llm.http import HTTPPool
+from orchestrator.llm.http import HTTPPool, body_bytes
 from orchestrator.llm.key_pool import (
     DEFAULT_COOLDOWN_S,
     APIKeyPool,
@@ -51,7 +51,7 @@ from orchestrator.llm.retry import (
     rejected_as_invalid,
 )
 from orchestrator.llm.shards import HTTPShards
-from orchestrator.llm.sse import decode_data, iter_sse_events
+from orchestrator.llm.sse import DecodedData, SSEEvent, SSEParser, decode_data
 from orchestrator.llm.stream import StreamResumer
 
 # Requests in flight at once per model instance (the HTTP pool keeps as many connections).
@@ -233,7 +233,7 @@ class OpenAICompatible:
                 return completion
         raise LLMResponseError(f"{self.model_name}: no completion received", model=self.model_name)
 
-    async def chat_stream(
+    def chat_stream(
         self, messages: MessageList, *, tools: list[dict[str, Any]] | None = None, **kwargs: Any
     ) -> AsyncIterator[dict[str, Any]]:
         """chat.completion.chunk dicts as they arrive; the usage-only chunk comes last.
@@ -246,9 +246,9 @@ class OpenAICompatible:
         kwargs.pop("stream", None)
         resumer = StreamResumer()
         attempt = partial(self._attempt_stream, messages, tools, kwargs, resumer)
-        async with aclosing(self._with_retries(attempt)) as chunks:
-            async for chunk in chunks:
-                yield chunk
+        # The retry loop itself (an async generator: closing it closes the stream), not a
+        # generator around it that every chunk would pass through.
+        return self._with_retries(attempt)
 
     # ----------------------------------------------------------------- the retry loop
 
@@ -391,23 +391,32 @@ class OpenAICompatible:
 
     async def _read_stream(self, response: httpx.Response) -> AsyncIterator[Chunk]:
         finished = False
-        events = iter_sse_events(response.aiter_lines())
-        async for event in events:
-            if event.event == "error":
-                self._raise_stream_error({"error": event.data})
-            decoded = decode_data(event.data)
-            if decoded.malformed:
-                self._skip_malformed(event.data)
-            for chunk in decoded.objects:
-                if "error" in chunk and not chunk.get("choices"):
-                    self._raise_stream_error(chunk)
-                finished = finished or _is_final(chunk)
-                yield chunk
-            if decoded.done:
-                await read_to_end(events)
-                return
+        parser = SSEParser()
+        body = aiter(body_bytes(response))
+        while True:
+            data = await anext(body, None)
+            for event in parser.feed(data) if data is not None else parser.close():
+                decoded = self._decode_event(event)
+                for chunk in decoded.objects:
+                    if "error" in chunk and not chunk.get("choices"):
+                        self._raise_stream_error(chunk)
+                    finished = finished or _is_final(chunk)
+                    yield chunk
+                if decoded.done:
+                    await read_to_end(body)
+                    return
+            if data is None:
+                break
         if not finished:
             raise RetryableFailure("stream ended before [DONE] and before any finish_reason")
+
+    def _decode_event(self, event: SSEEvent) -> DecodedData:
+        if event.event == "error":
+            self._raise_stream_error({"error": event.data})
+        decoded = decode_data(event.data)
+        if decoded.malformed:
+            self._skip_malformed(event.data)
+        return decoded
 
     # ----------------------------------------------------------------- helpers
 
@@ -548,13 +557,13 @@ def _build_limiter(capacity: int | None, refill_rate: float | None) -> RateLimit
         raise ConfigError(str(exc)) from exc
 
 
-async def read_to_end(events: AsyncGenerator[object, None]) -> None:
+async def read_to_end(events: AsyncIterator[object]) -> None:
     """Read what follows `[DONE]` (the body's last bytes, normally just the end of the
     chunked encoding), so that the connection goes back to the pool: a response closed
     before its end closes its connection, and every stream would open a new one. A
     server that keeps the body open longer than `DRAIN_TIMEOUT_S` after `[DONE]`, or
-    sends more than `DRAIN_MAX_EVENTS` events after it, loses the connection instead;
-    nothing after `[DONE]` is read as part of the answer."""
+    sends more than `DRAIN_MAX_EVENTS` events (or pieces of the body) after it, loses the
+    connection instead; nothing after `[DONE]` is read as part of the answer."""
     try:
         async with asyncio.timeout(DRAIN_TIMEOUT_S):
             count = 0
@@ -567,7 +576,9 @@ async def read_to_end(events: AsyncGenerator[object, None]) -> None:
         # [DONE], even one that fails to decode, must not fail or retry the answer).
         pass
     finally:
-        await events.aclose()
+        closer = getattr(events, "aclose", None)
+        if closer is not None:
+            await closer()
 
 
 def _auth(key: str) -> dict[str, str]:

@@ -16,8 +16,8 @@ which has one (the pools' sizes add up to `total`), so it never waits in a pool.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from types import TracebackType
 from typing import Generic, Protocol, TypeVar
 
 __all__ = ["SHARD_SIZE", "HTTPShards"]
@@ -62,22 +62,29 @@ class HTTPShards(Generic[P]):
     def pools(self) -> int:
         return len(self._sizes)
 
-    @asynccontextmanager
-    async def lease(self) -> AsyncIterator[P]:
-        """Wait for a slot; the client of the pool with the most free connections, for
-        one request."""
-        async with self._slots:
+    def lease(self) -> _Lease[P]:
+        """`async with shards.lease() as client`: wait for a slot; the client of the pool
+        with the most free connections, for one request."""
+        return _Lease(self)
+
+    async def _take(self) -> tuple[int, P]:
+        await self._slots.acquire()
+        try:
             # A slot is held, so some pool is below its size: the one with the most free
             # connections is.
             i = max(range(len(self._busy)), key=self._free)
             client = self._clients[i]
             if client is None or client.is_closed:
                 client = self._clients[i] = self._make(self._sizes[i])
-            self._busy[i] += 1
-            try:
-                yield client
-            finally:
-                self._busy[i] -= 1
+        except BaseException:
+            self._slots.release()
+            raise
+        self._busy[i] += 1
+        return i, client
+
+    def _give(self, i: int) -> None:
+        self._busy[i] -= 1
+        self._slots.release()
 
     def _free(self, i: int) -> int:
         return self._sizes[i] - self._busy[i]
@@ -87,3 +94,27 @@ class HTTPShards(Generic[P]):
         for client in clients:
             if client is not None:
                 await client.aclose()
+
+
+class _Lease(Generic[P]):
+    """One request's slot (a class, not a generator: one lives for every request in
+    flight, and a generator-based context manager costs a generator, its weak reference
+    in the event loop and a dict more, which the garbage collector walks)."""
+
+    __slots__ = ("_i", "_shards")
+
+    def __init__(self, shards: HTTPShards[P]) -> None:
+        self._shards = shards
+        self._i = -1
+
+    async def __aenter__(self) -> P:
+        self._i, client = await self._shards._take()
+        return client
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._shards._give(self._i)

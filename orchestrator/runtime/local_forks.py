@@ -279,7 +279,7 @@ class LocalForkBackend:
         return await self._tree.collect(parent_agent_call_id, fork_ids, include_history)
 
 
-async def run_in_process(
+def run_in_process(
     spec: AgentSpec,
     state: TurnState,
     *,
@@ -290,9 +290,19 @@ async def run_in_process(
     """One in-process call of `spec`: `run_turn`, with forks when the agent has a
     SelfReference (their events merged in as they happen; the final response last)."""
     if spec.self_reference is None or state.memory_key is None:
-        async for output in run_turn(spec, state, abort=abort, origin=origin):
-            yield output
-        return
+        return run_turn(spec, state, abort=abort, origin=origin)
+    limits = limits or spec.self_reference.fork_limits
+    return _run_with_forks(spec, state, abort=abort, origin=origin, limits=limits)
+
+
+async def _run_with_forks(
+    spec: AgentSpec,
+    state: TurnState,
+    *,
+    abort: AbortSignal | None,
+    origin: OriginContext,
+    limits: ForkLimits,
+) -> AsyncIterator[Output]:
     signal = abort if abort is not None else AbortSignal()
     queue: asyncio.Queue[Output | Exception | None] = asyncio.Queue(_QUEUE_SIZE)
     tree = LocalForkTree(
@@ -301,7 +311,7 @@ async def run_in_process(
         root_call_id=state.agent_call_id,
         abort=signal,
         emit=queue.put,
-        limits=limits or spec.self_reference.fork_limits,
+        limits=limits,
     )
     final: list[ResponseYield] = []
 

@@ -77,7 +77,7 @@ _END = object()
 _ABORTED = object()
 
 
-async def run_turn(
+def run_turn(
     spec: AgentSpec,
     state: TurnState,
     *,
@@ -113,8 +113,8 @@ async def run_turn(
     )
     if not copy_outputs:
         turn._out = _share
-    async for output in turn.run():
-        yield output
+    # The turn's own generator, not one around it that every output would pass through.
+    return turn.run()
 
 
 class _Turn:

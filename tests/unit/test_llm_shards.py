@@ -64,3 +64,44 @@ async def test_a_closed_pool_is_made_again() -> None:
 def test_a_bound_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one slot"):
         HTTPShards(_maker([]), total=0)
+
+
+async def test_a_request_that_fails_or_is_cancelled_gives_its_slot_back() -> None:
+    made: list[int] = []
+    shards = HTTPShards(_maker(made), total=1)
+    with pytest.raises(RuntimeError):
+        async with shards.lease():
+            raise RuntimeError("the request failed")
+    entered = asyncio.Event()
+
+    async def hang() -> None:
+        async with shards.lease():
+            entered.set()
+            await asyncio.sleep(3600)
+
+    task = asyncio.create_task(hang())
+    await entered.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    async with asyncio.timeout(1), shards.lease() as client:
+        assert not client.is_closed  # the one slot was free again
+    await shards.aclose()
+
+
+async def test_a_pool_that_cannot_be_made_gives_its_slot_back() -> None:
+    calls = 0
+
+    def make(size: int) -> httpx.AsyncClient:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError("no pool")
+        return httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
+
+    shards = HTTPShards(make, total=1)
+    with pytest.raises(OSError, match="no pool"):
+        async with shards.lease():
+            pass
+    async with asyncio.timeout(1), shards.lease():
+        pass
+    await shards.aclose()
