@@ -230,10 +230,7 @@ class RedisForkBackend:
     async def _start_batch(self, requests: list[RunRequest]) -> list[None]:
         """Inherit experiences, create the records (one round trip), then announce the
         new ones and enqueue every job (one round trip)."""
-        loaded: dict[str, Any] = {}
-        for request in requests:
-            assert request.fork is not None
-            await self._inherit_experiences(request.fork, loaded)
+        await self._inherit_experiences([r.fork for r in requests if r.fork is not None])
         records = [self._record_of(r) for r in requests]
         created = await self._runs.create_many(records)
         # Readers learn of each new fork (a "queued" entry) before any later event of its
@@ -274,18 +271,21 @@ class RedisForkBackend:
             fork=request.fork,
         )
 
-    async def _inherit_experiences(self, info: ForkInfo, loaded: dict[str, Any]) -> None:
-        """The fork starts with its parent's durable experiences (its own key from now);
-        `loaded` keeps the parents' memories read for this batch."""
-        if info.source_memory_key is None or info.memory_key is None:
-            return
-        parent = loaded.get(info.source_memory_key)
-        if parent is None:
-            parent = loaded[info.source_memory_key] = await self._memory.load(
-                info.source_memory_key
-            )
-        texts = [experience.text for experience in parent.experiences]
-        await self._memory.add_experiences(info.memory_key, texts)  # one round trip
+    async def _inherit_experiences(self, infos: list[ForkInfo]) -> None:
+        """Each fork starts with its parent's durable experiences (its own key from now):
+        one read per parent (normally one), then one round trip for every fork of the
+        batch (none when the parents have no experiences)."""
+        inherited: dict[str, list[str]] = {}
+        additions: list[tuple[str, list[str]]] = []
+        for info in infos:
+            source, key = info.source_memory_key, info.memory_key
+            if source is None or key is None:
+                continue
+            if source not in inherited:
+                parent = await self._memory.load(source)
+                inherited[source] = [experience.text for experience in parent.experiences]
+            additions.append((key, inherited[source]))
+        await self._memory.add_experiences_to(additions)
 
     async def collect(
         self,

@@ -441,19 +441,28 @@ class RedisMemoryStore:
         """`add_experience` of each text in turn, in one round trip (a fork inheriting its
         parent's experiences). The first refused raises `MemoryLimitError` (the others
         are added)."""
-        hash_key = self.record_key(key)
+        return (await self.add_experiences_to([(key, texts)]))[0]
+
+    async def add_experiences_to(
+        self, additions: Sequence[tuple[str, Sequence[str]]]
+    ) -> list[list[Experience]]:
+        """`add_experiences(key, texts)` for each `(key, texts)`, all in one round trip (a
+        batch of forks inheriting their parents' experiences; none if there are no
+        texts). The first refused raises `MemoryLimitError` (the others are added)."""
         calls = []
-        for text_ in texts:
-            # Too long: no room at all (the script still answers an identical stored text).
-            fits = len(text_) <= self.limits.max_experience_chars
-            room = str(self.limits.max_experiences if fits else 0)
-            calls.append(
-                (self._add_experience, [hash_key], [_dedupe_field(text_), text_, room, self._ttl()])
-            )
+        for key, texts in additions:
+            hash_key = self.record_key(key)
+            for text_ in texts:
+                # Too long: no room at all (the script still answers an identical text).
+                fits = len(text_) <= self.limits.max_experience_chars
+                room = str(self.limits.max_experiences if fits else 0)
+                args = [_dedupe_field(text_), text_, room, self._ttl()]
+                calls.append((self._add_experience, [hash_key], args))
         async with translate_errors("memory add_experience"):
-            replies = await run_scripts(self._redis, calls) if calls else []
-        pairs = zip(texts, replies, strict=True)
-        return [_added(text_, reply, self.limits) for text_, reply in pairs]
+            replies = iter(await run_scripts(self._redis, calls) if calls else [])
+        return [
+            [_added(text_, next(replies), self.limits) for text_ in texts] for _, texts in additions
+        ]
 
     async def remove_experience(self, key: str, experience_id: str) -> bool:
         """Forget one experience; False if the key has none with that id."""
