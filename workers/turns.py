@@ -42,7 +42,7 @@ from orchestrator.errors import (
 from orchestrator.events import EventOrigin, EventYield, ReactEndEvent, ResponseYield
 from orchestrator.keys import Keys
 from orchestrator.ports import JournalLimits, MemoryLimits, ToolSession
-from orchestrator.runs import RunRecord, RunRequest, RunStatus, fork_run_id
+from orchestrator.runs import RunRecord, RunRequest, RunStatus, StatusEntry, fork_run_id
 from orchestrator.runtime.agent import AgentSpec
 from orchestrator.runtime.loop import run_turn
 from orchestrator.runtime.state import OriginContext, TurnState
@@ -50,7 +50,7 @@ from orchestrator.settings import Settings
 from orchestrator.signals import AbortSignal
 from orchestrator.store.abort import AbortWatcher
 from orchestrator.store.journal import RedisSessionJournal
-from orchestrator.store.lifecycle import announce_status, end_run
+from orchestrator.store.lifecycle import end_run
 from orchestrator.store.memory import MemoryScope, RedisMemoryStore
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import LeaseTable, RunStore, Started
@@ -309,9 +309,7 @@ class TurnExecutor:
             if outcome.status is not RunStatus.WAITING:
                 return outcome
             forks = [fork_run_id(request.root_run_id, f) for f in outcome.waiting_for or []]
-            # Announced before suspending: once suspended, the last fork may resume the run
-            # elsewhere at once, and `waiting` must never follow the resumed run's events.
-            await self._announce(request, RunStatus.WAITING)
+            # `waiting` was announced by `_drive`, before suspending.
             if await self._runs.suspend(
                 request.run_id,
                 attempt=request.attempt,
@@ -320,9 +318,6 @@ class TurnExecutor:
             ):
                 _log.info("turn suspended in gather", run_id=request.run_id, forks=len(forks))
                 return outcome
-
-    async def _announce(self, request: RunRequest, status: RunStatus) -> None:
-        await announce_status(self._redis, self._keys, self._settings, request, status)
 
     async def _drive(
         self,
@@ -346,6 +341,12 @@ class TurnExecutor:
         try:
             outcome = await self._drive_with(request, publisher, record, abort_reason)
             if outcome.status is RunStatus.WAITING:
+                # Announced with the gather's last events, before suspending: once
+                # suspended, the last fork may resume the run elsewhere at once, and
+                # `waiting` must never follow the resumed run's events.
+                publisher.publish_status(
+                    StatusEntry(run_id=request.run_id, status=RunStatus.WAITING, fork=request.fork)
+                )
                 await publisher.flush()
             else:
                 # What is left rides in the end's script (`_finish`): one round trip.
