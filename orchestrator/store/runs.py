@@ -235,14 +235,19 @@ _END_LUA = (
     ADD_ENTRY_FUNCTION_LUA
     + PUBLISH_FUNCTION_LUA
     + """
+local batch = false
 if #ARGV > 19 then
-  local batch = publish(KEYS[13], KEYS[14], KEYS[15], KEYS[6], KEYS[5], 19)
-  if batch[1] == 0 then return {-1, batch[2]} end
+  local checked = publish_check(KEYS[14], KEYS[15], KEYS[6], KEYS[5], 19)
+  if checked[1] == 0 then return {-1, checked[2]} end
+  batch = checked[1] == 1
 end
 local fresh = ARGV[2] ~= ''
 if fresh then
   local current = redis.call('GET', KEYS[1])
-  if current ~= ARGV[1] then return {0, current or ''} end
+  if current ~= ARGV[1] then
+    if batch then publish_write(KEYS[13], KEYS[14], KEYS[6], KEYS[5], 19, {}, true) end
+    return {0, current or ''}
+  end
   -- The record and its retention clock in one command (SET KEEPTTL + PEXPIRE).
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[5])
   if KEYS[2] ~= KEYS[3] then
@@ -271,20 +276,25 @@ if ttl == -1 or (ttl >= 0 and ttl < tonumber(ARGV[8])) then
   redis.call('PEXPIRE', KEYS[9], ARGV[9])
   redis.call('PEXPIRE', KEYS[10], ARGV[9])
 end
+local marker = 'batch:end:' .. ARGV[3]
+local done = ARGV[17] == ''
+-- A fresh end has just made the record terminal, and a terminal entry is only ever
+-- written once it is (here, or by an older version's separate script after it): none
+-- can exist yet, so only a repeated end reads the marker (and where older versions kept
+-- it).
+if not done and not fresh then
+  done = redis.call('HGET', KEYS[14], marker) or redis.call('HGET', KEYS[15], 'end:' .. ARGV[3])
+end
+-- The batch's entries, then the terminal entry; the end's marker in the batch's HSET,
+-- and the batch's checkpoint state not written if the end drops it.
+if batch then
+  publish_write(KEYS[13], KEYS[14], KEYS[6], KEYS[5], 19, done and {} or {marker, '1'},
+    ARGV[13] ~= '1')
+elseif not done then
+  redis.call('HSET', KEYS[14], marker, '1')
+end
+if not done then add_entry(KEYS[13], ARGV[19], 'status', ARGV[3], ARGV[17], ARGV[18]) end
 if ARGV[17] ~= '' then
-  local marker = 'batch:end:' .. ARGV[3]
-  -- A fresh end has just made the record terminal, and a terminal entry is only ever
-  -- written once it is (here, or by an older version's separate script after it): none
-  -- can exist yet, so only a repeated end reads the marker (and where older versions
-  -- kept it).
-  local done = false
-  if not fresh then
-    done = redis.call('HGET', KEYS[14], marker) or redis.call('HGET', KEYS[15], 'end:' .. ARGV[3])
-  end
-  if not done then
-    add_entry(KEYS[13], ARGV[19], 'status', ARGV[3], ARGV[17], ARGV[18])
-    redis.call('HSET', KEYS[14], marker, '1')
-  end
   redis.call('EXPIRE', KEYS[13], ARGV[7])
   redis.call('EXPIRE', KEYS[14], ARGV[7])
 end

@@ -132,9 +132,11 @@ end
 # number is field "batch:<publisher id>" of the seqs hash), save the checkpoint if the
 # batch carries one (its first one clears any TTL the key had), and (now and then) push
 # the idle TTLs back. The publishers hash is only read, for the batch markers older
-# versions kept there. A Lua function, shared by the publisher's own script
-# (`_PUBLISH_LUA`) and a run's end (`RunStore.end` with `EndWrites.batch`: a turn's last
-# batch), its arguments read from ARGV after `base` (0 in the publisher's own script):
+# versions kept there. Lua functions, shared by the publisher's own script
+# (`_PUBLISH_LUA`: `publish`) and a run's end (`RunStore.end` with `EndWrites.batch`: a
+# turn's last batch, checked first, `publish_check`, and written with the end's own
+# writes, `publish_write`), their arguments read from ARGV after `base` (0 in the
+# publisher's own script):
 # Keys: stream, seqs, publishers, fence, checkpoint
 # ARGV[base + 1...]: attempt ("" = unfenced), publisher id, batch number, maxlen, idle ttl
 #       ("" = none), refresh (two flags: "1?" set the stream's and seqs' TTLs, "?1" the
@@ -145,17 +147,20 @@ end
 #       persist ("1": the publisher's first checkpoint: clear the key's TTL)
 # Returns {1} written, {2} written before, {0, fence} refused (nothing written).
 PUBLISH_FUNCTION_LUA = """
-local function publish(stream, seqs, publishers, fence, checkpoint, base)
-  local A = function(i) return ARGV[base + i] end
-  local attempt = tonumber(A(1))
-  local nseqs = tonumber(A(10))
-  local at = 11 + 2 * nseqs
-  local nentries = tonumber(A(at))
-  local state = A(at + 1 + 2 * nentries)
-  if A(at + 2 + 2 * nentries) == '1' then
-    local done = tonumber(redis.call('HGET', seqs, 'batch:' .. A(2))
-      or redis.call('HGET', publishers, A(2)))
-    if done and done >= tonumber(A(3)) then return {2} end
+local function batch_at(base)
+  local nseqs = tonumber(ARGV[base + 10])
+  local at = base + 11 + 2 * nseqs
+  local nentries = tonumber(ARGV[at])
+  return nseqs, at, nentries, ARGV[at + 1 + 2 * nentries]
+end
+-- Whether to write the batch: {1} yes, {2} written before, {0, fence} refused.
+local function publish_check(seqs, publishers, fence, checkpoint, base)
+  local _, at, nentries, state = batch_at(base)
+  local attempt = tonumber(ARGV[base + 1])
+  if ARGV[at + 2 + 2 * nentries] == '1' then
+    local done = tonumber(redis.call('HGET', seqs, 'batch:' .. ARGV[base + 2])
+      or redis.call('HGET', publishers, ARGV[base + 2]))
+    if done and done >= tonumber(ARGV[base + 3]) then return {2} end
   end
   if attempt then
     local owner = tonumber(redis.call('GET', fence))
@@ -168,25 +173,43 @@ local function publish(stream, seqs, publishers, fence, checkpoint, base)
       if saved and saved > attempt then return {0, saved} end
     end
   end
-  for i = 0, nentries - 1 do
-    add_entry(stream, A(4), A(at + 1 + 2 * i), A(8), A(at + 2 + 2 * i), A(9))
-  end
-  local pairs_ = {'batch:' .. A(2), A(3)}
-  for i = 0, nseqs - 1 do
-    pairs_[#pairs_ + 1] = A(11 + 2 * i)
-    pairs_[#pairs_ + 1] = A(12 + 2 * i)
-  end
-  redis.call('HSET', seqs, unpack(pairs_))
-  if state ~= '' then
-    redis.call('HSET', checkpoint, 'attempt', A(1), 'state', state)
-    if A(at + 3 + 2 * nentries) == '1' then redis.call('PERSIST', checkpoint) end
-  end
-  if A(5) ~= '' and string.sub(A(6), 1, 1) == '1' then
-    redis.call('EXPIRE', stream, A(5))
-    redis.call('EXPIRE', seqs, A(5))
-  end
-  if attempt and string.sub(A(6), 2, 2) == '1' then redis.call('EXPIRE', fence, A(7)) end
   return {1}
+end
+-- Write a checked batch. `marks`: more {field, value} pairs for its seqs HSET; `keep`:
+-- save its checkpoint's state (false: the caller drops the state anyway; its attempt,
+-- the checkpoint's fence, is written all the same).
+local function publish_write(stream, seqs, fence, checkpoint, base, marks, keep)
+  local nseqs, at, nentries, state = batch_at(base)
+  for i = 0, nentries - 1 do
+    add_entry(stream, ARGV[base + 4], ARGV[at + 1 + 2 * i], ARGV[base + 8],
+      ARGV[at + 2 + 2 * i], ARGV[base + 9])
+  end
+  local pairs_ = {'batch:' .. ARGV[base + 2], ARGV[base + 3]}
+  for i = 0, nseqs - 1 do
+    pairs_[#pairs_ + 1] = ARGV[base + 11 + 2 * i]
+    pairs_[#pairs_ + 1] = ARGV[base + 12 + 2 * i]
+  end
+  for i = 1, #marks do pairs_[#pairs_ + 1] = marks[i] end
+  redis.call('HSET', seqs, unpack(pairs_))
+  if state ~= '' and keep then
+    redis.call('HSET', checkpoint, 'attempt', ARGV[base + 1], 'state', state)
+    if ARGV[at + 3 + 2 * nentries] == '1' then redis.call('PERSIST', checkpoint) end
+  elseif state ~= '' then
+    redis.call('HSET', checkpoint, 'attempt', ARGV[base + 1])
+  end
+  local ttl, refresh = ARGV[base + 5], ARGV[base + 6]
+  if ttl ~= '' and string.sub(refresh, 1, 1) == '1' then
+    redis.call('EXPIRE', stream, ttl)
+    redis.call('EXPIRE', seqs, ttl)
+  end
+  if ARGV[base + 1] ~= '' and string.sub(refresh, 2, 2) == '1' then
+    redis.call('EXPIRE', fence, ARGV[base + 7])
+  end
+end
+local function publish(stream, seqs, publishers, fence, checkpoint, base)
+  local checked = publish_check(seqs, publishers, fence, checkpoint, base)
+  if checked[1] == 1 then publish_write(stream, seqs, fence, checkpoint, base, {}, true) end
+  return checked
 end
 """
 # A publisher's batch: `publish` above on its own. KEYS: stream, seqs, publishers, fence,

@@ -14,8 +14,10 @@ from tests.unit.test_store_end_batch import (
     test_an_end_of_a_run_that_ended_already_still_writes_the_batch,
     test_an_end_that_conflicts_with_another_write_writes_the_batch_once,
     test_an_end_whose_batch_a_newer_attempt_fenced_off_writes_nothing,
+    test_an_end_whose_checkpoint_a_newer_attempt_saved_writes_nothing,
     test_an_end_without_a_batch_is_unchanged,
     test_take_last_waits_for_the_batch_in_flight_and_takes_the_rest,
+    test_the_end_marks_its_batch_and_its_terminal_entry,
     test_the_last_batch_is_written_by_the_end_before_the_terminal_entry,
 )
 
@@ -25,8 +27,10 @@ __all__ = [
     "test_an_end_of_a_run_that_ended_already_still_writes_the_batch",
     "test_an_end_that_conflicts_with_another_write_writes_the_batch_once",
     "test_an_end_whose_batch_a_newer_attempt_fenced_off_writes_nothing",
+    "test_an_end_whose_checkpoint_a_newer_attempt_saved_writes_nothing",
     "test_an_end_without_a_batch_is_unchanged",
     "test_take_last_waits_for_the_batch_in_flight_and_takes_the_rest",
+    "test_the_end_marks_its_batch_and_its_terminal_entry",
     "test_the_last_batch_is_written_by_the_end_before_the_terminal_entry",
 ]
 

@@ -217,3 +217,28 @@ async def test_an_end_without_a_batch_is_unchanged(store_redis: Any, keys: Keys)
     assert batch is None
     assert ended is not None
     assert await _kinds(store_redis, keys) == ["event", "completed"]
+
+
+async def test_an_end_whose_checkpoint_a_newer_attempt_saved_writes_nothing(
+    store_redis: Any, keys: Keys
+) -> None:
+    """Without the attempt's fence (expired), the batch's checkpoint is checked against
+    the saved one's attempt, as in a batch the publisher sends itself."""
+    publisher = await _started(store_redis, keys)
+    await store_redis.delete(keys.run_fence("s1", "r1"))
+    await store_redis.hset(keys.checkpoint("s1", "r1"), mapping={"attempt": "2", "state": "{}"})
+    publisher.publish(event_output(0, call="r1"))
+    publisher.save_checkpoint(b'{"at": "end"}')
+    with pytest.raises(StaleAttempt):
+        await _end(store_redis, keys, publisher)
+    assert await _kinds(store_redis, keys) == []
+    assert (await RunStore(store_redis, keys).get("r1")).status is RunStatus.RUNNING
+
+
+async def test_the_end_marks_its_batch_and_its_terminal_entry(store_redis: Any, keys: Keys) -> None:
+    publisher = await _started(store_redis, keys)
+    publisher.publish(event_output(0, call="r1"))
+    await _end(store_redis, keys, publisher)
+    seqs = await store_redis.hgetall(keys.seqs("s1"))
+    fields = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in seqs.items()}
+    assert fields == {"r1": 0, f"batch:{publisher.publisher_id}": 1, "batch:end:r1": 1}
