@@ -144,7 +144,8 @@ end
 #       the run), n seqs, (call, seq) x n, n entries, (kind, data) x n,
 #       checkpoint state ("" = none),
 #       check ("1": a batch this publisher may have delivered already; its marker says),
-#       persist ("1": the publisher's first checkpoint: clear the key's TTL)
+#       persist ("1": the publisher's first checkpoint: clear the key's TTL; "2": the
+#       publisher has saved a checkpoint before, so the key's attempt is its own)
 # Returns {1} written, {2} written before, {0, fence} refused (nothing written).
 PUBLISH_FUNCTION_LUA = """
 local function batch_at(base)
@@ -177,7 +178,8 @@ local function publish_check(seqs, publishers, fence, checkpoint, base)
 end
 -- Write a checked batch. `marks`: more {field, value} pairs for its seqs HSET; `keep`:
 -- save its checkpoint's state (false: the caller drops the state anyway; its attempt,
--- the checkpoint's fence, is written all the same).
+-- the checkpoint's fence, is written all the same unless an earlier batch of the
+-- publisher wrote it: "2" below).
 local function publish_write(stream, seqs, fence, checkpoint, base, marks, keep)
   local nseqs, at, nentries, state = batch_at(base)
   for i = 0, nentries - 1 do
@@ -191,10 +193,11 @@ local function publish_write(stream, seqs, fence, checkpoint, base, marks, keep)
   end
   for i = 1, #marks do pairs_[#pairs_ + 1] = marks[i] end
   redis.call('HSET', seqs, unpack(pairs_))
+  local saved = ARGV[at + 3 + 2 * nentries]
   if state ~= '' and keep then
     redis.call('HSET', checkpoint, 'attempt', ARGV[base + 1], 'state', state)
-    if ARGV[at + 3 + 2 * nentries] == '1' then redis.call('PERSIST', checkpoint) end
-  elseif state ~= '' then
+    if saved == '1' then redis.call('PERSIST', checkpoint) end
+  elseif state ~= '' and saved ~= '2' then
     redis.call('HSET', checkpoint, 'attempt', ARGV[base + 1])
   end
   local ttl, refresh = ARGV[base + 5], ARGV[base + 6]
@@ -416,6 +419,8 @@ class EventPublisher:
         # The publisher's first checkpoint also clears any TTL the checkpoint key had
         # (unless its take-over found no checkpoint key: see `adopt`).
         self._checkpointed = False
+        # The publisher has saved a checkpoint (so the key's attempt is its attempt).
+        self._saved_checkpoint = False
         # A take-over made for this publisher by another script (`adopt`ed by the first
         # `take_over_and_load`).
         self._taken = taken
@@ -712,6 +717,7 @@ class EventPublisher:
             self._fence_set_at = now
         if any(entry.kind == "checkpoint" for entry in batch):
             self._checkpointed = True
+            self._saved_checkpoint = True
 
     def _script_args(
         self,
@@ -751,7 +757,7 @@ class EventPublisher:
         args += entries
         args.append(state)
         args.append("1" if check else "0")
-        args.append("0" if self._checkpointed else "1")
+        args.append("2" if self._saved_checkpoint else "0" if self._checkpointed else "1")
         return args
 
     def _give_up(self, exc: OrchestratorError) -> None:

@@ -17,6 +17,7 @@ from tests.unit.test_store_end_batch import (
     test_an_end_whose_checkpoint_a_newer_attempt_saved_writes_nothing,
     test_an_end_without_a_batch_is_unchanged,
     test_take_last_waits_for_the_batch_in_flight_and_takes_the_rest,
+    test_the_end_keeps_the_checkpoints_attempt_whoever_saved_it,
     test_the_end_marks_its_batch_and_its_terminal_entry,
     test_the_last_batch_is_written_by_the_end_before_the_terminal_entry,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "test_an_end_whose_checkpoint_a_newer_attempt_saved_writes_nothing",
     "test_an_end_without_a_batch_is_unchanged",
     "test_take_last_waits_for_the_batch_in_flight_and_takes_the_rest",
+    "test_the_end_keeps_the_checkpoints_attempt_whoever_saved_it",
     "test_the_end_marks_its_batch_and_its_terminal_entry",
     "test_the_last_batch_is_written_by_the_end_before_the_terminal_entry",
 ]

@@ -242,3 +242,20 @@ async def test_the_end_marks_its_batch_and_its_terminal_entry(store_redis: Any, 
     seqs = await store_redis.hgetall(keys.seqs("s1"))
     fields = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in seqs.items()}
     assert fields == {"r1": 0, f"batch:{publisher.publisher_id}": 1, "batch:end:r1": 1}
+
+
+async def test_the_end_keeps_the_checkpoints_attempt_whoever_saved_it(
+    store_redis: Any, keys: Keys
+) -> None:
+    """The end drops the checkpoint's state and keeps its attempt (the checkpoint's fence):
+    written by the last batch, or by an earlier one of the same attempt."""
+    publisher = await _started(store_redis, keys)
+    publisher.save_checkpoint(b'{"at": "start"}')
+    await publisher.flush()
+    publisher.publish(event_output(0, call="r1"))
+    publisher.save_checkpoint(b'{"at": "end"}')
+    await _end(store_redis, keys, publisher)
+    saved = await store_redis.hgetall(keys.checkpoint("s1", "r1"))
+    assert {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in saved.items()} == {
+        "attempt": 1
+    }
