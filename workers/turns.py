@@ -42,7 +42,7 @@ from orchestrator.errors import (
 from orchestrator.events import EventOrigin, EventYield, ReactEndEvent, ResponseYield
 from orchestrator.keys import Keys
 from orchestrator.ports import JournalLimits, MemoryLimits, ToolSession
-from orchestrator.runs import RunRecord, RunRequest, RunStatus, fork_run_id
+from orchestrator.runs import RunRecord, RunRequest, RunStatus, StatusEntry, fork_run_id
 from orchestrator.runtime.agent import AgentSpec
 from orchestrator.runtime.loop import run_turn
 from orchestrator.runtime.state import OriginContext, TurnState
@@ -50,11 +50,17 @@ from orchestrator.settings import Settings
 from orchestrator.signals import AbortSignal
 from orchestrator.store.abort import AbortWatcher
 from orchestrator.store.journal import RedisSessionJournal
-from orchestrator.store.lifecycle import announce_status, end_run
+from orchestrator.store.lifecycle import end_run
 from orchestrator.store.memory import MemoryScope, RedisMemoryStore
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import LeaseTable, RunStore, Started
-from orchestrator.store.streams import IDLE_TTL_S, EventPublisher, StreamTtls, TakenOver
+from orchestrator.store.streams import (
+    IDLE_TTL_S,
+    EventPublisher,
+    LastBatch,
+    StreamTtls,
+    TakenOver,
+)
 from workers.forks import RedisForkBackend
 from workers.leases import LeaseKeeper
 from workers.outage import Outage, until_available
@@ -92,6 +98,9 @@ class Outcome:
     abort_reason: str | None = None
     # WAITING: the fork ids the suspended turn waits for.
     waiting_for: list[str] | None = None
+    # The turn's outputs not yet written (its publisher's last batch), for its end to
+    # write in the same round trip.
+    last_batch: LastBatch | None = None
 
     def result(self, run_id: str) -> dict[str, Any]:
         return {"run_id": run_id, "status": self.status.value, "error": self.error}
@@ -218,7 +227,9 @@ class TurnExecutor:
                 await self._leases.park(request.run_id, request.attempt, self._worker_id)
                 return outcome.result(request.run_id)
             await self._finish(started, outcome, attempt=request.attempt, release=True)
-        except _LeaseLost:
+        except (_LeaseLost, StaleAttempt):
+            # StaleAttempt: the end's last batch was refused, a newer attempt owns the
+            # run's writes (the end wrote nothing), as when a batch of the turn is refused.
             _log.warning("lease lost; another attempt owns the run", run_id=request.run_id)
             return {"run_id": request.run_id, "status": "superseded", "error": "lease lost"}
         except StoreUnavailable as exc:
@@ -298,9 +309,7 @@ class TurnExecutor:
             if outcome.status is not RunStatus.WAITING:
                 return outcome
             forks = [fork_run_id(request.root_run_id, f) for f in outcome.waiting_for or []]
-            # Announced before suspending: once suspended, the last fork may resume the run
-            # elsewhere at once, and `waiting` must never follow the resumed run's events.
-            await self._announce(request, RunStatus.WAITING)
+            # `waiting` was announced by `_drive`, before suspending.
             if await self._runs.suspend(
                 request.run_id,
                 attempt=request.attempt,
@@ -309,9 +318,6 @@ class TurnExecutor:
             ):
                 _log.info("turn suspended in gather", run_id=request.run_id, forks=len(forks))
                 return outcome
-
-    async def _announce(self, request: RunRequest, status: RunStatus) -> None:
-        await announce_status(self._redis, self._keys, self._settings, request, status)
 
     async def _drive(
         self,
@@ -334,7 +340,17 @@ class TurnExecutor:
         )
         try:
             outcome = await self._drive_with(request, publisher, record, abort_reason)
-            await publisher.flush()
+            if outcome.status is RunStatus.WAITING:
+                # Announced with the gather's last events, before suspending: once
+                # suspended, the last fork may resume the run elsewhere at once, and
+                # `waiting` must never follow the resumed run's events.
+                publisher.publish_status(
+                    StatusEntry(run_id=request.run_id, status=RunStatus.WAITING, fork=request.fork)
+                )
+                await publisher.flush()
+            else:
+                # What is left rides in the end's script (`_finish`): one round trip.
+                outcome.last_batch = await publisher.take_last()
         except StaleAttempt as exc:
             publisher.abandon()
             raise _LeaseLost from exc
@@ -514,7 +530,9 @@ class TurnExecutor:
         release: bool = False,
     ) -> None:
         """End the run, dropping its checkpoint and (`release`) giving up the lease of
-        `attempt` in the same script (`end_run`)."""
+        `attempt` in the same script (`end_run`), which also writes the turn's last
+        batch of outputs first (`outcome.last_batch`; `StaleAttempt` if a newer attempt
+        owns the run's writes: nothing is written)."""
         ended = await end_run(
             self._redis,
             self._keys,
@@ -532,6 +550,7 @@ class TurnExecutor:
             attempt=attempt,
             release=release,
             drop_checkpoint=True,
+            batch=outcome.last_batch,
         )
         # Not ended here: it had already ended (e.g. aborted while queued); the lease of
         # this attempt still goes.

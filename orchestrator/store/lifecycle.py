@@ -19,7 +19,7 @@ from orchestrator.store.connection import run_scripts, translate_errors
 from orchestrator.store.forks import ForkTable
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import Ended, EndWrites, RunStore
-from orchestrator.store.streams import EventPublisher
+from orchestrator.store.streams import EventPublisher, LastBatch
 
 _log = structlog.get_logger(__name__)
 
@@ -37,6 +37,7 @@ async def end_run(
     attempt: int | None = None,
     release: bool = False,
     drop_checkpoint: bool = False,
+    batch: LastBatch | None = None,
     **fields: Any,
 ) -> RunRecord | None:
     """Record how a run ended, append its terminal status entry to the session stream (so
@@ -54,13 +55,18 @@ async def end_run(
     left undone, never twice.
 
     With `queue`, a fork's parent waiting for it is resumed if this was the last fork it
-    waited for (without, the waiting-run sweep of the workers does it a little later)."""
+    waited for (without, the waiting-run sweep of the workers does it a little later).
+
+    `batch`: the run's publisher's last batch (`EventPublisher.take_last`), written in the
+    same script before the terminal entry (or on its own if the run had ended already);
+    `StaleAttempt`, writing nothing, if a newer attempt owns the run's writes."""
     writes = _end_writes(
         settings,
         session_id,
         release_attempt=attempt if release else None,
         drop_checkpoint=drop_checkpoint,
         wake_parent=queue is not None,
+        batch=batch,
     )
     ended = await RunStore(redis, keys).end(
         run_id,
@@ -72,6 +78,8 @@ async def end_run(
         **fields,
     )
     if ended is None:
+        if batch is not None:
+            await batch.send()  # as the publisher would have sent it before the end
         return None
     await _resume_parent(redis, ended, queue)
     return ended.record
@@ -100,6 +108,7 @@ def _end_writes(
     release_attempt: int | None = None,
     drop_checkpoint: bool = False,
     wake_parent: bool = False,
+    batch: LastBatch | None = None,
 ) -> EndWrites:
     return EndWrites(
         session_id=session_id,
@@ -110,6 +119,7 @@ def _end_writes(
         wake_parent=wake_parent,
         announce=True,  # the stream's retention starts with the terminal entry
         stream_maxlen=settings.stream_maxlen,
+        batch=batch,
     )
 
 

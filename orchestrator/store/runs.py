@@ -41,7 +41,9 @@ from orchestrator.store.connection import (
 )
 from orchestrator.store.streams import (
     ADD_ENTRY_FUNCTION_LUA,
+    PUBLISH_FUNCTION_LUA,
     TAKE_OVER_FUNCTION_LUA,
+    LastBatch,
     TakenOver,
     taken_over,
 )
@@ -213,6 +215,10 @@ return reply(1, '', taken)
 # fork, its parent's awaited set (SREM, then SCARD: exactly one fork's end sees it
 # emptied), with the parent's record when this was the last fork it awaited. A reader
 # woken by the terminal entry (or the announcement) finds all of it done: one script.
+# With a publisher's last batch (ARGV after the 19th, `publish`'s arguments), the batch
+# goes first, as if the publisher had sent it just before: its fence refuses the whole end
+# (nothing written), else its entries precede the terminal entry, and it is written
+# (once: its marker) even when the record is not the expected one.
 # KEYS: record, old status index, new status index, expiring index, checkpoint, write
 #       fence, lease owner, lease deadlines, session owner, session runs, parent's
 #       awaited set, parent's record, session stream, session seqs, session publishers
@@ -220,16 +226,28 @@ return reply(1, '', taken)
 #       id, score, run ttl ms, now ms, stream ttl s, session ttl ms, session ttl ms to set,
 #       lease attempt to release ("" = none), its fence, lease fence ttl s, drop the
 #       checkpoint ("1"), checkpoint fence ttl s, run-ends channel, a fork ("1"),
-#       terminal status entry ("" = none), its root ("" = the run), stream maxlen
-# Reply: {0, record raw ("" = none)} not the expected record, nothing written; {1} ended;
+#       terminal status entry ("" = none), its root ("" = the run), stream maxlen,
+#       [the last batch: `publish`'s arguments]
+# Reply: {0, record raw ("" = none)} not the expected record, nothing written but the
+# batch; {-1, newer attempt} the batch's fence refused it, nothing written; {1} ended;
 # {1, parent raw} ended, and emptied the waiting parent's awaited set
 _END_LUA = (
     ADD_ENTRY_FUNCTION_LUA
+    + PUBLISH_FUNCTION_LUA
     + """
+local batch = false
+if #ARGV > 19 then
+  local checked = publish_check(KEYS[14], KEYS[15], KEYS[6], KEYS[5], 19)
+  if checked[1] == 0 then return {-1, checked[2]} end
+  batch = checked[1] == 1
+end
 local fresh = ARGV[2] ~= ''
 if fresh then
   local current = redis.call('GET', KEYS[1])
-  if current ~= ARGV[1] then return {0, current or ''} end
+  if current ~= ARGV[1] then
+    if batch then publish_write(KEYS[13], KEYS[14], KEYS[6], KEYS[5], 19, {}, true) end
+    return {0, current or ''}
+  end
   -- The record and its retention clock in one command (SET KEEPTTL + PEXPIRE).
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[5])
   if KEYS[2] ~= KEYS[3] then
@@ -258,20 +276,25 @@ if ttl == -1 or (ttl >= 0 and ttl < tonumber(ARGV[8])) then
   redis.call('PEXPIRE', KEYS[9], ARGV[9])
   redis.call('PEXPIRE', KEYS[10], ARGV[9])
 end
+local marker = 'batch:end:' .. ARGV[3]
+local done = ARGV[17] == ''
+-- A fresh end has just made the record terminal, and a terminal entry is only ever
+-- written once it is (here, or by an older version's separate script after it): none
+-- can exist yet, so only a repeated end reads the marker (and where older versions kept
+-- it).
+if not done and not fresh then
+  done = redis.call('HGET', KEYS[14], marker) or redis.call('HGET', KEYS[15], 'end:' .. ARGV[3])
+end
+-- The batch's entries, then the terminal entry; the end's marker in the batch's HSET,
+-- and the batch's checkpoint state not written if the end drops it.
+if batch then
+  publish_write(KEYS[13], KEYS[14], KEYS[6], KEYS[5], 19, done and {} or {marker, '1'},
+    ARGV[13] ~= '1')
+elseif not done then
+  redis.call('HSET', KEYS[14], marker, '1')
+end
+if not done then add_entry(KEYS[13], ARGV[19], 'status', ARGV[3], ARGV[17], ARGV[18]) end
 if ARGV[17] ~= '' then
-  local marker = 'batch:end:' .. ARGV[3]
-  -- A fresh end has just made the record terminal, and a terminal entry is only ever
-  -- written once it is (here, or by an older version's separate script after it): none
-  -- can exist yet, so only a repeated end reads the marker (and where older versions
-  -- kept it).
-  local done = false
-  if not fresh then
-    done = redis.call('HGET', KEYS[14], marker) or redis.call('HGET', KEYS[15], 'end:' .. ARGV[3])
-  end
-  if not done then
-    add_entry(KEYS[13], ARGV[19], 'status', ARGV[3], ARGV[17], ARGV[18])
-    redis.call('HSET', KEYS[14], marker, '1')
-  end
   redis.call('EXPIRE', KEYS[13], ARGV[7])
   redis.call('EXPIRE', KEYS[14], ARGV[7])
 end
@@ -368,6 +391,10 @@ class EndWrites:
     # the end is repeated), trimmed to about `stream_maxlen` entries.
     announce: bool = False
     stream_maxlen: int = 100_000
+    # The run's publisher's last batch (`EventPublisher.take_last`; needs `announce`,
+    # whose retention clocks cover the batch's keys): written first, in the same script.
+    # A newer attempt's fence refuses the whole end (`StaleAttempt`).
+    batch: LastBatch | None = None
 
 
 @dataclass(frozen=True)
@@ -722,6 +749,12 @@ class RunStore:
         `attempt`, a run that this attempt already ended with `status` (a retry after
         Redis failed part-way) gets the rest of its end again instead. One round trip
         when this process wrote the record last, else two.
+
+        With `writes.batch` (the run's publisher's last batch), the batch is written
+        first in the same script, whatever the record (unless it was delivered already:
+        it is written once); if it is not delivered when this returns (None: the run was
+        not in `from_status`), `batch.send()` writes it. Raises `StaleAttempt`, writing
+        nothing, if the batch's fence belongs to a newer attempt.
         """
         _check_fields(fields)
         allowed = set(from_status)
@@ -821,7 +854,16 @@ class RunStore:
             "" if record.root_run_id == run_id else record.root_run_id,
             str(writes.stream_maxlen),
         ]
-        return await run_script(self._redis, self._end, keys, args)
+        batch = writes.batch
+        if batch is None or batch.is_delivered:
+            return await run_script(self._redis, self._end, keys, args)
+        if not writes.announce:
+            raise ValueError("an end with the publisher's last batch must announce the end")
+        reply = await run_script(self._redis, self._end, keys, [*args, *batch.args()])
+        if int(reply[0]) == -1:
+            batch.refused(reply[1])
+        batch.delivered()
+        return reply
 
     async def get(self, run_id: str) -> RunRecord:
         """The run's record; `RunNotFound` if there is none, `PayloadError` if corrupt."""

@@ -13,7 +13,9 @@ its number under the publisher's id in the same script (in the seqs hash, with t
 batch's event_seqs), so a batch retried after a
 dropped connection is never written twice. A turn's checkpoint rides in the batch that
 carries the events before it (`save_checkpoint`): events and the state that follows them
-are written together, never a checkpoint ahead of its events.
+are written together, never a checkpoint ahead of its events. A run's last batch
+(`take_last`) is written by the run's end, in its script (`LastBatch`, `RunStore.end`):
+checked, marked and numbered exactly as here, in the same round trip as the end.
 
 A turn's publisher is fenced by its run attempt (`attempt=`): `take_over()` makes the
 attempt the owner of the run's writes, and a batch of an older attempt (one that was
@@ -27,7 +29,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import structlog
 from pydantic import ValidationError
@@ -58,9 +60,11 @@ __all__ = [
     "ADD_ENTRY_FUNCTION_LUA",
     "DEFAULT_BLOCK_MS",
     "IDLE_TTL_S",
+    "PUBLISH_FUNCTION_LUA",
     "TAKE_OVER_FUNCTION_LUA",
     "WIRE_VERSION",
     "EventPublisher",
+    "LastBatch",
     "PublisherStats",
     "StreamPage",
     "StreamReader",
@@ -128,60 +132,95 @@ end
 # number is field "batch:<publisher id>" of the seqs hash), save the checkpoint if the
 # batch carries one (its first one clears any TTL the key had), and (now and then) push
 # the idle TTLs back. The publishers hash is only read, for the batch markers older
-# versions kept there.
-# KEYS: stream, seqs, publishers, fence, checkpoint
-# ARGV: attempt ("" = unfenced), publisher id, batch number, maxlen, idle ttl ("" = none),
-#       refresh (two flags: "1?" set the stream's and seqs' TTLs, "?1" the fence's; the
-#       fence's is fresh after a take-over), fence ttl, run id, root ("" = the run),
-#       n seqs, (call, seq) x n, n entries, (kind, data) x n,
+# versions kept there. Lua functions, shared by the publisher's own script
+# (`_PUBLISH_LUA`: `publish`) and a run's end (`RunStore.end` with `EndWrites.batch`: a
+# turn's last batch, checked first, `publish_check`, and written with the end's own
+# writes, `publish_write`), their arguments read from ARGV after `base` (0 in the
+# publisher's own script):
+# Keys: stream, seqs, publishers, fence, checkpoint
+# ARGV[base + 1...]: attempt ("" = unfenced), publisher id, batch number, maxlen, idle ttl
+#       ("" = none), refresh (two flags: "1?" set the stream's and seqs' TTLs, "?1" the
+#       fence's; the fence's is fresh after a take-over), fence ttl, run id, root ("" =
+#       the run), n seqs, (call, seq) x n, n entries, (kind, data) x n,
 #       checkpoint state ("" = none),
 #       check ("1": a batch this publisher may have delivered already; its marker says),
-#       persist ("1": the publisher's first checkpoint: clear the key's TTL)
-# Reply: {1} written, {2} written before, {0, fence} refused.
-_PUBLISH_LUA = (
-    ADD_ENTRY_FUNCTION_LUA
-    + """
-local attempt = tonumber(ARGV[1])
-local nseqs = tonumber(ARGV[10])
-local at = 11 + 2 * nseqs
-local nentries = tonumber(ARGV[at])
-local state = ARGV[at + 1 + 2 * nentries]
-if ARGV[at + 2 + 2 * nentries] == '1' then
-  local done = tonumber(redis.call('HGET', KEYS[2], 'batch:' .. ARGV[2])
-    or redis.call('HGET', KEYS[3], ARGV[2]))
-  if done and done >= tonumber(ARGV[3]) then return {2} end
+#       persist ("1": the publisher's first checkpoint: clear the key's TTL; "2": the
+#       publisher has saved a checkpoint before, so the key's attempt is its own)
+# Returns {1} written, {2} written before, {0, fence} refused (nothing written).
+PUBLISH_FUNCTION_LUA = """
+local function batch_at(base)
+  local nseqs = tonumber(ARGV[base + 10])
+  local at = base + 11 + 2 * nseqs
+  local nentries = tonumber(ARGV[at])
+  return nseqs, at, nentries, ARGV[at + 1 + 2 * nentries]
 end
-if attempt then
-  local owner = tonumber(redis.call('GET', KEYS[4]))
-  if owner and owner > attempt then return {0, owner} end
-  -- While the fence is this attempt's no newer checkpoint exists (a newer attempt takes
-  -- the fence before it saves; a take-over is refused past a newer checkpoint). Without
-  -- it, the checkpoint's own attempt says.
-  if state ~= '' and owner ~= attempt then
-    local saved = tonumber(redis.call('HGET', KEYS[5], 'attempt'))
-    if saved and saved > attempt then return {0, saved} end
+-- Whether to write the batch: {1} yes, {2} written before, {0, fence} refused.
+local function publish_check(seqs, publishers, fence, checkpoint, base)
+  local _, at, nentries, state = batch_at(base)
+  local attempt = tonumber(ARGV[base + 1])
+  if ARGV[at + 2 + 2 * nentries] == '1' then
+    local done = tonumber(redis.call('HGET', seqs, 'batch:' .. ARGV[base + 2])
+      or redis.call('HGET', publishers, ARGV[base + 2]))
+    if done and done >= tonumber(ARGV[base + 3]) then return {2} end
+  end
+  if attempt then
+    local owner = tonumber(redis.call('GET', fence))
+    if owner and owner > attempt then return {0, owner} end
+    -- While the fence is this attempt's no newer checkpoint exists (a newer attempt takes
+    -- the fence before it saves; a take-over is refused past a newer checkpoint). Without
+    -- it, the checkpoint's own attempt says.
+    if state ~= '' and owner ~= attempt then
+      local saved = tonumber(redis.call('HGET', checkpoint, 'attempt'))
+      if saved and saved > attempt then return {0, saved} end
+    end
+  end
+  return {1}
+end
+-- Write a checked batch. `marks`: more {field, value} pairs for its seqs HSET; `keep`:
+-- save its checkpoint's state (false: the caller drops the state anyway; its attempt,
+-- the checkpoint's fence, is written all the same unless an earlier batch of the
+-- publisher wrote it: "2" below).
+local function publish_write(stream, seqs, fence, checkpoint, base, marks, keep)
+  local nseqs, at, nentries, state = batch_at(base)
+  for i = 0, nentries - 1 do
+    add_entry(stream, ARGV[base + 4], ARGV[at + 1 + 2 * i], ARGV[base + 8],
+      ARGV[at + 2 + 2 * i], ARGV[base + 9])
+  end
+  local pairs_ = {'batch:' .. ARGV[base + 2], ARGV[base + 3]}
+  for i = 0, nseqs - 1 do
+    pairs_[#pairs_ + 1] = ARGV[base + 11 + 2 * i]
+    pairs_[#pairs_ + 1] = ARGV[base + 12 + 2 * i]
+  end
+  for i = 1, #marks do pairs_[#pairs_ + 1] = marks[i] end
+  redis.call('HSET', seqs, unpack(pairs_))
+  local saved = ARGV[at + 3 + 2 * nentries]
+  if state ~= '' and keep then
+    redis.call('HSET', checkpoint, 'attempt', ARGV[base + 1], 'state', state)
+    if saved == '1' then redis.call('PERSIST', checkpoint) end
+  elseif state ~= '' and saved ~= '2' then
+    redis.call('HSET', checkpoint, 'attempt', ARGV[base + 1])
+  end
+  local ttl, refresh = ARGV[base + 5], ARGV[base + 6]
+  if ttl ~= '' and string.sub(refresh, 1, 1) == '1' then
+    redis.call('EXPIRE', stream, ttl)
+    redis.call('EXPIRE', seqs, ttl)
+  end
+  if ARGV[base + 1] ~= '' and string.sub(refresh, 2, 2) == '1' then
+    redis.call('EXPIRE', fence, ARGV[base + 7])
   end
 end
-for i = 0, nentries - 1 do
-  add_entry(KEYS[1], ARGV[4], ARGV[at + 1 + 2 * i], ARGV[8], ARGV[at + 2 + 2 * i], ARGV[9])
+local function publish(stream, seqs, publishers, fence, checkpoint, base)
+  local checked = publish_check(seqs, publishers, fence, checkpoint, base)
+  if checked[1] == 1 then publish_write(stream, seqs, fence, checkpoint, base, {}, true) end
+  return checked
 end
-local pairs_ = {'batch:' .. ARGV[2], ARGV[3]}
-for i = 0, nseqs - 1 do
-  pairs_[#pairs_ + 1] = ARGV[11 + 2 * i]
-  pairs_[#pairs_ + 1] = ARGV[12 + 2 * i]
-end
-redis.call('HSET', KEYS[2], unpack(pairs_))
-if state ~= '' then
-  redis.call('HSET', KEYS[5], 'attempt', ARGV[1], 'state', state)
-  if ARGV[at + 3 + 2 * nentries] == '1' then redis.call('PERSIST', KEYS[5]) end
-end
-if ARGV[5] ~= '' and string.sub(ARGV[6], 1, 1) == '1' then
-  redis.call('EXPIRE', KEYS[1], ARGV[5])
-  redis.call('EXPIRE', KEYS[2], ARGV[5])
-end
-if attempt and string.sub(ARGV[6], 2, 2) == '1' then redis.call('EXPIRE', KEYS[4], ARGV[7]) end
-return {1}
 """
+# A publisher's batch: `publish` above on its own. KEYS: stream, seqs, publishers, fence,
+# checkpoint; ARGV: as `publish`'s (base 0). Reply: as `publish`'s.
+_PUBLISH_LUA = (
+    ADD_ENTRY_FUNCTION_LUA
+    + PUBLISH_FUNCTION_LUA
+    + "return publish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], 0)\n"
 )
 # `take_over` as a Lua function, shared by the publisher's own script (`_TAKE_OVER_LUA`)
 # and the job's start (`RunStore.start(take_over_ttl_s=)`, which runs it after its own
@@ -287,6 +326,48 @@ class _Waiter:
     future: asyncio.Future[None] = field(repr=False)
 
 
+class LastBatch:
+    """A publisher's last batch (`EventPublisher.take_last`), written by another script
+    in the same round trip as its own writes (a run's end: `EndWrites.batch`), with the
+    batch's fence check, marker and event_seqs exactly as the publisher's own script.
+
+    `args()` are the `publish` Lua function's arguments; once they were sent without a
+    known outcome (`sent`), a resend checks the batch's marker, so it is never written
+    twice. `delivered()` confirms it; `send()` writes it on its own (the other script
+    did not run it)."""
+
+    def __init__(self, publisher: EventPublisher, entries: list[_Pending]) -> None:
+        self._publisher = publisher
+        self._entries = entries
+        self.sent = False
+        self.is_delivered = False
+
+    def args(self) -> list[Any]:
+        """The batch for `PUBLISH_FUNCTION_LUA` (its TTLs left to the other script)."""
+        check = self.sent or self._publisher._named
+        self.sent = True
+        return self._publisher._script_args(
+            self._entries, refresh=False, check=check, refresh_fence=False
+        )
+
+    def delivered(self) -> None:
+        """The other script wrote it (or found it written)."""
+        if not self.is_delivered:
+            self.is_delivered = True
+            self._publisher._confirmed(self._entries)
+
+    def refused(self, owner: Any) -> NoReturn:
+        """The other script found a newer attempt's fence: raise its `StaleAttempt`."""
+        self._publisher._check_fence(str(owner))
+        raise StoreError(f"last batch of run {self._publisher.run_id!r} refused")
+
+    async def send(self) -> None:
+        """Write the batch with the publisher's own script (retried as its batches are),
+        unless it is delivered already."""
+        if not self.is_delivered:
+            await self._publisher._send_last(self)
+
+
 class EventPublisher:
     """Publishes one run's outputs to its session stream, batched, in order, exactly once.
 
@@ -338,6 +419,8 @@ class EventPublisher:
         # The publisher's first checkpoint also clears any TTL the checkpoint key had
         # (unless its take-over found no checkpoint key: see `adopt`).
         self._checkpointed = False
+        # The publisher has saved a checkpoint (so the key's attempt is its attempt).
+        self._saved_checkpoint = False
         # A take-over made for this publisher by another script (`adopt`ed by the first
         # `take_over_and_load`).
         self._taken = taken
@@ -362,6 +445,8 @@ class EventPublisher:
         self._local_seqs: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        # `take_last`: the flusher sends no new batch (what is buffered is the last one).
+        self._holding = False
 
     # -- publishing -----------------------------------------------------------------
 
@@ -447,6 +532,32 @@ class EventPublisher:
         candidates = [s for s in (taken.last_seq, local) if s is not None]
         return (max(candidates) if candidates else None), taken.checkpoint
 
+    async def take_last(self) -> LastBatch | None:
+        """Stop publishing and hand over what is still buffered as the run's last batch,
+        for the run's end to write in its own script (`EndWrites.batch`): one round trip
+        for both. Waits for the batch in flight, if any (so the order holds); None if
+        nothing is left. Raises as `flush()` would if the batch in flight failed."""
+        self._closed = True
+        self._holding = True
+        task = self._task
+        if task is not None and not task.done():
+            await task
+        self._task = None
+        if self._unconfirmed is not None:  # the flusher gave up on it
+            assert self.last_error is not None
+            raise self.last_error
+        if not self._pending:
+            return None
+        batch, self._pending = self._pending, []
+        self._batch_no += 1
+        return LastBatch(self, batch)
+
+    async def _send_last(self, last: LastBatch) -> None:
+        self._check_marker = last.sent or self._named
+        last.sent = True
+        await self._deliver(last._entries)
+        last.delivered()
+
     def abandon(self) -> None:
         """Drop whatever is not delivered yet and write nothing more (the run was handed
         back: its next attempt resumes from the last checkpoint)."""
@@ -524,7 +635,7 @@ class EventPublisher:
         await cancel_and_wait(task)
 
     async def _flush_loop(self) -> None:
-        while self._unconfirmed is not None or self._pending:
+        while self._unconfirmed is not None or (self._pending and not self._holding):
             if self._unconfirmed is None:
                 self._unconfirmed, self._pending = self._pending, []
                 self._batch_no += 1
@@ -536,12 +647,15 @@ class EventPublisher:
                 self._give_up(exc)
                 return
             self._unconfirmed = None
-            self._delivered += len(batch)
-            entries = sum(1 for e in batch if e.kind != "checkpoint")
-            self.stats.delivered += entries
-            self.stats.batches += 1
-            self.stats.largest_batch = max(self.stats.largest_batch, entries)
-            self._wake_waiters()
+            self._confirmed(batch)
+
+    def _confirmed(self, batch: list[_Pending]) -> None:
+        self._delivered += len(batch)
+        entries = sum(1 for e in batch if e.kind != "checkpoint")
+        self.stats.delivered += entries
+        self.stats.batches += 1
+        self.stats.largest_batch = max(self.stats.largest_batch, entries)
+        self._wake_waiters()
 
     async def _deliver(self, batch: list[_Pending]) -> None:
         last: BaseException | None = None
@@ -603,6 +717,7 @@ class EventPublisher:
             self._fence_set_at = now
         if any(entry.kind == "checkpoint" for entry in batch):
             self._checkpointed = True
+            self._saved_checkpoint = True
 
     def _script_args(
         self,
@@ -642,7 +757,7 @@ class EventPublisher:
         args += entries
         args.append(state)
         args.append("1" if check else "0")
-        args.append("0" if self._checkpointed else "1")
+        args.append("2" if self._saved_checkpoint else "0" if self._checkpointed else "1")
         return args
 
     def _give_up(self, exc: OrchestratorError) -> None:

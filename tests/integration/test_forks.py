@@ -29,6 +29,7 @@ from orchestrator.mock_llm.testing import MockLLMThread
 from orchestrator.runs import RunStatus
 from orchestrator.store.connection import Redis
 from orchestrator.store.memory import MemoryScope, RedisMemoryStore
+from orchestrator.store.streams import StreamReader
 from tests.fixtures_llm import MockLLMFactory
 from tests.integration.test_distributed import (
     assert_gap_free,
@@ -542,3 +543,45 @@ async def test_events_of_forks_still_running_after_the_root_ends_are_not_lost(
     assert_gap_free(outputs)
     result = await run.result(timeout=5)
     assert result.status is RunStatus.COMPLETED
+
+
+async def test_each_runs_entries_end_with_its_response_then_its_terminal_entry(
+    client: Client, workers: WorkerPool, redis: Redis, keys: Keys
+) -> None:
+    """The session stream of a fan-out (one fork failing) reads as it did when a run's
+    last events were flushed before its end, though they now ride in the end's script:
+    each run's events gap-free and in stream order, its `waiting` entry after its gather
+    started waiting, and, last of the run's entries, its ReactEnd, its response (a run
+    that completed), then its one terminal entry."""
+    await workers.start(1, concurrency=4)
+    run = await client.submit(FORKER, "fan-root")
+    result = await run.result(timeout=30)
+    assert result.status is RunStatus.COMPLETED, result.error
+    entries = await StreamReader(redis, keys).read(run.session_id, count=10_000)
+    by_run: dict[str, list[str]] = {}
+    seqs: dict[str, list[int]] = {}
+    for entry in entries:
+        if entry.status is not None:
+            label = entry.status.status.value
+        elif isinstance(entry.output, EventYield):
+            event = entry.output.event
+            label = event.event_name if isinstance(event, CustomEvent) else event.event_type
+            seqs.setdefault(entry.run_id, []).append(entry.output.origin.event_seq)
+        else:
+            label = "response"
+        by_run.setdefault(entry.run_id, []).append(label)
+    assert len(by_run) == 4
+    for run_id, labels in by_run.items():
+        assert seqs[run_id] == list(range(len(seqs[run_id]))), run_id
+        terminal = [s.value for s in RunStatus if s.terminal]
+        assert [x for x in labels if x in terminal] == [labels[-1]], labels
+        if labels[-1] == "completed":
+            assert labels[-3:-1] == ["react_end", "response"], labels
+        else:
+            assert labels[-2] == "react_end", labels
+        if run_id == run.run_id:
+            waiting = labels.index("waiting")
+            assert labels[waiting - 1] == "fork_gather_waiting", labels
+            assert "react_start" not in labels[waiting:]
+        else:
+            assert labels[:3] == ["queued", "react_start", "llm_call_start"], labels
