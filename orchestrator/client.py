@@ -59,7 +59,7 @@ from orchestrator.store.latency import LatencyHistograms
 from orchestrator.store.lifecycle import end_run, resume_waiting_tree, waiting_segments
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import RunStore, WorkerRegistry
-from orchestrator.store.sessions import SessionTable
+from orchestrator.store.sessions import SessionOwner, SessionTable
 from orchestrator.store.streams import StreamReader, connect_blocking
 
 Output = ResponseYield | EventYield
@@ -254,23 +254,41 @@ class Client:
         _check_tenant(tenant)
         run_id = uuid.uuid4().hex
         session = session_id or run_id
-        keep_s = self.settings.stream_retention_s
         submitted_at = time.time()
-        # Claimed, and only if that admits the caller: the session's flag cleared (an
-        # abort of the session stops what is running in it now, each of those run trees
-        # has its own flag too; a new turn starts afresh) and the run indexed before it
-        # exists, so a session abort racing this submit still flags it. One round trip.
-        owner = await self.sessions.enter(
-            session,
-            tenant,
-            run_id,
-            submitted_at=submitted_at,
-            ttl_s=keep_s,
-            keep_s=self.settings.run_retention_s,
-            clear_abort=session_id is not None,
-        )
-        if not owner.admits(tenant):
-            raise SessionNotOwned(session, tenant=tenant)
+        ttl_s, keep_s = self.settings.stream_retention_s, self.settings.run_retention_s
+        claim = []
+        if session_id is None:
+            # A new session (named by the new run's id): nobody else can own it, abort
+            # it or have read it, so its claim goes with the record and the job, in the
+            # one round trip below (before the job: a worker finds the session claimed).
+            owner = SessionOwner(tenant)
+            claim.append(
+                self.sessions.enter_call(
+                    session,
+                    tenant,
+                    run_id,
+                    submitted_at=submitted_at,
+                    ttl_s=ttl_s,
+                    keep_s=keep_s,
+                    clear_abort=False,
+                )
+            )
+        else:
+            # Claimed, and only if that admits the caller: the session's flag cleared (an
+            # abort of the session stops what is running in it now, each of those run
+            # trees has its own flag too; a new turn starts afresh) and the run indexed
+            # before it exists, so a session abort racing this submit still flags it.
+            owner = await self.sessions.enter(
+                session,
+                tenant,
+                run_id,
+                submitted_at=submitted_at,
+                ttl_s=ttl_s,
+                keep_s=keep_s,
+                clear_abort=True,
+            )
+            if not owner.admits(tenant):
+                raise SessionNotOwned(session, tenant=tenant)
         options: dict[str, Any] = {}
         if template_params:
             options["template_params"] = template_params
@@ -299,7 +317,7 @@ class Client:
             request=request.model_dump(mode="json"),
         )
         # The record, then the job (a worker picking it finds the record): one round trip.
-        await self.runs.create(record, then=[self.queue.enqueue_call(request)])
+        await self.runs.create(record, then=[*claim, self.queue.enqueue_call(request)])
         return Run(self, run_id, session)
 
     async def may_access(self, session_id: str, tenant: str | None) -> bool:
