@@ -66,6 +66,16 @@ def job_id(run_id: str, attempt: int, segment: int = 0) -> str:
     return f"{run_id}:{attempt}" if segment == 0 else f"{run_id}:{attempt}:{segment}"
 
 
+def run_of_job(jid: str) -> str | None:
+    """The run id in a job id `job_id` made, None if `jid` is not one. A guess for a run
+    id with colons in it ("a:1:2" is run "a", attempt 1, segment 2, never run "a:1")."""
+    head, _, last = jid.rpartition(":")
+    if not head or not last.isdigit():
+        return None
+    run_id, _, attempt = head.rpartition(":")
+    return run_id if run_id and attempt.isdigit() else head
+
+
 def arq_keys(jid: str) -> list[str]:
     """arq's own keys of one job (named by arq, outside our prefix): job, result,
     in-progress and retry. They expire; tests and the bench delete them early."""
