@@ -24,7 +24,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from orchestrator.deluge.batch import (
     BatchProgress,
@@ -36,7 +36,13 @@ from orchestrator.deluge.batch import (
 from orchestrator.deluge.conversation import Conversation, Prompt
 from orchestrator.deluge.models import ModelRegistry, default_registry
 from orchestrator.deluge.response import APIResponse
-from orchestrator.errors import ConfigError, RunError, RunNotFound, SessionNotOwned
+from orchestrator.errors import (
+    ConfigError,
+    PayloadError,
+    RunError,
+    RunNotFound,
+    SessionNotOwned,
+)
 from orchestrator.events import (
     EventYield,
     LLMChunkArriveEvent,
@@ -45,7 +51,14 @@ from orchestrator.events import (
     chunk_text,
 )
 from orchestrator.keys import Keys
-from orchestrator.runs import RunRecord, RunRequest, RunStatus, StreamEntry, fork_run_id
+from orchestrator.runs import (
+    RunRecord,
+    RunRequest,
+    RunStatus,
+    RunStatusView,
+    StreamEntry,
+    fork_run_id,
+)
 from orchestrator.runtime.agent import AGENT_ATTRIBUTE
 from orchestrator.runtime.function import FunctionSpec
 from orchestrator.runtime.output import OutputParser
@@ -53,7 +66,7 @@ from orchestrator.settings import Settings
 from orchestrator.store.abort import AbortFlags
 from orchestrator.store.batches import BatchStore
 from orchestrator.store.connection import connect_arq, translate_errors
-from orchestrator.store.ends import EndWatcher
+from orchestrator.store.ends import BatchedReads, EndWatcher
 from orchestrator.store.forks import ForkTable
 from orchestrator.store.latency import LatencyHistograms
 from orchestrator.store.lifecycle import end_run, resume_waiting_tree, waiting_segments
@@ -181,13 +194,20 @@ class Run:
         """Wait for the run to end and return it: woken by the run's end announcement
         (one pub/sub subscription per client), never by reading the session stream."""
         ended: list[RunRecord] = []
+        client = self._client
 
         async def is_ended() -> bool:
-            current = await self.status()
-            if current.status.terminal:
-                ended.append(current)
-                return True
-            return False
+            # Batched with the other waiters' reads; only an ended record is read whole.
+            raw = await client.record_reads.get(client.keys.run(self.run_id))
+            if raw is None:
+                raise RunNotFound(f"no run {self.run_id!r}", run_id=self.run_id)
+            if not RunStatusView.of_json(self.run_id, raw).status.terminal:
+                return False
+            try:
+                ended.append(RunRecord.model_validate_json(raw))
+            except ValidationError as exc:
+                raise PayloadError(f"run record {self.run_id!r} is corrupt") from exc
+            return True
 
         try:
             async with asyncio.timeout(timeout):
@@ -233,6 +253,7 @@ class Client:
         self.latencies = LatencyHistograms(redis, self.keys)
         self.batches = BatchStore(redis, self.keys)
         self.ends = EndWatcher(redis, self.keys)
+        self.record_reads = BatchedReads(redis)
 
     async def submit(
         self,

@@ -11,6 +11,9 @@ every waiter checks `ended()` again when the subscription fails and when it list
 again, and every `poll_s` while it is down. While it listens, a waiter re-checks only
 every `idle_poll_s` (a safety net, not the path of an end): with 1,000 runs waiting, a
 poll every second was 1,000 record reads a second.
+
+`BatchedReads` sends the reads that waiters ask for in the same pass of the event loop
+(their first checks, the checks after a burst of ends) as one MGET.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ from redis import exceptions as redis_errors
 from orchestrator.aio import cancel_and_wait
 from orchestrator.keys import Keys
 from orchestrator.store._codec import text
-from orchestrator.store.connection import Redis
+from orchestrator.store.connection import Redis, translate_errors
 
-__all__ = ["EndWatcher"]
+__all__ = ["BatchedReads", "EndWatcher"]
 
 log = structlog.get_logger(__name__)
 
@@ -142,3 +145,51 @@ class EndWatcher:
     def _wake_all(self) -> None:
         for run_id in list(self._waiters):
             self._wake(run_id)
+
+
+class BatchedReads:
+    """GETs asked for in the same pass of the event loop, sent as one MGET (a client with
+    1,000 runs waiting reads their records after a burst of ends in one round trip, not
+    one each). A read waits for one more pass of the loop than a GET of its own."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._pending: dict[str, asyncio.Future[Any]] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def get(self, key: str) -> Any:
+        """The value of `key` (None if it has none); `StoreUnavailable` as `GET`."""
+        loop = asyncio.get_running_loop()
+        if self._pending is None:
+            self._pending = {}
+            loop.call_soon(self._send)
+        future = self._pending.get(key)
+        if future is None:
+            future = self._pending[key] = loop.create_future()
+        # Shielded: a reader that gives up (a timeout) leaves the read to the others.
+        return await asyncio.shield(future)
+
+    def _send(self) -> None:
+        pending, self._pending = self._pending or {}, None
+        task = asyncio.get_running_loop().create_task(self._read(pending))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _read(self, pending: dict[str, asyncio.Future[Any]]) -> None:
+        keys = list(pending)
+        try:
+            async with translate_errors("run get"):
+                values = await self._redis.mget(keys)
+        except asyncio.CancelledError:
+            for future in pending.values():
+                future.cancel()
+            raise
+        except Exception as exc:
+            for future in pending.values():
+                if not future.done():
+                    future.set_exception(exc)
+                    future.exception()  # retrieved: a reader that gave up logs nothing
+            return
+        for future, value in zip(pending.values(), values, strict=True):
+            if not future.done():
+                future.set_result(value)

@@ -509,3 +509,72 @@ async def test_a_job_a_wake_up_names_is_picked_without_a_queue_read(
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
         await pool.aclose()
+
+
+async def test_a_job_another_worker_is_running_is_not_tried_again_at_once(
+    redis_url: str, jobs: Jobs, proxy: DroppingProxy
+) -> None:
+    """arq keeps running jobs at the queue's head, so every poll of a busy cluster lists
+    the other workers' jobs: after one refused pick, no round trip for a while."""
+    pool = connect_arq(redis_url, jobs.queue)
+    other_pool = connect_arq(await proxy.start(), jobs.queue, timeout_s=0.3)
+    release = asyncio.Event()
+
+    async def work(ctx: dict[str, Any], payload: Any) -> None:
+        jobs.calls.append({"id": ctx["job_id"]})
+        await release.wait()
+
+    try:
+        jid = await jobs.enqueue()
+        running = _worker(pool, jobs, work)
+        await running.start_jobs([jid.encode()])
+        await _wait_for(lambda: _true(len(jobs.calls) == 1), 5, "the job to start")
+        other = _worker(other_pool, jobs, work)
+        await other.start_jobs([jid.encode()])  # refused: the first worker runs it
+        assert other.job_counter == 0
+        proxy.drop_requests = True  # a pick now would time out
+        await asyncio.wait_for(other.start_jobs([jid.encode()]), 5)
+        assert other.job_counter == 0
+        proxy.drop_requests = False
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*running.tasks.values()), 10)
+        assert jobs.calls == [{"id": jid}]
+        assert await jobs.leftovers(jid) == []
+    finally:
+        await pool.aclose()
+        await other_pool.aclose()
+
+
+async def test_a_pick_reads_the_key_the_worker_names_and_hands_it_over_first(
+    redis_url: str, jobs: Jobs, redis: Redis, keys: Keys
+) -> None:
+    """A turn's pick reads its run record in the same round trip (its start then needs
+    no read of its own); the value is handed over before the job runs."""
+    pool = connect_arq(redis_url, jobs.queue)
+    record_key = keys.run("picked-run")
+    await redis.set(record_key, b'{"run_id": "picked-run"}')
+    handed: list[tuple[str, bytes]] = []
+
+    async def work(ctx: dict[str, Any], payload: Any) -> None:
+        jobs.calls.append({"id": ctx["job_id"], "handed": list(handed)})
+
+    try:
+        named, other = await jobs.enqueue(), await jobs.enqueue()
+        worker = _worker(
+            pool,
+            jobs,
+            work,
+            pick_read=lambda jid: record_key if jid == named else keys.run("no-such-run"),
+            picked_read=lambda jid, raw: handed.append((jid, raw)),
+        )
+        await worker.start_jobs([named.encode(), other.encode()])
+        await asyncio.wait_for(asyncio.gather(*worker.tasks.values()), 10)
+        expected = [(named, b'{"run_id": "picked-run"}')]
+        assert handed == expected  # a key with no value hands nothing over
+        assert sorted(jobs.calls, key=lambda c: c["id"] != named) == [
+            {"id": named, "handed": expected},
+            {"id": other, "handed": expected},
+        ]
+        assert [await jobs.leftovers(jid) for jid in (named, other)] == [[], []]
+    finally:
+        await pool.aclose()
