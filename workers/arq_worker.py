@@ -54,6 +54,7 @@ from orchestrator.store.connection import (
     run_scripts,
     translate_errors,
 )
+from orchestrator.store.queue import wake_hint
 from workers.arq_jobs import (
     FINISH_LUA,
     PICK_LUA,
@@ -156,12 +157,17 @@ class WakeableWorker(Worker):
         # tried again for `_ELSEWHERE_S` (it finishes or is repaired by then, mostly).
         self._elsewhere: dict[bytes, float] = {}
         self._elsewhere_pruned = 0.0
+        # The next pass reads the queue (False only after wake-ups that each named the
+        # one job they queued, and that job was picked or found running elsewhere).
+        self._poll_due = True
         self._listener: asyncio.Task[None] | None = None
         self._started: set[str] = set()  # job ids whose function has been called
         self.poll_outage = Outage("queue poll")
         self.malformed_entries = 0  # queue entries that are not job ids (removed)
 
     def wake(self) -> None:
+        """Read the queue now, not at the next poll."""
+        self._poll_due = True
         self._wake.set()
 
     async def drain(self, timeout: float, *, cancel_after: bool = False) -> int:
@@ -182,7 +188,7 @@ class WakeableWorker(Worker):
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
         # A slot just freed up: look for queued work now, not at the next poll.
-        self._wake.set()
+        self.wake()
 
     async def close(self) -> None:
         await cancel_and_wait(self._listener)
@@ -205,15 +211,20 @@ class WakeableWorker(Worker):
                 self._wake.clear()
                 try:
                     await self._start_hinted()
-                    await self._poll_iteration()
+                    if self._poll_due or self.burst:
+                        self._poll_due = False
+                        await self._poll_iteration()
                     if self.burst and await self._burst_done():
                         return
                 except _REDIS_FAILURES as exc:
+                    self._poll_due = True
                     await asyncio.sleep(self.poll_outage.failed(exc))
                     continue
                 self.poll_outage.recovered()
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
+                except TimeoutError:
+                    self._poll_due = True
         finally:
             await cancel_and_wait(self._listener)
 
@@ -222,8 +233,15 @@ class WakeableWorker(Worker):
         read then skips them as running). A hint that is not a job, not due or taken by
         another worker is only a refused pick; the poll still reads the queue."""
         hints, self._hints = self._hints, []
-        if hints and self.allow_pick_jobs and not self.burst and self.job_counter < self.max_jobs:
+        if not hints:
+            return
+        if self.allow_pick_jobs and not self.burst and self.job_counter < self.max_jobs:
             await self.start_jobs(hints)
+        # A job a wake-up named that is neither running here nor elsewhere (not picked
+        # for want of a slot, not due, gone): the queue is read, as without the hint.
+        settled = {job_id.encode() for job_id in self.tasks} | self._elsewhere.keys()
+        if any(hint not in settled for hint in hints):
+            self._poll_due = True
 
     async def _burst_done(self) -> bool:
         if 0 <= self.max_burst_jobs <= self._jobs_started():
@@ -385,7 +403,7 @@ class WakeableWorker(Worker):
             return
         if undone:
             _log.warning("a pick whose reply was lost was undone", job_id=job_id)
-            self._wake.set()
+            self.wake()
 
     async def _run_picked(self, job_id: str, picked: Picked) -> None:
         try:
@@ -655,21 +673,24 @@ class WakeableWorker(Worker):
 
         await until_available(repair, Outage(f"repair of job {job_id}"))
         if not remove:
-            self._wake.set()
+            self.wake()
 
     # -- wake-ups -----------------------------------------------------------------------
 
-    def _hint(self, data: object) -> None:
-        """Keep the job id a wake-up names (an enqueue's first job; not a batch's wake)."""
-        if (
-            isinstance(data, bytes)
-            and self.job_counter < self.max_jobs  # else the poll, when a slot frees
-            and 0 < len(data) <= 200
-            and not data.startswith(b"batch:")
-            and data not in self._hints
-            and len(self._hints) < _HINTS
-        ):
-            self._hints.append(data)
+    def _heard(self, data: object) -> None:
+        """A wake-up. The job it names (an enqueue's first; a batch's wake names none) is
+        kept for the next pass to pick, if a slot is free (else the poll finds it when one
+        frees up). The queue is read too, unless the wake-up named the one job its
+        enqueue queued (then the pick, or its refusal, is all there is to know)."""
+        job, sole = wake_hint(data)
+        if job is None or not sole:
+            self._poll_due = True
+        if job is not None and self.job_counter < self.max_jobs and job not in self._hints:
+            if len(self._hints) < _HINTS:
+                self._hints.append(job)
+            else:
+                self._poll_due = True
+        self._wake.set()
 
     async def _listen(self) -> None:
         pool: Redis = self.pool
@@ -686,8 +707,7 @@ class WakeableWorker(Worker):
                         ignore_subscribe_messages=True, timeout=_LISTEN_S
                     )
                     if message is not None and message.get("type") == "message":
-                        self._hint(message.get("data"))
-                        self._wake.set()
+                        self._heard(message.get("data"))
             except asyncio.CancelledError:
                 raise
             except _REDIS_FAILURES as exc:

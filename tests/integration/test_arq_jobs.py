@@ -27,9 +27,11 @@ from arq.worker import Retry
 from redis import exceptions as redis_errors
 
 from orchestrator.keys import Keys
+from orchestrator.runs import RunRequest
 from orchestrator.store import jsonserial
-from orchestrator.store.connection import Redis, connect_arq
+from orchestrator.store.connection import Redis, connect_arq, run_scripts
 from orchestrator.store.jsonserial import JobDecoder
+from orchestrator.store.queue import JobQueue, job_id
 from tests.integration.workerproc import drop_job_keys
 from workers.arq_worker import WakeableWorker
 
@@ -577,4 +579,60 @@ async def test_a_pick_reads_the_key_the_worker_names_and_hands_it_over_first(
         ]
         assert [await jobs.leftovers(jid) for jid in (named, other)] == [[], []]
     finally:
+        await pool.aclose()
+
+
+class _CountingWorker(WakeableWorker):
+    """Counts its passes that read the queue (arq's poll iteration)."""
+
+    queue_reads = 0
+
+    async def _poll_iteration(self) -> None:
+        self.queue_reads += 1
+        await super()._poll_iteration()
+
+
+async def test_a_wake_up_naming_the_only_job_it_queued_costs_no_queue_read(
+    redis_url: str, jobs: Jobs, keys: Keys
+) -> None:
+    """A submit's wake-up names its one job: picking it is all there is to do. An
+    enqueue of several names its first and says there are more: the queue is read."""
+    pool = connect_arq(redis_url, jobs.queue)
+    queue = JobQueue(pool, keys)
+    started: list[str] = []
+
+    async def work(ctx: dict[str, Any], payload: Any) -> None:
+        started.append(ctx["job_id"])
+
+    worker = _CountingWorker(
+        functions=[func(work, name="run_turn")],
+        queue_name=keys.queue(),
+        redis_pool=pool,
+        wake_channel=keys.wake(),
+        burst=False,
+        handle_signals=False,
+        poll_delay=30,
+        job_serializer=jsonserial.dumps,
+        job_deserializer=JobDecoder(),
+    )
+    running = asyncio.create_task(worker.main())
+    requests = [
+        RunRequest(run_id=f"wake-{uuid.uuid4().hex}", session_id="s1", agent="m:f")
+        for _ in range(3)
+    ]
+    jobs.ids += [job_id(r.run_id, 1) for r in requests]
+    try:
+        await asyncio.sleep(0.3)  # subscribed, first poll done
+        reads = worker.queue_reads
+        await queue.enqueue(requests[0])
+        await _wait_for(lambda: _true(len(started) == 1), 5, "the job to start")
+        await asyncio.sleep(0.2)
+        # The job's own end frees its slot, and that reads the queue once.
+        assert worker.queue_reads - reads <= 1
+        await run_scripts(pool, queue.enqueue_calls(requests[1:]))
+        await _wait_for(lambda: _true(len(started) == 3), 5, "both jobs to start")
+        assert started == [job_id(r.run_id, 1) for r in requests]
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
         await pool.aclose()
