@@ -210,3 +210,23 @@ async def test_a_caller_that_gives_up_leaves_the_calls_sent_with_its_own_alone(
     finally:
         await client.delete("resp:warm", "resp:kept", "resp:gave-up", "resp:after")
         await client.aclose()
+
+
+async def test_a_call_cancelled_before_it_is_sent_is_never_sent(server: RedisServer) -> None:
+    """The first call of a pass waits that pass for others to join it: cancelled then,
+    it never reaches Redis (and the calls that joined it still do)."""
+    client = connect(server.url)
+    try:
+        setter = client.register_script("return redis.call('SET', KEYS[1], ARGV[1])")
+        await run_script(client, setter, ["resp:warm"], ["1"])
+        dropped = asyncio.create_task(run_script(client, setter, ["resp:dropped"], ["1"]))
+        joined = asyncio.create_task(run_script(client, setter, ["resp:joined"], ["1"]))
+        await asyncio.sleep(0)  # the first waits for its pass to end, the second joined it
+        dropped.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await dropped
+        assert await joined == b"OK"
+        assert await client.exists("resp:dropped") == 0
+    finally:
+        await client.delete("resp:warm", "resp:dropped", "resp:joined")
+        await client.aclose()
