@@ -24,7 +24,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from orchestrator.deluge.batch import (
     BatchProgress,
@@ -36,7 +36,13 @@ from orchestrator.deluge.batch import (
 from orchestrator.deluge.conversation import Conversation, Prompt
 from orchestrator.deluge.models import ModelRegistry, default_registry
 from orchestrator.deluge.response import APIResponse
-from orchestrator.errors import ConfigError, RunError, RunNotFound, SessionNotOwned
+from orchestrator.errors import (
+    ConfigError,
+    PayloadError,
+    RunError,
+    RunNotFound,
+    SessionNotOwned,
+)
 from orchestrator.events import (
     EventYield,
     LLMChunkArriveEvent,
@@ -45,7 +51,14 @@ from orchestrator.events import (
     chunk_text,
 )
 from orchestrator.keys import Keys
-from orchestrator.runs import RunRecord, RunRequest, RunStatus, StreamEntry, fork_run_id
+from orchestrator.runs import (
+    RunRecord,
+    RunRequest,
+    RunStatus,
+    RunStatusView,
+    StreamEntry,
+    fork_run_id,
+)
 from orchestrator.runtime.agent import AGENT_ATTRIBUTE
 from orchestrator.runtime.function import FunctionSpec
 from orchestrator.runtime.output import OutputParser
@@ -53,13 +66,13 @@ from orchestrator.settings import Settings
 from orchestrator.store.abort import AbortFlags
 from orchestrator.store.batches import BatchStore
 from orchestrator.store.connection import connect_arq, translate_errors
-from orchestrator.store.ends import EndWatcher
+from orchestrator.store.ends import BatchedReads, EndWatcher
 from orchestrator.store.forks import ForkTable
 from orchestrator.store.latency import LatencyHistograms
 from orchestrator.store.lifecycle import end_run, resume_waiting_tree, waiting_segments
 from orchestrator.store.queue import JobQueue
 from orchestrator.store.runs import RunStore, WorkerRegistry
-from orchestrator.store.sessions import SessionTable
+from orchestrator.store.sessions import SessionOwner, SessionTable
 from orchestrator.store.streams import StreamReader, connect_blocking
 
 Output = ResponseYield | EventYield
@@ -181,13 +194,20 @@ class Run:
         """Wait for the run to end and return it: woken by the run's end announcement
         (one pub/sub subscription per client), never by reading the session stream."""
         ended: list[RunRecord] = []
+        client = self._client
 
         async def is_ended() -> bool:
-            current = await self.status()
-            if current.status.terminal:
-                ended.append(current)
-                return True
-            return False
+            # Batched with the other waiters' reads; only an ended record is read whole.
+            raw = await client.record_reads.get(client.keys.run(self.run_id))
+            if raw is None:
+                raise RunNotFound(f"no run {self.run_id!r}", run_id=self.run_id)
+            if not RunStatusView.of_json(self.run_id, raw).status.terminal:
+                return False
+            try:
+                ended.append(RunRecord.model_validate_json(raw))
+            except ValidationError as exc:
+                raise PayloadError(f"run record {self.run_id!r} is corrupt") from exc
+            return True
 
         try:
             async with asyncio.timeout(timeout):
@@ -233,6 +253,7 @@ class Client:
         self.latencies = LatencyHistograms(redis, self.keys)
         self.batches = BatchStore(redis, self.keys)
         self.ends = EndWatcher(redis, self.keys)
+        self.record_reads = BatchedReads(redis)
 
     async def submit(
         self,
@@ -254,23 +275,41 @@ class Client:
         _check_tenant(tenant)
         run_id = uuid.uuid4().hex
         session = session_id or run_id
-        keep_s = self.settings.stream_retention_s
         submitted_at = time.time()
-        # Claimed, and only if that admits the caller: the session's flag cleared (an
-        # abort of the session stops what is running in it now, each of those run trees
-        # has its own flag too; a new turn starts afresh) and the run indexed before it
-        # exists, so a session abort racing this submit still flags it. One round trip.
-        owner = await self.sessions.enter(
-            session,
-            tenant,
-            run_id,
-            submitted_at=submitted_at,
-            ttl_s=keep_s,
-            keep_s=self.settings.run_retention_s,
-            clear_abort=session_id is not None,
-        )
-        if not owner.admits(tenant):
-            raise SessionNotOwned(session, tenant=tenant)
+        ttl_s, keep_s = self.settings.stream_retention_s, self.settings.run_retention_s
+        claim = []
+        if session_id is None:
+            # A new session (named by the new run's id): nobody else can own it, abort
+            # it or have read it, so its claim goes with the record and the job, in the
+            # one round trip below (before the job: a worker finds the session claimed).
+            owner = SessionOwner(tenant)
+            claim.append(
+                self.sessions.enter_call(
+                    session,
+                    tenant,
+                    run_id,
+                    submitted_at=submitted_at,
+                    ttl_s=ttl_s,
+                    keep_s=keep_s,
+                    clear_abort=False,
+                )
+            )
+        else:
+            # Claimed, and only if that admits the caller: the session's flag cleared (an
+            # abort of the session stops what is running in it now, each of those run
+            # trees has its own flag too; a new turn starts afresh) and the run indexed
+            # before it exists, so a session abort racing this submit still flags it.
+            owner = await self.sessions.enter(
+                session,
+                tenant,
+                run_id,
+                submitted_at=submitted_at,
+                ttl_s=ttl_s,
+                keep_s=keep_s,
+                clear_abort=True,
+            )
+            if not owner.admits(tenant):
+                raise SessionNotOwned(session, tenant=tenant)
         options: dict[str, Any] = {}
         if template_params:
             options["template_params"] = template_params
@@ -299,7 +338,7 @@ class Client:
             request=request.model_dump(mode="json"),
         )
         # The record, then the job (a worker picking it finds the record): one round trip.
-        await self.runs.create(record, then=[self.queue.enqueue_call(request)])
+        await self.runs.create(record, then=[*claim, self.queue.enqueue_call(request)])
         return Run(self, run_id, session)
 
     async def may_access(self, session_id: str, tenant: str | None) -> bool:

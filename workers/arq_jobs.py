@@ -23,20 +23,23 @@ from orchestrator.store.batches import PICK_CLAIM_LUA
 # arq's TTL of a retry counter (run_job's `pipe.expire(retry_key, 88400)`).
 RETRY_TTL_S = 88400
 
-# Mark a job in progress unless it already is, or left the queue, or is not due yet (-1
-# then), and read what running it needs: {score, job bytes (nil when gone), try,
-# aborted (1: it was in arq's abort set), broken (1: its job or retry key could not be
-# read)}. arq's EXISTS + PSETEX is one SET NX here, after the queue's score (a job that
-# has left the queue since it was listed costs one read). The reads of the job come after
-# it so that a broken job is ours to remove.
-# KEYS in-progress, queue, job, retry, abort[, claims, meta]
+# Mark a job in progress unless it already is (-2 then: a worker runs it), or left the
+# queue, or is not due yet (-1 then), and read what running it needs: {score, job bytes
+# (nil when gone), try, aborted (1: it was in arq's abort set), broken (1: its job or
+# retry key could not be read)}. arq's EXISTS + PSETEX is one SET NX here, after the
+# queue's score (a job that has left the queue since it was listed costs one read). The
+# reads of the job come after it so that a broken job is ours to remove. With a sixth
+# key (and no claim), the pick reads that key too (a turn's job: its run's record, which
+# its start reads next) and replies with its value (false when missing or not a string)
+# as a sixth element.
+# KEYS in-progress, queue, job, retry, abort[, claims, meta | , read]
 # ARGV job id, now (ms), in-progress ttl (ms), picker, check abort ('1'/'0')[, index,
 # claim]: a batch item's job is claimed in the same step (PICK_CLAIM_LUA).
 PICK_LUA = (
     """
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if (not score) or tonumber(score) > tonumber(ARGV[2]) then return -1 end
-if not redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[3], 'NX') then return -1 end
+if not redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[3], 'NX') then return -2 end
 local aborted = 0
 if ARGV[5] == '1' then aborted = redis.pcall('ZREM', KEYS[5], ARGV[1]) end
 if type(aborted) ~= 'number' then aborted = 0 end
@@ -49,6 +52,11 @@ local job = redis.pcall('GET', KEYS[3])
 local try = redis.pcall('INCR', KEYS[4])
 if type(job) == 'table' or type(try) == 'table' then return {{score, false, 0, aborted, 1}} end
 redis.call('EXPIRE', KEYS[4], {RETRY_TTL_S})
+if #KEYS == 6 then
+  local read = redis.pcall('GET', KEYS[6])
+  if type(read) ~= 'string' then read = false end
+  return {{score, job, try, aborted, 0, read}}
+end
 return {{score, job, try, aborted, 0}}
 """
 )
@@ -99,6 +107,10 @@ return 1
 """
 
 
+# The pick script's reply for a job that some worker has in progress.
+RUNNING = -2
+
+
 @dataclass(frozen=True, slots=True)
 class Picked:
     """A job this worker has just marked in progress, with what running it needs."""
@@ -108,19 +120,22 @@ class Picked:
     job_try: int  # its try counter, this pick counted (arq's job_try)
     aborted: bool  # it was in arq's abort set (only read with allow_abort_jobs)
     broken: bool  # its job or retry key holds something that is not arq's
+    read: bytes | None = None  # the value of the key the pick also read (None: none)
 
     @classmethod
     def from_reply(cls, reply: Any) -> Picked | None:
         """The pick script's reply, or None when the job was not picked."""
-        if not isinstance(reply, list) or len(reply) != 5:
+        if not isinstance(reply, list) or len(reply) not in (5, 6):
             return None
-        score, payload, job_try, aborted, broken = reply
+        score, payload, job_try, aborted, broken = reply[:5]
+        read = reply[5] if len(reply) == 6 else None
         return cls(
             score=int(float(score)),
             payload=payload if isinstance(payload, bytes) else None,
             job_try=int(job_try),
             aborted=bool(aborted),
             broken=bool(broken),
+            read=read if isinstance(read, bytes) else None,
         )
 
 

@@ -54,11 +54,13 @@ from orchestrator.store.connection import (
     run_scripts,
     translate_errors,
 )
+from orchestrator.store.queue import wake_hint
 from workers.arq_jobs import (
     FINISH_LUA,
     PICK_LUA,
     REPAIR_PICK_LUA,
     RETRY_TTL_S,
+    RUNNING,
     Picked,
     finish_args,
 )
@@ -66,6 +68,10 @@ from workers.outage import Outage, until_available
 
 # The keys and args a job's pick adds (a batch item's claim), or None.
 PickClaim = Callable[[str], "tuple[list[str], list[str]] | None"]
+# The key a job's pick also reads (a turn's run record), or None; and who is told the
+# value read, `(job id, value)`, before the job runs.
+PickRead = Callable[[str], "str | None"]
+PickedRead = Callable[[str, bytes], None]
 
 _log = structlog.get_logger(__name__)
 # arq's own logger: the job lines it would write are written the same (when enabled).
@@ -79,6 +85,10 @@ _LISTEN_S = 1.0
 # At most this many job ids named by wake-ups are kept for the next pick (the poll that
 # follows finds any others).
 _HINTS = 64
+# How long a job another worker was found running is not tried again. arq keeps running
+# jobs in the queue, at its head: with every slot of 2 workers x 100 busy, each poll
+# listed some 100 jobs of the other worker before a queued one, each a refused pick.
+_ELSEWHERE_S = 1.0
 # How long close() lets job tasks that are still running finish before arq cancels them.
 _CLOSE_GRACE_S = 1.0
 # A job that ended with no result to record (arq's `no_result`: a retry).
@@ -120,12 +130,22 @@ class WakeableWorker(Worker):
     bookkeeping in two round trips per job (`workers.arq_jobs`)."""
 
     def __init__(
-        self, *args: Any, wake_channel: str, pick_claim: PickClaim | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        wake_channel: str,
+        pick_claim: PickClaim | None = None,
+        pick_read: PickRead | None = None,
+        picked_read: PickedRead | None = None,
+        **kwargs: Any,
     ) -> None:
-        """`pick_claim(job_id)`: what picking that job also claims (a batch item)."""
+        """`pick_claim(job_id)`: what picking that job also claims (a batch item).
+        `pick_read(job_id)`: a key picking that job also reads (in the same round trip);
+        `picked_read(job_id, value)` gets its value, if any, before the job runs."""
         super().__init__(*args, **kwargs)
         self._scripts: dict[str, Any] = {}
         self._pick_claim = pick_claim
+        self._pick_read = pick_read
+        self._picked_read = picked_read
         # What this worker's picks write in the in-progress key (arq writes "1").
         self._picker = f"w:{uuid.uuid4().hex}"
         self._wake_channel = wake_channel
@@ -133,12 +153,21 @@ class WakeableWorker(Worker):
         # Job ids the wake-ups named since the last poll: picked straight away, without
         # the queue read first (one round trip less from an enqueue to the job's start).
         self._hints: list[bytes] = []
+        # Job ids another worker was running when this one tried them, and when: not
+        # tried again for `_ELSEWHERE_S` (it finishes or is repaired by then, mostly).
+        self._elsewhere: dict[bytes, float] = {}
+        self._elsewhere_pruned = 0.0
+        # The next pass reads the queue (False only after wake-ups that each named the
+        # one job they queued, and that job was picked or found running elsewhere).
+        self._poll_due = True
         self._listener: asyncio.Task[None] | None = None
         self._started: set[str] = set()  # job ids whose function has been called
         self.poll_outage = Outage("queue poll")
         self.malformed_entries = 0  # queue entries that are not job ids (removed)
 
     def wake(self) -> None:
+        """Read the queue now, not at the next poll."""
+        self._poll_due = True
         self._wake.set()
 
     async def drain(self, timeout: float, *, cancel_after: bool = False) -> int:
@@ -159,7 +188,7 @@ class WakeableWorker(Worker):
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
         # A slot just freed up: look for queued work now, not at the next poll.
-        self._wake.set()
+        self.wake()
 
     async def close(self) -> None:
         await cancel_and_wait(self._listener)
@@ -182,15 +211,20 @@ class WakeableWorker(Worker):
                 self._wake.clear()
                 try:
                     await self._start_hinted()
-                    await self._poll_iteration()
+                    if self._poll_due or self.burst:
+                        self._poll_due = False
+                        await self._poll_iteration()
                     if self.burst and await self._burst_done():
                         return
                 except _REDIS_FAILURES as exc:
+                    self._poll_due = True
                     await asyncio.sleep(self.poll_outage.failed(exc))
                     continue
                 self.poll_outage.recovered()
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
+                except TimeoutError:
+                    self._poll_due = True
         finally:
             await cancel_and_wait(self._listener)
 
@@ -199,8 +233,15 @@ class WakeableWorker(Worker):
         read then skips them as running). A hint that is not a job, not due or taken by
         another worker is only a refused pick; the poll still reads the queue."""
         hints, self._hints = self._hints, []
-        if hints and self.allow_pick_jobs and not self.burst and self.job_counter < self.max_jobs:
+        if not hints:
+            return
+        if self.allow_pick_jobs and not self.burst and self.job_counter < self.max_jobs:
             await self.start_jobs(hints)
+        # A job a wake-up named that is neither running here nor elsewhere (not picked
+        # for want of a slot, not due, gone): the queue is read, as without the hint.
+        settled = {job_id.encode() for job_id in self.tasks} | self._elsewhere.keys()
+        if any(hint not in settled for hint in hints):
+            self._poll_due = True
 
     async def _burst_done(self) -> bool:
         if 0 <= self.max_burst_jobs <= self._jobs_started():
@@ -219,8 +260,10 @@ class WakeableWorker(Worker):
         back when picking its job fails (arq kept it: every outage cost the worker slots
         for good), a pick whose reply was lost is undone once Redis answers, and a picked
         job runs without another read. The jobs this worker is running (they stay queued
-        until they finish) are not picked again: arq's pick would only refuse them."""
+        until they finish) are not picked again, nor for a moment those another worker
+        was found running: arq's pick would only refuse them."""
         running = {job_id.encode() for job_id, task in self.tasks.items() if not task.done()}
+        running |= self._running_elsewhere()
         listed = (raw_id for raw_id in job_ids if raw_id not in running)
         for first in listed:
             await self.sem.acquire()  # waits for a free slot, like arq
@@ -254,9 +297,20 @@ class WakeableWorker(Worker):
                 self._give_slot_back()
                 continue
             job_id = raw_id.decode()
+            if picked.read is not None and self._picked_read is not None:
+                self._picked_read(job_id, picked.read)
             task = self.loop.create_task(self._run_picked(job_id, picked))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+
+    def _running_elsewhere(self) -> set[bytes]:
+        """The job ids found running on another worker less than `_ELSEWHERE_S` ago."""
+        now = time.monotonic()
+        if now - self._elsewhere_pruned >= _ELSEWHERE_S:
+            self._elsewhere_pruned = now
+            since = now - _ELSEWHERE_S
+            self._elsewhere = {k: t for k, t in self._elsewhere.items() if t > since}
+        return set(self._elsewhere)
 
     def _give_slot_back(self) -> None:
         self.job_counter -= 1
@@ -287,8 +341,11 @@ class WakeableWorker(Worker):
         replies = await run_scripts(
             self.pool, [(script, k, a) for _, k, a in calls], raise_on_error=False
         )
+        now = time.monotonic()
         for (n, _, _), reply in zip(calls, replies, strict=True):
-            if not isinstance(reply, redis_errors.ResponseError):
+            if reply == RUNNING:
+                self._elsewhere[raw_ids[n]] = now
+            elif not isinstance(reply, redis_errors.ResponseError):
                 picks[n] = Picked.from_reply(reply)
             elif not _wrong_type(reply):
                 raise reply  # Redis refuses writes (out of memory, a read-only replica)
@@ -313,6 +370,8 @@ class WakeableWorker(Worker):
         if claim is not None:
             keys += claim[0]
             args += claim[1]
+        elif self._pick_read is not None and (read := self._pick_read(job_id)) is not None:
+            keys.append(read)
         return keys, args
 
     def _script(self, lua: str) -> Any:
@@ -344,7 +403,7 @@ class WakeableWorker(Worker):
             return
         if undone:
             _log.warning("a pick whose reply was lost was undone", job_id=job_id)
-            self._wake.set()
+            self.wake()
 
     async def _run_picked(self, job_id: str, picked: Picked) -> None:
         try:
@@ -614,20 +673,24 @@ class WakeableWorker(Worker):
 
         await until_available(repair, Outage(f"repair of job {job_id}"))
         if not remove:
-            self._wake.set()
+            self.wake()
 
     # -- wake-ups -----------------------------------------------------------------------
 
-    def _hint(self, data: object) -> None:
-        """Keep the job id a wake-up names (an enqueue's first job; not a batch's wake)."""
-        if (
-            isinstance(data, bytes)
-            and 0 < len(data) <= 200
-            and not data.startswith(b"batch:")
-            and data not in self._hints
-            and len(self._hints) < _HINTS
-        ):
-            self._hints.append(data)
+    def _heard(self, data: object) -> None:
+        """A wake-up. The job it names (an enqueue's first; a batch's wake names none) is
+        kept for the next pass to pick, if a slot is free (else the poll finds it when one
+        frees up). The queue is read too, unless the wake-up named the one job its
+        enqueue queued (then the pick, or its refusal, is all there is to know)."""
+        job, sole = wake_hint(data)
+        if job is None or not sole:
+            self._poll_due = True
+        if job is not None and self.job_counter < self.max_jobs and job not in self._hints:
+            if len(self._hints) < _HINTS:
+                self._hints.append(job)
+            else:
+                self._poll_due = True
+        self._wake.set()
 
     async def _listen(self) -> None:
         pool: Redis = self.pool
@@ -644,8 +707,7 @@ class WakeableWorker(Worker):
                         ignore_subscribe_messages=True, timeout=_LISTEN_S
                     )
                     if message is not None and message.get("type") == "message":
-                        self._hint(message.get("data"))
-                        self._wake.set()
+                        self._heard(message.get("data"))
             except asyncio.CancelledError:
                 raise
             except _REDIS_FAILURES as exc:

@@ -32,8 +32,8 @@ from orchestrator.store.abort import AbortWatcher
 from orchestrator.store.batches import RUN_BATCH_ITEM
 from orchestrator.store.jsonserial import JobDecoder
 from orchestrator.store.latency import LatencyHistograms, LatencyRecorder
-from orchestrator.store.queue import RUN_TURN, JobQueue, connect_queue
-from orchestrator.store.runs import WorkerRegistry
+from orchestrator.store.queue import RUN_TURN, JobQueue, connect_queue, run_of_job
+from orchestrator.store.runs import WorkerRegistry, note_read
 from workers.arq_worker import WakeableWorker
 from workers.batches import (
     BATCH_ITEM_TIMEOUT_S,
@@ -109,6 +109,11 @@ class WorkerServices:
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self._started = time.time()
+
+    def record_key(self, job_id: str) -> str | None:
+        """The record of the run a turn's job runs (None: not a turn's job id)."""
+        run_id = run_of_job(job_id)
+        return None if run_id is None else self.keys.run(run_id)
 
     def _observe(self, output: EventYield) -> None:
         if isinstance(output.event, LLMCallEndEvent):
@@ -244,6 +249,9 @@ async def create_worker(
         ],
         queue_name=services.keys.queue(),
         pick_claim=lambda job_id: services.batches.store.pick_claim(job_id, services.worker_id),
+        # A turn's pick reads its run's record too: its start then takes one round trip.
+        pick_read=services.record_key,
+        picked_read=lambda _, raw: note_read(raw),
         redis_pool=pool,
         max_jobs=settings.concurrency,
         poll_delay=settings.poll_delay_s,

@@ -31,8 +31,8 @@ DEPTH_SCAN = 10_000
 _EXISTS_CHUNK = 1_000
 
 # arq's enqueue_job (WATCH job; EXISTS job, result; MULTI PSETEX ZADD EXEC) as one atomic
-# script for a batch of jobs, plus one wake-up: the same keys and the same job bytes as
-# arq writes. A job id arq already holds (its job or its result) is left alone.
+# script for a batch of jobs, plus one wake-up (`wake_hint`): the same keys and the same
+# job bytes as arq writes. A job id arq already holds (its job or its result) is left alone.
 # KEYS: queue, wake channel, then job and result key per job
 # ARGV: expires ms, then job bytes, score and job id per job. Reply: how many were queued.
 _ENQUEUE_LUA = """
@@ -47,9 +47,15 @@ for j = 1, (#KEYS - 2) / 2 do
 end
 if #scored == 0 then return 0 end
 redis.call('ZADD', KEYS[1], unpack(scored))
-redis.call('PUBLISH', KEYS[2], scored[2])
+if #scored == 2 then
+  redis.call('PUBLISH', KEYS[2], scored[2])
+else
+  redis.call('PUBLISH', KEYS[2], scored[2] .. ' +')
+end
 return #scored / 2
 """
+# A wake-up names the first job its enqueue queued; ' +' after it: and more besides.
+_MORE = b" +"
 # Jobs per script call (Lua's unpack() has a bounded stack).
 _CHUNK = 256
 # The queue score of a job put at the front: past every real enqueue time, and not 0
@@ -64,6 +70,27 @@ def job_id(run_id: str, attempt: int, segment: int = 0) -> str:
     never collides with the result key arq keeps for an earlier one, and two wake-ups of
     the same waiting run enqueue it once (arq refuses a job id it already holds)."""
     return f"{run_id}:{attempt}" if segment == 0 else f"{run_id}:{attempt}:{segment}"
+
+
+def wake_hint(message: object) -> tuple[bytes | None, bool]:
+    """What a wake-up on `Keys.wake()` says: `(job id, sole)`, the first job its enqueue
+    queued and whether it was the only one; `(None, False)` when it names no job (a
+    batch's wake-up, anything else)."""
+    if not isinstance(message, bytes) or message.startswith(b"batch:"):
+        return None, False
+    sole = not message.endswith(_MORE)
+    job = message if sole else message[: -len(_MORE)]
+    return (job, sole) if 0 < len(job) <= 200 and b" " not in job else (None, False)
+
+
+def run_of_job(jid: str) -> str | None:
+    """The run id in a job id `job_id` made, None if `jid` is not one. A guess for a run
+    id with colons in it ("a:1:2" is run "a", attempt 1, segment 2, never run "a:1")."""
+    head, _, last = jid.rpartition(":")
+    if not head or not last.isdigit():
+        return None
+    run_id, _, attempt = head.rpartition(":")
+    return run_id if run_id and attempt.isdigit() else head
 
 
 def arq_keys(jid: str) -> list[str]:

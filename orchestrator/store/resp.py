@@ -375,7 +375,33 @@ async def _send_all(conn: AbstractConnection, commands: Sequence[Command]) -> li
 
 async def call(pool: ConnectionPool, args: Command) -> Any:
     """One command on a connection of `pool`: its raw reply (no response callback), or
-    the redis exception (a refused command raises `ResponseError`)."""
+    the redis exception (a refused command raises `ResponseError`).
+
+    Calls made in the same pass of the event loop (a worker's many turns flushing their
+    events, starting and ending together) are sent together, one round trip on one
+    connection (`_Coalesced`): each is still its own command with its own reply, run
+    in the order they were made; only the socket writes and reads are shared. The
+    first call of a pass waits one pass for others to join, then, alone, is sent as
+    before. A call whose caller is cancelled once it is on its way may still run, as
+    before; the others' calls are not affected. Not for blocking commands (the calls
+    sent with one would wait for it)."""
+    loop = asyncio.get_running_loop()
+    batch = getattr(pool, _BATCH, None)
+    if batch is not None and batch.loop is loop and not batch.sent:
+        return await batch.join(args)
+    batch = _Coalesced(pool, loop, args)
+    setattr(pool, _BATCH, batch)
+    try:
+        await asyncio.sleep(0)  # one pass: the calls made in it join this one
+    except asyncio.CancelledError:
+        batch.send(lead=False)  # this call is not sent; those that joined it are
+        raise
+    if batch.send(lead=True):
+        return await _call_one(pool, args)  # alone: as a call of its own
+    return await batch.lead_reply()
+
+
+async def _call_one(pool: ConnectionPool, args: Command) -> Any:
     conn = await pool.get_connection()
     try:
         return await conn.retry.call_with_retry(
@@ -383,6 +409,80 @@ async def call(pool: ConnectionPool, args: Command) -> Any:
         )
     finally:
         await pool.release(conn)
+
+
+# The attributes of a pool that hold the batch of `call`s being gathered, and the round
+# trips of batches on their way.
+_BATCH = "_lean_coalesced"
+_SENDING = "_lean_sending"
+
+
+class _Coalesced:
+    """The `call`s made on one pool in one pass of the event loop: the first one (the
+    lead) waits a pass, then sends them all in one round trip (a task of its own, so a
+    caller that gives up leaves it to the others), or itself alone as before."""
+
+    def __init__(self, pool: ConnectionPool, loop: asyncio.AbstractEventLoop, lead: Command):
+        self.pool = pool
+        self.loop = loop
+        self.sent = False
+        self._commands: list[Command] = [lead]
+        self._futures: list[asyncio.Future[Any]] = [loop.create_future()]
+
+    async def join(self, args: Command) -> Any:
+        future: asyncio.Future[Any] = self.loop.create_future()
+        self._commands.append(args)
+        self._futures.append(future)
+        # Shielded: a caller that gives up leaves the batch to the others.
+        return await asyncio.shield(future)
+
+    def send(self, *, lead: bool) -> bool:
+        """Close the batch and send it; True if the lead is alone in it (it is then sent
+        by the lead's own call). Without the lead (cancelled), the others go."""
+        self.sent = True
+        if getattr(self.pool, _BATCH, None) is self:
+            delattr(self.pool, _BATCH)
+        if not lead:
+            del self._commands[0], self._futures[0]
+        elif len(self._commands) == 1:
+            return True
+        if self._commands:
+            # Held by the pool until it is done: no caller may be left to hold it.
+            sending: set[asyncio.Task[None]] = self.pool.__dict__.setdefault(_SENDING, set())
+            task = self.loop.create_task(self._round_trip())
+            sending.add(task)
+            task.add_done_callback(sending.discard)
+        return False
+
+    async def lead_reply(self) -> Any:
+        return await asyncio.shield(self._futures[0])
+
+    async def _round_trip(self) -> None:
+        futures = self._futures
+        try:
+            if len(self._commands) == 1:
+                replies = [await _call_one(self.pool, self._commands[0])]
+            else:
+                replies = await call_many(self.pool, self._commands)
+        except BaseException as exc:
+            for future in futures:
+                if not future.done():
+                    if isinstance(exc, asyncio.CancelledError):
+                        future.cancel()
+                    else:
+                        future.set_exception(exc)
+                        future.exception()  # retrieved: a caller that gave up logs nothing
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for future, reply in zip(futures, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, redis_errors.ResponseError):
+                future.set_exception(reply)  # as a call of its own raises it
+                future.exception()
+            else:
+                future.set_result(reply)
 
 
 async def call_many(pool: ConnectionPool, commands: Sequence[Command]) -> list[Any]:

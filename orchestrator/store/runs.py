@@ -321,6 +321,18 @@ def _remember(run_id: str, raw: Any, record: RunRecord) -> None:
         _LAST_WRITTEN.popitem(last=False)
 
 
+def note_read(raw: bytes) -> None:
+    """Note a run record this process has just read elsewhere (a worker's pick reads the
+    record of the turn it picks): the first guess of the next compare-and-set on it (the
+    turn's `start`), which saves that its read. Only a guess, checked like any: a record
+    written since is read for real. An unreadable record is not noted."""
+    try:
+        record = RunRecord.model_validate_json(raw)
+    except ValidationError:
+        return
+    _remember(record.run_id, raw, record)
+
+
 def _decode_record(run_id: str, raw: Any) -> RunRecord:
     try:
         return RunRecord.model_validate_json(raw)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import structlog
 from redis.commands.core import AsyncScript
@@ -124,7 +125,32 @@ class SessionTable:
         """A submit's `claim`, then (only if the owner admits `tenant`) the session's
         abort flag cleared if `clear_abort`, and `add_run`: one atomic round trip.
         Returns the owner; a caller it does not admit has changed nothing."""
-        mine = SessionOwner(tenant)
+        script, keys, args = self.enter_call(
+            session_id,
+            tenant,
+            run_id,
+            submitted_at=submitted_at,
+            ttl_s=ttl_s,
+            keep_s=keep_s,
+            clear_abort=clear_abort,
+        )
+        async with translate_errors("session enter"):
+            reply = await run_script(self._redis, script, keys, args)
+        return self.entered(session_id, tenant, reply)
+
+    def enter_call(
+        self,
+        session_id: str,
+        tenant: str | None,
+        run_id: str,
+        *,
+        submitted_at: float,
+        ttl_s: float,
+        keep_s: float,
+        clear_abort: bool,
+    ) -> tuple[AsyncScript, list[str], list[str]]:
+        """The script call `enter` makes, for a caller sending it with others in one
+        round trip (`connection.run_scripts`); `entered` reads its reply."""
         ttl_ms = max(1, int(ttl_s * 1000))
         keys = [
             self._keys.session_owner(session_id),
@@ -132,7 +158,7 @@ class SessionTable:
             self._keys.abort(session_id),
         ]
         args = [
-            mine.encode(),
+            SessionOwner(tenant).encode(),
             "1" if tenant is None else "0",
             str(ttl_ms),
             run_id,
@@ -140,10 +166,13 @@ class SessionTable:
             repr((time.time() - keep_s) * 1000.0),
             "1" if clear_abort else "0",
         ]
-        async with translate_errors("session enter"):
-            admitted, previous = await run_script(self._redis, self._enter, keys, args)
+        return self._enter, keys, args
+
+    def entered(self, session_id: str, tenant: str | None, reply: Any) -> SessionOwner:
+        """The owner an `enter_call`'s reply names (the caller's own for a new session)."""
+        admitted, previous = reply
         if previous is None:
-            return mine
+            return SessionOwner(tenant)
         owner = self._decode(session_id, previous)
         # The script's test is `admits` on the stored value (an unreadable one admits
         # only the operator, as its decoding to "no tenant" does).

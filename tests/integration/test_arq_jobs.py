@@ -27,9 +27,11 @@ from arq.worker import Retry
 from redis import exceptions as redis_errors
 
 from orchestrator.keys import Keys
+from orchestrator.runs import RunRequest
 from orchestrator.store import jsonserial
-from orchestrator.store.connection import Redis, connect_arq
+from orchestrator.store.connection import Redis, connect_arq, run_scripts
 from orchestrator.store.jsonserial import JobDecoder
+from orchestrator.store.queue import JobQueue, job_id
 from tests.integration.workerproc import drop_job_keys
 from workers.arq_worker import WakeableWorker
 
@@ -505,6 +507,131 @@ async def test_a_job_a_wake_up_names_is_picked_without_a_queue_read(
         await asyncio.wait_for(asyncio.gather(*worker.tasks.values()), 10)
         assert jobs.calls == [{"id": jid}]
         assert await jobs.leftovers(jid) == []
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await pool.aclose()
+
+
+async def test_a_job_another_worker_is_running_is_not_tried_again_at_once(
+    redis_url: str, jobs: Jobs, proxy: DroppingProxy
+) -> None:
+    """arq keeps running jobs at the queue's head, so every poll of a busy cluster lists
+    the other workers' jobs: after one refused pick, no round trip for a while."""
+    pool = connect_arq(redis_url, jobs.queue)
+    other_pool = connect_arq(await proxy.start(), jobs.queue, timeout_s=0.3)
+    release = asyncio.Event()
+
+    async def work(ctx: dict[str, Any], payload: Any) -> None:
+        jobs.calls.append({"id": ctx["job_id"]})
+        await release.wait()
+
+    try:
+        jid = await jobs.enqueue()
+        running = _worker(pool, jobs, work)
+        await running.start_jobs([jid.encode()])
+        await _wait_for(lambda: _true(len(jobs.calls) == 1), 5, "the job to start")
+        other = _worker(other_pool, jobs, work)
+        await other.start_jobs([jid.encode()])  # refused: the first worker runs it
+        assert other.job_counter == 0
+        proxy.drop_requests = True  # a pick now would time out
+        await asyncio.wait_for(other.start_jobs([jid.encode()]), 5)
+        assert other.job_counter == 0
+        proxy.drop_requests = False
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*running.tasks.values()), 10)
+        assert jobs.calls == [{"id": jid}]
+        assert await jobs.leftovers(jid) == []
+    finally:
+        await pool.aclose()
+        await other_pool.aclose()
+
+
+async def test_a_pick_reads_the_key_the_worker_names_and_hands_it_over_first(
+    redis_url: str, jobs: Jobs, redis: Redis, keys: Keys
+) -> None:
+    """A turn's pick reads its run record in the same round trip (its start then needs
+    no read of its own); the value is handed over before the job runs."""
+    pool = connect_arq(redis_url, jobs.queue)
+    record_key = keys.run("picked-run")
+    await redis.set(record_key, b'{"run_id": "picked-run"}')
+    handed: list[tuple[str, bytes]] = []
+
+    async def work(ctx: dict[str, Any], payload: Any) -> None:
+        jobs.calls.append({"id": ctx["job_id"], "handed": list(handed)})
+
+    try:
+        named, other = await jobs.enqueue(), await jobs.enqueue()
+        worker = _worker(
+            pool,
+            jobs,
+            work,
+            pick_read=lambda jid: record_key if jid == named else keys.run("no-such-run"),
+            picked_read=lambda jid, raw: handed.append((jid, raw)),
+        )
+        await worker.start_jobs([named.encode(), other.encode()])
+        await asyncio.wait_for(asyncio.gather(*worker.tasks.values()), 10)
+        expected = [(named, b'{"run_id": "picked-run"}')]
+        assert handed == expected  # a key with no value hands nothing over
+        assert sorted(jobs.calls, key=lambda c: c["id"] != named) == [
+            {"id": named, "handed": expected},
+            {"id": other, "handed": expected},
+        ]
+        assert [await jobs.leftovers(jid) for jid in (named, other)] == [[], []]
+    finally:
+        await pool.aclose()
+
+
+class _CountingWorker(WakeableWorker):
+    """Counts its passes that read the queue (arq's poll iteration)."""
+
+    queue_reads = 0
+
+    async def _poll_iteration(self) -> None:
+        self.queue_reads += 1
+        await super()._poll_iteration()
+
+
+async def test_a_wake_up_naming_the_only_job_it_queued_costs_no_queue_read(
+    redis_url: str, jobs: Jobs, keys: Keys
+) -> None:
+    """A submit's wake-up names its one job: picking it is all there is to do. An
+    enqueue of several names its first and says there are more: the queue is read."""
+    pool = connect_arq(redis_url, jobs.queue)
+    queue = JobQueue(pool, keys)
+    started: list[str] = []
+
+    async def work(ctx: dict[str, Any], payload: Any) -> None:
+        started.append(ctx["job_id"])
+
+    worker = _CountingWorker(
+        functions=[func(work, name="run_turn")],
+        queue_name=keys.queue(),
+        redis_pool=pool,
+        wake_channel=keys.wake(),
+        burst=False,
+        handle_signals=False,
+        poll_delay=30,
+        job_serializer=jsonserial.dumps,
+        job_deserializer=JobDecoder(),
+    )
+    running = asyncio.create_task(worker.main())
+    requests = [
+        RunRequest(run_id=f"wake-{uuid.uuid4().hex}", session_id="s1", agent="m:f")
+        for _ in range(3)
+    ]
+    jobs.ids += [job_id(r.run_id, 1) for r in requests]
+    try:
+        await asyncio.sleep(0.3)  # subscribed, first poll done
+        reads = worker.queue_reads
+        await queue.enqueue(requests[0])
+        await _wait_for(lambda: _true(len(started) == 1), 5, "the job to start")
+        await asyncio.sleep(0.2)
+        # The job's own end frees its slot, and that reads the queue once.
+        assert worker.queue_reads - reads <= 1
+        await run_scripts(pool, queue.enqueue_calls(requests[1:]))
+        await _wait_for(lambda: _true(len(started) == 3), 5, "both jobs to start")
+        assert started == [job_id(r.run_id, 1) for r in requests]
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)

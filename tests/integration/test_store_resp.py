@@ -168,3 +168,65 @@ async def test_scripts_run_without_hiredis_parser_and_packer(
         assert TIMEOUT_S * 0.9 <= took < TIMEOUT_S + 1.0
     finally:
         await client.aclose()
+
+
+async def test_script_calls_made_together_share_one_round_trip(server: RedisServer) -> None:
+    """A worker's many turns flush, start and end in the same pass of its loop: their
+    calls go out together on one connection, each with its own reply (and a refused one
+    fails alone), instead of one connection and one write each."""
+    client = connect(server.url)
+    try:
+        echo = client.register_script(ECHO)
+        fail = client.register_script("return redis.error_reply('NOPE')")
+        await run_script(client, echo, ["warm"], [0])  # loaded, one connection open
+        calls = [run_script(client, echo, [f"k{i}"], [i]) for i in range(20)]
+        refused = run_script(client, fail, [], [])
+        replies = await asyncio.gather(*calls, refused, return_exceptions=True)
+        assert replies[:20] == [[f"k{i}".encode(), str(i).encode()] for i in range(20)]
+        assert isinstance(replies[20], redis_errors.ResponseError)
+        assert "NOPE" in str(replies[20])
+        # One connection did it all (this server serves only this test's client).
+        assert len(await client.client_list()) == 1
+    finally:
+        await client.aclose()
+
+
+async def test_a_caller_that_gives_up_leaves_the_calls_sent_with_its_own_alone(
+    server: RedisServer,
+) -> None:
+    client = connect(server.url)
+    try:
+        setter = client.register_script("return redis.call('SET', KEYS[1], ARGV[1])")
+        await run_script(client, setter, ["resp:warm"], ["1"])
+        kept = asyncio.create_task(run_script(client, setter, ["resp:kept"], ["1"]))
+        gave_up = asyncio.create_task(run_script(client, setter, ["resp:gave-up"], ["1"]))
+        await asyncio.sleep(0)  # both are in one batch
+        gave_up.cancel()
+        assert await kept == b"OK"
+        with pytest.raises(asyncio.CancelledError):
+            await gave_up
+        assert await client.exists("resp:kept") == 1
+        assert await run_script(client, setter, ["resp:after"], ["1"]) == b"OK"
+    finally:
+        await client.delete("resp:warm", "resp:kept", "resp:gave-up", "resp:after")
+        await client.aclose()
+
+
+async def test_a_call_cancelled_before_it_is_sent_is_never_sent(server: RedisServer) -> None:
+    """The first call of a pass waits that pass for others to join it: cancelled then,
+    it never reaches Redis (and the calls that joined it still do)."""
+    client = connect(server.url)
+    try:
+        setter = client.register_script("return redis.call('SET', KEYS[1], ARGV[1])")
+        await run_script(client, setter, ["resp:warm"], ["1"])
+        dropped = asyncio.create_task(run_script(client, setter, ["resp:dropped"], ["1"]))
+        joined = asyncio.create_task(run_script(client, setter, ["resp:joined"], ["1"]))
+        await asyncio.sleep(0)  # the first waits for its pass to end, the second joined it
+        dropped.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await dropped
+        assert await joined == b"OK"
+        assert await client.exists("resp:dropped") == 0
+    finally:
+        await client.delete("resp:warm", "resp:dropped", "resp:joined")
+        await client.aclose()
