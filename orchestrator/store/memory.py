@@ -49,7 +49,13 @@ from orchestrator.runtime.memory import (
     merge_turn,
 )
 from orchestrator.store._codec import dump_json, load_json, opt_text, parse_int, resolve, text
-from orchestrator.store.connection import Redis, run_script, run_scripts, translate_errors
+from orchestrator.store.connection import (
+    Redis,
+    registered_script,
+    run_script,
+    run_scripts,
+    translate_errors,
+)
 
 __all__ = ["MemoryScope", "RedisMemoryStore"]
 
@@ -262,11 +268,11 @@ class RedisMemoryStore:
         self._keys = keys
         self.scope = scope
         self.limits = limits or MemoryLimits()
-        self._save_messages = redis.register_script(_SAVE_MESSAGES_LUA)
-        self._save_transcript = redis.register_script(_SAVE_TRANSCRIPT_LUA)
-        self._add_experience = redis.register_script(_ADD_EXPERIENCE_LUA)
-        self._remove_experience = redis.register_script(_REMOVE_EXPERIENCE_LUA)
-        self._set_field = redis.register_script(_SET_FIELD_LUA)
+        self._save_messages = registered_script(redis, _SAVE_MESSAGES_LUA)
+        self._save_transcript = registered_script(redis, _SAVE_TRANSCRIPT_LUA)
+        self._add_experience = registered_script(redis, _ADD_EXPERIENCE_LUA)
+        self._remove_experience = registered_script(redis, _REMOVE_EXPERIENCE_LUA)
+        self._set_field = registered_script(redis, _SET_FIELD_LUA)
         # record name -> (revision, raw writers) last read or written by this store.
         self._seen: OrderedDict[str, tuple[int, Any]] = OrderedDict()
 

@@ -51,6 +51,7 @@ from orchestrator.store.connection import (
     Redis,
     connect,
     read_timeout,
+    registered_script,
     run_script,
     to_store_error,
     translate_errors,
@@ -410,8 +411,8 @@ class EventPublisher:
         self._publishers = keys.publishers(session_id)
         self._fence = keys.run_fence(session_id, run_id)
         self._checkpoint = keys.checkpoint(session_id, run_id)
-        self._script = redis.register_script(_PUBLISH_LUA)
-        self._take_over = redis.register_script(_TAKE_OVER_LUA)
+        self._script = registered_script(redis, _PUBLISH_LUA)
+        self._take_over = registered_script(redis, _TAKE_OVER_LUA)
         # When the stream's and seqs' TTLs were last set (by this publisher, or by any
         # sharing `stream_ttls`), and the fence's (a take-over sets the fence's).
         self._stream_ttls = stream_ttls if stream_ttls is not None else StreamTtls()

@@ -60,3 +60,24 @@ async def test_a_turn_that_never_spawns_registers_no_fork_script(
         memory=memory,
     )
     assert redis.registered == []
+
+
+async def test_publishers_and_memory_stores_of_later_turns_register_no_script_again(
+    fake_redis: Any, keys: Keys
+) -> None:
+    """A worker builds a publisher and a memory store for every turn; the scripts are
+    registered with the client once, then shared (and still run)."""
+    from orchestrator.store.streams import EventPublisher
+    from tests.fixtures_redis import event_output
+
+    redis = CountingRedis(fake_redis)
+    for turn in range(3):
+        publisher = EventPublisher(redis, keys, session_id="s", run_id=f"r{turn}")  # type: ignore[arg-type]
+        publisher.publish(event_output(turn, session_id="s", call=f"r{turn}"))
+        await publisher.flush()
+        memory = RedisMemoryStore(redis, keys)  # type: ignore[arg-type]
+        await memory.save_messages(f"k{turn}", [{"role": "user", "content": "hi"}])
+        if turn == 0:
+            first = len(redis.registered)
+    assert len(redis.registered) == first
+    assert await fake_redis.xlen(keys.events("s")) == 3
