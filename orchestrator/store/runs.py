@@ -245,7 +245,12 @@ local fresh = ARGV[2] ~= ''
 if fresh then
   local current = redis.call('GET', KEYS[1])
   if current ~= ARGV[1] then
-    if batch then publish_write(KEYS[13], KEYS[14], KEYS[6], KEYS[5], 19, {}, true) end
+    -- Re-queued meanwhile: the batch is written (the next attempt resumes after it).
+    -- Ended by someone else (its terminal marker): its terminal entry stays the last.
+    if batch and not (redis.call('HGET', KEYS[14], 'batch:end:' .. ARGV[3])
+        or redis.call('HGET', KEYS[15], 'end:' .. ARGV[3])) then
+      publish_write(KEYS[13], KEYS[14], KEYS[6], KEYS[5], 19, {}, true)
+    end
     return {0, current or ''}
   end
   -- The record and its retention clock in one command (SET KEEPTTL + PEXPIRE).
@@ -258,10 +263,6 @@ else
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
 end
 redis.call('ZADD', KEYS[4], tonumber(ARGV[6]) + tonumber(ARGV[5]), ARGV[3])
-if ARGV[13] == '1' then
-  redis.call('HDEL', KEYS[5], 'state')
-  redis.call('EXPIRE', KEYS[5], ARGV[14])
-end
 if ARGV[10] ~= '' then
   local held = redis.call('HGET', KEYS[7], 'attempt')
   if held and tonumber(held) == tonumber(ARGV[10]) then
@@ -292,6 +293,11 @@ if batch then
     ARGV[13] ~= '1')
 elseif not done then
   redis.call('HSET', KEYS[14], marker, '1')
+end
+-- After the batch: its first checkpoint may have made the key just now.
+if ARGV[13] == '1' then
+  redis.call('HDEL', KEYS[5], 'state')
+  redis.call('EXPIRE', KEYS[5], ARGV[14])
 end
 if not done then add_entry(KEYS[13], ARGV[19], 'status', ARGV[3], ARGV[17], ARGV[18]) end
 if ARGV[17] ~= '' then
@@ -331,6 +337,19 @@ def note_read(raw: bytes) -> None:
     except ValidationError:
         return
     _remember(record.run_id, raw, record)
+
+
+def _end_reply(run_id: str, reply: Any) -> list[Any]:
+    """The end script's reply with its shape checked (Redis replies are untrusted): a
+    list whose first item is an integer, with a second item after 0 or -1."""
+    if isinstance(reply, list | tuple) and reply:
+        try:
+            code = int(reply[0])
+        except (TypeError, ValueError):
+            code = None
+        if code is not None and (code not in (0, -1) or len(reply) >= 2):
+            return [code, *reply[1:]]
+    raise StoreError(f"run end of {run_id!r}: unexpected reply from Redis: {reply!r:.200}")
 
 
 def _decode_record(run_id: str, raw: Any) -> RunRecord:
@@ -781,7 +800,7 @@ class RunStore:
                     updated = _apply(current, {**fields, "status": status})
                     new_raw = updated.model_dump_json()
                     reply = await self._end_call(raw, current, updated, new_raw, writes)
-                    if int(reply[0]) == 1:
+                    if reply[0] == 1:
                         _remember(run_id, new_raw, updated)
                         return self._ended(updated, reply)
                     _LAST_WRITTEN.pop(run_id, None)
@@ -794,8 +813,26 @@ class RunStore:
                     continue
                 if attempt is not None and current.status is status and current.attempt == attempt:
                     return await self.finish(current, writes)  # ended by an earlier try
+                if writes.batch is not None and current.status.terminal:
+                    await self._drop_if_announced(run_id, writes)
                 return None
         raise StoreError("run end kept conflicting")
+
+    async def _drop_if_announced(self, run_id: str, writes: EndWrites) -> None:
+        """A run ended elsewhere whose terminal entry is written (its marker): its
+        stream's last entry stays the terminal one, so the batch is dropped. (Ended but not
+        announced yet: the batch is sent, before the entry.) A rare path: one read."""
+        assert writes.batch is not None
+        marks = [
+            (self._keys.seqs(writes.session_id), f"batch:end:{run_id}"),
+            (self._keys.publishers(writes.session_id), f"end:{run_id}"),
+        ]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key, field in marks:
+                pipe.hget(key, field)
+            found = await pipe.execute()
+        if any(value is not None for value in found):
+            writes.batch.drop()
 
     async def finish(self, record: RunRecord, writes: EndWrites) -> Ended:
         """The rest of the end of a run whose record is terminal already (its end was
@@ -867,12 +904,14 @@ class RunStore:
             str(writes.stream_maxlen),
         ]
         batch = writes.batch
-        if batch is None or batch.is_delivered:
-            return await run_script(self._redis, self._end, keys, args)
+        if batch is None or batch.is_delivered or batch.is_dropped:
+            return _end_reply(run_id, await run_script(self._redis, self._end, keys, args))
         if not writes.announce:
             raise ValueError("an end with the publisher's last batch must announce the end")
-        reply = await run_script(self._redis, self._end, keys, [*args, *batch.args()])
-        if int(reply[0]) == -1:
+        reply = _end_reply(
+            run_id, await run_script(self._redis, self._end, keys, [*args, *batch.args()])
+        )
+        if reply[0] == -1:
             batch.refused(reply[1])
         batch.delivered()
         return reply

@@ -342,6 +342,7 @@ class LastBatch:
         self._entries = entries
         self.sent = False
         self.is_delivered = False
+        self.is_dropped = False
 
     def args(self) -> list[Any]:
         """The batch for `PUBLISH_FUNCTION_LUA` (its TTLs left to the other script)."""
@@ -362,10 +363,15 @@ class LastBatch:
         self._publisher._check_fence(str(owner))
         raise StoreError(f"last batch of run {self._publisher.run_id!r} refused")
 
+    def drop(self) -> None:
+        """The run was ended by someone else (the reaper, an abort): its terminal entry
+        stays its stream's last, so this batch is not written (`send` does nothing)."""
+        self.is_dropped = True
+
     async def send(self) -> None:
         """Write the batch with the publisher's own script (retried as its batches are),
-        unless it is delivered already."""
-        if not self.is_delivered:
+        unless it is delivered or dropped already."""
+        if not self.is_delivered and not self.is_dropped:
             await self._publisher._send_last(self)
 
 
@@ -544,9 +550,14 @@ class EventPublisher:
         if task is not None and not task.done():
             await task
         self._task = None
-        if self._unconfirmed is not None:  # the flusher gave up on it
-            assert self.last_error is not None
-            raise self.last_error
+        if self._unconfirmed is not None:  # the flusher gave up on it: one more try
+            self._ensure_flusher()  # (holding: it sends only that batch, as flush() would)
+            task, self._task = self._task, None
+            if task is not None:
+                await task
+            if self._unconfirmed is not None:
+                assert self.last_error is not None
+                raise self.last_error
         if not self._pending:
             return None
         batch, self._pending = self._pending, []
