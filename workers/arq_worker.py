@@ -160,6 +160,10 @@ class WakeableWorker(Worker):
         # The next pass reads the queue (False only after wake-ups that each named the
         # one job they queued, and that job was picked or found running elsewhere).
         self._poll_due = True
+        # When the queue was last read: it is read at least every `poll_delay_s` however
+        # many wake-ups came (jobs queued without one this worker heard: a lost wake-up,
+        # a retry or deferred job coming due, arq's own enqueue).
+        self._last_poll = 0.0
         self._listener: asyncio.Task[None] | None = None
         self._started: set[str] = set()  # job ids whose function has been called
         self.poll_outage = Outage("queue poll")
@@ -206,13 +210,16 @@ class WakeableWorker(Worker):
         if self.on_startup:
             await self.on_startup(self.ctx)
         self._listener = asyncio.create_task(self._listen())
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 self._wake.clear()
                 try:
                     await self._start_hinted()
-                    if self._poll_due or self.burst:
+                    overdue = loop.time() - self._last_poll >= self.poll_delay_s
+                    if self._poll_due or self.burst or overdue:
                         self._poll_due = False
+                        self._last_poll = loop.time()
                         await self._poll_iteration()
                     if self.burst and await self._burst_done():
                         return
@@ -221,8 +228,9 @@ class WakeableWorker(Worker):
                     await asyncio.sleep(self.poll_outage.failed(exc))
                     continue
                 self.poll_outage.recovered()
+                until_poll = self._last_poll + self.poll_delay_s - loop.time()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), self.poll_delay_s)
+                    await asyncio.wait_for(self._wake.wait(), max(0.0, until_poll))
                 except TimeoutError:
                     self._poll_due = True
         finally:

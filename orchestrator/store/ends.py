@@ -27,6 +27,7 @@ import structlog
 from redis import exceptions as redis_errors
 
 from orchestrator.aio import cancel_and_wait
+from orchestrator.errors import StoreError
 from orchestrator.keys import Keys
 from orchestrator.store._codec import text
 from orchestrator.store.connection import Redis, translate_errors
@@ -180,6 +181,8 @@ class BatchedReads:
         try:
             async with translate_errors("run get"):
                 values = await self._redis.mget(keys)
+            if not isinstance(values, list) or len(values) != len(keys):  # untrusted
+                raise StoreError(f"MGET of {len(keys)} run records: unexpected reply")
         except asyncio.CancelledError:
             for future in pending.values():
                 future.cancel()

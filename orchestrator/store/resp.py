@@ -385,10 +385,14 @@ async def call(pool: ConnectionPool, args: Command) -> Any:
     before. A call whose caller is cancelled once it is on its way may still run, as
     before; the others' calls are not affected. Not for blocking commands (the calls
     sent with one would wait for it)."""
+    if _may_block(args):
+        return await _call_one(pool, args)  # alone: no call waits behind it
     loop = asyncio.get_running_loop()
     batch = getattr(pool, _BATCH, None)
-    if batch is not None and batch.loop is loop and not batch.sent:
+    if batch is not None and batch.loop is loop and not batch.sent and batch.has_room(args):
         return await batch.join(args)
+    if batch is not None and batch.loop is loop and not batch.sent:
+        batch.send(lead=True)  # full: it goes now, and this call leads the next one
     batch = _Coalesced(pool, loop, args)
     setattr(pool, _BATCH, batch)
     try:
@@ -415,6 +419,23 @@ async def _call_one(pool: ConnectionPool, args: Command) -> Any:
 # trips of batches on their way.
 _BATCH = "_lean_coalesced"
 _SENDING = "_lean_sending"
+# A batch's bounds: one write of at most about this many bytes of arguments and calls.
+_BATCH_BYTES = 1 << 20
+_BATCH_CALLS = 128
+# Commands that can block the connection (sent alone, never in a batch): B* list and
+# sorted-set pops, XREAD(GROUP) with BLOCK, WAIT; the B* commands that do not block
+# (BITCOUNT...) are sent alone too, which costs nothing but the shared write.
+_BLOCKING = frozenset({"XREAD", "XREADGROUP", "WAIT", "WAITAOF"})
+
+
+def _may_block(args: Command) -> bool:
+    name = args[0]
+    name = (name.decode() if isinstance(name, bytes) else str(name)).upper()
+    return name.startswith("B") or name in _BLOCKING
+
+
+def _size(args: Command) -> int:
+    return sum(len(a) if isinstance(a, bytes | str) else 8 for a in args)
 
 
 class _Coalesced:
@@ -428,9 +449,15 @@ class _Coalesced:
         self.sent = False
         self._commands: list[Command] = [lead]
         self._futures: list[asyncio.Future[Any]] = [loop.create_future()]
+        self._bytes = _size(lead)
+
+    def has_room(self, args: Command) -> bool:
+        size = _size(args)
+        return len(self._commands) < _BATCH_CALLS and self._bytes + size <= _BATCH_BYTES
 
     async def join(self, args: Command) -> Any:
         future: asyncio.Future[Any] = self.loop.create_future()
+        self._bytes += _size(args)
         self._commands.append(args)
         self._futures.append(future)
         # Shielded: a caller that gives up leaves the batch to the others.
@@ -458,31 +485,50 @@ class _Coalesced:
         return await asyncio.shield(self._futures[0])
 
     async def _round_trip(self) -> None:
+        """Send the batch; each caller gets its reply as soon as it is read, so a later
+        failure (a dropped connection, a read timeout on a slow script sent after it)
+        fails only the calls not answered yet. Not retried as a whole (a retry would
+        run the answered calls again)."""
         futures = self._futures
         try:
             if len(self._commands) == 1:
-                replies = [await _call_one(self.pool, self._commands[0])]
-            else:
-                replies = await call_many(self.pool, self._commands)
+                _settle(futures[0], await _call_one(self.pool, self._commands[0]))
+                return
+            conn = await self.pool.get_connection()
+            try:
+                await conn.send_packed_command(conn.pack_commands(self._commands))
+                for future in futures:
+                    try:
+                        reply = await conn.read_response()
+                    except redis_errors.ResponseError as exc:  # still in step
+                        reply = exc
+                    _settle(future, reply)
+            except BaseException:
+                await conn.disconnect()  # replies may be left unread: never reused so
+                raise
+            finally:
+                await self.pool.release(conn)
         except BaseException as exc:
             for future in futures:
                 if not future.done():
                     if isinstance(exc, asyncio.CancelledError):
                         future.cancel()
                     else:
-                        future.set_exception(exc)
-                        future.exception()  # retrieved: a caller that gave up logs nothing
+                        _settle(future, exc)
             if not isinstance(exc, Exception):
                 raise
-            return
-        for future, reply in zip(futures, replies, strict=True):
-            if future.done():
-                continue
-            if isinstance(reply, redis_errors.ResponseError):
-                future.set_exception(reply)  # as a call of its own raises it
-                future.exception()
-            else:
-                future.set_result(reply)
+
+
+def _settle(future: asyncio.Future[Any], reply: Any) -> None:
+    """Give a caller its reply, or raise a refused command's error (as a call of its
+    own raises it) or the failure in its call."""
+    if future.done():
+        return
+    if isinstance(reply, BaseException):
+        future.set_exception(reply)
+        future.exception()  # retrieved: a caller that gave up logs nothing
+    else:
+        future.set_result(reply)
 
 
 async def call_many(pool: ConnectionPool, commands: Sequence[Command]) -> list[Any]:

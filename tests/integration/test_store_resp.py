@@ -230,3 +230,27 @@ async def test_a_call_cancelled_before_it_is_sent_is_never_sent(server: RedisSer
     finally:
         await client.delete("resp:warm", "resp:dropped", "resp:joined")
         await client.aclose()
+
+
+async def test_a_script_error_of_a_connection_error_kind_fails_only_its_caller(
+    server: RedisServer,
+) -> None:
+    """A script's error reply is text the script chose (untrusted): one starting with
+    LOADING (redis-py reads it as a ConnectionError kind) fails its own call only; a
+    call sent with it in one write, whose script ran, gets its reply."""
+    client = connect(server.url)
+    try:
+        setter = client.register_script("return redis.call('SET', KEYS[1], ARGV[1])")
+        odd = client.register_script("return redis.error_reply('LOADING not really')")
+        await run_script(client, setter, ["review:warm"], ["1"])
+        with pytest.raises(redis_errors.RedisError):
+            await run_script(client, odd, [], [])
+        mine = asyncio.create_task(run_script(client, setter, ["review:mine"], ["1"]))
+        theirs = asyncio.create_task(run_script(client, odd, [], []))
+        done = await asyncio.gather(mine, theirs, return_exceptions=True)
+        assert await client.get("review:mine") == b"1"
+        assert isinstance(done[1], redis_errors.RedisError)
+        assert done[0] == b"OK", f"an answered call failed with {done[0]!r}"
+    finally:
+        await client.delete("review:warm", "review:mine")
+        await client.aclose()
