@@ -47,7 +47,10 @@ _HEAD_END = re.compile(rb"\n\r?\n")
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00\r\n]*))?")
-_HEADER_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*([^\x00\r\n]*?)[ \t]*")
+# The value is taken greedily and its trailing blanks stripped in Python: a lazy value
+# followed by [ \t]* backtracks quadratically on a long run of blanks (seconds of a
+# blocked event loop for a 30 KB header a server sends).
+_HEADER_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):[ \t]*([^\x00\r\n]*)")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 _Origin = tuple[bytes, bytes, int]
 
@@ -97,7 +100,12 @@ class _ReadClock:
             return  # no read waits: the next one arms the timer again
         due = self._since + self.timeout
         if self._loop.time() >= due:
-            self._reader.set_exception(_ReadTimedOut())
+            # Data that came in the same pass as the timer wins (the read returns it);
+            # the exception is set only on a reader with nothing to give.
+            if not _has_data(self._reader):
+                self._reader.set_exception(_ReadTimedOut())
+                return
+            self._handle = self._loop.call_at(self._loop.time() + self.timeout, self._check)
         else:
             self._handle = self._loop.call_at(due, self._check)
 
@@ -105,6 +113,14 @@ class _ReadClock:
         handle, self._handle = self._handle, None
         if handle is not None:
             handle.cancel()
+
+
+def _has_data(reader: asyncio.StreamReader) -> bool:
+    """Whether `reader` holds bytes not read yet. asyncio's StreamReader has no public
+    way to ask; its buffer (`_buffer`, a bytearray in CPython 3.11-3.13) is looked at, and
+    a reader without one counts as holding data (so its connection is not reused)."""
+    buffer = getattr(reader, "_buffer", None)
+    return buffer is None or len(buffer) > 0
 
 
 class _Connection:
@@ -119,8 +135,12 @@ class _Connection:
         self.clock = _ReadClock(reader)
 
     def usable(self, now: float) -> bool:
+        # Bytes that came while it was idle (an extra response, a late body) or a read
+        # error left on the reader: not lent again, they would answer the next request.
         return (
             not self.buffer
+            and not _has_data(self.reader)
+            and self.reader.exception() is None
             and not self.reader.at_eof()
             and not self.writer.is_closing()
             and now - self.idle_since < KEEPALIVE_EXPIRY_S
@@ -344,7 +364,7 @@ def _parse_head(data: bytes) -> _Head:
         header = _HEADER_LINE.fullmatch(line)
         if header is None:
             raise _Malformed(f"illegal header line {line[:60]!r}")
-        headers.append((header[1], header[2]))
+        headers.append((header[1], header[2].rstrip(b" \t")))
     return _Head(status[1], int(status[2]), status[3] or b"", headers)
 
 
@@ -381,6 +401,8 @@ async def _receive_head(connection: _Connection, request: httpx.Request, *, reus
             raise httpx.RemoteProtocolError(str(exc), request=request) from None
         if head.status == 101:
             raise httpx.RemoteProtocolError("unexpected 101 Switching Protocols", request=request)
+        if head.status < 100:
+            raise httpx.RemoteProtocolError(f"illegal status {head.status}", request=request)
         if head.status >= 200:
             return head
 
@@ -573,7 +595,11 @@ class _Body(httpx.AsyncByteStream):
         connection, self._connection = self._connection, None
         if connection is None:
             return
-        if self._framing.keep_alive and not connection.buffer:
+        if (
+            self._framing.keep_alive
+            and not connection.buffer
+            and connection.reader.exception() is None
+        ):
             connection.clock.stop()
             self._transport._give_back(self._origin, connection)
         else:

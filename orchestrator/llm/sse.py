@@ -91,23 +91,37 @@ class SSEParser:
     """
 
     def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        # utf-8-sig: a byte order mark at the stream's start is dropped (the SSE spec).
+        self._decoder = codecs.getincrementaldecoder("utf-8-sig")("replace")
         self._builder = _EventBuilder()
-        self._pending = ""  # the last line so far, not yet ended
+        # The last line so far, not yet ended, in pieces (joined once it ends: a long
+        # line arriving in many small reads is not copied again for each).
+        self._pending: list[str] = []
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         """The events these bytes complete."""
-        text = self._pending + self._decoder.decode(data)
+        text = self._decoder.decode(data)
+        if not text:
+            return []
+        if "\n" not in text and "\r" not in text:
+            self._pending.append(text)
+            return []
+        if self._pending:
+            self._pending.append(text)
+            text = "".join(self._pending)
+            self._pending.clear()
         # A CR at the end may be the first half of a CRLF: it waits for the next bytes.
         held = "\r" if text.endswith("\r") else ""
         lines = split_lines(text[:-1] if held else text)
-        self._pending = lines.pop() + held
+        last = lines.pop() + held
+        if last:
+            self._pending.append(last)
         return self._take(lines)
 
     def close(self) -> list[SSEEvent]:
         """The events left at the body's end (the last one may lack its blank line)."""
-        tail = self._pending + self._decoder.decode(b"", final=True)
-        self._pending = ""
+        tail = "".join(self._pending) + self._decoder.decode(b"", final=True)
+        self._pending.clear()
         events = self._take(split_lines(tail)) if tail else []
         last = self._builder.dispatch()
         return [*events, last] if last is not None else events
