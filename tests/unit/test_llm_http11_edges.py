@@ -8,6 +8,7 @@ time."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -80,7 +81,8 @@ def _threaded_server(answers: list[bytes], delay_first: float) -> tuple[int, lis
     seen = [0]
 
     def serve() -> None:
-        conn, _ = sock.accept()
+        with sock:
+            conn, _ = sock.accept()
         data = b""
         for answer in answers:
             while b"\r\n\r\n" not in data:
@@ -94,8 +96,10 @@ def _threaded_server(answers: list[bytes], delay_first: float) -> tuple[int, lis
             if seen[0] == 1:
                 time.sleep(delay_first)
             conn.sendall(answer)
-        time.sleep(2)
-        conn.close()
+        conn.settimeout(5)
+        with conn, contextlib.suppress(OSError):
+            while conn.recv(65536):  # until the client closes the connection
+                pass
 
     threading.Thread(target=serve, daemon=True).start()
     return sock.getsockname()[1], seen
