@@ -362,14 +362,23 @@ async def _send_one(conn: AbstractConnection, args: Command) -> Any:
     return await conn.read_response()
 
 
-async def _send_all(conn: AbstractConnection, commands: Sequence[Command]) -> list[Any]:
+async def _send_all(
+    conn: AbstractConnection,
+    commands: Sequence[Command],
+    each: Callable[[int, Any], None] | None = None,
+) -> list[Any]:
+    """The commands in one write, their replies in order (a refused one's error in its
+    place); `each(i, reply)` is told of every reply as soon as it is read."""
     await conn.send_packed_command(conn.pack_commands(commands))
     replies: list[Any] = []
-    for _ in commands:
+    for i in range(len(commands)):
         try:
-            replies.append(await conn.read_response())
+            reply = await conn.read_response()
         except redis_errors.ResponseError as exc:  # the connection is still in step
-            replies.append(exc)
+            reply = exc
+        replies.append(reply)
+        if each is not None:
+            each(i, reply)
     return replies
 
 
@@ -389,11 +398,12 @@ async def call(pool: ConnectionPool, args: Command) -> Any:
         return await _call_one(pool, args)  # alone: no call waits behind it
     loop = asyncio.get_running_loop()
     batch = getattr(pool, _BATCH, None)
-    if batch is not None and batch.loop is loop and not batch.sent and batch.has_room(args):
-        return await batch.join(args)
+    size = _size(args)
+    if batch is not None and batch.loop is loop and not batch.sent and batch.has_room(size):
+        return await batch.join(args, size)
     if batch is not None and batch.loop is loop and not batch.sent:
         batch.send(lead=True)  # full: it goes now, and this call leads the next one
-    batch = _Coalesced(pool, loop, args)
+    batch = _Coalesced(pool, loop, args, size)
     setattr(pool, _BATCH, batch)
     try:
         await asyncio.sleep(0)  # one pass: the calls made in it join this one
@@ -443,21 +453,22 @@ class _Coalesced:
     lead) waits a pass, then sends them all in one round trip (a task of its own, so a
     caller that gives up leaves it to the others), or itself alone as before."""
 
-    def __init__(self, pool: ConnectionPool, loop: asyncio.AbstractEventLoop, lead: Command):
+    def __init__(
+        self, pool: ConnectionPool, loop: asyncio.AbstractEventLoop, lead: Command, size: int
+    ):
         self.pool = pool
         self.loop = loop
         self.sent = False
         self._commands: list[Command] = [lead]
         self._futures: list[asyncio.Future[Any]] = [loop.create_future()]
-        self._bytes = _size(lead)
+        self._bytes = size
 
-    def has_room(self, args: Command) -> bool:
-        size = _size(args)
+    def has_room(self, size: int) -> bool:
         return len(self._commands) < _BATCH_CALLS and self._bytes + size <= _BATCH_BYTES
 
-    async def join(self, args: Command) -> Any:
+    async def join(self, args: Command, size: int) -> Any:
         future: asyncio.Future[Any] = self.loop.create_future()
-        self._bytes += _size(args)
+        self._bytes += size
         self._commands.append(args)
         self._futures.append(future)
         # Shielded: a caller that gives up leaves the batch to the others.
@@ -496,13 +507,7 @@ class _Coalesced:
                 return
             conn = await self.pool.get_connection()
             try:
-                await conn.send_packed_command(conn.pack_commands(self._commands))
-                for future in futures:
-                    try:
-                        reply = await conn.read_response()
-                    except redis_errors.ResponseError as exc:  # still in step
-                        reply = exc
-                    _settle(future, reply)
+                await _send_all(conn, self._commands, lambda i, r: _settle(futures[i], r))
             except BaseException:
                 await conn.disconnect()  # replies may be left unread: never reused so
                 raise
