@@ -24,7 +24,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from orchestrator.deluge.batch import (
     BatchProgress,
@@ -38,7 +38,6 @@ from orchestrator.deluge.models import ModelRegistry, default_registry
 from orchestrator.deluge.response import APIResponse
 from orchestrator.errors import (
     ConfigError,
-    PayloadError,
     RunError,
     RunNotFound,
     SessionNotOwned,
@@ -203,10 +202,7 @@ class Run:
                 raise RunNotFound(f"no run {self.run_id!r}", run_id=self.run_id)
             if not RunStatusView.of_json(self.run_id, raw).status.terminal:
                 return False
-            try:
-                ended.append(RunRecord.model_validate_json(raw))
-            except ValidationError as exc:
-                raise PayloadError(f"run record {self.run_id!r} is corrupt") from exc
+            ended.append(RunRecord.of_json(self.run_id, raw))
             return True
 
         try:

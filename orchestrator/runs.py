@@ -167,6 +167,14 @@ class RunRecord(BaseModel):
     def root_run_id(self) -> str:
         return self.fork.root_run_id if self.fork is not None else self.run_id
 
+    @classmethod
+    def of_json(cls, run_id: str, raw: bytes | str) -> RunRecord:
+        """Decode a stored record; `PayloadError` if it is corrupt."""
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            raise PayloadError(f"run record {run_id!r} is corrupt") from exc
+
     def updated(self, fields: Mapping[str, Any]) -> RunRecord:
         """A copy with `fields` changed, each validated as this field (ValidationError on
         a bad value or an unknown field); this record is left as it was. Values it does

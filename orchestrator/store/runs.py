@@ -353,10 +353,7 @@ def _end_reply(run_id: str, reply: Any) -> list[Any]:
 
 
 def _decode_record(run_id: str, raw: Any) -> RunRecord:
-    try:
-        return RunRecord.model_validate_json(raw)
-    except ValidationError as exc:
-        raise PayloadError(f"run record {run_id!r} is corrupt") from exc
+    return RunRecord.of_json(run_id, raw)
 
 
 def _known(run_id: str, raw: Any) -> RunRecord | None:
