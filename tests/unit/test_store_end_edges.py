@@ -19,9 +19,10 @@ from orchestrator.keys import Keys
 from orchestrator.runs import RunRecord, RunStatus
 from orchestrator.settings import Settings
 from orchestrator.store.lifecycle import end_run
-from orchestrator.store.runs import LeaseTable, RunStore
+from orchestrator.store.runs import RunStore
 from orchestrator.store.streams import EventPublisher, StreamReader
 from tests.fixtures_redis import event_output, payloads
+from tests.unit.test_store_end_batch import _started
 
 _SETTINGS = Settings()
 
@@ -30,22 +31,6 @@ _SETTINGS = Settings()
 def store_redis(fake_redis: Any) -> Any:
     """The Redis the tests write to (the real one in the integration module)."""
     return fake_redis
-
-
-async def _started(redis: Any, keys: Keys) -> EventPublisher:
-    record = RunRecord(
-        run_id="r1",
-        session_id="s1",
-        submitted_at=1000.0,
-        agent="pkg:agent",
-        status=RunStatus.RUNNING,
-        attempt=1,
-    )
-    await RunStore(redis, keys).create(record)
-    assert await LeaseTable(redis, keys).renew("r1", attempt=1, worker_id="w", ttl_s=60)
-    publisher = EventPublisher(redis, keys, session_id="s1", run_id="r1", attempt=1)
-    await publisher.take_over()  # finds no checkpoint key: a fresh run
-    return publisher
 
 
 async def _end(redis: Any, keys: Keys, batch: Any) -> Any:
@@ -94,22 +79,11 @@ async def test_a_checkpoint_flushed_before_the_end_expires(store_redis: Any, key
 async def test_a_run_ended_elsewhere_keeps_its_terminal_entry_last(
     store_redis: Any, keys: Keys, reaper: str
 ) -> None:
-    """other_process: the worker's end guesses the record it started (runs._LAST_WRITTEN),
-    the script's CAS misses and its `{0, current}` branch writes the batch. same_process:
-    RunStore.end sees the terminal record, returns None without the script, and
-    lifecycle.end_run's fallback `batch.send()` writes it with the publisher's script."""
-    record = RunRecord(
-        run_id="r1",
-        session_id="s1",
-        submitted_at=1000.0,
-        agent="pkg:agent",
-        status=RunStatus.RUNNING,
-        attempt=1,
-    )
-    await RunStore(store_redis, keys).create(record)
-    assert await LeaseTable(store_redis, keys).renew("r1", attempt=1, worker_id="w", ttl_s=60)
-    publisher = EventPublisher(store_redis, keys, session_id="s1", run_id="r1", attempt=1)
-    await publisher.take_over()
+    """The reaper ended the run (its terminal entry written) while its lease-lost worker
+    went on; the worker's end with its last batch writes no entry after the terminal
+    one. other_process: the worker's end still guesses the running record (its script
+    finds it changed); same_process: the end reads the terminal record first."""
+    publisher = await _started(store_redis, keys)
     running_raw = await store_redis.get(keys.run("r1"))
     running = RunRecord.model_validate_json(running_raw)
     publisher.publish(event_output(0, call="r1"))
