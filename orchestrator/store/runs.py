@@ -401,6 +401,21 @@ class Start:
     taken: TakenOver | None = None
 
 
+@dataclass(slots=True)
+class Rider:
+    """Script calls that ride in the round trip of a run's end, after its script (the
+    job's arq finish: the run's record holds its outcome, so the job need not wait for
+    a round trip of its own). Sent once, however often the end's script is; their
+    effects are not tied to the end's (each script is atomic on its own).
+
+    `confirmed`: every call was sent and answered without an error. Else (not sent, a
+    refusal, a connection lost on the way) whoever made them does their work itself."""
+
+    calls: list[tuple[Any, list[Any], list[Any]]]
+    sent: bool = False
+    confirmed: bool = False
+
+
 @dataclass(frozen=True)
 class EndWrites:
     """What ending a run writes besides its record, in the same script (`RunStore.end`)."""
@@ -423,6 +438,8 @@ class EndWrites:
     # whose retention clocks cover the batch's keys): written first, in the same script.
     # A newer attempt's fence refuses the whole end (`StaleAttempt`).
     batch: LastBatch | None = None
+    # Script calls sent after the end's script in its round trip (`Rider`).
+    rider: Rider | None = None
 
 
 @dataclass(frozen=True)
@@ -902,15 +919,27 @@ class RunStore:
         ]
         batch = writes.batch
         if batch is None or batch.is_delivered or batch.is_dropped:
-            return _end_reply(run_id, await run_script(self._redis, self._end, keys, args))
+            return _end_reply(run_id, await self._send_end(keys, args, writes.rider))
         if not writes.announce:
             raise ValueError("an end with the publisher's last batch must announce the end")
-        reply = _end_reply(
-            run_id, await run_script(self._redis, self._end, keys, [*args, *batch.args()])
-        )
+        reply = _end_reply(run_id, await self._send_end(keys, [*args, *batch.args()], writes.rider))
         if reply[0] == -1:
             batch.refused(reply[1])
         batch.delivered()
+        return reply
+
+    async def _send_end(self, keys: list[Any], args: list[Any], rider: Rider | None) -> Any:
+        """The end's script, with the rider's calls after it in the same round trip the
+        first time (`Rider`)."""
+        if rider is None or rider.sent:
+            return await run_script(self._redis, self._end, keys, args)
+        rider.sent = True
+        reply, *rest = await run_scripts(
+            self._redis, [(self._end, keys, args), *rider.calls], raise_on_error=False
+        )
+        if isinstance(reply, Exception):
+            raise reply
+        rider.confirmed = not any(isinstance(r, Exception) for r in rest)
         return reply
 
     async def get(self, run_id: str) -> RunRecord:
