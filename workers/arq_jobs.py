@@ -111,10 +111,10 @@ return 1
 """
 
 
-# The ctx key of a job's finish (a `store.runs.Rider` of FINISH_LUA, for a job that is
-# not a cron job): a job function may send it in the round trip of a write of its own
-# that records the job's outcome. Once it is confirmed, the job is finished, with no
-# result kept, and the worker does not finish it again.
+# The ctx key of a job's finish (a `store.runs.Rider` of `finish_commands`, for a job
+# that is not a cron job): a job function may send it in the round trip of a write of
+# its own that records the job's outcome. Once it is confirmed, the job is finished,
+# with no result kept, and the worker does not finish it again.
 JOB_FINISH = "job_finish"
 
 # The pick script's reply for a job that some worker has in progress.
@@ -170,3 +170,18 @@ def finish_args(
         "" if keep_in_progress_ms is None else str(keep_in_progress_ms),
         "1" if aborts else "0",
     ]
+
+
+def finish_commands(
+    job_id: str, *, queue: str, abort_set: str | None, keys: list[str]
+) -> list[tuple[Any, ...]]:
+    """FINISH_LUA's effects for a job that finished with no result to keep, as plain
+    commands (no script, no MULTI: they ride in the round trip of another write): it
+    leaves the queue (and the abort set, `abort_set` None: not read), then its keys
+    (`keys`: in-progress, retry, job) go. Cut short after the queue's ZREM, the keys
+    expire on their own; the job is never picked again."""
+    commands: list[tuple[Any, ...]] = [("ZREM", queue, job_id)]
+    if abort_set is not None:
+        commands.append(("ZREM", abort_set, job_id))
+    commands.append(("DEL", *keys))
+    return commands

@@ -65,6 +65,7 @@ from workers.arq_jobs import (
     RUNNING,
     Picked,
     finish_args,
+    finish_commands,
 )
 from workers.outage import Outage, until_available
 
@@ -531,7 +532,7 @@ class WakeableWorker(Worker):
             "enqueue_time": ms_to_datetime(call.enqueue_time_ms),
             "score": score,
         }
-        rider = None if cron else Rider([self._finish_call(job_id, finish=True)])
+        rider = None if cron else Rider(self._finish_commands(job_id))
         if rider is not None:
             ctx[JOB_FINISH] = rider
         self._started.add(job_id)
@@ -651,6 +652,19 @@ class WakeableWorker(Worker):
             keep_in_progress_ms=keep_in_progress_ms,
         )
         await run_script(self.pool, script, keys, args)
+
+    def _finish_commands(self, job_id: str) -> list[tuple[Any, ...]]:
+        """`_finish(finish=True, result=None)` as plain commands (`JOB_FINISH`)."""
+        return finish_commands(
+            job_id,
+            queue=self.queue_name,
+            abort_set=abort_jobs_ss if self.allow_abort_jobs else None,
+            keys=[
+                in_progress_key_prefix + job_id,
+                retry_key_prefix + job_id,
+                job_key_prefix + job_id,
+            ],
+        )
 
     def _finish_call(
         self,

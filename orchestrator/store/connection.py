@@ -301,6 +301,25 @@ async def run_script(redis: Redis, script: Any, keys: Sequence[Any], args: Seque
     raise AssertionError("unreachable")
 
 
+async def run_script_with(
+    redis: Redis,
+    script: Any,
+    keys: Sequence[Any],
+    args: Sequence[Any],
+    commands: Sequence[tuple[Any, ...]],
+) -> tuple[Any, list[Any]]:
+    """`run_script` and, after it in the same round trip, plain `commands` (pipelined, no
+    MULTI; each reply or the error Redis refused it with). The script's error is raised;
+    if Redis lacked the script, it alone is loaded and sent again (after the commands)."""
+    first = ("EVALSHA", script.sha, len(keys), *keys, *args)
+    reply, *replies = await _evalshas(redis, [first, *commands])
+    if isinstance(reply, redis_errors.NoScriptError):
+        reply = await run_script(redis, script, keys, args)
+    elif isinstance(reply, Exception):
+        raise reply
+    return reply, replies
+
+
 async def _pipelined(redis: Redis, command: tuple[Any, ...]) -> list[Any]:
     async with redis.pipeline(transaction=False) as pipe:
         pipe.execute_command(*command)

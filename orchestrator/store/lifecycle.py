@@ -62,8 +62,8 @@ async def end_run(
     same script before the terminal entry (or on its own if the run had ended already);
     `StaleAttempt`, writing nothing, if a newer attempt owns the run's writes.
 
-    `rider`: script calls sent after the end's script in its round trip (`Rider`: the
-    job's arq finish), once."""
+    `rider`: commands sent after the end's script in its round trip (`Rider`: the job's
+    arq finish), once."""
     writes = _end_writes(
         settings,
         session_id,

@@ -36,6 +36,7 @@ from orchestrator.store.connection import (
     begin,
     optimistic,
     run_script,
+    run_script_with,
     run_scripts,
     translate_errors,
 )
@@ -403,15 +404,15 @@ class Start:
 
 @dataclass(slots=True)
 class Rider:
-    """Script calls that ride in the round trip of a run's end, after its script (the
+    """Plain commands that ride in the round trip of a run's end, after its script (the
     job's arq finish: the run's record holds its outcome, so the job need not wait for
     a round trip of its own). Sent once, however often the end's script is; their
-    effects are not tied to the end's (each script is atomic on its own).
+    effects are not tied to the end's (nor to each other's: no MULTI).
 
-    `confirmed`: every call was sent and answered without an error. Else (not sent, a
-    refusal, a connection lost on the way) whoever made them does their work itself."""
+    `confirmed`: every command was sent and answered without an error. Else (not sent,
+    a refusal, a connection lost on the way) whoever made them does their work itself."""
 
-    calls: list[tuple[Any, list[Any], list[Any]]]
+    commands: list[tuple[Any, ...]]
     sent: bool = False
     confirmed: bool = False
 
@@ -438,7 +439,7 @@ class EndWrites:
     # whose retention clocks cover the batch's keys): written first, in the same script.
     # A newer attempt's fence refuses the whole end (`StaleAttempt`).
     batch: LastBatch | None = None
-    # Script calls sent after the end's script in its round trip (`Rider`).
+    # Commands sent after the end's script in its round trip (`Rider`).
     rider: Rider | None = None
 
 
@@ -934,12 +935,8 @@ class RunStore:
         if rider is None or rider.sent:
             return await run_script(self._redis, self._end, keys, args)
         rider.sent = True
-        reply, *rest = await run_scripts(
-            self._redis, [(self._end, keys, args), *rider.calls], raise_on_error=False
-        )
-        if isinstance(reply, Exception):
-            raise reply
-        rider.confirmed = not any(isinstance(r, Exception) for r in rest)
+        reply, replies = await run_script_with(self._redis, self._end, keys, args, rider.commands)
+        rider.confirmed = not any(isinstance(r, Exception) for r in replies)
         return reply
 
     async def get(self, run_id: str) -> RunRecord:

@@ -32,7 +32,9 @@ from orchestrator.store import jsonserial
 from orchestrator.store.connection import Redis, connect_arq, run_scripts
 from orchestrator.store.jsonserial import JobDecoder
 from orchestrator.store.queue import JobQueue, job_id
+from orchestrator.store.runs import Rider
 from tests.integration.workerproc import drop_job_keys
+from workers.arq_jobs import JOB_FINISH
 from workers.arq_worker import WakeableWorker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
@@ -663,5 +665,32 @@ async def test_a_first_pick_creates_the_try_counter_with_arqs_ttl_and_a_later_on
         assert retried_try == 2
         assert 0 < retried_ttl <= 600_000
         assert await jobs.leftovers(fresh) == await jobs.leftovers(retried) == []
+    finally:
+        await pool.aclose()
+
+
+async def test_a_job_that_sends_its_own_finish_is_finished_once_and_keeps_no_result(
+    redis_url: str, jobs: Jobs
+) -> None:
+    """`ctx[JOB_FINISH]`: a job may finish itself in a round trip of its own writes (a
+    turn, with its run's end); once that is confirmed the worker keeps no result."""
+    pool = connect_arq(redis_url, jobs.queue)
+
+    async def work(ctx: dict[str, Any], payload: Any) -> dict[str, Any]:
+        rider: Rider = ctx[JOB_FINISH]
+        rider.sent = True
+        for command in rider.commands:
+            await pool.execute_command(*command)
+        rider.confirmed = True
+        jobs.calls.append({"left": await jobs.leftovers(ctx["job_id"])})
+        return {"status": "completed"}
+
+    try:
+        jid = await jobs.enqueue()
+        worker = _worker(pool, jobs, work)
+        await asyncio.wait_for(worker.async_run(), 10)
+        assert jobs.calls == [{"left": []}]  # finished before it returned
+        assert (worker.jobs_complete, worker.jobs_failed) == (1, 0)
+        assert not await pool.exists(result_key_prefix + jid)
     finally:
         await pool.aclose()
