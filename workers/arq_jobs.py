@@ -28,7 +28,9 @@ RETRY_TTL_S = 88400
 # (nil when gone), try, aborted (1: it was in arq's abort set), broken (1: its job or
 # retry key could not be read)}. arq's EXISTS + PSETEX is one SET NX here, after the
 # queue's score (a job that has left the queue since it was listed costs one read). The
-# reads of the job come after it so that a broken job is ours to remove. With a sixth
+# reads of the job come after it so that a broken job is ours to remove. A first try
+# creates the retry counter with arq's TTL in one SET NX (arq: INCR + EXPIRE); a later
+# try counts with INCR, leaving the TTL of the first (a day). With a sixth
 # key (and no claim), the pick reads that key too (a turn's job: its run's record, which
 # its start reads next) and replies with its value (false when missing or not a string)
 # as a sixth element.
@@ -49,9 +51,11 @@ if #KEYS == 7 then
     + f"""
 end
 local job = redis.pcall('GET', KEYS[3])
-local try = redis.pcall('INCR', KEYS[4])
+local try = 1
+if not redis.call('SET', KEYS[4], '1', 'EX', {RETRY_TTL_S}, 'NX') then
+  try = redis.pcall('INCR', KEYS[4])
+end
 if type(job) == 'table' or type(try) == 'table' then return {{score, false, 0, aborted, 1}} end
-redis.call('EXPIRE', KEYS[4], {RETRY_TTL_S})
 if #KEYS == 6 then
   local read = redis.pcall('GET', KEYS[6])
   if type(read) ~= 'string' then read = false end
@@ -107,6 +111,12 @@ return 1
 """
 
 
+# The ctx key of a job's finish (a `store.runs.Rider` of `finish_commands`, for a job
+# that is not a cron job): a job function may send it in the round trip of a write of
+# its own that records the job's outcome. Once it is confirmed, the job is finished,
+# with no result kept, and the worker does not finish it again.
+JOB_FINISH = "job_finish"
+
 # The pick script's reply for a job that some worker has in progress.
 RUNNING = -2
 
@@ -160,3 +170,18 @@ def finish_args(
         "" if keep_in_progress_ms is None else str(keep_in_progress_ms),
         "1" if aborts else "0",
     ]
+
+
+def finish_commands(
+    job_id: str, *, queue: str, abort_set: str | None, keys: list[str]
+) -> list[tuple[Any, ...]]:
+    """FINISH_LUA's effects for a job that finished with no result to keep, as plain
+    commands (no script, no MULTI: they ride in the round trip of another write): it
+    leaves the queue (and the abort set, `abort_set` None: not read), then its keys
+    (`keys`: in-progress, retry, job) go. Cut short after the queue's ZREM, the keys
+    expire on their own; the job is never picked again."""
+    commands: list[tuple[Any, ...]] = [("ZREM", queue, job_id)]
+    if abort_set is not None:
+        commands.append(("ZREM", abort_set, job_id))
+    commands.append(("DEL", *keys))
+    return commands

@@ -55,14 +55,17 @@ from orchestrator.store.connection import (
     translate_errors,
 )
 from orchestrator.store.queue import wake_hint
+from orchestrator.store.runs import Rider
 from workers.arq_jobs import (
     FINISH_LUA,
+    JOB_FINISH,
     PICK_LUA,
     REPAIR_PICK_LUA,
     RETRY_TTL_S,
     RUNNING,
     Picked,
     finish_args,
+    finish_commands,
 )
 from workers.outage import Outage, until_available
 
@@ -529,6 +532,9 @@ class WakeableWorker(Worker):
             "enqueue_time": ms_to_datetime(call.enqueue_time_ms),
             "score": score,
         }
+        rider = None if cron else Rider(self._finish_commands(job_id))
+        if rider is not None:
+            ctx[JOB_FINISH] = rider
         self._started.add(job_id)
         if self.on_job_start:
             await self.on_job_start(ctx)
@@ -544,22 +550,24 @@ class WakeableWorker(Worker):
         )
         keep_s = self.keep_result_s if function.keep_result_s is None else function.keep_result_s
         result_data = None
-        if outcome.result is not _NO_RESULT and (forever or keep_s > 0):
+        finished = rider is not None and rider.confirmed  # by the job (`JOB_FINISH`)
+        if not finished and outcome.result is not _NO_RESULT and (forever or keep_s > 0):
             result_data = self._result(
                 job_id, call, outcome.success, outcome.result, start_ms, outcome.finished_ms, ref
             )
         if self.on_job_end:
             await self.on_job_end(ctx)
-        await asyncio.shield(
-            self._finish(
-                job_id,
-                finish=outcome.finish,
-                result=result_data,
-                result_ms=None if forever else to_ms(keep_s),
-                incr_score=outcome.incr_score,
-                keep_in_progress_ms=to_ms(keep_cronjob_progress) if cron else None,
+        if not finished:
+            await asyncio.shield(
+                self._finish(
+                    job_id,
+                    finish=outcome.finish,
+                    result=result_data,
+                    result_ms=None if forever else to_ms(keep_s),
+                    incr_score=outcome.incr_score,
+                    keep_in_progress_ms=to_ms(keep_cronjob_progress) if cron else None,
+                )
             )
-        )
         if self.after_job_end:
             await self.after_job_end(ctx)
 
@@ -635,7 +643,41 @@ class WakeableWorker(Worker):
         keep_in_progress_ms: int | None = None,
     ) -> None:
         """arq's finish_job / finish_failed_job as one script (`arq_jobs.FINISH_LUA`)."""
-        keys = [
+        script, keys, args = self._finish_call(
+            job_id,
+            finish=finish,
+            result=result,
+            result_ms=result_ms,
+            incr_score=incr_score,
+            keep_in_progress_ms=keep_in_progress_ms,
+        )
+        await run_script(self.pool, script, keys, args)
+
+    def _finish_commands(self, job_id: str) -> list[tuple[Any, ...]]:
+        """`_finish(finish=True, result=None)` as plain commands (`JOB_FINISH`)."""
+        return finish_commands(
+            job_id,
+            queue=self.queue_name,
+            abort_set=abort_jobs_ss if self.allow_abort_jobs else None,
+            keys=[
+                in_progress_key_prefix + job_id,
+                retry_key_prefix + job_id,
+                job_key_prefix + job_id,
+            ],
+        )
+
+    def _finish_call(
+        self,
+        job_id: str,
+        *,
+        finish: bool,
+        result: bytes | None = None,
+        result_ms: int | None = None,
+        incr_score: int | None = None,
+        keep_in_progress_ms: int | None = None,
+    ) -> tuple[Any, list[Any], list[Any]]:
+        """The script call `_finish` makes."""
+        keys: list[Any] = [
             in_progress_key_prefix + job_id,
             self.queue_name,
             abort_jobs_ss,
@@ -652,7 +694,7 @@ class WakeableWorker(Worker):
             keep_in_progress_ms=keep_in_progress_ms,
             aborts=self.allow_abort_jobs,
         )
-        await run_script(self.pool, self._script(FINISH_LUA), keys, args)
+        return self._script(FINISH_LUA), keys, args
 
     async def _repair(self, job_id: str, exc: Exception) -> None:
         """The bookkeeping of a picked job failed. Once Redis answers: a job that never

@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 
 from orchestrator.store.latency import LatencyRecorder
+from workers.arq_jobs import JOB_FINISH
 from workers.turns import TurnExecutor
 
 EXECUTOR = "orchestrator_executor"
@@ -33,7 +34,9 @@ def _ids(payload: Any) -> dict[str, str]:
 
 async def run_turn(ctx: dict[str, Any], payload: Any) -> dict[str, Any]:
     """Run one attempt of an agent turn. `payload` is a RunRequest as JSON; it is validated
-    before use and a malformed one is rejected (recorded, not raised)."""
+    before use and a malformed one is rejected (recorded, not raised). A turn that ends
+    its run finishes its job in the same round trip (`ctx[JOB_FINISH]`), leaving no arq
+    result: the run's record is the result."""
     executor: TurnExecutor = ctx[EXECUTOR]
     recorder: LatencyRecorder | None = ctx.get(RECORDER)
     started = time.monotonic()
@@ -41,7 +44,7 @@ async def run_turn(ctx: dict[str, Any], payload: Any) -> dict[str, Any]:
         enqueued = ctx.get("enqueue_time")
         if recorder is not None and isinstance(enqueued, datetime):
             recorder.observe("dispatch", time.time() - enqueued.timestamp())
-        result = await executor.execute(payload)
+        result = await executor.execute(payload, ctx.get(JOB_FINISH))
         seconds = time.monotonic() - started
         if recorder is not None:
             recorder.observe("turn", seconds)

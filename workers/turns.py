@@ -53,7 +53,7 @@ from orchestrator.store.journal import RedisSessionJournal
 from orchestrator.store.lifecycle import end_run
 from orchestrator.store.memory import MemoryScope, RedisMemoryStore
 from orchestrator.store.queue import JobQueue
-from orchestrator.store.runs import LeaseTable, RunStore, Started
+from orchestrator.store.runs import LeaseTable, Rider, RunStore, Started
 from orchestrator.store.streams import (
     IDLE_TTL_S,
     EventPublisher,
@@ -143,17 +143,20 @@ class TurnExecutor:
         self._memory_limits = MemoryLimits.from_settings(settings)
         self._journal_limits = JournalLimits.from_settings(settings)
 
-    async def execute(self, payload: Any) -> dict[str, Any]:
+    async def execute(self, payload: Any, rider: Rider | None = None) -> dict[str, Any]:
+        """Run the turn `payload` asks for; its result for the job. `rider`: the job's
+        finish, sent in the round trip of the run's end when this job ends the run (its
+        record then holds the outcome; `rider.confirmed` says it was)."""
         try:
             request = RunRequest.from_dict(payload)
         except PayloadError as exc:
             return await self._reject(payload, exc)
         # Nothing has happened yet: while Redis is away, wait for it (keeping the slot).
         outage = Outage(f"start of run {request.run_id}")
-        begun = await until_available(lambda: self._begin(request), outage)
+        begun = await until_available(lambda: self._begin(request, rider), outage)
         if isinstance(begun, dict):
             return begun
-        return await self._run(request, *begun)
+        return await self._run(request, *begun, rider=rider)
 
     async def _reject(self, payload: Any, exc: PayloadError) -> dict[str, Any]:
         """A malformed payload: record the error on its run if it names one, keep serving."""
@@ -170,7 +173,7 @@ class TurnExecutor:
         return {"run_id": run_id, "status": "rejected", "error": message}
 
     async def _begin(
-        self, request: RunRequest
+        self, request: RunRequest, rider: Rider | None = None
     ) -> tuple[RunRecord, str | None, TakenOver | None] | dict[str, Any]:
         """Move the run to RUNNING, take its lease and take over its writes: `(record,
         abort reason, take-over)`, or the job's result if the run is not this job's to
@@ -208,7 +211,7 @@ class TurnExecutor:
             # Aborted before it ever started: it never starts (a started turn is driven
             # to its aborted end instead, so its history and ReactEnd are complete).
             outcome = Outcome(RunStatus.ABORTED, abort_reason=start.abort_reason)
-            await self._finish(start.record, outcome, attempt=request.attempt)
+            await self._finish(start.record, outcome, attempt=request.attempt, rider=rider)
             return outcome.result(request.run_id)
         if start.outcome is not Started.STARTED:
             return {"run_id": request.run_id, "status": "superseded", "error": None}
@@ -220,13 +223,15 @@ class TurnExecutor:
         started: RunRecord,
         reason: str | None,
         taken: TakenOver | None = None,
+        *,
+        rider: Rider | None = None,
     ) -> dict[str, Any]:
         try:
             outcome = await self._run_leased(request, started, reason, taken)
             if outcome.status is RunStatus.WAITING:
                 await self._leases.park(request.run_id, request.attempt, self._worker_id)
                 return outcome.result(request.run_id)
-            await self._finish(started, outcome, attempt=request.attempt, release=True)
+            await self._finish(started, outcome, attempt=request.attempt, release=True, rider=rider)
         except (_LeaseLost, StaleAttempt):
             # StaleAttempt: the end's last batch was refused, a newer attempt owns the
             # run's writes (the end wrote nothing), as when a batch of the turn is refused.
@@ -528,11 +533,12 @@ class TurnExecutor:
         *,
         attempt: int | None = None,
         release: bool = False,
+        rider: Rider | None = None,
     ) -> None:
         """End the run, dropping its checkpoint and (`release`) giving up the lease of
         `attempt` in the same script (`end_run`), which also writes the turn's last
         batch of outputs first (`outcome.last_batch`; `StaleAttempt` if a newer attempt
-        owns the run's writes: nothing is written)."""
+        owns the run's writes: nothing is written). `rider` rides in its round trip."""
         ended = await end_run(
             self._redis,
             self._keys,
@@ -551,6 +557,7 @@ class TurnExecutor:
             release=release,
             drop_checkpoint=True,
             batch=outcome.last_batch,
+            rider=rider,
         )
         # Not ended here: it had already ended (e.g. aborted while queued); the lease of
         # this attempt still goes.

@@ -18,7 +18,7 @@ from orchestrator.settings import Settings
 from orchestrator.store.connection import run_scripts, translate_errors
 from orchestrator.store.forks import ForkTable
 from orchestrator.store.queue import JobQueue
-from orchestrator.store.runs import Ended, EndWrites, RunStore
+from orchestrator.store.runs import Ended, EndWrites, Rider, RunStore
 from orchestrator.store.streams import EventPublisher, LastBatch
 
 _log = structlog.get_logger(__name__)
@@ -38,6 +38,7 @@ async def end_run(
     release: bool = False,
     drop_checkpoint: bool = False,
     batch: LastBatch | None = None,
+    rider: Rider | None = None,
     **fields: Any,
 ) -> RunRecord | None:
     """Record how a run ended, append its terminal status entry to the session stream (so
@@ -59,7 +60,10 @@ async def end_run(
 
     `batch`: the run's publisher's last batch (`EventPublisher.take_last`), written in the
     same script before the terminal entry (or on its own if the run had ended already);
-    `StaleAttempt`, writing nothing, if a newer attempt owns the run's writes."""
+    `StaleAttempt`, writing nothing, if a newer attempt owns the run's writes.
+
+    `rider`: commands sent after the end's script in its round trip (`Rider`: the job's
+    arq finish), once."""
     writes = _end_writes(
         settings,
         session_id,
@@ -67,6 +71,7 @@ async def end_run(
         drop_checkpoint=drop_checkpoint,
         wake_parent=queue is not None,
         batch=batch,
+        rider=rider,
     )
     ended = await RunStore(redis, keys).end(
         run_id,
@@ -109,6 +114,7 @@ def _end_writes(
     drop_checkpoint: bool = False,
     wake_parent: bool = False,
     batch: LastBatch | None = None,
+    rider: Rider | None = None,
 ) -> EndWrites:
     return EndWrites(
         session_id=session_id,
@@ -120,6 +126,7 @@ def _end_writes(
         announce=True,  # the stream's retention starts with the terminal entry
         stream_maxlen=settings.stream_maxlen,
         batch=batch,
+        rider=rider,
     )
 
 

@@ -36,6 +36,7 @@ from orchestrator.store.connection import (
     begin,
     optimistic,
     run_script,
+    run_script_with,
     run_scripts,
     translate_errors,
 )
@@ -401,6 +402,21 @@ class Start:
     taken: TakenOver | None = None
 
 
+@dataclass(slots=True)
+class Rider:
+    """Plain commands that ride in the round trip of a run's end, after its script (the
+    job's arq finish: the run's record holds its outcome, so the job need not wait for
+    a round trip of its own). Sent once, however often the end's script is; their
+    effects are not tied to the end's (nor to each other's: no MULTI).
+
+    `confirmed`: every command was sent and answered without an error. Else (not sent,
+    a refusal, a connection lost on the way) whoever made them does their work itself."""
+
+    commands: list[tuple[Any, ...]]
+    sent: bool = False
+    confirmed: bool = False
+
+
 @dataclass(frozen=True)
 class EndWrites:
     """What ending a run writes besides its record, in the same script (`RunStore.end`)."""
@@ -423,6 +439,8 @@ class EndWrites:
     # whose retention clocks cover the batch's keys): written first, in the same script.
     # A newer attempt's fence refuses the whole end (`StaleAttempt`).
     batch: LastBatch | None = None
+    # Commands sent after the end's script in its round trip (`Rider`).
+    rider: Rider | None = None
 
 
 @dataclass(frozen=True)
@@ -902,15 +920,23 @@ class RunStore:
         ]
         batch = writes.batch
         if batch is None or batch.is_delivered or batch.is_dropped:
-            return _end_reply(run_id, await run_script(self._redis, self._end, keys, args))
+            return _end_reply(run_id, await self._send_end(keys, args, writes.rider))
         if not writes.announce:
             raise ValueError("an end with the publisher's last batch must announce the end")
-        reply = _end_reply(
-            run_id, await run_script(self._redis, self._end, keys, [*args, *batch.args()])
-        )
+        reply = _end_reply(run_id, await self._send_end(keys, [*args, *batch.args()], writes.rider))
         if reply[0] == -1:
             batch.refused(reply[1])
         batch.delivered()
+        return reply
+
+    async def _send_end(self, keys: list[Any], args: list[Any], rider: Rider | None) -> Any:
+        """The end's script, with the rider's calls after it in the same round trip the
+        first time (`Rider`)."""
+        if rider is None or rider.sent:
+            return await run_script(self._redis, self._end, keys, args)
+        rider.sent = True
+        reply, replies = await run_script_with(self._redis, self._end, keys, args, rider.commands)
+        rider.confirmed = not any(isinstance(r, Exception) for r in replies)
         return reply
 
     async def get(self, run_id: str) -> RunRecord:

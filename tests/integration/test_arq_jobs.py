@@ -32,7 +32,9 @@ from orchestrator.store import jsonserial
 from orchestrator.store.connection import Redis, connect_arq, run_scripts
 from orchestrator.store.jsonserial import JobDecoder
 from orchestrator.store.queue import JobQueue, job_id
+from orchestrator.store.runs import Rider
 from tests.integration.workerproc import drop_job_keys
+from workers.arq_jobs import JOB_FINISH
 from workers.arq_worker import WakeableWorker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
@@ -635,4 +637,60 @@ async def test_a_wake_up_naming_the_only_job_it_queued_costs_no_queue_read(
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+        await pool.aclose()
+
+
+async def test_a_first_pick_creates_the_try_counter_with_arqs_ttl_and_a_later_one_keeps_it(
+    redis_url: str, jobs: Jobs
+) -> None:
+    """A job's first try makes its counter with arq's TTL (a day); a later try counts on
+    it without pushing that expiry back (arq refreshed it on every try)."""
+    pool = connect_arq(redis_url, jobs.queue)
+    seen: dict[str, tuple[int, int]] = {}
+
+    async def work(ctx: dict[str, Any], payload: Any) -> None:
+        ttl_ms = await pool.pttl(retry_key_prefix + ctx["job_id"])
+        seen[ctx["job_id"]] = (ctx["job_try"], ttl_ms)
+
+    try:
+        fresh = await jobs.enqueue()
+        retried = await jobs.enqueue()
+        await pool.set(retry_key_prefix + retried, 1, ex=600)  # a dead worker's pick
+        worker = _worker(pool, jobs, work, function_tries=2)
+        await asyncio.wait_for(worker.async_run(), 10)
+        fresh_try, fresh_ttl = seen[fresh]
+        assert fresh_try == 1
+        assert 88_000_000 < fresh_ttl <= 88_400_000
+        retried_try, retried_ttl = seen[retried]
+        assert retried_try == 2
+        assert 0 < retried_ttl <= 600_000
+        assert await jobs.leftovers(fresh) == await jobs.leftovers(retried) == []
+    finally:
+        await pool.aclose()
+
+
+async def test_a_job_that_sends_its_own_finish_is_finished_once_and_keeps_no_result(
+    redis_url: str, jobs: Jobs
+) -> None:
+    """`ctx[JOB_FINISH]`: a job may finish itself in a round trip of its own writes (a
+    turn, with its run's end); once that is confirmed the worker keeps no result."""
+    pool = connect_arq(redis_url, jobs.queue)
+
+    async def work(ctx: dict[str, Any], payload: Any) -> dict[str, Any]:
+        rider: Rider = ctx[JOB_FINISH]
+        rider.sent = True
+        for command in rider.commands:
+            await pool.execute_command(*command)
+        rider.confirmed = True
+        jobs.calls.append({"left": await jobs.leftovers(ctx["job_id"])})
+        return {"status": "completed"}
+
+    try:
+        jid = await jobs.enqueue()
+        worker = _worker(pool, jobs, work)
+        await asyncio.wait_for(worker.async_run(), 10)
+        assert jobs.calls == [{"left": []}]  # finished before it returned
+        assert (worker.jobs_complete, worker.jobs_failed) == (1, 0)
+        assert not await pool.exists(result_key_prefix + jid)
+    finally:
         await pool.aclose()

@@ -599,6 +599,25 @@ async def test_sigterm_lets_a_running_turn_finish_or_hands_it_to_another_worker(
     assert_history_valid(response_of(outputs).messages)
 
 
+async def test_a_completed_turns_job_is_finished_with_its_end_and_keeps_no_arq_result(
+    client: Client, workers: WorkerPool, redis: Redis, keys: Keys
+) -> None:
+    """The run's record is the job's result: a turn that ends its run finishes its arq job
+    in the end's round trip, and no copy of the job (arq's result, kept an hour) is left."""
+    await workers.start(1)
+    run = await client.submit(ASSISTANT, "hello")
+    assert (await asyncio.wait_for(run.result(), 10)).status is RunStatus.COMPLETED
+    jid = job_id(run.run_id, 1)
+
+    async def finished() -> bool:
+        left = await redis.exists(job_key_prefix + jid, in_progress_key_prefix + jid)
+        return left == 0 and await redis.zscore(keys.queue(), jid) is None
+
+    await wait_until(finished, 10, "the job to be finished")
+    await asyncio.sleep(0.2)  # a finish of its own after the job returned would come now
+    assert not await redis.exists(result_key_prefix + jid)
+
+
 # -- bad input --------------------------------------------------------------------------------
 
 
