@@ -250,6 +250,7 @@ class RedisForkBackend:
                 statuses,
                 session_id=session,
                 maxlen=self._settings.stream_maxlen,
+                items_per_entry=self._settings.stream_items_per_entry,
             )
             for session, statuses in queued.items()
         ]
