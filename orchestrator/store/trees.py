@@ -55,9 +55,14 @@ def stream_id_ms(entry_id: str) -> int:
 
 @dataclass
 class AgentTrace:
-    """What one agent's stream entries say, without decoding its events."""
+    """What one agent's stream entries say, without decoding its events.
+
+    `entries`: the stream entries it wrote (one XADD each: its own, and a batch of its
+    forks' "queued" statuses in one entry); `outputs`: its own outputs (events, responses,
+    its statuses), which several to an entry (see `orchestrator.store.streams`)."""
 
     entries: int = 0
+    outputs: int = 0
     first_id: str | None = None
     last_id: str | None = None
     # Status entries seen (status, at), in stream order.
@@ -65,8 +70,10 @@ class AgentTrace:
     # Intervals suspended in a gather: (from, until); until None while still waiting.
     waits: list[tuple[float, float | None]] = field(default_factory=list)
 
-    def note(self, entry_id: str, status: StatusEntry | None) -> None:
-        self.entries += 1
+    def note(self, entry_id: str, status: StatusEntry | None, *, wrote: bool = True) -> None:
+        """One of its outputs (`wrote`: in an entry of its own, counted as one)."""
+        self.entries += wrote
+        self.outputs += 1
         if self.first_id is None:
             self.first_id = entry_id
         self.last_id = entry_id
@@ -97,6 +104,10 @@ class TreeScan:
     @property
     def entries(self) -> int:
         return sum(a.entries for a in self.agents.values())
+
+    @property
+    def outputs(self) -> int:
+        return sum(a.outputs for a in self.agents.values())
 
 
 @dataclass(frozen=True)
@@ -144,7 +155,8 @@ class _ScanPass:
             trace.note(text(raw_id), status)
 
     def _note_items(self, raw_id: Any, fields: Mapping[Any, Any]) -> None:
-        """A v2 entry's items, each read as `note` reads a v1 entry."""
+        """A v2 entry's items, each read as `note` reads a v1 entry; the entry counts
+        once, for the agent that wrote it (`_writer`)."""
         entry_id = text(raw_id)
         try:
             named = {text(k): v for k, v in fields.items()}
@@ -152,6 +164,7 @@ class _ScanPass:
         except PayloadError as exc:
             self._warn(raw_id, exc)
             return
+        mine: list[tuple[str, Any, StatusEntry | None]] = []
         for index in range(count):
             id_ = item_id(entry_id, index, count)
             run, root = named.get(f"r{index}"), named.get(f"o{index}")
@@ -169,9 +182,17 @@ class _ScanPass:
                 except (PayloadError, KeyError) as exc:
                     self._warn(id_, PayloadError(str(exc)))
                     continue
+            mine.append((id_, run, status))
+        writer = _writer(mine)
+        for id_, run, status in mine:
             trace = self._by_raw.get(run) or self._new_trace(id_, run)
             if trace is not None:
-                trace.note(id_, status)
+                trace.note(id_, status, wrote=False)
+        trace = None if writer is None else self._by_raw.get(writer)
+        if trace is None and writer is not None:
+            trace = self._new_trace(entry_id, writer)
+        if trace is not None:
+            trace.entries += 1
 
     def _new_trace(self, raw_id: Any, run: Any) -> AgentTrace | None:
         if len(self._by_raw) >= self._max_agents:
@@ -279,6 +300,21 @@ class TreeReader:
                         return LanePage(entries, next_after=id_)
             if len(page) < _PAGE:
                 return LanePage(entries, next_after=None)
+
+
+def _writer(items: builtins.list[tuple[str, Any, StatusEntry | None]]) -> Any:
+    """The (raw) run id of the agent that wrote an entry's items: their run, or for a batch
+    of forks' statuses (several runs) the forks' parent."""
+    if not items:
+        return None
+    runs = {run for _, run, _ in items}
+    first = items[0]
+    if len(runs) == 1:
+        return first[1]
+    fork = first[2].fork if first[2] is not None else None
+    if fork is None:
+        return first[1]
+    return fork.parent_run_id.encode() if isinstance(first[1], bytes) else fork.parent_run_id
 
 
 def _lane_items(

@@ -11,12 +11,19 @@ import pytest
 
 from orchestrator.keys import Keys
 from orchestrator.runs import StreamEntry
+from orchestrator.settings import Settings
 from orchestrator.store.connection import Redis
 from orchestrator.store.streams import EventPublisher, StreamReader
 from tests.fixtures_api import AGENT, ApiFactory, parse_sse
 from tests.fixtures_redis import event_output, kill_connections, payloads
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
+
+
+@pytest.fixture
+def api_settings(redis_url: str, keys: Keys, redis: Redis) -> Settings:
+    """The API's and worker's settings: outputs written together share an entry."""
+    return Settings(redis_url=redis_url, key_prefix=keys.prefix, stream_items_per_entry=64)
 
 
 def _publisher(redis: Redis, keys: Keys) -> EventPublisher:

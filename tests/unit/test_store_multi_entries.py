@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from orchestrator.events import CustomEvent, EventOrigin, EventYield, ResponseYield
 from orchestrator.keys import Keys
-from orchestrator.runs import RunRecord, RunStatus, StatusEntry, StreamEntry
+from orchestrator.runs import ForkInfo, RunRecord, RunStatus, StatusEntry, StreamEntry
 from orchestrator.settings import Settings
 from orchestrator.store.connection import run_scripts
 from orchestrator.store.lifecycle import end_run
@@ -223,14 +223,29 @@ def _tick(run_id: str, seq: int) -> EventYield:
 async def test_a_tree_scan_counts_outputs_and_a_lane_pages_through_mid_entry_ids(
     fake_redis: Any, keys: Keys
 ) -> None:
+    """The tree's view counts each agent's outputs, and each entry once, for the agent
+    that wrote it (a batch of forks' statuses: their parent), so the entries add up to
+    the stream's length."""
     fork = "root.fork_1"
-    statuses = [(StatusEntry(run_id=fork, status=RunStatus.QUEUED), "root")]
-    statuses.append((StatusEntry(run_id="root.fork_2", status=RunStatus.QUEUED), "root"))
-    await run_scripts(fake_redis, [statuses_call(fake_redis, keys, statuses, session_id="s1")])
-    await run_scripts(
-        fake_redis,
-        [statuses_call(fake_redis, keys, statuses[:1], session_id="s1", items_per_entry=64)],
-    )
+    statuses = [
+        (
+            StatusEntry(
+                run_id=f"root.fork_{n}",
+                status=RunStatus.QUEUED,
+                fork=ForkInfo(
+                    fork_id=f"fork_{n}",
+                    root_run_id="root",
+                    parent_run_id="root",
+                    depth=1,
+                    fork_seq=n,
+                ),
+            ),
+            "root",
+        )
+        for n in (1, 2)
+    ]
+    call = statuses_call(fake_redis, keys, statuses, session_id="s1", items_per_entry=64)
+    await run_scripts(fake_redis, [call])
     root = _publisher(fake_redis, keys, "root")
     mine = _publisher(fake_redis, keys, fork, root_run_id="root")
     for seq in range(3):
@@ -240,14 +255,20 @@ async def test_a_tree_scan_counts_outputs_and_a_lane_pages_through_mid_entry_ids
     await mine.close(expire=False)
 
     scan = await TreeReader(fake_redis, keys).scan("s1", "root")
-    assert {run: a.entries for run, a in scan.agents.items()} == {
-        fork: 5,
+    assert {run: a.outputs for run, a in scan.agents.items()} == {
+        fork: 4,
         "root.fork_2": 1,
         "root": 3,
     }
-    assert [s for s, _ in scan.agents[fork].statuses] == [RunStatus.QUEUED, RunStatus.QUEUED]
+    assert {run: a.entries for run, a in scan.agents.items()} == {
+        fork: 1,
+        "root.fork_2": 0,
+        "root": 2,
+    }
+    assert scan.entries == await fake_redis.xlen(keys.events("s1")) == 3
+    assert [s for s, _ in scan.agents[fork].statuses] == [RunStatus.QUEUED]
     whole = await TreeReader(fake_redis, keys).lane("s1", fork)
-    assert len(whole.entries) == 5
+    assert len(whole.entries) == 4
     every = [e.id for e in whole.entries]
     last = every[-1]
     assert every[-3:] == [f"{last}.0", f"{last}.1", last]  # the fork's batch: one entry
