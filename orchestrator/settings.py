@@ -31,6 +31,12 @@ class Settings(BaseModel):
 
     # Event streams: trimmed with MAXLEN ~ while a run is live, expired once it ends.
     stream_maxlen: int = Field(default=100_000, ge=100)
+    # How many outputs written together (a publisher's batch, a run's end, a batch of a
+    # parent's forks' statuses) share one stream entry: one XADD (more than 64 is taken
+    # as 64). 1 (for now the default) writes one output per entry, which readers older
+    # than the v2 entry format read too: raise it once every reader (clients, API) runs
+    # a build that reads v2 entries. `stream_maxlen` counts entries.
+    stream_items_per_entry: int = Field(default=1, ge=1)
     stream_retention_s: int = Field(default=86_400, ge=1)
     # Run records (status, result) are kept this long after the run ends.
     run_retention_s: int = Field(default=7 * 86_400, ge=1)

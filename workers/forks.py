@@ -234,15 +234,17 @@ class RedisForkBackend:
         records = [self._record_of(r) for r in requests]
         created = await self._runs.create_many(records)
         # Readers learn of each new fork (a "queued" entry) before any later event of its
-        # parent, so they know to wait for its end: one script per session for the batch.
-        queued: dict[str, list[tuple[StatusEntry, str]]] = {}
+        # parent, so they know to wait for its end: one script per parent for the batch
+        # (one stream entry: a tree's view counts it for the parent that wrote it).
+        queued: dict[tuple[str, str], list[tuple[StatusEntry, str]]] = {}
         for request, new in zip(requests, created, strict=True):
             if new:
                 assert request.fork is not None
                 status = StatusEntry(
                     run_id=request.run_id, status=RunStatus.QUEUED, fork=request.fork
                 )
-                queued.setdefault(request.session_id, []).append((status, request.fork.root_run_id))
+                parent = (request.session_id, request.fork.parent_run_id)
+                queued.setdefault(parent, []).append((status, request.fork.root_run_id))
         calls = [
             statuses_call(
                 self._redis,
@@ -250,8 +252,9 @@ class RedisForkBackend:
                 statuses,
                 session_id=session,
                 maxlen=self._settings.stream_maxlen,
+                items_per_entry=self._settings.stream_items_per_entry,
             )
-            for session, statuses in queued.items()
+            for (session, _parent), statuses in queued.items()
         ]
         calls += self._queue.enqueue_calls(requests)
         async with translate_errors("fork start"):

@@ -338,6 +338,7 @@ class TurnExecutor:
             run_id=request.run_id,
             root_run_id=request.root_run_id,
             maxlen=self._settings.stream_maxlen,
+            items_per_entry=self._settings.stream_items_per_entry,
             ttl_after_end_s=self._settings.stream_retention_s,
             attempt=request.attempt,
             stream_ttls=self._stream_ttls,

@@ -48,8 +48,9 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 KEEPALIVE = b": keep-alive\n\n"
-# What XREAD accepts after: "ms-seq", "ms", or "$" (only entries newer than now).
-RESUME_ID_PATTERN = re.compile(r"^(\d{1,20}(-\d{1,20})?|\$)$")
+# What a read resumes after: "ms-seq", an item id "ms-seq.i" (an output of an entry of
+# several, `orchestrator.store.streams`), "ms", or "$" (only entries newer than now).
+RESUME_ID_PATTERN = re.compile(r"^(\d{1,20}(-\d{1,20}(\.\d{1,5})?)?|\$)$")
 # Browsers wait this long before reconnecting a dropped stream.
 RETRY_MS = 1000
 # A batch holds what arrives within this long of its first entry, up to BATCH_MAX entries.

@@ -22,7 +22,8 @@ __all__ = ["LaneEntries", "router"]
 _ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody} for code in (400, 401, 404, 422, 503)
 }
-STREAM_ID = r"^\d{1,20}(-\d{1,20})?$"
+# A stream id, or an item id ("ms-seq.i": an output of an entry of several).
+STREAM_ID = r"^\d{1,20}(-\d{1,20}(\.\d{1,5})?)?$"
 
 router = APIRouter(prefix="/v1/runs", tags=["trees"], responses=_ERRORS)
 

@@ -48,8 +48,15 @@ class TreeAgent(BaseModel):
     error_type: str | None = None
     abort_reason: str | None = None
     forks: int = Field(default=0, description="How many forks it spawned.")
-    entries: int = Field(default=0, description="Its stream entries (events and statuses).")
-    first_id: str | None = Field(default=None, description="The stream id of its first entry.")
+    entries: int = Field(
+        default=0,
+        description="The stream entries it wrote (one XADD each; its forks' queued statuses"
+        " written together count for it).",
+    )
+    outputs: int = Field(
+        default=0, description="Its outputs in the stream (events, responses, statuses)."
+    )
+    first_id: str | None = Field(default=None, description="The stream id of its first output.")
 
 
 class TreeTotals(BaseModel):
@@ -59,6 +66,7 @@ class TreeTotals(BaseModel):
     tokens: int
     cost: float | None = Field(description="Null when no agent's usage carries a cost.")
     entries: int
+    outputs: int = 0
 
 
 class RunTree(BaseModel):
@@ -111,6 +119,7 @@ def _of_record(record: RunRecord, trace: AgentTrace | None) -> TreeAgent:
         error_type=record.error_type,
         abort_reason=record.abort_reason,
         entries=trace.entries if trace else 0,
+        outputs=trace.outputs if trace else 0,
         first_id=trace.first_id if trace else None,
     )
 
@@ -142,6 +151,7 @@ def _of_stream(run_id: str, root_run_id: str, trace: AgentTrace) -> TreeAgent:
         finished_at=ended,
         waits=list(trace.waits),
         entries=trace.entries,
+        outputs=trace.outputs,
         first_id=trace.first_id,
     )
 
@@ -171,6 +181,7 @@ def build_tree(records: Iterable[RunRecord], scan: TreeScan, *, generated_at: fl
         tokens=sum(a.tokens or 0 for a in agents),
         cost=sum(costs) if costs else None,
         entries=sum(a.entries for a in agents),
+        outputs=sum(a.outputs for a in agents),
     )
     return RunTree(
         run_id=top.run_id,

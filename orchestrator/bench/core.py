@@ -486,7 +486,13 @@ class Bench:
 
     async def _publish(self, outputs: Sequence[EventYield], *, streamed: bool) -> tuple[float, int]:
         session = uuid.uuid4().hex
-        publisher = EventPublisher(self.raw, self.keys, session_id=session, run_id=session)
+        publisher = EventPublisher(
+            self.raw,
+            self.keys,
+            session_id=session,
+            run_id=session,
+            items_per_entry=Settings().stream_items_per_entry,  # as a worker's
+        )
         t0 = time.perf_counter()
         for output in outputs:
             publisher.publish(output)

@@ -287,20 +287,21 @@ local done = ARGV[17] == ''
 if not done and not fresh then
   done = redis.call('HGET', KEYS[14], marker) or redis.call('HGET', KEYS[15], 'end:' .. ARGV[3])
 end
--- The batch's entries, then the terminal entry; the end's marker in the batch's HSET,
--- and the batch's checkpoint state not written if the end drops it.
+-- The batch's entries, then the terminal entry (in the batch's entry when it allows
+-- several items); the end's marker in the batch's HSET, and the batch's checkpoint state
+-- not written if the end drops it.
 if batch then
   publish_write(KEYS[13], KEYS[14], KEYS[6], KEYS[5], 19, done and {} or {marker, '1'},
-    ARGV[13] ~= '1')
+    ARGV[13] ~= '1', (not done) and {'status', ARGV[3], ARGV[17], ARGV[18]} or nil)
 elseif not done then
   redis.call('HSET', KEYS[14], marker, '1')
+  add_entry(KEYS[13], ARGV[19], 'status', ARGV[3], ARGV[17], ARGV[18])
 end
 -- After the batch: its first checkpoint may have made the key just now.
 if ARGV[13] == '1' then
   redis.call('HDEL', KEYS[5], 'state')
   redis.call('EXPIRE', KEYS[5], ARGV[14])
 end
-if not done then add_entry(KEYS[13], ARGV[19], 'status', ARGV[3], ARGV[17], ARGV[18]) end
 if ARGV[17] ~= '' then
   redis.call('EXPIRE', KEYS[13], ARGV[7])
   redis.call('EXPIRE', KEYS[14], ARGV[7])

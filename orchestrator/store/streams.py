@@ -1,9 +1,27 @@
 """Session event streams: `EventPublisher` (worker side) and `StreamReader` (client side).
 
 One Redis stream per session holds every output of every run in it, in order. An entry
-has four fields: `v` ("1"), `kind` ("event", "response" or "status"), `run` (run id)
-and `data` (the output's JSON, or a `StatusEntry`'s JSON), plus `root` (the root run of
-the fork tree) on the entries of fork runs.
+holds one output or several:
+
+- v1, one output: `v` ("1"), `kind` ("event", "response" or "status"), `run` (run id)
+  and `data` (the output's JSON, or a `StatusEntry`'s JSON), plus `root` (the root run
+  of the fork tree) on the entries of fork runs.
+- v2, n outputs (2 to `MAX_ITEMS_PER_ENTRY`) written by one XADD: `v` ("2"), `n`, and
+  for each item i (0-based) `k<i>` (kind), `r<i>` (run), `d<i>` (data) and, for a fork's
+  item, `o<i>` (its root): the items of one entry may be of different runs (a batch of
+  forks' "queued" statuses). Each item's data is decoded as a v1 entry's is.
+
+A publisher's batch, a run's end (its last batch and its terminal status) and a batch of
+forks' statuses are one entry each when the writer allows several items per entry
+(`items_per_entry`, `Settings.stream_items_per_entry`); readers read both versions.
+
+Ids: every output a reader yields has its own id, usable as a cursor (`after=`, an API's
+`Last-Event-ID`). The output of a v1 entry, and the last item of a v2 entry, has the plain
+entry id ("<ms>-<seq>"); item i of the others is "<ms>-<seq>.<i>". So ids order as
+(ms, seq, i) with the plain id last in its entry, and resuming after a plain id resumes
+after the whole entry (as older readers did). Resuming after "<ms>-<seq>.<i>" reads that
+entry again and skips its items up to i. Stream lengths (XLEN, MAXLEN trimming, a read's
+`count`) count entries, not outputs.
 
 Publishing never waits for Redis: `publish()` appends to a buffer and a background task
 sends whatever has accumulated in one script call (`_PUBLISH_LUA`: atomic, one round
@@ -61,6 +79,8 @@ __all__ = [
     "ADD_ENTRY_FUNCTION_LUA",
     "DEFAULT_BLOCK_MS",
     "IDLE_TTL_S",
+    "MAX_ITEMS_PER_ENTRY",
+    "MULTI_WIRE_VERSION",
     "PUBLISH_FUNCTION_LUA",
     "TAKE_OVER_FUNCTION_LUA",
     "WIRE_VERSION",
@@ -73,6 +93,11 @@ __all__ = [
     "TakenOver",
     "connect_blocking",
     "decode_entry",
+    "decode_item",
+    "decode_items",
+    "item_count",
+    "item_id",
+    "split_item_id",
     "statuses_call",
     "taken_over",
 ]
@@ -80,6 +105,10 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 WIRE_VERSION = "1"
+# An entry of several outputs (see the module docstring).
+MULTI_WIRE_VERSION = "2"
+# The most outputs one entry holds (a longer batch takes several entries).
+MAX_ITEMS_PER_ENTRY = 64
 # How long a live tail waits in one blocking XREAD; its client's read timeout must exceed it.
 DEFAULT_BLOCK_MS = 5000
 _KINDS = frozenset({"event", "response", "status"})
@@ -116,6 +145,9 @@ class _Pending:
 # One stream entry: the fields every reader parses (`StreamEntry`), written the same way
 # by every script that appends to a session stream (a publisher's batch, a batch of forks'
 # status entries, a run's terminal entry in its end). `root` "" = the run is its own root.
+# `add_items` writes several outputs, {kind, run, data, root} x n (a flat table), as few
+# entries as `per` (items per entry, at most 64) allows: one item alone as a v1 entry,
+# more as v2 entries (the module docstring has both formats).
 ADD_ENTRY_FUNCTION_LUA = """
 local function add_entry(stream, maxlen, kind, run, data, root)
   if root == '' then
@@ -124,6 +156,35 @@ local function add_entry(stream, maxlen, kind, run, data, root)
   end
   return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
     'v', '1', 'kind', kind, 'run', run, 'data', data, 'root', root)
+end
+local function add_items(stream, maxlen, items, per)
+  local n = #items / 4
+  per = math.max(1, math.min(tonumber(per) or 1, 64))
+  local first = 0
+  while first < n do
+    local count = math.min(per, n - first)
+    if count == 1 then
+      local at = 4 * first
+      add_entry(stream, maxlen, items[at + 1], items[at + 2], items[at + 3], items[at + 4])
+    else
+      local args = {'XADD', stream, 'MAXLEN', '~', maxlen, '*', 'v', '2', 'n', tostring(count)}
+      for i = 0, count - 1 do
+        local at, s = 4 * (first + i), tostring(i)
+        args[#args + 1] = 'k' .. s
+        args[#args + 1] = items[at + 1]
+        args[#args + 1] = 'r' .. s
+        args[#args + 1] = items[at + 2]
+        args[#args + 1] = 'd' .. s
+        args[#args + 1] = items[at + 3]
+        if items[at + 4] ~= '' then
+          args[#args + 1] = 'o' .. s
+          args[#args + 1] = items[at + 4]
+        end
+      end
+      redis.call(unpack(args))
+    end
+    first = first + count
+  end
 end
 """
 
@@ -146,7 +207,8 @@ end
 #       checkpoint state ("" = none),
 #       check ("1": a batch this publisher may have delivered already; its marker says),
 #       persist ("1": the publisher's first checkpoint: clear the key's TTL; "2": the
-#       publisher has saved a checkpoint before, so the key's attempt is its own)
+#       publisher has saved a checkpoint before, so the key's attempt is its own),
+#       items per entry (`add_items`; absent = 1)
 # Returns {1} written, {2} written before, {0, fence} refused (nothing written).
 PUBLISH_FUNCTION_LUA = """
 local function batch_at(base)
@@ -180,13 +242,19 @@ end
 -- Write a checked batch. `marks`: more {field, value} pairs for its seqs HSET; `keep`:
 -- save its checkpoint's state (false: the caller drops the state anyway; its attempt,
 -- the checkpoint's fence, is written all the same unless an earlier batch of the
--- publisher wrote it: "2" below).
-local function publish_write(stream, seqs, fence, checkpoint, base, marks, keep)
+-- publisher wrote it: "2" below); `after`: more items ({kind, run, data, root} x n) to
+-- write after the batch's, in the same entries (a run's terminal status).
+local function publish_write(stream, seqs, fence, checkpoint, base, marks, keep, after)
   local nseqs, at, nentries, state = batch_at(base)
+  local items = {}
   for i = 0, nentries - 1 do
-    add_entry(stream, ARGV[base + 4], ARGV[at + 1 + 2 * i], ARGV[base + 8],
-      ARGV[at + 2 + 2 * i], ARGV[base + 9])
+    items[#items + 1] = ARGV[at + 1 + 2 * i]
+    items[#items + 1] = ARGV[base + 8]
+    items[#items + 1] = ARGV[at + 2 + 2 * i]
+    items[#items + 1] = ARGV[base + 9]
   end
+  for i = 1, #(after or {}) do items[#items + 1] = after[i] end
+  add_items(stream, ARGV[base + 4], items, ARGV[at + 4 + 2 * nentries])
   local pairs_ = {'batch:' .. ARGV[base + 2], ARGV[base + 3]}
   for i = 0, nseqs - 1 do
     pairs_[#pairs_ + 1] = ARGV[base + 11 + 2 * i]
@@ -212,7 +280,9 @@ local function publish_write(stream, seqs, fence, checkpoint, base, marks, keep)
 end
 local function publish(stream, seqs, publishers, fence, checkpoint, base)
   local checked = publish_check(seqs, publishers, fence, checkpoint, base)
-  if checked[1] == 1 then publish_write(stream, seqs, fence, checkpoint, base, {}, true) end
+  if checked[1] == 1 then
+    publish_write(stream, seqs, fence, checkpoint, base, {}, true, nil)
+  end
   return checked
 end
 """
@@ -389,6 +459,10 @@ class EventPublisher:
     names the publisher for good: a second publisher with the same id does not repeat a
     batch the first one delivered (for writes retried by another process, such as a
     run's end).
+
+    `items_per_entry`: how many outputs of one batch share a stream entry (one XADD); 1
+    (the default) writes one output per entry, which readers of every version read (see
+    the module docstring; workers take `Settings.stream_items_per_entry`).
     """
 
     def __init__(
@@ -407,6 +481,7 @@ class EventPublisher:
         publisher_id: str | None = None,
         stream_ttls: StreamTtls | None = None,
         taken: TakenOver | None = None,
+        items_per_entry: int = 1,
     ) -> None:
         self._redis = redis
         self.session_id = session_id
@@ -433,6 +508,7 @@ class EventPublisher:
         self._taken = taken
         self.attempt = attempt
         self._maxlen = maxlen
+        self._items_per_entry = max(1, min(MAX_ITEMS_PER_ENTRY, items_per_entry))
         self._ttl_after_end_s = ttl_after_end_s
         self._idle_ttl_s = idle_ttl_s
         self._retry_delays = tuple(retry_delays_s)
@@ -770,6 +846,7 @@ class EventPublisher:
         args.append(state)
         args.append("1" if check else "0")
         args.append("2" if self._saved_checkpoint else "0" if self._checkpointed else "1")
+        args.append(str(self._items_per_entry))
         return args
 
     def _give_up(self, exc: OrchestratorError) -> None:
@@ -793,16 +870,23 @@ class EventPublisher:
 
 
 # Status entries of several runs of one session (a batch of forks queued), atomically,
-# unfenced and without a batch marker (sent once: nothing retries them by publisher).
+# unfenced and without a batch marker (sent once: nothing retries them by publisher),
+# `per` of them to an entry (`add_items`).
 # KEYS: stream, seqs; ARGV: maxlen, idle ttl, n, (run, root, data) x n
-# ("" root = the run). The session's stream keys get the idle TTL, as a first batch does.
+# ("" root = the run), per. The session's stream keys get the idle TTL, as a first batch
+# does.
 _STATUSES_LUA = (
     ADD_ENTRY_FUNCTION_LUA
     + """
 local n = tonumber(ARGV[3])
+local items = {}
 for i = 0, n - 1 do
-  add_entry(KEYS[1], ARGV[1], 'status', ARGV[4 + 3 * i], ARGV[6 + 3 * i], ARGV[5 + 3 * i])
+  items[#items + 1] = 'status'
+  items[#items + 1] = ARGV[4 + 3 * i]
+  items[#items + 1] = ARGV[6 + 3 * i]
+  items[#items + 1] = ARGV[5 + 3 * i]
 end
+add_items(KEYS[1], ARGV[1], items, ARGV[4 + 3 * n])
 for i = 1, 2 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
 return n
 """
@@ -817,16 +901,19 @@ def statuses_call(
     session_id: str,
     maxlen: int = 100_000,
     ttl_s: int = 7 * 86_400,
+    items_per_entry: int = 1,
 ) -> tuple[Any, list[str], list[Any]]:
     """The script call that appends the status entries of several runs of one session
     (each with its root run id), in order, in one command: what a fresh publisher sends for
-    each of them, without a batch marker (so, not for a write that may be repeated).
+    each of them, without a batch marker (so, not for a write that may be repeated), up
+    to `items_per_entry` of them in one stream entry.
     For a caller batching it with other writes in one round trip (`run_scripts`)."""
     script = redis.register_script(_STATUSES_LUA)
     names = [keys.events(session_id), keys.seqs(session_id)]
     args: list[Any] = [str(maxlen), str(ttl_s), str(len(statuses))]
     for status, root in statuses:
         args += [status.run_id, "" if root == status.run_id else root, status.to_json()]
+    args.append(str(max(1, min(MAX_ITEMS_PER_ENTRY, items_per_entry))))
     return script, names, args
 
 
@@ -881,9 +968,11 @@ class StreamReader:
         count: int = 500,
         block_ms: int | None = None,
     ) -> list[StreamEntry]:
-        """Up to `count` entries after `after` (None: from the start; "$": only new ones).
+        """About `count` entries after `after` (None: from the start; "$": only new ones).
 
-        With `block_ms`, waits up to that long for an entry when there is none yet.
+        `count` counts stream entries, each of which may hold several outputs: a page has
+        at most `count` x `MAX_ITEMS_PER_ENTRY` of them. With `block_ms`, waits up to that
+        long for an entry when there is none yet.
         """
         page = await self.read_page(session_id, after=after, count=count, block_ms=block_ms)
         return page.entries
@@ -898,8 +987,9 @@ class StreamReader:
     ) -> StreamPage:
         """Like `read`, and also says which raw entry to resume after."""
         stream = self._keys.events(session_id)
-        raw = await self._xread(stream, "0-0" if after is None else after, count, block_ms)
-        return self._decode_page(stream, raw)
+        start, skip = _resume_point("0-0" if after is None else after)
+        raw = await self._xread(stream, start, count, block_ms)
+        return self._decode_page(stream, raw, skip)
 
     async def tail(
         self,
@@ -920,6 +1010,7 @@ class StreamReader:
         `stop_at_terminal` stops once the run has ended (with `run_id`: the run and every
         fork of it; without: at the first terminal status entry).
         A dropped connection is retried, resuming after the last entry consumed.
+        `count` is how many stream entries one read takes (each may hold several outputs).
         """
         stream = self._keys.events(session_id)
         cursor = "0-0" if after is None else after
@@ -929,7 +1020,8 @@ class StreamReader:
             try:
                 if cursor == "$":
                     cursor = await self._last_id(stream)
-                raw = await self._xread(stream, cursor, count, block_ms if follow else None)
+                start, skip = _resume_point(cursor)
+                raw = await self._xread(stream, start, count, block_ms if follow else None)
             except StoreUnavailable as exc:
                 failures += 1
                 if failures > self._reconnect_attempts:
@@ -942,15 +1034,18 @@ class StreamReader:
                     continue
                 return
             for entry_id, fields in raw:
+                for item_id, entry in _items_after(stream, entry_id, fields, skip):
+                    cursor = item_id
+                    if entry is None or (run_id is not None and not _of_run(entry, run_id)):
+                        continue
+                    yield entry
+                    if tree is not None:
+                        tree.add(entry)
+                    if stop_at_terminal and (
+                        tree.done if tree is not None else _is_terminal(entry)
+                    ):
+                        return
                 cursor = entry_id
-                entry = _decode_or_skip(stream, entry_id, fields)
-                if entry is None or (run_id is not None and not _of_run(entry, run_id)):
-                    continue
-                yield entry
-                if tree is not None:
-                    tree.add(entry)
-                if stop_at_terminal and (tree.done if tree is not None else _is_terminal(entry)):
-                    return
 
     async def last_id(self, session_id: str) -> str:
         """The id of the session's newest entry ("0-0" if it has none)."""
@@ -979,47 +1074,169 @@ class StreamReader:
         return [(text(entry_id), fields) for entry_id, fields in _entries_of(reply)]
 
     @staticmethod
-    def _decode_page(stream: str, raw: list[tuple[str, Mapping[Any, Any]]]) -> StreamPage:
-        entries = [e for i, f in raw if (e := _decode_or_skip(stream, i, f)) is not None]
+    def _decode_page(
+        stream: str, raw: list[tuple[str, Mapping[Any, Any]]], skip: tuple[str, int] | None
+    ) -> StreamPage:
+        entries = [
+            entry
+            for entry_id, fields in raw
+            for _item_id, entry in _items_after(stream, entry_id, fields, skip)
+            if entry is not None
+        ]
         return StreamPage(entries=entries, last_id=raw[-1][0] if raw else None)
 
 
+def item_id(entry_id: str, index: int, count: int) -> str:
+    """The id of item `index` of an entry of `count` items: "<entry id>.<index>", but the
+    last item's is the plain entry id (so resuming after it resumes after the entry)."""
+    return entry_id if index == count - 1 else f"{entry_id}.{index}"
+
+
+def split_item_id(item_id_: str) -> tuple[str, int | None]:
+    """The entry id and item index of an item id (index None: a plain entry id, the
+    entry's last item). A suffix that is not a number is left in the entry id."""
+    entry_id, dot, index = item_id_.partition(".")
+    if not dot or not index.isdigit():
+        return item_id_, None
+    return entry_id, int(index)
+
+
+def _resume_point(cursor: str) -> tuple[str, tuple[str, int] | None]:
+    """Where a read after `cursor` starts (an exclusive stream id for XREAD) and which
+    items of its first entry it skips: after item i of entry E, the read takes E again
+    (from the id just before it) and skips E's items up to i."""
+    entry_id, index = split_item_id(cursor)
+    if index is None:
+        return cursor, None
+    ms, dash, seq = entry_id.partition("-")
+    if not dash or not ms.isdigit() or not seq.isdigit():
+        return cursor, None  # not a stream id: Redis says so
+    if int(seq) > 0:
+        before = f"{ms}-{int(seq) - 1}"
+    elif int(ms) > 0:
+        before = f"{int(ms) - 1}-18446744073709551615"
+    else:
+        before = "0-0"
+    return before, (entry_id, index)
+
+
 def decode_entry(entry_id: str, fields: Mapping[Any, Any]) -> StreamEntry:
-    """Decode and validate one raw stream entry; `PayloadError` says what is wrong."""
-    try:
-        named = {text(k): v for k, v in fields.items()}
-        version, kind, run_id = text(named["v"]), text(named["kind"]), text(named["run"])
-        data = named["data"]
-        root = text(named["root"]) if "root" in named else run_id
-    except KeyError as exc:
-        raise PayloadError(f"stream entry {entry_id} lacks field {exc.args[0]!r}") from exc
+    """Decode and validate one raw stream entry of one output (v1); `PayloadError` says
+    what is wrong (an entry of several outputs: `decode_items`)."""
+    named = _named(entry_id, fields)
+    version = text(_need(named, "v", entry_id))
     if version != WIRE_VERSION:
         raise PayloadError(f"stream entry {entry_id} has unsupported version {version!r}")
+    return _decode_v1(entry_id, named)
+
+
+def decode_items(entry_id: str, fields: Mapping[Any, Any]) -> list[StreamEntry | PayloadError]:
+    """Decode one raw stream entry of either version into its outputs, in order, each with
+    its item id (`item_id`); an item that does not decode is its `PayloadError` in the
+    list, the others still decoded. Raises `PayloadError` for an entry that is malformed
+    as a whole (no version, an unknown one, a bad item count)."""
+    named = _named(entry_id, fields)
+    version = text(_need(named, "v", entry_id))
+    if version == WIRE_VERSION:
+        try:
+            return [_decode_v1(entry_id, named)]
+        except PayloadError as exc:
+            return [exc]
+    if version != MULTI_WIRE_VERSION:
+        raise PayloadError(f"stream entry {entry_id} has unsupported version {version!r}")
+    count = item_count(entry_id, named)
+    items: list[StreamEntry | PayloadError] = []
+    for index in range(count):
+        id_ = item_id(entry_id, index, count)
+        try:
+            items.append(_decode_item_at(id_, named, index))
+        except PayloadError as exc:
+            items.append(exc)
+    return items
+
+
+def item_count(entry_id: str, named: Mapping[str, Any]) -> int:
+    """The item count ("n") of a v2 entry (fields by name): 1 to `MAX_ITEMS_PER_ENTRY`."""
+    raw = text(_need(named, "n", entry_id))
+    count = int(raw) if raw.isdigit() and len(raw) < 4 else 0
+    # Items missing fields (a count too high) fail one by one, as they are decoded.
+    if not 1 <= count <= MAX_ITEMS_PER_ENTRY:
+        raise PayloadError(f"stream entry {entry_id} has a bad item count {raw!r}")
+    return count
+
+
+def decode_item(id_: str, kind: str, run_id: str, root: str | None, data: Any) -> StreamEntry:
+    """One output of a stream entry from its fields (root None: the run is its own)."""
     if kind not in _KINDS:
-        raise PayloadError(f"stream entry {entry_id} has unknown kind {kind!r}")
+        raise PayloadError(f"stream entry {id_} has unknown kind {kind!r}")
+    root_id = run_id if root is None else root
     try:
         if kind == "status":
             status = StatusEntry.model_validate_json(data)
             return StreamEntry(
-                id=entry_id, run_id=run_id, root_run_id=root, kind="status", status=status
+                id=id_, run_id=run_id, root_run_id=root_id, kind="status", status=status
             )
         output = output_from_json(data)
     except ValidationError as exc:
-        raise PayloadError(f"stream entry {entry_id} has invalid {kind} data") from exc
+        raise PayloadError(f"stream entry {id_} has invalid {kind} data") from exc
     if output.type != kind:
-        raise PayloadError(f"stream entry {entry_id} is kind {kind!r} but holds {output.type!r}")
-    output.stream_id = entry_id
-    return StreamEntry(
-        id=entry_id, run_id=run_id, root_run_id=root, kind=output.type, output=output
-    )
+        raise PayloadError(f"stream entry {id_} is kind {kind!r} but holds {output.type!r}")
+    output.stream_id = id_
+    return StreamEntry(id=id_, run_id=run_id, root_run_id=root_id, kind=output.type, output=output)
 
 
-def _decode_or_skip(stream: str, entry_id: str, fields: Mapping[Any, Any]) -> StreamEntry | None:
+def _named(entry_id: str, fields: Mapping[Any, Any]) -> dict[str, Any]:
     try:
-        return decode_entry(entry_id, fields)
+        return {text(k): v for k, v in fields.items()}
+    except (AttributeError, TypeError) as exc:
+        raise PayloadError(f"stream entry {entry_id} has malformed fields") from exc
+
+
+def _need(named: Mapping[str, Any], name: str, id_: str) -> Any:
+    try:
+        return named[name]
+    except KeyError:
+        raise PayloadError(f"stream entry {id_} lacks field {name!r}") from None
+
+
+def _decode_v1(entry_id: str, named: Mapping[str, Any]) -> StreamEntry:
+    kind = text(_need(named, "kind", entry_id))
+    run_id = text(_need(named, "run", entry_id))
+    data = _need(named, "data", entry_id)
+    root = text(named["root"]) if "root" in named else None
+    return decode_item(entry_id, kind, run_id, root, data)
+
+
+def _decode_item_at(id_: str, named: Mapping[str, Any], index: int) -> StreamEntry:
+    kind = text(_need(named, f"k{index}", id_))
+    run_id = text(_need(named, f"r{index}", id_))
+    data = _need(named, f"d{index}", id_)
+    root = named.get(f"o{index}")
+    return decode_item(id_, kind, run_id, None if root is None else text(root), data)
+
+
+def _items_after(
+    stream: str, entry_id: str, fields: Mapping[Any, Any], skip: tuple[str, int] | None
+) -> list[tuple[str, StreamEntry | None]]:
+    """(item id, output) for each item of a raw entry, None for one that does not decode
+    (logged); those up to `skip`'s index when this is `skip`'s entry are left out."""
+    try:
+        decoded = decode_items(entry_id, fields)
     except PayloadError as exc:
         log.warning("stream.malformed_entry", stream=stream, entry_id=entry_id, error=str(exc))
-        return None
+        return [(entry_id, None)] if skip is None or skip[0] != entry_id else []
+    count = len(decoded)
+    items: list[tuple[str, StreamEntry | None]] = []
+    first = skip[1] + 1 if skip is not None and skip[0] == entry_id else 0
+    for index in range(first, count):
+        item = decoded[index]
+        id_ = item_id(entry_id, index, count)
+        if isinstance(item, PayloadError):
+            log.warning("stream.malformed_entry", stream=stream, entry_id=id_, error=str(item))
+            items.append((id_, None))
+        else:
+            items.append((id_, item))
+    return items
 
 
 def _entries_of(reply: Any) -> Iterable[tuple[Any, Mapping[Any, Any]]]:

@@ -29,7 +29,15 @@ from orchestrator.runs import RunRecord, RunStatus, StatusEntry, StreamEntry, fo
 from orchestrator.store._codec import text
 from orchestrator.store.connection import Redis, translate_errors
 from orchestrator.store.runs import RunStore
-from orchestrator.store.streams import decode_entry
+from orchestrator.store.streams import (
+    MULTI_WIRE_VERSION,
+    decode_entry,
+    decode_item,
+    decode_items,
+    item_count,
+    item_id,
+    split_item_id,
+)
 
 __all__ = ["AgentTrace", "LanePage", "TreeReader", "TreeScan", "stream_id_ms"]
 
@@ -37,6 +45,7 @@ log = structlog.get_logger(__name__)
 
 # Raw entries per XRANGE page.
 _PAGE = 2000
+_MULTI = MULTI_WIRE_VERSION.encode()
 
 
 def stream_id_ms(entry_id: str) -> int:
@@ -46,9 +55,14 @@ def stream_id_ms(entry_id: str) -> int:
 
 @dataclass
 class AgentTrace:
-    """What one agent's stream entries say, without decoding its events."""
+    """What one agent's stream entries say, without decoding its events.
+
+    `entries`: the stream entries it wrote (one XADD each: its own, and a batch of its
+    forks' "queued" statuses in one entry); `outputs`: its own outputs (events, responses,
+    its statuses), which several to an entry (see `orchestrator.store.streams`)."""
 
     entries: int = 0
+    outputs: int = 0
     first_id: str | None = None
     last_id: str | None = None
     # Status entries seen (status, at), in stream order.
@@ -56,8 +70,10 @@ class AgentTrace:
     # Intervals suspended in a gather: (from, until); until None while still waiting.
     waits: list[tuple[float, float | None]] = field(default_factory=list)
 
-    def note(self, entry_id: str, status: StatusEntry | None) -> None:
-        self.entries += 1
+    def note(self, entry_id: str, status: StatusEntry | None, *, wrote: bool = True) -> None:
+        """One of its outputs (`wrote`: in an entry of its own, counted as one)."""
+        self.entries += wrote
+        self.outputs += 1
         if self.first_id is None:
             self.first_id = entry_id
         self.last_id = entry_id
@@ -89,6 +105,10 @@ class TreeScan:
     def entries(self) -> int:
         return sum(a.entries for a in self.agents.values())
 
+    @property
+    def outputs(self) -> int:
+        return sum(a.outputs for a in self.agents.values())
+
 
 @dataclass(frozen=True)
 class LanePage:
@@ -116,6 +136,9 @@ class _ScanPass:
 
     def note(self, raw_id: Any, fields: Mapping[Any, Any]) -> None:
         self._last = raw_id
+        if _field(fields, b"v") in (_MULTI, MULTI_WIRE_VERSION):
+            self._note_items(raw_id, fields)
+            return
         run = _field(fields, b"run")
         root = _field(fields, b"root")
         if (run if root is None else root) not in (self._root, self._root.decode()):
@@ -130,6 +153,46 @@ class _ScanPass:
         trace = self._by_raw.get(run) or self._new_trace(raw_id, run)
         if trace is not None:
             trace.note(text(raw_id), status)
+
+    def _note_items(self, raw_id: Any, fields: Mapping[Any, Any]) -> None:
+        """A v2 entry's items, each read as `note` reads a v1 entry; the entry counts
+        once, for the agent that wrote it (`_writer`)."""
+        entry_id = text(raw_id)
+        try:
+            named = {text(k): v for k, v in fields.items()}
+            count = item_count(entry_id, named)
+        except PayloadError as exc:
+            self._warn(raw_id, exc)
+            return
+        mine: list[tuple[str, Any, StatusEntry | None]] = []
+        for index in range(count):
+            id_ = item_id(entry_id, index, count)
+            run, root = named.get(f"r{index}"), named.get(f"o{index}")
+            if run is None or (run if root is None else root) not in (
+                self._root,
+                self._root.decode(),
+            ):
+                continue
+            status = None
+            if named.get(f"k{index}") in (b"status", "status"):
+                try:
+                    kind, data = text(named[f"k{index}"]), named[f"d{index}"]
+                    root_id = None if root is None else text(root)
+                    status = decode_item(id_, kind, text(run), root_id, data).status
+                except (PayloadError, KeyError) as exc:
+                    self._warn(id_, PayloadError(str(exc)))
+                    continue
+            mine.append((id_, run, status))
+        writer = _writer(mine)
+        for id_, run, status in mine:
+            trace = self._by_raw.get(run) or self._new_trace(id_, run)
+            if trace is not None:
+                trace.note(id_, status, wrote=False)
+        trace = None if writer is None else self._by_raw.get(writer)
+        if trace is None and writer is not None:
+            trace = self._new_trace(entry_id, writer)
+        if trace is not None:
+            trace.entries += 1
 
     def _new_trace(self, raw_id: Any, run: Any) -> AgentTrace | None:
         if len(self._by_raw) >= self._max_agents:
@@ -209,11 +272,19 @@ class TreeReader:
         limit: int = 5000,
     ) -> LanePage:
         """Up to `limit` of one agent's own entries (not its forks'), after `after` and
-        up to `upto` (inclusive), decoded; malformed ones are skipped with a warning."""
+        up to `upto` (inclusive), decoded; malformed ones are skipped with a warning.
+        Both may be item ids ("<ms>-<seq>.<i>", see `orchestrator.store.streams`)."""
         stream = self._keys.events(session_id)
-        start = "-" if after is None else "(" + after
-        end = "+" if upto is None else upto
-        wanted = run_id.encode()
+        after_entry, after_item = (None, None) if after is None else split_item_id(after)
+        upto_entry, upto_item = (None, None) if upto is None else split_item_id(upto)
+        # An item id's entry is read again (inclusive), and its items up to it skipped.
+        if after_entry is None:
+            start = "-"
+        elif after_item is None:
+            start = "(" + after_entry
+        else:
+            start = after_entry
+        end = "+" if upto_entry is None else upto_entry
         entries: builtins.list[StreamEntry] = []
         while True:
             async with translate_errors("lane read"):
@@ -221,16 +292,63 @@ class TreeReader:
             for raw_id, fields in page:
                 entry_id = text(raw_id)
                 start = "(" + entry_id
-                run = _field(fields, b"run")
-                if run != wanted and run != run_id:
-                    continue
-                try:
-                    entries.append(decode_entry(entry_id, fields))
-                except PayloadError as exc:
-                    log.warning(
-                        "stream.malformed_entry", stream=stream, entry_id=entry_id, error=str(exc)
-                    )
-                if len(entries) >= limit:
-                    return LanePage(entries, next_after=entry_id)
+                first = after_item + 1 if entry_id == after_entry and after_item is not None else 0
+                last = upto_item if entry_id == upto_entry else None
+                for id_, entry in _lane_items(stream, entry_id, fields, run_id, first, last):
+                    entries.append(entry)
+                    if len(entries) >= limit:
+                        return LanePage(entries, next_after=id_)
             if len(page) < _PAGE:
                 return LanePage(entries, next_after=None)
+
+
+def _writer(items: builtins.list[tuple[str, Any, StatusEntry | None]]) -> Any:
+    """The (raw) run id of the agent that wrote an entry's items: their run, or for a batch
+    of forks' statuses (several runs) the forks' parent."""
+    if not items:
+        return None
+    runs = {run for _, run, _ in items}
+    first = items[0]
+    if len(runs) == 1:
+        return first[1]
+    fork = first[2].fork if first[2] is not None else None
+    if fork is None:
+        return first[1]
+    return fork.parent_run_id.encode() if isinstance(first[1], bytes) else fork.parent_run_id
+
+
+def _lane_items(
+    stream: str,
+    entry_id: str,
+    fields: Mapping[Any, Any],
+    run_id: str,
+    first: int,
+    last: int | None,
+) -> builtins.list[tuple[str, StreamEntry]]:
+    """The run's own items of a raw entry from index `first` up to `last` (None: all),
+    decoded; malformed ones are skipped with a warning."""
+    if _field(fields, b"v") not in (_MULTI, MULTI_WIRE_VERSION):
+        run = _field(fields, b"run")
+        if (run != run_id.encode() and run != run_id) or first > 0:
+            return []
+        try:
+            return [(entry_id, decode_entry(entry_id, fields))]
+        except PayloadError as exc:
+            log.warning("stream.malformed_entry", stream=stream, entry_id=entry_id, error=str(exc))
+            return []
+    try:
+        decoded = decode_items(entry_id, fields)
+    except PayloadError as exc:
+        log.warning("stream.malformed_entry", stream=stream, entry_id=entry_id, error=str(exc))
+        return []
+    count = len(decoded)
+    stop = count if last is None else min(count, last + 1)
+    found: builtins.list[tuple[str, StreamEntry]] = []
+    for index in range(first, stop):
+        item = decoded[index]
+        id_ = item_id(entry_id, index, count)
+        if isinstance(item, PayloadError):
+            log.warning("stream.malformed_entry", stream=stream, entry_id=id_, error=str(item))
+        elif item.run_id == run_id:
+            found.append((id_, item))
+    return found

@@ -135,7 +135,7 @@ class RunView {
     this.sessionId = this.record.session_id;
     const tree = await summary;
     if (this.closed) return;
-    if (tree && (tree.totals.agents > LANE_LIMIT || tree.totals.entries > REPLAY_LIMIT)) {
+    if (tree && (tree.totals.agents > LANE_LIMIT || (tree.totals.outputs ?? tree.totals.entries) > REPLAY_LIMIT)) {
       this.loadTree(tree);
       this.connect(this.lastId);
     } else {
@@ -284,7 +284,8 @@ class RunView {
     this.mode = "tree";
     this.batched = true;
     this.lastId = tree.last_id;
-    this.eventCount = tree.totals.entries;
+    // The page counts outputs (an entry may hold several: see the stream's docs).
+    this.eventCount = tree.totals.outputs ?? tree.totals.entries;
     for (const row of tree.agents) this.ensure(row.run_id);
     for (const row of tree.agents) {
       const agent = this.agents.get(row.run_id);
@@ -302,7 +303,7 @@ class RunView {
     if (row.tokens !== null && row.tokens !== undefined) agent.tokens = row.tokens;
     agent.cost = row.cost;
     agent.error = row.error || row.abort_reason || agent.error;
-    agent.entries = Math.max(agent.entries, row.entries);
+    agent.entries = Math.max(agent.entries, row.outputs ?? row.entries);
     agent.firstId = agent.firstId || row.first_id;
     if (row.waiting_for && row.waiting_for.length) {
       agent.awaiting = row.waiting_for.map((id) => forkIdOf(id) || id);

@@ -93,21 +93,27 @@ function isTerminal(status) {
   return TERMINAL.includes(status);
 }
 
-// Stream ids are "ms-seq"; compare numerically so the page can drop repeats.
+// Stream ids are "ms-seq", or "ms-seq.i" for item i of an entry of several outputs (its
+// last item has the plain id, so a plain id sorts after its entry's other items);
+// compare numerically so the page can drop repeats.
+const LAST_ITEM = 1n << 32n;
+
 function parseId(id) {
-  const [ms, seq] = id.split("-");
-  return [BigInt(ms), BigInt(seq || "0")];
+  const [ms, rest] = id.split("-");
+  const [seq, item] = (rest || "0").split(".");
+  return [BigInt(ms), BigInt(seq || "0"), item === undefined ? LAST_ITEM : BigInt(item)];
 }
 
 function after(a, b) {
-  const [am, as] = parseId(a);
-  const [bm, bs] = parseId(b);
-  return am > bm || (am === bm && as > bs);
+  const [am, as, ai] = parseId(a);
+  const [bm, bs, bi] = parseId(b);
+  return am > bm || (am === bm && (as > bs || (as === bs && ai > bi)));
 }
 
 // The id just before `id`, for "everything from `id` on" as an exclusive `after`.
 function idBefore(id) {
-  const [ms, seq] = parseId(id);
+  const [ms, seq, item] = parseId(id);
+  if (item !== LAST_ITEM && item > 0n) return ms + "-" + seq + "." + (item - 1n);
   if (seq > 0n) return ms + "-" + (seq - 1n);
   return ms > 0n ? (ms - 1n) + "-18446744073709551615" : null;
 }
