@@ -33,10 +33,10 @@ class Settings(BaseModel):
     stream_maxlen: int = Field(default=100_000, ge=100)
     # How many outputs written together (a publisher's batch, a run's end, a batch of a
     # parent's forks' statuses) share one stream entry: one XADD (more than 64 is taken
-    # as 64). 1 (for now the default) writes one output per entry, which readers older
-    # than the v2 entry format read too: raise it once every reader (clients, API) runs
-    # a build that reads v2 entries. `stream_maxlen` counts entries.
-    stream_items_per_entry: int = Field(default=1, ge=1)
+    # as 64). 1 writes one output per entry (v1), which readers older than the v2 entry
+    # format read too: set it to 1 while upgrading from such a build, until every reader
+    # (clients, API) reads v2 entries. `stream_maxlen` counts entries.
+    stream_items_per_entry: int = Field(default=64, ge=1)
     stream_retention_s: int = Field(default=86_400, ge=1)
     # Run records (status, result) are kept this long after the run ends.
     run_retention_s: int = Field(default=7 * 86_400, ge=1)

@@ -68,7 +68,10 @@ async def test_a_lane_is_one_agents_entries_in_full_or_as_a_lane_draws_them(
     fork = tree["agents"][1]
 
     full = (await api.get(f"/v1/runs/{fork['run_id']}/lane")).json()
-    assert len(full["entries"]) == fork["entries"]
+    # A lane lists the agent's outputs; the tree's `entries` counts the stream entries
+    # it wrote, several outputs each since stream entries hold a batch (`outputs`).
+    assert len(full["entries"]) == fork["outputs"]
+    assert fork["entries"] < fork["outputs"]
     assert {e["run_id"] for e in full["entries"]} == {fork["run_id"]}
     assert full["entries"][0]["id"] == fork["first_id"]
     assert full["next_after"] is None
