@@ -53,7 +53,12 @@ end
 local job = redis.pcall('GET', KEYS[3])
 local try = 1
 if not redis.call('SET', KEYS[4], '1', 'EX', {RETRY_TTL_S}, 'NX') then
+  -- A later try (rare) counts on, its counter keeping the first try's TTL; a counter
+  -- found without one (untrusted contents) gets arq's.
   try = redis.pcall('INCR', KEYS[4])
+  if type(try) ~= 'table' and redis.call('TTL', KEYS[4]) == -1 then
+    redis.call('EXPIRE', KEYS[4], {RETRY_TTL_S})
+  end
 end
 if type(job) == 'table' or type(try) == 'table' then return {{score, false, 0, aborted, 1}} end
 if #KEYS == 6 then
@@ -175,11 +180,10 @@ def finish_args(
 def finish_commands(
     job_id: str, *, queue: str, abort_set: str | None, keys: list[str]
 ) -> list[tuple[Any, ...]]:
-    """FINISH_LUA's effects for a job that finished with no result to keep, as plain
-    commands (no script, no MULTI: they ride in the round trip of another write): it
-    leaves the queue (and the abort set, `abort_set` None: not read), then its keys
-    (`keys`: in-progress, retry, job) go. Cut short after the queue's ZREM, the keys
-    expire on their own; the job is never picked again."""
+    """FINISH_LUA's effects for a job that finished with no result to keep, as commands
+    for another script to run (a run's end, `Rider`): it leaves the queue (and the
+    abort set, `abort_set` None: not read), then its keys (`keys`: in-progress, retry,
+    job) go."""
     commands: list[tuple[Any, ...]] = [("ZREM", queue, job_id)]
     if abort_set is not None:
         commands.append(("ZREM", abort_set, job_id))

@@ -20,7 +20,6 @@ retries) reaches the promoted replica.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -300,32 +299,6 @@ async def run_script(redis: Redis, script: Any, keys: Sequence[Any], args: Seque
                 raise
             script.sha = await redis.script_load(script.script)
     raise AssertionError("unreachable")
-
-
-async def run_script_with(
-    redis: Redis,
-    script: Any,
-    keys: Sequence[Any],
-    args: Sequence[Any],
-    commands: Sequence[tuple[Any, ...]],
-) -> tuple[Any, list[Any]]:
-    """`run_script` and, after it in the same round trip, plain `commands` (pipelined, no
-    MULTI; each reply or the error Redis refused it with). The script's error is raised;
-    if Redis lacked the script, it alone is loaded and sent again (after the commands)."""
-    first = ("EVALSHA", script.sha, len(keys), *keys, *args)
-    if _lean(redis):
-        # Each a `call` of its own, made in one pass: they join the calls other turns
-        # make in it (one round trip on one connection for all, `resp.call`).
-        pool = redis.connection_pool
-        calls = [asyncio.ensure_future(call(pool, command)) for command in (first, *commands)]
-        reply, *replies = await asyncio.gather(*calls, return_exceptions=True)
-    else:
-        reply, *replies = await _evalshas(redis, [first, *commands])
-    if isinstance(reply, redis_errors.NoScriptError):
-        reply = await run_script(redis, script, keys, args)
-    elif isinstance(reply, BaseException):
-        raise reply
-    return reply, replies
 
 
 async def _pipelined(redis: Redis, command: tuple[Any, ...]) -> list[Any]:

@@ -62,8 +62,8 @@ async def end_run(
     same script before the terminal entry (or on its own if the run had ended already);
     `StaleAttempt`, writing nothing, if a newer attempt owns the run's writes.
 
-    `rider`: commands sent after the end's script in its round trip (`Rider`: the job's
-    arq finish), once."""
+    `rider`: commands the end's script runs once the end is written (`Rider`: the job's
+    arq finish)."""
     writes = _end_writes(
         settings,
         session_id,

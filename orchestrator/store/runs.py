@@ -36,7 +36,6 @@ from orchestrator.store.connection import (
     begin,
     optimistic,
     run_script,
-    run_script_with,
     run_scripts,
     translate_errors,
 )
@@ -236,9 +235,12 @@ _END_LUA = (
     ADD_ENTRY_FUNCTION_LUA
     + PUBLISH_FUNCTION_LUA
     + """
+-- ARGV[20]: how many ARGV the rider's commands take (ARGV[21..]: each its argument
+-- count, then its arguments); the last batch's, if any, follow them.
+local base = 20 + tonumber(ARGV[20])
 local batch = false
-if #ARGV > 19 then
-  local checked = publish_check(KEYS[14], KEYS[15], KEYS[6], KEYS[5], 19)
+if #ARGV > base then
+  local checked = publish_check(KEYS[14], KEYS[15], KEYS[6], KEYS[5], base)
   if checked[1] == 0 then return {-1, checked[2]} end
   batch = checked[1] == 1
 end
@@ -250,7 +252,7 @@ if fresh then
     -- Ended by someone else (its terminal marker): its terminal entry stays the last.
     if batch and not (redis.call('HGET', KEYS[14], 'batch:end:' .. ARGV[3])
         or redis.call('HGET', KEYS[15], 'end:' .. ARGV[3])) then
-      publish_write(KEYS[13], KEYS[14], KEYS[6], KEYS[5], 19, {}, true)
+      publish_write(KEYS[13], KEYS[14], KEYS[6], KEYS[5], base, {}, true)
     end
     return {0, current or ''}
   end
@@ -291,7 +293,7 @@ end
 -- several items); the end's marker in the batch's HSET, and the batch's checkpoint state
 -- not written if the end drops it.
 if batch then
-  publish_write(KEYS[13], KEYS[14], KEYS[6], KEYS[5], 19, done and {} or {marker, '1'},
+  publish_write(KEYS[13], KEYS[14], KEYS[6], KEYS[5], base, done and {} or {marker, '1'},
     ARGV[13] ~= '1', (not done) and {'status', ARGV[3], ARGV[17], ARGV[18]} or nil)
 elseif not done then
   redis.call('HSET', KEYS[14], marker, '1')
@@ -306,13 +308,23 @@ if ARGV[17] ~= '' then
   redis.call('EXPIRE', KEYS[13], ARGV[7])
   redis.call('EXPIRE', KEYS[14], ARGV[7])
 end
+-- The rider's commands (`Rider`), only now that the end is written; a refused one does
+-- not undo the end (2: written, a rider command refused).
+local code = 1
+local i = 21
+while i < base do
+  local n = tonumber(ARGV[i])
+  local reply = redis.pcall(unpack(ARGV, i + 1, i + n))
+  if type(reply) == 'table' and reply.err then code = 2 end
+  i = i + 1 + n
+end
 redis.call('PUBLISH', ARGV[15], ARGV[3])
-if ARGV[16] ~= '1' then return {1} end
+if ARGV[16] ~= '1' then return {code} end
 local removed = redis.call('SREM', KEYS[11], ARGV[3])
 if removed == 1 and redis.call('SCARD', KEYS[11]) == 0 then
-  return {1, redis.call('GET', KEYS[12]) or ''}
+  return {code, redis.call('GET', KEYS[12]) or ''}
 end
-return {1}
+return {code}
 """
 )
 
@@ -352,6 +364,17 @@ def _end_reply(run_id: str, reply: Any) -> list[Any]:
         if code is not None and (code not in (0, -1) or len(reply) >= 2):
             return [code, *reply[1:]]
     raise StoreError(f"run end of {run_id!r}: unexpected reply from Redis: {reply!r:.200}")
+
+
+def _rider_args(rider: Rider | None) -> list[Any]:
+    """The end script's ARGV for the rider's commands: how many ARGV they take, then
+    each command's argument count and arguments."""
+    if rider is None:
+        return ["0"]
+    flat: list[Any] = []
+    for command in rider.commands:
+        flat += [str(len(command)), *command]
+    return [str(len(flat)), *flat]
 
 
 def _decode_record(run_id: str, raw: Any) -> RunRecord:
@@ -405,13 +428,17 @@ class Start:
 
 @dataclass(slots=True)
 class Rider:
-    """Plain commands that ride in the round trip of a run's end, after its script (the
-    job's arq finish: the run's record holds its outcome, so the job need not wait for
-    a round trip of its own). Sent once, however often the end's script is; their
-    effects are not tied to the end's (nor to each other's: no MULTI).
+    """Commands a run's end runs in its script, once the end is written (the job's arq
+    finish: the run's record holds its outcome, so the job need not wait for a round
+    trip of its own). Atomic with the end, after it: an end that writes nothing (its
+    record moved on, a newer attempt's fence) runs none of them. They go with each of
+    the end's script calls until one confirms them, and never after.
 
-    `confirmed`: every command was sent and answered without an error. Else (not sent,
-    a refusal, a connection lost on the way) whoever made them does their work itself."""
+    `confirmed`: the end was written and every command ran without an error. Else
+    (never sent, an end that wrote nothing, a refusal, a connection lost on the way)
+    whoever made them does their work itself. The commands name keys the script is not
+    given as KEYS: fine on one Redis server (the only deployment this project supports:
+    its scripts span hash slots), not on a Redis Cluster."""
 
     commands: list[tuple[Any, ...]]
     sent: bool = False
@@ -440,7 +467,7 @@ class EndWrites:
     # whose retention clocks cover the batch's keys): written first, in the same script.
     # A newer attempt's fence refuses the whole end (`StaleAttempt`).
     batch: LastBatch | None = None
-    # Commands sent after the end's script in its round trip (`Rider`).
+    # Commands the end's script runs once the end is written (`Rider`).
     rider: Rider | None = None
 
 
@@ -816,7 +843,7 @@ class RunStore:
                     updated = _apply(current, {**fields, "status": status})
                     new_raw = updated.model_dump_json()
                     reply = await self._end_call(raw, current, updated, new_raw, writes)
-                    if reply[0] == 1:
+                    if reply[0] in (1, 2):  # written (2: a rider command refused)
                         _remember(run_id, new_raw, updated)
                         return self._ended(updated, reply)
                     _LAST_WRITTEN.pop(run_id, None)
@@ -919,25 +946,28 @@ class RunStore:
             "" if record.root_run_id == run_id else record.root_run_id,
             str(writes.stream_maxlen),
         ]
+        rider = writes.rider if writes.rider is not None and not writes.rider.confirmed else None
+        args.extend(_rider_args(rider))
         batch = writes.batch
         if batch is None or batch.is_delivered or batch.is_dropped:
-            return _end_reply(run_id, await self._send_end(keys, args, writes.rider))
+            return self._rode(rider, _end_reply(run_id, await self._send_end(keys, args)))
         if not writes.announce:
             raise ValueError("an end with the publisher's last batch must announce the end")
-        reply = _end_reply(run_id, await self._send_end(keys, [*args, *batch.args()], writes.rider))
+        reply = _end_reply(run_id, await self._send_end(keys, [*args, *batch.args()]))
         if reply[0] == -1:
             batch.refused(reply[1])
         batch.delivered()
-        return reply
+        return self._rode(rider, reply)
 
-    async def _send_end(self, keys: list[Any], args: list[Any], rider: Rider | None) -> Any:
-        """The end's script, with the rider's calls after it in the same round trip the
-        first time (`Rider`)."""
-        if rider is None or rider.sent:
-            return await run_script(self._redis, self._end, keys, args)
-        rider.sent = True
-        reply, replies = await run_script_with(self._redis, self._end, keys, args, rider.commands)
-        rider.confirmed = not any(isinstance(r, Exception) for r in replies)
+    async def _send_end(self, keys: list[Any], args: list[Any]) -> Any:
+        return await run_script(self._redis, self._end, keys, args)
+
+    @staticmethod
+    def _rode(rider: Rider | None, reply: list[Any]) -> list[Any]:
+        """Note what became of the rider sent with this end (`Rider.confirmed`)."""
+        if rider is not None:
+            rider.sent = True
+            rider.confirmed = reply[0] == 1
         return reply
 
     async def get(self, run_id: str) -> RunRecord:

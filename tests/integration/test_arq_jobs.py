@@ -694,3 +694,35 @@ async def test_a_job_that_sends_its_own_finish_is_finished_once_and_keeps_no_res
         assert not await pool.exists(result_key_prefix + jid)
     finally:
         await pool.aclose()
+
+
+@pytest.mark.integration
+async def test_a_pick_gives_a_try_counter_found_without_a_ttl_arqs_ttl(
+    redis_url: str, keys: Keys
+) -> None:
+    """Every key has a TTL and Redis contents are untrusted: a try counter found without
+    a TTL (a PERSIST, an older writer) gets one when the job is picked again."""
+    pool = connect_arq(redis_url, keys.queue())
+    jid = f"review-{uuid.uuid4().hex}"
+    seen: list[int] = []
+
+    async def work(ctx: dict[str, Any], payload: Any) -> None:
+        seen.append(await pool.ttl(retry_key_prefix + ctx["job_id"]))
+
+    class _Jobs:
+        queue = keys.queue()
+
+    try:
+        now_ms = int(time.time() * 1000)
+        body = {"t": None, "f": "work", "a": [{}], "k": {}, "et": now_ms}
+        await pool.set(job_key_prefix + jid, json.dumps(body), px=600_000)
+        await pool.zadd(keys.queue(), {jid: now_ms - 1})
+        await pool.set(retry_key_prefix + jid, 1)  # no TTL
+        worker = _worker(pool, _Jobs(), work, function_tries=5)  # type: ignore[arg-type]
+        await asyncio.wait_for(worker.async_run(), 10)
+        assert seen, "the job did not run"
+        assert seen[0] > 0, f"the try counter has no TTL while its job runs (TTL {seen[0]})"
+    finally:
+        await drop_job_keys(pool, [jid])
+        await pool.delete(keys.queue())
+        await pool.aclose()

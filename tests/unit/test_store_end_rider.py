@@ -1,8 +1,11 @@
-"""A run's end carries other commands in its round trip (`Rider`: a worker's arq finish
-of the job that ended the run), sent once and confirmed only when they all ran."""
+"""A run's end carries other commands in its script (`Rider`: a worker's arq finish of
+the job that ended the run), run only once the end is written, and confirmed only when
+they all ran."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from typing import Any
 
 import pytest
@@ -73,3 +76,33 @@ async def test_an_end_whose_script_redis_lacks_still_carries_its_rider_once(
     assert (await runs.get("r1")).status is RunStatus.COMPLETED
     assert await fake_redis.get("rider-count") == b"1"
     assert rider.confirmed
+
+
+async def test_an_end_that_writes_nothing_runs_none_of_its_riders_commands(
+    fake_redis: Any, keys: Keys
+) -> None:
+    """An end whose record moved on meanwhile (the reaper queued attempt 2) writes
+    nothing: its rider's commands do not run and it is not confirmed, so the worker
+    keeps the job's outcome as arq's result and finishes the job itself."""
+    runs = RunStore(fake_redis, keys)
+    run_id = f"r-{uuid.uuid4().hex[:8]}"
+    record = RunRecord(run_id=run_id, session_id="s1", agent="pkg:agent", submitted_at=1000.0)
+    await runs.create(record)
+    await runs.transition(run_id, from_status=RunStatus.QUEUED, to=RunStatus.RUNNING)
+    # Another process (the reaper) moves the run on: attempt 2, queued again.
+    raw = json.loads(await fake_redis.get(keys.run(run_id)))
+    raw.update(status=RunStatus.QUEUED.value, attempt=2)
+    await fake_redis.set(keys.run(run_id), json.dumps(raw), keepttl=True)
+
+    rider = Rider([("SET", "rider-ran", "1")])
+    ended = await runs.end(
+        run_id,
+        status=RunStatus.COMPLETED,
+        from_status=[RunStatus.RUNNING],
+        attempt=1,
+        writes=_writes(rider),
+    )
+    assert ended is None  # this job's end wrote nothing
+    assert (await runs.get(run_id)).status is RunStatus.QUEUED
+    assert await fake_redis.get("rider-ran") is None
+    assert not rider.confirmed
