@@ -55,6 +55,7 @@ __all__ = [
     "call_many",
     "lean_pool",
     "pack_command",
+    "reserve",
 ]
 
 Command = Sequence[Any]
@@ -154,6 +155,21 @@ class LeanConnection(AbstractConnection):
             # As redis-py: a half-sent command leaves the connection unusable.
             await self.disconnect(nowait=True)
             raise
+
+    def write_now(self, command: Iterable[bytes]) -> bool:
+        """Hand `command` to the socket's transport at once, without a pass through the
+        loop; False (nothing written) if that cannot be done here: not connected, a
+        health check due or the connection closing (`send_packed_command` decides then).
+        Bytes the kernel did not take stay in the transport's buffer: the caller waits for
+        room with `send_packed_command([])`, under the socket timeout, as a send would."""
+        writer = self._writer
+        if writer is None or not self.socket_timeout or writer.transport.is_closing():
+            return False
+        interval = self.health_check_interval
+        if interval and asyncio.get_running_loop().time() > self.next_health_check:
+            return False
+        writer.writelines(command)
+        return True
 
     def _hiredis_reader(self) -> Any:
         """The hiredis reader of a connected hiredis parser, else None."""
@@ -339,6 +355,14 @@ class LeanPool(ConnectionPool):
     async def get_connection(
         self, command_name: Any = None, *keys: Any, **options: Any
     ) -> AbstractConnection:
+        conn = self.take_idle()
+        if conn is None:
+            conn = await super().get_connection()
+        return cast(AbstractConnection, conn)
+
+    def take_idle(self) -> LeanConnection | None:
+        """An idle, clean, connected connection, lent at once (give it back with
+        `release`); None if there is none (then `get_connection` waits for one)."""
         idle = self._available_connections
         if idle and not self._lock.locked():
             conn = idle[-1]
@@ -346,8 +370,7 @@ class LeanPool(ConnectionPool):
                 idle.pop()
                 self._in_use_connections.add(conn)
                 return conn
-        conn = await super().get_connection()
-        return cast(AbstractConnection, conn)
+        return None
 
 
 async def _disconnect_raise(conn: AbstractConnection, error: BaseException) -> None:
@@ -370,8 +393,15 @@ async def _send_all(
     """The commands in one write, their replies in order (a refused one's error in its
     place); `each(i, reply)` is told of every reply as soon as it is read."""
     await conn.send_packed_command(conn.pack_commands(commands))
+    return await _read_all(conn, len(commands), each)
+
+
+async def _read_all(
+    conn: AbstractConnection, count: int, each: Callable[[int, Any], None] | None = None
+) -> list[Any]:
+    """The replies of `count` commands sent, in order (as `_send_all`)."""
     replies: list[Any] = []
-    for i in range(len(commands)):
+    for i in range(count):
         try:
             reply = await conn.read_response()
         except redis_errors.ResponseError as exc:  # the connection is still in step
@@ -402,7 +432,7 @@ async def call(pool: ConnectionPool, args: Command) -> Any:
     if batch is not None and batch.loop is loop and not batch.sent and batch.has_room(size):
         return await batch.join(args, size)
     if batch is not None and batch.loop is loop and not batch.sent:
-        batch.send(lead=True)  # full: it goes now, and this call leads the next one
+        batch.send_full()  # full: it goes now, and this call leads the next one
     batch = _Coalesced(pool, loop, args, size)
     setattr(pool, _BATCH, batch)
     try:
@@ -450,17 +480,27 @@ def _size(args: Command) -> int:
 
 class _Coalesced:
     """The `call`s made on one pool in one pass of the event loop: the first one (the
-    lead) waits a pass, then sends them all in one round trip (a task of its own, so a
-    caller that gives up leaves it to the others), or itself alone as before."""
+    lead) waits a pass, then sends them all in one round trip (written at once on an
+    idle connection, the replies read by a task of its own, so a caller that gives up
+    leaves it to the others), or itself alone as before. A batch `reserve`d ahead has
+    no lead: it goes early in the next pass with the calls that joined it."""
 
     def __init__(
-        self, pool: ConnectionPool, loop: asyncio.AbstractEventLoop, lead: Command, size: int
+        self,
+        pool: ConnectionPool,
+        loop: asyncio.AbstractEventLoop,
+        lead: Command | None,
+        size: int,
     ):
         self.pool = pool
         self.loop = loop
         self.sent = False
-        self._commands: list[Command] = [lead]
-        self._futures: list[asyncio.Future[Any]] = [loop.create_future()]
+        self._commands: list[Command] = []
+        self._futures: list[asyncio.Future[Any]] = []
+        self._has_lead = lead is not None
+        if lead is not None:
+            self._commands.append(lead)
+            self._futures.append(loop.create_future())
         self._bytes = size
 
     def has_room(self, size: int) -> bool:
@@ -474,40 +514,81 @@ class _Coalesced:
         # Shielded: a caller that gives up leaves the batch to the others.
         return await asyncio.shield(future)
 
+    def send_reserved(self) -> None:
+        """The reservation's pass has ended: send what joined it (if it is still open)."""
+        if not self.sent:
+            self.send(lead=False)
+
     def send(self, *, lead: bool) -> bool:
         """Close the batch and send it; True if the lead is alone in it (it is then sent
-        by the lead's own call). Without the lead (cancelled), the others go."""
+        by the lead's own call). Without the lead (cancelled, or a reservation), the
+        others go."""
+        if self.sent:  # sent when it was full: the lead's reply comes with the others
+            return False
         self.sent = True
         if getattr(self.pool, _BATCH, None) is self:
             delattr(self.pool, _BATCH)
-        if not lead:
+        if self._has_lead and not lead:
             del self._commands[0], self._futures[0]
-        elif len(self._commands) == 1:
+        elif self._has_lead and len(self._commands) == 1:
             return True
+        self._start()
+        return False
+
+    def send_full(self) -> None:
+        """Send it now, lead and all (no call fits in it any more); the lead, when its
+        pass ends, waits for its reply like the others."""
+        if not self.sent:
+            self.sent = True
+            if getattr(self.pool, _BATCH, None) is self:
+                delattr(self.pool, _BATCH)
+            self._start()
+
+    def _start(self) -> None:
         if self._commands:
+            conn, written = self._write_now()
             # Held by the pool until it is done: no caller may be left to hold it.
             sending: set[asyncio.Task[None]] = self.pool.__dict__.setdefault(_SENDING, set())
-            task = self.loop.create_task(self._round_trip())
+            task = self.loop.create_task(self._round_trip(conn, written))
             sending.add(task)
             task.add_done_callback(sending.discard)
-        return False
+
+    def _write_now(self) -> tuple[LeanConnection | None, bool]:
+        """The batch written at once on an idle connection, so it leaves in this pass
+        and not when the reading task starts (a pass later): (the connection, True).
+        (None or the connection, False) if it must be sent by the task."""
+        take = getattr(self.pool, "take_idle", None)
+        conn = take() if take is not None else None
+        if conn is None:
+            return None, False
+        try:
+            packed = conn.pack_commands(self._commands)
+        except Exception:  # the task packs them again, and fails the batch as before
+            return conn, False
+        return conn, conn.write_now(packed)
 
     async def lead_reply(self) -> Any:
         return await asyncio.shield(self._futures[0])
 
-    async def _round_trip(self) -> None:
-        """Send the batch; each caller gets its reply as soon as it is read, so a later
-        failure (a dropped connection, a read timeout on a slow script sent after it)
-        fails only the calls not answered yet. Not retried as a whole (a retry would
-        run the answered calls again)."""
+    async def _round_trip(self, conn: AbstractConnection | None, written: bool) -> None:
+        """Send the batch (unless `written` on `conn` already); each caller gets its
+        reply as soon as it is read, so a later failure (a dropped connection, a read
+        timeout on a slow script sent after it) fails only the calls not answered yet.
+        Not retried as a whole (a retry would run the answered calls again)."""
         futures = self._futures
         try:
-            if len(self._commands) == 1:
+            if conn is None and len(self._commands) == 1:
                 _settle(futures[0], await _call_one(self.pool, self._commands[0]))
                 return
-            conn = await self.pool.get_connection()
+            if conn is None:
+                conn = await self.pool.get_connection()
             try:
-                await _send_all(conn, self._commands, lambda i, r: _settle(futures[i], r))
+                if written:
+                    # Whatever the kernel did not take yet, under the socket timeout.
+                    await conn.send_packed_command([], check_health=False)
+                    await _read_all(conn, len(self._commands), lambda i, r: _settle(futures[i], r))
+                else:
+                    await _send_all(conn, self._commands, lambda i, r: _settle(futures[i], r))
             except BaseException:
                 await conn.disconnect()  # replies may be left unread: never reused so
                 raise
@@ -522,6 +603,24 @@ class _Coalesced:
                         _settle(future, exc)
             if not isinstance(exc, Exception):
                 raise
+
+
+def reserve(pool: ConnectionPool) -> None:
+    """Open a batch of `call`s on `pool` now, for calls about to be made (in this pass of
+    the event loop or the next): it is sent early in the next pass with every call that
+    joined it, so the first of them does not wait a pass of its own (an event
+    publisher's first send, made by a task that starts in the next pass, goes out as it
+    is made instead of a pass later). Does nothing if a batch is open already, or for a
+    pool that is not lean."""
+    if not LEAN_SUPPORTED or not issubclass(pool.connection_class, LeanConnection):
+        return
+    loop = asyncio.get_running_loop()
+    batch = getattr(pool, _BATCH, None)
+    if batch is not None and batch.loop is loop and not batch.sent:
+        return
+    batch = _Coalesced(pool, loop, None, 0)
+    setattr(pool, _BATCH, batch)
+    loop.call_soon(batch.send_reserved)
 
 
 def _settle(future: asyncio.Future[Any], reply: Any) -> None:
