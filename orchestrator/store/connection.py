@@ -35,7 +35,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from orchestrator.errors import ConfigError, StoreError, StoreUnavailable
 from orchestrator.store import jsonserial
-from orchestrator.store.resp import LeanConnection, LeanPool, call, call_many, reserve
+from orchestrator.store.resp import LeanConnection, LeanPool, call, call_many
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_S",
@@ -52,7 +52,6 @@ __all__ = [
     "parse_sentinel_url",
     "read_timeout",
     "registered_script",
-    "reserve_calls",
     "run_script",
     "run_scripts",
     "translate_errors",
@@ -282,14 +281,6 @@ def registered_script(redis: Redis, lua: str) -> Any:
     if script is None:
         script = scripts[lua] = redis.register_script(lua)
     return script
-
-
-def reserve_calls(redis: Redis) -> None:
-    """Open a batch for script calls about to be made on `redis` (`resp.reserve`): the
-    first of them, made in this pass of the event loop or the next, goes out with the
-    others as it is made, not a pass later. Nothing for a client not made here."""
-    if _lean(redis):
-        reserve(redis.connection_pool)
 
 
 async def run_script(redis: Redis, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:

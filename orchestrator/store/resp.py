@@ -55,7 +55,6 @@ __all__ = [
     "call_many",
     "lean_pool",
     "pack_command",
-    "reserve",
 ]
 
 Command = Sequence[Any]
@@ -482,25 +481,16 @@ class _Coalesced:
     """The `call`s made on one pool in one pass of the event loop: the first one (the
     lead) waits a pass, then sends them all in one round trip (written at once on an
     idle connection, the replies read by a task of its own, so a caller that gives up
-    leaves it to the others), or itself alone as before. A batch `reserve`d ahead has
-    no lead: it goes early in the next pass with the calls that joined it."""
+    leaves it to the others), or itself alone as before."""
 
     def __init__(
-        self,
-        pool: ConnectionPool,
-        loop: asyncio.AbstractEventLoop,
-        lead: Command | None,
-        size: int,
+        self, pool: ConnectionPool, loop: asyncio.AbstractEventLoop, lead: Command, size: int
     ):
         self.pool = pool
         self.loop = loop
         self.sent = False
-        self._commands: list[Command] = []
-        self._futures: list[asyncio.Future[Any]] = []
-        self._has_lead = lead is not None
-        if lead is not None:
-            self._commands.append(lead)
-            self._futures.append(loop.create_future())
+        self._commands: list[Command] = [lead]
+        self._futures: list[asyncio.Future[Any]] = [loop.create_future()]
         self._bytes = size
 
     def has_room(self, size: int) -> bool:
@@ -514,23 +504,17 @@ class _Coalesced:
         # Shielded: a caller that gives up leaves the batch to the others.
         return await asyncio.shield(future)
 
-    def send_reserved(self) -> None:
-        """The reservation's pass has ended: send what joined it (if it is still open)."""
-        if not self.sent:
-            self.send(lead=False)
-
     def send(self, *, lead: bool) -> bool:
         """Close the batch and send it; True if the lead is alone in it (it is then sent
-        by the lead's own call). Without the lead (cancelled, or a reservation), the
-        others go."""
+        by the lead's own call). Without the lead (cancelled), the others go."""
         if self.sent:  # sent when it was full: the lead's reply comes with the others
             return False
         self.sent = True
         if getattr(self.pool, _BATCH, None) is self:
             delattr(self.pool, _BATCH)
-        if self._has_lead and not lead:
+        if not lead:
             del self._commands[0], self._futures[0]
-        elif self._has_lead and len(self._commands) == 1:
+        elif len(self._commands) == 1:
             return True
         self._start()
         return False
@@ -603,24 +587,6 @@ class _Coalesced:
                         _settle(future, exc)
             if not isinstance(exc, Exception):
                 raise
-
-
-def reserve(pool: ConnectionPool) -> None:
-    """Open a batch of `call`s on `pool` now, for calls about to be made (in this pass of
-    the event loop or the next): it is sent early in the next pass with every call that
-    joined it, so the first of them does not wait a pass of its own (an event
-    publisher's first send, made by a task that starts in the next pass, goes out as it
-    is made instead of a pass later). Does nothing if a batch is open already, or for a
-    pool that is not lean."""
-    if not LEAN_SUPPORTED or not issubclass(pool.connection_class, LeanConnection):
-        return
-    loop = asyncio.get_running_loop()
-    batch = getattr(pool, _BATCH, None)
-    if batch is not None and batch.loop is loop and not batch.sent:
-        return
-    batch = _Coalesced(pool, loop, None, 0)
-    setattr(pool, _BATCH, batch)
-    loop.call_soon(batch.send_reserved)
 
 
 def _settle(future: asyncio.Future[Any], reply: Any) -> None:

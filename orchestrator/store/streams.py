@@ -52,7 +52,6 @@ from orchestrator.store.connection import (
     connect,
     read_timeout,
     registered_script,
-    reserve_calls,
     run_script,
     to_store_error,
     translate_errors,
@@ -642,9 +641,6 @@ class EventPublisher:
             self._task = asyncio.get_running_loop().create_task(
                 self._flush_loop(), name=f"event-publisher:{self.run_id}"
             )
-            # Its first send (when the task starts, next pass) joins a batch opened now,
-            # and goes out then, not a pass later (its own wait for calls to join it).
-            reserve_calls(self._redis)
 
     async def _stop_task(self) -> None:
         task, self._task = self._task, None

@@ -1,6 +1,5 @@
-"""Script calls sent together (`resp.call`'s batches) on the real Redis: a call runs once
-however many are made in one pass, and an event publisher's first send leaves as it is
-made, not a pass of the event loop later."""
+"""Script calls sent together (`resp.call`'s batches) on the real Redis: each call runs
+once, however many are made in one pass, and a batch leaves as soon as it is closed."""
 
 from __future__ import annotations
 
@@ -12,8 +11,6 @@ import redis as sync_redis
 
 from orchestrator.keys import Keys
 from orchestrator.store.connection import Redis, run_script
-from orchestrator.store.streams import EventPublisher
-from tests.fixtures_redis import event_output
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(20)]
 
@@ -34,27 +31,28 @@ async def test_script_calls_beyond_one_batch_made_in_one_pass_each_run_once(
     assert int(await redis.get(counter)) == 300
 
 
-def _stream_length_once_sent(redis_url: str, stream: str) -> int:
-    """The stream's length after a pause in which the caller's event loop does not turn
-    (a blocking wait: whatever is on its way arrives, nothing new is sent)."""
+def _value_once_sent(redis_url: str, key: str) -> bytes | None:
+    """The key's value after a pause in which the caller's event loop does not turn (a
+    blocking wait: whatever is on its way arrives, nothing new is sent)."""
     time.sleep(0.2)
     observer = sync_redis.Redis.from_url(redis_url)
     try:
-        return int(observer.xlen(stream))
+        value: bytes | None = observer.get(key)
+        return value
     finally:
         observer.close()
 
 
-async def test_a_publishers_first_event_leaves_in_the_pass_its_flusher_starts(
+async def test_calls_made_together_leave_in_the_pass_their_first_one_stops_waiting(
     redis: Redis, keys: Keys, redis_url: str
 ) -> None:
-    """An idle publisher's event is written when the publisher's task starts (the pass
-    after `publish`), not a pass later: other calls made meanwhile still go with it."""
-    publisher = EventPublisher(redis, keys, session_id="s1", run_id="r1")
-    publisher.publish(event_output(0))
-    await publisher.flush()  # the connection is open and the script loaded
-    publisher.publish(event_output(1))
-    await asyncio.sleep(0)  # one pass: the publisher's task starts and sends
-    assert _stream_length_once_sent(redis_url, keys.events("s1")) == 2
-    await publisher.flush()
-    await publisher.close(expire=False)
+    """The first call of a pass waits that pass for others to join it; then the batch is
+    written at once, not when the task reading its replies starts (a pass later)."""
+    setter = redis.register_script("return redis.call('SET', KEYS[1], ARGV[1])")
+    await run_script(redis, setter, [f"{keys.prefix}:warm"], ["1"])  # connected, loaded
+    first = asyncio.create_task(run_script(redis, setter, [f"{keys.prefix}:a"], ["1"]))
+    second = asyncio.create_task(run_script(redis, setter, [f"{keys.prefix}:b"], ["1"]))
+    await asyncio.sleep(0)  # both are made: the first waits, the second joins it
+    await asyncio.sleep(0)  # the first's wait is over: the batch goes
+    assert _value_once_sent(redis_url, f"{keys.prefix}:b") == b"1"
+    assert await asyncio.gather(first, second) == [b"OK", b"OK"]
