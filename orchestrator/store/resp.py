@@ -530,7 +530,8 @@ class _Coalesced:
 
     def _start(self) -> None:
         if self._commands:
-            conn, written = self._write_now()
+            # One call left (its lead cancelled) goes as a call of its own, with retries.
+            conn, written = self._write_now() if len(self._commands) > 1 else (None, False)
             # Held by the pool until it is done: no caller may be left to hold it.
             sending: set[asyncio.Task[None]] = self.pool.__dict__.setdefault(_SENDING, set())
             task = self.loop.create_task(self._round_trip(conn, written))
