@@ -155,21 +155,6 @@ class LeanConnection(AbstractConnection):
             await self.disconnect(nowait=True)
             raise
 
-    def write_now(self, command: Iterable[bytes]) -> bool:
-        """Hand `command` to the socket's transport at once, without a pass through the
-        loop; False (nothing written) if that cannot be done here: not connected, a
-        health check due or the connection closing (`send_packed_command` decides then).
-        Bytes the kernel did not take stay in the transport's buffer: the caller waits for
-        room with `send_packed_command([])`, under the socket timeout, as a send would."""
-        writer = self._writer
-        if writer is None or not self.socket_timeout or writer.transport.is_closing():
-            return False
-        interval = self.health_check_interval
-        if interval and asyncio.get_running_loop().time() > self.next_health_check:
-            return False
-        writer.writelines(command)
-        return True
-
     def _hiredis_reader(self) -> Any:
         """The hiredis reader of a connected hiredis parser, else None."""
         parser = self._parser
@@ -354,14 +339,6 @@ class LeanPool(ConnectionPool):
     async def get_connection(
         self, command_name: Any = None, *keys: Any, **options: Any
     ) -> AbstractConnection:
-        conn = self.take_idle()
-        if conn is None:
-            conn = await super().get_connection()
-        return cast(AbstractConnection, conn)
-
-    def take_idle(self) -> LeanConnection | None:
-        """An idle, clean, connected connection, lent at once (give it back with
-        `release`); None if there is none (then `get_connection` waits for one)."""
         idle = self._available_connections
         if idle and not self._lock.locked():
             conn = idle[-1]
@@ -369,7 +346,8 @@ class LeanPool(ConnectionPool):
                 idle.pop()
                 self._in_use_connections.add(conn)
                 return conn
-        return None
+        conn = await super().get_connection()
+        return cast(AbstractConnection, conn)
 
 
 async def _disconnect_raise(conn: AbstractConnection, error: BaseException) -> None:
@@ -392,15 +370,8 @@ async def _send_all(
     """The commands in one write, their replies in order (a refused one's error in its
     place); `each(i, reply)` is told of every reply as soon as it is read."""
     await conn.send_packed_command(conn.pack_commands(commands))
-    return await _read_all(conn, len(commands), each)
-
-
-async def _read_all(
-    conn: AbstractConnection, count: int, each: Callable[[int, Any], None] | None = None
-) -> list[Any]:
-    """The replies of `count` commands sent, in order (as `_send_all`)."""
     replies: list[Any] = []
-    for i in range(count):
+    for i in range(len(commands)):
         try:
             reply = await conn.read_response()
         except redis_errors.ResponseError as exc:  # the connection is still in step
@@ -479,9 +450,8 @@ def _size(args: Command) -> int:
 
 class _Coalesced:
     """The `call`s made on one pool in one pass of the event loop: the first one (the
-    lead) waits a pass, then sends them all in one round trip (written at once on an
-    idle connection, the replies read by a task of its own, so a caller that gives up
-    leaves it to the others), or itself alone as before."""
+    lead) waits a pass, then sends them all in one round trip (a task of its own, so a
+    caller that gives up leaves it to the others), or itself alone as before."""
 
     def __init__(
         self, pool: ConnectionPool, loop: asyncio.AbstractEventLoop, lead: Command, size: int
@@ -530,50 +500,28 @@ class _Coalesced:
 
     def _start(self) -> None:
         if self._commands:
-            # One call left (its lead cancelled) goes as a call of its own, with retries.
-            conn, written = self._write_now() if len(self._commands) > 1 else (None, False)
             # Held by the pool until it is done: no caller may be left to hold it.
             sending: set[asyncio.Task[None]] = self.pool.__dict__.setdefault(_SENDING, set())
-            task = self.loop.create_task(self._round_trip(conn, written))
+            task = self.loop.create_task(self._round_trip())
             sending.add(task)
             task.add_done_callback(sending.discard)
-
-    def _write_now(self) -> tuple[LeanConnection | None, bool]:
-        """The batch written at once on an idle connection, so it leaves in this pass
-        and not when the reading task starts (a pass later): (the connection, True).
-        (None or the connection, False) if it must be sent by the task."""
-        take = getattr(self.pool, "take_idle", None)
-        conn = take() if take is not None else None
-        if conn is None:
-            return None, False
-        try:
-            packed = conn.pack_commands(self._commands)
-        except Exception:  # the task packs them again, and fails the batch as before
-            return conn, False
-        return conn, conn.write_now(packed)
 
     async def lead_reply(self) -> Any:
         return await asyncio.shield(self._futures[0])
 
-    async def _round_trip(self, conn: AbstractConnection | None, written: bool) -> None:
-        """Send the batch (unless `written` on `conn` already); each caller gets its
-        reply as soon as it is read, so a later failure (a dropped connection, a read
-        timeout on a slow script sent after it) fails only the calls not answered yet.
-        Not retried as a whole (a retry would run the answered calls again)."""
+    async def _round_trip(self) -> None:
+        """Send the batch; each caller gets its reply as soon as it is read, so a later
+        failure (a dropped connection, a read timeout on a slow script sent after it)
+        fails only the calls not answered yet. Not retried as a whole (a retry would
+        run the answered calls again)."""
         futures = self._futures
         try:
-            if conn is None and len(self._commands) == 1:
+            if len(self._commands) == 1:
                 _settle(futures[0], await _call_one(self.pool, self._commands[0]))
                 return
-            if conn is None:
-                conn = await self.pool.get_connection()
+            conn = await self.pool.get_connection()
             try:
-                if written:
-                    # Whatever the kernel did not take yet, under the socket timeout.
-                    await conn.send_packed_command([], check_health=False)
-                    await _read_all(conn, len(self._commands), lambda i, r: _settle(futures[i], r))
-                else:
-                    await _send_all(conn, self._commands, lambda i, r: _settle(futures[i], r))
+                await _send_all(conn, self._commands, lambda i, r: _settle(futures[i], r))
             except BaseException:
                 await conn.disconnect()  # replies may be left unread: never reused so
                 raise
