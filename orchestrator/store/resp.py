@@ -402,7 +402,7 @@ async def call(pool: ConnectionPool, args: Command) -> Any:
     if batch is not None and batch.loop is loop and not batch.sent and batch.has_room(size):
         return await batch.join(args, size)
     if batch is not None and batch.loop is loop and not batch.sent:
-        batch.send(lead=True)  # full: it goes now, and this call leads the next one
+        batch.send_full()  # full: it goes now, and this call leads the next one
     batch = _Coalesced(pool, loop, args, size)
     setattr(pool, _BATCH, batch)
     try:
@@ -477,6 +477,8 @@ class _Coalesced:
     def send(self, *, lead: bool) -> bool:
         """Close the batch and send it; True if the lead is alone in it (it is then sent
         by the lead's own call). Without the lead (cancelled), the others go."""
+        if self.sent:  # sent when it was full: the lead's reply comes with the others
+            return False
         self.sent = True
         if getattr(self.pool, _BATCH, None) is self:
             delattr(self.pool, _BATCH)
@@ -484,13 +486,25 @@ class _Coalesced:
             del self._commands[0], self._futures[0]
         elif len(self._commands) == 1:
             return True
+        self._start()
+        return False
+
+    def send_full(self) -> None:
+        """Send it now, lead and all (no call fits in it any more); the lead, when its
+        pass ends, waits for its reply like the others."""
+        if not self.sent:
+            self.sent = True
+            if getattr(self.pool, _BATCH, None) is self:
+                delattr(self.pool, _BATCH)
+            self._start()
+
+    def _start(self) -> None:
         if self._commands:
             # Held by the pool until it is done: no caller may be left to hold it.
             sending: set[asyncio.Task[None]] = self.pool.__dict__.setdefault(_SENDING, set())
             task = self.loop.create_task(self._round_trip())
             sending.add(task)
             task.add_done_callback(sending.discard)
-        return False
 
     async def lead_reply(self) -> Any:
         return await asyncio.shield(self._futures[0])
