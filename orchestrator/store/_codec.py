@@ -53,3 +53,9 @@ async def resolve(value: Awaitable[T] | T) -> T:
     if inspect.isawaitable(value):
         return cast(T, await value)
     return value
+
+
+def ascii_digits(raw: str) -> bool:
+    """Only ASCII digits, at least one: what int() takes as a plain count or index
+    (str.isdigit also takes "²" or "①", on which int() raises ValueError)."""
+    return raw.isascii() and raw.isdigit()

@@ -20,6 +20,7 @@ from arq.utils import timestamp_ms
 
 from orchestrator.keys import Keys
 from orchestrator.store import jsonserial
+from orchestrator.store._codec import ascii_digits
 from orchestrator.store.connection import translate_errors
 
 RUN_BATCH_ITEM = "run_batch_item"
@@ -90,13 +91,13 @@ def parse_item_job_id(job_id: str) -> tuple[str, int, int] | None:
     if not job_id.startswith("batch:"):
         return None
     parts = job_id.split(":")
-    if len(parts) == 4 and parts[3].startswith("r") and parts[3][1:].isdigit():
+    if len(parts) == 4 and parts[3].startswith("r") and ascii_digits(parts[3][1:]):
         run = int(parts[3][1:])
     elif len(parts) == 3:
         run = 1
     else:
         return None
-    if not parts[1] or not parts[2].isdigit() or run < 1:
+    if not parts[1] or not ascii_digits(parts[2]) or run < 1:
         return None
     return parts[1], int(parts[2]), run
 

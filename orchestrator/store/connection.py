@@ -35,6 +35,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from orchestrator.errors import ConfigError, StoreError, StoreUnavailable
 from orchestrator.store import jsonserial
+from orchestrator.store._codec import ascii_digits
 from orchestrator.store.resp import LeanConnection, LeanPool, call, call_many
 
 __all__ = [
@@ -102,7 +103,7 @@ def _host_port(part: str, url: str) -> tuple[str, int]:
     host, sep, port = part.rpartition(":")
     if part.startswith("[") and "]" in part:  # [ipv6]:port
         host, sep, port = part[1:].partition("]:")
-    if not sep or not host or not port.isdigit():
+    if not sep or not host or not ascii_digits(port):
         raise ConfigError(f"sentinel address {part!r} in {url!r} is not host:port")
     return host, int(port)
 
@@ -124,7 +125,7 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     path = [p for p in parts.path.split("/") if p]
     if not path or len(path) > 2:
         raise ConfigError(f"{safe!r} wants /service_name or /service_name/db after the hosts")
-    if len(path) == 2 and not path[1].isdigit():
+    if len(path) == 2 and not ascii_digits(path[1]):
         raise ConfigError(f"the database in {safe!r} must be a number, got {path[1]!r}")
     username, _, password = userinfo.partition(":")
     options = {k: v[-1] for k, v in parse_qs(parts.query).items()}

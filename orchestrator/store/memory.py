@@ -48,7 +48,15 @@ from orchestrator.runtime.memory import (
     check_size,
     merge_turn,
 )
-from orchestrator.store._codec import dump_json, load_json, opt_text, parse_int, resolve, text
+from orchestrator.store._codec import (
+    ascii_digits,
+    dump_json,
+    load_json,
+    opt_text,
+    parse_int,
+    resolve,
+    text,
+)
 from orchestrator.store.connection import (
     Redis,
     registered_script,
@@ -530,7 +538,7 @@ def _is_experience_field(name: Any) -> bool:
 
 def _experience_number(experience_id: str) -> int | None:
     prefix, _, digits = experience_id.partition("_")
-    if prefix != "exp" or not digits.isdigit():
+    if prefix != "exp" or not ascii_digits(digits):
         return None
     return int(digits)
 
@@ -578,7 +586,7 @@ def _experiences(key: str, fields: dict[str, Any]) -> list[Experience]:
             continue
         digits = name[len(_EXP) :]
         try:
-            if not digits.isdigit():
+            if not ascii_digits(digits):
                 raise PayloadError(f"bad experience field {name!r}")
             number = int(digits)
             found.append((number, Experience(id=f"exp_{number}", text=text(raw))))

@@ -17,6 +17,7 @@ from arq.utils import timestamp_ms
 
 from orchestrator.keys import Keys
 from orchestrator.runs import RunRequest
+from orchestrator.store._codec import ascii_digits
 from orchestrator.store.connection import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
@@ -87,10 +88,10 @@ def run_of_job(jid: str) -> str | None:
     """The run id in a job id `job_id` made, None if `jid` is not one. A guess for a run
     id with colons in it ("a:1:2" is run "a", attempt 1, segment 2, never run "a:1")."""
     head, _, last = jid.rpartition(":")
-    if not head or not last.isdigit():
+    if not head or not ascii_digits(last):
         return None
     run_id, _, attempt = head.rpartition(":")
-    return run_id if run_id and attempt.isdigit() else head
+    return run_id if run_id and ascii_digits(attempt) else head
 
 
 def arq_keys(jid: str) -> list[str]:

@@ -64,7 +64,7 @@ from orchestrator.errors import (
 from orchestrator.events import EventYield, ResponseYield, output_from_json, output_to_json
 from orchestrator.keys import Keys
 from orchestrator.runs import StatusEntry, StreamEntry, TreeProgress
-from orchestrator.store._codec import parse_int, resolve, text
+from orchestrator.store._codec import ascii_digits, parse_int, resolve, text
 from orchestrator.store.connection import (
     Redis,
     connect,
@@ -95,6 +95,7 @@ __all__ = [
     "decode_entry",
     "decode_item",
     "decode_items",
+    "decode_run_items",
     "item_count",
     "item_id",
     "split_item_id",
@@ -111,6 +112,9 @@ MULTI_WIRE_VERSION = "2"
 MAX_ITEMS_PER_ENTRY = 64
 # How long a live tail waits in one blocking XREAD; its client's read timeout must exceed it.
 DEFAULT_BLOCK_MS = 5000
+# How many entries one read of a tail takes: an entry holds up to 64 outputs, so this
+# bounds one reply of a live tail (an SSE client's, a CLI's) near 8,000 outputs.
+TAIL_COUNT = 128
 _KINDS = frozenset({"event", "response", "status"})
 _REDIS_FAILURES: tuple[type[BaseException], ...] = (redis_errors.RedisError, OSError)
 
@@ -999,7 +1003,7 @@ class StreamReader:
         run_id: str | None = None,
         follow: bool = True,
         block_ms: int = DEFAULT_BLOCK_MS,
-        count: int = 500,
+        count: int = TAIL_COUNT,
         stop_at_terminal: bool = False,
     ) -> AsyncGenerator[StreamEntry, None]:
         """Yield the session's entries after `after` (None: from the start; "$": only new).
@@ -1094,10 +1098,15 @@ def item_id(entry_id: str, index: int, count: int) -> str:
 
 def split_item_id(item_id_: str) -> tuple[str, int | None]:
     """The entry id and item index of an item id (index None: a plain entry id, the
-    entry's last item). A suffix that is not a number is left in the entry id."""
+    entry's last item). A suffix that is not a number is left in the entry id. The entry
+    id of an item id is given as Redis spells it ("0012-03.1" is item 1 of "12-3"), so it
+    compares equal to the ids Redis returns."""
     entry_id, dot, index = item_id_.partition(".")
-    if not dot or not index.isdigit():
+    if not dot or not ascii_digits(index):
         return item_id_, None
+    ms, dash, seq = entry_id.partition("-")
+    if dash and ascii_digits(ms) and ascii_digits(seq):
+        entry_id = f"{int(ms)}-{int(seq)}"
     return entry_id, int(index)
 
 
@@ -1109,7 +1118,7 @@ def _resume_point(cursor: str) -> tuple[str, tuple[str, int] | None]:
     if index is None:
         return cursor, None
     ms, dash, seq = entry_id.partition("-")
-    if not dash or not ms.isdigit() or not seq.isdigit():
+    if not dash or not ascii_digits(ms) or not ascii_digits(seq):
         return cursor, None  # not a stream id: Redis says so
     if int(seq) > 0:
         before = f"{ms}-{int(seq) - 1}"
@@ -1155,10 +1164,36 @@ def decode_items(entry_id: str, fields: Mapping[Any, Any]) -> list[StreamEntry |
     return items
 
 
+def decode_run_items(
+    entry_id: str, fields: Mapping[Any, Any], run_id: str, first: int = 0, last: int | None = None
+) -> list[tuple[str, StreamEntry | PayloadError]]:
+    """(item id, output or its `PayloadError`) for the items of a v2 entry from index
+    `first` up to `last` (None: all) whose run is `run_id`: the others are not decoded
+    (their run field is all that is read). Raises `PayloadError` for an entry that is
+    malformed as a whole."""
+    named = _named(entry_id, fields)
+    version = text(_need(named, "v", entry_id))
+    if version != MULTI_WIRE_VERSION:
+        raise PayloadError(f"stream entry {entry_id} is not of version {MULTI_WIRE_VERSION}")
+    count = item_count(entry_id, named)
+    stop = count if last is None else min(count, last + 1)
+    found: list[tuple[str, StreamEntry | PayloadError]] = []
+    for index in range(first, stop):
+        run = named.get(f"r{index}")
+        if run is None or text(run) != run_id:
+            continue
+        id_ = item_id(entry_id, index, count)
+        try:
+            found.append((id_, _decode_item_at(id_, named, index)))
+        except PayloadError as exc:
+            found.append((id_, exc))
+    return found
+
+
 def item_count(entry_id: str, named: Mapping[str, Any]) -> int:
     """The item count ("n") of a v2 entry (fields by name): 1 to `MAX_ITEMS_PER_ENTRY`."""
     raw = text(_need(named, "n", entry_id))
-    count = int(raw) if raw.isdigit() and len(raw) < 4 else 0
+    count = int(raw) if ascii_digits(raw) and len(raw) < 4 else 0
     # Items missing fields (a count too high) fail one by one, as they are decoded.
     if not 1 <= count <= MAX_ITEMS_PER_ENTRY:
         raise PayloadError(f"stream entry {entry_id} has a bad item count {raw!r}")

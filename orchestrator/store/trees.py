@@ -33,7 +33,7 @@ from orchestrator.store.streams import (
     MULTI_WIRE_VERSION,
     decode_entry,
     decode_item,
-    decode_items,
+    decode_run_items,
     item_count,
     item_id,
     split_item_id,
@@ -337,18 +337,14 @@ def _lane_items(
             log.warning("stream.malformed_entry", stream=stream, entry_id=entry_id, error=str(exc))
             return []
     try:
-        decoded = decode_items(entry_id, fields)
+        items = decode_run_items(entry_id, fields, run_id, first, last)
     except PayloadError as exc:
         log.warning("stream.malformed_entry", stream=stream, entry_id=entry_id, error=str(exc))
         return []
-    count = len(decoded)
-    stop = count if last is None else min(count, last + 1)
     found: builtins.list[tuple[str, StreamEntry]] = []
-    for index in range(first, stop):
-        item = decoded[index]
-        id_ = item_id(entry_id, index, count)
+    for id_, item in items:
         if isinstance(item, PayloadError):
             log.warning("stream.malformed_entry", stream=stream, entry_id=id_, error=str(item))
-        elif item.run_id == run_id:
+        else:
             found.append((id_, item))
     return found
