@@ -226,7 +226,8 @@ return reply(1, '', taken)
 # ARGV: expected raw, new raw ("" = the record is terminal already: only the rest), run
 #       id, score, run ttl ms, now ms, stream ttl s, session ttl ms, session ttl ms to set,
 #       lease attempt to release ("" = none), its fence, lease fence ttl s, drop the
-#       checkpoint ("1"), checkpoint fence ttl s, run-ends channel, a fork ("1"),
+#       checkpoint ("1"), checkpoint fence ttl s, run-ends channel (and, + ":records",
+#       `Keys.run_ended_records`), a fork ("1"),
 #       terminal status entry ("" = none), its root ("" = the run), stream maxlen,
 #       [the last batch: `publish`'s arguments]
 # Reply: {0, record raw ("" = none)} not the expected record, nothing written but the
@@ -304,6 +305,11 @@ if not done then add_entry(KEYS[13], ARGV[19], 'status', ARGV[3], ARGV[17], ARGV
 if ARGV[17] ~= '' then
   redis.call('EXPIRE', KEYS[13], ARGV[7])
   redis.call('EXPIRE', KEYS[14], ARGV[7])
+end
+-- A record just made terminal, when small, goes to the waiters with the end (first:
+-- a client of both channels is woken by it); the id alone on the old channel, always.
+if fresh and #ARGV[2] <= 16384 then
+  redis.call('PUBLISH', ARGV[15] .. ':records', ARGV[3] .. '\\n' .. ARGV[2])
 end
 redis.call('PUBLISH', ARGV[15], ARGV[3])
 if ARGV[16] ~= '1' then return {1} end
