@@ -38,6 +38,7 @@ from orchestrator.deluge.models import ModelRegistry, default_registry
 from orchestrator.deluge.response import APIResponse
 from orchestrator.errors import (
     ConfigError,
+    PayloadError,
     RunError,
     RunNotFound,
     SessionNotOwned,
@@ -205,10 +206,22 @@ class Run:
             ended.append(RunRecord.of_json(self.run_id, raw))
             return True
 
+        def heard(raw: str) -> bool:
+            # The record the end carried (untrusted, as a read's): taken only if it is
+            # this run's and terminal; else (or corrupt) the waiter reads it.
+            try:
+                record = RunRecord.of_json(self.run_id, raw)
+            except PayloadError:
+                return False
+            if record.run_id != self.run_id or not record.status.terminal:
+                return False
+            ended.append(record)
+            return True
+
         try:
             async with asyncio.timeout(timeout):
                 # Listening first, then the record: an end after the read is heard.
-                await self._client.ends.wait(self.run_id, is_ended)
+                await self._client.ends.wait(self.run_id, is_ended, heard)
         except TimeoutError:
             raise TimeoutError(f"run {self.run_id} still running after {timeout}s") from None
         record = ended[-1]

@@ -330,6 +330,15 @@ class Keys:
         (`RunStore.end`); `Run.result()` waits on it (`store/ends.py`)."""
         return f"{self.prefix}:run-ends"
 
+    def run_ended_records(self) -> str:
+        """Pub/sub channel (no key, nothing stored): `"<run id>\\n<record JSON>"` once a
+        run's record is terminal, the record it was just given, when it is small
+        (`RunStore.end`, which names it `run_ends()` + ":records"), published just before
+        the id on `run_ends()`. A waiter of the run takes the record from it instead of
+        reading it (`store/ends.py`); older clients, listening to `run_ends()` only, are
+        woken by the id as before."""
+        return f"{self.run_ends()}:records"
+
     def bounded(self) -> frozenset[str]:
         """The keys written without a TTL, each bounded otherwise (module docstring)."""
         statuses = ("queued", "running", "waiting", "completed", "error", "aborted")

@@ -6,6 +6,13 @@ registers the run, makes sure the client's one subscription is listening, then c
 `ended()` (the record) and waits for the run's message. The order (subscribed, then
 read) means an end written after the read is always heard.
 
+The end also publishes the record it wrote, when small, on `Keys.run_ended_records()`
+(`"<run id>\\n<record JSON>"`), just before the id. The watcher listens to both channels;
+a waiter given `heard` is handed the record text of its run's message and, if `heard`
+takes it (the waiter decodes and checks it: it is untrusted), returns without a read.
+Anything else (no record, corrupt, another run's, not terminal) is the id alone: a read.
+A message's record reaches only the waiters of the run it names, and only when they ask.
+
 Pub/sub is fire-and-forget: a dropped connection loses what was published meanwhile. So
 every waiter checks `ended()` again when the subscription fails and when it listens
 again, and every `poll_s` while it is down. While it listens, a waiter re-checks only
@@ -56,20 +63,29 @@ class EndWatcher:
         `idle_poll_s` (default `IDLE_POLLS * poll_s`): while it listens."""
         self._redis = redis
         self._channel = keys.run_ends()
+        self._records_channel = keys.run_ended_records()
         self._poll_s = poll_s
         self._idle_poll_s = IDLE_POLLS * poll_s if idle_poll_s is None else idle_poll_s
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        # A waiter's future: the record text its run's end carried (None: the id alone).
+        self._waiters: dict[str, set[asyncio.Future[str | None]]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._listening: asyncio.Event | None = None
         # True while the subscription listens (messages are heard).
         self._healthy = False
 
-    async def wait(self, run_id: str, ended: Callable[[], Awaitable[bool]]) -> None:
+    async def wait(
+        self,
+        run_id: str,
+        ended: Callable[[], Awaitable[bool]],
+        heard: Callable[[str], bool] | None = None,
+    ) -> None:
         """Return once `ended()` holds, checking it whenever `run_id`'s end is announced,
         whenever the subscription fails or listens again, and every `poll_s` while it is
-        down (every `idle_poll_s` while it listens)."""
+        down (every `idle_poll_s` while it listens). An announcement carrying the run's
+        record is offered to `heard` first: if it returns True, that is the end (no
+        `ended()` check)."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[str | None] = loop.create_future()
         waiters = self._waiters.setdefault(run_id, set())
         waiters.add(future)
         try:
@@ -80,6 +96,9 @@ class EndWatcher:
                     async with asyncio.timeout(wait_s):
                         await asyncio.shield(future)
                 if future.done():  # heard, or spurious: wait for the next one
+                    carried = future.result()
+                    if carried is not None and heard is not None and heard(carried):
+                        return
                     waiters.discard(future)
                     future = loop.create_future()
                     waiters.add(future)
@@ -112,7 +131,8 @@ class EndWatcher:
             while True:
                 pubsub: Any = self._redis.pubsub(ignore_subscribe_messages=True)
                 try:
-                    await pubsub.subscribe(self._channel)
+                    # The records' channel first: an end publishes there first.
+                    await pubsub.subscribe(self._records_channel, self._channel)
                     self._healthy = True
                     listening.set()
                     if failures:
@@ -121,7 +141,7 @@ class EndWatcher:
                     while True:
                         message = await pubsub.get_message(timeout=1.0)
                         if message is not None and message.get("type") == "message":
-                            self._wake(text(message["data"]))
+                            self._heard(message)
                 except asyncio.CancelledError:
                     raise
                 except _FAILURES as exc:
@@ -138,10 +158,20 @@ class EndWatcher:
         finally:
             self._healthy = False
 
-    def _wake(self, run_id: str) -> None:
+    def _heard(self, message: dict[str, Any]) -> None:
+        data = text(message["data"])
+        if text(message.get("channel") or "") != self._records_channel:
+            self._wake(data)
+            return
+        # "<run id>\n<record JSON>": the JSON holds no raw newline (an id may).
+        run_id, _, record = data.rpartition("\n")
+        if run_id:
+            self._wake(run_id, record)
+
+    def _wake(self, run_id: str, record: str | None = None) -> None:
         for future in self._waiters.get(run_id, ()):
             if not future.done():
-                future.set_result(None)
+                future.set_result(record)
 
     def _wake_all(self) -> None:
         for run_id in list(self._waiters):

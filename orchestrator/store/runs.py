@@ -225,7 +225,8 @@ return reply(1, '', taken)
 # ARGV: expected raw, new raw ("" = the record is terminal already: only the rest), run
 #       id, score, run ttl ms, now ms, stream ttl s, session ttl ms, session ttl ms to set,
 #       lease attempt to release ("" = none), its fence, lease fence ttl s, drop the
-#       checkpoint ("1"), checkpoint fence ttl s, run-ends channel, a fork ("1"),
+#       checkpoint ("1"), checkpoint fence ttl s, run-ends channel (and, + ":records",
+#       `Keys.run_ended_records`), a fork ("1"),
 #       terminal status entry ("" = none), its root ("" = the run), stream maxlen,
 #       [the last batch: `publish`'s arguments]
 # Reply: {0, record raw ("" = none)} not the expected record, nothing written but the
@@ -317,6 +318,13 @@ while i < base do
   local reply = redis.pcall(unpack(ARGV, i + 1, i + n))
   if type(reply) == 'table' and reply.err then code = 2 end
   i = i + 1 + n
+end
+-- A root run's record just made terminal, when small, goes to the waiters with the end
+-- (first: a client of both channels is woken by it); the id alone on the old channel,
+-- always. Not a fork's: a client rarely waits on one (its parent's gather does), and a
+-- fan-out's records would go to every subscribed client.
+if fresh and ARGV[18] == '' and #ARGV[2] <= 16384 then
+  redis.call('PUBLISH', ARGV[15] .. ':records', ARGV[3] .. '\\n' .. ARGV[2])
 end
 redis.call('PUBLISH', ARGV[15], ARGV[3])
 if ARGV[16] ~= '1' then return {code} end
