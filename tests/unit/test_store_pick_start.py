@@ -5,6 +5,7 @@ as it always did."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -345,3 +346,21 @@ async def test_a_turns_job_begins_as_its_pick_expects(fake_redis: Any, keys: Key
     ((_, _, args),) = queue.enqueue_calls([request])
     job = next(a for a in args if isinstance(a, bytes) and a.startswith(b"{"))
     assert job.startswith((turn_job_head("run-7") + 'sess-7",').encode())
+
+
+async def test_a_run_its_pick_started_for_a_job_that_never_took_it_is_given_back(
+    fake_redis: Any, keys: Keys
+) -> None:
+    """A job function that ignores `ctx[JOB_START]` (or a job arq fails before calling
+    it): the run's lease is handed back at once, for the reaper to queue its next attempt,
+    not left to lapse as a lost worker."""
+    request = _request()
+    await _given(fake_redis, keys, request, _record(request))
+    jid = await _queue(fake_redis, keys, request)
+    worker = _worker(fake_redis, keys)
+    await worker.start_jobs([jid.encode()])
+    await asyncio.gather(*worker.tasks.values())
+    assert (await RunStore(fake_redis, keys).get("r1")).status is RunStatus.RUNNING
+    owner = await fake_redis.hgetall(keys.lease("r1"))
+    assert owner[b"state"] == b"handed_back"
+    assert await fake_redis.zscore(keys.leases(), "r1") == 0
