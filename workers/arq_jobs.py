@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.store.batches import PICK_CLAIM_LUA
+from orchestrator.store.runs import PICK_START_LUA
 
 # arq's TTL of a retry counter (run_job's `pipe.expire(retry_key, 88400)`).
 RETRY_TTL_S = 88400
@@ -33,12 +34,17 @@ RETRY_TTL_S = 88400
 # try counts with INCR, leaving the TTL of the first (a day). With a sixth
 # key (and no claim), the pick reads that key too (a turn's job: its run's record, which
 # its start reads next) and replies with its value (false when missing or not a string)
-# as a sixth element.
-# KEYS in-progress, queue, job, retry, abort[, claims, meta | , read]
+# as a sixth element. With three more keys and the start's arguments, a turn's pick also
+# starts its run when it can (`store.runs.PICK_START_LUA`: its first try, not aborted),
+# and replies with the start's reply as a seventh element ({0}: not started here).
+# KEYS in-progress, queue, job, retry, abort[, claims, meta | , read[, lease owner,
+#      lease deadlines, running index]]
 # ARGV job id, now (ms), in-progress ttl (ms), picker, check abort ('1'/'0')[, index,
-# claim]: a batch item's job is claimed in the same step (PICK_CLAIM_LUA).
+# claim | , the start's arguments]: a batch item's job is claimed in the same step
+# (PICK_CLAIM_LUA).
 PICK_LUA = (
-    """
+    PICK_START_LUA
+    + """
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if (not score) or tonumber(score) > tonumber(ARGV[2]) then return -1 end
 if not redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[3], 'NX') then return -2 end
@@ -61,10 +67,16 @@ if not redis.call('SET', KEYS[4], '1', 'EX', {RETRY_TTL_S}, 'NX') then
   end
 end
 if type(job) == 'table' or type(try) == 'table' then return {{score, false, 0, aborted, 1}} end
-if #KEYS == 6 then
+if #KEYS == 6 or #KEYS == 9 then
   local read = redis.pcall('GET', KEYS[6])
   if type(read) ~= 'string' then read = false end
-  return {{score, job, try, aborted, 0, read}}
+  if #KEYS == 6 then return {{score, job, try, aborted, 0, read}} end
+  local started = {{0}}
+  if read and type(job) == 'string' and try == 1 and aborted == 0 then
+    local ok, reply = pcall(start_picked, job, read, KEYS[6], KEYS[7], KEYS[8], KEYS[9], 6)
+    started = ok and reply or {{-2}}
+  end
+  return {{score, job, try, aborted, 0, read, started}}
 end
 return {{score, job, try, aborted, 0}}
 """
@@ -122,6 +134,11 @@ return 1
 # with no result kept, and the worker does not finish it again.
 JOB_FINISH = "job_finish"
 
+# The ctx key of what a job's pick started for it (`PickStart.picked`: a turn's run),
+# for the job function to take (setting its `used`) before anything else; a job that
+# never takes it has it undone by the worker (`PickStart.unused`).
+JOB_START = "job_start"
+
 # The pick script's reply for a job that some worker has in progress.
 RUNNING = -2
 
@@ -136,14 +153,15 @@ class Picked:
     aborted: bool  # it was in arq's abort set (only read with allow_abort_jobs)
     broken: bool  # its job or retry key holds something that is not arq's
     read: bytes | None = None  # the value of the key the pick also read (None: none)
+    start: Any = None  # the reply of the start the pick tried (None: it tried none)
 
     @classmethod
     def from_reply(cls, reply: Any) -> Picked | None:
         """The pick script's reply, or None when the job was not picked."""
-        if not isinstance(reply, list) or len(reply) not in (5, 6):
+        if not isinstance(reply, list) or len(reply) not in (5, 6, 7):
             return None
         score, payload, job_try, aborted, broken = reply[:5]
-        read = reply[5] if len(reply) == 6 else None
+        read = reply[5] if len(reply) >= 6 else None
         return cls(
             score=int(float(score)),
             payload=payload if isinstance(payload, bytes) else None,
@@ -151,6 +169,7 @@ class Picked:
             aborted=bool(aborted),
             broken=bool(broken),
             read=read if isinstance(read, bytes) else None,
+            start=reply[6] if len(reply) == 7 else None,
         )
 
 

@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from arq.constants import (
@@ -59,6 +59,7 @@ from orchestrator.store.runs import Rider
 from workers.arq_jobs import (
     FINISH_LUA,
     JOB_FINISH,
+    JOB_START,
     PICK_LUA,
     REPAIR_PICK_LUA,
     RETRY_TTL_S,
@@ -75,6 +76,25 @@ PickClaim = Callable[[str], "tuple[list[str], list[str]] | None"]
 # value read, `(job id, value)`, before the job runs.
 PickRead = Callable[[str], "str | None"]
 PickedRead = Callable[[str, bytes], None]
+
+
+class StartedByPick(Protocol):
+    """What a job's pick started for it; the job function sets `used` once it took it."""
+
+    used: bool
+
+
+class PickStart(Protocol):
+    """A start a job's pick also makes (a turn's run), in the same script: its keys and
+    arguments (`call`, after the key `PickRead` names), what it started (`picked`, given
+    the start's reply: None if nothing), and undoing a start its job never took."""
+
+    def call(self, job_id: str) -> tuple[list[str], list[str]] | None: ...
+
+    def picked(self, job_id: str, reply: Any, at: float) -> StartedByPick | None: ...
+
+    async def unused(self, job_id: str, started: StartedByPick) -> None: ...
+
 
 _log = structlog.get_logger(__name__)
 # arq's own logger: the job lines it would write are written the same (when enabled).
@@ -139,16 +159,20 @@ class WakeableWorker(Worker):
         pick_claim: PickClaim | None = None,
         pick_read: PickRead | None = None,
         picked_read: PickedRead | None = None,
+        pick_start: PickStart | None = None,
         **kwargs: Any,
     ) -> None:
         """`pick_claim(job_id)`: what picking that job also claims (a batch item).
         `pick_read(job_id)`: a key picking that job also reads (in the same round trip);
-        `picked_read(job_id, value)` gets its value, if any, before the job runs."""
+        `picked_read(job_id, value)` gets its value, if any, before the job runs, unless
+        `pick_start` (with `pick_read`: a turn's start, which reads that key) started
+        something for the job with the pick: that goes to the job as `ctx[JOB_START]`."""
         super().__init__(*args, **kwargs)
         self._scripts: dict[str, Any] = {}
         self._pick_claim = pick_claim
         self._pick_read = pick_read
         self._picked_read = picked_read
+        self._pick_start = pick_start
         # What this worker's picks write in the in-progress key (arq writes "1").
         self._picker = f"w:{uuid.uuid4().hex}"
         self._wake_channel = wake_channel
@@ -294,6 +318,7 @@ class WakeableWorker(Worker):
 
     async def _start_batch(self, raw_ids: list[bytes]) -> None:
         """Pick these jobs (a slot taken for each) and start those that are ours."""
+        at = self.loop.time()
         try:
             picks = await self._pick_many(raw_ids)
         except BaseException as exc:
@@ -308,9 +333,12 @@ class WakeableWorker(Worker):
                 self._give_slot_back()
                 continue
             job_id = raw_id.decode()
-            if picked.read is not None and self._picked_read is not None:
+            started = None
+            if picked.start is not None and self._pick_start is not None:
+                started = self._pick_start.picked(job_id, picked.start, at)
+            if started is None and picked.read is not None and self._picked_read is not None:
                 self._picked_read(job_id, picked.read)
-            task = self.loop.create_task(self._run_picked(job_id, picked))
+            task = self.loop.create_task(self._run_picked(job_id, picked, started))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
 
@@ -383,6 +411,10 @@ class WakeableWorker(Worker):
             args += claim[1]
         elif self._pick_read is not None and (read := self._pick_read(job_id)) is not None:
             keys.append(read)
+            start = self._pick_start.call(job_id) if self._pick_start is not None else None
+            if start is not None:
+                keys += start[0]
+                args += start[1]
         return keys, args
 
     def _script(self, lua: str) -> Any:
@@ -416,15 +448,29 @@ class WakeableWorker(Worker):
             _log.warning("a pick whose reply was lost was undone", job_id=job_id)
             self.wake()
 
-    async def _run_picked(self, job_id: str, picked: Picked) -> None:
+    async def _run_picked(
+        self, job_id: str, picked: Picked, started: StartedByPick | None = None
+    ) -> None:
         try:
-            await self._run(job_id, picked)
+            await self._run(job_id, picked, started)
         except Exception as exc:  # a Redis failure in the bookkeeping, or a broken hook
             await self._repair(job_id, exc)
         finally:
             self._started.discard(job_id)
+            if started is not None and not started.used:
+                await self._undo_start(job_id, started)
 
-    async def _run(self, job_id: str, picked: Picked) -> None:
+    async def _undo_start(self, job_id: str, started: StartedByPick) -> None:
+        """The job never took what its pick started for it (it failed before its function
+        ran, or its function ignores it): undo that (`PickStart.unused`)."""
+        assert self._pick_start is not None
+        started.used = True
+        try:
+            await asyncio.shield(self._pick_start.unused(job_id, started))
+        except Exception as exc:
+            _log.warning("undoing a start made by a pick failed", job_id=job_id, error=repr(exc))
+
+    async def _run(self, job_id: str, picked: Picked, started: StartedByPick | None = None) -> None:
         """arq's run_job for a job `_pick` has read: the same checks, hooks, counters,
         logs, timeout, result and finish, without arq's second read of the job."""
         start_ms = timestamp_ms()
@@ -448,7 +494,7 @@ class WakeableWorker(Worker):
             _arq_log.warning("%6.2fs ! %s max retries %d exceeded", waited, ref, max_tries)
             exceeded = JobExecutionFailed(f"max {max_tries} retries exceeded")
             return await self._fail(job_id, call, exceeded, start_ms, ref)
-        await self._call(job_id, picked.score, call, function, ref, cron)
+        await self._call(job_id, picked.score, call, function, ref, cron, started)
 
     def _decode(self, job_id: str, picked: Picked, call: _Call) -> BaseException | None:
         """Fill `call` from the picked job; the failure to record if it cannot run."""
@@ -523,7 +569,14 @@ class WakeableWorker(Worker):
         )
 
     async def _call(
-        self, job_id: str, score: int, call: _Call, function: Any, ref: str, cron: bool
+        self,
+        job_id: str,
+        score: int,
+        call: _Call,
+        function: Any,
+        ref: str,
+        cron: bool,
+        started: StartedByPick | None = None,
     ) -> None:
         ctx = {
             **self.ctx,
@@ -535,6 +588,8 @@ class WakeableWorker(Worker):
         rider = None if cron else Rider(self._finish_commands(job_id))
         if rider is not None:
             ctx[JOB_FINISH] = rider
+        if started is not None:
+            ctx[JOB_START] = started
         self._started.add(job_id)
         if self.on_job_start:
             await self.on_job_start(ctx)

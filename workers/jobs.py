@@ -12,7 +12,8 @@ from typing import Any
 import structlog
 
 from orchestrator.store.latency import LatencyRecorder
-from workers.arq_jobs import JOB_FINISH
+from orchestrator.store.runs import PickedStart
+from workers.arq_jobs import JOB_FINISH, JOB_START
 from workers.turns import TurnExecutor
 
 EXECUTOR = "orchestrator_executor"
@@ -36,7 +37,8 @@ async def run_turn(ctx: dict[str, Any], payload: Any) -> dict[str, Any]:
     """Run one attempt of an agent turn. `payload` is a RunRequest as JSON; it is validated
     before use and a malformed one is rejected (recorded, not raised). A turn that ends
     its run finishes its job in the same round trip (`ctx[JOB_FINISH]`), leaving no arq
-    result: the run's record is the result."""
+    result: the run's record is the result. A run the job's pick started
+    (`ctx[JOB_START]`) is taken as this job's start once the payload matches it."""
     executor: TurnExecutor = ctx[EXECUTOR]
     recorder: LatencyRecorder | None = ctx.get(RECORDER)
     started = time.monotonic()
@@ -44,7 +46,10 @@ async def run_turn(ctx: dict[str, Any], payload: Any) -> dict[str, Any]:
         enqueued = ctx.get("enqueue_time")
         if recorder is not None and isinstance(enqueued, datetime):
             recorder.observe("dispatch", time.time() - enqueued.timestamp())
-        result = await executor.execute(payload, ctx.get(JOB_FINISH))
+        picked = ctx.get(JOB_START)
+        if not isinstance(picked, PickedStart):
+            picked = None
+        result = await executor.execute(payload, ctx.get(JOB_FINISH), picked)
         seconds = time.monotonic() - started
         if recorder is not None:
             recorder.observe("turn", seconds)

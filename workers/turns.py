@@ -52,8 +52,16 @@ from orchestrator.store.abort import AbortWatcher
 from orchestrator.store.journal import RedisSessionJournal
 from orchestrator.store.lifecycle import end_run
 from orchestrator.store.memory import MemoryScope, RedisMemoryStore
-from orchestrator.store.queue import JobQueue
-from orchestrator.store.runs import LeaseTable, Rider, RunStore, Started
+from orchestrator.store.queue import JobQueue, job_id, turn_job_head, turn_of_job
+from orchestrator.store.runs import (
+    LeaseTable,
+    PickedStart,
+    Rider,
+    RunStore,
+    Start,
+    Started,
+    pick_start_args,
+)
 from orchestrator.store.streams import (
     IDLE_TTL_S,
     EventPublisher,
@@ -142,38 +150,92 @@ class TurnExecutor:
         self._stream_ttls = StreamTtls()
         self._memory_limits = MemoryLimits.from_settings(settings)
         self._journal_limits = JournalLimits.from_settings(settings)
+        # The starts this worker's picks make for turns (the arq worker's `pick_start`).
+        self.starts = TurnStarts(keys, settings, worker_id, self._leases)
 
-    async def execute(self, payload: Any, rider: Rider | None = None) -> dict[str, Any]:
+    async def execute(
+        self, payload: Any, rider: Rider | None = None, picked: PickedStart | None = None
+    ) -> dict[str, Any]:
         """Run the turn `payload` asks for; its result for the job. `rider`: the job's
         finish, sent in the round trip of the run's end when this job ends the run (its
-        record then holds the outcome; `rider.confirmed` says it was)."""
+        record then holds the outcome; `rider.confirmed` says it was). `picked`: the
+        start the job's pick made (`TurnStarts`), taken here once the payload is checked
+        against it (else the run is given back and started as without it)."""
+        if picked is not None and picked.used:
+            picked = None
+        if picked is not None:
+            picked.used = True
+            if not picked.started:
+                picked = None
         try:
             request = RunRequest.from_dict(payload)
         except PayloadError as exc:
-            return await self._reject(payload, exc)
+            return await self._reject(payload, exc, picked)
         # Nothing has happened yet: while Redis is away, wait for it (keeping the slot).
         outage = Outage(f"start of run {request.run_id}")
-        begun = await until_available(lambda: self._begin(request, rider), outage)
+        adopted = await self._adopt(request, picked) if picked is not None else None
+        begun = await until_available(lambda: self._begin(request, rider, adopted), outage)
         if isinstance(begun, dict):
             return begun
         return await self._run(request, *begun, rider=rider)
 
-    async def _reject(self, payload: Any, exc: PayloadError) -> dict[str, Any]:
-        """A malformed payload: record the error on its run if it names one, keep serving."""
+    async def _reject(
+        self, payload: Any, exc: PayloadError, picked: PickedStart | None = None
+    ) -> dict[str, Any]:
+        """A malformed payload: record the error on its run if it names one, keep serving.
+        A run the job's pick started is ended by that (with its lease) if the payload
+        names it, else given back."""
         # Name what is wrong (field and reason), so the run's error says why it was refused.
         message = f"malformed job payload: {exc}"
         _log.warning("rejected job payload", error=message)
         run_id = payload.get("run_id") if isinstance(payload, dict) else None
+        ours = picked is not None and run_id == picked.run_id
+        ended = False
         if isinstance(run_id, str):
             with contextlib.suppress(OrchestratorError):
                 record = await self._runs.get(run_id)
                 await self._finish(
-                    record, Outcome(RunStatus.ERROR, error=message, error_type="PayloadError")
+                    record,
+                    Outcome(RunStatus.ERROR, error=message, error_type="PayloadError"),
+                    attempt=picked.attempt if picked is not None and ours else None,
+                    release=ours,
                 )
+                ended = True
+        if picked is not None and not (ours and ended):
+            await self._give_back(picked)
         return {"run_id": run_id, "status": "rejected", "error": message}
 
+    async def _adopt(self, request: RunRequest, picked: PickedStart) -> Start | None:
+        """The start the job's pick made, if it is the one `_begin` would make for
+        `request` (the run, attempt, segment, session and run tree its payload names);
+        else the run it started is given back (the reaper queues its next attempt) and
+        None: `_begin` starts the request's run as it always did."""
+        if picked.matches(
+            request.run_id, request.attempt, request.segment, request.session_id,
+            request.root_run_id,
+        ):  # fmt: skip
+            try:
+                return picked.start(IDLE_TTL_S)
+            except PayloadError as exc:
+                _log.warning(
+                    "a run started by its pick is corrupt", run_id=picked.run_id, error=str(exc)
+                )
+        else:
+            _log.warning(
+                "a job's payload is not the turn its pick started",
+                job_run_id=picked.run_id,
+                attempt=picked.attempt,
+                segment=picked.segment,
+            )
+        await self._give_back(picked)
+        return None
+
+    async def _give_back(self, picked: PickedStart) -> None:
+        """Give back the run the job's pick started (once Redis answers)."""
+        await self.starts.unused(job_id(picked.run_id, picked.attempt, picked.segment), picked)
+
     async def _begin(
-        self, request: RunRequest, rider: Rider | None = None
+        self, request: RunRequest, rider: Rider | None = None, adopted: Start | None = None
     ) -> tuple[RunRecord, str | None, TakenOver | None] | dict[str, Any]:
         """Move the run to RUNNING, take its lease and take over its writes: `(record,
         abort reason, take-over)`, or the job's result if the run is not this job's to
@@ -181,7 +243,9 @@ class TurnExecutor:
 
         One script reads the abort flags, checks the record (`_current`), takes over the
         run's writes for the attempt, moves it to RUNNING and takes the lease, all or
-        nothing (`RunStore.start`)."""
+        nothing (`RunStore.start`), unless the job's pick did all that (`adopted`)."""
+        if adopted is not None:
+            return adopted.record, adopted.abort_reason, adopted.taken
         try:
             start = await self._runs.start(
                 request.run_id,
@@ -564,6 +628,57 @@ class TurnExecutor:
         # this attempt still goes.
         if ended is None and release and attempt is not None:
             await self._leases.release(record.run_id, attempt)
+
+
+class TurnStarts:
+    """The start of a turn's run made by its job's pick, in the pick's round trip (the arq
+    worker's `PickStart`): the start `TurnExecutor._begin` would make for the attempt and
+    segment the job id names (`RunStore.start` with `_current`, taking over the run's
+    writes), when the pick's script can prove it is that start (`PICK_START_LUA`);
+    the executor checks the job's payload against it before it runs the turn."""
+
+    def __init__(self, keys: Keys, settings: Settings, worker_id: str, leases: LeaseTable) -> None:
+        self._keys = keys
+        self._settings = settings
+        self._worker_id = worker_id
+        self._leases = leases
+
+    def call(self, job_id: str) -> tuple[list[str], list[str]] | None:
+        """The start's keys and arguments in the pick of `job_id` (None: not a turn's)."""
+        turn = turn_of_job(job_id)
+        if turn is None:
+            return None
+        run_id, attempt, segment = turn
+        return pick_start_args(
+            self._keys,
+            run_id,
+            attempt=attempt,
+            segment=segment,
+            worker_id=self._worker_id,
+            lease_ttl_s=self._settings.lease_ttl_s,
+            take_over_ttl_s=IDLE_TTL_S,
+            job_head=turn_job_head(run_id),
+        )
+
+    def picked(self, job_id: str, reply: Any, at: float) -> PickedStart | None:
+        """What the pick of `job_id` started (None: nothing), its start's reply being
+        `reply` and the pick sent at loop time `at`."""
+        turn = turn_of_job(job_id)
+        if turn is None:
+            return None
+        started = PickedStart(*turn, reply=reply, at=at)
+        return started if started.started else None
+
+    async def unused(self, job_id: str, started: Any) -> None:
+        """Give back a run a pick started that its job did not run: once Redis answers,
+        its lease expires (a hand-back, not a lost worker) and the next reaper pass
+        queues its next attempt."""
+        assert isinstance(started, PickedStart)
+        _log.warning("giving back a run its pick started", run_id=started.run_id, job_id=job_id)
+        outage = Outage(f"hand-back of run {started.run_id}")
+        await until_available(
+            lambda: self._leases.hand_back(started.run_id, started.attempt), outage
+        )
 
 
 def _ignore(output: EventYield) -> None:

@@ -252,6 +252,8 @@ async def create_worker(
         # A turn's pick reads its run's record too: its start then takes one round trip.
         pick_read=services.record_key,
         picked_read=lambda _, raw: note_read(raw),
+        # ... and starts it there when it can: its start then needs no round trip at all.
+        pick_start=services.executor.starts,
         redis_pool=pool,
         max_jobs=settings.concurrency,
         poll_delay=settings.poll_delay_s,

@@ -94,6 +94,25 @@ def run_of_job(jid: str) -> str | None:
     return run_id if run_id and ascii_digits(attempt) else head
 
 
+def turn_of_job(jid: str) -> tuple[str, int, int] | None:
+    """`(run id, attempt, segment)` of a turn's job id (`job_id`), guessed as `run_of_job`
+    does; None if `jid` is not one. Whoever acts on the guess checks it (the job's
+    payload names its run)."""
+    run_id = run_of_job(jid)
+    if run_id is None:
+        return None
+    numbers = jid[len(run_id) + 1 :].split(":")
+    attempt, segment = int(numbers[0]), int(numbers[1]) if len(numbers) == 2 else 0
+    return (run_id, attempt, segment) if job_id(run_id, attempt, segment) == jid else None
+
+
+def turn_job_head(run_id: str) -> str:
+    """How the payload of a turn's job for `run_id` begins (`JobQueue.enqueue_calls`: arq's
+    envelope in `jsonserial`, first try unset, the request's fields in their order), up to
+    the first quote of its session id, for a run id JSON writes as it is."""
+    return f'{{"t":null,"f":"{RUN_TURN}","a":[{{"v":1,"run_id":"{run_id}","session_id":"'
+
+
 def arq_keys(jid: str) -> list[str]:
     """arq's own keys of one job (named by arq, outside our prefix): job, result,
     in-progress and retry. They expire; tests and the bench delete them early."""

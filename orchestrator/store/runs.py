@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import json
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -150,6 +152,39 @@ end
 redis.call('EXPIRE', KEYS[4], ARGV[5])
 return 1
 """
+# The checks and writes of a job's start once its record is settled, shared by
+# `_START_LUA` and the start a turn's pick makes (`PICK_START_LUA`): refuse if the lease
+# owner record is corrupt (-1) or a later attempt owns the lease (3); take over the run's
+# writes (`take_over`, with `fence_ttl` ~= ''; refused: 4, and the take-over's reply);
+# then write the record, move it from `old_index` to `running` (if they differ), take
+# the lease and put it in the deadlines. Returns the code (1 started) and the take-over.
+START_FUNCTION_LUA = """
+local function start_run(record, old_index, running, owner, deadlines, fence_key, seqs,
+    checkpoint, new_raw, run_id, score, attempt_arg, worker, deadline, fence_ttl)
+  local f = redis.call('HMGET', owner, 'attempt', 'fence')
+  local attempt = tonumber(attempt_arg)
+  local held = tonumber(f[1])
+  local fence = tonumber(f[2])
+  if (f[1] and not held) or (f[2] and not fence) then return -1 end
+  if (fence and attempt < fence) or (held and held > attempt) then return 3 end
+  local taken = nil
+  if fence_ttl ~= '' then
+    taken = take_over(fence_key, seqs, checkpoint, attempt_arg, fence_ttl, run_id)
+    if taken[1] == 0 then return 4, taken end
+  end
+  redis.call('SET', record, new_raw, 'KEEPTTL')
+  if old_index ~= running then
+    redis.call('ZREM', old_index, run_id)
+    redis.call('ZADD', running, score, run_id)
+  end
+  redis.call('HSET', owner, 'attempt', attempt_arg, 'worker', worker, 'state', 'held')
+  -- Only a release, a claim or an end gives the owner record a TTL, and each of them also
+  -- sets its fence: with neither attempt nor fence, it has none to clear.
+  if f[1] or f[2] then redis.call('PERSIST', owner) end
+  redis.call('ZADD', deadlines, deadline, run_id)
+  return 1, taken
+end
+"""
 # The start of a job in one round trip: read the run's abort flags and, if the record is
 # still what the caller expects, move it to RUNNING and take the attempt's lease (the
 # checks of `_RENEW_LUA`), all or nothing; with ARGV[9], also take over the run's writes
@@ -171,6 +206,7 @@ return 1
 # or saved its checkpoint (the take-over's {0, newer}), -1 corrupt lease
 _START_LUA = (
     TAKE_OVER_FUNCTION_LUA
+    + START_FUNCTION_LUA
     + """
 local flags = redis.call('MGET', KEYS[6], KEYS[7])
 local function reply(code, raw, taken)
@@ -180,30 +216,184 @@ end
 local current = redis.call('GET', KEYS[1])
 if ARGV[1] == '' or current ~= ARGV[1] then return reply(0, current or '') end
 if ARGV[8] == '1' and (flags[1] or flags[2]) then return reply(2, '') end
-local f = redis.call('HMGET', KEYS[4], 'attempt', 'fence')
-local attempt = tonumber(ARGV[5])
-local held = tonumber(f[1])
-local fence = tonumber(f[2])
-if (f[1] and not held) or (f[2] and not fence) then return reply(-1, '') end
-if (fence and attempt < fence) or (held and held > attempt) then return reply(3, '') end
-local taken = nil
-if ARGV[9] ~= '' then
-  taken = take_over(KEYS[8], KEYS[9], KEYS[10], ARGV[5], ARGV[9], ARGV[3])
-  if taken[1] == 0 then return reply(4, '', taken) end
-end
-redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
-if KEYS[2] ~= KEYS[3] then
-  redis.call('ZREM', KEYS[2], ARGV[3])
-  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
-end
-redis.call('HSET', KEYS[4], 'attempt', ARGV[5], 'worker', ARGV[6], 'state', 'held')
--- Only a release, a claim or an end gives the owner record a TTL, and each of them also
--- sets its fence: with neither attempt nor fence, it has none to clear.
-if f[1] or f[2] then redis.call('PERSIST', KEYS[4]) end
-redis.call('ZADD', KEYS[5], ARGV[7], ARGV[3])
-return reply(1, '', taken)
+local code, taken = start_run(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[8], KEYS[9],
+  KEYS[10], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[9])
+return reply(code, '', taken)
 """
 )
+# The start of a turn made by its job's pick, in the pick's script (`workers.arq_jobs`),
+# when the pick can prove it is the start the job's `RunStore.start` would make: the
+# run's record is in the form this version writes (`model_dump_json`: its first fields,
+# up to `worker_id`, in their order with plain values, and `"fork"` and an empty
+# `"waiting_for"` last), it expects this attempt and segment (`_current`: not ended,
+# same attempt; the same segment, or the next while waiting), the job is a `run_turn`
+# whose payload begins with this run id and the record's session id, and the pick
+# counted its first try (arq would refuse a later one: max_tries 1). Then the record is
+# that record with the fields `_started` changes spliced in (status, segment,
+# started_at if it never started, worker_id; `waiting_for` stays empty), and the rest
+# is `start_run`'s. The session's key names are the record's session id put into the
+# templates Python made with `Keys` (the root run id too: the run id less its
+# ".fork_<n>" when the record has a fork), so the keys a start writes are not in KEYS:
+# Redis Cluster is not a target (see `_START_LUA`). Python checks the payload afterwards
+# against what was started (`PickedStart.matches`), and gives the run back if it differs.
+# Anything else, and any failure, starts nothing here: the job starts as it always did.
+# Arguments: the job's bytes, the record read, the record, lease owner, lease deadlines
+# and running index keys, and the ARGV index of the start's arguments (in this order):
+#   run id, attempt, segment, worker id, worker id as JSON, lease deadline ms, now (s,
+#   JSON), the job's head up to its session id's first quote, the key templates of the
+#   status index (\0 = the status), the session's abort flag, the run tree's abort flag
+#   (\1 = the root run id), the run's write fence, the session's seqs and the run's
+#   checkpoint (\0 = the session id), write fence ttl s.
+# Returns {1, record raw, tree flag set, tree flag, session flag set, session flag,
+# session id, root run id, take-over reply} when it started the run, else {code} (0 not
+# this script's to start, else `start_run`'s refusal; nothing written but what a refused
+# take-over puts back).
+_PICK_START_FUNCTION_LUA = r"""
+local RECORD_HEAD = '^([^"\\]+)","agent":"[^"\\]*","status":"()(%l+)()","attempt":(%d+),' ..
+  '"max_attempts":%d+,"segment":()(%d+)(),"submitted_at":([%d%.eE+%-]+),"started_at":()' ..
+  '([%w%.+%-]+)(),"finished_at":[%w%.+%-]+,"worker_id":()'
+local ROOT_TAIL = ',"fork":null,"waiting_for":[]}'
+local FORK_TAIL = '},"waiting_for":[]}'
+local function fill(template, value, root)
+  if root then
+    local at = string.find(template, '\1', 1, true)
+    template = string.sub(template, 1, at - 1) .. root .. string.sub(template, at + 1)
+  end
+  local at = string.find(template, '\0', 1, true)
+  return string.sub(template, 1, at - 1) .. value .. string.sub(template, at + 1)
+end
+local function start_picked(job, raw, record, owner, deadlines, running, a)
+  local run_id = ARGV[a]
+  local head = '{"v":1,"run_id":"' .. run_id .. '","session_id":"'
+  if string.sub(raw, 1, #head) ~= head then return {0} end
+  local sid, s1, status, s2, attempt, g1, segment, g2, submitted, t1, started, t2, w1 =
+    string.match(raw, RECORD_HEAD, #head + 1)
+  if not sid or #sid > 200 or string.find(sid, '[{}%s%c]') then return {0} end
+  if attempt ~= ARGV[a + 1] or tostring(tonumber(segment)) ~= segment then return {0} end
+  if status == 'waiting' then
+    if tonumber(segment) + 1 ~= tonumber(ARGV[a + 2]) then return {0} end
+  elseif (status ~= 'queued' and status ~= 'running') or segment ~= ARGV[a + 2] then
+    return {0}
+  end
+  local w2 = w1 + 4
+  if string.sub(raw, w1, w1 + 3) ~= 'null' then w2 = string.match(raw, '^"[^"\\]*"()', w1) end
+  if not w2 or string.sub(raw, w2, w2 + 11) ~= ',"response":' then return {0} end
+  local root = run_id
+  if string.sub(raw, -#ROOT_TAIL) ~= ROOT_TAIL then
+    if string.sub(raw, -#FORK_TAIL) ~= FORK_TAIL then return {0} end
+    root = string.match(run_id, '^(.+)%.fork_%d+$')
+    if not root then return {0} end
+  end
+  local job_head = ARGV[a + 7] .. sid .. '",'
+  if string.sub(job, 1, #job_head) ~= job_head then return {0} end
+  local score = tonumber(submitted)
+  if not score then return {0} end
+  local flags = redis.call('MGET', fill(ARGV[a + 10], sid, root), fill(ARGV[a + 9], sid))
+  if started == 'null' and (flags[1] or flags[2]) then return {2} end
+  if started == 'null' or tonumber(started) == 0 then started = ARGV[a + 6] end
+  local new = string.sub(raw, 1, s1 - 1) .. 'running' .. string.sub(raw, s2, g1 - 1) ..
+    ARGV[a + 2] .. string.sub(raw, g2, t1 - 1) .. started .. string.sub(raw, t2, w1 - 1) ..
+    ARGV[a + 4] .. string.sub(raw, w2)
+  local code, taken = start_run(record, fill(ARGV[a + 8], status), running, owner, deadlines,
+    fill(ARGV[a + 11], sid), fill(ARGV[a + 12], sid), fill(ARGV[a + 13], sid), new, run_id,
+    string.format('%.17g', score * 1000), ARGV[a + 1], ARGV[a + 3], ARGV[a + 5], ARGV[a + 14])
+  if code ~= 1 then return {code} end
+  return {1, new, flags[1] and 1 or 0, flags[1] or '', flags[2] and 1 or 0, flags[2] or '',
+    sid, root, taken}
+end
+"""
+# The Lua the pick's script includes to start a turn: `start_picked` above and what it
+# calls. A pick calls it under `pcall`: a failure (a key of the wrong type) starts
+# nothing more than `_START_LUA` would have before failing the same way.
+PICK_START_LUA = TAKE_OVER_FUNCTION_LUA + START_FUNCTION_LUA + _PICK_START_FUNCTION_LUA
+# The placeholders of the key templates `start_picked` fills in (no id contains them).
+_SESSION_MARK = "\x00"
+_ROOT_MARK = "\x01"
+# The characters of a run id the pick's start handles (written as is in JSON, and in a
+# Lua pattern's subject only): printable ASCII but space, quote, backslash and braces.
+_PLAIN_ID = re.compile(r"[!#-\[\]-z|~]{1,200}")
+
+
+def pick_start_args(
+    keys: Keys,
+    run_id: str,
+    *,
+    attempt: int,
+    segment: int,
+    worker_id: str,
+    lease_ttl_s: float,
+    take_over_ttl_s: int,
+    job_head: str,
+) -> tuple[list[str], list[str]] | None:
+    """The KEYS (lease owner, deadlines, running index: after the record the pick reads)
+    and the ARGV of the start `PICK_START_LUA` makes for attempt `attempt` (segment
+    `segment`) of `run_id` on `worker_id`, as `RunStore.start(take_over_ttl_s=)` with
+    `_current` as its check; None for a run id it does not handle (the start is then
+    made on its own). `job_head`: how the job's payload begins, up to its session id."""
+    if _PLAIN_ID.fullmatch(run_id) is None:
+        return None
+    session, root = _SESSION_MARK, _ROOT_MARK
+    args = [
+        run_id,
+        str(attempt),
+        str(segment),
+        worker_id,
+        json.dumps(worker_id),
+        repr(_now_ms() + lease_ttl_s * 1000.0),
+        repr(time.time()),
+        job_head,
+        keys.runs_by_status(session),
+        keys.abort(session),
+        keys.run_abort(session, root),
+        keys.run_fence(session, run_id),
+        keys.seqs(session),
+        keys.checkpoint(session, run_id),
+        str(take_over_ttl_s),
+    ]
+    return [keys.lease(run_id), keys.leases(), keys.runs_by_status(RunStatus.RUNNING)], args
+
+
+@dataclass(slots=True)
+class PickedStart:
+    """What the pick of a turn's job replied for the start it tried (`PICK_START_LUA`),
+    for the job to take (`used`) before anything else: the run id, attempt and segment
+    its job id named, the reply, and when the pick was sent (loop time)."""
+
+    run_id: str
+    attempt: int
+    segment: int
+    reply: Any
+    at: float
+    used: bool = False
+
+    @property
+    def started(self) -> bool:
+        """The pick started the run (RUNNING, its lease and writes this attempt's)."""
+        return (
+            isinstance(self.reply, list | tuple) and len(self.reply) == 9 and (self.reply[0] == 1)
+        )
+
+    def matches(
+        self, run_id: str, attempt: int, segment: int, session_id: str, root_run_id: str
+    ) -> bool:
+        """The pick started exactly the start a job for these would make."""
+        return (
+            self.started
+            and (self.run_id, self.attempt, self.segment) == (run_id, attempt, segment)
+            and (text(self.reply[6]), text(self.reply[7])) == (session_id, root_run_id)
+        )
+
+    def start(self, take_over_ttl_s: int) -> Start:
+        """The `Start` the pick made (`started` only); `PayloadError` if the record it
+        wrote does not decode (it was corrupt past the fields the pick reads)."""
+        reply = self.reply
+        raw = reply[1] if isinstance(reply[1], bytes) else str(reply[1]).encode()
+        record = _decode_record(self.run_id, raw)
+        _remember(self.run_id, raw, record)
+        taken = taken_over(reply[8], self.run_id, take_over_ttl_s, self.at)
+        return Start(Started.STARTED, record, _flag_reason(reply), taken)
+
+
 # The end of a run in one round trip: its terminal record (compare-and-set, as
 # `_CAS_LUA`, with its retention clock) and everything that follows from it: the
 # checkpoint's state dropped (its fence kept), the attempt's lease released (as
