@@ -35,7 +35,7 @@ import time
 import structlog
 from redis.asyncio import Redis
 
-from orchestrator.errors import OrchestratorError, RunNotFound, StoreUnavailable
+from orchestrator.errors import OrchestratorError, PayloadError, RunNotFound, StoreUnavailable
 from orchestrator.keys import Keys
 from orchestrator.runs import RunRecord, RunRequest, RunStatus
 from orchestrator.settings import Settings
@@ -150,16 +150,24 @@ class Reaper:
         handled: list[str] = []
         claiming = self.claiming
         for run_id in await self._leases.expired():
-            if not claiming and not await self._handed_back(run_id):
-                continue  # the grace after an outage: its attempt may yet renew it
-            if await self._parked_while_waiting(run_id):
-                continue
-            attempt = await self._leases.claim_expired(run_id)
-            if attempt is None:
-                continue  # another worker's reaper won this one
-            if await self._recover(run_id, attempt):
-                handled.append(run_id)
+            try:
+                if await self._reap(run_id, claiming):
+                    handled.append(run_id)
+            except PayloadError as exc:
+                # A corrupt record stops its own recovery, never the others': it stays
+                # as it is for an operator to read (logged on every sweep).
+                _log.warning("reaper.corrupt_record", run_id=run_id, error=str(exc))
         return handled
+
+    async def _reap(self, run_id: str, claiming: bool) -> bool:
+        if not claiming and not await self._handed_back(run_id):
+            return False  # the grace after an outage: its attempt may yet renew it
+        if await self._parked_while_waiting(run_id):
+            return False
+        attempt = await self._leases.claim_expired(run_id)
+        if attempt is None:
+            return False  # another worker's reaper won this one
+        return await self._recover(run_id, attempt)
 
     async def _handed_back(self, run_id: str) -> bool:
         owner = await self._leases.owner(run_id)

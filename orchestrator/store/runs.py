@@ -253,6 +253,16 @@ local RECORD_HEAD = '^([^"\\]+)","agent":"[^"\\]*","status":"()(%l+)()","attempt
   '"max_attempts":%d+,"segment":()(%d+)(),"submitted_at":([%d%.eE+%-]+),"started_at":()' ..
   '([%w%.+%-]+)(),"finished_at":[%w%.+%-]+,"worker_id":()'
 local ROOT_TAIL = ',"fork":null,"waiting_for":[]}'
+-- A JSON number Python reads as a finite float (not hex, inf or nan, which Lua would).
+local function json_number(text)
+  if not (string.match(text, '^%-?%d+$') or string.match(text, '^%-?%d+%.%d+$')
+      or string.match(text, '^%-?%d+%.?%d*[eE][%+%-]?%d+$')) then return nil end
+  local value = tonumber(text)
+  if not value or value ~= value or value == math.huge or value == -math.huge then
+    return nil
+  end
+  return value
+end
 local FORK_TAIL = '},"waiting_for":[]}'
 local function fill(template, value, root)
   if root then
@@ -286,8 +296,20 @@ local function start_picked(job, raw, record, owner, deadlines, running, a)
   end
   local job_head = ARGV[a + 7] .. sid .. '",'
   if string.sub(job, 1, #job_head) ~= job_head then return {0} end
-  local score = tonumber(submitted)
-  if not score then return {0} end
+  local score = json_number(submitted)
+  if not score or (started ~= 'null' and not json_number(started)) then return {0} end
+  -- The whole record must be JSON whose fields are the ones matched above: a record
+  -- with a field twice (its reader keeps the last) or not JSON past them is not started
+  -- here (the job's own start reads it whole and says what is wrong).
+  local ok, doc = pcall(cjson.decode, raw)
+  if not ok or type(doc) ~= 'table' or doc.run_id ~= run_id or doc.session_id ~= sid
+      or doc.status ~= status or doc.attempt ~= tonumber(attempt)
+      or doc.segment ~= tonumber(segment) or type(doc.waiting_for) ~= 'table'
+      or next(doc.waiting_for) ~= nil
+      or (started == 'null' and doc.started_at ~= cjson.null)
+      or (started ~= 'null' and doc.started_at ~= tonumber(started)) then
+    return {0}
+  end
   local flags = redis.call('MGET', fill(ARGV[a + 10], sid, root), fill(ARGV[a + 9], sid))
   if started == 'null' and (flags[1] or flags[2]) then return {2} end
   if started == 'null' or tonumber(started) == 0 then started = ARGV[a + 6] end
@@ -389,6 +411,15 @@ class PickedStart:
         reply = self.reply
         raw = reply[1] if isinstance(reply[1], bytes) else str(reply[1]).encode()
         record = _decode_record(self.run_id, raw)
+        if (record.status, record.attempt, record.segment) != (
+            RunStatus.RUNNING,
+            self.attempt,
+            self.segment,
+        ):
+            raise PayloadError(
+                f"run record {self.run_id!r} as its pick started it is "
+                f"{record.status.value} attempt {record.attempt} segment {record.segment}"
+            )
         _remember(self.run_id, raw, record)
         taken = taken_over(reply[8], self.run_id, take_over_ttl_s, self.at)
         return Start(Started.STARTED, record, _flag_reason(reply), taken)
