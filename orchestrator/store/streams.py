@@ -1144,24 +1144,7 @@ def decode_items(entry_id: str, fields: Mapping[Any, Any]) -> list[StreamEntry |
     its item id (`item_id`); an item that does not decode is its `PayloadError` in the
     list, the others still decoded. Raises `PayloadError` for an entry that is malformed
     as a whole (no version, an unknown one, a bad item count)."""
-    named = _named(entry_id, fields)
-    version = text(_need(named, "v", entry_id))
-    if version == WIRE_VERSION:
-        try:
-            return [_decode_v1(entry_id, named)]
-        except PayloadError as exc:
-            return [exc]
-    if version != MULTI_WIRE_VERSION:
-        raise PayloadError(f"stream entry {entry_id} has unsupported version {version!r}")
-    count = item_count(entry_id, named)
-    items: list[StreamEntry | PayloadError] = []
-    for index in range(count):
-        id_ = item_id(entry_id, index, count)
-        try:
-            items.append(_decode_item_at(id_, named, index))
-        except PayloadError as exc:
-            items.append(exc)
-    return items
+    return [item for _id, item in _decode_from(entry_id, fields)]
 
 
 def decode_run_items(
@@ -1175,13 +1158,45 @@ def decode_run_items(
     version = text(_need(named, "v", entry_id))
     if version != MULTI_WIRE_VERSION:
         raise PayloadError(f"stream entry {entry_id} is not of version {MULTI_WIRE_VERSION}")
+    return _v2_items(entry_id, named, first, last, run_id)
+
+
+def _decode_from(
+    entry_id: str, fields: Mapping[Any, Any], first: int = 0
+) -> list[tuple[str, StreamEntry | PayloadError]]:
+    """(item id, output or its `PayloadError`) for the items of an entry of either
+    version from index `first`; `PayloadError` for an entry malformed as a whole."""
+    named = _named(entry_id, fields)
+    version = text(_need(named, "v", entry_id))
+    if version == WIRE_VERSION:
+        if first > 0:
+            return []
+        try:
+            return [(entry_id, _decode_v1(entry_id, named))]
+        except PayloadError as exc:
+            return [(entry_id, exc)]
+    if version != MULTI_WIRE_VERSION:
+        raise PayloadError(f"stream entry {entry_id} has unsupported version {version!r}")
+    return _v2_items(entry_id, named, first)
+
+
+def _v2_items(
+    entry_id: str,
+    named: Mapping[str, Any],
+    first: int = 0,
+    last: int | None = None,
+    run_id: str | None = None,
+) -> list[tuple[str, StreamEntry | PayloadError]]:
+    """The items of a v2 entry from `first` up to `last`, only `run_id`'s if given (the
+    others' run field is all that is read), each decoded or its `PayloadError`."""
     count = item_count(entry_id, named)
     stop = count if last is None else min(count, last + 1)
     found: list[tuple[str, StreamEntry | PayloadError]] = []
     for index in range(first, stop):
-        run = named.get(f"r{index}")
-        if run is None or text(run) != run_id:
-            continue
+        if run_id is not None:
+            run = named.get(f"r{index}")
+            if run is None or text(run) != run_id:
+                continue
         id_ = item_id(entry_id, index, count)
         try:
             found.append((id_, _decode_item_at(id_, named, index)))
@@ -1255,17 +1270,14 @@ def _items_after(
 ) -> list[tuple[str, StreamEntry | None]]:
     """(item id, output) for each item of a raw entry, None for one that does not decode
     (logged); those up to `skip`'s index when this is `skip`'s entry are left out."""
+    mine = skip is not None and skip[0] == entry_id
     try:
-        decoded = decode_items(entry_id, fields)
+        decoded = _decode_from(entry_id, fields, skip[1] + 1 if skip is not None and mine else 0)
     except PayloadError as exc:
         log.warning("stream.malformed_entry", stream=stream, entry_id=entry_id, error=str(exc))
-        return [(entry_id, None)] if skip is None or skip[0] != entry_id else []
-    count = len(decoded)
+        return [] if mine else [(entry_id, None)]
     items: list[tuple[str, StreamEntry | None]] = []
-    first = skip[1] + 1 if skip is not None and skip[0] == entry_id else 0
-    for index in range(first, count):
-        item = decoded[index]
-        id_ = item_id(entry_id, index, count)
+    for id_, item in decoded:
         if isinstance(item, PayloadError):
             log.warning("stream.malformed_entry", stream=stream, entry_id=id_, error=str(item))
             items.append((id_, None))
