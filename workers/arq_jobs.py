@@ -129,8 +129,8 @@ return 1
 
 
 # The ctx key of a job's finish (a `store.runs.Rider` of `finish_commands`, for a job
-# that is not a cron job): a job function may send it in the round trip of a write of
-# its own that records the job's outcome. Once it is confirmed, the job is finished,
+# that is not a cron job): a job function may have a script of its own that records the
+# job's outcome run it (a run's end). Once it is confirmed, the job is finished,
 # with no result kept, and the worker does not finish it again.
 JOB_FINISH = "job_finish"
 

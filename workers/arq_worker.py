@@ -709,7 +709,8 @@ class WakeableWorker(Worker):
         await run_script(self.pool, script, keys, args)
 
     def _finish_commands(self, job_id: str) -> list[tuple[Any, ...]]:
-        """`_finish(finish=True, result=None)` as plain commands (`JOB_FINISH`)."""
+        """`_finish(finish=True, result=None)` as commands for a run's end to run
+        (`JOB_FINISH`)."""
         return finish_commands(
             job_id,
             queue=self.queue_name,

@@ -157,8 +157,8 @@ class TurnExecutor:
         self, payload: Any, rider: Rider | None = None, picked: PickedStart | None = None
     ) -> dict[str, Any]:
         """Run the turn `payload` asks for; its result for the job. `rider`: the job's
-        finish, sent in the round trip of the run's end when this job ends the run (its
-        record then holds the outcome; `rider.confirmed` says it was). `picked`: the
+        finish, run by the end's script when this job ends the run (its record then
+        holds the outcome; `rider.confirmed` says it was). `picked`: the
         start the job's pick made (`TurnStarts`), taken here once the payload is checked
         against it (else the run is given back and started as without it)."""
         if picked is not None and picked.used:
