@@ -158,9 +158,18 @@ return 1
 # writes (`take_over`, with `fence_ttl` ~= ''; refused: 4, and the take-over's reply);
 # then write the record, move it from `old_index` to `running` (if they differ), take
 # the lease and put it in the deadlines. Returns the code (1 started) and the take-over.
+# `first`: the record is attempt 1 of a run that never started (queued, no started_at).
+# Nothing but a start of the run writes its fence, its checkpoint, its event_seq in the
+# seqs or its lease owner (after the start, its attempt's publisher, lease keeper and
+# end), and every start writes `started_at`: so no attempt has written any of them, and
+# none can have a newer attempt (only a reaper makes one, moving the record on to
+# attempt 2 first). Run ids are not reused (a root's is a uuid, a fork's a number its
+# session counts up). The take-over then has nothing to read: the fence is made with one
+# SET NX, which finds no fence (else, a fence left by a run of the same id, the whole
+# take-over runs, as for any start), and it replies as a take-over finding nothing does.
 START_FUNCTION_LUA = """
 local function start_run(record, old_index, running, owner, deadlines, fence_key, seqs,
-    checkpoint, new_raw, run_id, score, attempt_arg, worker, deadline, fence_ttl)
+    checkpoint, new_raw, run_id, score, attempt_arg, worker, deadline, fence_ttl, first)
   local f = redis.call('HMGET', owner, 'attempt', 'fence')
   local attempt = tonumber(attempt_arg)
   local held = tonumber(f[1])
@@ -169,8 +178,13 @@ local function start_run(record, old_index, running, owner, deadlines, fence_key
   if (fence and attempt < fence) or (held and held > attempt) then return 3 end
   local taken = nil
   if fence_ttl ~= '' then
-    taken = take_over(fence_key, seqs, checkpoint, attempt_arg, fence_ttl, run_id)
-    if taken[1] == 0 then return 4, taken end
+    if first and not (f[1] or f[2])
+        and redis.call('SET', fence_key, attempt_arg, 'EX', fence_ttl, 'NX') then
+      taken = {1, '', '', 0}
+    else
+      taken = take_over(fence_key, seqs, checkpoint, attempt_arg, fence_ttl, run_id)
+      if taken[1] == 0 then return 4, taken end
+    end
   end
   redis.call('SET', record, new_raw, 'KEEPTTL')
   if old_index ~= running then
@@ -312,13 +326,15 @@ local function start_picked(job, raw, record, owner, deadlines, running, a)
   end
   local flags = redis.call('MGET', fill(ARGV[a + 10], sid, root), fill(ARGV[a + 9], sid))
   if started == 'null' and (flags[1] or flags[2]) then return {2} end
+  local first = status == 'queued' and attempt == '1' and started == 'null'
   if started == 'null' or tonumber(started) == 0 then started = ARGV[a + 6] end
   local new = string.sub(raw, 1, s1 - 1) .. 'running' .. string.sub(raw, s2, g1 - 1) ..
     ARGV[a + 2] .. string.sub(raw, g2, t1 - 1) .. started .. string.sub(raw, t2, w1 - 1) ..
     ARGV[a + 4] .. string.sub(raw, w2)
   local code, taken = start_run(record, fill(ARGV[a + 8], status), running, owner, deadlines,
     fill(ARGV[a + 11], sid), fill(ARGV[a + 12], sid), fill(ARGV[a + 13], sid), new, run_id,
-    string.format('%.17g', score * 1000), ARGV[a + 1], ARGV[a + 3], ARGV[a + 5], ARGV[a + 14])
+    string.format('%.17g', score * 1000), ARGV[a + 1], ARGV[a + 3], ARGV[a + 5], ARGV[a + 14],
+    first)
   if code ~= 1 then return {code} end
   return {1, new, flags[1] and 1 or 0, flags[1] or '', flags[2] and 1 or 0, flags[2] or '',
     sid, root, taken}

@@ -1,0 +1,145 @@
+"""What a turn's pick costs Redis: the commands its script runs (MONITOR on the real
+server, only this test's script counted), for the start of a run that never started
+(a fan-out's forks, every submitted run) and for a resumed attempt's."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis as PlainRedis
+
+from orchestrator.keys import Keys
+from orchestrator.runs import ForkInfo, RunRecord, RunRequest
+from orchestrator.settings import Settings
+from orchestrator.store import jsonserial
+from orchestrator.store.connection import Redis
+from orchestrator.store.jsonserial import JobDecoder
+from orchestrator.store.queue import job_id, run_of_job
+from orchestrator.store.runs import LeaseTable, RunStore
+from orchestrator.store.streams import IDLE_TTL_S
+from tests.integration.workerproc import drop_job_keys
+from workers.arq_worker import WakeableWorker
+from workers.turns import TurnStarts
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
+
+AGENT = "pkg.agents:chat"
+
+
+def _fork(root: str) -> RunRequest:
+    fork = ForkInfo(fork_id="fork_1", root_run_id=root, parent_run_id=root, depth=1, fork_seq=1)
+    return RunRequest(
+        run_id=f"{root}.fork_1", session_id=f"s-{root}", agent=AGENT, message="hi", fork=fork
+    )
+
+
+async def _queued(redis: Redis, keys: Keys, request: RunRequest, **fields: Any) -> str:
+    record = RunRecord(
+        run_id=request.run_id,
+        session_id=request.session_id,
+        agent=request.agent,
+        request=request.model_dump(mode="json"),
+        fork=request.fork,
+        **fields,
+    )
+    await RunStore(redis, keys).create(record)
+    jid = job_id(request.run_id, request.attempt, request.segment)
+    body = {"t": None, "f": "run_turn", "a": [request.model_dump(mode="json")], "k": {}, "et": 1}
+    await redis.set(f"arq:job:{jid}", jsonserial.dumps(body), ex=600)
+    await redis.zadd(keys.queue(), {jid: 1})
+    return jid
+
+
+def _worker(redis: Redis, keys: Keys) -> WakeableWorker:
+    async def work(ctx: dict[str, Any], payload: Any) -> None:
+        pass
+
+    from arq import func
+
+    return WakeableWorker(
+        functions=[func(work, name="run_turn")],
+        queue_name=keys.queue(),
+        redis_pool=redis,  # type: ignore[arg-type]
+        wake_channel=keys.wake(),
+        handle_signals=False,
+        job_serializer=jsonserial.dumps,
+        job_deserializer=JobDecoder(),
+        pick_read=lambda jid: keys.run(run_of_job(jid) or jid),
+        pick_start=TurnStarts(keys, Settings(), "w1", LeaseTable(redis, keys)),
+    )
+
+
+async def _pick_commands(redis_url: str, redis: Redis, keys: Keys, jid: str) -> list[str]:
+    """Pick `jid` (its run started in the pick) and return the commands its script ran."""
+    sentinel = f"end-of-pick-{uuid.uuid4().hex}"
+    watcher = PlainRedis.from_url(redis_url)
+    seen: list[dict[str, Any]] = []
+    try:
+        async with watcher.monitor() as monitor:
+            (picked,) = await _worker(redis, keys)._pick_many([jid.encode()])
+            await redis.echo(sentinel)
+            while True:
+                command = await asyncio.wait_for(monitor.next_command(), 10)
+                seen.append(command)
+                if sentinel in command["command"] and command["client_type"] != "lua":
+                    break
+    finally:
+        await watcher.aclose()
+    assert picked is not None
+    assert picked.start is not None
+    assert picked.start[0] == 1, f"the pick did not start the run: {picked.start}"
+    # The last call of the script (a first EVALSHA may have found it not loaded yet).
+    at = max(
+        i
+        for i, c in enumerate(seen)
+        if c["command"].upper().startswith("EVAL") and jid in c["command"]
+    )
+    inner: list[str] = []
+    for command in seen[at + 1 :]:
+        if command["client_type"] != "lua":
+            break
+        inner.append(command["command"].split(" ", 1)[0].upper())
+    return inner
+
+
+async def test_the_pick_that_first_starts_a_run_runs_at_most_twelve_commands(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """Attempt 1 of a run that never started (a fan-out's fork): no attempt before it can
+    have written the run's checkpoint, seqs or write fence, so its start reads none of
+    them, and its job and record are read together."""
+    request = _fork(uuid.uuid4().hex)
+    jid = await _queued(redis, keys, request)
+    try:
+        inner = await _pick_commands(redis_url, redis, keys, jid)
+    finally:
+        await drop_job_keys(redis, [jid])
+    assert len(inner) <= 12, inner
+    assert "HGET" not in inner  # the run's last event_seq
+    assert inner.count("HMGET") == 1  # the lease owner, not the checkpoint
+    session, run_id = request.session_id, request.run_id
+    assert await redis.get(keys.run_fence(session, run_id)) == b"1"
+    assert 0 < await redis.ttl(keys.run_fence(session, run_id)) <= IDLE_TTL_S
+
+
+async def test_the_pick_of_a_resumed_attempt_still_takes_over_what_the_last_one_left(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """Attempt 2 (its run re-queued by a reaper): the take-over reads the fence, the
+    checkpoint and the last event_seq the first attempt left, as it always did."""
+    request = _fork(uuid.uuid4().hex).model_copy(update={"attempt": 2})
+    session, run_id = request.session_id, request.run_id
+    jid = await _queued(redis, keys, request, attempt=2, max_attempts=3, started_at=5.0)
+    await redis.set(keys.run_fence(session, run_id), "1", ex=600)
+    await redis.hset(keys.checkpoint(session, run_id), mapping={"attempt": "1", "state": "{}"})
+    await redis.hset(keys.seqs(session), run_id, "6")
+    try:
+        inner = await _pick_commands(redis_url, redis, keys, jid)
+    finally:
+        await drop_job_keys(redis, [jid])
+    assert inner.count("HMGET") == 2  # the lease owner and the checkpoint
+    assert "HGET" in inner
+    assert await redis.get(keys.run_fence(session, run_id)) == b"2"
