@@ -56,7 +56,14 @@ if #KEYS == 7 then
     + PICK_CLAIM_LUA
     + f"""
 end
-local job = redis.pcall('GET', KEYS[3])
+-- A turn's job and its run's record in one MGET (it reads a key of another type as
+-- missing: a job it finds missing is read again alone, which says if it is broken).
+local job, read = nil, false
+if #KEYS == 6 or #KEYS == 9 then
+  local both = redis.call('MGET', KEYS[3], KEYS[6])
+  job, read = both[1], both[2]
+end
+if not job then job = redis.pcall('GET', KEYS[3]) end
 local try = 1
 if not redis.call('SET', KEYS[4], '1', 'EX', {RETRY_TTL_S}, 'NX') then
   -- A later try (rare) counts on, its counter keeping the first try's TTL; a counter
@@ -68,7 +75,6 @@ if not redis.call('SET', KEYS[4], '1', 'EX', {RETRY_TTL_S}, 'NX') then
 end
 if type(job) == 'table' or type(try) == 'table' then return {{score, false, 0, aborted, 1}} end
 if #KEYS == 6 or #KEYS == 9 then
-  local read = redis.pcall('GET', KEYS[6])
   if type(read) ~= 'string' then read = false end
   if #KEYS == 6 then return {{score, job, try, aborted, 0, read}} end
   local started = {{0}}
