@@ -102,6 +102,8 @@ class RedisForkBackend:
             self._existing_batch
         )
         self._requeues: Batcher[RunRequest, None] = Batcher(self._requeue_batch)
+        # Forks of re-run spawns whose records had expired, to be created again.
+        self._recreated: set[str] = set()
 
     # Built on first use: most turns (a leaf fork's) never spawn nor gather, and each
     # registers its scripts (hashing their source) when built.
@@ -162,6 +164,7 @@ class RedisForkBackend:
 
     async def _start(self, info: ForkInfo, allocation: Allocation, spawn: SpawnRequest) -> None:
         run_id = fork_run_id(info.root_run_id, info.fork_id)
+        recreated = False
         if not allocation.created:
             # A re-run spawn (one MGET for the batch's records).
             existing = await self._existing.submit(run_id)
@@ -173,6 +176,8 @@ class RedisForkBackend:
                     # ignores the enqueue if the job is there.
                     await self._requeues.submit(RunRequest.model_validate(existing.request))
                 return
+            # Its record expired: the run is created again, under an id that had a life.
+            recreated = True
         request = RunRequest(
             run_id=run_id,
             session_id=self._request.session_id,
@@ -183,6 +188,8 @@ class RedisForkBackend:
             options=dict(self._request.options),
             fork=info,
         )
+        if recreated:
+            self._recreated.add(run_id)
         await self._starts.submit(request)
         # Debug: a fan-out of N forks would log N lines here, and each fork's job logs its
         # own "job done" (with its run id bound) when it ends.
@@ -231,6 +238,10 @@ class RedisForkBackend:
         """Inherit experiences, create the records (one round trip), then announce the
         new ones and enqueue every job (one round trip)."""
         await self._inherit_experiences([r.fork for r in requests if r.fork is not None])
+        recreated = [r.run_id for r in requests if r.run_id in self._recreated]
+        if recreated:  # rare: their first starts must read what their earlier lives left
+            await self._runs.mark_recreated(self._request.session_id, recreated)
+            self._recreated.difference_update(recreated)
         records = [self._record_of(r) for r in requests]
         created = await self._runs.create_many(records)
         # Readers learn of each new fork (a "queued" entry) before any later event of its

@@ -43,6 +43,7 @@ from orchestrator.store.connection import (
 )
 from orchestrator.store.streams import (
     ADD_ENTRY_FUNCTION_LUA,
+    IDLE_TTL_S,
     PUBLISH_FUNCTION_LUA,
     TAKE_OVER_FUNCTION_LUA,
     LastBatch,
@@ -163,10 +164,13 @@ return 1
 # seqs or its lease owner (after the start, its attempt's publisher, lease keeper and
 # end), and every start writes `started_at`: so no attempt has written any of them, and
 # none can have a newer attempt (only a reaper makes one, moving the record on to
-# attempt 2 first). Run ids are not reused (a root's is a uuid, a fork's a number its
-# session counts up). The take-over then has nothing to read: the fence is made with one
-# SET NX, which finds no fence (else, a fence left by a run of the same id, the whole
-# take-over runs, as for any start), and it replies as a take-over finding nothing does.
+# attempt 2 first). A run id has no earlier life: a root's is a uuid, a fork's a number
+# its session counts up; a re-run spawn whose fork's record expired creates it again,
+# but gives it a fence first (`RunStore.mark_recreated`). So the take-over has nothing
+# to read: the fence is made with one SET NX, which finds none (if it finds one, the
+# whole take-over runs, as for any start), and it replies as a take-over that found
+# nothing does. The lease owner is still read: a record of another attempt there (not
+# this run's: untrusted contents) refuses the start as it always did.
 START_FUNCTION_LUA = """
 local function start_run(record, old_index, running, owner, deadlines, fence_key, seqs,
     checkpoint, new_raw, run_id, score, attempt_arg, worker, deadline, fence_ttl, first)
@@ -803,6 +807,21 @@ class RunStore:
         if written:
             _remember(record.run_id, call[2][1], record)
         return written
+
+    async def mark_recreated(self, session_id: str, run_ids: Sequence[str]) -> None:
+        """Before runs whose ids lived before are created again (a re-run spawn's forks
+        whose records expired): give each run a write fence of attempt 0 unless it still
+        has one, so its first start takes over its writes as any later attempt's does
+        (from the checkpoint and the last event_seq its earlier life may have left), not
+        as the start of a run id nothing has written yet (`START_FUNCTION_LUA`'s
+        `first`). One round trip; attempt 0 refuses no attempt's writes."""
+        async with (
+            translate_errors("run re-create"),
+            self._redis.pipeline(transaction=False) as pipe,
+        ):
+            for run_id in run_ids:
+                pipe.set(self._keys.run_fence(session_id, run_id), "0", ex=IDLE_TTL_S, nx=True)
+            await pipe.execute()
 
     async def create_many(self, records: Sequence[RunRecord]) -> list[bool]:
         """`create` for several records in one round trip: one script per status and

@@ -12,11 +12,17 @@ import pytest
 
 from orchestrator.errors import StaleAttempt
 from orchestrator.keys import Keys
+from orchestrator.ports import SpawnRequest
 from orchestrator.runs import RunRequest, RunStatus
+from orchestrator.settings import Settings
+from orchestrator.store import jsonserial
+from orchestrator.store.memory import RedisMemoryStore
+from orchestrator.store.queue import JobQueue, job_id
 from orchestrator.store.runs import LeaseTable, RunStore, Start, Started
 from orchestrator.store.streams import IDLE_TTL_S, EventPublisher, StreamReader
 from tests.fixtures_redis import event_output, payloads
 from tests.unit.test_store_pick_start import _given, _pick, _queue, _record, _request
+from workers.forks import RedisForkBackend
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -114,3 +120,56 @@ async def test_a_first_attempts_checkpoint_is_refused_by_a_newer_one_when_the_fe
     assert await StreamReader(fake_redis, keys).read("s1") == []
     assert await fake_redis.hget(keys.checkpoint("s1", "r1"), "state") == b'{"by": 2}'
     await new.close(expire=False)
+
+
+async def test_a_fork_created_again_by_a_re_run_spawn_numbers_on_from_its_earlier_life(
+    fake_redis: Any, keys: Keys
+) -> None:
+    """A re-run spawn whose fork's record has expired creates the fork again, under the
+    same run id: its first start is not taken for a run id nothing has written, and its
+    events number on from the last event_seq the earlier life published."""
+    spawn = SpawnRequest(
+        parent_agent_call_id="root", parent_memory_key="mem", message="go", spawn_key="k0"
+    )
+    handle = await _backend(fake_redis, keys).spawn(spawn)
+    run_id = f"root.{handle['fork_id']}"
+    jid = job_id(run_id, 1, 0)
+    # Its earlier life published up to event_seq 4; then its record and job expired.
+    await fake_redis.hset(keys.seqs("s"), run_id, "4")
+    await fake_redis.delete(keys.run(run_id), f"arq:job:{jid}")
+    await fake_redis.zrem(keys.queue(), jid)
+
+    assert await _backend(fake_redis, keys).spawn(spawn) == handle  # the re-run spawn
+    record = await RunStore(fake_redis, keys).get(run_id)
+    assert (record.status, record.attempt, record.started_at) == (RunStatus.QUEUED, 1, None)
+    picked = await _pick(fake_redis, keys, jid)
+    assert picked is not None
+    start = picked.start(IDLE_TTL_S)
+    assert start.taken is not None
+    assert start.taken.last_seq == 4
+    assert await fake_redis.get(keys.run_fence("s", run_id)) == b"1"
+
+
+class _Arq:
+    """What `JobQueue` needs of arq's pool, on fakeredis."""
+
+    job_serializer = staticmethod(jsonserial.dumps)
+    expires_extra_ms = 86_400_000
+
+    def __init__(self, redis: Any) -> None:
+        self.redis = redis
+
+    def register_script(self, lua: str) -> Any:
+        return self.redis.register_script(lua)
+
+
+def _backend(redis: Any, keys: Keys) -> RedisForkBackend:
+    return RedisForkBackend(
+        redis,
+        keys,
+        Settings(),
+        JobQueue(_Arq(redis), keys),  # type: ignore[arg-type]
+        request=RunRequest(run_id="root", session_id="s", agent="m:a"),
+        tenant=None,
+        memory=RedisMemoryStore(redis, keys),
+    )
