@@ -1,7 +1,8 @@
 """The session's retention at a run's end: the ends of a fan-out push the stream's (and
 seqs') TTL back once per window (a tenth of the retention, at most a minute), not each;
 an end past the window, or after a publisher gave the stream its longer idle TTL, pushes
-it back to the retention; the session's owner always outlives the stream."""
+it back to the retention; the session's owner always outlives the stream. (A stream the
+end creates gets the retention: tests/unit/test_store_folded_end.py.)"""
 
 from __future__ import annotations
 
@@ -72,12 +73,3 @@ async def test_a_fan_outs_ends_push_the_sessions_retention_back_once_per_window(
     await _end(fake_redis, keys, "p.fork_4")
     assert all(_FULL_MS - 1_000 < ttl <= _FULL_MS for ttl in await _ttls(fake_redis, keys))
     assert await fake_redis.pttl(owner) > await fake_redis.pttl(keys.events("s1"))
-
-
-async def test_an_end_gives_a_stream_without_a_ttl_its_retention(
-    fake_redis: Any, keys: Keys
-) -> None:
-    await _end(fake_redis, keys, "p.fork_1")
-    await fake_redis.persist(keys.events("s1"))
-    await _end(fake_redis, keys, "p.fork_2")
-    assert _FULL_MS - 1_000 < await fake_redis.pttl(keys.events("s1")) <= _FULL_MS
