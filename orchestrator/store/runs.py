@@ -452,11 +452,12 @@ class PickedStart:
 # retention pushed back when they would expire before the stream (not on every run's
 # end), the terminal status entry in the session stream (`add_entry`, marked as the
 # publisher "end:<run>" would mark it: once, however often the end is repeated; the
-# stream's retention starts there), the announcement that wakes `Run.result()`, and, a
+# stream's retention starts there, pushed back unless an end did so within the refresh
+# window: `_session_window_ms`), the announcement that wakes `Run.result()`, and, a
 # fork, its parent's awaited set (SREM, then SCARD: exactly one fork's end sees it
 # emptied), with the parent's record when this was the last fork it awaited. A reader
 # woken by the terminal entry (or the announcement) finds all of it done: one script.
-# With a publisher's last batch (ARGV after the 19th, `publish`'s arguments), the batch
+# With a publisher's last batch (ARGV after the rider's, `publish`'s arguments), the batch
 # goes first, as if the publisher had sent it just before: its fence refuses the whole end
 # (nothing written), else its entries precede the terminal entry, and it is written
 # (once: its marker) even when the record is not the expected one.
@@ -469,7 +470,9 @@ class PickedStart:
 #       checkpoint ("1"), checkpoint fence ttl s, run-ends channel (and, + ":records",
 #       `Keys.run_ended_records`), a fork ("1"),
 #       terminal status entry ("" = none), its root ("" = the run), stream maxlen,
-#       [the last batch: `publish`'s arguments]
+#       session refresh window ms, "1" = the expected record is of the lease attempt
+#       released, the rider's commands (`_rider_args`), [the last batch: `publish`'s
+#       arguments]
 # Reply: {0, record raw ("" = none)} not the expected record, nothing written but the
 # batch; {-1, newer attempt} the batch's fence refused it, nothing written; {1} ended;
 # {1, parent raw} ended, and emptied the waiting parent's awaited set
@@ -477,14 +480,17 @@ _END_LUA = (
     ADD_ENTRY_FUNCTION_LUA
     + PUBLISH_FUNCTION_LUA
     + """
--- ARGV[20]: how many ARGV the rider's commands take (ARGV[21..]: each its argument
+-- ARGV[22]: how many ARGV the rider's commands take (ARGV[23..]: each its argument
 -- count, then its arguments); the last batch's, if any, follow them.
-local base = 20 + tonumber(ARGV[20])
+local base = 22 + tonumber(ARGV[22])
 local batch = false
+-- The batch's fence check reads the write fence and gives it its retention (GETEX).
+local fenced = false
 if #ARGV > base then
-  local checked = publish_check(KEYS[14], KEYS[15], KEYS[6], KEYS[5], base)
+  local checked = publish_check(KEYS[14], KEYS[15], KEYS[6], KEYS[5], base, ARGV[7])
   if checked[1] == 0 then return {-1, checked[2]} end
   batch = checked[1] == 1
+  fenced = checked.fenced == true
 end
 local fresh = ARGV[2] ~= ''
 if fresh then
@@ -496,6 +502,8 @@ if fresh then
         or redis.call('HGET', KEYS[15], 'end:' .. ARGV[3])) then
       publish_write(KEYS[13], KEYS[14], KEYS[6], KEYS[5], base, {}, true)
     end
+    -- Not ended: the fence keeps the TTL of a live run's (the batch's), not a retention.
+    if fenced then redis.call('EXPIRE', KEYS[6], ARGV[base + 7]) end
     return {0, current or ''}
   end
   -- The record and its retention clock in one command (SET KEEPTTL + PEXPIRE).
@@ -509,19 +517,22 @@ else
 end
 redis.call('ZADD', KEYS[4], tonumber(ARGV[6]) + tonumber(ARGV[5]), ARGV[3])
 if ARGV[10] ~= '' then
-  local held = redis.call('HGET', KEYS[7], 'attempt')
-  if held and tonumber(held) == tonumber(ARGV[10]) then
+  -- The lease is the attempt's to release if it holds it. A record just moved on from
+  -- the attempt's own (ARGV[21]: its attempt is the one released) says so already: a
+  -- lease's attempt is written by a start, with its record, and by that attempt's own
+  -- renewals, and a record's attempt only grows: no later attempt has started.
+  local held = (fresh and ARGV[21] == '1') or nil
+  if not held then
+    local attempt = redis.call('HGET', KEYS[7], 'attempt')
+    held = attempt and tonumber(attempt) == tonumber(ARGV[10])
+  end
+  if held then
     redis.call('ZREM', KEYS[8], ARGV[3])
     redis.call('HSET', KEYS[7], 'fence', ARGV[11], 'state', 'released')
     redis.call('EXPIRE', KEYS[7], ARGV[12])
   end
 end
-redis.call('EXPIRE', KEYS[6], ARGV[7])
-local ttl = redis.call('PTTL', KEYS[9])
-if ttl == -1 or (ttl >= 0 and ttl < tonumber(ARGV[8])) then
-  redis.call('PEXPIRE', KEYS[9], ARGV[9])
-  redis.call('PEXPIRE', KEYS[10], ARGV[9])
-end
+if not fenced then redis.call('EXPIRE', KEYS[6], ARGV[7]) end
 local marker = 'batch:end:' .. ARGV[3]
 local done = ARGV[17] == ''
 -- A fresh end has just made the record terminal, and a terminal entry is only ever
@@ -546,14 +557,32 @@ if ARGV[13] == '1' then
   redis.call('HDEL', KEYS[5], 'state')
   redis.call('EXPIRE', KEYS[5], ARGV[14])
 end
+-- The session's retention: the stream's and seqs' TTLs, and the owner and run index
+-- outliving them. Left alone when the stream's TTL says an end set them less than
+-- ARGV[20] ms ago (a fan-out's ends: one of them in that time, not each): its TTL is at
+-- most the retention and at least the retention less ARGV[20] (a publisher's idle TTL
+-- is longer, a new stream has none), and that end saw the owner outlive it.
+local session = true
 if ARGV[17] ~= '' then
-  redis.call('EXPIRE', KEYS[13], ARGV[7])
-  redis.call('EXPIRE', KEYS[14], ARGV[7])
+  local left = redis.call('PTTL', KEYS[13])
+  local full = tonumber(ARGV[7]) * 1000
+  session = not (left >= 0 and left <= full and left >= full - tonumber(ARGV[20]))
+  if session then
+    redis.call('EXPIRE', KEYS[13], ARGV[7])
+    redis.call('EXPIRE', KEYS[14], ARGV[7])
+  end
+end
+if session then
+  local ttl = redis.call('PTTL', KEYS[9])
+  if ttl == -1 or (ttl >= 0 and ttl < tonumber(ARGV[8])) then
+    redis.call('PEXPIRE', KEYS[9], ARGV[9])
+    redis.call('PEXPIRE', KEYS[10], ARGV[9])
+  end
 end
 -- The rider's commands (`Rider`), only now that the end is written; a refused one does
 -- not undo the end (2: written, a rider command refused).
 local code = 1
-local i = 21
+local i = 23
 while i < base do
   local n = tonumber(ARGV[i])
   local reply = redis.pcall(unpack(ARGV, i + 1, i + n))
@@ -756,6 +785,13 @@ def _session_refresh_ms(session_ms: int) -> int:
     before the stream: a little more than the stream's, so that the next ends (for up to
     a minute) find them outliving it and leave them alone."""
     return session_ms + max(2_000, min(60_000, session_ms // 10))
+
+
+def _session_window_ms(session_ms: int) -> int:
+    """How long after an end pushed the session's retention back the next ends leave it
+    alone (the stream then expires up to this much sooner than a retention after the
+    last end): a tenth of the retention, at most a minute."""
+    return min(60_000, session_ms // 10)
 
 
 class RunStore:
@@ -1209,6 +1245,8 @@ class RunStore:
             _terminal_entry(record) if writes.announce else "",
             "" if record.root_run_id == run_id else record.root_run_id,
             str(writes.stream_maxlen),
+            str(_session_window_ms(session_ms)),
+            "1" if new_raw is not None and release == current.attempt else "0",
         ]
         rider = writes.rider if writes.rider is not None and not writes.rider.confirmed else None
         args.extend(_rider_args(rider))

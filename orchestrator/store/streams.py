@@ -222,7 +222,10 @@ local function batch_at(base)
   return nseqs, at, nentries, ARGV[at + 1 + 2 * nentries]
 end
 -- Whether to write the batch: {1} yes, {2} written before, {0, fence} refused.
-local function publish_check(seqs, publishers, fence, checkpoint, base)
+-- `fence_ex` (optional): read the fence with GETEX, giving it this TTL (s) in the same
+-- command (a run's end, which sets it anyway); a refusal puts the batch's fence TTL back
+-- on it (as a refused take-over does). `fenced` on the reply: the fence got `fence_ex`.
+local function publish_check(seqs, publishers, fence, checkpoint, base, fence_ex)
   local _, at, nentries, state = batch_at(base)
   local attempt = tonumber(ARGV[base + 1])
   if ARGV[at + 2 + 2 * nentries] == '1' then
@@ -231,15 +234,26 @@ local function publish_check(seqs, publishers, fence, checkpoint, base)
     if done and done >= tonumber(ARGV[base + 3]) then return {2} end
   end
   if attempt then
-    local owner = tonumber(redis.call('GET', fence))
-    if owner and owner > attempt then return {0, owner} end
+    local owner
+    if fence_ex then
+      owner = tonumber(redis.call('GETEX', fence, 'EX', fence_ex))
+    else
+      owner = tonumber(redis.call('GET', fence))
+    end
+    local refused = nil
+    if owner and owner > attempt then refused = owner end
     -- While the fence is this attempt's no newer checkpoint exists (a newer attempt takes
     -- the fence before it saves; a take-over is refused past a newer checkpoint). Without
     -- it, the checkpoint's own attempt says.
-    if state ~= '' and owner ~= attempt then
+    if not refused and state ~= '' and owner ~= attempt then
       local saved = tonumber(redis.call('HGET', checkpoint, 'attempt'))
-      if saved and saved > attempt then return {0, saved} end
+      if saved and saved > attempt then refused = saved end
     end
+    if refused then
+      if fence_ex and owner then redis.call('EXPIRE', fence, ARGV[base + 7]) end
+      return {0, refused}
+    end
+    if fence_ex then return {1, fenced = true} end
   end
   return {1}
 end
@@ -283,7 +297,7 @@ local function publish_write(stream, seqs, fence, checkpoint, base, marks, keep,
   end
 end
 local function publish(stream, seqs, publishers, fence, checkpoint, base)
-  local checked = publish_check(seqs, publishers, fence, checkpoint, base)
+  local checked = publish_check(seqs, publishers, fence, checkpoint, base, nil)
   if checked[1] == 1 then
     publish_write(stream, seqs, fence, checkpoint, base, {}, true, nil)
   end
