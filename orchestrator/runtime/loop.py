@@ -414,7 +414,21 @@ class _Turn:
             )
         )
         yield self._react_end({"error": str(exc), "error_type": type(exc).__name__})
+        await self._keep_start()
         await self._save()
+
+    async def _keep_start(self) -> None:
+        """A failed turn saves no transcript; a fork's context, which its save was to
+        write (an `unsaved` base), is written now, as its start would have."""
+        if self.selfref is None:
+            return
+        st = self.state
+        try:
+            await self.selfref.save_start(st.messages, st.memory_base)
+        except StoreUnavailable:
+            raise  # weather: the turn is resumed (and fails again) after the outage
+        except Exception as exc:
+            _log.warning("memory.start_not_saved", key=st.memory_key, error=str(exc))
 
     # -- tools -------------------------------------------------------------------------
 
