@@ -93,7 +93,8 @@ _MAX_ROUNDS = 100
 # delete, 's' set to ARGV[4]), summary JSON, '1' to answer with the record's other fields
 # (writers, pending, exp:*). Answers {0, raw rev} if the revision is corrupt
 # (nothing written), else {1, new revision, writers} or {1, new revision, {name, value,
-# ...}}. A record that does not exist yet (a fork's) costs HKEYS, HSET and PEXPIRE.
+# ...}}. A record that does not exist yet costs HKEYS, HSET and PEXPIRE (a fork's start
+# does not come here: its turn's save writes it, `preview_history`).
 _SAVE_MESSAGES_LUA = """
 local key = KEYS[1]
 local record = ARGV[5] == '1'
