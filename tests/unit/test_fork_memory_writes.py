@@ -15,6 +15,7 @@ from orchestrator.keys import Keys
 from orchestrator.ports import TranscriptBase
 from orchestrator.runtime import AgentSpec, TurnState, agent_spec, run_turn
 from orchestrator.runtime.selfref import render_compaction_summary
+from orchestrator.runtime.state import TurnError
 from orchestrator.store.memory import RedisMemoryStore
 
 pytestmark = pytest.mark.timeout(20)
@@ -207,3 +208,29 @@ async def test_a_fork_key_written_during_the_turn_keeps_that_write(
     assert record.messages == [other, *own]
     assert record.revision == 2
     assert record.summary is None
+
+
+async def test_a_failed_fork_resumed_from_its_last_checkpoint_keeps_its_context(
+    fake_redis: Any, keys: Keys, mock_llm: StartServer, llm: Callable[[Any], OpenAICompatible]
+) -> None:
+    """A fork whose worker died after checkpointing its failure (before anything else
+    was written) is resumed, fails again at once, and its memory holds its context."""
+    store = RedisMemoryStore(fake_redis, keys)
+    spec = make_spec(llm(mock_llm({"model": "scripted", "rules": []})))
+    state = await spec.fork_state(
+        CONTEXT,
+        "do part one",
+        fork_id="fork_1",
+        depth=1,
+        memory_key=KEY,
+        session_id="s1",
+        agent_call_id="root.fork_1",
+        memory=store,
+    )
+    state.started, state.phase = True, "done"
+    state.error = TurnError(type="LLMError", message="the model is down")
+    resumed = TurnState.model_validate_json(state.model_dump_json())
+    with pytest.raises(LLMError):
+        async for _ in run_turn(spec, resumed, memory=store):
+            pass
+    assert (await store.load(KEY)).messages == CONTEXT
