@@ -5,7 +5,8 @@ arq or httpx.
                       and ChunkAccumulator, the one assembler of what it returns
     MemoryStore       SelfReference memory per key (in-process dict, or Redis), with the
                       values it trades in: MemorySnapshot, TranscriptBase, MemoryLimits;
-                      HistoryMemoryStore also replaces a history in one step
+                      HistoryMemoryStore also replaces a history in one step;
+                      StartDeferringMemoryStore writes a fork's start with its end
     Checkpointer      where a turn's state is saved between steps (nothing, or Redis);
                       DeferringCheckpointer also queues one without waiting for it
     ForkBackend       starts forks and collects their results (Redis and arq on a worker),
@@ -39,6 +40,7 @@ from orchestrator.ports.memory import (
     MemoryLimits,
     MemorySnapshot,
     MemoryStore,
+    StartDeferringMemoryStore,
     TranscriptBase,
 )
 from orchestrator.ports.selfref import (
@@ -68,6 +70,7 @@ __all__ = [
     "SelfRefPrimitives",
     "SessionJournal",
     "SpawnRequest",
+    "StartDeferringMemoryStore",
     "ToolSession",
     "TranscriptBase",
 ]
