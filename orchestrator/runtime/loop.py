@@ -310,7 +310,11 @@ class _Turn:
             async for output in self._finish(wrapped):
                 yield output
         else:
-            await self._save()
+            # An aborted call's state rides with the aborted end that follows at once (a
+            # crash before it ends the turn aborted from the call's own checkpoint: no
+            # tool runs either way), unless that end first saves the turn to memory: a
+            # resumed attempt must then find the transcript memory got.
+            await self._save(later=st.aborted and self.selfref is None)
             if wrapped and st.phase == "llm":  # the answer was sent back (llm_function)
                 yield self._iteration_end(0)
 

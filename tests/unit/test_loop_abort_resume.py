@@ -316,3 +316,33 @@ async def test_an_aborted_batch_is_checkpointed_with_the_turns_end(
     assert after, "the aborted end is checkpointed"
     assert [kind for kind, _, _ in after] == ["later"] * len(after)
     assert after[-1][1:] == ("done", True)
+
+
+async def test_a_stream_aborted_mid_reply_is_checkpointed_with_the_turns_end(
+    mock_llm: StartServer, make_llm: MakeLLM
+) -> None:
+    """Aborted mid-stream (no memory to save), the turn waits for no checkpoint write
+    before its end: the aborted call's state rides with the end's outputs."""
+    server = mock_llm(
+        {
+            "model": "scripted",
+            "latency": {"token_ms": 30},
+            "rules": [{"reply": {"content": LONG_REPLY}}],
+        }
+    )
+    spec = make_spec(make_llm(server), [], stream=True)
+    checkpointer = DeferringRecorder()
+    abort = AbortSignal()
+    aborted_at: int | None = None
+    async for output in run_turn(
+        spec, await new_state(spec, "talk"), abort=abort, checkpointer=checkpointer
+    ):
+        content = getattr(getattr(output, "event", None), "accumulated_content", "")
+        if aborted_at is None and "word2" in (content or ""):
+            aborted_at = len(checkpointer.writes)
+            abort.abort("user_interrupt")
+    assert aborted_at is not None
+    after = checkpointer.writes[aborted_at:]
+    assert after, "the aborted end is checkpointed"
+    assert [kind for kind, _, _ in after] == ["later"] * len(after)
+    assert after[-1][1:] == ("done", True)
