@@ -326,7 +326,11 @@ class _Turn:
             async for output in self._finish(wrapped):
                 yield output
         else:
-            await self._save()
+            # An aborted call's state rides with the aborted end that follows at once (a
+            # crash before it ends the turn aborted from the call's own checkpoint: no
+            # tool runs either way), unless that end first saves the turn to memory: a
+            # resumed attempt must then find the transcript memory got.
+            await self._save(later=st.aborted and self.selfref is None)
             if wrapped and st.phase == "llm":  # the answer was sent back (llm_function)
                 yield self._iteration_end(0)
 
@@ -673,8 +677,11 @@ class _Turn:
         outcome.execution_time = time.monotonic() - started
         queue.put_nowait(outcome)
 
-    async def _fold_batch(self, *, wrap_iteration: bool) -> AsyncIterator[Output]:
-        """Append the batch's tool messages in the model's order and move to the next call."""
+    async def _fold_batch(
+        self, *, wrap_iteration: bool, later: bool = False
+    ) -> AsyncIterator[Output]:
+        """Append the batch's tool messages in the model's order and move to the next call.
+        `later`: its checkpoint rides with the outputs that follow (`_save(later=True)`)."""
         st = self.state
         outcomes = [st.tool_results[_call_id(c)] for c in st.pending_tool_calls]
         for outcome in outcomes:
@@ -700,7 +707,7 @@ class _Turn:
         )
         if wrap_iteration:
             yield self._iteration_end(batch_size)
-        await self._save()
+        await self._save(later=later)
 
     def _iteration_end(self, tool_calls_count: int) -> EventYield:
         return self._event(
@@ -762,13 +769,19 @@ class _Turn:
         await self._save(later=True)  # written with the turn's response, which follows
 
     async def _close_batch(self) -> AsyncIterator[Output]:
-        """Give every unanswered tool call a 'cancelled' result so the history stays valid."""
+        """Give every unanswered tool call a 'cancelled' result so the history stays valid.
+
+        Their checkpoints are not waited for: they ride with the aborted end that follows
+        (a crash before it gives the same results again, from the batch's checkpoint),
+        except after a tool's own `on_abort` result, which is written at once so the hook
+        never runs twice."""
         st = self.state
         reason = st.abort_reason or "aborted"
         for call in st.pending_tool_calls:
             if _call_id(call) in st.tool_results:
                 continue
-            outcome = await self._aborted_outcome(call) or ToolOutcome(
+            hooked = await self._aborted_outcome(call)
+            outcome = hooked or ToolOutcome(
                 tool_call_id=_call_id(call),
                 tool_name=_call_name(call),
                 content=json.dumps(
@@ -778,9 +791,9 @@ class _Turn:
                 error=f"Tool call cancelled: {reason}",
                 error_type="CancelledError",
             )
-            async for output in self._record(outcome):
+            async for output in self._record(outcome, save=hooked is not None):
                 yield output
-        async for output in self._fold_batch(wrap_iteration=False):
+        async for output in self._fold_batch(wrap_iteration=False, later=True):
             yield output
 
     async def _aborted_outcome(self, call: dict[str, Any]) -> ToolOutcome | None:

@@ -257,3 +257,92 @@ async def test_resume_from_checkpoint_skips_completed_tools(
     assert end.event_type.value == "react_end"
     assert end.total_tool_calls == 2
     assert end.total_llm_calls == 2
+
+
+class DeferringRecorder:
+    """A DeferringCheckpointer noting each state as written at once (`save`) or left to
+    ride with the next outputs (`save_later`), with the phase it was in."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, str, bool]] = []
+
+    async def save(self, state: Any) -> None:
+        self.writes.append(("save", state.phase, state.aborted))
+
+    def save_later(self, state: Any) -> None:
+        self.writes.append(("later", state.phase, state.aborted))
+
+
+async def test_an_aborted_batch_is_checkpointed_with_the_turns_end(
+    mock_llm: StartServer, make_llm: MakeLLM
+) -> None:
+    """Aborted mid-tool, the turn waits for no checkpoint write of its own before its end:
+    the cancelled results and the folded batch ride with the end's outputs (on workers,
+    in the end's one script), and the last state is the aborted end's."""
+    server = mock_llm(
+        {
+            "model": "scripted",
+            "rules": [
+                {
+                    "match": {"last_role": "user"},
+                    "reply": {"tool_calls": [{"name": "nap", "arguments": {"seconds": 30}}]},
+                },
+                {"reply": {"content": "ok"}},
+            ],
+        }
+    )
+
+    @tool(name="nap", description="Sleep a while")
+    async def nap(seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return "rested"
+
+    spec = make_spec(make_llm(server), [nap], stream=True)
+    checkpointer = DeferringRecorder()
+    abort = AbortSignal()
+    aborted_at: int | None = None
+    events: list[EventYield] = []
+    async for output in run_turn(
+        spec, await new_state(spec, "sleep"), abort=abort, checkpointer=checkpointer
+    ):
+        if isinstance(output, EventYield):
+            events.append(output)
+            if output.event.event_type.value == "tool_call_start":
+                aborted_at = len(checkpointer.writes)
+                abort.abort("user_interrupt")
+    assert aborted_at is not None
+    assert events[-1].event.extra["aborted"] is True
+    after = checkpointer.writes[aborted_at:]
+    assert after, "the aborted end is checkpointed"
+    assert [kind for kind, _, _ in after] == ["later"] * len(after)
+    assert after[-1][1:] == ("done", True)
+
+
+async def test_a_stream_aborted_mid_reply_is_checkpointed_with_the_turns_end(
+    mock_llm: StartServer, make_llm: MakeLLM
+) -> None:
+    """Aborted mid-stream (no memory to save), the turn waits for no checkpoint write
+    before its end: the aborted call's state rides with the end's outputs."""
+    server = mock_llm(
+        {
+            "model": "scripted",
+            "latency": {"token_ms": 30},
+            "rules": [{"reply": {"content": LONG_REPLY}}],
+        }
+    )
+    spec = make_spec(make_llm(server), [], stream=True)
+    checkpointer = DeferringRecorder()
+    abort = AbortSignal()
+    aborted_at: int | None = None
+    async for output in run_turn(
+        spec, await new_state(spec, "talk"), abort=abort, checkpointer=checkpointer
+    ):
+        content = getattr(getattr(output, "event", None), "accumulated_content", "")
+        if aborted_at is None and "word2" in (content or ""):
+            aborted_at = len(checkpointer.writes)
+            abort.abort("user_interrupt")
+    assert aborted_at is not None
+    after = checkpointer.writes[aborted_at:]
+    assert after, "the aborted end is checkpointed"
+    assert [kind for kind, _, _ in after] == ["later"] * len(after)
+    assert after[-1][1:] == ("done", True)
