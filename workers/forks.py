@@ -176,7 +176,8 @@ class RedisForkBackend:
                     # ignores the enqueue if the job is there.
                     await self._requeues.submit(RunRequest.model_validate(existing.request))
                 return
-            # Its record expired: the run is created again, under an id that had a life.
+            # Its record expired (or a failed first batch never wrote it): the run is
+            # created again, under an id that may have had a life.
             recreated = True
         request = RunRequest(
             run_id=run_id,

@@ -103,6 +103,15 @@ _CAS_RETRIES = 100
 # SET NX each, then one ZADD on the time index and one on the status index for those
 # created. KEYS: time index, status index, record...; ARGV: (run id, raw, score) per record.
 # Replies 1 (created) or 0 (it existed) per record.
+# `RunStore.mark_recreated` for one run, only while it has no record (a concurrent
+# re-creator's record and the life it started are left alone).
+# KEYS: record, lease owner, checkpoint, write fence; ARGV: fence ttl s. Reply: 1 marked.
+_RECREATE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('SET', KEYS[4], '0', 'EX', ARGV[1])
+return 1
+"""
 _CREATE_MANY_LUA = """
 local created = {}
 local scored = {}
@@ -164,13 +173,15 @@ return 1
 # seqs or its lease owner (after the start, its attempt's publisher, lease keeper and
 # end), and every start writes `started_at`: so no attempt has written any of them, and
 # none can have a newer attempt (only a reaper makes one, moving the record on to
-# attempt 2 first). A run id has no earlier life: a root's is a uuid, a fork's a number
-# its session counts up; a re-run spawn whose fork's record expired creates it again,
-# but gives it a fence first (`RunStore.mark_recreated`). So the take-over has nothing
-# to read: the fence is made with one SET NX, which finds none (if it finds one, the
-# whole take-over runs, as for any start), and it replies as a take-over that found
-# nothing does. The lease owner is still read: a record of another attempt there (not
-# this run's: untrusted contents) refuses the start as it always did.
+# attempt 2 first). A run id may still have had an earlier life whose events are in the
+# session's stream: a re-run spawn whose fork's record expired creates it again (it gets
+# a fence first, `RunStore.mark_recreated`, but a worker of an older version gives none),
+# and a session's fork numbers count up again once its fork table expired. So the
+# take-over reads only the run's last event_seq (its events number on): the fence is made
+# with one SET NX, which finds none (if it finds one, the whole take-over runs, as for
+# any start), and no checkpoint is read (an ended life left none to resume). The lease
+# owner is still read: a record of another attempt there (not this run's: untrusted
+# contents) refuses the start as it always did.
 START_FUNCTION_LUA = """
 local function start_run(record, old_index, running, owner, deadlines, fence_key, seqs,
     checkpoint, new_raw, run_id, score, attempt_arg, worker, deadline, fence_ttl, first)
@@ -184,7 +195,7 @@ local function start_run(record, old_index, running, owner, deadlines, fence_key
   if fence_ttl ~= '' then
     if first and not (f[1] or f[2])
         and redis.call('SET', fence_key, attempt_arg, 'EX', fence_ttl, 'NX') then
-      taken = {1, '', '', 0}
+      taken = {1, redis.call('HGET', seqs, run_id) or '', '', 0}
     else
       taken = take_over(fence_key, seqs, checkpoint, attempt_arg, fence_ttl, run_id)
       if taken[1] == 0 then return 4, taken end
@@ -823,6 +834,10 @@ class RunStore:
     def _end(self) -> AsyncScript:
         return self._redis.register_script(_END_LUA)
 
+    @cached_property
+    def _recreate(self) -> AsyncScript:
+        return self._redis.register_script(_RECREATE_LUA)
+
     # -- single records ---------------------------------------------------------------
 
     async def create(
@@ -846,18 +861,27 @@ class RunStore:
 
     async def mark_recreated(self, session_id: str, run_ids: Sequence[str]) -> None:
         """Before runs whose ids lived before are created again (a re-run spawn's forks
-        whose records expired): give each run a write fence of attempt 0 unless it still
-        has one, so its first start takes over its writes as any later attempt's does
-        (from the checkpoint and the last event_seq its earlier life may have left), not
-        as the start of a run id nothing has written yet (`START_FUNCTION_LUA`'s
-        `first`). One round trip; attempt 0 refuses no attempt's writes."""
-        async with (
-            translate_errors("run re-create"),
-            self._redis.pipeline(transaction=False) as pipe,
-        ):
-            for run_id in run_ids:
-                pipe.set(self._keys.run_fence(session_id, run_id), "0", ex=IDLE_TTL_S, nx=True)
-            await pipe.execute()
+        whose records expired, so their earlier lives ended at least `run_retention_s`
+        ago): give each run a write fence of attempt 0, so its first start takes over
+        its writes as any later attempt's does (from the last event_seq its earlier life
+        left), not as the start of a run id nothing has written yet
+        (`START_FUNCTION_LUA`'s `first`); and drop what the earlier life's end left that
+        would refuse the new life's attempt 1: its lease owner record (fence attempt + 1,
+        kept a day) and its checkpoint (only the attempt once ended, kept a day), and a
+        write fence of a later attempt. One round trip; attempt 0 refuses no attempt's
+        writes."""
+        calls: list[tuple[Any, list[str], list[Any]]] = []
+        for run_id in run_ids:
+            keys = [
+                self._keys.run(run_id),
+                self._keys.lease(run_id),
+                self._keys.checkpoint(session_id, run_id),
+                self._keys.run_fence(session_id, run_id),
+            ]
+            calls.append((self._recreate, keys, [IDLE_TTL_S]))
+        if calls:
+            async with translate_errors("run re-create"):
+                await run_scripts(self._redis, calls)
 
     async def create_many(self, records: Sequence[RunRecord]) -> list[bool]:
         """`create` for several records in one round trip: one script per status and
