@@ -513,8 +513,11 @@ if fresh then
         or redis.call('HGET', KEYS[15], 'end:' .. ARGV[3])) then
       publish_write(KEYS[13], KEYS[14], KEYS[6], KEYS[5], base, {}, true)
     end
-    -- Not ended: the fence keeps the TTL of a live run's (the batch's), not a retention.
-    if fenced then redis.call('EXPIRE', KEYS[6], ARGV[base + 7]) end
+    -- Re-queued (a live run's fence: the batch's TTL) or ended elsewhere (the stream's
+    -- retention): the longer, so the fence never expires before its stream.
+    if fenced then
+      redis.call('EXPIRE', KEYS[6], math.max(tonumber(ARGV[7]), tonumber(ARGV[base + 7])))
+    end
     return {0, current or ''}
   end
   -- The record and its retention clock in one command (SET KEEPTTL + PEXPIRE).
@@ -572,12 +575,14 @@ end
 -- outliving them. Left alone when the stream's TTL says an end set them less than
 -- ARGV[20] ms ago (a fan-out's ends: one of them in that time, not each): its TTL is at
 -- most the retention and at least the retention less ARGV[20] (a publisher's idle TTL
--- is longer, a new stream has none), and that end saw the owner outlive it.
+-- is far from it, else ARGV[20] is 0: `_session_window_ms`; a new stream has none), and
+-- that end saw the owner outlive it.
 local session = true
 if ARGV[17] ~= '' then
   local left = redis.call('PTTL', KEYS[13])
   local full = tonumber(ARGV[7]) * 1000
-  session = not (left >= 0 and left <= full and left >= full - tonumber(ARGV[20]))
+  local window = tonumber(ARGV[20])
+  session = window == 0 or not (left >= 0 and left <= full and left >= full - window)
   if session then
     redis.call('EXPIRE', KEYS[13], ARGV[7])
     redis.call('EXPIRE', KEYS[14], ARGV[7])
@@ -801,8 +806,13 @@ def _session_refresh_ms(session_ms: int) -> int:
 def _session_window_ms(session_ms: int) -> int:
     """How long after an end pushed the session's retention back the next ends leave it
     alone (the stream then expires up to this much sooner than a retention after the
-    last end): a tenth of the retention, at most a minute."""
-    return min(60_000, session_ms // 10)
+    last end): a tenth of the retention, at most a minute. The end tells its own push
+    from the stream's TTL alone, so none when a publisher's idle TTL (or a queued
+    entry's) could be taken for one: a retention within two windows of it."""
+    window = min(60_000, session_ms // 10)
+    if abs(session_ms - IDLE_TTL_S * 1000) <= 2 * window:
+        return 0
+    return window
 
 
 class RunStore:

@@ -223,8 +223,10 @@ local function batch_at(base)
 end
 -- Whether to write the batch: {1} yes, {2} written before, {0, fence} refused.
 -- `fence_ex` (optional): read the fence with GETEX, giving it this TTL (s) in the same
--- command (a run's end, which sets it anyway); a refusal puts the batch's fence TTL back
--- on it (as a refused take-over does). `fenced` on the reply: the fence got `fence_ex`.
+-- command (a run's end, which sets it anyway); a refusal gives it the longer of that and
+-- the batch's fence TTL (a live run's): the fence is a newer attempt's, live or ended,
+-- and must not expire before the stream it guards. `fenced` on the reply: the fence got
+-- `fence_ex`.
 local function publish_check(seqs, publishers, fence, checkpoint, base, fence_ex)
   local _, at, nentries, state = batch_at(base)
   local attempt = tonumber(ARGV[base + 1])
@@ -250,7 +252,9 @@ local function publish_check(seqs, publishers, fence, checkpoint, base, fence_ex
       if saved and saved > attempt then refused = saved end
     end
     if refused then
-      if fence_ex and owner then redis.call('EXPIRE', fence, ARGV[base + 7]) end
+      if fence_ex and owner then
+        redis.call('EXPIRE', fence, math.max(tonumber(fence_ex), tonumber(ARGV[base + 7])))
+      end
       return {0, refused}
     end
     if fence_ex then return {1, fenced = true} end
