@@ -5,8 +5,7 @@ arq or httpx.
                       and ChunkAccumulator, the one assembler of what it returns
     MemoryStore       SelfReference memory per key (in-process dict, or Redis), with the
                       values it trades in: MemorySnapshot, TranscriptBase, MemoryLimits;
-                      HistoryMemoryStore also replaces a history in one step;
-                      StartDeferringMemoryStore writes a fork's start with its end
+                      HistoryMemoryStore also replaces a history in one step
     Checkpointer      where a turn's state is saved between steps (nothing, or Redis);
                       DeferringCheckpointer also queues one without waiting for it
     ForkBackend       starts forks and collects their results (Redis and arq on a worker),
@@ -40,7 +39,6 @@ from orchestrator.ports.memory import (
     MemoryLimits,
     MemorySnapshot,
     MemoryStore,
-    StartDeferringMemoryStore,
     TranscriptBase,
 )
 from orchestrator.ports.selfref import (
@@ -70,7 +68,6 @@ __all__ = [
     "SelfRefPrimitives",
     "SessionJournal",
     "SpawnRequest",
-    "StartDeferringMemoryStore",
     "ToolSession",
     "TranscriptBase",
 ]

@@ -18,7 +18,6 @@ __all__ = [
     "MemoryLimits",
     "MemorySnapshot",
     "MemoryStore",
-    "StartDeferringMemoryStore",
     "TranscriptBase",
 ]
 
@@ -49,11 +48,6 @@ class TranscriptBase(BaseModel):
     The first `count` messages of the transcript are what the key held at `revision`
     (or what the turn itself wrote then); the rest are the turn's own. `writer` (the
     agent call) makes a retried save add nothing twice.
-
-    `unsaved`: the first `count` messages were not written when the turn started (a
-    fork's starting context, `StartDeferringMemoryStore.preview_history`): the key is
-    expected at `revision - 1`, and the turn's save writes them with the turn, as if
-    they had been written then at `revision`.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -61,7 +55,6 @@ class TranscriptBase(BaseModel):
     revision: int = Field(ge=0)
     count: int = Field(ge=0)
     writer: str
-    unsaved: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,36 +145,6 @@ class HistoryMemoryStore(MemoryStore, Protocol):
     async def pending_compaction(self, key: str) -> dict[str, Any] | None:
         """The key's pending compaction (`load(key).pending_compaction`, without reading
         the rest of the record)."""
-        ...
-
-
-@runtime_checkable
-class StartDeferringMemoryStore(HistoryMemoryStore, Protocol):
-    """A HistoryMemoryStore that lets a turn write its starting history with its end's
-    save instead of at its start (a fork's context: one write per fork, not two).
-    SelfReference falls back to `replace_history` at the start for a store that cannot."""
-
-    async def preview_history(
-        self, key: str, messages: MessageList, summary: dict[str, Any] | None
-    ) -> MemorySnapshot:
-        """The record as `replace_history(key, messages, summary)` would leave it, read
-        without writing anything (the messages are not copied: the caller keeps them)."""
-        ...
-
-    async def save_started_turn(
-        self,
-        key: str,
-        messages: MessageList,
-        base: TranscriptBase,
-        summary: dict[str, Any] | None,
-        *,
-        unless_pending: bool,
-    ) -> int | None:
-        """`save_turn` (`unless_pending`: `save_turn_unless_pending`) for a `base` that
-        may be `unsaved`: if the key is still where `preview_history` found it, its
-        history's write (with `summary`) and the turn's land together, in one step and
-        as the two would have; if it was written since, the turn's own messages are
-        appended to what is there (as `save_turn` does)."""
         ...
 
 

@@ -190,22 +190,17 @@ class AgentSpec:
 
         The fork's memory key starts as that context (its experiences are its own), and
         its turn saves its whole transcript there; the parent's key is never written.
-        A `StartDeferringMemoryStore` (a worker's) writes the context with that save.
         """
         user = fork_user_message(task, fork_id=fork_id, depth=depth)
         messages = [*context, user]
         selfref = self.bind_memory(memory_key, memory)
         base = None
         if selfref is not None:
-            # The record as the context's write leaves it (the experiences the fork
-            # inherited); on workers that write is left to the turn's one save (`unsaved`).
-            snapshot, unsaved = await selfref.open_fork_turn(context)
+            # One write that answers with the record (the experiences the fork inherited).
+            _, snapshot = await selfref.open_turn(context)
             messages = apply_system_addendum(messages, selfref.addendum(snapshot, messages))
             base = TranscriptBase(
-                revision=snapshot.revision,
-                count=len(context),
-                writer=agent_call_id,
-                unsaved=unsaved,
+                revision=snapshot.revision, count=len(context), writer=agent_call_id
             )
         return TurnState(
             session_id=session_id,

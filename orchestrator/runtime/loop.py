@@ -25,13 +25,7 @@ from typing import Any, TypeVar, cast
 
 import structlog
 
-from orchestrator.errors import (
-    LLMError,
-    OutputParseError,
-    StaleAttempt,
-    StoreUnavailable,
-    ToolError,
-)
+from orchestrator.errors import LLMError, OutputParseError, StoreUnavailable, ToolError
 from orchestrator.events import (
     CustomEvent,
     EventOrigin,
@@ -226,16 +220,6 @@ class _Turn:
     # -- the state machine ---------------------------------------------------------------
 
     async def run(self) -> AsyncIterator[Output]:
-        try:
-            async for output in self._run():
-                yield output
-        except (StoreUnavailable, StaleAttempt):
-            raise  # weather, or a newer attempt owns the run: nothing is written
-        except Exception:
-            await self._keep_start()
-            raise
-
-    async def _run(self) -> AsyncIterator[Output]:
         st = self.state
         if not st.started:
             st.started = True
@@ -435,20 +419,6 @@ class _Turn:
         )
         yield self._react_end({"error": str(exc), "error_type": type(exc).__name__})
         await self._save()
-
-    async def _keep_start(self) -> None:
-        """A failed turn (an error raised out of it) saves no transcript; a fork's
-        context, which its save was to write (an `unsaved` base), is written now, as its
-        start would have."""
-        if self.selfref is None:
-            return
-        st = self.state
-        try:
-            await self.selfref.save_start(st.messages, st.memory_base)
-        except StoreUnavailable:
-            raise  # weather: the turn is resumed (and fails again) after the outage
-        except Exception as exc:
-            _log.warning("memory.start_not_saved", key=st.memory_key, error=str(exc))
 
     # -- tools -------------------------------------------------------------------------
 

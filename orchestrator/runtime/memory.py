@@ -97,23 +97,19 @@ def merge_turn(
     base: TranscriptBase,
     *,
     copy_messages: bool = True,
-    replace: bool | None = None,
 ) -> StoredTranscript | None:
     """What `save_turn` leaves stored (None: nothing to write).
 
     Unchanged since the turn started: the transcript replaces the record. Changed: only
     the turn's own messages not added yet are appended to what is there now. The
     result holds deep copies of `messages` (`copy_messages=False`: the messages
-    themselves, for a store that serializes them at once). `replace` decides instead of
-    the revisions (a store that knows better, for an `unsaved` base).
+    themselves, for a store that serializes them at once).
     """
     keep = copy_json if copy_messages else list
     mark = f"{base.writer}@{base.revision}"
     writers = dict(stored.writers)
     own = max(0, len(messages) - base.count)
-    if replace is None:
-        replace = stored.revision == base.revision
-    if replace:
+    if stored.revision == base.revision:
         merged = keep(list(messages))
         writers[mark] = own
     else:

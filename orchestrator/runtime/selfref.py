@@ -48,7 +48,6 @@ from orchestrator.ports import (
     HistoryMemoryStore,
     MemorySnapshot,
     MemoryStore,
-    StartDeferringMemoryStore,
     ToolSession,
     TranscriptBase,
 )
@@ -516,7 +515,6 @@ class SelfRefContext:
         # `store` as a HistoryMemoryStore (None: it is not one), checked once per store.
         self._checked_store: MemoryStore | None = None
         self._history: HistoryMemoryStore | None = None
-        self._deferring: StartDeferringMemoryStore | None = None
         self.instance_id = instance_id
         self.fork = fork
         self._providers = list(providers)
@@ -529,17 +527,7 @@ class SelfRefContext:
             self._history = (
                 cast(HistoryMemoryStore, store) if conforms(store, HistoryMemoryStore) else None
             )
-            self._deferring = (
-                cast(StartDeferringMemoryStore, store)
-                if conforms(store, StartDeferringMemoryStore)
-                else None
-            )
         return self._history
-
-    def _deferring_store(self) -> StartDeferringMemoryStore | None:
-        """The store, if it can write a turn's start with its save (checked once)."""
-        self._history_store()
-        return self._deferring
 
     def _key(self, key: str | None) -> str:
         return self.active_key if key is None else _normalize_key(key)
@@ -649,39 +637,11 @@ class SelfRefContext:
     async def save_turn(self, messages: Sequence[Message], base: TranscriptBase | None) -> int:
         """Store a turn's transcript. With the `base` the turn started from, messages
         other turns saved to the key meanwhile are kept (the turn's own are appended to
-        them); without one, the transcript replaces the stored messages. An `unsaved`
-        base's start (`open_fork_turn`) is written with it."""
+        them); without one, the transcript replaces the stored messages."""
         cleaned = _clean_messages(messages, deep=False)
         if base is None:
             return await self.store.save_messages(self.active_key, cleaned)
-        if base.unsaved:
-            saved = await self._save_started(cleaned, base, unless_pending=False)
-            assert saved is not None
-            return saved
         return await self.store.save_turn(self.active_key, cleaned, base)
-
-    async def save_start(self, messages: Sequence[Message], base: TranscriptBase | None) -> None:
-        """Write an `unsaved` base's start (the first `base.count` messages) now, as the
-        start of the turn would have: a fork's turn that fails before its save still
-        leaves its context in its memory. Nothing to do for any other base."""
-        if base is not None and base.unsaved:
-            await self.save_turn(list(messages)[: base.count], base)
-
-    async def _save_started(
-        self, cleaned: MessageList, base: TranscriptBase, *, unless_pending: bool
-    ) -> int | None:
-        summary = _transcript_summary(cleaned[: base.count])
-        store = self._deferring_store()
-        if store is not None:
-            return await store.save_started_turn(
-                self.active_key, cleaned, base, summary, unless_pending=unless_pending
-            )
-        # A turn resumed on a store that cannot (not a worker's): the start, then the turn.
-        if unless_pending and (await self.store.load(self.active_key)).pending_compaction:
-            return None
-        revision = (await self._replace(cleaned[: base.count])).revision
-        written = base.model_copy(update={"revision": revision, "unsaved": False})
-        return await self.store.save_turn(self.active_key, cleaned, written)
 
     async def save_turn_unless_compacting(
         self, messages: Sequence[Message], base: TranscriptBase | None
@@ -690,9 +650,6 @@ class SelfRefContext:
         is written and the answer is False (commit it first, then save). One store call
         on a `HistoryMemoryStore` with a `base`."""
         history_store = self._history_store()
-        if base is not None and base.unsaved:
-            cleaned = _clean_messages(messages, deep=False)
-            return await self._save_started(cleaned, base, unless_pending=True) is not None
         if base is not None and history_store is not None:
             cleaned = _clean_messages(messages, deep=False)
             saved = await history_store.save_turn_unless_pending(self.active_key, cleaned, base)
@@ -729,19 +686,6 @@ class SelfRefContext:
         # The snapshot holds these very messages (or a copy): it is only read.
         cleaned = _clean_messages(history)
         return cleaned, await self._replace(cleaned)
-
-    async def open_fork_turn(self, context: Sequence[Message]) -> tuple[MemorySnapshot, bool]:
-        """`open_turn(context)` for a fork's turn, whose context becomes its key's memory:
-        the record as that write leaves it, and whether the write was left to the turn's
-        save (True: a `StartDeferringMemoryStore` only read the record; the turn's
-        `TranscriptBase` is then `unsaved`, and `save_turn` writes both in one step)."""
-        store = self._deferring_store()
-        if store is None:
-            _, snapshot = await self.open_turn(context)
-            return snapshot, False
-        cleaned = _clean_messages(context)
-        summary = _transcript_summary(cleaned)
-        return await store.preview_history(self.active_key, cleaned, summary), True
 
     def addendum(self, snapshot: MemorySnapshot, messages: Sequence[Message]) -> str:
         """`system_addendum` for a record already read (`open_turn`'s snapshot)."""

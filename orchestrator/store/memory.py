@@ -25,11 +25,6 @@ script answers with what is there now and the merge is redone), so concurrent wr
 one record all land. The store remembers the `rev` and `writers` it last read or wrote per
 record, so a turn's save usually needs no read of its own (a stale guess only costs a
 retry: the script checks it).
-
-A fork's context is not written when its turn starts (`preview_history` only reads the
-record, for the experiences it inherited): its turn's save writes it with the turn, in
-the same one script (`save_started_turn`), so a fork's memory costs one read and one
-script call, not two scripts.
 """
 
 from __future__ import annotations
@@ -93,8 +88,7 @@ _MAX_ROUNDS = 100
 # delete, 's' set to ARGV[4]), summary JSON, '1' to answer with the record's other fields
 # (writers, pending, exp:*). Answers {0, raw rev} if the revision is corrupt
 # (nothing written), else {1, new revision, writers} or {1, new revision, {name, value,
-# ...}}. A record that does not exist yet costs HKEYS, HSET and PEXPIRE (a fork's start
-# does not come here: its turn's save writes it, `preview_history`).
+# ...}}. A record that does not exist yet (a fork's) costs HKEYS, HSET and PEXPIRE.
 _SAVE_MESSAGES_LUA = """
 local key = KEYS[1]
 local record = ARGV[5] == '1'
@@ -145,19 +139,15 @@ return {1, rev, out}
 
 # KEYS[1] the record. ARGV: expected rev, '1' if writers was present, expected writers,
 # '1' if the messages are checked too, the expected messages, messages, new rev,
-# writers, ttl ms, '1' to write nothing if a compaction is pending, summary op ('' keep,
-# 'd' delete, 's' set to ARGV[12]: a fork's start, written with its turn), summary JSON.
-# (Messages change only with rev, so they are checked only for an append, which is built
-# on them: that is a save that lost a race, and rare.) Answers {2} if a compaction is
-# pending (and that was asked for).
+# writers, ttl ms, '1' to write nothing if a compaction is pending. (Messages change only
+# with rev, so they are checked only for an append, which is built on them: that is a
+# save that lost a race, and rare.) Answers {2} if a compaction is pending (and that
+# was asked for).
 # Writes and answers {1} if the record is as expected, else answers
-# {0, rev, writers, messages} (what is there now) and writes nothing. A fork's one save
-# (its start with its turn, on a fresh record) costs HMGET, HSET and PEXPIRE.
+# {0, rev, writers, messages} (what is there now) and writes nothing.
 _SAVE_TRANSCRIPT_LUA = """
 local key = KEYS[1]
-local fields = {'rev', 'writers', 'pending'}
-if ARGV[11] == 'd' then fields[4] = 'summary' end
-local cur = redis.call('HMGET', key, unpack(fields))
+local cur = redis.call('HMGET', key, 'rev', 'writers', 'pending')
 if ARGV[10] == '1' and cur[3] then return {2} end
 local same = tonumber(cur[1] or '0') == tonumber(ARGV[1])
 if same then
@@ -169,13 +159,7 @@ end
 if not same then
   return {0, cur[1], cur[2], redis.call('HGET', key, 'messages')}
 end
-if ARGV[11] == 's' then
-  redis.call('HSET', key, 'messages', ARGV[6], 'rev', ARGV[7], 'writers', ARGV[8],
-    'summary', ARGV[12])
-else
-  redis.call('HSET', key, 'messages', ARGV[6], 'rev', ARGV[7], 'writers', ARGV[8])
-  if ARGV[11] == 'd' and cur[4] then redis.call('HDEL', key, 'summary') end
-end
+redis.call('HSET', key, 'messages', ARGV[6], 'rev', ARGV[7], 'writers', ARGV[8])
 if ARGV[9] ~= '' then redis.call('PEXPIRE', key, ARGV[9]) end
 return {1}
 """
@@ -394,54 +378,12 @@ class RedisMemoryStore:
         self._note(hash_key, revision, fields.get(_WRITERS))
         return revision, _snapshot(key, fields, kept.messages)
 
-    async def preview_history(
-        self, key: str, messages: MessageList, summary: dict[str, Any] | None
-    ) -> MemorySnapshot:
-        """See `StartDeferringMemoryStore.preview_history`: one HGETALL, nothing written
-        (a fork's start: its context is written with its turn's save)."""
-        if summary is not None:
-            check_size(summary, "the summary", self.limits)
-        hash_key = self.record_key(key)
-        async with translate_errors("memory load"):
-            raw = await resolve(self._redis.hgetall(hash_key))
-        fields = {text(k): v for k, v in raw.items()}
-        revision = _revision(key, fields.get(_REVISION))
-        self._note(hash_key, revision, fields.get(_WRITERS))
-        return MemorySnapshot(
-            key=key,
-            messages=messages,
-            experiences=_experiences(key, fields),
-            summary=summary,
-            pending_compaction=_object(key, _PENDING, fields.get(_PENDING)),
-            revision=revision + 1,
-        )
-
     async def save_turn(self, key: str, messages: MessageList, base: TranscriptBase) -> int:
         """See `MemoryStore.save_turn`: a replace if nobody wrote since `base`, else an
         append of the turn's own messages; atomic either way (a compare-and-set)."""
         revision = await self._save_turn(key, messages, base, unless_pending=False)
         assert revision is not None
         return revision
-
-    async def save_started_turn(
-        self,
-        key: str,
-        messages: MessageList,
-        base: TranscriptBase,
-        summary: dict[str, Any] | None,
-        *,
-        unless_pending: bool,
-    ) -> int | None:
-        """See `StartDeferringMemoryStore.save_started_turn`: the same one script as
-        `save_turn`, which also sets (or drops) the summary when it writes the start."""
-        if not base.unsaved:
-            return await self._save_turn(key, messages, base, unless_pending=unless_pending)
-        if summary is not None:
-            check_size(summary, "the summary", self.limits)
-        start = ("d", "") if summary is None else ("s", dump_json(summary))
-        return await self._save_turn(
-            key, messages, base, unless_pending=unless_pending, start=start
-        )
 
     async def save_turn_unless_pending(
         self, key: str, messages: MessageList, base: TranscriptBase
@@ -450,24 +392,13 @@ class RedisMemoryStore:
         return await self._save_turn(key, messages, base, unless_pending=True)
 
     async def _save_turn(
-        self,
-        key: str,
-        messages: MessageList,
-        base: TranscriptBase,
-        *,
-        unless_pending: bool,
-        start: tuple[str, str] | None = None,
+        self, key: str, messages: MessageList, base: TranscriptBase, *, unless_pending: bool
     ) -> int | None:
-        """`start`: the summary op and JSON of an `unsaved` base's start, written with
-        the turn if the record is still at `base.revision - 1` (else the turn's own
-        messages are appended to what is there, and the summary is left alone)."""
         hash_key = self.record_key(key)
         transcript = list(messages)
         seen = self._seen.get(hash_key)
-        # The revision a replace expects: an unsaved start was never written.
-        expected = base.revision - 1 if base.unsaved else base.revision
         # A replace needs only the revision and writers, which this store may know.
-        stored = _Stored(seen[0], seen[1]) if seen and seen[0] == expected else None
+        stored = _Stored(seen[0], seen[1]) if seen and seen[0] == base.revision else None
         async with translate_errors("memory save_turn"):
             for _ in range(_MAX_ROUNDS):
                 if stored is None:
@@ -478,19 +409,16 @@ class RedisMemoryStore:
                         return None
                     stored = _Stored(_revision(key, raw[0]), raw[1], raw[2], have_messages=True)
                 revision = stored.revision
-                appending = revision != expected
+                current = StoredTranscript(
+                    _messages(key, stored.messages_raw) if stored.have_messages else [],
+                    revision,
+                    _writers(key, stored.writers_raw),
+                )
+                appending = revision != base.revision
                 if appending and not stored.have_messages:
                     stored = None  # an append needs the stored messages: read them
                     continue
-                current = StoredTranscript(
-                    _messages(key, stored.messages_raw) if stored.have_messages else [],
-                    # An unsaved start lands as if written at the base's revision.
-                    base.revision if not appending else revision,
-                    _writers(key, stored.writers_raw),
-                )
-                merged = merge_turn(
-                    current, transcript, base, copy_messages=False, replace=not appending
-                )
+                merged = merge_turn(current, transcript, base, copy_messages=False)
                 if merged is None:
                     return revision
                 kept, messages_json = self._bounded(key, merged)
@@ -506,7 +434,6 @@ class RedisMemoryStore:
                     writers_json,
                     self._ttl(),
                     "1" if unless_pending else "",
-                    *(start if start is not None and not appending else ("", "")),
                 ]
                 reply = await run_script(self._redis, self._save_transcript, [hash_key], args)
                 if int(reply[0]) == 2:
