@@ -167,9 +167,12 @@ class DeferringCheckpointer(Checkpointer, Protocol):
     `save_later(state)` returns at once; the state is written with (never ahead of) the
     events yielded before it, and is durable once a later `save` returns or the turn's
     owner has flushed its outputs (a worker does before it ends or parks the run). The
-    loop uses it only where a crash before the write repeats no tool: after ReactStart
-    (the next step is a model call, which a crash redoes anyway) and after ReactEnd (the
-    turn's last output follows in the same write).
+    loop uses it only where a crash before the write repeats no tool, publishes no event
+    twice and saves nothing to memory ahead of it: after ReactStart (the next step is a
+    model call, which a crash redoes anyway), after ReactEnd (the turn's last output
+    follows in the same write), and in an aborted turn's end while nothing awaits before
+    it (an aborted model call's state, an aborted batch's cancelled results and fold, for
+    an agent without a SelfReference or abort hooks: `Loop._close_batch`).
     """
 
     def save_later(self, state: Any) -> None: ...

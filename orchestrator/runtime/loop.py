@@ -741,16 +741,26 @@ class _Turn:
     async def _close_batch(self) -> AsyncIterator[Output]:
         """Give every unanswered tool call a 'cancelled' result so the history stays valid.
 
-        Their checkpoints are not waited for: they ride with the aborted end that follows
-        (a crash before it gives the same results again, from the batch's checkpoint),
-        except after a tool's own `on_abort` result, which is written at once so the hook
-        never runs twice."""
+        Their checkpoints are not waited for while nothing awaits before the aborted end
+        that follows: they ride with it (a crash before it gives the same results again,
+        from the batch's checkpoint, and no event of them was written alone). Before
+        anything that awaits (a tool's `on_abort` hook; a SelfReference agent's fold,
+        which reads its memory, and its memory save) the results so far are written, so
+        a crash there publishes no cancelled call twice; a hook's call (its result, or
+        the 'cancelled' one that replaces a hook that raised) is written at once, so the
+        hook never runs twice; and a SelfReference agent's fold is written before its
+        memory save, so a resumed attempt finds the transcript memory got."""
         st = self.state
         reason = st.abort_reason or "aborted"
+        unsaved = False
         for call in st.pending_tool_calls:
             if _call_id(call) in st.tool_results:
                 continue
-            hooked = await self._aborted_outcome(call)
+            hook = self._has_abort_hook(call)
+            if hook and unsaved:
+                await self._save()
+                unsaved = False
+            hooked = await self._aborted_outcome(call) if hook else None
             outcome = hooked or ToolOutcome(
                 tool_call_id=_call_id(call),
                 tool_name=_call_name(call),
@@ -761,13 +771,22 @@ class _Turn:
                 error=f"Tool call cancelled: {reason}",
                 error_type="CancelledError",
             )
-            async for output in self._record(outcome, save=hooked is not None):
+            async for output in self._record(outcome, save=hook):
                 yield output
-        async for output in self._fold_batch(wrap_iteration=False, later=True):
+            unsaved = unsaved or not hook
+        later = self.selfref is None
+        if unsaved and not later:
+            await self._save()
+        async for output in self._fold_batch(wrap_iteration=False, later=later):
             yield output
 
+    def _has_abort_hook(self, call: dict[str, Any]) -> bool:
+        tool = self.tools.get(_call_name(call))
+        return tool is not None and tool.on_abort is not None
+
     async def _aborted_outcome(self, call: dict[str, Any]) -> ToolOutcome | None:
-        """The result a tool gives for a call cut short by an abort (None: it has none)."""
+        """The result a tool gives for a call cut short by an abort (None: it has none, or
+        its hook raised)."""
         tool = self.tools.get(_call_name(call))
         if tool is None or tool.on_abort is None:
             return None
