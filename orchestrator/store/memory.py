@@ -64,6 +64,7 @@ from orchestrator.store._codec import (
 )
 from orchestrator.store.connection import (
     Redis,
+    hash_fields,
     registered_script,
     run_script,
     run_scripts,
@@ -333,7 +334,7 @@ class RedisMemoryStore:
         """The key's record; an empty one if the key was never written (or expired)."""
         hash_key = self.record_key(key)
         async with translate_errors("memory load"):
-            raw = await resolve(self._redis.hgetall(hash_key))
+            raw = await hash_fields(self._redis, hash_key)
         fields = {text(k): v for k, v in raw.items()}
         snapshot = _snapshot(key, fields, _messages(key, fields.get(_MESSAGES)))
         self._note(hash_key, snapshot.revision, fields.get(_WRITERS))
@@ -403,7 +404,7 @@ class RedisMemoryStore:
             check_size(summary, "the summary", self.limits)
         hash_key = self.record_key(key)
         async with translate_errors("memory load"):
-            raw = await resolve(self._redis.hgetall(hash_key))
+            raw = await hash_fields(self._redis, hash_key)
         fields = {text(k): v for k, v in raw.items()}
         revision = _revision(key, fields.get(_REVISION))
         self._note(hash_key, revision, fields.get(_WRITERS))
