@@ -444,9 +444,35 @@ def chunk_text(chunk: Mapping[str, Any]) -> str:
     return content if isinstance(content, str) else ""
 
 
+# Each event class's own serializer, and the origin's: an EventYield is encoded from
+# them (see `output_to_json`).
+_EVENT_SERIALIZERS = {cls: cls.__pydantic_serializer__ for cls in EVENT_CLASSES}
+_ORIGIN_SERIALIZER = EventOrigin.__pydantic_serializer__
+
+
 def output_to_json(output: ResponseYield | EventYield) -> bytes:
     """Encode one agent output for the wire (the bytes of `output.model_dump_json()`,
-    without making a str of them first)."""
+    without making a str of them first).
+
+    An EventYield of one of our event classes is put together from its event's and its
+    origin's JSON, in its fields' order: the same bytes, for half the CPU of the
+    model's own serializer, which first matches the event against the 15 members of the
+    event union (this runs for every event a worker publishes). Anything else (an event
+    subclass, which the union serializes as its declared class) takes the model's path.
+    """
+    if type(output) is EventYield and output.type == "event":
+        event, origin = output.event, output.origin
+        serializer = _EVENT_SERIALIZERS.get(type(event))
+        if serializer is not None and type(origin) is EventOrigin:
+            return b"".join(
+                (
+                    b'{"event":',
+                    serializer.to_json(event),
+                    b',"origin":',
+                    _ORIGIN_SERIALIZER.to_json(origin),
+                    b',"type":"event"}',
+                )
+            )
     return output.__pydantic_serializer__.to_json(output)
 
 

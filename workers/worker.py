@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import math
 import os
 import socket
@@ -286,12 +287,33 @@ async def serve(settings: Settings, agent_modules: Sequence[str]) -> None:
     # Every log line of this process (and of each job's task) says which worker wrote it.
     structlog.contextvars.bind_contextvars(worker_id=worker_id)
     worker = await create_worker(settings, agent_modules, worker_id=worker_id)
+    settle_gc()
     try:
         await worker.async_run()
     except asyncio.CancelledError:
         pass
     finally:
         await worker.close()
+
+
+# The youngest generation's threshold in a worker process (CPython's default: 700).
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def settle_gc() -> None:
+    """Tune the cyclic garbage collector for a worker process, once it has loaded its
+    code and agents. What exists then (modules, classes, validators) lives as long as
+    the process: it is moved out of the collector's sight (`gc.freeze`). And the
+    youngest generation is collected every GC_YOUNG_THRESHOLD net allocations instead
+    of every 700: a worker's many turns in flight hold thousands of live objects, which
+    each young collection scanned again and promoted, and ten of those a middle one,
+    and so on into full collections. Measured (`orchestrator bench` fan-out, 2,100
+    forks on one worker): collector time 2.7 s -> 1.2 s, full collections 10 -> 2
+    (freeze alone: still 11 full collections). Cycles are still collected."""
+    gc.collect()
+    gc.freeze()
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), middle, old)
 
 
 def run(settings: Settings, agent_modules: Sequence[str]) -> None:

@@ -48,6 +48,7 @@ __all__ = [
     "begin",
     "connect",
     "connect_arq",
+    "hash_fields",
     "is_unavailable",
     "optimistic",
     "parse_sentinel_url",
@@ -300,6 +301,22 @@ async def run_script(redis: Redis, script: Any, keys: Sequence[Any], args: Seque
                 raise
             script.sha = await redis.script_load(script.script)
     raise AssertionError("unreachable")
+
+
+async def hash_fields(redis: Redis, key: str) -> dict[Any, Any]:
+    """HGETALL `key`: its fields and their values ({} if there is no such hash). On a
+    client made here it goes through `resp.call` (sent with the other calls of its loop
+    pass, without redis-py's per-command layers, which cost a fork's start about as much
+    CPU as the reply's parsing); any other client's `hgetall` as before. Redis errors are
+    raised as redis-py's (callers translate them)."""
+    if not _lean(redis):
+        reply: Any = redis.hgetall(key)
+        return dict(await reply if isinstance(reply, Awaitable) else reply)
+    raw = await call(redis.connection_pool, ("HGETALL", key))
+    if isinstance(raw, dict):  # RESP3: a map
+        return raw
+    pairs = iter(raw)
+    return dict(zip(pairs, pairs, strict=False))
 
 
 async def _pipelined(redis: Redis, command: tuple[Any, ...]) -> list[Any]:

@@ -59,6 +59,7 @@ from orchestrator.store._codec import (
 )
 from orchestrator.store.connection import (
     Redis,
+    hash_fields,
     registered_script,
     run_script,
     run_scripts,
@@ -317,7 +318,7 @@ class RedisMemoryStore:
         """The key's record; an empty one if the key was never written (or expired)."""
         hash_key = self.record_key(key)
         async with translate_errors("memory load"):
-            raw = await resolve(self._redis.hgetall(hash_key))
+            raw = await hash_fields(self._redis, hash_key)
         fields = {text(k): v for k, v in raw.items()}
         snapshot = _snapshot(key, fields, _messages(key, fields.get(_MESSAGES)))
         self._note(hash_key, snapshot.revision, fields.get(_WRITERS))
