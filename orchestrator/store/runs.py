@@ -1626,16 +1626,23 @@ _HANDED_BACK = "handed_back"
 
 # `LeaseTable.renew` as one atomic script. KEYS: owner, deadlines
 # ARGV: attempt, worker id, deadline ms, extend only ("1"/"0"), run id. Reply: 1/0
+# A lease this attempt already holds on this worker (a background renewal's usual case:
+# the owner record reads exactly what the HSET would write) only has its deadline moved:
+# the HSET would change nothing, and neither would the PERSIST, since every writer of
+# state 'held' (a start, a renewal) clears the key's TTL and only releases and claims
+# (which write another state) give it one.
 _RENEW_LUA = """
-local f = redis.call('HMGET', KEYS[1], 'attempt', 'fence', 'state')
+local f = redis.call('HMGET', KEYS[1], 'attempt', 'fence', 'state', 'worker')
 local attempt = tonumber(ARGV[1])
 local held = tonumber(f[1])
 local fence = tonumber(f[2])
 if (f[1] and not held) or (f[2] and not fence) then return -1 end
 if (fence and attempt < fence) or (held and held > attempt) then return 0 end
 if ARGV[4] == '1' and (held ~= attempt or f[3] ~= 'held') then return 0 end
-redis.call('HSET', KEYS[1], 'attempt', ARGV[1], 'worker', ARGV[2], 'state', 'held')
-redis.call('PERSIST', KEYS[1])
+if not (f[1] == ARGV[1] and f[3] == 'held' and f[4] == ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'attempt', ARGV[1], 'worker', ARGV[2], 'state', 'held')
+  redis.call('PERSIST', KEYS[1])
+end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
 return 1
 """
