@@ -289,7 +289,7 @@ local function fill(template, value, root)
   local at = string.find(template, '\0', 1, true)
   return string.sub(template, 1, at - 1) .. value .. string.sub(template, at + 1)
 end
-local function start_picked(job, raw, record, owner, deadlines, running, a)
+local function start_picked(job, raw, record, owner, deadlines, running, a, ARGV)
   local run_id = ARGV[a]
   local head = '{"v":1,"run_id":"' .. run_id .. '","session_id":"'
   if string.sub(raw, 1, #head) ~= head then return {0} end
