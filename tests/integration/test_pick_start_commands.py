@@ -187,3 +187,40 @@ async def test_the_picks_of_several_jobs_are_one_script_call_each_job_as_its_own
         record = await RunStore(redis, keys).get(request.run_id)
         assert record.status.value == "running"
         assert await redis.zscore(keys.leases(), request.run_id) is not None
+
+
+async def test_a_pick_of_a_job_another_worker_runs_is_one_command(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """The other side of a wake-up both workers heard: the job is in progress elsewhere,
+    and the pick finds so with its first command. A job that is not due, or has left the
+    queue, is still not picked, and is left with no in-progress mark."""
+    request = _fork(uuid.uuid4().hex)
+    jid = await _queued(redis, keys, request)
+    later = f"{keys.prefix}-later"
+    await redis.zadd(keys.queue(), {later: 10**15})
+    worker = _worker(redis, keys)
+    await worker._pick_many([b"none-yet"])  # Redis has the script now
+    await redis.set(f"arq:in-progress:{jid}", "another-worker", px=60_000)
+    sentinel = f"end-of-pick-{uuid.uuid4().hex}"
+    watcher = PlainRedis.from_url(redis_url)
+    inner: list[str] = []
+    try:
+        async with watcher.monitor() as monitor:
+            (picked,) = await worker._pick_many([jid.encode()])
+            await redis.echo(sentinel)
+            while True:
+                command = await asyncio.wait_for(monitor.next_command(), 10)
+                if sentinel in command["command"] and command["client_type"] != "lua":
+                    break
+                if command["client_type"] == "lua":
+                    inner.append(command["command"].split(" ", 1)[0].upper())
+        assert picked is None
+        assert inner == ["SET"]
+        assert await redis.get(f"arq:in-progress:{jid}") == b"another-worker"
+        assert await worker._pick_many([later.encode(), b"gone"]) == [None, None]
+        assert await redis.exists(f"arq:in-progress:{later}", "arq:in-progress:gone") == 0
+    finally:
+        await watcher.aclose()
+        await redis.zrem(keys.queue(), later)
+        await drop_job_keys(redis, [jid, later])
