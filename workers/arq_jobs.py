@@ -27,9 +27,12 @@ RETRY_TTL_S = 88400
 # Mark a job in progress unless it already is (-2 then: a worker runs it), or left the
 # queue, or is not due yet (-1 then), and read what running it needs: {score, job bytes
 # (nil when gone), try, aborted (1: it was in arq's abort set), broken (1: its job or
-# retry key could not be read)}. arq's EXISTS + PSETEX is one SET NX here, after the
-# queue's score (a job that has left the queue since it was listed costs one read). The
-# reads of the job come after it so that a broken job is ours to remove. A first try
+# retry key could not be read)}. arq's EXISTS + PSETEX is one SET NX here, before the
+# queue's score: a job another worker has in progress (the other side of a wake-up both
+# workers heard) costs that one command; a job that has left the queue since it was
+# listed, or is not due, has its in-progress mark taken back (and a queue of the wrong
+# type, its error returned). The reads of the job come after it so that a broken job is
+# ours to remove. A first try
 # creates the retry counter with arq's TTL in one SET NX (arq: INCR + EXPIRE); a later
 # try counts with INCR, leaving the TTL of the first (a day). With a sixth
 # key (and no claim), the pick reads that key too (a turn's job: its run's record, which
@@ -42,12 +45,15 @@ RETRY_TTL_S = 88400
 # ARGV job id, now (ms), in-progress ttl (ms), picker, check abort ('1'/'0')[, index,
 # claim | , the start's arguments]: a batch item's job is claimed in the same step
 # (PICK_CLAIM_LUA).
-PICK_LUA = (
-    PICK_START_LUA
-    + """
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if (not score) or tonumber(score) > tonumber(ARGV[2]) then return -1 end
+_PICK_BODY_LUA = (
+    """
 if not redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[3], 'NX') then return -2 end
+local score = redis.pcall('ZSCORE', KEYS[2], ARGV[1])
+if type(score) == 'table' or (not score) or tonumber(score) > tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1])
+  if type(score) == 'table' then return score end
+  return -1
+end
 local aborted = 0
 if ARGV[5] == '1' then aborted = redis.pcall('ZREM', KEYS[5], ARGV[1]) end
 if type(aborted) ~= 'number' then aborted = 0 end
@@ -79,7 +85,7 @@ if #KEYS == 6 or #KEYS == 9 then
   if #KEYS == 6 then return {{score, job, try, aborted, 0, read}} end
   local started = {{0}}
   if read and type(job) == 'string' and try == 1 and aborted == 0 then
-    local ok, reply = pcall(start_picked, job, read, KEYS[6], KEYS[7], KEYS[8], KEYS[9], 6)
+    local ok, reply = pcall(start_picked, job, read, KEYS[6], KEYS[7], KEYS[8], KEYS[9], 6, ARGV)
     started = ok and reply or {{-2}}
   end
   return {{score, job, try, aborted, 0, read, started}}
@@ -87,6 +93,38 @@ end
 return {{score, job, try, aborted, 0}}
 """
 )
+PICK_LUA = PICK_START_LUA + _PICK_BODY_LUA
+
+# Several jobs' picks in one script (the jobs for all the slots free at once): each as
+# `PICK_LUA` alone, under `pcall` (a job whose keys hold the wrong type is refused
+# alone, with the error `PICK_LUA` would have failed with as its reply: what it wrote
+# before failing stays, as it would). One script call for a batch instead of one per job.
+# KEYS each job's PICK_LUA KEYS, one job after the other
+# ARGV n jobs, (n keys, n args) per job, then each job's PICK_LUA ARGV
+# Reply: one reply per job, as PICK_LUA's (or an error reply).
+PICK_MANY_LUA = (
+    PICK_START_LUA
+    + "local function pick(KEYS, ARGV)\n"
+    + _PICK_BODY_LUA
+    + """end
+local n = tonumber(ARGV[1])
+local ko, ao = 0, 1 + 2 * n
+local replies = {}
+for j = 1, n do
+  local nk, na = tonumber(ARGV[2 * j]), tonumber(ARGV[2 * j + 1])
+  local ok, reply = pcall(pick, {unpack(KEYS, ko + 1, ko + nk)}, {unpack(ARGV, ao + 1, ao + na)})
+  if not ok then
+    if type(reply) == 'table' and reply.err then reply = reply.err end
+    reply = redis.error_reply(tostring(reply))
+  end
+  replies[j] = reply
+  ko, ao = ko + nk, ao + na
+end
+return replies
+"""
+)
+# Jobs per `PICK_MANY_LUA` call (a batch larger than this is sent as several calls).
+PICK_MANY_CHUNK = 64
 
 # Undo a pick whose reply never came back, if it happened and is still this worker's:
 # the job is no longer in progress and its try is not counted.

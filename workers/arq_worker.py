@@ -61,6 +61,8 @@ from workers.arq_jobs import (
     JOB_FINISH,
     JOB_START,
     PICK_LUA,
+    PICK_MANY_CHUNK,
+    PICK_MANY_LUA,
     REPAIR_PICK_LUA,
     RETRY_TTL_S,
     RUNNING,
@@ -376,12 +378,8 @@ class WakeableWorker(Worker):
                 await self.pool.zrem(self.queue_name, raw_id)
                 continue
             calls.append((n, *self._pick_call(job_id)))
-        script = self._script(PICK_LUA)
-        replies = await run_scripts(
-            self.pool, [(script, k, a) for _, k, a in calls], raise_on_error=False
-        )
         now = time.monotonic()
-        for (n, _, _), reply in zip(calls, replies, strict=True):
+        for (n, _, _), reply in zip(calls, await self._send_picks(calls), strict=True):
             if reply == RUNNING:
                 self._elsewhere[raw_ids[n]] = now
             elif not isinstance(reply, redis_errors.ResponseError):
@@ -389,6 +387,36 @@ class WakeableWorker(Worker):
             elif not _wrong_type(reply):
                 raise reply  # Redis refuses writes (out of memory, a read-only replica)
         return picks
+
+    async def _send_picks(self, calls: list[tuple[int, list[str], list[str]]]) -> list[Any]:
+        """The replies of these picks (`PICK_LUA` each), in one round trip: a lone job's
+        pick on its own, several jobs' in one script call per `PICK_MANY_CHUNK` of them
+        (`PICK_MANY_LUA`), instead of a call each. A reply is the job's `ResponseError`
+        when its script refused it."""
+        if len(calls) == 1:
+            (_, keys, args), script = calls[0], self._script(PICK_LUA)
+            return await run_scripts(self.pool, [(script, keys, args)], raise_on_error=False)
+        script = self._script(PICK_MANY_LUA)
+        chunks = [calls[i : i + PICK_MANY_CHUNK] for i in range(0, len(calls), PICK_MANY_CHUNK)]
+        many = []
+        for chunk in chunks:
+            keys = [key for _, k, _ in chunk for key in k]
+            args = [str(len(chunk))]
+            for _, k, a in chunk:
+                args += [str(len(k)), str(len(a))]
+            args += [arg for _, _, a in chunk for arg in a]
+            many.append((script, keys, args))
+        replies: list[Any] = []
+        for chunk, reply in zip(
+            chunks, await run_scripts(self.pool, many, raise_on_error=False), strict=True
+        ):
+            if isinstance(reply, list) and len(reply) == len(chunk):
+                replies += reply
+            elif isinstance(reply, redis_errors.ResponseError):
+                replies += [reply] * len(chunk)  # the whole script refused (out of memory)
+            else:  # the picks may have happened: raised as a Redis failure, they are repaired
+                raise redis_errors.RedisError(f"job pick: unexpected reply: {reply!r:.200}")
+        return replies
 
     def _pick_call(self, job_id: str) -> tuple[list[str], list[str]]:
         keys = [

@@ -24,7 +24,6 @@ from typing import Any
 
 import structlog
 from pydantic import ValidationError
-from redis import exceptions as redis_errors
 from redis.commands.core import AsyncScript
 
 from orchestrator.errors import PayloadError, RunNotFound, StoreError
@@ -301,7 +300,7 @@ local function fill(template, value, root)
   local at = string.find(template, '\0', 1, true)
   return string.sub(template, 1, at - 1) .. value .. string.sub(template, at + 1)
 end
-local function start_picked(job, raw, record, owner, deadlines, running, a)
+local function start_picked(job, raw, record, owner, deadlines, running, a, ARGV)
   local run_id = ARGV[a]
   local head = '{"v":1,"run_id":"' .. run_id .. '","session_id":"'
   if string.sub(raw, 1, #head) ~= head then return {0} end
@@ -1658,21 +1657,65 @@ _HELD = "held"
 _HANDED_BACK = "handed_back"
 
 
-# `LeaseTable.renew` as one atomic script. KEYS: owner, deadlines
-# ARGV: attempt, worker id, deadline ms, extend only ("1"/"0"), run id. Reply: 1/0
-_RENEW_LUA = """
-local f = redis.call('HMGET', KEYS[1], 'attempt', 'fence', 'state')
-local attempt = tonumber(ARGV[1])
-local held = tonumber(f[1])
-local fence = tonumber(f[2])
-if (f[1] and not held) or (f[2] and not fence) then return -1 end
-if (fence and attempt < fence) or (held and held > attempt) then return 0 end
-if ARGV[4] == '1' and (held ~= attempt or f[3] ~= 'held') then return 0 end
-redis.call('HSET', KEYS[1], 'attempt', ARGV[1], 'worker', ARGV[2], 'state', 'held')
-redis.call('PERSIST', KEYS[1])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
-return 1
+# `LeaseTable.renew` of one lease as a Lua function: refuse (-1) a corrupt owner record,
+# (0) a lease a later attempt owns or that was claimed or released after this attempt,
+# and, with `extend` "1", one this attempt does not hold right now; else (1) the attempt
+# holds it. The caller moves its deadline. A lease this attempt already holds on this
+# worker (a background renewal's usual case: the owner record reads exactly what the HSET
+# would write) is not written again: the HSET would change nothing, and neither would
+# the PERSIST, since every writer of state 'held' (a start, a renewal) clears the key's
+# TTL and only releases and claims (which write another state) give it one.
+_RENEW_FUNCTION_LUA = """
+local function renew(owner, attempt_arg, worker, extend)
+  local f = redis.call('HMGET', owner, 'attempt', 'fence', 'state', 'worker')
+  local attempt = tonumber(attempt_arg)
+  local held = tonumber(f[1])
+  local fence = tonumber(f[2])
+  if (f[1] and not held) or (f[2] and not fence) then return -1 end
+  if (fence and attempt < fence) or (held and held > attempt) then return 0 end
+  if extend == '1' and (held ~= attempt or f[3] ~= 'held') then return 0 end
+  if not (f[1] == attempt_arg and f[3] == 'held' and f[4] == worker) then
+    redis.call('HSET', owner, 'attempt', attempt_arg, 'worker', worker, 'state', 'held')
+    redis.call('PERSIST', owner)
+  end
+  return 1
+end
 """
+# `LeaseTable.renew` as one atomic script. KEYS: owner, deadlines
+# ARGV: attempt, worker id, deadline ms, extend only ("1"/"0"), run id. Reply: 1/0/-1
+_RENEW_LUA = (
+    _RENEW_FUNCTION_LUA
+    + """
+local code = renew(KEYS[1], ARGV[1], ARGV[2], ARGV[4])
+if code == 1 then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5]) end
+return code
+"""
+)
+# `LeaseTable.renew_many`: `renew` for several leases in one script (a lease keeper's
+# pass), with one ZADD of the new deadline for those renewed. A lease whose owner key
+# is of another type is refused alone (-2: its HMGET failed, nothing was written).
+# KEYS: deadlines, owner...; ARGV: worker id, deadline ms, extend only, (attempt, run
+# id) per owner. Reply: one code per owner.
+_RENEW_MANY_LUA = (
+    _RENEW_FUNCTION_LUA
+    + """
+local codes, renewed = {}, {}
+for i = 2, #KEYS do
+  local a = 4 + (i - 2) * 2
+  local ok, code = pcall(renew, KEYS[i], ARGV[a], ARGV[1], ARGV[3])
+  if not ok then code = -2 end
+  codes[#codes + 1] = code
+  if code == 1 then
+    renewed[#renewed + 1] = ARGV[2]
+    renewed[#renewed + 1] = ARGV[a + 1]
+  end
+end
+if #renewed > 0 then redis.call('ZADD', KEYS[1], unpack(renewed)) end
+return codes
+"""
+)
+# Leases per `_RENEW_MANY_LUA` call (Lua's unpack is bounded by its stack).
+_RENEW_CHUNK = 1000
 # `LeaseTable.release` as one atomic script. KEYS: owner, deadlines
 # ARGV: attempt, run id, fence, fence ttl. Reply: 1/0
 _RELEASE_LUA = """
@@ -1699,6 +1742,17 @@ return 1
 """
 
 
+def _renew_codes(reply: Any) -> builtins.list[int]:
+    """The codes of a `_RENEW_MANY_LUA` reply (Redis replies are untrusted: anything but
+    a list of integers is an error)."""
+    if not isinstance(reply, list):
+        raise StoreError(f"lease renew: unexpected reply from Redis: {reply!r:.200}")
+    try:
+        return [int(code) for code in reply]
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"lease renew: unexpected reply from Redis: {reply!r:.200}") from exc
+
+
 def _opt_int(raw: Any, what: str) -> int | None:
     return None if raw is None else parse_int(raw, what)
 
@@ -1721,6 +1775,7 @@ class LeaseTable:
         self._keys = keys
         self._fence_ttl_s = fence_ttl_s
         self._renew = redis.register_script(_RENEW_LUA)
+        self._renew_many = redis.register_script(_RENEW_MANY_LUA)
         self._release = redis.register_script(_RELEASE_LUA)
         self._park = redis.register_script(_PARK_LUA)
 
@@ -1757,27 +1812,28 @@ class LeaseTable:
         ttl_s: float,
         extend_only: bool = False,
     ) -> builtins.list[bool | None]:
-        """`renew` for several `(run_id, attempt)` leases in one round trip (each atomic
-        on its own): True or False for each as `renew` says, None for a lease whose owner
-        record is corrupt (unreadable, or a key of another type: the others are renewed)."""
+        """`renew` for several `(run_id, attempt)` leases in one round trip (one script
+        per `_RENEW_CHUNK` leases, each lease checked on its own): True or False for each
+        as `renew` says, None for a lease whose owner record is corrupt (unreadable, or a
+        key of another type: the others are renewed)."""
         if not leases:
             return []
         deadline = repr(_now_ms() + ttl_s * 1000.0)
         only = "1" if extend_only else "0"
-        calls = [
-            (
-                self._renew,
-                [self._keys.lease(run_id), self._keys.leases()],
-                [str(attempt), worker_id, deadline, only, run_id],
-            )
-            for run_id, attempt in leases
-        ]
+        calls = []
+        for first in range(0, len(leases), _RENEW_CHUNK):
+            chunk = leases[first : first + _RENEW_CHUNK]
+            keys = [self._keys.leases(), *(self._keys.lease(run_id) for run_id, _ in chunk)]
+            args = [worker_id, deadline, only]
+            for run_id, attempt in chunk:
+                args += [str(attempt), run_id]
+            calls.append((self._renew_many, keys, args))
         async with translate_errors("lease renew"):
-            replies = await run_scripts(self._redis, calls, raise_on_error=False)
-        return [
-            None if isinstance(r, redis_errors.ResponseError) or int(r) < 0 else int(r) == 1
-            for r in replies
-        ]
+            replies = await run_scripts(self._redis, calls)
+        codes = [code for reply in replies for code in _renew_codes(reply)]
+        if len(codes) != len(leases):
+            raise StoreError(f"lease renew: {len(codes)} replies for {len(leases)} leases")
+        return [None if code < 0 else code == 1 for code in codes]
 
     async def release(self, run_id: str, attempt: int) -> bool:
         """Give the lease up at the end of the attempt. False if `attempt` did not hold it."""

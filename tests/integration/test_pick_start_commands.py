@@ -144,3 +144,92 @@ async def test_the_pick_of_a_resumed_attempt_still_takes_over_what_the_last_one_
     assert inner.count("HMGET") == 2  # the lease owner and the checkpoint
     assert "HGET" in inner
     assert await redis.get(keys.run_fence(session, run_id)) == b"2"
+
+
+async def test_the_picks_of_several_jobs_are_one_script_call_each_job_as_its_own(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """A worker with several slots free picks their jobs in one script call (it made one
+    call per job): each job's pick as it would be alone (its run started; a job whose
+    key holds something that is not a job: broken, as arq's pick says)."""
+    requests = [_fork(uuid.uuid4().hex) for _ in range(3)]
+    jids = [await _queued(redis, keys, request) for request in requests]
+    broken = f"{keys.prefix}-broken"
+    await redis.hset(f"arq:job:{broken}", "not", "a job")
+    await redis.zadd(keys.queue(), {broken: 1})
+    worker = _worker(redis, keys)
+    await worker._pick_many([b"none-yet", b"none-either"])  # Redis has the script now
+    watcher = PlainRedis.from_url(redis_url)
+    sentinel = f"end-of-picks-{uuid.uuid4().hex}"
+    calls = 0
+    try:
+        async with watcher.monitor() as monitor:
+            picks = await worker._pick_many(
+                [jids[0].encode(), broken.encode(), *(jid.encode() for jid in jids[1:])]
+            )
+            await redis.echo(sentinel)
+            while True:
+                command = await asyncio.wait_for(monitor.next_command(), 10)
+                if sentinel in command["command"] and command["client_type"] != "lua":
+                    break
+                text = command["command"]
+                if command["client_type"] != "lua" and any(jid in text for jid in jids):
+                    calls += 1
+    finally:
+        await watcher.aclose()
+        await drop_job_keys(redis, [*jids, broken])
+    assert calls == 1
+    assert picks[1] is not None
+    assert picks[1].broken
+    for request, picked in zip(requests, [picks[0], *picks[2:]], strict=True):
+        assert picked is not None
+        assert picked.start is not None
+        assert picked.start[0] == 1, picked.start
+        record = await RunStore(redis, keys).get(request.run_id)
+        assert record.status.value == "running"
+        assert await redis.zscore(keys.leases(), request.run_id) is not None
+
+
+async def test_a_pick_of_a_job_another_worker_runs_is_one_command(
+    redis_url: str, redis: Redis, keys: Keys
+) -> None:
+    """The other side of a wake-up both workers heard: the job is in progress elsewhere,
+    and the pick finds so with its first command. A job that is not due, or has left the
+    queue, is still not picked, and is left with no in-progress mark."""
+    request = _fork(uuid.uuid4().hex)
+    jid = await _queued(redis, keys, request)
+    later = f"{keys.prefix}-later"
+    await redis.zadd(keys.queue(), {later: 10**15})
+    worker = _worker(redis, keys)
+    await worker._pick_many([b"none-yet"])  # Redis has the script now
+    await redis.set(f"arq:in-progress:{jid}", "another-worker", px=60_000)
+    sentinel = f"end-of-pick-{uuid.uuid4().hex}"
+    watcher = PlainRedis.from_url(redis_url)
+    seen: list[dict[str, Any]] = []
+    try:
+        async with watcher.monitor() as monitor:
+            (picked,) = await worker._pick_many([jid.encode()])
+            await redis.echo(sentinel)
+            while True:
+                command = await asyncio.wait_for(monitor.next_command(), 10)
+                if sentinel in command["command"] and command["client_type"] != "lua":
+                    break
+                seen.append(command)
+        # The script's own commands: those right after its call (a script runs alone).
+        at = next(
+            i for i, c in enumerate(seen) if c["client_type"] != "lua" and jid in c["command"]
+        )
+        inner: list[str] = []
+        for command in seen[at + 1 :]:
+            if command["client_type"] != "lua":
+                break
+            inner.append(command["command"].split(" ", 1)[0].upper())
+        assert picked is None
+        assert inner == ["SET"]
+        assert await redis.get(f"arq:in-progress:{jid}") == b"another-worker"
+        assert await worker._pick_many([later.encode(), b"gone"]) == [None, None]
+        assert await redis.exists(f"arq:in-progress:{later}", "arq:in-progress:gone") == 0
+    finally:
+        await watcher.aclose()
+        await redis.zrem(keys.queue(), later)
+        await drop_job_keys(redis, [jid, later])
