@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
+import math
 import re
 import time
 from collections import OrderedDict
@@ -67,6 +68,15 @@ _FIXED_FIELDS = frozenset({"v", "run_id"})
 
 def _now_ms() -> float:
     return time.time() * 1000.0
+
+
+def _score(ms: float) -> str:
+    """A time as a sorted set's score: whole milliseconds. A small sorted set (a worker's
+    running runs, the lease deadlines, a quiet status index) is a listpack, which keeps a
+    whole score as an integer but a fractional one as text it parses again at every
+    insert: ZADD into 100 members costs about 3x as much with fractional scores (8-15 vs
+    25-44 µs, Redis 7.0). Runs of the same millisecond sort by id."""
+    return str(math.floor(ms))
 
 
 # Write a run record if it is still what the caller read (compare-and-set on the raw
@@ -347,8 +357,8 @@ local function start_picked(job, raw, record, owner, deadlines, running, a, ARGV
     ARGV[a + 4] .. string.sub(raw, w2)
   local code, taken = start_run(record, fill(ARGV[a + 8], status), running, owner, deadlines,
     fill(ARGV[a + 11], sid), fill(ARGV[a + 12], sid), fill(ARGV[a + 13], sid), new, run_id,
-    string.format('%.17g', score * 1000), ARGV[a + 1], ARGV[a + 3], ARGV[a + 5], ARGV[a + 14],
-    first)
+    string.format('%.17g', math.floor(score * 1000)), ARGV[a + 1], ARGV[a + 3], ARGV[a + 5],
+    ARGV[a + 14], first)
   if code ~= 1 then return {code} end
   return {1, new, flags[1] and 1 or 0, flags[1] or '', flags[2] and 1 or 0, flags[2] or '',
     sid, root, taken}
@@ -391,7 +401,7 @@ def pick_start_args(
         str(segment),
         worker_id,
         json.dumps(worker_id),
-        repr(_now_ms() + lease_ttl_s * 1000.0),
+        _score(_now_ms() + lease_ttl_s * 1000.0),
         repr(time.time()),
         job_head,
         keys.runs_by_status(session),
@@ -908,7 +918,7 @@ class RunStore:
                 keys += [self._keys.run(records[i].run_id) for i in chunk]
                 args: list[Any] = []
                 for i in chunk:
-                    args += [records[i].run_id, raws[i], repr(records[i].submitted_at * 1000.0)]
+                    args += [records[i].run_id, raws[i], _score(records[i].submitted_at * 1000.0)]
                 calls.append((self._create_many, keys, args))
                 order += chunk
         if not calls:
@@ -941,9 +951,9 @@ class RunStore:
             b"" if old_raw is None else old_raw,
             new.model_dump_json(),
             new.run_id,
-            repr(new.submitted_at * 1000.0),
+            _score(new.submitted_at * 1000.0),
             "" if expire_ms is None else str(expire_ms),
-            repr(_now_ms()),
+            _score(_now_ms()),
         ]
         return self._cas, keys, args
 
@@ -1128,10 +1138,10 @@ class RunStore:
             b"" if known is None else known[0],
             "" if new_raw is None else new_raw,
             run_id,
-            "0" if known is None else repr(known[1].submitted_at * 1000.0),
+            "0" if known is None else _score(known[1].submitted_at * 1000.0),
             str(attempt),
             worker_id,
-            repr(_now_ms() + lease_ttl_s * 1000.0),
+            _score(_now_ms() + lease_ttl_s * 1000.0),
             "1" if never_started else "0",
             "" if take_over_ttl_s is None else str(take_over_ttl_s),
         ]
@@ -1262,9 +1272,9 @@ class RunStore:
             b"" if raw is None else raw,
             "" if new_raw is None else new_raw,
             run_id,
-            repr(record.submitted_at * 1000.0),
+            _score(record.submitted_at * 1000.0),
             str(run_ms),
-            repr(_now_ms()),
+            _score(_now_ms()),
             str(writes.stream_ttl_s),
             str(session_ms + 1_000),
             str(_session_refresh_ms(session_ms)),
@@ -1425,7 +1435,7 @@ class RunStore:
                     raw,
                     updated.model_dump_json(),
                     run_id,
-                    repr(updated.submitted_at * 1000.0),
+                    _score(updated.submitted_at * 1000.0),
                     str(_AWAITED_TTL_S),
                     str(len(terminal)),
                     *running,
@@ -1489,7 +1499,7 @@ class RunStore:
             self._redis.pipeline(transaction=True) as pipe,
         ):
             pipe.pexpire(self._keys.run(run_id), ttl_ms)
-            pipe.zadd(self._keys.runs_expiring(), {run_id: _now_ms() + ttl_ms})
+            pipe.zadd(self._keys.runs_expiring(), {run_id: math.floor(_now_ms()) + ttl_ms})
             existed, _ = await pipe.execute()
         return bool(existed)
 
@@ -1797,7 +1807,7 @@ class LeaseTable:
         """
         keys = [self._keys.lease(run_id), self._keys.leases()]
         deadline = _now_ms() + ttl_s * 1000.0
-        args = [str(attempt), worker_id, repr(deadline), "1" if extend_only else "0", run_id]
+        args = [str(attempt), worker_id, _score(deadline), "1" if extend_only else "0", run_id]
         async with translate_errors("lease renew"):
             reply = int(await run_script(self._redis, self._renew, keys, args))
         if reply < 0:
@@ -1818,7 +1828,7 @@ class LeaseTable:
         key of another type: the others are renewed)."""
         if not leases:
             return []
-        deadline = repr(_now_ms() + ttl_s * 1000.0)
+        deadline = _score(_now_ms() + ttl_s * 1000.0)
         only = "1" if extend_only else "0"
         calls = []
         for first in range(0, len(leases), _RENEW_CHUNK):
