@@ -16,9 +16,8 @@ from types import TracebackType
 from typing import Any
 
 import httpx
-from pydantic_core import PydanticSerializationError, to_json
 
-__all__ = ["HTTPPool", "body_bytes", "json_body"]
+__all__ = ["HTTPPool", "body_bytes"]
 
 _DEFAULT_HEADERS = {
     "Accept": "*/*",
@@ -27,28 +26,6 @@ _DEFAULT_HEADERS = {
     "User-Agent": f"python-httpx/{httpx.__version__}",
 }
 _JSON_HEADERS = {**_DEFAULT_HEADERS, "Content-Type": "application/json"}
-
-
-def json_body(value: Any) -> bytes:
-    """`value` as the JSON body httpx's `json=` sends (compact, UTF-8, no NaN).
-
-    Encoded by pydantic-core: about a quarter of the CPU of `json.dumps` for a model
-    request (its messages and tool definitions, every call). Where the two could differ,
-    json.dumps decides: a non-finite float (which pydantic-core writes as NaN or
-    Infinity, not JSON) and a value pydantic-core cannot encode both go to it, so they
-    raise as they did (ValueError, TypeError). Other values json.dumps refuses and
-    pydantic-core encodes (a datetime, a model) are sent; floats may be spelled
-    differently (1e-05 as 0.00001), the same number either way."""
-    try:
-        body = to_json(value)
-    except PydanticSerializationError:
-        body = b""
-    if not body or b"NaN" in body or b"Infinity" in body:
-        # Rare (also any text containing those words): the reference encoder decides.
-        return json_dumps(
-            value, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        ).encode()
-    return body
 
 
 def body_bytes(response: httpx.Response) -> AsyncIterable[bytes]:
@@ -86,7 +63,8 @@ class HTTPPool:
         # adds to a `content=` request (Host, Content-Length) are given too, with the body
         # as its stream: httpx then builds its header list once, not three times.
         target = url if isinstance(url, httpx.URL) else self._join(url)
-        content = json_body(json)
+        body = json_dumps(json, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        content = body.encode()
         sent = {**_JSON_HEADERS, **headers} if headers else _JSON_HEADERS
         request = httpx.Request(
             method,
