@@ -27,12 +27,9 @@ RETRY_TTL_S = 88400
 # Mark a job in progress unless it already is (-2 then: a worker runs it), or left the
 # queue, or is not due yet (-1 then), and read what running it needs: {score, job bytes
 # (nil when gone), try, aborted (1: it was in arq's abort set), broken (1: its job or
-# retry key could not be read)}. arq's EXISTS + PSETEX is one SET NX here, before the
-# queue's score: a job another worker has in progress (the other side of a wake-up both
-# workers heard) costs that one command; a job that has left the queue since it was
-# listed, or is not due, has its in-progress mark taken back (and a queue of the wrong
-# type, its error returned). The reads of the job come after it so that a broken job is
-# ours to remove. A first try
+# retry key could not be read)}. arq's EXISTS + PSETEX is one SET NX here, after the
+# queue's score (a job that has left the queue since it was listed costs one read). The
+# reads of the job come after it so that a broken job is ours to remove. A first try
 # creates the retry counter with arq's TTL in one SET NX (arq: INCR + EXPIRE); a later
 # try counts with INCR, leaving the TTL of the first (a day). With a sixth
 # key (and no claim), the pick reads that key too (a turn's job: its run's record, which
@@ -47,13 +44,9 @@ RETRY_TTL_S = 88400
 # (PICK_CLAIM_LUA).
 _PICK_BODY_LUA = (
     """
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if (not score) or tonumber(score) > tonumber(ARGV[2]) then return -1 end
 if not redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[3], 'NX') then return -2 end
-local score = redis.pcall('ZSCORE', KEYS[2], ARGV[1])
-if type(score) == 'table' or (not score) or tonumber(score) > tonumber(ARGV[2]) then
-  redis.call('DEL', KEYS[1])
-  if type(score) == 'table' then return score end
-  return -1
-end
 local aborted = 0
 if ARGV[5] == '1' then aborted = redis.pcall('ZREM', KEYS[5], ARGV[1]) end
 if type(aborted) ~= 'number' then aborted = 0 end

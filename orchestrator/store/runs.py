@@ -71,11 +71,12 @@ def _now_ms() -> float:
 
 
 def _score(ms: float) -> str:
-    """A time as a sorted set's score: whole milliseconds. A small sorted set (a worker's
-    running runs, the lease deadlines, a quiet status index) is a listpack, which keeps a
-    whole score as an integer but a fractional one as text it parses again at every
-    insert: ZADD into 100 members costs about 3x as much with fractional scores (8-15 vs
-    25-44 µs, Redis 7.0). Runs of the same millisecond sort by id."""
+    """A deadline as a sorted set's score: whole milliseconds. A small sorted set (a
+    worker's lease deadlines) is a listpack, which keeps a whole score as an integer but
+    a fractional one as text it parses again at every insert: ZADD into 100 members costs
+    about 3x as much with fractional scores (8-15 vs 25-44 µs, Redis 7.0). The indexes
+    runs are listed by keep their exact submission times (runs of one millisecond, a
+    fan-out's forks, list in the order they were submitted)."""
     return str(math.floor(ms))
 
 
@@ -357,8 +358,8 @@ local function start_picked(job, raw, record, owner, deadlines, running, a, ARGV
     ARGV[a + 4] .. string.sub(raw, w2)
   local code, taken = start_run(record, fill(ARGV[a + 8], status), running, owner, deadlines,
     fill(ARGV[a + 11], sid), fill(ARGV[a + 12], sid), fill(ARGV[a + 13], sid), new, run_id,
-    string.format('%.17g', math.floor(score * 1000)), ARGV[a + 1], ARGV[a + 3], ARGV[a + 5],
-    ARGV[a + 14], first)
+    string.format('%.17g', score * 1000), ARGV[a + 1], ARGV[a + 3], ARGV[a + 5], ARGV[a + 14],
+    first)
   if code ~= 1 then return {code} end
   return {1, new, flags[1] and 1 or 0, flags[1] or '', flags[2] and 1 or 0, flags[2] or '',
     sid, root, taken}
@@ -918,7 +919,7 @@ class RunStore:
                 keys += [self._keys.run(records[i].run_id) for i in chunk]
                 args: list[Any] = []
                 for i in chunk:
-                    args += [records[i].run_id, raws[i], _score(records[i].submitted_at * 1000.0)]
+                    args += [records[i].run_id, raws[i], repr(records[i].submitted_at * 1000.0)]
                 calls.append((self._create_many, keys, args))
                 order += chunk
         if not calls:
@@ -951,7 +952,7 @@ class RunStore:
             b"" if old_raw is None else old_raw,
             new.model_dump_json(),
             new.run_id,
-            _score(new.submitted_at * 1000.0),
+            repr(new.submitted_at * 1000.0),
             "" if expire_ms is None else str(expire_ms),
             _score(_now_ms()),
         ]
@@ -1138,7 +1139,7 @@ class RunStore:
             b"" if known is None else known[0],
             "" if new_raw is None else new_raw,
             run_id,
-            "0" if known is None else _score(known[1].submitted_at * 1000.0),
+            "0" if known is None else repr(known[1].submitted_at * 1000.0),
             str(attempt),
             worker_id,
             _score(_now_ms() + lease_ttl_s * 1000.0),
@@ -1272,7 +1273,7 @@ class RunStore:
             b"" if raw is None else raw,
             "" if new_raw is None else new_raw,
             run_id,
-            _score(record.submitted_at * 1000.0),
+            repr(record.submitted_at * 1000.0),
             str(run_ms),
             _score(_now_ms()),
             str(writes.stream_ttl_s),
@@ -1435,7 +1436,7 @@ class RunStore:
                     raw,
                     updated.model_dump_json(),
                     run_id,
-                    _score(updated.submitted_at * 1000.0),
+                    repr(updated.submitted_at * 1000.0),
                     str(_AWAITED_TTL_S),
                     str(len(terminal)),
                     *running,
