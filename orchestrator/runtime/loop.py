@@ -756,11 +756,12 @@ class _Turn:
         for call in st.pending_tool_calls:
             if _call_id(call) in st.tool_results:
                 continue
-            hook = self._has_abort_hook(call)
+            tool = self._abort_hook(call)
+            hook = tool is not None
             if hook and unsaved:
                 await self._save()
                 unsaved = False
-            hooked = await self._aborted_outcome(call) if hook else None
+            hooked = None if tool is None else await self._aborted_outcome(tool, call)
             outcome = hooked or ToolOutcome(
                 tool_call_id=_call_id(call),
                 tool_name=_call_name(call),
@@ -780,15 +781,15 @@ class _Turn:
         async for output in self._fold_batch(wrap_iteration=False, later=later):
             yield output
 
-    def _has_abort_hook(self, call: dict[str, Any]) -> bool:
+    def _abort_hook(self, call: dict[str, Any]) -> Tool | None:
+        """The call's tool, if it has an `on_abort` hook."""
         tool = self.tools.get(_call_name(call))
-        return tool is not None and tool.on_abort is not None
+        return tool if tool is not None and tool.on_abort is not None else None
 
-    async def _aborted_outcome(self, call: dict[str, Any]) -> ToolOutcome | None:
-        """The result a tool gives for a call cut short by an abort (None: it has none, or
-        its hook raised)."""
-        tool = self.tools.get(_call_name(call))
-        if tool is None or tool.on_abort is None:
+    async def _aborted_outcome(self, tool: Tool, call: dict[str, Any]) -> ToolOutcome | None:
+        """The result `tool`'s `on_abort` hook gives for a call cut short by an abort
+        (None: it has none, or it raised)."""
+        if tool.on_abort is None:
             return None
         try:
             result = await tool.on_abort(_arguments_or_empty(call))

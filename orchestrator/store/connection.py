@@ -35,7 +35,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from orchestrator.errors import ConfigError, StoreError, StoreUnavailable
 from orchestrator.store import jsonserial
-from orchestrator.store._codec import ascii_digits
+from orchestrator.store._codec import ascii_digits, resolve
 from orchestrator.store.resp import LeanConnection, LeanPool, call, call_many
 
 __all__ = [
@@ -310,8 +310,7 @@ async def hash_fields(redis: Redis, key: str) -> dict[Any, Any]:
     CPU as the reply's parsing); any other client's `hgetall` as before. Redis errors are
     raised as redis-py's (callers translate them)."""
     if not _lean(redis):
-        reply: Any = redis.hgetall(key)
-        return dict(await reply if isinstance(reply, Awaitable) else reply)
+        return dict(await resolve(redis.hgetall(key)))
     raw = await call(redis.connection_pool, ("HGETALL", key))
     if isinstance(raw, dict):  # RESP3: a map
         return raw

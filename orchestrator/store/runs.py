@@ -109,10 +109,6 @@ end
 return 1
 """
 _CAS_RETRIES = 100
-# Create records that do not exist yet, several in one script (a batch of forks): one
-# SET NX each, then one ZADD on the time index and one on the status index for those
-# created. KEYS: time index, status index, record...; ARGV: (run id, raw, score) per record.
-# Replies 1 (created) or 0 (it existed) per record.
 # `RunStore.mark_recreated` for one run, only while it has no record (a concurrent
 # re-creator's record and the life it started are left alone).
 # KEYS: record, lease owner, checkpoint, write fence; ARGV: fence ttl s. Reply: 1 marked.
@@ -122,6 +118,10 @@ redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('SET', KEYS[4], '0', 'EX', ARGV[1])
 return 1
 """
+# Create records that do not exist yet, several in one script (a batch of forks): one
+# SET NX each, then one ZADD on the time index and one on the status index for those
+# created. KEYS: time index, status index, record...; ARGV: (run id, raw, score) per record.
+# Replies 1 (created) or 0 (it existed) per record.
 _CREATE_MANY_LUA = """
 local created = {}
 local scored = {}
