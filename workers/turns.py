@@ -78,7 +78,7 @@ _log = structlog.get_logger(__name__)
 
 
 class RunCheckpointer:
-    """Checkpointer port on Redis (a DeferringCheckpointer): the state rides in the
+    """Checkpointer port on Redis (an EndingCheckpointer): the state rides in the
     publisher's next batch, written atomically with (never ahead of) the events published
     before it, fenced by the attempt: one round trip per checkpoint, events included."""
 
@@ -93,6 +93,11 @@ class RunCheckpointer:
         """Queue the state with the outputs that follow; `_drive` flushes them all before
         the run ends or parks, so it is durable by then."""
         self._publisher.save_checkpoint(state.model_dump_json().encode())
+
+    def ending(self) -> None:
+        """The turn has answered: what it publishes until its end rides in the end's
+        script (`EventPublisher.hold`, then `take_last`)."""
+        self._publisher.hold()
 
 
 @dataclass

@@ -7,7 +7,8 @@ arq or httpx.
                       values it trades in: MemorySnapshot, TranscriptBase, MemoryLimits;
                       HistoryMemoryStore also replaces a history in one step
     Checkpointer      where a turn's state is saved between steps (nothing, or Redis);
-                      DeferringCheckpointer also queues one without waiting for it
+                      DeferringCheckpointer also queues one without waiting for it;
+                      EndingCheckpointer also holds a turn's last outputs for its end
     ForkBackend       starts forks and collects their results (Redis and arq on a worker),
                       asked with a SpawnRequest
     ForkLimits        depth and fan-out bounds of in-process forks
@@ -34,6 +35,7 @@ from orchestrator.ports.llm import ChunkAccumulator, LLMInterface
 from orchestrator.ports.memory import (
     Checkpointer,
     DeferringCheckpointer,
+    EndingCheckpointer,
     Experience,
     HistoryMemoryStore,
     MemoryLimits,
@@ -53,6 +55,7 @@ __all__ = [
     "Checkpointer",
     "ChunkAccumulator",
     "DeferringCheckpointer",
+    "EndingCheckpointer",
     "Experience",
     "ForkBackend",
     "ForkLimits",

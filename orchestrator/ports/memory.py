@@ -13,6 +13,7 @@ from orchestrator.settings import Settings
 __all__ = [
     "Checkpointer",
     "DeferringCheckpointer",
+    "EndingCheckpointer",
     "Experience",
     "HistoryMemoryStore",
     "MemoryLimits",
@@ -176,3 +177,19 @@ class DeferringCheckpointer(Checkpointer, Protocol):
     """
 
     def save_later(self, state: Any) -> None: ...
+
+
+@runtime_checkable
+class EndingCheckpointer(DeferringCheckpointer, Protocol):
+    """A DeferringCheckpointer whose owner writes a turn's last outputs with its end.
+
+    `ending()` says the turn has given its final answer: nothing runs before its ReactEnd
+    but the end's memory save (no tool, no model call, no checkpoint that waits). The
+    outputs from there on (the model call's end event among them) may then wait for the
+    end's write instead of going out in one of their own while the save is in flight.
+    A crash before the end loses nothing a checkpoint promised: none is taken after a
+    final answer, so the next attempt redoes that model call either way. A `save` (which
+    waits for everything before it) ends the hold.
+    """
+
+    def ending(self) -> None: ...

@@ -52,6 +52,7 @@ from orchestrator.ports import (
     Checkpointer,
     ChunkAccumulator,
     DeferringCheckpointer,
+    EndingCheckpointer,
     ForkBackend,
     MemoryStore,
     ToolSession,
@@ -138,6 +139,11 @@ class _Turn:
         self._defer = (
             cast(DeferringCheckpointer, checkpointer)
             if checkpointer is not None and conforms(checkpointer, DeferringCheckpointer)
+            else None
+        )
+        self._ending = (
+            cast(EndingCheckpointer, checkpointer)
+            if self._defer is not None and conforms(checkpointer, EndingCheckpointer)
             else None
         )
         self.origin = origin
@@ -720,6 +726,10 @@ class _Turn:
         await self._save_memory()
 
     async def _finish(self, wrapped: bool) -> AsyncIterator[Output]:
+        if self._ending is not None and self.selfref is not None:
+            # Only the memory save comes before ReactEnd: what is published until then
+            # rides with the end instead of in a write of its own during the save.
+            self._ending.ending()
         if wrapped:
             yield self._iteration_end(0)
         await self._end_memory()

@@ -552,6 +552,8 @@ class EventPublisher:
         self._closed = False
         # `take_last`: the flusher sends no new batch (what is buffered is the last one).
         self._holding = False
+        # `hold`: nor until a `flush()`.
+        self._held = False
 
     # -- publishing -----------------------------------------------------------------
 
@@ -577,12 +579,21 @@ class EventPublisher:
             raise ValueError("save_checkpoint() needs a publisher made with attempt=")
         self._enqueue(_Pending("checkpoint", state))
 
+    def hold(self) -> None:
+        """Send no new batch (the one in flight completes): what is published from now on
+        waits for `take_last`, to ride with the run's end in one round trip, or for a
+        `flush()`, which ends the hold. For a turn that has answered and only saves its
+        memory before its end (see `EndingCheckpointer`)."""
+        self._held = True
+
     async def flush(self) -> None:
-        """Return once everything published before this call is in Redis.
+        """Return once everything published before this call is in Redis (ending a
+        `hold()`).
 
         Raises `StoreError` (`StoreUnavailable` for connection trouble) if delivery failed
         after the retries; nothing is dropped, so calling `flush()` again retries.
         """
+        self._held = False
         if self._delivered >= self._accepted:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -732,7 +743,8 @@ class EventPublisher:
             call, seq = entry.call_seq
             if seq > self._local_seqs.get(call, seq - 1):
                 self._local_seqs[call] = seq
-        self._ensure_flusher()
+        if not self._held:
+            self._ensure_flusher()
 
     def _ensure_flusher(self) -> None:
         if self._task is None or self._task.done():
@@ -745,7 +757,9 @@ class EventPublisher:
         await cancel_and_wait(task)
 
     async def _flush_loop(self) -> None:
-        while self._unconfirmed is not None or (self._pending and not self._holding):
+        while self._unconfirmed is not None or (
+            self._pending and not (self._holding or self._held)
+        ):
             if self._unconfirmed is None:
                 self._unconfirmed, self._pending = self._pending, []
                 self._batch_no += 1

@@ -585,3 +585,34 @@ async def test_each_runs_entries_end_with_its_response_then_its_terminal_entry(
             assert "react_start" not in labels[waiting:]
         else:
             assert labels[:3] == ["queued", "react_start", "llm_call_start"], labels
+
+
+async def test_an_answered_turns_last_events_ride_with_its_end(
+    client: Client, workers: WorkerPool, redis: Redis, keys: Keys
+) -> None:
+    """A SelfReference agent that has answered saves its memory before its ReactEnd; the
+    events it published since (its last model call's end) are not written on their own
+    during that save but with the run's end, in the end's one stream entry: every run
+    of a fan-out that completed has its last LLMCallEnd, its ReactEnd and its response
+    in one entry (item ids `<entry id>.<i>`, the last item the entry id itself)."""
+    await workers.start(1, concurrency=4)
+    run = await client.submit(FORKER, "fan-root")
+    result = await run.result(timeout=30)
+    assert result.status is RunStatus.COMPLETED, result.error
+    entries = await StreamReader(redis, keys).read(run.session_id, count=10_000)
+    last_call_end: dict[str, str] = {}
+    react_end: dict[str, str] = {}
+    response: dict[str, str] = {}
+    for entry in entries:
+        base = entry.id.split(".")[0]
+        if isinstance(entry.output, EventYield):
+            kind = entry.output.event.event_type
+            if kind == "llm_call_end":
+                last_call_end[entry.run_id] = base
+            elif kind == "react_end":
+                react_end[entry.run_id] = base
+        elif entry.output is not None:
+            response[entry.run_id] = base
+    assert len(response) == 3  # the root and the two forks that completed
+    for run_id, entry_id in response.items():
+        assert last_call_end[run_id] == react_end[run_id] == entry_id, run_id
