@@ -580,10 +580,14 @@ class EventPublisher:
         self._enqueue(_Pending("checkpoint", state))
 
     def hold(self) -> None:
-        """Send no new batch (the one in flight completes): what is published from now on
-        waits for `take_last`, to ride with the run's end in one round trip, or for a
-        `flush()`, which ends the hold. For a turn that has answered and only saves its
-        memory before its end (see `EndingCheckpointer`)."""
+        """Send no new batch (the one in flight completes): everything not yet on its way,
+        and what is published from now on, waits for `take_last` to ride with the run's
+        end in one round trip, or for a `flush()`, which ends the hold (as does one
+        already waiting). For a turn that has answered and only saves its memory before
+        its end (see `EndingCheckpointer`). Not while a checkpoint waits to be sent: a
+        crash during the save must find it."""
+        if any(entry.kind == "checkpoint" for entry in self._pending):
+            return
         self._held = True
 
     async def flush(self) -> None:
@@ -758,7 +762,7 @@ class EventPublisher:
 
     async def _flush_loop(self) -> None:
         while self._unconfirmed is not None or (
-            self._pending and not (self._holding or self._held)
+            self._pending and not (self._holding or (self._held and not self._waiters))
         ):
             if self._unconfirmed is None:
                 self._unconfirmed, self._pending = self._pending, []

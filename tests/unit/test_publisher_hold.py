@@ -106,3 +106,33 @@ async def test_a_batch_in_flight_when_the_hold_begins_is_still_written(
     await _settle()
     assert await _written(fake_redis, keys) == [0]
     assert (await publisher.take_last()) is not None
+
+
+async def test_a_flush_waiting_when_the_hold_begins_still_returns(
+    fake_redis: Any, keys: Keys
+) -> None:
+    """(From the review of the hold.) Another task's `flush()` that waits for outputs
+    queued behind the batch in flight is not stranded by a hold that begins meanwhile."""
+    publisher = await _started(fake_redis, keys)
+    publisher.publish(event_output(0, call="r1"))
+    await asyncio.sleep(0)  # batch [0] is in flight
+    publisher.publish(event_output(1, call="r1"))  # buffered behind it
+    waiting = asyncio.ensure_future(publisher.flush())
+    await asyncio.sleep(0)
+    publisher.hold()
+    await asyncio.wait_for(waiting, 3)
+    assert await _written(fake_redis, keys) == [0, 1]
+
+
+async def test_no_hold_while_a_checkpoint_waits_to_be_sent(fake_redis: Any, keys: Keys) -> None:
+    """A checkpoint queued to ride with the next outputs (`save_later`) is not held: a
+    crash during the memory save that follows must find it."""
+    publisher = await _started(fake_redis, keys)
+    publisher.publish(event_output(0, call="r1"))
+    publisher.save_checkpoint(b'{"after": "start"}')
+    publisher.hold()
+    publisher.publish(event_output(1, call="r1"))
+    await _settle()
+    assert await _written(fake_redis, keys) == [0, 1]
+    saved = await fake_redis.hget(keys.checkpoint("s1", "r1"), "state")
+    assert saved in (b'{"after": "start"}', '{"after": "start"}')
