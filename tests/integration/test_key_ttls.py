@@ -10,11 +10,15 @@ attempt aborted while it waits in the queue.
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from arq.constants import job_key_prefix, result_key_prefix
+from redis import Redis as SyncRedis
 
 from orchestrator.client import Client
 from orchestrator.keys import Keys
@@ -22,8 +26,10 @@ from orchestrator.mock_llm.testing import MockLLMThread
 from orchestrator.runs import RunStatus
 from orchestrator.store.checkpoints import CheckpointStore
 from orchestrator.store.connection import Redis
+from orchestrator.store.queue import job_id
 from tests.fixtures_api import ApiFactory
 from tests.fixtures_llm import MockLLMFactory
+from tests.fixtures_redis import delete_test_keys
 from tests.integration.test_distributed import count_runs, owner, wait_until
 from tests.integration.workerproc import WorkerPool, drop_arq_keys, worker_env
 
@@ -184,3 +190,31 @@ async def test_a_resumed_attempt_aborted_in_the_queue_leaves_its_checkpoint_to_e
     assert (await run.result(timeout=10)).status is RunStatus.ABORTED
     assert await unbounded_keys(redis, keys) == []
     assert await redis.ttl(keys.checkpoint(run.session_id, run.run_id)) > 0
+
+
+def test_a_tests_cleanup_deletes_its_prefix_and_its_jobs_arq_keys_and_nothing_else(
+    redis_url: str,
+) -> None:
+    """`delete_test_keys` (the `keys` fixture's teardown) leaves the shared Redis as the
+    test found it: its prefix's keys, and arq's keys (outside the prefix) of the jobs it
+    left queued and of every attempt and segment of its runs, but no other prefix's."""
+    ours, theirs = Keys(f"test-{uuid.uuid4().hex[:12]}"), Keys(f"test-{uuid.uuid4().hex[:12]}")
+    record = {"run_id": f"{ours.prefix}-r", "attempt": 2, "max_attempts": 1, "segment": 1}
+    ran = [job_id(record["run_id"], attempt, seg) for attempt in (1, 2) for seg in (0, 1, 2)]
+    queued = f"{ours.prefix}-queued"
+    arq_keys = [job_key_prefix + jid for jid in [*ran, queued]] + [result_key_prefix + ran[0]]
+    with SyncRedis.from_url(redis_url) as client:
+        try:
+            client.set(ours.run(str(record["run_id"])), json.dumps(record))
+            client.set(ours.run("corrupt"), b"\xff not json")
+            client.zadd(ours.queue(), {queued: 1})
+            client.set(theirs.run("r"), b"{}")
+            for name in arq_keys:
+                client.set(name, b"1", ex=60)
+
+            assert delete_test_keys(client, ours) == 3 + len(arq_keys)
+            assert list(client.scan_iter(match=ours.pattern())) == []
+            assert client.exists(*arq_keys) == 0
+            assert client.exists(theirs.run("r")) == 1
+        finally:
+            client.unlink(theirs.run("r"), *arq_keys)
