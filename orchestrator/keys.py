@@ -108,9 +108,9 @@ waiting_sweep_s):
     queue                           jobs waiting to start (arq removes them as they start)
 
 Per-run keys held without a TTL while their run is live (a lease owner while it is held
-or parked) get one when the run ends. arq's own keys (`arq:job:*`, `arq:result:*`,
-`arq:in-progress:*`, outside the prefix) expire: job keys with the job timeout, results
-after an hour.
+or parked, a run's checkpoint) get one when the run ends, whoever ends it. arq's own keys
+(`arq:job:*`, `arq:result:*`, `arq:in-progress:*`, outside the prefix) expire: job keys
+with the job timeout, results after an hour.
 
 The benchmark (`BenchKeys`, under the unique prefix of one `orchestrator bench` run; all
 deleted when it ends, by a SCAN of `pattern()`):

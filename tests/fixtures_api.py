@@ -33,7 +33,6 @@ from orchestrator.api import create_app
 from orchestrator.keys import Keys
 from orchestrator.mock_llm.testing import MockLLMThread
 from orchestrator.settings import Settings
-from orchestrator.store.connection import Redis
 
 AGENTS_MODULE = "tests.e2e.agents"
 AGENT = f"{AGENTS_MODULE}:weather_chat"
@@ -234,8 +233,8 @@ def scripted_llm() -> Iterator[MockLLMThread]:
 
 
 @pytest.fixture
-def api_settings(redis_url: str, keys: Keys, redis: Redis) -> Settings:
-    # `redis` deletes this test's keys at teardown.
+def api_settings(redis_url: str, keys: Keys) -> Settings:
+    # `keys` deletes this test's keys at teardown.
     return Settings(redis_url=redis_url, key_prefix=keys.prefix)
 
 

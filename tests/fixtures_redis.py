@@ -2,30 +2,42 @@
 
     redis_url    the real Redis (REDIS_URL is not read: it is 127.0.0.1:6379, db 0); tests
                  that need it are skipped, with the reason, when it does not answer
-    keys         a `Keys` whose prefix is unique to the test, so tests never share keys
-    redis        a redis.asyncio client on the real Redis; the test's keys are deleted after
+    keys         a `Keys` whose prefix is unique to the test, so tests never share keys; in
+                 a test that reaches the real Redis (`redis_url`), every key under the
+                 prefix is deleted after the test, with arq's keys (outside the prefix) of
+                 the jobs it left queued and of its runs' jobs
+    redis        a redis.asyncio client on the real Redis
     make_redis   a factory of extra real clients (simulated processes), closed after
     fake_redis   a fakeredis FakeAsyncRedis (unit tests: no network)
 
 Tests never FLUSHALL/FLUSHDB: the real Redis may be shared, so each test cleans up only
-its own prefix (SCAN MATCH prefix:*).
+its own prefix (SCAN MATCH prefix:* + UNLINK).
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import fakeredis
 import pytest
+from arq.constants import (
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from redis import Redis as SyncRedis
 from redis import exceptions as redis_errors
 
 from orchestrator.events import CustomEvent, EventOrigin, EventYield
 from orchestrator.keys import Keys
 from orchestrator.runs import StreamEntry
 from orchestrator.store.connection import Redis, connect
+from orchestrator.store.queue import job_id
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
@@ -49,36 +61,74 @@ def redis_url() -> str:
 
 
 @pytest.fixture
-def keys() -> Keys:
-    return Keys(prefix=f"test-{uuid.uuid4().hex[:12]}")
+def keys(request: pytest.FixtureRequest) -> Iterator[Keys]:
+    made = Keys(prefix=f"test-{uuid.uuid4().hex[:12]}")
+    yield made
+    # Torn down after every fixture that uses the prefix (workers, clients, the API); not
+    # when the test was skipped for want of a server.
+    if "redis_url" in request.fixturenames and _redis_answers():
+        with SyncRedis.from_url(REDIS_URL) as client:
+            delete_test_keys(client, made)
+
+
+_ARQ_PREFIXES = (job_key_prefix, result_key_prefix, in_progress_key_prefix, retry_key_prefix)
+_BATCH = 500
+
+
+def _job_ids(raw_record: bytes | None) -> list[str]:
+    """The arq job ids a run may have had: each attempt, each segment (as the workers'
+    fixtures' `drop_arq_keys`). Nothing for a record that is not a run's (tests write
+    corrupt ones on purpose)."""
+    try:
+        record = json.loads(raw_record or b"")
+        run_id, segment = str(record["run_id"]), int(record.get("segment") or 0)
+        attempts = max(int(record.get("attempt") or 1), int(record.get("max_attempts") or 1))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return []
+    return [
+        job_id(run_id, attempt, seg)
+        for attempt in range(1, attempts + 1)
+        for seg in range(segment + 2)
+    ]
+
+
+def delete_test_keys(client: SyncRedis, keys: Keys) -> int:
+    """Delete every key under `keys.prefix` (SCAN + UNLINK, never FLUSH), and arq's keys
+    of the jobs still in its queue and of the runs whose records it holds."""
+    names = list(client.scan_iter(match=keys.pattern(), count=1000))
+    jobs = [j.decode() for j in client.zrange(keys.queue(), 0, -1)]
+    runs = [n for n in names if n.startswith(keys.run("").encode())]
+    for start in range(0, len(runs), _BATCH):
+        for raw in client.mget(runs[start : start + _BATCH]):
+            jobs.extend(_job_ids(raw))
+    names.extend(f"{prefix}{jid}".encode() for jid in set(jobs) for prefix in _ARQ_PREFIXES)
+    deleted = 0
+    for start in range(0, len(names), _BATCH):
+        deleted += client.unlink(*names[start : start + _BATCH])
+    return deleted
 
 
 async def delete_prefix(client: Redis, keys: Keys) -> int:
-    """Delete every key under `keys.prefix` (SCAN, never FLUSH)."""
+    """Delete every key under `keys.prefix` (SCAN + UNLINK, never FLUSH)."""
     deleted = 0
     batch: list[Any] = []
     async for name in client.scan_iter(match=keys.pattern(), count=500):
         batch.append(name)
-        if len(batch) >= 500:
-            deleted += await client.delete(*batch)
+        if len(batch) >= _BATCH:
+            deleted += await client.unlink(*batch)
             batch.clear()
     if batch:
-        deleted += await client.delete(*batch)
+        deleted += await client.unlink(*batch)
     return deleted
 
 
 @pytest.fixture
-async def redis(redis_url: str, keys: Keys) -> AsyncIterator[Redis]:
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
     client = connect(redis_url)
     try:
         yield client
     finally:
-        cleaner = connect(redis_url)
-        try:
-            await delete_prefix(cleaner, keys)
-        finally:
-            await cleaner.aclose()
-            await client.aclose()
+        await client.aclose()
 
 
 @pytest.fixture

@@ -576,11 +576,11 @@ elseif not done then
   redis.call('HSET', KEYS[14], marker, '1')
   add_entry(KEYS[13], ARGV[19], 'status', ARGV[3], ARGV[17], ARGV[18])
 end
--- After the batch: its first checkpoint may have made the key just now.
-if ARGV[13] == '1' then
-  redis.call('HDEL', KEYS[5], 'state')
-  redis.call('EXPIRE', KEYS[5], ARGV[14])
-end
+-- After the batch: its first checkpoint may have made the key just now. Dropped or not
+-- (an end by other than its attempt: a reaper giving up, an abort of the queued run), a
+-- terminal run's checkpoint expires: kept without a TTL only while its run is live.
+if ARGV[13] == '1' then redis.call('HDEL', KEYS[5], 'state') end
+redis.call('EXPIRE', KEYS[5], ARGV[14])
 -- The session's retention: the stream's and seqs' TTLs, and the owner and run index
 -- outliving them. Left alone when the stream's TTL says an end set them less than
 -- ARGV[20] ms ago (a fan-out's ends: one of them in that time, not each): its TTL is at
@@ -758,6 +758,8 @@ class EndWrites:
     stream_ttl_s: int
     # Release this attempt's lease.
     release_attempt: int | None = None
+    # Drop the checkpoint's state (its fence kept). Dropped or not, the checkpoint expires
+    # `checkpoint_fence_ttl_s` after the end: only a live run keeps one without a TTL.
     drop_checkpoint: bool = False
     # A fork: note its end in its parent's awaited set (and learn if it was the last).
     wake_parent: bool = False

@@ -9,13 +9,12 @@ import pytest
 from orchestrator.client import Client, connect
 from orchestrator.keys import Keys
 from orchestrator.settings import Settings
-from orchestrator.store.connection import Redis
 
 
 @pytest.fixture
-async def client(redis_url: str, keys: Keys, redis: Redis) -> AsyncIterator[Client]:
-    """A client on the real Redis under the test's own key prefix. It depends on `redis`
-    so the prefix is cleaned up after everything else has stopped."""
+async def client(redis_url: str, keys: Keys) -> AsyncIterator[Client]:
+    """A client on the real Redis under the test's own key prefix (deleted by `keys` once
+    everything using it has stopped)."""
     made = await connect(redis_url, settings=Settings(redis_url=redis_url, key_prefix=keys.prefix))
     try:
         yield made
