@@ -7,6 +7,13 @@ numbers with one HINCRBY, one HSET and one RPUSH, whatever the batch's size. A s
 named by a key the runtime derives from (agent call, tool call, n-th spawn in that call);
 allocating the same spawn key again returns the fork it got the first time, which is what
 makes a re-run tool's spawns idempotent (and a re-run batch costs that one HMGET).
+
+The counter must outlive whatever names its forks, or numbering starts at fork_1 again
+next to a fork_1 that still has a lane in the stream, a record, a memory key. It gets
+`ttl_s` (the run retention) from each allocation, but a fork's record and the stream are
+kept from the fork's end, later: so each run's end pushes the counter's TTL past both
+(store/runs.py `_END_LUA`, once per session refresh window, not per fork), and an
+allocation never shortens it.
 """
 
 from __future__ import annotations
@@ -71,7 +78,11 @@ if take > 0 then
   end
   redis.call('HSET', KEYS[2], unpack(pairs_))
   redis.call('RPUSH', KEYS[3], unpack(ids))
-  for k = 1, 3 do redis.call('EXPIRE', KEYS[k], ARGV[2]) end
+  -- The counter's TTL is only pushed back: a run's end pushes it past its record and the
+  -- stream (store/runs.py `_END_LUA`), which may be later than this. Unless the HINCRBY
+  -- just made it (base 0: it has no TTL yet, and GT would leave it none).
+  redis.call('EXPIRE', KEYS[1], ARGV[2], base == 0 and 'NX' or 'GT')
+  for k = 2, 3 do redis.call('EXPIRE', KEYS[k], ARGV[2]) end
 end
 for j = take + 1, #fresh do out[fresh[j]] = '-1' end
 for i = 1, n do
