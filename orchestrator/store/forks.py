@@ -79,9 +79,11 @@ if take > 0 then
   redis.call('HSET', KEYS[2], unpack(pairs_))
   redis.call('RPUSH', KEYS[3], unpack(ids))
   -- The counter's TTL is only pushed back: a run's end pushes it past its record and the
-  -- stream (store/runs.py `_END_LUA`), which may be later than this. Unless the HINCRBY
-  -- just made it (base 0: it has no TTL yet, and GT would leave it none).
-  redis.call('EXPIRE', KEYS[1], ARGV[2], base == 0 and 'NX' or 'GT')
+  -- stream (store/runs.py `_END_LUA`), which may be later than this. (PTTL, not EXPIRE
+  -- GT: Redis 6.2 has no GT; -1, none yet, when the HINCRBY just made it.)
+  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) * 1000 then
+    redis.call('EXPIRE', KEYS[1], ARGV[2])
+  end
   for k = 2, 3 do redis.call('EXPIRE', KEYS[k], ARGV[2]) end
 end
 for j = take + 1, #fresh do out[fresh[j]] = '-1' end

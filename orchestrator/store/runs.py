@@ -599,10 +599,14 @@ if ARGV[17] ~= '' then
     redis.call('EXPIRE', KEYS[14], ARGV[7])
     -- The session's fork counter (`ForkTable`, named beside the seqs) outlives the record
     -- of every run that ends (ARGV[5]) and the stream, by the window: no fork number is
-    -- handed out again while either may still name it. GT: never shortened (a missing
-    -- counter stays missing).
-    redis.call('PEXPIRE', string.sub(KEYS[14], 1, -5) .. 'forks',
-      math.max(tonumber(ARGV[5]), full) + window, 'GT')
+    -- handed out again while either may still name it. Never shortened; a missing
+    -- counter stays missing. (PTTL, not PEXPIRE GT: Redis 6.2 has no GT.)
+    local forks = string.sub(KEYS[14], 1, -5) .. 'forks'
+    local keep = math.max(tonumber(ARGV[5]), full) + window
+    local counter = redis.call('PTTL', forks)
+    if counter == -1 or (counter >= 0 and counter < keep) then
+      redis.call('PEXPIRE', forks, keep)
+    end
   end
 end
 if session then

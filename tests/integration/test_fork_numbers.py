@@ -21,6 +21,7 @@ from orchestrator.keys import Keys
 from orchestrator.mock_llm.testing import MockLLMThread
 from orchestrator.runs import RunStatus, fork_run_id
 from orchestrator.store.connection import Redis
+from orchestrator.store.forks import ForkTable
 from tests.fixtures_llm import MockLLMFactory
 from tests.integration.test_distributed import wait_until
 from tests.integration.test_forks import GATHER, _pool, collect_tree, gather_results, spawn
@@ -106,3 +107,20 @@ async def test_a_new_turn_after_the_forks_records_expired_gets_new_fork_numbers(
     )
     assert second[fork_id]["memory_key"] != first["fork_1"]["memory_key"]
     assert await redis.pttl(keys.forks(session)) > 0, "the fork counter has no TTL"
+
+
+async def test_an_allocation_never_shortens_the_counter_an_end_pushed_back(
+    redis: Redis, keys: Keys
+) -> None:
+    """A run's end pushed the counter past its record's expiry; a later allocation with
+    a shorter TTL leaves it (else the counter could expire before that record)."""
+    await redis.hset(keys.forks("s"), "#n", "3")
+    await redis.expire(keys.forks("s"), 1_000)
+    table = ForkTable(redis, keys, ttl_s=600)
+    (got,) = await table.allocate_many("s", "r", ["a"], limit=10)
+    assert got is not None
+    assert got.fork_id == "fork_4"
+    assert await redis.ttl(keys.forks("s")) > 600
+    # A new counter gets the allocation's TTL.
+    await table.allocate_many("s2", "r", ["a"], limit=10)
+    assert 0 < await redis.ttl(keys.forks("s2")) <= 600
