@@ -79,10 +79,14 @@ if take > 0 then
   redis.call('HSET', KEYS[2], unpack(pairs_))
   redis.call('RPUSH', KEYS[3], unpack(ids))
   -- The counter's TTL is only pushed back: a run's end pushes it past its record and the
-  -- stream (store/runs.py `_END_LUA`), which may be later than this. (PTTL, not EXPIRE
-  -- GT: Redis 6.2 has no GT; -1, none yet, when the HINCRBY just made it.)
-  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) * 1000 then
-    redis.call('EXPIRE', KEYS[1], ARGV[2])
+  -- stream (store/runs.py `_END_LUA`), which may be later than this. The 60 s more are
+  -- the largest refresh window (`_session_window_ms`): a fork ending within the window
+  -- an earlier end opened skips that push, and its record expires at most that much
+  -- after the retention from now. (PTTL, not EXPIRE GT: Redis 6.2 has no GT; -1, none
+  -- yet, when the HINCRBY just made it.)
+  local counter_ttl = tonumber(ARGV[2]) + 60
+  if redis.call('PTTL', KEYS[1]) < counter_ttl * 1000 then
+    redis.call('EXPIRE', KEYS[1], counter_ttl)
   end
   for k = 2, 3 do redis.call('EXPIRE', KEYS[k], ARGV[2]) end
 end

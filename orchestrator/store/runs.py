@@ -597,17 +597,17 @@ if ARGV[17] ~= '' then
   if session then
     redis.call('EXPIRE', KEYS[13], ARGV[7])
     redis.call('EXPIRE', KEYS[14], ARGV[7])
-    -- A fork's end (ARGV[16]): the session's fork counter (`ForkTable`, named beside the
-    -- seqs) outlives the fork's record (ARGV[5]) and the stream, by the window: its
-    -- number is not handed out again while either may still name it. Never shortened.
-    -- (PTTL, not PEXPIRE GT: Redis 6.2 has no GT.)
-    if ARGV[16] == '1' then
-      local forks = string.sub(KEYS[14], 1, -5) .. 'forks'
-      local keep = math.max(tonumber(ARGV[5]), full) + window
-      local counter = redis.call('PTTL', forks)
-      if counter == -1 or (counter >= 0 and counter < keep) then
-        redis.call('PEXPIRE', forks, keep)
-      end
+    -- The session's fork counter (`ForkTable`, named beside the seqs) outlives this
+    -- run's record (ARGV[5]) and the stream, by the window: no fork number is handed
+    -- out again while either may still name it. Every end (a root's too: an end within
+    -- its window skips this, and the counter an allocation then makes carries the
+    -- largest window itself; a queued fork ended by a client's abort wakes no parent).
+    -- Never shortened. (PTTL, not PEXPIRE GT: Redis 6.2 has no GT.)
+    local forks = string.sub(KEYS[14], 1, -5) .. 'forks'
+    local keep = math.max(tonumber(ARGV[5]), full) + window
+    local counter = redis.call('PTTL', forks)
+    if counter == -1 or (counter >= 0 and counter < keep) then
+      redis.call('PEXPIRE', forks, keep)
     end
   end
 end
