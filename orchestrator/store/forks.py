@@ -7,6 +7,13 @@ numbers with one HINCRBY, one HSET and one RPUSH, whatever the batch's size. A s
 named by a key the runtime derives from (agent call, tool call, n-th spawn in that call);
 allocating the same spawn key again returns the fork it got the first time, which is what
 makes a re-run tool's spawns idempotent (and a re-run batch costs that one HMGET).
+
+The counter must outlive whatever names its forks, or numbering starts at fork_1 again
+next to a fork_1 that still has a lane in the stream, a record, a memory key. It gets
+`ttl_s` (the run retention) from each allocation, but a fork's record and the stream are
+kept from the fork's end, later: so each run's end pushes the counter's TTL past both
+(store/runs.py `_END_LUA`, once per session refresh window, not per fork), and an
+allocation never shortens it.
 """
 
 from __future__ import annotations
@@ -71,7 +78,17 @@ if take > 0 then
   end
   redis.call('HSET', KEYS[2], unpack(pairs_))
   redis.call('RPUSH', KEYS[3], unpack(ids))
-  for k = 1, 3 do redis.call('EXPIRE', KEYS[k], ARGV[2]) end
+  -- The counter's TTL is only pushed back: a run's end pushes it past its record and the
+  -- stream (store/runs.py `_END_LUA`), which may be later than this. The 60 s more are
+  -- the largest refresh window (`_session_window_ms`): a fork ending within the window
+  -- an earlier end opened skips that push, and its record expires at most that much
+  -- after the retention from now. (PTTL, not EXPIRE GT: Redis 6.2 has no GT; -1, none
+  -- yet, when the HINCRBY just made it.)
+  local counter_ttl = tonumber(ARGV[2]) + 60
+  if redis.call('PTTL', KEYS[1]) < counter_ttl * 1000 then
+    redis.call('EXPIRE', KEYS[1], counter_ttl)
+  end
+  for k = 2, 3 do redis.call('EXPIRE', KEYS[k], ARGV[2]) end
 end
 for j = take + 1, #fresh do out[fresh[j]] = '-1' end
 for i = 1, n do

@@ -471,7 +471,8 @@ class PickedStart:
 # checkpoint's state dropped (its fence kept), the attempt's lease released (as
 # `_RELEASE_LUA`), the write fence's retention, the session owner's and run index's
 # retention pushed back when they would expire before the stream (not on every run's
-# end), the terminal status entry in the session stream (`add_entry`, marked as the
+# end; with them, a fork's end pushes the session's fork counter past its record's and
+# the stream's expiry), the terminal status entry in the session stream (`add_entry`, marked as the
 # publisher "end:<run>" would mark it: once, however often the end is repeated; the
 # stream's retention starts there, pushed back unless an end did so within the refresh
 # window: `_session_window_ms`), the announcement that wakes `Run.result()`, and, a
@@ -596,6 +597,18 @@ if ARGV[17] ~= '' then
   if session then
     redis.call('EXPIRE', KEYS[13], ARGV[7])
     redis.call('EXPIRE', KEYS[14], ARGV[7])
+    -- The session's fork counter (`ForkTable`, named beside the seqs) outlives this
+    -- run's record (ARGV[5]) and the stream, by the window: no fork number is handed
+    -- out again while either may still name it. Every end (a root's too: an end within
+    -- its window skips this, and the counter an allocation then makes carries the
+    -- largest window itself; a queued fork ended by a client's abort wakes no parent).
+    -- Never shortened. (PTTL, not PEXPIRE GT: Redis 6.2 has no GT.)
+    local forks = string.sub(KEYS[14], 1, -5) .. 'forks'
+    local keep = math.max(tonumber(ARGV[5]), full) + window
+    local counter = redis.call('PTTL', forks)
+    if counter == -1 or (counter >= 0 and counter < keep) then
+      redis.call('PEXPIRE', forks, keep)
+    end
   end
 end
 if session then
