@@ -178,9 +178,9 @@ async def test_once_every_run_has_ended_every_key_expires_but_the_bounded_ones(
 async def test_a_resumed_attempt_aborted_in_the_queue_leaves_its_checkpoint_to_expire(
     client: Client, redis: Redis, keys: Keys
 ) -> None:
-    """Attempt 1 saved a checkpoint and was lost; attempt 2 waits in the queue (no worker
-    here) and is aborted there: the checkpoint, kept without a TTL while the run was live,
-    expires with the run's other keys."""
+    """A queued run (no worker here) holds a checkpoint, as an attempt that saved one and
+    was lost leaves it, and is aborted in the queue by the client: the checkpoint, kept
+    without a TTL while the run was live, expires with the run's other keys."""
     run = await client.submit(ASSISTANT, "hello", max_attempts=3)
     checkpoints = CheckpointStore(redis, keys)
     await checkpoints.save(run.session_id, run.run_id, attempt=1, state=b'{"step": 1}')
