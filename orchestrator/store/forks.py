@@ -25,6 +25,7 @@ from typing import Any
 from orchestrator.keys import Keys
 from orchestrator.store._codec import parse_int, resolve, text
 from orchestrator.store.connection import Redis, run_scripts, translate_errors
+from orchestrator.store.runs import SESSION_WINDOW_MAX_MS
 
 __all__ = ["Allocation", "ForkTable"]
 
@@ -47,14 +48,15 @@ class Allocation:
 # Several spawns of one parent, atomically and in order, each as if allocated alone: the
 # fork this spawn key got before, else the next session number if the parent has fewer
 # than `limit` forks. Only HMGET when every key is known (a re-run tool's batch).
-# KEYS: session counter, parent's spawns, parent's children; ARGV: limit, ttl, spawn keys...
+# KEYS: session counter, parent's spawns, parent's children; ARGV: limit, ttl, the
+# counter's ttl, spawn keys...
 # Reply per spawn key: "0:n:seq" known, "1:n:seq" new, "-1" over the limit.
 _ALLOCATE_LUA = """
-local n = #ARGV - 2
-local known = redis.call('HMGET', KEYS[2], unpack(ARGV, 3))
+local n = #ARGV - 3
+local known = redis.call('HMGET', KEYS[2], unpack(ARGV, 4))
 local out, fresh, first = {}, {}, {}
 for i = 1, n do
-  local key = ARGV[i + 2]
+  local key = ARGV[i + 3]
   if known[i] then
     out[i] = '0:' .. known[i]
   elseif first[key] == nil then
@@ -72,28 +74,24 @@ if take > 0 then
     local i = fresh[j]
     local placed = (base + j) .. ':' .. (count + j)
     out[i] = '1:' .. placed
-    pairs_[#pairs_ + 1] = ARGV[i + 2]
+    pairs_[#pairs_ + 1] = ARGV[i + 3]
     pairs_[#pairs_ + 1] = placed
     ids[j] = 'fork_' .. (base + j)
   end
   redis.call('HSET', KEYS[2], unpack(pairs_))
   redis.call('RPUSH', KEYS[3], unpack(ids))
   -- The counter's TTL is only pushed back: a run's end pushes it past its record and the
-  -- stream (store/runs.py `_END_LUA`), which may be later than this. The 60 s more are
-  -- the largest refresh window (`_session_window_ms`): a fork ending within the window
-  -- an earlier end opened skips that push, and its record expires at most that much
-  -- after the retention from now. (PTTL, not EXPIRE GT: Redis 6.2 has no GT; -1, none
-  -- yet, when the HINCRBY just made it.)
-  local counter_ttl = tonumber(ARGV[2]) + 60
-  if redis.call('PTTL', KEYS[1]) < counter_ttl * 1000 then
-    redis.call('EXPIRE', KEYS[1], counter_ttl)
+  -- stream (store/runs.py `_END_LUA`), which may be later than this. (PTTL, not EXPIRE
+  -- GT: Redis 6.2 has no GT; -1, none yet, when the HINCRBY just made it.)
+  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) * 1000 then
+    redis.call('EXPIRE', KEYS[1], ARGV[3])
   end
   for k = 2, 3 do redis.call('EXPIRE', KEYS[k], ARGV[2]) end
 end
 for j = take + 1, #fresh do out[fresh[j]] = '-1' end
 for i = 1, n do
   if out[i] == nil then
-    local again = out[first[ARGV[i + 2]]]
+    local again = out[first[ARGV[i + 3]]]
     out[i] = again == '-1' and '-1' or '0:' .. string.sub(again, 3)
   end
 end
@@ -117,6 +115,10 @@ class ForkTable:
         self._redis = redis
         self._keys = keys
         self._ttl_s = ttl_s
+        # A fork ending within the refresh window an earlier end opened does not push the
+        # counter (store/runs.py `_END_LUA`); its record expires at most the largest
+        # window after a retention from this allocation.
+        self._counter_ttl_s = ttl_s + SESSION_WINDOW_MAX_MS // 1000
         self._script = redis.register_script(_ALLOCATE_LUA)
 
     async def allocate(
@@ -155,7 +157,7 @@ class ForkTable:
                 self._keys.spawns(session_id, parent_call_id),
                 self._keys.children(session_id, parent_call_id),
             ]
-            head = [str(limit), str(self._ttl_s)]
+            head = [str(limit), str(self._ttl_s), str(self._counter_ttl_s)]
             for start in range(0, len(spawn_keys), _CHUNK):
                 chunk = list(spawn_keys[start : start + _CHUNK])
                 calls.append((self._script, keys, [*head, *chunk]))

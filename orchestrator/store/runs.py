@@ -52,6 +52,7 @@ from orchestrator.store.streams import (
 )
 
 __all__ = [
+    "SESSION_WINDOW_MAX_MS",
     "EndWrites",
     "Ended",
     "LeaseTable",
@@ -471,8 +472,8 @@ class PickedStart:
 # checkpoint's state dropped (its fence kept), the attempt's lease released (as
 # `_RELEASE_LUA`), the write fence's retention, the session owner's and run index's
 # retention pushed back when they would expire before the stream (not on every run's
-# end; with them, a fork's end pushes the session's fork counter past its record's and
-# the stream's expiry), the terminal status entry in the session stream (`add_entry`, marked as the
+# end; with them, the session's fork counter pushed past the record's and the stream's
+# expiry), the terminal status entry in the session stream (`add_entry`, marked as the
 # publisher "end:<run>" would mark it: once, however often the end is repeated; the
 # stream's retention starts there, pushed back unless an end did so within the refresh
 # window: `_session_window_ms`), the announcement that wakes `Run.result()`, and, a
@@ -485,7 +486,8 @@ class PickedStart:
 # (once: its marker) even when the record is not the expected one.
 # KEYS: record, old status index, new status index, expiring index, checkpoint, write
 #       fence, lease owner, lease deadlines, session owner, session runs, parent's
-#       awaited set, parent's record, session stream, session seqs, session publishers
+#       awaited set, parent's record, session stream, session seqs, session publishers,
+#       session fork counter
 # ARGV: expected raw, new raw ("" = the record is terminal already: only the rest), run
 #       id, score, run ttl ms, now ms, stream ttl s, session ttl ms, session ttl ms to set,
 #       lease attempt to release ("" = none), its fence, lease fence ttl s, drop the
@@ -597,17 +599,15 @@ if ARGV[17] ~= '' then
   if session then
     redis.call('EXPIRE', KEYS[13], ARGV[7])
     redis.call('EXPIRE', KEYS[14], ARGV[7])
-    -- The session's fork counter (`ForkTable`, named beside the seqs) outlives this
-    -- run's record (ARGV[5]) and the stream, by the window: no fork number is handed
-    -- out again while either may still name it. Every end (a root's too: an end within
-    -- its window skips this, and the counter an allocation then makes carries the
-    -- largest window itself; a queued fork ended by a client's abort wakes no parent).
-    -- Never shortened. (PTTL, not PEXPIRE GT: Redis 6.2 has no GT.)
-    local forks = string.sub(KEYS[14], 1, -5) .. 'forks'
+    -- The session's fork counter (`ForkTable`) outlives this run's record (ARGV[5]) and
+    -- the stream by the window, so no fork number is handed out again while either may
+    -- name it; never shortened. Any run's end: ends within the window skip this, and an
+    -- allocation gives the counter the largest window itself. (PTTL, not PEXPIRE GT:
+    -- Redis 6.2 has no GT.)
     local keep = math.max(tonumber(ARGV[5]), full) + window
-    local counter = redis.call('PTTL', forks)
+    local counter = redis.call('PTTL', KEYS[16])
     if counter == -1 or (counter >= 0 and counter < keep) then
-      redis.call('PEXPIRE', forks, keep)
+      redis.call('PEXPIRE', KEYS[16], keep)
     end
   end
 end
@@ -828,13 +828,18 @@ def _session_refresh_ms(session_ms: int) -> int:
     return session_ms + max(2_000, min(60_000, session_ms // 10))
 
 
+# The longest refresh window (`_session_window_ms`). A fork counter an allocation makes
+# outlives the retention by it (`ForkTable`): an end within an open window skips the push.
+SESSION_WINDOW_MAX_MS = 60_000
+
+
 def _session_window_ms(session_ms: int) -> int:
     """How long after an end pushed the session's retention back the next ends leave it
     alone (the stream then expires up to this much sooner than a retention after the
     last end): a tenth of the retention, at most a minute. The end tells its own push
     from the stream's TTL alone, so none when a publisher's idle TTL (or a queued
     entry's) could be taken for one: a retention within two windows of it."""
-    window = min(60_000, session_ms // 10)
+    window = min(SESSION_WINDOW_MAX_MS, session_ms // 10)
     if abs(session_ms - IDLE_TTL_S * 1000) <= 2 * window:
         return 0
     return window
@@ -1283,6 +1288,7 @@ class RunStore:
             self._keys.events(session),
             self._keys.seqs(session),
             self._keys.publishers(session),
+            self._keys.forks(session),
         ]
         args = [
             b"" if raw is None else raw,
