@@ -25,9 +25,9 @@ cluster slot and MULTI/EXEC over its keys is allowed):
     orc:{S}:ckpt:<agent_call>   hash: fenced checkpoint of one agent call (attempt, state)
     orc:{S}:fence:<run_id>      string: the attempt that owns the run's writes (zombie fence)
     orc:{S}:forks               hash: the session's fork counter; TTL run_retention_s
-                                from an allocation, pushed back (never shortened) by a
-                                run's end past its record's and the stream's expiry, so
-                                no fork number is handed out twice while they live
+                                + 60 s from an allocation, pushed back (never shortened)
+                                by a run's end past its record's and the stream's expiry,
+                                so no fork number is handed out twice while they live
     orc:{S}:children:<call>     list: fork ids spawned by one agent call, in spawn order
     orc:{S}:spawns:<call>       hash: one agent call's spawn key -> fork number
     orc:{S}:journal:<name>      hash: a session journal (PyRepl's executed inputs): gen,

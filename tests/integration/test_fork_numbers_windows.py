@@ -52,42 +52,32 @@ async def _fork(redis: Redis, keys: Keys, status: RunStatus) -> str:
     return "p.fork_1"
 
 
+async def _ended(redis: Redis, keys: Keys, run_id: str, status: RunStatus, **kw: Any) -> None:
+    ended = await end_run(
+        redis, keys, _SETTINGS, run_id=run_id, session_id="s1", status=status, **kw
+    )
+    assert ended is not None
+
+
+async def _assert_counter_outlives(redis: Redis, keys: Keys, fork: str) -> None:
+    counter, record = await redis.pttl(keys.forks("s1")), await redis.pttl(keys.run(fork))
+    assert counter >= record, f"the counter expires {record - counter} ms before fork_1's record"
+
+
 async def test_a_forks_end_in_the_window_of_a_root_end_keeps_the_counter(
     redis: Redis, keys: Keys
 ) -> None:
     # An earlier turn's root (no fork) ends: the session block runs (no counter push).
     await RunStore(redis, keys).create(_record("r0", RunStatus.RUNNING))
-    assert (
-        await end_run(
-            redis,
-            keys,
-            _SETTINGS,
-            run_id="r0",
-            session_id="s1",
-            status=RunStatus.COMPLETED,
-            from_status={RunStatus.RUNNING},
-        )
-        is not None
-    )
+    await _ended(redis, keys, "r0", RunStatus.COMPLETED, from_status={RunStatus.RUNNING})
     # The next turn forks; the fork ends a moment later (well within the 60 s window).
     fork = await _fork(redis, keys, RunStatus.RUNNING)
     await asyncio.sleep(0.5)
     queue: Any = object()  # a worker's end passes its queue (wake_parent); no parent waits
-    assert (
-        await end_run(
-            redis,
-            keys,
-            _SETTINGS,
-            run_id=fork,
-            session_id="s1",
-            status=RunStatus.COMPLETED,
-            from_status={RunStatus.RUNNING},
-            queue=queue,
-        )
-        is not None
+    await _ended(
+        redis, keys, fork, RunStatus.COMPLETED, from_status={RunStatus.RUNNING}, queue=queue
     )
-    counter, record = await redis.pttl(keys.forks("s1")), await redis.pttl(keys.run(fork))
-    assert counter >= record, f"the counter expires {record - counter} ms before fork_1's record"
+    await _assert_counter_outlives(redis, keys, fork)
 
 
 async def test_a_queued_fork_aborted_by_the_client_keeps_the_counter(
@@ -96,18 +86,7 @@ async def test_a_queued_fork_aborted_by_the_client_keeps_the_counter(
     fork = await _fork(redis, keys, RunStatus.QUEUED)
     await asyncio.sleep(0.5)
     # As `Client._end_queued` ends it (client.abort of a queued fork): no queue.
-    assert (
-        await end_run(
-            redis,
-            keys,
-            _SETTINGS,
-            run_id=fork,
-            session_id="s1",
-            status=RunStatus.ABORTED,
-            from_status={RunStatus.QUEUED},
-            abort_reason="stop",
-        )
-        is not None
+    await _ended(
+        redis, keys, fork, RunStatus.ABORTED, from_status={RunStatus.QUEUED}, abort_reason="stop"
     )
-    counter, record = await redis.pttl(keys.forks("s1")), await redis.pttl(keys.run(fork))
-    assert counter >= record, f"the counter expires {record - counter} ms before fork_1's record"
+    await _assert_counter_outlives(redis, keys, fork)
