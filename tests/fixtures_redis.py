@@ -75,21 +75,25 @@ _ARQ_PREFIXES = (job_key_prefix, result_key_prefix, in_progress_key_prefix, retr
 _BATCH = 500
 
 
+def run_job_ids(run_id: str, attempts: int, segment: int) -> list[str]:
+    """The arq job ids a run may have had: each attempt, each segment up to the next one."""
+    return [
+        job_id(run_id, attempt, seg)
+        for attempt in range(1, attempts + 1)
+        for seg in range(segment + 2)
+    ]
+
+
 def _job_ids(raw_record: bytes | None) -> list[str]:
-    """The arq job ids a run may have had: each attempt, each segment (as the workers'
-    fixtures' `drop_arq_keys`). Nothing for a record that is not a run's (tests write
-    corrupt ones on purpose)."""
+    """`run_job_ids` of a raw run record. Nothing for a record that is not a run's (tests
+    write corrupt ones on purpose)."""
     try:
         record = json.loads(raw_record or b"")
         run_id, segment = str(record["run_id"]), int(record.get("segment") or 0)
         attempts = max(int(record.get("attempt") or 1), int(record.get("max_attempts") or 1))
     except (ValueError, TypeError, KeyError, AttributeError):
         return []
-    return [
-        job_id(run_id, attempt, seg)
-        for attempt in range(1, attempts + 1)
-        for seg in range(segment + 2)
-    ]
+    return run_job_ids(run_id, attempts, segment)
 
 
 def delete_test_keys(client: SyncRedis, keys: Keys) -> int:

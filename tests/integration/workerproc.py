@@ -29,7 +29,7 @@ from arq.constants import (
 
 from orchestrator.client import Client
 from orchestrator.store.connection import Redis
-from orchestrator.store.queue import job_id
+from tests.fixtures_redis import run_job_ids
 
 AGENTS_MODULE = "tests.integration.agents_for_tests"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -209,9 +209,8 @@ async def drop_arq_keys(client: Client) -> None:
     await drop_job_keys(
         client.redis,
         [
-            job_id(r.run_id, attempt, segment)
+            jid
             for r in runs
-            for attempt in range(1, max(r.attempt, r.max_attempts) + 1)
-            for segment in range(r.segment + 2)
+            for jid in run_job_ids(r.run_id, max(r.attempt, r.max_attempts), r.segment)
         ],
     )
